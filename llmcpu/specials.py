@@ -1,0 +1,34 @@
+"""Special ids shared by every ISA.
+
+Every compiler, whatever its family, reserves the same low ids so that a model's pad/unk/bos/eos/mask handling
+never depends on which ISA it was trained on. Regular pieces start at ``FIRST_REGULAR_ID``.
+"""
+
+PAD_ID = 0
+UNK_ID = 1
+BOS_ID = 2
+EOS_ID = 3
+MASK_ID = 4  # MLM objective.
+NUM_SENTINELS = 32  # span corruption: <extra_id_0> … <extra_id_31>.
+FIRST_SENTINEL_ID = 5
+FIRST_REGULAR_ID = FIRST_SENTINEL_ID + NUM_SENTINELS  # 37
+
+PAD, UNK, BOS, EOS, MASK = "<pad>", "<unk>", "<s>", "</s>", "<mask>"
+
+
+def sentinel_id(i: int) -> int:
+  """Id of the i-th span-corruption sentinel (T5's <extra_id_i>)."""
+  if not 0 <= i < NUM_SENTINELS:
+    raise ValueError(f"sentinel index {i} out of range [0, {NUM_SENTINELS})")
+  return FIRST_SENTINEL_ID + i
+
+
+def sentinel_piece(i: int) -> str:
+  return f"<extra_id_{i}>"
+
+
+# The pieces every ISA has at ids 0 … FIRST_REGULAR_ID-1, in id order.
+SPECIAL_PIECES: tuple[str, ...] = (PAD, UNK, BOS, EOS, MASK) + tuple(
+  sentinel_piece(i) for i in range(NUM_SENTINELS)
+)
+assert len(SPECIAL_PIECES) == FIRST_REGULAR_ID
