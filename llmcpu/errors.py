@@ -1,0 +1,8 @@
+"""The one error type a user sees as a single line."""
+
+
+class UserError(Exception):
+  """Bad input: the message says what is wrong and how to fix it, in one line.
+
+  Scripts catch it, print ``error: <message>`` and exit non-zero.
+  """
