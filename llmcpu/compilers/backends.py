@@ -1,0 +1,180 @@
+"""The two kinds of machine-code generators under an ISA: trained SentencePiece models and the fixed byte code.
+
+Both are lossless for any Unicode string. SentencePiece needs two repairs for that, both applied here:
+- a literal U+2581 (``▁``) in the input is indistinguishable from SentencePiece's own space marker, so text is
+  split at it and the character is emitted as its three UTF-8 byte pieces (which decode to the literal character);
+- the ``word`` model byte-falls-back whole unknown words *including* the space marker, whose bytes would then decode
+  to a literal ``▁``; those three byte ids are replaced by the byte piece of an ASCII space.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+import sentencepiece as spm
+
+from llmcpu import specials
+from llmcpu.errors import UserError
+
+META = "\u2581"
+NUM_BYTES = 256
+FIRST_BYTE_ID = specials.FIRST_REGULAR_ID  # byte pieces <0x00>…<0xFF> follow the specials in every ISA
+_META_BYTES = [FIRST_BYTE_ID + b for b in META.encode("utf-8")]
+_SPACE_BYTE = FIRST_BYTE_ID + 0x20
+
+
+def byte_piece(b: int) -> str:
+  return f"<0x{b:02X}>"
+
+
+def default_threads() -> int:
+  return max(1, min(8, os.cpu_count() or 1))
+
+
+def flatten(ids: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
+  """Lists of ids → (concatenated int32 ids, int64 lengths)."""
+  lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
+  flat = np.fromiter((i for x in ids for i in x), dtype=np.int32, count=int(lengths.sum()))
+  return flat, lengths
+
+
+class ByteBackend:
+  """The fixed ISA: specials, then one id per UTF-8 byte. Needs no training."""
+
+  family = "byte"
+
+  def __init__(self):
+    self.pieces = list(specials.SPECIAL_PIECES) + [byte_piece(b) for b in range(NUM_BYTES)]
+
+  def encode_flat(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    data = [t.encode("utf-8") for t in texts]
+    lengths = np.fromiter((len(d) for d in data), dtype=np.int64, count=len(data))
+    flat = np.frombuffer(b"".join(data), dtype=np.uint8).astype(np.int32) + FIRST_BYTE_ID
+    return flat, lengths
+
+  def decode(self, ids: Sequence[int]) -> str:
+    return _bytes_of(ids).decode("utf-8", errors="replace")
+
+  def model_proto(self) -> bytes | None:
+    return None
+
+
+def _bytes_of(ids: Iterable[int]) -> bytes:
+  return bytes(i - FIRST_BYTE_ID for i in ids if FIRST_BYTE_ID <= i < FIRST_BYTE_ID + NUM_BYTES)
+
+
+class SentencePieceBackend:
+  """A trained SentencePiece model with the fixed special ids and the lossless repairs above."""
+
+  def __init__(self, family: str, model_proto: bytes, num_threads: int | None = None):
+    self.family = family
+    self._proto = model_proto
+    self.num_threads = num_threads or default_threads()
+    try:
+      self.sp = spm.SentencePieceProcessor(model_proto=model_proto)
+    except Exception as e:  # sentencepiece raises RuntimeError or OSError depending on the damage
+      raise UserError(f"unreadable or corrupt SentencePiece model ({e}); retrain it with scripts/compile.py") from e
+    self.pieces = [self.sp.id_to_piece(i) for i in range(self.sp.get_piece_size())]
+    expected = list(specials.SPECIAL_PIECES)
+    if self.pieces[: len(expected)] != expected or self.pieces[FIRST_BYTE_ID] != byte_piece(0):
+      raise UserError("SentencePiece model was not built by llmcpu (special or byte ids differ); retrain it")
+
+  def model_proto(self) -> bytes:
+    return self._proto
+
+  def encode_flat(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    flat, lengths = flatten(self.sp.encode(list(texts), num_threads=self.num_threads))
+    if self.family == "word":
+      flat, lengths = _space_for_meta_bytes(flat, lengths)
+    literal = [i for i, text in enumerate(texts) if META in text]
+    if literal:  # rare: re-encode those texts split at the literal marker (see module docstring)
+      ids = [a.tolist() for a in np.split(flat, np.cumsum(lengths)[:-1])]
+      for i in literal:
+        ids[i] = self._encode_with_literal_meta(texts[i])
+      flat, lengths = flatten(ids)
+    return flat, lengths
+
+  def _encode_with_literal_meta(self, text: str) -> list[int]:
+    parts = text.split(META)
+    flat, lengths = flatten(self.sp.encode(parts))
+    if self.family == "word":
+      flat, lengths = _space_for_meta_bytes(flat, lengths)
+    out: list[int] = []
+    for j, part_ids in enumerate(np.split(flat, np.cumsum(lengths)[:-1])):
+      if j:
+        out.extend(_META_BYTES)
+      out.extend(part_ids.tolist())
+    return out
+
+  def decode(self, ids: Sequence[int]) -> str:
+    return self.sp.decode([int(i) for i in ids])
+
+
+def _space_for_meta_bytes(flat: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """Replaces each byte-encoded space marker (3 ids) by the byte id of ' ' (1 id); fixes lengths."""
+  if len(flat) < 3:
+    return flat, lengths
+  hit = (flat[:-2] == _META_BYTES[0]) & (flat[1:-1] == _META_BYTES[1]) & (flat[2:] == _META_BYTES[2])
+  starts = np.flatnonzero(hit)
+  if len(starts) == 0:
+    return flat, lengths
+  keep = np.ones(len(flat), bool)
+  keep[starts + 1] = False
+  keep[starts + 2] = False
+  flat = flat.copy()
+  flat[starts] = _SPACE_BYTE
+  doc = np.repeat(np.arange(len(lengths)), lengths)
+  dropped = np.bincount(doc[~keep], minlength=len(lengths))
+  return flat[keep], lengths - dropped
+
+
+def train_sentencepiece(
+  family: str, vocab: int | None, texts: Iterable[str], options: dict
+) -> tuple[bytes, dict]:
+  """Trains a SentencePiece model in memory; returns (model proto, the trainer options used)."""
+  opts = dict(
+    model_type=family,
+    vocab_size=vocab if vocab is not None else 1 << 20,  # char without a size: every required character
+    pad_id=specials.PAD_ID,
+    unk_id=specials.UNK_ID,
+    bos_id=specials.BOS_ID,
+    eos_id=specials.EOS_ID,
+    control_symbols=",".join(specials.SPECIAL_PIECES[specials.MASK_ID :]),
+    # Lossless: no normalisation, keep every space, bytes for characters outside the vocabulary.
+    normalization_rule_name="identity",
+    remove_extra_whitespaces=False,
+    add_dummy_prefix=False,
+    byte_fallback=True,
+    character_coverage=0.9995,
+    split_digits=True,
+    max_sentence_length=1 << 16,
+    input_sentence_size=200_000,
+    shuffle_input_sentence=True,
+    num_threads=1,  # one thread: the trained model is the same on every machine
+  )
+  opts.update(options)
+  spm.set_random_generator_seed(0)
+  writer = io.BytesIO()
+  try:
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(texts), model_writer=writer, minloglevel=2, **opts)
+  except RuntimeError as e:
+    raise UserError(_training_error(family, vocab, str(e))) from e
+  return writer.getvalue(), {k: v for k, v in opts.items() if k != "control_symbols"}
+
+
+def _training_error(family: str, vocab: int | None, message: str) -> str:
+  """Turns SentencePiece's check failures into one line with the allowed range."""
+  floor = FIRST_BYTE_ID + NUM_BYTES + 1
+  if m := re.search(r"smaller than required_chars\. (\d+) vs (\d+)", message):
+    return f"vocab {vocab} is too small for {family} on this corpus; allowed range: {m[2]} to the corpus' maximum"
+  if m := re.search(r"Vocabulary size too high \((\d+)\).*<= (\d+)", message):
+    return f"vocab {vocab} is too large for {family} on this corpus; allowed range: {floor} to {m[2]}"
+  if "sentences_.empty()" in message:
+    return "empty corpus: no training text for the compiler; check the corpus and its train split"
+  if family == "char" and "vocab_size" in message:
+    return f"vocab {vocab} is too small for char; allowed range: at least {floor}"
+  return f"SentencePiece could not train {family}:{vocab}: {message.splitlines()[-1]}"

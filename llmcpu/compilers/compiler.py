@@ -1,0 +1,204 @@
+"""A compiler: a backend (SentencePiece or bytes) plus an ISA transform, saved to and loaded from a directory.
+
+A saved compiler directory holds ``isa.json`` (the manifest: family, vocab size, transform, fingerprint, corpus
+fingerprint, trainer options), ``spm.model`` for SentencePiece families and ``perm.npy`` for permuted ISAs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+import sentencepiece as spm
+
+from llmcpu import specials
+from llmcpu.compilers import backends, isa
+from llmcpu.compilers.spec import CompilerSpec, parse
+from llmcpu.errors import UserError
+
+MANIFEST = "isa.json"
+MODEL = "spm.model"
+PERM = "perm.npy"
+FORMAT_VERSION = 1
+
+
+class Compiler:
+  """Text → machine code for one ISA, and back. ``decode(encode(text)) == text`` for any Unicode string."""
+
+  def __init__(self, spec: CompilerSpec, backend, perm: np.ndarray | None, manifest: dict):
+    self.spec = spec
+    self.backend = backend
+    self.perm = perm
+    self._inv = isa.inverse(perm) if perm is not None else None
+    self.pieces = isa.permute_table(backend.pieces, perm) if perm is not None else list(backend.pieces)
+    self.fingerprint = isa.fingerprint(self.pieces)
+    self.manifest = dict(manifest, fingerprint=self.fingerprint, vocab_size=len(self.pieces))
+
+  @property
+  def name(self) -> str:
+    return self.spec.name
+
+  @property
+  def family(self) -> str:
+    return self.spec.family
+
+  @property
+  def vocab_size(self) -> int:
+    return len(self.pieces)
+
+  def __repr__(self) -> str:
+    return f"Compiler({self.spec}, vocab_size={self.vocab_size}, fingerprint={self.fingerprint})"
+
+  def encode_flat(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Encodes a batch in parallel: (concatenated int32 ids, int64 lengths)."""
+    for t in texts:
+      if not isinstance(t, str):
+        raise TypeError(f"compilers encode str, got {type(t).__name__}")
+    flat, lengths = self.backend.encode_flat(texts)
+    if self.perm is not None:
+      flat = self.perm[flat]
+    return flat, lengths
+
+  def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+    flat, lengths = self.encode_flat(texts)
+    return [a.tolist() for a in np.split(flat, np.cumsum(lengths)[:-1])] if len(texts) else []
+
+  def encode(self, text: str) -> list[int]:
+    return self.encode_flat([text])[0].tolist()
+
+  def decode(self, ids: Iterable[int]) -> str:
+    """Ids → text. Special ids decode to nothing; ids outside this ISA raise (see ``decode_foreign``)."""
+    ids = np.asarray(list(ids), dtype=np.int64)
+    if ids.size and (ids.min() < 0 or ids.max() >= self.vocab_size):
+      bad = ids[(ids < 0) | (ids >= self.vocab_size)]
+      raise ValueError(f"{len(bad)} ids outside ISA {self.name} (vocab {self.vocab_size}), e.g. {int(bad[0])}")
+    if self._inv is not None:
+      ids = self._inv[ids]
+    return self.backend.decode(ids.tolist())
+
+  def decode_foreign(self, ids: Iterable[int]) -> tuple[str, int]:
+    """Decodes machine code that may hold illegal opcodes: drops them and returns how many it dropped."""
+    ids = np.asarray(list(ids), dtype=np.int64)
+    legal = (ids >= 0) & (ids < self.vocab_size)
+    return self.decode(ids[legal]), int((~legal).sum())
+
+  def id_to_piece(self, i: int) -> str:
+    return self.pieces[i]
+
+  def save(self, path: str) -> None:
+    """Writes the compiler directory atomically (a temporary directory renamed into place)."""
+    parent = os.path.dirname(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".tmp-", dir=parent)
+    try:
+      proto = self.backend.model_proto()
+      if proto is not None:
+        with open(os.path.join(tmp, MODEL), "wb") as f:
+          f.write(proto)
+      if self.perm is not None:
+        np.save(os.path.join(tmp, PERM), self.perm)
+      with open(os.path.join(tmp, MANIFEST), "w") as f:
+        json.dump(self.manifest, f, indent=1)
+      if os.path.exists(path):
+        shutil.rmtree(path)
+      os.replace(tmp, path)
+    except BaseException:
+      shutil.rmtree(tmp, ignore_errors=True)
+      raise
+
+
+def load(path: str) -> Compiler:
+  """Loads a compiler directory written by ``Compiler.save`` and checks its fingerprint."""
+  try:
+    with open(os.path.join(path, MANIFEST)) as f:
+      manifest = json.load(f)
+    spec = parse(manifest["spec"])
+  except FileNotFoundError as e:
+    raise UserError(f"no compiler at {path} ({MANIFEST} missing); build it with scripts/compile.py") from e
+  except (ValueError, KeyError, UserError) as e:
+    raise UserError(f"corrupt compiler manifest {path}/{MANIFEST} ({e}); rebuild it with scripts/compile.py") from e
+  if spec.family == "byte":
+    backend = backends.ByteBackend()
+  else:
+    try:
+      with open(os.path.join(path, MODEL), "rb") as f:
+        proto = f.read()
+    except OSError as e:
+      raise UserError(f"unreadable compiler model {path}/{MODEL} ({e}); rebuild it with scripts/compile.py") from e
+    backend = backends.SentencePieceBackend(spec.family, proto)
+  perm = None
+  if spec.permuted:
+    try:
+      perm = np.load(os.path.join(path, PERM))
+    except (OSError, ValueError) as e:
+      raise UserError(f"unreadable permutation {path}/{PERM} ({e}); rebuild it with scripts/compile.py") from e
+    if sorted(perm.tolist()) != list(range(len(backend.pieces))):
+      raise UserError(f"corrupt permutation {path}/{PERM}: not a bijection of the vocabulary; rebuild it")
+  compiler = Compiler(spec, backend, perm, manifest)
+  if compiler.fingerprint != manifest.get("fingerprint"):
+    raise UserError(
+      f"compiler at {path} does not match its manifest (fingerprint {compiler.fingerprint} vs "
+      f"{manifest.get('fingerprint')}); the files are corrupt or mixed: rebuild it with scripts/compile.py"
+    )
+  return compiler
+
+
+def train(
+  spec: CompilerSpec | str,
+  texts: Iterable[str] | None = None,
+  *,
+  corpus: dict | None = None,
+  options: dict | None = None,
+  base: Compiler | None = None,
+) -> Compiler:
+  """Builds the compiler for ``spec``: trains its base on ``texts`` (or reuses ``base``), then transforms it."""
+  spec = parse(spec) if isinstance(spec, str) else spec
+  if base is not None and base.spec != spec.base:
+    raise ValueError(f"base {base.spec} is not the base of {spec}")
+  if base is None:
+    base = _train_base(spec.base, texts, corpus or {}, options or {})
+  if not spec.permuted:
+    return base
+  perm = isa.permutation(base.vocab_size, spec.perm_seed, spec.perm_fraction)
+  manifest = dict(base.manifest, spec=str(spec), name=spec.name, base_fingerprint=base.fingerprint)
+  manifest["transform"] = {"kind": "perm", "seed": spec.perm_seed, "fraction": spec.perm_fraction}
+  return Compiler(spec, base.backend, perm, manifest)
+
+
+def _train_base(spec: CompilerSpec, texts: Iterable[str] | None, corpus: dict, options: dict) -> Compiler:
+  manifest = {
+    "format": FORMAT_VERSION,
+    "spec": str(spec),
+    "name": spec.name,
+    "family": spec.family,
+    "transform": None,
+    "corpus": corpus,
+    "special_ids": {"pad": specials.PAD_ID, "unk": specials.UNK_ID, "bos": specials.BOS_ID, "eos": specials.EOS_ID},
+    "first_regular_id": specials.FIRST_REGULAR_ID,
+  }
+  if spec.family == "byte":
+    backend = backends.ByteBackend()
+    manifest["trainer_options"] = {}
+  else:
+    if texts is None:
+      raise ValueError(f"{spec} needs training text")
+    proto, used = backends.train_sentencepiece(spec.family, spec.vocab, _nonempty(texts), options)
+    backend = backends.SentencePieceBackend(spec.family, proto)
+    manifest["trainer_options"] = used
+    manifest["sentencepiece_version"] = spm.__version__
+    manifest["model_sha256"] = hashlib.sha256(proto).hexdigest()
+  return Compiler(spec, backend, None, manifest)
+
+
+def _nonempty(texts: Iterable[str]) -> Iterable[str]:
+  return (t for t in texts if t)
+
+
+def isa_overlap(a: Compiler, b: Compiler) -> float:
+  """The compatibility of two ISAs: the share of regular ids that decode to the same piece in both."""
+  return isa.overlap(a.pieces, b.pieces)

@@ -1,0 +1,174 @@
+"""Compiled data: a corpus split encoded by one compiler, stored once, read by memory map.
+
+Layout of one split, ``<root>/<split>/``::
+
+  <field>.tokens.npy   int32 [total_tokens]   every document's ids, concatenated
+  <field>.offsets.npy  int64 [num_docs + 1]   document i is tokens[offsets[i]:offsets[i+1]]
+  <field>.nbytes.npy   int64 [num_docs]       UTF-8 bytes of document i's raw text (for bits per byte)
+  labels.json          {name: [str, ...]}     per-document labels (e.g. the `programs` task)
+  manifest.json        written last: counts and the fingerprints the split was built from
+
+A split is valid only when its manifest exists and names the expected fingerprints; writers build into a
+temporary directory and rename it into place, so an interrupted build never looks valid.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+
+from llmcpu.errors import UserError
+
+MANIFEST = "manifest.json"
+FORMAT_VERSION = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class CompiledField:
+  """One text field of every document, as ids, with the raw byte count of each document."""
+
+  tokens: np.ndarray  # int32 [T]
+  offsets: np.ndarray  # int64 [N + 1]
+  nbytes: np.ndarray  # int64 [N]
+
+  def __len__(self) -> int:
+    return len(self.nbytes)
+
+  def doc(self, i: int) -> np.ndarray:
+    return self.tokens[self.offsets[i] : self.offsets[i + 1]]
+
+  @property
+  def lengths(self) -> np.ndarray:
+    return np.diff(self.offsets)
+
+  @classmethod
+  def from_docs(cls, docs: Sequence[Sequence[int]], nbytes: Sequence[int]) -> CompiledField:
+    """Builds a field in memory (tests, small corpora)."""
+    lengths = np.array([len(d) for d in docs], dtype=np.int64)
+    offsets = np.zeros(len(docs) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    tokens = np.concatenate([np.asarray(d, dtype=np.int32) for d in docs]) if docs else np.zeros(0, np.int32)
+    return cls(tokens=tokens.astype(np.int32), offsets=offsets, nbytes=np.asarray(nbytes, dtype=np.int64))
+
+
+@dataclasses.dataclass(frozen=True)
+class CompiledSplit:
+  """A corpus split compiled for one ISA: ``fields['text']`` for prose, ``input``/``target`` for programs."""
+
+  fields: dict[str, CompiledField]
+  labels: dict[str, list[str]]
+  manifest: dict
+
+  @property
+  def num_docs(self) -> int:
+    return len(next(iter(self.fields.values())))
+
+  @property
+  def vocab_size(self) -> int:
+    return int(self.manifest["vocab_size"])
+
+  @property
+  def isa(self) -> str:
+    return self.manifest["compiler"]
+
+  @property
+  def fingerprint(self) -> str:
+    return self.manifest["compiler_fingerprint"]
+
+  @property
+  def kind(self) -> str:
+    """'text' (one field) or 'seq2seq' (input/target pairs)."""
+    return "seq2seq" if "target" in self.fields else "text"
+
+
+def read_manifest(path: str) -> dict | None:
+  """The manifest of the split at ``path``, or None when there is no complete split there."""
+  try:
+    with open(os.path.join(path, MANIFEST)) as f:
+      return json.load(f)
+  except FileNotFoundError:
+    return None
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise UserError(f"corrupt compiled-data manifest {path}/{MANIFEST} ({e}); delete {path} and recompile") from e
+
+
+def load(path: str, *, expect_fingerprint: str | None = None) -> CompiledSplit:
+  """Memory-maps the split at ``path``; checks that it was built by the ISA with ``expect_fingerprint``."""
+  manifest = read_manifest(path)
+  if manifest is None:
+    raise UserError(f"no compiled data at {path}; build it with scripts/compile.py")
+  if expect_fingerprint is not None and manifest["compiler_fingerprint"] != expect_fingerprint:
+    raise UserError(
+      f"compiled data at {path} was built by ISA {manifest['compiler_fingerprint'][:12]} "
+      f"({manifest['compiler']}), not {expect_fingerprint[:12]}; recompile it with scripts/compile.py"
+    )
+  fields = {}
+  try:
+    for name in manifest["fields"]:
+      arrays = {k: np.load(os.path.join(path, f"{name}.{k}.npy"), mmap_mode="r") for k in ("tokens", "offsets", "nbytes")}
+      fields[name] = CompiledField(**arrays)
+    with open(os.path.join(path, "labels.json")) as f:
+      labels = json.load(f)
+  except (OSError, ValueError) as e:
+    raise UserError(f"corrupt compiled data at {path} ({e}); delete it and rerun scripts/compile.py") from e
+  split = CompiledSplit(fields=fields, labels=labels, manifest=manifest)
+  if split.num_docs != manifest["num_docs"] or any(len(f.tokens) != f.offsets[-1] for f in fields.values()):
+    raise UserError(f"corrupt compiled data at {path} (sizes disagree with manifest); delete it and recompile")
+  return split
+
+
+class SplitWriter:
+  """Streams encoded documents to a temporary directory; ``commit`` moves it into place atomically."""
+
+  def __init__(self, path: str, fields: Sequence[str], label_names: Sequence[str] = ()):
+    self.path = path
+    parent = os.path.dirname(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+    self._tmp = tempfile.mkdtemp(prefix=".tmp-", dir=parent)
+    self._fields = list(fields)
+    self._tokens: dict[str, list[np.ndarray]] = {f: [] for f in fields}
+    self._lengths: dict[str, list[int]] = {f: [] for f in fields}
+    self._nbytes: dict[str, list[int]] = {f: [] for f in fields}
+    self._labels: dict[str, list[str]] = {name: [] for name in label_names}
+
+  def add(self, field: str, ids_batch: Iterable[Sequence[int]], texts: Sequence[str]) -> None:
+    for ids, text in zip(ids_batch, texts, strict=True):
+      self._tokens[field].append(np.asarray(ids, dtype=np.int32))
+      self._lengths[field].append(len(ids))
+      self._nbytes[field].append(len(text.encode("utf-8")))
+
+  def add_labels(self, name: str, values: Sequence[str]) -> None:
+    self._labels[name].extend(values)
+
+  def commit(self, manifest: dict) -> dict:
+    counts = {len(v) for v in self._lengths.values()} | {len(v) for v in self._labels.values()}
+    if len(counts) > 1:
+      raise ValueError(f"fields disagree on the number of documents: {counts}")
+    stats = {}
+    for f in self._fields:
+      tokens = np.concatenate(self._tokens[f]) if self._tokens[f] else np.zeros(0, np.int32)
+      offsets = np.zeros(len(self._lengths[f]) + 1, np.int64)
+      np.cumsum(self._lengths[f], out=offsets[1:])
+      np.save(os.path.join(self._tmp, f"{f}.tokens.npy"), tokens)
+      np.save(os.path.join(self._tmp, f"{f}.offsets.npy"), offsets)
+      np.save(os.path.join(self._tmp, f"{f}.nbytes.npy"), np.asarray(self._nbytes[f], np.int64))
+      stats[f] = {"tokens": int(len(tokens)), "bytes": int(sum(self._nbytes[f]))}
+    with open(os.path.join(self._tmp, "labels.json"), "w") as fh:
+      json.dump(self._labels, fh)
+    manifest = dict(manifest, format=FORMAT_VERSION, fields=self._fields, num_docs=counts.pop() if counts else 0)
+    manifest["stats"] = stats
+    with open(os.path.join(self._tmp, MANIFEST), "w") as fh:
+      json.dump(manifest, fh, indent=1)
+    if os.path.exists(self.path):
+      shutil.rmtree(self.path)
+    os.replace(self._tmp, self.path)
+    return manifest
+
+  def abort(self) -> None:
+    shutil.rmtree(self._tmp, ignore_errors=True)

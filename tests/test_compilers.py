@@ -1,0 +1,184 @@
+"""Compilers: lossless for any Unicode, fixed special ids, bijective ISA permutations, stable fingerprints."""
+
+import os
+
+import numpy as np
+import pydoc_data.topics
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from llmcpu import compilers, specials
+from llmcpu.compilers import isa
+from llmcpu.errors import UserError
+
+TEXTS = sorted(pydoc_data.topics.topics.values())[:40]
+SPECS = ["unigram:1000", "bpe:1000", "char", "word:1000", "byte", "bpe:1000+perm:7", "unigram:1000+perm:3:0.25"]
+HARD = [
+  "",
+  " ",
+  "   leading and trailing   ",
+  "\t\ttabs\tand\nnew\nlines\n\n",
+  "emoji 😀🧪👩‍🔬 and CJK 日本語の文章 한국어",
+  "combining e\u0301 a\u0308 \u0301 alone",
+  "control \x00\x01\x07\x1b\x7f\r\n",
+  "the literal marker \u2581 and \u2581\u2581 twice \u2581",
+  "\u2581leading marker",
+  "digits 1234567890 and 3.14159",
+  "\ufeffBOM and \u200bzero width",
+]
+
+
+@pytest.fixture(scope="module")
+def zoo() -> dict[str, compilers.Compiler]:
+  bases: dict = {}
+  out = {}
+  for s in SPECS:
+    spec = compilers.parse(s)
+    base = bases.get(spec.base) or compilers.train(spec.base, TEXTS)
+    bases[spec.base] = base
+    out[s] = compilers.train(spec, base=base)
+  return out
+
+
+@pytest.mark.parametrize("spec", SPECS)
+def test_round_trip_hard_cases(zoo, spec):
+  c = zoo[spec]
+  for text in HARD:
+    assert c.decode(c.encode(text)) == text, (spec, text)
+  # the batch path agrees with the one-text path
+  assert c.encode_batch(HARD) == [c.encode(t) for t in HARD]
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=st.text(min_size=0, max_size=60))
+def test_round_trip_any_unicode(zoo, text):
+  for spec, c in zoo.items():
+    ids = c.encode(text)
+    assert c.decode(ids) == text, spec
+    assert all(specials.FIRST_REGULAR_ID <= i < c.vocab_size for i in ids), spec
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(words=st.lists(st.sampled_from(["the", "a", "\u2581", " ", "  ", "\n", "zq", "日本", "😀", "x\u2581y"]), max_size=12))
+def test_round_trip_space_marker_mixtures(zoo, words):
+  text = "".join(words)
+  for spec, c in zoo.items():
+    assert c.decode(c.encode(text)) == text, spec
+
+
+def test_special_ids_fixed(zoo):
+  for spec, c in zoo.items():
+    assert c.pieces[: specials.FIRST_REGULAR_ID] == list(specials.SPECIAL_PIECES), spec
+    assert c.pieces[specials.FIRST_REGULAR_ID] == "<0x00>" or c.spec.permuted, spec
+
+
+def test_learned_compilers_compress(zoo):
+  text = TEXTS[5]
+  assert len(zoo["bpe:1000"].encode(text)) < len(zoo["char"].encode(text)) <= len(zoo["byte"].encode(text))
+  assert len(zoo["byte"].encode(text)) == len(text.encode())
+
+
+@settings(max_examples=30, deadline=None)
+@given(vocab=st.integers(40, 3000), seed=st.integers(0, 2**31), fraction=st.floats(0.01, 1.0))
+def test_permutation_bijective_and_exact(vocab, seed, fraction):
+  perm = isa.permutation(vocab, seed, fraction)
+  assert sorted(perm.tolist()) == list(range(vocab))
+  np.testing.assert_array_equal(perm[: specials.FIRST_REGULAR_ID], np.arange(specials.FIRST_REGULAR_ID))
+  inv = isa.inverse(perm)
+  np.testing.assert_array_equal(inv[perm], np.arange(vocab))
+  moved = int((perm != np.arange(vocab)).sum())
+  expected = round(fraction * (vocab - specials.FIRST_REGULAR_ID))
+  assert moved == (expected if expected >= 2 else 0)
+
+
+def test_permuted_isa_same_segmentation_other_opcodes(zoo):
+  base, perm = zoo["bpe:1000"], zoo["bpe:1000+perm:7"]
+  text = TEXTS[3]
+  a, b = base.encode(text), perm.encode(text)
+  assert len(a) == len(b) and a != b
+  assert [base.id_to_piece(i) for i in a] == [perm.id_to_piece(i) for i in b]
+  assert compilers.isa_overlap(base, perm) == 0.0
+  assert compilers.isa_overlap(base, base) == 1.0
+  partial = zoo["unigram:1000+perm:3:0.25"]
+  assert compilers.isa_overlap(zoo["unigram:1000"], partial) == pytest.approx(0.75, abs=1e-3)
+  assert base.fingerprint != perm.fingerprint
+
+
+def test_overlap_counts_identical_pieces_independently(zoo):
+  a, b = zoo["bpe:1000"], zoo["unigram:1000"]
+  same = sum(a.id_to_piece(i) == b.id_to_piece(i) for i in range(specials.FIRST_REGULAR_ID, 1000))
+  assert compilers.isa_overlap(a, b) == pytest.approx(same / (1000 - specials.FIRST_REGULAR_ID))
+  # BPE merges are learned in the same order: a small BPE is a prefix-compatible subset of a larger one.
+  big = compilers.train("bpe:2000", TEXTS)
+  assert compilers.isa_overlap(a, big) > 0.3
+  assert compilers.isa_overlap(a, zoo["word:1000"]) < compilers.isa_overlap(a, big)
+
+
+def test_fingerprint_stable_and_save_load(zoo, tmp_path):
+  again = compilers.train("unigram:1000", TEXTS)
+  assert again.fingerprint == zoo["unigram:1000"].fingerprint
+  for spec, c in zoo.items():
+    path = tmp_path / c.name
+    c.save(str(path))
+    loaded = compilers.load(str(path))
+    assert loaded.fingerprint == c.fingerprint and loaded.vocab_size == c.vocab_size
+    assert loaded.encode(TEXTS[0]) == c.encode(TEXTS[0])
+    assert loaded.manifest["spec"] == str(c.spec)
+
+
+@pytest.mark.parametrize(
+  "spec, match",
+  [
+    ("bpe:4000:x", "malformed"),
+    ("gpt:100", "unknown compiler family"),
+    ("byte:300", "fixed vocabulary"),
+    ("bpe:1000+perm:1:1.5", "fraction"),
+    ("bpe+perm", "malformed"),
+  ],
+)
+def test_bad_specs(spec, match):
+  with pytest.raises(UserError, match=match):
+    compilers.parse(spec)
+
+
+def test_duplicate_specs():
+  with pytest.raises(UserError, match="twice"):
+    compilers.parse_list("bpe:1000,bpe:1000")
+
+
+@pytest.mark.parametrize(
+  "spec, match", [("bpe:300", "too small.*allowed range"), ("unigram:100000", "too large.*allowed range: 294 to")]
+)
+def test_vocab_out_of_range(spec, match):
+  with pytest.raises(UserError, match=match):
+    compilers.train(spec, TEXTS)
+
+
+def test_empty_corpus():
+  with pytest.raises(UserError, match="empty corpus"):
+    compilers.train("bpe:1000", ["", ""])
+
+
+def test_corrupt_files(zoo, tmp_path):
+  path = str(tmp_path / "c")
+  zoo["bpe:1000+perm:7"].save(path)
+  with open(os.path.join(path, "spm.model"), "r+b") as f:
+    f.seek(40)
+    f.write(b"\xff" * 64)
+  with pytest.raises(UserError, match="corrupt|rebuild"):
+    compilers.load(path)
+  zoo["bpe:1000+perm:7"].save(path)
+  np.save(os.path.join(path, "perm.npy"), np.zeros(1000, np.int32))
+  with pytest.raises(UserError, match="bijection"):
+    compilers.load(path)
+  with pytest.raises(UserError, match="no compiler"):
+    compilers.load(str(tmp_path / "missing"))
+
+
+def test_decode_rejects_illegal_ids(zoo):
+  c = zoo["char"]
+  with pytest.raises(ValueError, match="outside ISA"):
+    c.decode([c.vocab_size + 5])
+  text, dropped = c.decode_foreign(c.encode("abc") + [c.vocab_size + 5])
+  assert text == "abc" and dropped == 1
