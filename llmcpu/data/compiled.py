@@ -19,7 +19,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -137,11 +137,13 @@ class SplitWriter:
     self._nbytes: dict[str, list[int]] = {f: [] for f in fields}
     self._labels: dict[str, list[str]] = {name: [] for name in label_names}
 
-  def add(self, field: str, ids_batch: Iterable[Sequence[int]], texts: Sequence[str]) -> None:
-    for ids, text in zip(ids_batch, texts, strict=True):
-      self._tokens[field].append(np.asarray(ids, dtype=np.int32))
-      self._lengths[field].append(len(ids))
-      self._nbytes[field].append(len(text.encode("utf-8")))
+  def add(self, field: str, flat: np.ndarray, lengths: np.ndarray, texts: Sequence[str]) -> None:
+    """Appends a batch of documents: their ids concatenated, each one's length, and their raw texts."""
+    if len(lengths) != len(texts):
+      raise ValueError(f"{len(lengths)} encodings for {len(texts)} texts")
+    self._tokens[field].append(np.asarray(flat, dtype=np.int32))
+    self._lengths[field].extend(np.asarray(lengths).tolist())
+    self._nbytes[field].extend(len(t.encode("utf-8")) for t in texts)
 
   def add_labels(self, name: str, values: Sequence[str]) -> None:
     self._labels[name].extend(values)

@@ -1,0 +1,264 @@
+"""The compile cache: every corpus compiled by every compiler, once.
+
+Layout under a workdir ``DIR``::
+
+  DIR/compilers/<compiler name>/          a saved compiler (see llmcpu.compilers)
+  DIR/data/<corpus name>/<compiler name>/<split>/   a compiled split (see llmcpu.data.compiled)
+
+Compilers are trained on the train split of every corpus given. A rerun reuses what is current and rebuilds
+what is stale: a compiler whose spec, training corpus or trainer options changed, a split whose compiler
+fingerprint, model or corpus fingerprint changed. Everything is written to a temporary directory and renamed
+into place, so an interrupted run leaves nothing that looks valid.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import itertools
+import os
+import time
+from collections.abc import Callable, Iterable, Sequence
+
+import numpy as np
+
+from llmcpu import compilers, specials
+from llmcpu.compilers import Compiler, CompilerSpec
+from llmcpu.data import compiled
+from llmcpu.errors import UserError
+
+ENCODE_BATCH = 2048  # documents per encode call: large enough for SentencePiece's threads, small in memory
+
+
+def compiler_dir(workdir: str, name: str) -> str:
+  return os.path.join(workdir, "compilers", name)
+
+
+def split_dir(workdir: str, corpus_name: str, compiler_name: str, split: str) -> str:
+  return os.path.join(workdir, "data", corpus_name, compiler_name, split)
+
+
+def load_split(workdir: str, corpus_name: str, compiler: Compiler, split: str) -> compiled.CompiledSplit:
+  """Reads one compiled split and checks it was built by ``compiler``; says how to build it if missing."""
+  path = split_dir(workdir, corpus_name, compiler.name, split)
+  if compiled.read_manifest(path) is None:
+    raise UserError(
+      f"no compiled data for corpus {corpus_name!r}, ISA {compiler.name}, split {split!r} under {workdir}; build it "
+      f"with: python scripts/compile.py --corpus=<that corpus> --compilers={compiler.spec} --workdir={workdir}"
+    )
+  return compiled.load(path, expect_fingerprint=compiler.fingerprint)
+
+
+@dataclasses.dataclass
+class IsaStats:
+  """What one ISA makes of one corpus (all splits together)."""
+
+  corpus: str
+  compiler: str
+  vocab_size: int
+  fingerprint: str
+  docs: int = 0
+  tokens: int = 0
+  bytes: int = 0
+  unk: int = 0
+
+  @property
+  def bytes_per_token(self) -> float:
+    return self.bytes / max(self.tokens, 1)
+
+  @property
+  def unk_rate(self) -> float:
+    return self.unk / max(self.tokens, 1)
+
+
+def training_texts(corpora: Sequence, limit: int | None = None) -> Iterable[str]:
+  """Every text field of every corpus' train split, in a fixed order."""
+  for corpus in corpora:
+    for doc in corpus.documents("train", limit=limit):
+      for field in corpus.fields:
+        yield doc[field]
+
+
+def corpora_fingerprint(corpora: Sequence) -> str:
+  return hashlib.sha256("|".join(c.fingerprint for c in corpora).encode()).hexdigest()[:16]
+
+
+def build_compilers(
+  specs: Sequence[CompilerSpec],
+  corpora: Sequence,
+  workdir: str,
+  *,
+  options: dict | None = None,
+  rebuild: bool = False,
+  log: Callable[[str], None] = print,
+) -> list[Compiler]:
+  """Trains (or reuses) each compiler; permuted ISAs reuse their base's training."""
+  options = options or {}
+  corpus_info = {
+    "specs": [c.spec for c in corpora],
+    "names": [c.name for c in corpora],
+    "fingerprint": corpora_fingerprint(corpora),
+  }
+  bases: dict[CompilerSpec, Compiler] = {}
+  out = []
+  for spec in specs:
+    path = compiler_dir(workdir, spec.name)
+    cached = None if rebuild else _current_compiler(path, spec, corpus_info, options)
+    if cached is not None:
+      log(f"compiler {spec.name}: cached ({cached.fingerprint})")
+      out.append(cached)
+      continue
+    t0 = time.time()
+    base = bases.get(spec.base)
+    if base is None and spec.base != spec:
+      base = _current_compiler(compiler_dir(workdir, spec.base.name), spec.base, corpus_info, options)
+    if base is None:
+      log(f"compiler {spec.base.name}: training on {', '.join(corpus_info['specs'])} …")
+      base = compilers.train(spec.base, training_texts(corpora), corpus=corpus_info, options=options)
+    bases[spec.base] = base
+    compiler = compilers.train(spec, base=base)
+    compiler.manifest["requested_options"] = options
+    compiler.save(path)
+    log(f"compiler {spec.name}: built in {time.time() - t0:.1f}s, vocab {compiler.vocab_size} ({compiler.fingerprint})")
+    out.append(compiler)
+  return out
+
+
+def _current_compiler(path: str, spec: CompilerSpec, corpus_info: dict, options: dict) -> Compiler | None:
+  """The saved compiler at ``path`` if it is what would be built now, else None (stale or absent)."""
+  if not os.path.exists(os.path.join(path, "isa.json")):
+    return None
+  try:
+    c = compilers.load(path)
+  except UserError as e:
+    raise UserError(f"{e} — or rerun scripts/compile.py with --rebuild") from e
+  current = (
+    c.manifest.get("spec") == str(spec)
+    and (spec.family == "byte" or c.manifest.get("corpus", {}).get("fingerprint") == corpus_info["fingerprint"])
+    and c.manifest.get("requested_options", {}) == options
+  )
+  return c if current else None
+
+
+def compile_split(
+  compiler: Compiler,
+  documents: Iterable[dict],
+  fields: Sequence[str],
+  label_fields: Sequence[str],
+  path: str,
+  manifest: dict,
+  *,
+  progress: Callable[[int], None] | None = None,
+) -> dict:
+  """Encodes every document's fields with ``compiler`` and commits the split at ``path``."""
+  writer = compiled.SplitWriter(path, fields, label_fields)
+  try:
+    docs = iter(documents)
+    n = 0
+    while batch := list(itertools.islice(docs, ENCODE_BATCH)):
+      for field in fields:
+        texts = [d[field] for d in batch]
+        flat, lengths = compiler.encode_flat(texts)
+        writer.add(field, flat, lengths, texts)
+      for name in label_fields:
+        writer.add_labels(name, [d[name] for d in batch])
+      n += len(batch)
+      if progress:
+        progress(n)
+    manifest = dict(
+      manifest,
+      compiler=compiler.name,
+      compiler_spec=str(compiler.spec),
+      compiler_fingerprint=compiler.fingerprint,
+      model_sha256=compiler.manifest.get("model_sha256"),
+      vocab_size=compiler.vocab_size,
+    )
+    return writer.commit(manifest)
+  except BaseException:
+    writer.abort()
+    raise
+
+
+def _split_current(path: str, compiler: Compiler, corpus) -> bool:
+  m = compiled.read_manifest(path)
+  return (
+    m is not None
+    and m.get("format") == compiled.FORMAT_VERSION
+    and m.get("compiler_fingerprint") == compiler.fingerprint
+    and m.get("model_sha256") == compiler.manifest.get("model_sha256")
+    and m.get("corpus_fingerprint") == corpus.fingerprint
+  )
+
+
+def compile_corpora(
+  corpora: Sequence,
+  compiler_list: Sequence[Compiler],
+  workdir: str,
+  *,
+  rebuild: bool = False,
+  log: Callable[[str], None] = print,
+) -> list[IsaStats]:
+  """Compiles every split of every corpus with every compiler (reusing current splits); returns per-ISA stats."""
+  stats = []
+  jobs = [(c, k, s) for c in corpora for k in compiler_list for s in c.splits]
+  for i, (corpus, compiler, split) in enumerate(jobs, 1):
+    path = split_dir(workdir, corpus.name, compiler.name, split)
+    tag = f"[{i}/{len(jobs)}] {corpus.name}/{compiler.name}/{split}"
+    if not rebuild and _split_current(path, compiler, corpus):
+      log(f"{tag}: cached")
+    else:
+      t0 = time.time()
+
+      def progress(n_docs: int, tag=tag, t0=t0) -> None:
+        log(f"{tag}: {n_docs} docs, {n_docs / max(time.time() - t0, 1e-9):.0f} docs/s")
+
+      m = compile_split(
+        compiler,
+        corpus.documents(split),
+        corpus.fields,
+        corpus.label_fields,
+        path,
+        {"corpus": corpus.spec, "corpus_name": corpus.name, "corpus_fingerprint": corpus.fingerprint, "split": split},
+        progress=progress,
+      )
+      toks = sum(f["tokens"] for f in m["stats"].values())
+      log(f"{tag}: {m['num_docs']} docs, {toks} tokens in {time.time() - t0:.1f}s")
+    stats.append((corpus.name, compiler, path))
+  return _isa_stats(stats)
+
+
+def _isa_stats(entries) -> list[IsaStats]:
+  table: dict[tuple[str, str], IsaStats] = {}
+  for corpus_name, compiler, path in entries:
+    key = (corpus_name, compiler.name)
+    row = table.setdefault(key, IsaStats(corpus_name, compiler.name, compiler.vocab_size, compiler.fingerprint))
+    split = compiled.load(path, expect_fingerprint=compiler.fingerprint)
+    row.docs += split.num_docs
+    for f in split.fields.values():
+      row.tokens += len(f.tokens)
+      row.bytes += int(f.nbytes.sum())
+      row.unk += int(np.count_nonzero(np.asarray(f.tokens) == specials.UNK_ID))
+  return list(table.values())
+
+
+def format_isa_table(stats: Sequence[IsaStats]) -> str:
+  """The per-ISA table, in Markdown."""
+  lines = [
+    "| corpus | ISA | vocab | docs | tokens | bytes/token | unk rate | fingerprint |",
+    "|---|---|---:|---:|---:|---:|---:|---|",
+  ]
+  for s in stats:
+    lines.append(
+      f"| {s.corpus} | {s.compiler} | {s.vocab_size} | {s.docs} | {s.tokens} | {s.bytes_per_token:.2f} | "
+      f"{s.unk_rate:.4f} | {s.fingerprint} |"
+    )
+  return "\n".join(lines)
+
+
+def format_overlap_matrix(compiler_list: Sequence[Compiler]) -> str:
+  """ISA overlap (share of regular ids decoding to the same piece), in Markdown."""
+  names = [c.name for c in compiler_list]
+  lines = ["| ISA overlap | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
+  for a in compiler_list:
+    lines.append(f"| {a.name} | " + " | ".join(f"{compilers.isa_overlap(a, b):.2f}" for b in compiler_list) + " |")
+  return "\n".join(lines)
