@@ -1,0 +1,399 @@
+"""Training objectives: how rows of a batch are built from compiled documents.
+
+Each objective maps an epoch's document order and row indices to the arrays of those rows, with no state
+between calls, so any row of any epoch can be built directly (the pipeline's random access by step).
+Randomness inside a row (MLM masks, noise spans) comes from a generator seeded by (seed, global row), so a row
+is the same bits whichever process builds it and whenever.
+
+Packed objectives (``lm``, ``lm_targets``, ``mlm``) concatenate documents ``[BOS] + ids + [EOS]`` and cut the
+stream into windows; segment ids mark the documents inside a row (1-based, 0 = pad) so attention never crosses
+a boundary. Encoder-decoder objectives (``seq2seq``, ``span_corruption``) hold one example per row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from llmcpu.data.compiled import CompiledField, CompiledSplit
+from llmcpu.errors import UserError
+from llmcpu.specials import BOS_ID, EOS_ID, FIRST_REGULAR_ID, FIRST_SENTINEL_ID, MASK_ID, NUM_SENTINELS, PAD_ID
+
+_ROW_TAG = 1  # seeds of in-row randomness: (seed, _ROW_TAG, global row); epoch orders use tag 0.
+
+Batch = dict[str, np.ndarray]
+
+
+def row_rng(seed: int, global_row: int) -> np.random.Generator:
+  return np.random.default_rng([seed, _ROW_TAG, int(global_row)])
+
+
+def _gather(field: CompiledField, start_R: np.ndarray, length_R: np.ndarray, width: int) -> np.ndarray:
+  """Rows ``tokens[start : start + length]`` left-aligned in ``[R, width]``, PAD after."""
+  col = np.arange(width)
+  real_RxW = col[None, :] < length_R[:, None]
+  if len(field.tokens) == 0:
+    return np.zeros(real_RxW.shape, np.int32)
+  idx_RxW = np.where(real_RxW, start_R[:, None] + col[None, :], 0)
+  return np.where(real_RxW, field.tokens[idx_RxW], PAD_ID).astype(np.int32)
+
+
+class Objective:
+  """Base: ``rows(state, r, g)`` builds rows ``r`` of the epoch whose ``epoch_state(order)`` is ``state``."""
+
+  rows_per_epoch: int
+  num_docs: int
+
+  def epoch_state(self, order_N: np.ndarray) -> Any:
+    return order_N
+
+  def rows(self, state: Any, r_R: np.ndarray, g_R: np.ndarray) -> Batch:
+    raise NotImplementedError
+
+  def stats(self) -> dict:
+    return {}
+
+
+class Packed(Objective):
+  """Documents ``[BOS] + fields… + [EOS]`` concatenated in epoch order; row r covers ``[r*L, r*L + L + shift)``."""
+
+  def __init__(self, split: CompiledSplit, fields: Sequence[str], length: int, shift: int):
+    if length < 1:
+      raise UserError(f"lm, lm_targets and mlm need length >= 1 (got {length})")
+    self.fields = [split.fields[f] for f in fields]
+    self.length, self.shift = length, shift
+    self.num_docs = split.num_docs
+    self.field_ends_FxN = np.cumsum([f.lengths for f in self.fields], axis=0)  # ends within a doc, after BOS
+    self.doc_lengths = self.field_ends_FxN[-1] + 2
+    self.doc_bytes = np.sum([f.nbytes for f in self.fields], axis=0).astype(np.float64)
+    self.stream_length = int(self.doc_lengths.sum())
+    self.rows_per_epoch = max(0, -(-(self.stream_length - shift) // length))
+
+  def epoch_state(self, order_N: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    starts = np.zeros(self.num_docs + 1, np.int64)
+    np.cumsum(self.doc_lengths[order_N], out=starts[1:])
+    return order_N, starts
+
+  def window(self, state: tuple[np.ndarray, np.ndarray], r_R: np.ndarray) -> dict[str, np.ndarray]:
+    """The stream under rows ``r``: token, slot in the epoch order, doc, offset in the doc, field (-1 BOS, F EOS)."""
+    order, starts = state
+    p_RxW = r_R[:, None] * self.length + np.arange(self.length + self.shift)[None, :]
+    valid = p_RxW < self.stream_length
+    slot = np.minimum(np.searchsorted(starts, p_RxW, side="right") - 1, self.num_docs - 1)
+    doc = order[slot]
+    offset = p_RxW - starts[slot]
+    tok = np.full(p_RxW.shape, PAD_ID, np.int32)
+    field_of = np.full(p_RxW.shape, -1, np.int32)
+    pos, prev_end = offset - 1, 0
+    for i, field in enumerate(self.fields):
+      end = self.field_ends_FxN[i][doc]
+      inside = (pos >= prev_end) & (pos < end)
+      if len(field.tokens):
+        src = np.where(inside, field.offsets[doc] + pos - prev_end, 0)
+        tok = np.where(inside, field.tokens[src], tok)
+      field_of[inside] = i
+      prev_end = end
+    is_eos = offset == self.doc_lengths[doc] - 1
+    tok[offset == 0] = BOS_ID
+    tok[is_eos] = EOS_ID
+    field_of[is_eos] = len(self.fields)
+    tok[~valid] = PAD_ID
+    row_start = np.maximum(starts[slot], r_R[:, None] * self.length)
+    names = ("p", "valid", "slot", "doc", "offset", "tok", "field_of", "row_start")
+    return dict(zip(names, (p_RxW, valid, slot, doc, offset, tok, field_of, row_start), strict=True))
+
+  @staticmethod
+  def segments(w: dict[str, np.ndarray], cols: slice) -> tuple[np.ndarray, np.ndarray]:
+    """1-based segment ids within each row and positions restarting at every segment (0 on pad)."""
+    slot, valid = w["slot"][:, cols], w["valid"][:, cols]
+    seg = np.where(valid, slot - slot[:, :1] + 1, 0).astype(np.int32)
+    pos = np.where(valid, w["p"][:, cols] - w["row_start"][:, cols], 0).astype(np.int32)
+    return seg, pos
+
+  def stats(self) -> dict:
+    real = self.stream_length - self.shift
+    return {"fill": real / max(1, self.rows_per_epoch * self.length)}
+
+
+class CausalLM(Packed):
+  """``lm``: next-token prediction; a target counts only inside its input's document (BOS is never a target).
+
+  ``target_bytes`` holds a document's raw UTF-8 bytes where the target is its EOS, so over an epoch it sums to
+  the corpus bytes. With ``weight_fields`` set (``lm_targets``) only those fields and EOS are weighted and the
+  bytes are those fields' bytes.
+  """
+
+  def __init__(self, split: CompiledSplit, fields: Sequence[str], length: int, weight_fields: Sequence[str] = ()):
+    super().__init__(split, fields, length, shift=1)
+    self.weighted = [fields.index(f) for f in weight_fields] + [len(fields)] if weight_fields else None  # + EOS
+    if weight_fields:
+      self.doc_bytes = np.sum([split.fields[f].nbytes for f in weight_fields], axis=0).astype(np.float64)
+
+  def rows(self, state: Any, r_R: np.ndarray, g_R: np.ndarray) -> Batch:
+    w = self.window(state, r_R)
+    inp, tgt = slice(None, -1), slice(1, None)
+    same_doc = (w["slot"][:, inp] == w["slot"][:, tgt]) & w["valid"][:, tgt]
+    weights = same_doc
+    if self.weighted is not None:
+      weights = same_doc & np.isin(w["field_of"][:, tgt], self.weighted)
+    tgt_doc = w["doc"][:, tgt]
+    eos_target = same_doc & (w["offset"][:, tgt] == self.doc_lengths[tgt_doc] - 1)
+    seg, pos = self.segments(w, inp)
+    return {
+      "inputs": w["tok"][:, inp],
+      "targets": w["tok"][:, tgt],
+      "weights": weights.astype(np.float32),
+      "segment_ids": seg,
+      "positions": pos,
+      "target_bytes": np.where(eos_target, self.doc_bytes[tgt_doc], 0.0).astype(np.float32),
+    }
+
+
+class MaskedLM(Packed):
+  """``mlm``: BERT masking of ``mask_rate`` of the regular tokens of each row (80% MASK, 10% random, 10% kept).
+
+  ``target_bytes`` gives each chosen token its document's bytes per token (bytes / tokens), so
+  Σ NLL / Σ target_bytes over chosen tokens estimates bits per byte; it does not sum to the corpus bytes.
+  """
+
+  def __init__(
+    self,
+    split: CompiledSplit,
+    fields: Sequence[str],
+    length: int,
+    seed: int,
+    mask_rate: float = 0.15,
+    mask_token_rate: float = 0.8,
+    random_token_rate: float = 0.1,
+  ):
+    super().__init__(split, fields, length, shift=0)
+    if not (0 < mask_rate <= 1 and mask_token_rate >= 0 and random_token_rate >= 0):
+      raise UserError(f"mlm needs 0 < mask_rate <= 1 and non-negative token rates (got {mask_rate})")
+    if mask_token_rate + random_token_rate > 1:
+      raise UserError("mlm: mask_token_rate + random_token_rate must be at most 1")
+    self.seed, self.vocab_size = seed, split.vocab_size
+    if random_token_rate > 0 and self.vocab_size <= FIRST_REGULAR_ID:
+      raise UserError(f"mlm: vocab_size={self.vocab_size} has no regular ids to draw random tokens from")
+    self.rates = (mask_rate, mask_token_rate, random_token_rate)
+    self.doc_tokens = np.maximum(self.doc_lengths - 2, 1)
+
+  def rows(self, state: Any, r_R: np.ndarray, g_R: np.ndarray) -> Batch:
+    w = self.window(state, r_R)
+    tok = w["tok"]
+    mask_rate, mask_token_rate, random_token_rate = self.rates
+    regular = w["valid"] & (tok >= FIRST_REGULAR_ID)
+    u_3xRxL = np.stack([row_rng(self.seed, g).random((3, self.length)) for g in g_R], axis=1)
+    # Exactly round(rate * regular) chosen per row (at least one): the lowest random keys among regular tokens.
+    keys = np.where(regular, u_3xRxL[0], 2.0)
+    rank = np.argsort(np.argsort(keys, axis=1, kind="stable"), axis=1, kind="stable")
+    n_regular = regular.sum(axis=1)
+    n_chosen = np.where(n_regular > 0, np.maximum(np.rint(mask_rate * n_regular), 1), 0)
+    chosen = regular & (rank < n_chosen[:, None])
+    masked = chosen & (u_3xRxL[1] < mask_token_rate)
+    randomized = chosen & ~masked & (u_3xRxL[1] < mask_token_rate + random_token_rate)
+    span = max(self.vocab_size - FIRST_REGULAR_ID, 1)
+    random_ids = (FIRST_REGULAR_ID + np.floor(u_3xRxL[2] * span)).astype(np.int32)
+    inputs = np.where(masked, MASK_ID, np.where(randomized, random_ids, tok)).astype(np.int32)
+    seg, pos = self.segments(w, slice(None))
+    share = self.doc_bytes[w["doc"]] / self.doc_tokens[w["doc"]]
+    return {
+      "inputs": inputs,
+      "targets": tok,
+      "weights": chosen.astype(np.float32),
+      "segment_ids": seg,
+      "positions": pos,
+      "target_bytes": np.where(chosen, share, 0.0).astype(np.float32),
+    }
+
+
+class Seq2Seq(Objective):
+  """``seq2seq``: one (input, target) pair per row; ``input+EOS`` → ``target+EOS``, truncation counted up front.
+
+  ``target_bytes`` (the target's bytes, at its EOS) gives exact bits per byte only when no target is truncated.
+  """
+
+  def __init__(self, split: CompiledSplit, input_length: int, target_length: int, truncate: bool = False):
+    if input_length < 2 or target_length < 2:
+      raise UserError(f"seq2seq needs input_length and target_length >= 2 (got {input_length}, {target_length})")
+    self.input, self.target = split.fields["input"], split.fields["target"]
+    self.input_length, self.target_length = input_length, target_length
+    self.num_docs = self.rows_per_epoch = split.num_docs
+    in_len, tg_len = self.input.lengths, self.target.lengths
+    self.truncated = {
+      "truncated_inputs": int((in_len + 1 > input_length).sum()),
+      "truncated_targets": int((tg_len + 1 > target_length).sum()),
+    }
+    long = int(((in_len + 1 > input_length) | (tg_len + 1 > target_length)).sum())
+    if long and not truncate:
+      raise UserError(
+        f"{long} of {self.num_docs} examples do not fit input_length={input_length}/target_length={target_length} "
+        f"(longest input {in_len.max() + 1}, target {tg_len.max() + 1} tokens with EOS); "
+        "raise the lengths or pass truncate=True"
+      )
+    self._stats = dict(self.truncated, truncated_examples=long)
+    self._stats["fill"] = float(np.minimum(in_len + 1, input_length).sum() / max(1, self.num_docs * input_length))
+
+  def rows(self, state: Any, r_R: np.ndarray, g_R: np.ndarray) -> Batch:
+    doc = state[r_R]
+    rows = np.arange(len(r_R))
+    n_in = np.minimum(self.input.lengths[doc], self.input_length - 1)
+    enc = _gather(self.input, self.input.offsets[doc], n_in, self.input_length)
+    enc[rows, n_in] = EOS_ID
+    n_tg = np.minimum(self.target.lengths[doc], self.target_length - 1)
+    dec_tgt = _gather(self.target, self.target.offsets[doc], n_tg, self.target_length)
+    dec_tgt[rows, n_tg] = EOS_ID
+    return encoder_decoder_batch(enc, n_in + 1, dec_tgt, n_tg + 1, self.target.nbytes[doc].astype(np.float64))
+
+  def stats(self) -> dict:
+    return self._stats
+
+
+def encoder_decoder_batch(
+  enc_RxI: np.ndarray, enc_len_R: np.ndarray, tgt_RxT: np.ndarray, tgt_len_R: np.ndarray, eos_bytes_R: np.ndarray
+) -> Batch:
+  """Seq2seq keys from padded encoder inputs and decoder targets (each ending in EOS); bytes go on the EOS."""
+  col_i, col_t = np.arange(enc_RxI.shape[1]), np.arange(tgt_RxT.shape[1])
+  enc_seg = (col_i[None, :] < enc_len_R[:, None]).astype(np.int32)
+  dec_seg = (col_t[None, :] < tgt_len_R[:, None]).astype(np.int32)
+  dec_in = np.concatenate([np.full((len(tgt_RxT), 1), BOS_ID, np.int32), tgt_RxT[:, :-1]], axis=1) * dec_seg
+  eos = col_t[None, :] == tgt_len_R[:, None] - 1
+  return {
+    "encoder_inputs": enc_RxI.astype(np.int32),
+    "encoder_segment_ids": enc_seg,
+    "encoder_positions": (col_i[None, :] * enc_seg).astype(np.int32),
+    "decoder_inputs": dec_in.astype(np.int32),
+    "decoder_targets": tgt_RxT.astype(np.int32),
+    "decoder_weights": dec_seg.astype(np.float32),
+    "decoder_segment_ids": dec_seg,
+    "decoder_positions": (col_t[None, :] * dec_seg).astype(np.int32),
+    "target_bytes": np.where(eos, eos_bytes_R[:, None], 0.0).astype(np.float32),
+  }
+
+
+def span_counts(n: int, noise_density: float, mean_span: float) -> tuple[int, int]:
+  """T5's noise tokens and noise spans for a window of n tokens (no noise below 2 tokens)."""
+  if n < 2:
+    return 0, 0
+  noise = min(max(round(n * noise_density), 1), n - 1)
+  spans = min(max(round(noise / mean_span), 1), noise, n - noise, NUM_SENTINELS)
+  return noise, spans
+
+
+def raw_window(input_length: int, target_length: int, noise_density: float, mean_span: float) -> int:
+  """Largest raw window whose corruptions (and those of every shorter window) fit both lengths (T5's
+  ``random_spans_helper``: encoder = kept + sentinels + EOS, decoder = noise + sentinels + EOS), with at most
+  NUM_SENTINELS spans before clipping so the mean span length holds."""
+  # enc(n) ≈ n (1 - density + density / mean_span): scan to twice that bound.
+  n = np.arange(1, 2 * int(input_length / (1 - noise_density + noise_density / mean_span)) + 8)
+  counts = np.array([span_counts(int(k), noise_density, mean_span) for k in n]).reshape(-1, 2)
+  noise, spans = counts[:, 0], counts[:, 1]
+  enc, dec = n - noise + spans + 1, noise + spans + 1
+  unclipped = np.rint(noise / mean_span)
+  ok = (np.maximum.accumulate(enc) <= input_length) & (np.maximum.accumulate(dec) <= target_length)
+  ok &= unclipped <= NUM_SENTINELS
+  ok = np.logical_and.accumulate(ok)
+  return int(n[ok][-1]) if ok.any() else 0
+
+
+def noise_mask(n: int, rng: np.random.Generator, noise_density: float, mean_span: float) -> np.ndarray:
+  """T5's ``random_spans_noise_mask``: alternating kept/noise runs, starting with kept, exact counts."""
+  noise, spans = span_counts(n, noise_density, mean_span)
+  if spans == 0:
+    return np.zeros(n, bool)
+
+  def segmentation(items: int, segments: int) -> np.ndarray:
+    cuts = np.sort(rng.choice(items - 1, segments - 1, replace=False)) + 1
+    return np.diff(np.concatenate([[0], cuts, [items]]))
+
+  runs = np.stack([segmentation(n - noise, spans), segmentation(noise, spans)], axis=1).reshape(-1)
+  return np.repeat(np.tile([False, True], spans), runs)
+
+
+def corrupt(tokens: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """Encoder input (kept tokens, sentinel i for span i, EOS), decoder target (sentinel i + span i …, EOS) and
+  which target positions hold noise tokens."""
+  starts = mask & ~np.concatenate([[False], mask[:-1]])
+  sentinels = FIRST_SENTINEL_ID + np.arange(int(starts.sum()), dtype=np.int32)
+  enc = tokens.copy()
+  enc[starts] = sentinels
+  enc = np.append(enc[~mask | starts], EOS_ID)
+  noise_index = np.cumsum(mask) - 1  # index of each noise token among noise tokens
+  where = noise_index[starts]
+  tgt = np.append(np.insert(tokens[mask], where, sentinels), EOS_ID)
+  is_noise = np.ones(len(tgt), bool)
+  is_noise[where + np.arange(len(where))] = False
+  is_noise[-1] = False
+  return enc.astype(np.int32), tgt.astype(np.int32), is_noise
+
+
+class SpanCorruption(Objective):
+  """``span_corruption`` (T5) on prose: each document is cut into windows of ``raw_window`` tokens (its last one
+  shorter), one window per row, so no example crosses a document; noise spans become sentinels.
+
+  Rows are not packed with several documents on purpose: every packed example adds its own EOS and sentinels
+  to both sides, so with short documents no fixed raw window could be guaranteed to fit the lengths, whereas one
+  window per row always fits (T5's helper) and needs no cross-attention segment masks. The cost is padding after
+  each document's last window (``stats()['window_fill']``).
+
+  ``target_bytes`` gives each noise token of a target its document's bytes per token.
+  """
+
+  def __init__(
+    self,
+    split: CompiledSplit,
+    input_length: int,
+    target_length: int,
+    seed: int,
+    noise_density: float = 0.15,
+    mean_noise_span_length: float = 3.0,
+  ):
+    if not (0 < noise_density < 1 and mean_noise_span_length >= 1):
+      raise UserError("span_corruption needs 0 < noise_density < 1 and mean_noise_span_length >= 1")
+    self.text = split.fields["text"]
+    self.input_length, self.target_length, self.seed = input_length, target_length, seed
+    self.noise = (noise_density, mean_noise_span_length)
+    self.window = raw_window(input_length, target_length, noise_density, mean_noise_span_length)
+    if self.window < 2:
+      raise UserError(
+        f"span_corruption: input_length={input_length}/target_length={target_length} fit no noised window; raise them"
+      )
+    self.num_docs = split.num_docs
+    lengths = self.text.lengths
+    self.chunks = -(-lengths // self.window)
+    self.rows_per_epoch = int(self.chunks.sum())
+    self.bytes_per_token = self.text.nbytes / np.maximum(lengths, 1)
+
+  def epoch_state(self, order_N: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    starts = np.zeros(self.num_docs + 1, np.int64)
+    np.cumsum(self.chunks[order_N], out=starts[1:])
+    return order_N, starts
+
+  def window_of(self, state: tuple[np.ndarray, np.ndarray], r: int) -> tuple[int, np.ndarray]:
+    """(document, its tokens under epoch row r)."""
+    order, starts = state
+    slot = int(np.searchsorted(starts, r, side="right")) - 1
+    doc = int(order[slot])
+    begin = int(self.text.offsets[doc]) + (r - int(starts[slot])) * self.window
+    return doc, np.asarray(self.text.tokens[begin : min(begin + self.window, int(self.text.offsets[doc + 1]))])
+
+  def rows(self, state: Any, r_R: np.ndarray, g_R: np.ndarray) -> Batch:
+    enc = np.zeros((len(r_R), self.input_length), np.int32)
+    tgt = np.zeros((len(r_R), self.target_length), np.int32)
+    enc_len, tgt_len = np.zeros(len(r_R), np.int64), np.zeros(len(r_R), np.int64)
+    share = np.zeros((len(r_R), self.target_length))
+    for i, (r, g) in enumerate(zip(r_R, g_R, strict=True)):
+      doc, tokens = self.window_of(state, int(r))
+      mask = noise_mask(len(tokens), row_rng(self.seed, g), *self.noise)
+      e, t, is_noise = corrupt(tokens, mask)
+      enc[i, : len(e)], tgt[i, : len(t)] = e, t
+      enc_len[i], tgt_len[i] = len(e), len(t)
+      share[i, : len(t)] = np.where(is_noise, self.bytes_per_token[doc], 0.0)
+    batch = encoder_decoder_batch(enc, enc_len, tgt, tgt_len, np.zeros(len(r_R)))
+    batch["target_bytes"] = share.astype(np.float32)
+    return batch
+
+  def stats(self) -> dict:
+    used = self.text.lengths.sum() / max(1, self.rows_per_epoch * self.window)
+    return {"raw_window": self.window, "window_fill": float(used)}

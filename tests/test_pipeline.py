@@ -1,0 +1,412 @@
+"""Input pipeline: packing never mixes documents, every token is a target once per epoch, determinism, resume,
+multi-process shards, MLM rates, span-corruption round trip, seq2seq padding and truncation.
+
+Test corpora give every token of the corpus a unique id, so a token alone says which document (and where in it)
+it came from: the checks recompute everything from the documents, not from the pipeline's own bookkeeping.
+"""
+
+import itertools
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from llmcpu.data import objectives
+from llmcpu.data.compiled import CompiledField, CompiledSplit
+from llmcpu.data.pipeline import OBJECTIVES, Pipeline, bytes_per_token
+from llmcpu.errors import UserError
+from llmcpu.specials import BOS_ID, EOS_ID, FIRST_REGULAR_ID, FIRST_SENTINEL_ID, MASK_ID, NUM_SENTINELS, PAD_ID
+
+
+class Corpus:
+  """Documents of unique ids; ``where[id]`` = (field, doc, index) of a regular id."""
+
+  def __init__(self, lengths_by_field: dict[str, list[int]], seed: int = 0):
+    rng = np.random.default_rng(seed)
+    total = sum(sum(v) for v in lengths_by_field.values())
+    ids = FIRST_REGULAR_ID + rng.permutation(total)
+    self.where: dict[int, tuple[str, int, int]] = {}
+    self.docs: dict[str, list[np.ndarray]] = {}
+    fields, start = {}, 0
+    for name, lengths in lengths_by_field.items():
+      docs = []
+      for d, n in enumerate(lengths):
+        docs.append(ids[start : start + n])
+        self.where.update({int(t): (name, d, j) for j, t in enumerate(docs[-1])})
+        start += n
+      nbytes = [3 * n + int(rng.integers(0, 5)) for n in lengths]
+      fields[name] = CompiledField.from_docs(docs, nbytes)
+      self.docs[name] = docs
+    self.split = CompiledSplit(fields=fields, labels={}, manifest={"vocab_size": FIRST_REGULAR_ID + total + 1})
+    # Packed objectives see document d as the stream [BOS] + fields… + [EOS]; ``at[id]`` = (d, index in it).
+    self.streams = [
+      [BOS_ID] + [int(t) for f in fields for t in self.docs[f][d]] + [EOS_ID] for d in range(self.split.num_docs)
+    ]
+    self.at = {
+      t: (d, j) for d, stream in enumerate(self.streams) for j, t in enumerate(stream) if t >= FIRST_REGULAR_ID
+    }
+
+  def nbytes(self, field: str) -> int:
+    return int(self.split.fields[field].nbytes.sum())
+
+
+def prose(lengths, seed=0) -> Corpus:
+  return Corpus({"text": list(lengths)}, seed)
+
+
+def programs(input_lengths, target_lengths, seed=0) -> Corpus:
+  return Corpus({"input": list(input_lengths), "target": list(target_lengths)}, seed)
+
+
+def epoch_rows(p: Pipeline, epoch: int = 0) -> dict[str, np.ndarray]:
+  """All rows of one epoch, through the public ``batch``."""
+  R, B = p.rows_per_epoch, p.global_batch
+  first, last = epoch * R, (epoch + 1) * R
+  steps = range(first // B, (last - 1) // B + 1)
+  batches = [p.batch(s) for s in steps]
+  rows = {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}
+  return {k: v[first - steps[0] * B : last - steps[0] * B] for k, v in rows.items()}
+
+
+def check_packing(corpus: Corpus, tokens_RxL: np.ndarray, seg_RxL: np.ndarray, pos_RxL: np.ndarray) -> None:
+  """Each segment is one piece of one document in order: [BOS] only first, [EOS] only last, consecutive ids."""
+  for tokens, seg, pos in zip(tokens_RxL, seg_RxL, pos_RxL, strict=True):
+    real = seg > 0
+    assert not np.any(real[np.argmin(real) :]) or real.all(), "padding only at the end of a row"
+    assert np.all(tokens[~real] == PAD_ID) and np.all(pos[~real] == 0)
+    ids = np.unique(seg[real])
+    assert np.array_equal(ids, np.arange(1, len(ids) + 1)) and np.all(np.diff(seg[real]) >= 0)
+    for s in ids:
+      piece, where = tokens[seg == s], pos[seg == s]
+      assert np.array_equal(where, np.arange(len(piece))), "positions restart at each segment"
+      assert BOS_ID not in piece[1:] and EOS_ID not in piece[:-1]
+      regular = [corpus.at[int(t)] for t in piece if t >= FIRST_REGULAR_ID]
+      assert len(regular) + np.sum(piece == BOS_ID) + np.sum(piece == EOS_ID) == len(piece)
+      if not regular:
+        continue
+      assert len({d for d, _ in regular}) == 1, "one segment, one document"
+      (d, first), last = regular[0], regular[-1][1]
+      assert [j for _, j in regular] == list(range(first, last + 1)), "the document's tokens, in order"
+      assert piece[0] != BOS_ID or first == 1
+      assert piece[-1] != EOS_ID or last == len(corpus.streams[d]) - 2
+
+
+def check_lm_epoch(corpus: Corpus, rows: dict[str, np.ndarray], weighted_fields=("text",)) -> None:
+  """Weighted targets: every token of the weighted fields and every EOS exactly once; bytes sum to the corpus."""
+  check_packing(corpus, rows["inputs"], rows["segment_ids"], rows["positions"])
+  w = rows["weights"] > 0
+  targets, inputs = rows["targets"], rows["inputs"]
+  assert not np.any(targets[w] == BOS_ID) and not np.any(targets[w] == PAD_ID)
+  # An unweighted real target is the next document's BOS (or, with weighted_fields, a token of another field).
+  other = (~w) & (targets != PAD_ID)
+  allowed = [BOS_ID] + [t for t, (f, _, _) in corpus.where.items() if f not in weighted_fields]
+  assert np.all(np.isin(targets[other], allowed))
+  got = sorted(int(t) for t in targets[w] if t != EOS_ID)
+  want = sorted(int(t) for f in weighted_fields for doc in corpus.docs[f] for t in doc)
+  assert got == want
+  assert int(np.sum(targets[w] == EOS_ID)) == corpus.split.num_docs
+  # Each weighted target follows its predecessor in its document's stream.
+  last = {stream[-2] for stream in corpus.streams}
+  for t, i in zip(targets[w], inputs[w], strict=True):
+    if t == EOS_ID:
+      assert int(i) in last
+    else:
+      d, j = corpus.at[int(t)]
+      assert corpus.streams[d][j - 1] == i
+  nbytes = sum(corpus.nbytes(f) for f in weighted_fields)
+  assert np.isclose(rows["target_bytes"].sum(dtype=np.float64), nbytes)
+  assert np.all(rows["target_bytes"][targets != EOS_ID] == 0)
+
+
+doc_lengths = st.lists(st.integers(0, 40), min_size=1, max_size=25)
+
+
+@settings(max_examples=100, deadline=None)
+@given(doc_lengths, st.integers(1, 24), st.integers(1, 5), st.integers(0, 3))
+def test_lm_packing_never_mixes_documents_and_targets_every_token_once(lengths, length, batch, seed):
+  corpus = prose(lengths, seed)
+  p = Pipeline(corpus.split, objective="lm", global_batch=batch, seed=seed, length=length)
+  stream = sum(lengths) + 2 * len(lengths)
+  assert p.rows_per_epoch == -(-(stream - 1) // length)
+  for epoch in (0, 1):
+    check_lm_epoch(corpus, epoch_rows(p, epoch))
+
+
+@settings(max_examples=50, deadline=None)
+@given(doc_lengths, doc_lengths, st.integers(1, 24))
+def test_lm_targets_weights_only_targets_and_eos(in_lengths, tg_lengths, length):
+  n = min(len(in_lengths), len(tg_lengths))
+  corpus = programs(in_lengths[:n], tg_lengths[:n])
+  p = Pipeline(corpus.split, objective="lm_targets", global_batch=3, seed=1, length=length)
+  rows = epoch_rows(p)
+  check_lm_epoch(corpus, rows, weighted_fields=("target",))
+  w = rows["weights"] > 0
+  assert all(corpus.where[int(t)][0] == "target" for t in rows["targets"][w] if t != EOS_ID)
+
+
+def test_lm_on_programs_is_input_then_target():
+  corpus = programs([3, 0, 5], [2, 4, 1])
+  p = Pipeline(corpus.split, objective="lm", global_batch=2, seed=0, length=7, shuffle=False)
+  check_lm_epoch(corpus, epoch_rows(p), weighted_fields=("input", "target"))
+
+
+def test_lm_bos_eos_layout_without_shuffle():
+  corpus = prose([2, 0, 1])
+  p = Pipeline(corpus.split, objective="lm", global_batch=1, seed=0, length=9, shuffle=False)
+  a, b = corpus.docs["text"][0], corpus.docs["text"][2]
+  stream = [BOS_ID, *a, EOS_ID, BOS_ID, EOS_ID, BOS_ID, *b, EOS_ID]  # 9 tokens: 8 targets fit one row of 9
+  assert p.rows_per_epoch == 1
+  row = p.batch(0)
+  assert row["inputs"][0].tolist() == stream
+  assert row["targets"][0].tolist() == stream[1:] + [PAD_ID]
+  assert row["segment_ids"][0].tolist() == [1, 1, 1, 1, 2, 2, 3, 3, 3]
+  assert row["positions"][0].tolist() == [0, 1, 2, 3, 0, 1, 0, 1, 2]
+  assert row["weights"][0].tolist() == [1, 1, 1, 0, 1, 0, 1, 1, 0]
+  nbytes = corpus.split.fields["text"].nbytes
+  assert row["target_bytes"][0].tolist() == [0, 0, nbytes[0], 0, nbytes[1], 0, 0, nbytes[2], 0]
+
+
+def test_summary_and_bytes_per_token():
+  corpus = prose([4, 6])
+  p = Pipeline(corpus.split, objective="lm", global_batch=2, seed=0, length=4)
+  s = p.summary()
+  assert (
+    s["docs"] == 2 and s["fields"]["text"]["tokens"] == 10 and s["fields"]["text"]["bytes"] == corpus.nbytes("text")
+  )
+  assert s["rows_per_epoch"] == p.rows_per_epoch == 4 and s["steps_per_epoch"] == 2 and 0 < s["fill"] <= 1
+  assert bytes_per_token(corpus.split) == corpus.nbytes("text") / 10
+
+
+def make(objective: str, seed: int = 0, **kw) -> Pipeline:
+  if objective in ("seq2seq", "lm_targets"):
+    rng = np.random.default_rng(5)
+    corpus = programs(rng.integers(0, 9, 40), rng.integers(0, 6, 40))
+  else:
+    corpus = prose(np.random.default_rng(5).integers(0, 60, 40))
+  lengths = dict(length=16) if objective in ("lm", "lm_targets", "mlm") else dict(input_length=24, target_length=10)
+  return Pipeline(corpus.split, objective=objective, seed=seed, **{"global_batch": 4, **lengths, **kw})
+
+
+def same(a: dict, b: dict) -> bool:
+  return a.keys() == b.keys() and all(a[k].dtype == b[k].dtype and np.array_equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("objective", OBJECTIVES)
+def test_deterministic_resumable_and_sharded(objective):
+  p = make(objective)
+  steps = [0, 1, p.steps_per_epoch - 1, p.steps_per_epoch, 3 * p.steps_per_epoch + 2]
+  from_start = list(itertools.islice(p.iterate(0), steps[-1] + 1))
+  for s in steps:
+    fresh = make(objective)  # a resumed run: nothing of the earlier steps
+    assert same(fresh.batch(s), from_start[s])
+    assert same(next(fresh.iterate(s)), from_start[s])
+    shards = [make(objective, process_index=i, process_count=2).batch(s) for i in range(2)]
+    assert all(len(v) == 2 for v in shards[0].values())
+    assert same({k: np.concatenate([x[k] for x in shards]) for k in shards[0]}, from_start[s])
+  assert not same(make(objective, seed=1).batch(0), from_start[0])
+  assert not same(from_start[0], from_start[p.steps_per_epoch + 1])
+  for k, v in from_start[0].items():
+    assert v.dtype == (np.float32 if "weights" in k or k == "target_bytes" else np.int32), k
+
+
+def test_epochs_reshuffle_and_shuffle_off_keeps_corpus_order():
+  corpus = prose([5] * 30)
+  p = Pipeline(corpus.split, objective="lm", global_batch=7, seed=0, length=7)
+  assert not np.array_equal(epoch_rows(p, 0)["inputs"], epoch_rows(p, 1)["inputs"])
+  q = Pipeline(corpus.split, objective="lm", global_batch=7, seed=0, length=7, shuffle=False)
+  assert np.array_equal(epoch_rows(q, 0)["inputs"], epoch_rows(q, 2)["inputs"])
+  first = [corpus.where[int(t)][1] for t in epoch_rows(q)["inputs"].ravel() if t >= FIRST_REGULAR_ID]
+  assert first == sorted(first)
+
+
+@pytest.mark.parametrize("objective", ["lm", "seq2seq", "span_corruption"])
+def test_eval_batches_one_padded_pass(objective):
+  for procs in (1, 2):
+    parts = [list(make(objective, process_index=i, process_count=procs).eval_batches()) for i in range(procs)]
+    assert len({len(x) for x in parts}) == 1
+    p = make(objective)
+    n_rows = p.eval_steps * p.global_batch
+    rows = {k: np.concatenate([b[k] for step in zip(*parts, strict=True) for b in step]) for k in parts[0][0]}
+    ordered = {k: v[: p.rows_per_epoch] for k, v in rows.items()}
+    q = make(objective, shuffle=False)
+    assert same(ordered, epoch_rows(q))
+    assert all(len(v) == n_rows and not v[p.rows_per_epoch :].any() for v in rows.values())
+  if objective == "lm":
+    assert np.isclose(rows["target_bytes"].sum(), p.split.fields["text"].nbytes.sum())
+
+
+def test_mlm_rates_and_specials():
+  corpus = prose(np.random.default_rng(0).integers(0, 300, 200))
+  p = Pipeline(corpus.split, objective="mlm", global_batch=8, seed=3, length=128)
+  rows = epoch_rows(p)
+  check_packing(corpus, rows["targets"], rows["segment_ids"], rows["positions"])
+  inputs, targets, chosen = rows["inputs"], rows["targets"], rows["weights"] > 0
+  regular = targets >= FIRST_REGULAR_ID
+  assert not np.any(chosen & ~regular), "specials and padding are never chosen"
+  assert np.array_equal(inputs[~chosen], targets[~chosen])
+  n_regular = regular.sum(1)
+  assert np.array_equal(chosen.sum(1), np.where(n_regular > 0, np.maximum(np.rint(0.15 * n_regular), 1), 0))
+  masked = np.mean(inputs[chosen] == MASK_ID)
+  kept = np.mean(inputs[chosen] == targets[chosen])
+  randomized = np.mean((inputs[chosen] != MASK_ID) & (inputs[chosen] != targets[chosen]))
+  assert abs(masked - 0.8) < 0.03 and abs(kept - 0.1) < 0.02 and abs(randomized - 0.1) < 0.02
+  assert np.all((inputs[chosen] == MASK_ID) | (inputs[chosen] >= FIRST_REGULAR_ID))
+  assert np.all(inputs[chosen] < corpus.split.vocab_size)
+  per_token = corpus.split.fields["text"].nbytes / np.maximum(corpus.split.fields["text"].lengths, 1)
+  docs = [corpus.where[int(t)][1] for t in targets[chosen]]
+  assert np.allclose(rows["target_bytes"][chosen], per_token[docs])
+  assert np.all(rows["target_bytes"][~chosen] == 0)
+
+
+def reconstruct(enc: np.ndarray, tgt: np.ndarray) -> list[int]:
+  """Fill each sentinel of the encoder input with the tokens after the same sentinel in the target."""
+  spans, current = {}, None
+  for t in tgt:
+    if t == EOS_ID:
+      break
+    if FIRST_SENTINEL_ID <= t < FIRST_REGULAR_ID:
+      current = int(t)
+      spans[current] = []
+    else:
+      spans[current].append(int(t))
+  out = []
+  for t in enc:
+    if t == EOS_ID:
+      break
+    out.extend(spans.pop(int(t)) if FIRST_SENTINEL_ID <= t < FIRST_REGULAR_ID else [int(t)])
+  assert not spans, "every target span has its sentinel in the input"
+  return out
+
+
+@settings(max_examples=50, deadline=None)
+@given(doc_lengths, st.integers(8, 80), st.integers(6, 30), st.sampled_from([0.15, 0.3, 0.5]), st.integers(0, 2))
+def test_span_corruption_reconstructs_every_window(lengths, input_length, target_length, density, seed):
+  corpus = prose(lengths, seed)
+  try:
+    p = Pipeline(
+      corpus.split,
+      objective="span_corruption",
+      global_batch=3,
+      seed=seed,
+      input_length=input_length,
+      target_length=target_length,
+      noise_density=density,
+    )
+  except UserError as e:
+    assert "fit no noised window" in str(e) or "no tokens" in str(e)
+    return
+  rows = epoch_rows(p)
+  pieces: dict[int, list[int]] = {}
+  for i in range(p.rows_per_epoch):
+    enc, tgt = rows["encoder_inputs"][i], rows["decoder_targets"][i]
+    n_enc, n_tgt = rows["encoder_segment_ids"][i].sum(), rows["decoder_segment_ids"][i].sum()
+    assert enc[n_enc - 1] == EOS_ID and tgt[n_tgt - 1] == EOS_ID and not enc[n_enc:].any() and not tgt[n_tgt:].any()
+    sentinels = enc[(enc >= FIRST_SENTINEL_ID) & (enc < FIRST_REGULAR_ID)]
+    assert np.array_equal(sentinels, FIRST_SENTINEL_ID + np.arange(len(sentinels))) and len(sentinels) <= NUM_SENTINELS
+    assert np.array_equal(rows["decoder_inputs"][i][:n_tgt], np.concatenate([[BOS_ID], tgt[: n_tgt - 1]]))
+    assert np.array_equal(rows["decoder_positions"][i][:n_tgt], np.arange(n_tgt))
+    window = reconstruct(enc, tgt)
+    assert 0 < len(window) <= p.objective.window
+    docs = {corpus.where[t][1] for t in window}
+    assert len(docs) == 1, "a window never crosses documents"
+    pieces.setdefault(docs.pop(), []).extend(window)
+    noise = (tgt >= FIRST_REGULAR_ID) & (np.arange(len(tgt)) < n_tgt)
+    assert np.all((rows["target_bytes"][i] > 0) == noise)
+  for d, doc in enumerate(corpus.docs["text"]):
+    assert pieces.get(d, []) == doc.tolist(), "each window of each document once per epoch, in order"
+
+
+@pytest.mark.parametrize("input_length,target_length", [(8, 4), (64, 16), (114, 30), (512, 114), (4096, 2048)])
+def test_raw_window_is_the_largest_that_fits(input_length, target_length):
+  w = objectives.raw_window(input_length, target_length, 0.15, 3.0)
+
+  def lengths(n):
+    noise, spans = objectives.span_counts(n, 0.15, 3.0)
+    return n - noise + spans + 1, noise + spans + 1, round(noise / 3.0)
+
+  assert all(e <= input_length and t <= target_length for e, t, _ in map(lengths, range(1, w + 1)))
+  e, t, s = lengths(w + 1)
+  assert e > input_length or t > target_length or s > NUM_SENTINELS
+  if input_length == 512:
+    assert 560 <= w <= 570  # T5: 512 input tokens ≈ 568 raw tokens at density 0.15, mean span 3
+
+
+def test_noise_mask_exact_counts():
+  rng = np.random.default_rng(0)
+  for n in range(0, 200, 7):
+    mask = objectives.noise_mask(n, rng, 0.15, 3.0)
+    noise, spans = objectives.span_counts(n, 0.15, 3.0)
+    starts = mask & ~np.concatenate([[False], mask[:-1]])
+    assert mask.sum() == noise and starts.sum() == spans and (n < 2 or not mask[0])
+
+
+def test_seq2seq_layout_and_truncation():
+  corpus = programs([3, 7, 0], [2, 1, 9])
+  with pytest.raises(UserError, match="truncate=True"):
+    Pipeline(corpus.split, objective="seq2seq", global_batch=3, seed=0, input_length=6, target_length=5)
+  p = Pipeline(
+    corpus.split,
+    objective="seq2seq",
+    global_batch=3,
+    seed=0,
+    input_length=6,
+    target_length=5,
+    shuffle=False,
+    truncate=True,
+  )
+  s = p.summary()
+  assert (s["truncated_inputs"], s["truncated_targets"], s["truncated_examples"]) == (1, 1, 2)
+  b = p.batch(0)
+  inp, tgt = corpus.docs["input"], corpus.docs["target"]
+  assert b["encoder_inputs"].tolist() == [
+    [*inp[0], EOS_ID, 0, 0],
+    [*inp[1][:5], EOS_ID],
+    [EOS_ID, 0, 0, 0, 0, 0],
+  ]
+  assert b["decoder_targets"].tolist() == [[*tgt[0], EOS_ID, 0, 0], [*tgt[1], EOS_ID, 0, 0, 0], [*tgt[2][:4], EOS_ID]]
+  assert b["decoder_inputs"].tolist() == [[BOS_ID, *tgt[0], 0, 0], [BOS_ID, *tgt[1], 0, 0, 0], [BOS_ID, *tgt[2][:4]]]
+  assert b["encoder_segment_ids"].tolist() == [[1, 1, 1, 1, 0, 0], [1] * 6, [1, 0, 0, 0, 0, 0]]
+  assert b["decoder_weights"].tolist() == [[1, 1, 1, 0, 0], [1, 1, 0, 0, 0], [1] * 5]
+  assert b["encoder_positions"][0].tolist() == [0, 1, 2, 3, 0, 0] and b["decoder_positions"][2].tolist() == [
+    0,
+    1,
+    2,
+    3,
+    4,
+  ]
+  nbytes = corpus.split.fields["target"].nbytes
+  assert b["target_bytes"].tolist() == [[0, 0, nbytes[0], 0, 0], [0, nbytes[1], 0, 0, 0], [0, 0, 0, 0, nbytes[2]]]
+
+
+@pytest.mark.parametrize(
+  "kwargs,match",
+  [
+    (dict(objective="lm", global_batch=3, process_count=2, length=8), "multiple of process_count"),
+    (dict(objective="lm", global_batch=4, process_count=2, process_index=2, length=8), "process_index"),
+    (dict(objective="gpt", global_batch=4, length=8), "unknown objective"),
+    (dict(objective="seq2seq", global_batch=4, input_length=8, target_length=8), "input/target split"),
+    (dict(objective="lm_targets", global_batch=4, length=8), "input/target split"),
+    (dict(objective="lm", global_batch=4), "need length >= 1"),
+    (dict(objective="lm", global_batch=4, length=8, mask_rate=0.2), "no option mask_rate"),
+    (dict(objective="mlm", global_batch=4, length=8, mask_rate=1.5), "mask_rate"),
+    (dict(objective="span_corruption", global_batch=4, input_length=2, target_length=2), "fit no noised window"),
+    (dict(objective="lm", global_batch=4, length=8, seed=-1), "seed"),
+  ],
+)
+def test_bad_input_is_a_user_error(kwargs, match):
+  with pytest.raises(UserError, match=match):
+    Pipeline(prose([5, 6]).split, **{"seed": 0, **kwargs})
+
+
+def test_incompatible_split_kinds():
+  with pytest.raises(UserError, match="prose split"):
+    Pipeline(
+      programs([3], [2]).split, objective="span_corruption", global_batch=1, seed=0, input_length=8, target_length=8
+    )
+  with pytest.raises(UserError, match="no documents"):
+    Pipeline(prose([]).split, objective="lm", global_batch=1, seed=0, length=8)
+  with pytest.raises(UserError, match="no tokens"):
+    Pipeline(prose([0, 0]).split, objective="span_corruption", global_batch=1, seed=0, input_length=8, target_length=8)
+  with pytest.raises(UserError, match="step"):
+    make("lm").batch(-1)
