@@ -262,3 +262,18 @@ def format_overlap_matrix(compiler_list: Sequence[Compiler]) -> str:
   for a in compiler_list:
     lines.append(f"| {a.name} | " + " | ".join(f"{compilers.isa_overlap(a, b):.2f}" for b in compiler_list) + " |")
   return "\n".join(lines)
+
+
+def find_corpus_name(compile_dir: str, corpus_spec: str, compiler: Compiler, compile_cmd: str) -> str:
+  """The cache key of ``corpus_spec`` in ``compile_dir``, read from the compiled splits' manifests (no TFDS needed)."""
+  root = os.path.join(compile_dir, "data")
+  for name in sorted(os.listdir(root)) if os.path.isdir(root) else []:
+    base = os.path.join(root, name, compiler.name)
+    for split in sorted(os.listdir(base)) if os.path.isdir(base) else []:
+      m = compiled.read_manifest(os.path.join(base, split))
+      if m is not None and m.get("corpus") == corpus_spec:
+        return name
+  raise UserError(
+    f"no data compiled from corpus {corpus_spec!r} with ISA {compiler.name} in {compile_dir}; "
+    f"build it with: {compile_cmd}"
+  )

@@ -7,10 +7,13 @@ import os
 import sys
 from collections.abc import Callable
 
+from absl import app, flags, logging
+
 from llmcpu.errors import UserError
 
 # TensorFlow is only a data library here: keep its C++ logging quiet (must be set before it is imported).
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")  # its start-up notice is printed before any log level applies
 
 
 def user_errors(main: Callable) -> Callable:
@@ -18,6 +21,8 @@ def user_errors(main: Callable) -> Callable:
 
   @functools.wraps(main)
   def wrapped(argv):
+    if not flags.FLAGS["verbosity"].present:  # TFDS/orbax INFO lines would drown the progress output
+      logging.set_verbosity(logging.WARNING)
     try:
       return main(argv)
     except UserError as e:
@@ -43,3 +48,20 @@ def workdir_path(path: str) -> str:
 
 def log(message: str) -> None:
   print(message, flush=True)
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's parser, but a bad flag or config override (``--config.nope=1``) is one ``error:`` line, exit 2."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    print(f"error: {e}; see --helpfull", file=sys.stderr, flush=True)
+  except (AttributeError, KeyError, ValueError, TypeError) as e:  # ml_collections' override errors
+    detail = str(e).strip("\"'")
+    print(f"error: bad --config override ({detail}): no such key or wrong type; see the config file", file=sys.stderr)
+  sys.exit(2)
+
+
+def run(main: Callable) -> None:
+  """``app.run`` with one-line errors for bad flags and UserErrors."""
+  app.run(user_errors(main), flags_parser=parse_flags)

@@ -1,6 +1,6 @@
 """Compile corpora with compilers: train every compiler once and cache every split encoded by every ISA.
 
-  python scripts/compile.py --corpus=python_docs --compilers=bpe:1000,bpe:4000,char,byte --workdir=runs/q
+python scripts/compile.py --corpus=python_docs --compilers=bpe:1000,bpe:4000,char,byte --workdir=runs/q
 """
 
 from absl import app, flags
@@ -19,7 +19,6 @@ _DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data_dir (default: TFDS_
 _REBUILD = flags.DEFINE_bool("rebuild", False, "Rebuild every compiler and split even if the cache is current.")
 
 
-@cli.user_errors
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -35,4 +34,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -1,9 +1,9 @@
 """Compilers: lossless for any Unicode, fixed special ids, bijective ISA permutations, stable fingerprints."""
 
 import os
+import pydoc_data.topics
 
 import numpy as np
-import pydoc_data.topics
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -60,7 +60,9 @@ def test_round_trip_any_unicode(zoo, text):
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(words=st.lists(st.sampled_from(["the", "a", "\u2581", " ", "  ", "\n", "zq", "日本", "😀", "x\u2581y"]), max_size=12))
+@given(
+  words=st.lists(st.sampled_from(["the", "a", "\u2581", " ", "  ", "\n", "zq", "日本", "😀", "x\u2581y"]), max_size=12)
+)
 def test_round_trip_space_marker_mixtures(zoo, words):
   text = "".join(words)
   for spec, c in zoo.items():
@@ -118,7 +120,7 @@ def test_overlap_counts_identical_pieces_independently(zoo):
 def test_fingerprint_stable_and_save_load(zoo, tmp_path):
   again = compilers.train("unigram:1000", TEXTS)
   assert again.fingerprint == zoo["unigram:1000"].fingerprint
-  for spec, c in zoo.items():
+  for c in zoo.values():
     path = tmp_path / c.name
     c.save(str(path))
     loaded = compilers.load(str(path))
@@ -182,3 +184,9 @@ def test_decode_rejects_illegal_ids(zoo):
     c.decode([c.vocab_size + 5])
   text, dropped = c.decode_foreign(c.encode("abc") + [c.vocab_size + 5])
   assert text == "abc" and dropped == 1
+
+
+def test_blob_round_trip(zoo):
+  for c in zoo.values():
+    back = compilers.from_blob(compilers.to_blob(c))
+    assert back.fingerprint == c.fingerprint and back.encode(TEXTS[1]) == c.encode(TEXTS[1])

@@ -3,7 +3,18 @@
 ``train(spec, texts)`` builds one, ``load(path)`` reads one back, ``isa_overlap(a, b)`` measures compatibility.
 """
 
-from llmcpu.compilers.compiler import Compiler, isa_overlap, load, train
+from llmcpu.compilers.compiler import Compiler, from_blob, isa_overlap, load, to_blob, train
 from llmcpu.compilers.spec import FAMILIES, CompilerSpec, parse, parse_list
 
-__all__ = ["FAMILIES", "Compiler", "CompilerSpec", "isa_overlap", "load", "parse", "parse_list", "train"]
+__all__ = [
+  "FAMILIES",
+  "Compiler",
+  "CompilerSpec",
+  "from_blob",
+  "isa_overlap",
+  "load",
+  "parse",
+  "parse_list",
+  "to_blob",
+  "train",
+]

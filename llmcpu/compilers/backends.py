@@ -132,9 +132,7 @@ def _space_for_meta_bytes(flat: np.ndarray, lengths: np.ndarray) -> tuple[np.nda
   return flat[keep], lengths - dropped
 
 
-def train_sentencepiece(
-  family: str, vocab: int | None, texts: Iterable[str], options: dict
-) -> tuple[bytes, dict]:
+def train_sentencepiece(family: str, vocab: int | None, texts: Iterable[str], options: dict) -> tuple[bytes, dict]:
   """Trains a SentencePiece model in memory; returns (model proto, the trainer options used)."""
   opts = dict(
     model_type=family,

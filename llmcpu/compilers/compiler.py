@@ -6,9 +6,11 @@ fingerprint, trainer options), ``spm.model`` for SentencePiece families and ``pe
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
+import pathlib
 import shutil
 import tempfile
 from collections.abc import Iterable, Sequence
@@ -110,6 +112,27 @@ class Compiler:
     except BaseException:
       shutil.rmtree(tmp, ignore_errors=True)
       raise
+
+
+def to_blob(compiler: Compiler) -> dict:
+  """The compiler's directory as JSON-safe data, so a checkpoint's metadata can carry its ISA."""
+  with tempfile.TemporaryDirectory() as tmp:
+    compiler.save(os.path.join(tmp, "c"))
+    return {
+      name: base64.b64encode(pathlib.Path(tmp, "c", name).read_bytes()).decode("ascii")
+      for name in sorted(os.listdir(os.path.join(tmp, "c")))
+    }
+
+
+def from_blob(blob: dict) -> Compiler:
+  """Inverse of ``to_blob``; checks the fingerprint like ``load``."""
+  with tempfile.TemporaryDirectory() as tmp:
+    for name, data in blob.items():
+      if os.sep in name or name.startswith("."):
+        raise UserError(f"corrupt compiler blob: bad file name {name!r}")
+      with open(os.path.join(tmp, name), "wb") as f:
+        f.write(base64.b64decode(data))
+    return load(tmp)
 
 
 def load(path: str) -> Compiler:

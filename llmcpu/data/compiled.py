@@ -111,7 +111,9 @@ def load(path: str, *, expect_fingerprint: str | None = None) -> CompiledSplit:
   fields = {}
   try:
     for name in manifest["fields"]:
-      arrays = {k: np.load(os.path.join(path, f"{name}.{k}.npy"), mmap_mode="r") for k in ("tokens", "offsets", "nbytes")}
+      arrays = {
+        k: np.load(os.path.join(path, f"{name}.{k}.npy"), mmap_mode="r") for k in ("tokens", "offsets", "nbytes")
+      }
       fields[name] = CompiledField(**arrays)
     with open(os.path.join(path, "labels.json")) as f:
       labels = json.load(f)

@@ -1,0 +1,7 @@
+"""encoder training config: `--config=configs/encoder.py[:tiny|small|base]`."""
+
+from llmcpu.config import base_config
+
+
+def get_config(preset: str = "tiny"):
+  return base_config("encoder", preset)

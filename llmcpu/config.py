@@ -1,0 +1,75 @@
+"""The training config, as data: one ml_collections block per concern, filled from a model preset.
+
+``configs/<arch>.py`` files are thin: ``get_config("small")`` → ``base_config(arch, "small")``. Every key can be
+overridden on the command line (``--config.train.steps=500``); unknown keys are refused by ml_collections.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import ml_collections
+
+from llmcpu.models.config import ModelConfig, presets
+
+# Training-size presets, paired with the model presets of the same name.
+TRAIN_PRESETS = {
+  "tiny": dict(steps=200, batch_size=16, length=128, input_length=128, target_length=32, learning_rate=3e-3),
+  "small": dict(steps=2000, batch_size=32, length=256, input_length=256, target_length=64, learning_rate=1e-3),
+  "base": dict(steps=100_000, batch_size=256, length=1024, input_length=512, target_length=128, learning_rate=6e-4),
+}
+DEFAULT_OBJECTIVE = {"decoder": "lm", "encoder": "mlm", "encoder_decoder": "span_corruption"}
+
+
+def base_config(arch: str, preset: str = "tiny") -> ml_collections.ConfigDict:
+  preset = preset or "tiny"
+  if preset not in TRAIN_PRESETS:
+    raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(TRAIN_PRESETS)}")
+  p = TRAIN_PRESETS[preset]
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+
+  c.data = ml_collections.ConfigDict()
+  c.data.corpus = "python_docs"  # any corpus string: python_docs, programs, tfds:NAME[:KEY], text:GLOB
+  c.data.compile_dir = "runs/compiled"  # the scripts/compile.py --workdir holding the compiled corpus
+  c.data.isa = "bpe:4000"  # compiler spec; its compiled data must exist under compile_dir
+  c.data.objective = ""  # '' → lm (decoder; lm_targets on input/target corpora), mlm, span_corruption/seq2seq
+  c.data.length = p["length"]  # decoder / encoder rows
+  c.data.input_length = p["input_length"]  # encoder_decoder source
+  c.data.target_length = p["target_length"]  # encoder_decoder target
+  c.data.train_split = "train"
+  c.data.eval_split = "validation"
+
+  # Every ModelConfig field, from the preset; vocab_size 0 = take it from the ISA.
+  model = {f.name: f.default for f in dataclasses.fields(ModelConfig)}
+  model.update(presets(preset, arch), arch=arch, vocab_size=0)
+  model["num_decoder_layers"] = model["num_decoder_layers"] or 0  # 0 = same as num_layers
+  c.model = ml_collections.ConfigDict(model)
+  c.model.preset = preset
+
+  c.train = ml_collections.ConfigDict()
+  c.train.steps = p["steps"]
+  c.train.batch_size = p["batch_size"]  # global, across all devices and hosts
+  c.train.learning_rate = p["learning_rate"]
+  c.train.warmup_steps = max(1, p["steps"] // 20)
+  c.train.min_lr_ratio = 0.1  # cosine decays to this fraction of the peak
+  c.train.weight_decay = 0.1  # on matrices only (see trainer.decay_mask)
+  c.train.b1 = 0.9
+  c.train.b2 = 0.95
+  c.train.grad_clip = 1.0  # global norm
+  c.train.grad_accum = 1  # micro-batches per step (batch_size must divide by it)
+  c.train.log_every = 10
+  c.train.eval_every = max(1, p["steps"] // 4)
+  c.train.eval_batches = 8
+  c.train.peak_tflops = 0.0  # for MFU; 0 = measure this machine's matmul peak at start
+
+  c.checkpoint = ml_collections.ConfigDict()
+  c.checkpoint.every = max(1, p["steps"] // 4)
+  c.checkpoint.keep = 2
+  c.checkpoint.async_save = True
+
+  c.parallelism = "jit"  # jit: jax.jit over a device Mesh; pmap: the same step under jax.pmap
+  c.mesh = ml_collections.ConfigDict()
+  c.mesh.fsdp = 1  # devices that shard parameters (ZeRO-3 style); the rest are pure data parallel
+  c.mesh.tensor = 1  # devices that shard heads / mlp / vocab
+  return c

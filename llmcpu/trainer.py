@@ -1,0 +1,445 @@
+"""One trainer for all three CPUs: compiled data → objective → jitted step over a mesh (or pmap) → checkpoints.
+
+``train(config, workdir)`` runs (or resumes) a run described by a config from ``llmcpu.config``. The step is a
+pure function of ``(state, batch)`` where ``state = {params, opt_state, rest, step}`` holds NNX ``State``s; the
+model's graph definition is split off once. Step n+1 is dispatched before step n's metrics are read, so the host
+(data, logging) overlaps the device. SIGTERM/SIGINT save the current step and return; rerunning resumes with the
+data position restored, giving the same bits as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from flax import nnx
+
+from llmcpu import cache, checkpoints, compilers, loss, metrics, models, parallel
+from llmcpu.config import DEFAULT_OBJECTIVE
+from llmcpu.data.pipeline import Pipeline
+from llmcpu.errors import UserError
+
+SEQ2SEQ_OBJECTIVES = ("seq2seq", "span_corruption")
+
+
+# ------------------------------------------------------------------------------------------------- configuration
+
+
+def model_config(config: ml_collections.ConfigDict, vocab_size: int) -> models.ModelConfig:
+  """The CPU's config: the ``model`` block with the ISA's vocabulary size (a different explicit size is an error)."""
+  block = config.model.to_dict()
+  if block.get("vocab_size") and block["vocab_size"] != vocab_size:
+    raise UserError(
+      f"model.vocab_size={block['vocab_size']} disagrees with ISA {config.data.isa} ({vocab_size} ids); "
+      "leave it 0 to take the ISA's size"
+    )
+  block["vocab_size"] = vocab_size
+  block["num_decoder_layers"] = block.get("num_decoder_layers") or None
+  return models.ModelConfig.from_config(block)
+
+
+def objective_for(config: ml_collections.ConfigDict, split_kind: str) -> str:
+  """The configured objective, or the architecture's default for this kind of data."""
+  arch = config.model.arch
+  if config.data.objective:
+    return config.data.objective
+  if split_kind == "seq2seq":
+    return "seq2seq" if arch == "encoder_decoder" else ("lm_targets" if arch == "decoder" else "mlm")
+  return DEFAULT_OBJECTIVE[arch]
+
+
+def tokens_per_row(config: ml_collections.ConfigDict, objective: str) -> int:
+  if objective in SEQ2SEQ_OBJECTIVES:
+    return config.data.input_length + config.data.target_length
+  return config.data.length
+
+
+def make_optimizer(t: ml_collections.ConfigDict) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  """AdamW with linear warmup and cosine decay, global-norm clipping, and weight decay on matrices only."""
+  warmup = min(t.warmup_steps, max(t.steps - 1, 1))
+  schedule = optax.warmup_cosine_decay_schedule(
+    0.0, t.learning_rate, warmup, max(t.steps, warmup + 1), end_value=t.learning_rate * t.min_lr_ratio
+  )
+  tx = optax.chain(
+    optax.clip_by_global_norm(t.grad_clip),
+    optax.adamw(schedule, b1=t.b1, b2=t.b2, weight_decay=t.weight_decay, mask=decay_mask),
+  )
+  return tx, schedule
+
+
+def decay_mask(params):
+  """Decay weight matrices and embeddings; leave norm scales and other vectors alone."""
+  return jax.tree.map(lambda p: p.ndim >= 2, params)
+
+
+# ------------------------------------------------------------------------------------------------- the step
+
+
+def make_steps(graphdef, tx, schedule, grad_accum: int, axis_name: str | None = None):
+  """(train_step, eval_step) as pure functions; ``axis_name`` set → sums are reduced across pmap devices."""
+
+  def reduce(x):
+    return jax.lax.psum(x, axis_name) if axis_name else x
+
+  def loss_fn(params, rest, batch, total_weight):
+    model = nnx.merge(graphdef, params, rest, copy=True)
+    logits, targets, weights = loss.forward(model, batch)
+    sums = loss.metric_sums(logits, targets, weights, batch["target_bytes"])
+    new_rest = nnx.state(model, nnx.Not(nnx.Param))
+    # Normalised by the whole global batch's weight: micro-batches and devices then add up to one big batch.
+    return sums["nll"] / total_weight, (sums, new_rest)
+
+  grad_fn = jax.grad(loss_fn, has_aux=True)
+
+  def train_step(state, batch):
+    weights = batch["decoder_weights"] if "decoder_weights" in batch else batch["weights"]
+    total_weight = jnp.maximum(reduce(jnp.sum(weights.astype(jnp.float32))), 1.0)
+    if grad_accum == 1:
+      grads, (sums, rest) = grad_fn(state["params"], state["rest"], batch, total_weight)
+    else:
+      # Interleaved micro-batches (row i goes to micro-batch i % A) keep every device busy in each of them.
+      micro = jax.tree.map(
+        lambda x: x.reshape(x.shape[0] // grad_accum, grad_accum, *x.shape[1:]).swapaxes(0, 1), batch
+      )
+
+      def body(carry, mb):
+        g_acc, s_acc, rest = carry
+        g, (s, rest) = grad_fn(state["params"], rest, mb, total_weight)
+        return (jax.tree.map(jnp.add, g_acc, g), jax.tree.map(jnp.add, s_acc, s), rest), None
+
+      zeros = jax.tree.map(jnp.zeros_like, state["params"])
+      sums0 = {k: jnp.zeros((), jnp.float32) for k in ("nll", "weight", "bpb_nll", "bytes", "correct")}
+      (grads, sums, rest), _ = jax.lax.scan(body, (zeros, sums0, state["rest"]), micro)
+    if axis_name:
+      grads = reduce(grads)
+      sums = reduce(sums)
+      rest = jax.tree.map(lambda new, old: old + reduce(new - old), rest, state["rest"])
+    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+    new_state = {
+      "params": optax.apply_updates(state["params"], updates),
+      "opt_state": opt_state,
+      "rest": rest,
+      "step": state["step"] + 1,
+    }
+    return new_state, dict(sums, grad_norm=optax.global_norm(grads), learning_rate=schedule(state["step"]))
+
+  def eval_step(state, batch):
+    model = nnx.merge(graphdef, state["params"], state["rest"], copy=True)
+    logits, targets, weights = loss.forward(model, batch)
+    return reduce(loss.metric_sums(logits, targets, weights, batch["target_bytes"]))
+
+  return train_step, eval_step
+
+
+# ------------------------------------------------------------------------------------------------- the run
+
+
+@dataclasses.dataclass
+class Run:
+  """What one training run is made of, resolved from its config."""
+
+  config: ml_collections.ConfigDict
+  workdir: str
+  compiler: compilers.Compiler
+  model_config: models.ModelConfig
+  objective: str
+  train_data: Pipeline
+  eval_data: Pipeline | None
+  mesh: jax.sharding.Mesh
+
+  @property
+  def tokens_per_step(self) -> int:
+    return self.config.train.batch_size * tokens_per_row(self.config, self.objective)
+
+
+def resolve(config: ml_collections.ConfigDict, workdir: str) -> Run:
+  """Checks the config against the compiled data and the devices; every problem is one UserError."""
+  d, t = config.data, config.train
+  if config.parallelism not in ("jit", "pmap"):
+    raise UserError(f"parallelism={config.parallelism!r} is not one of jit, pmap")
+  if t.steps < 1:
+    raise UserError(f"train.steps={t.steps} must be at least 1")
+  compile_dir = os.path.abspath(os.path.expanduser(d.compile_dir))
+  spec = compilers.parse(d.isa)
+  compile_cmd = f"python scripts/compile.py --corpus={d.corpus} --compilers={spec} --workdir={compile_dir}"
+  compiler_path = cache.compiler_dir(compile_dir, spec.name)
+  if not os.path.exists(os.path.join(compiler_path, "isa.json")):
+    raise UserError(f"no compiler {spec} under {compile_dir}; build it with: {compile_cmd}")
+  compiler = compilers.load(compiler_path)
+  corpus_name = cache.find_corpus_name(compile_dir, d.corpus, compiler, compile_cmd)
+  train_split = cache.load_split(compile_dir, corpus_name, compiler, d.train_split)
+  eval_split = None
+  if t.eval_every and t.eval_batches:
+    eval_split = cache.load_split(compile_dir, corpus_name, compiler, d.eval_split)
+  objective = objective_for(config, train_split.kind)
+  mc = model_config(config, compiler.vocab_size)
+  if objective not in SEQ2SEQ_OBJECTIVES and d.length > mc.max_len and mc.positions == "learned":
+    raise UserError(f"data.length={d.length} exceeds model.max_len={mc.max_len} with learned positions")
+  if (objective in SEQ2SEQ_OBJECTIVES) != (mc.arch == "encoder_decoder"):
+    raise UserError(f"objective {objective!r} does not fit arch {mc.arch!r}; set data.objective accordingly")
+  mesh = parallel.make_mesh(config.mesh.fsdp, config.mesh.tensor) if config.parallelism == "jit" else None
+  if config.parallelism == "pmap":
+    if config.mesh.fsdp != 1 or config.mesh.tensor != 1:
+      raise UserError("parallelism=pmap is data parallel only; set mesh.fsdp=1 and mesh.tensor=1 or use jit")
+    mesh = parallel.make_mesh()
+  parallel.check_batch(t.batch_size, mesh, t.grad_accum)
+
+  def pipeline(split, shuffle=True):
+    return Pipeline(
+      split,
+      objective=objective,
+      global_batch=t.batch_size,
+      seed=config.seed,
+      length=d.length,
+      input_length=d.input_length,
+      target_length=d.target_length,
+      process_index=jax.process_index(),
+      process_count=jax.process_count(),
+      shuffle=shuffle,
+    )
+
+  return Run(
+    config=config,
+    workdir=workdir,
+    compiler=compiler,
+    model_config=mc,
+    objective=objective,
+    train_data=pipeline(train_split),
+    eval_data=pipeline(eval_split, shuffle=False) if eval_split is not None else None,
+    mesh=mesh,
+  )
+
+
+class _Stop:
+  """Set by SIGTERM/SIGINT (single process) or by a caller's ``should_stop``; checked between steps."""
+
+  def __init__(self):
+    self.requested = False
+    self._old = {}
+
+  def install(self) -> None:
+    if threading.current_thread() is not threading.main_thread():
+      return
+    for sig in (signal.SIGTERM, signal.SIGINT):
+      self._old[sig] = signal.signal(sig, self._handle)
+
+  def _handle(self, signum, frame) -> None:
+    del frame
+    print(f"received {signal.Signals(signum).name}: saving a checkpoint at the current step, then exiting", flush=True)
+    self.requested = True
+
+  def restore(self) -> None:
+    for sig, handler in self._old.items():
+      signal.signal(sig, handler)
+
+
+def train(
+  config: ml_collections.ConfigDict,
+  workdir: str,
+  *,
+  should_stop: Callable[[int], bool] | None = None,
+  log: Callable[[str], None] = print,
+) -> dict:
+  """Trains (or resumes) to ``config.train.steps``; returns the last train and eval figures and the stop reason."""
+  workdir = os.path.abspath(workdir)
+  run = resolve(config, workdir)
+  t = config.train
+  lead = jax.process_index() == 0
+  model = models.create_from_config(run.model_config, seed=config.seed)
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  tx, schedule = make_optimizer(t)
+  train_step, eval_step = make_steps(
+    graphdef, tx, schedule, t.grad_accum, "batch" if config.parallelism == "pmap" else None
+  )
+
+  # Lay the state out on the mesh: parameters by their logical axes, optimizer moments like their parameters.
+  mesh = run.mesh
+  rules = models.logical_axis_rules(fsdp=config.mesh.fsdp > 1)
+  repl = parallel.replicated(mesh)
+  if config.parallelism == "jit":
+    p_sh = models.param_shardings(params, mesh, rules)
+    params = jax.device_put(params, p_sh)
+    opt_shape = jax.eval_shape(tx.init, params)
+    o_sh = optax.tree_map_params(tx, lambda _, s: s, opt_shape, p_sh, transform_non_params=lambda _: repl)
+    opt_state = jax.jit(tx.init, out_shardings=o_sh)(params)
+    rest = jax.device_put(rest, repl)
+  else:
+    opt_state = tx.init(params)
+  state = {"params": params, "opt_state": opt_state, "rest": rest, "step": jnp.zeros((), jnp.int32)}
+  if config.parallelism == "jit":
+    state["step"] = jax.device_put(state["step"], repl)
+
+  mngr = checkpoints.manager(
+    os.path.join(workdir, "checkpoints"), keep=config.checkpoint.keep, async_save=config.checkpoint.async_save
+  )
+  start = mngr.latest_step() or 0
+  if start:
+    meta = checkpoints.load_meta(workdir)
+    if meta["arch"] != run.model_config.arch or meta["isa_fingerprint"] != run.compiler.fingerprint:
+      raise UserError(
+        f"{workdir} holds a checkpoint of arch {meta['arch']} on ISA {meta['isa_name']}, not of "
+        f"{run.model_config.arch} on {run.compiler.name}; use another --workdir"
+      )
+    state, meta = checkpoints.restore(mngr, start, checkpoints.abstract(state))
+    log(f"resumed from step {start} ({meta['tokens_seen']:,} tokens seen)")
+
+  if config.parallelism == "jit":
+    state_sh = jax.tree.map(lambda x: x.sharding, state)
+    batch_sh = models.batch_sharding(mesh, rules)
+    p_train = jax.jit(train_step, in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, repl), donate_argnums=0)
+    p_eval = jax.jit(eval_step, in_shardings=(state_sh, batch_sh), out_shardings=repl)
+
+    def device_batch(local):
+      return parallel.global_batch(local, batch_sh)
+
+    def host_state(s):
+      return s
+
+  else:
+    p_train = jax.pmap(train_step, axis_name="batch", donate_argnums=0)
+    p_eval = jax.pmap(eval_step, axis_name="batch")
+    state = parallel.replicate(state)
+    device_batch = parallel.pmap_batch
+
+    def host_state(s):
+      return parallel.unreplicate(s)
+
+  def first(m):  # pmap returns one copy of the (already reduced) metrics per device
+    return jax.tree.map(lambda x: x[0], m) if config.parallelism == "pmap" else m
+
+  writer = metrics.MetricWriter(workdir, enabled=lead)
+  peak = t.peak_tflops * 1e12 or parallel.measure_matmul_peak(run.model_config.compute_dtype) * len(jax.devices())
+  flops_per_step = _flops_per_step(run)
+  stop = _Stop()
+  if jax.process_count() == 1:
+    stop.install()
+
+  def save(step: int, s) -> None:
+    meta = checkpoints.make_meta(
+      config=config.to_dict(),
+      model_config=run.model_config,
+      compiler=run.compiler,
+      step=step,
+      tokens_seen=step * run.tokens_per_step,
+      data_step=step,
+    )
+    checkpoints.save(mngr, step, host_state(s), meta, force=True)
+
+  def evaluate(s) -> dict:
+    sums = None
+    for i, local in enumerate(run.eval_data.eval_batches()):
+      if i >= t.eval_batches:
+        break
+      out = jax.device_get(first(p_eval(s, device_batch(local))))
+      sums = out if sums is None else {k: sums[k] + out[k] for k in sums}
+    return loss.finalize(sums)
+
+  result: dict = {"stopped": "done"}
+  window: list[dict] = []
+  pending = None  # (step, device metrics) of the step whose figures are not read yet
+  last_good = start
+  step = start
+  t_window = time.time()
+  progress = metrics.Progress(t.steps, start)
+  if lead:
+    log(
+      f"training {run.model_config.arch} ({models.param_count(model):,} params) on {run.compiler.name} "
+      f"[{run.objective}], steps {start}→{t.steps}, batch {t.batch_size}, devices {len(jax.devices())} "
+      f"({config.parallelism}), processes {jax.process_count()}"
+    )
+
+  def read(pending) -> None:
+    """Pulls one step's figures to the host; stops the run on a non-finite loss or gradient."""
+    nonlocal last_good
+    s, m = pending
+    m = jax.device_get(first(m))
+    if not (math.isfinite(float(m["nll"])) and math.isfinite(float(m["grad_norm"]))):
+      mngr.wait_until_finished()
+      raise UserError(
+        f"loss or gradient is not finite at step {s} (loss sum {float(m['nll'])}, grad norm {float(m['grad_norm'])}); "
+        f"stopped. The last good checkpoint is step {mngr.latest_step() or 'none'} in {workdir}/checkpoints"
+      )
+    last_good = s
+    window.append(m)
+
+  try:
+    while step < t.steps:
+      if stop.requested or (should_stop and should_stop(step)) or mngr.reached_preemption(step):
+        if pending:
+          read(pending)
+          pending = None
+        save(step, state)
+        result["stopped"] = "preempted"
+        log(f"stopped at step {step}; checkpoint saved. Rerun the same command to resume.")
+        break
+      state, m = p_train(state, device_batch(run.train_data.batch(step)))
+      step += 1
+      if pending:
+        read(pending)
+      pending = (step, m)
+      boundary_log = step % t.log_every == 0 or step == t.steps
+      boundary_ckpt = step % config.checkpoint.every == 0 or step == t.steps
+      boundary_eval = run.eval_data is not None and (step % t.eval_every == 0 or step == t.steps)
+      if boundary_log or boundary_ckpt or boundary_eval:
+        read(pending)
+        pending = None
+      if boundary_log and window:
+        scalars = _window_scalars(window, time.time() - t_window, run.tokens_per_step, flops_per_step, peak)
+        writer.write(step, scalars, "train/")
+        if lead:
+          log(progress.line(step, scalars))
+        result["train"] = scalars
+        window, t_window = [], time.time()
+      if boundary_ckpt:
+        save(step, state)
+      if boundary_eval:
+        ev = evaluate(state)
+        writer.write(step, ev, "eval/")
+        result["eval"] = ev
+        if lead:
+          log(f"eval at step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in ev.items()))
+        t_window = time.time()
+    if pending:
+      read(pending)
+    if step >= t.steps and mngr.latest_step() != step:
+      save(step, state)
+  finally:
+    stop.restore()
+    mngr.wait_until_finished()
+    mngr.close()
+    writer.close()
+  result["step"] = step
+  result["state"] = host_state(state)
+  result["illegal_opcodes"] = int(sum(int(np.sum(x)) for x in jax.tree.leaves(host_state(state)["rest"])))
+  return result
+
+
+def _flops_per_step(run: Run) -> float:
+  c, cfg = run.model_config, run.config
+  if run.objective in SEQ2SEQ_OBJECTIVES:
+    # models.flops_per_token counts one source and one target token together.
+    seq = (cfg.data.input_length + cfg.data.target_length) / 2
+    return models.flops_per_token(c, int(seq)) * cfg.train.batch_size * seq
+  return models.flops_per_token(c, cfg.data.length) * cfg.train.batch_size * cfg.data.length
+
+
+def _window_scalars(window: list[dict], seconds: float, tokens_per_step: int, flops_per_step: float, peak: float):
+  """A logging window's figures: loss/bpb/accuracy from summed statistics, throughput and MFU from wall time."""
+  sums = {k: sum(float(m[k]) for m in window) for k in ("nll", "weight", "bpb_nll", "bytes", "correct")}
+  steps_per_s = len(window) / max(seconds, 1e-9)
+  return loss.finalize(sums) | {
+    "grad_norm": float(np.mean([float(m["grad_norm"]) for m in window])),
+    "learning_rate": float(window[-1]["learning_rate"]),
+    "tokens_per_s": steps_per_s * tokens_per_step,
+    "mfu": steps_per_s * flops_per_step / peak,
+  }

@@ -1,0 +1,128 @@
+"""The compile cache: byte counts, reuse, staleness, atomicity, and refusing data built by another ISA."""
+
+import dataclasses
+import hashlib
+import os
+import pydoc_data.topics
+
+import numpy as np
+import pytest
+
+from llmcpu import cache, compilers
+from llmcpu.data import compiled
+from llmcpu.errors import UserError
+
+DOCS = sorted(pydoc_data.topics.topics.values())[:30] + ["", "😀 \u2581 tail  "]
+
+
+@dataclasses.dataclass(frozen=True)
+class FakeCorpus:
+  """The Corpus interface over an in-memory list (train = all, test = every third)."""
+
+  docs: tuple[str, ...]
+  spec: str = "fake"
+  name: str = "fake"
+  fields: tuple[str, ...] = ("text",)
+  label_fields: tuple[str, ...] = ()
+  splits: tuple[str, ...] = ("train", "test")
+  info: dict = dataclasses.field(default_factory=dict)
+
+  @property
+  def fingerprint(self) -> str:
+    return hashlib.sha256("\0".join(self.docs).encode()).hexdigest()[:16]
+
+  def documents(self, split, limit=None):
+    docs = self.docs if split == "train" else self.docs[::3]
+    for d in docs[:limit]:
+      yield {"text": d}
+
+
+def _build(workdir, corpus, specs="bpe:500,byte,bpe:500+perm:1", log=None):
+  logs = []
+  built = cache.build_compilers(compilers.parse_list(specs), [corpus], str(workdir), log=logs.append)
+  stats = cache.compile_corpora([corpus], built, str(workdir), log=logs.append)
+  return built, stats, logs
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("cache")
+  return workdir, *_build(workdir, FakeCorpus(tuple(DOCS)))
+
+
+def test_every_split_compiled_with_exact_bytes(built):
+  workdir, comps, stats, _ = built
+  for c in comps:
+    split = cache.load_split(str(workdir), "fake", c, "train")
+    field = split.fields["text"]
+    assert split.num_docs == len(DOCS)
+    assert field.nbytes.tolist() == [len(d.encode("utf-8")) for d in DOCS]
+    for i, d in enumerate(DOCS):
+      assert c.decode(field.doc(i)) == d
+  rows = {s.compiler: s for s in stats}
+  assert rows["byte"].bytes_per_token == 1.0
+  assert rows["bpe500"].tokens == rows["bpe500-perm1"].tokens  # same segmentation, other opcodes
+  assert rows["bpe500"].unk_rate == 0.0
+
+
+def test_rerun_reuses_everything(built):
+  workdir, comps, _, _ = built
+  before = {
+    p: os.stat(os.path.join(p, "manifest.json")).st_mtime_ns
+    for p in (cache.split_dir(str(workdir), "fake", c.name, "train") for c in comps)
+  }
+  _, _, logs = _build(workdir, FakeCorpus(tuple(DOCS)))
+  assert all("cached" in line for line in logs), logs
+  after = {p: os.stat(os.path.join(p, "manifest.json")).st_mtime_ns for p in before}
+  assert before == after
+
+
+def test_changed_corpus_rebuilds(tmp_path):
+  _build(tmp_path, FakeCorpus(tuple(DOCS)), specs="byte")
+  _, stats, logs = _build(tmp_path, FakeCorpus(tuple(DOCS[:5])), specs="byte")
+  assert any("test" in line and "cached" not in line for line in logs)
+  assert stats[0].docs == 5 + len(DOCS[:5][::3])
+
+
+def test_interrupted_build_leaves_nothing_valid(tmp_path):
+  c = compilers.train("byte")
+
+  def exploding():
+    yield {"text": "fine"}
+    raise KeyboardInterrupt
+
+  path = str(tmp_path / "split")
+  with pytest.raises(KeyboardInterrupt):
+    cache.compile_split(c, exploding(), ["text"], [], path, {})
+  assert compiled.read_manifest(path) is None
+  assert os.listdir(tmp_path) == []
+
+
+def test_data_from_another_isa_refused(built):
+  workdir, comps, _, _ = built
+  by_name = {c.name: c for c in comps}
+  path = cache.split_dir(str(workdir), "fake", "bpe500", "train")
+  with pytest.raises(UserError, match="built by ISA"):
+    compiled.load(path, expect_fingerprint=by_name["bpe500-perm1"].fingerprint)
+  with pytest.raises(UserError, match="scripts/compile.py"):
+    cache.load_split(str(workdir), "fake", compilers.train("char", DOCS), "train")
+
+
+def test_corrupt_manifest_is_one_clear_error(tmp_path):
+  c = compilers.train("byte")
+  path = str(tmp_path / "split")
+  cache.compile_split(c, iter([{"text": "abc"}]), ["text"], [], path, {})
+  with open(os.path.join(path, "manifest.json"), "w") as f:
+    f.write("{not json")
+  with pytest.raises(UserError, match="corrupt"):
+    compiled.load(path)
+
+
+def test_overlap_and_isa_tables(built):
+  _, comps, stats, _ = built
+  table = cache.format_isa_table(stats)
+  assert "bpe500-perm1" in table and "bytes/token" in table
+  matrix = cache.format_overlap_matrix(comps)
+  assert "| bpe500 | 1.00 |" in matrix
+  ids = np.asarray(cache.load_split(str(built[0]), "fake", comps[0], "test").fields["text"].tokens)
+  assert ids.dtype == np.int32
