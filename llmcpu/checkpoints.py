@@ -105,3 +105,28 @@ def model_config(meta: dict) -> ModelConfig:
 def abstract(tree: Any) -> Any:
   """Shape/dtype/sharding skeleton of a tree of arrays (restore target)."""
   return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
+
+
+def load_model(path: str):
+  """(model with the checkpoint's parameters, meta, compiler) for a run workdir or checkpoint directory."""
+  import ml_collections
+  from flax import nnx
+
+  from llmcpu import models
+  from llmcpu.optim import make_optimizer
+
+  meta = load_meta(path)
+  compiler = load_compiler(meta)
+  model = models.create_from_config(model_config(meta), seed=0)
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  tx, _ = make_optimizer(ml_collections.ConfigDict(meta["config"]["train"]))
+  state = {"params": params, "opt_state": tx.init(params), "rest": rest, "step": jax.numpy.zeros((), "int32")}
+  directory, step = find(path)
+  mngr = ocp.CheckpointManager(directory, item_names=ITEMS)
+  try:
+    state, _ = restore(mngr, step, abstract(state))
+  finally:
+    mngr.close()
+  model = nnx.merge(graphdef, state["params"], state["rest"])
+  models.reset_illegal_count(model)
+  return model, meta, compiler
