@@ -114,7 +114,10 @@ def make_steps(graphdef, tx, schedule, grad_accum: int, axis_name: str | None = 
       "rest": rest,
       "step": state["step"] + 1,
     }
-    return new_state, dict(sums, grad_norm=optax.global_norm(grads), learning_rate=schedule(state["step"]))
+    # One flag for "the new parameters are all finite": a non-finite state is never checkpointed.
+    finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(p)) for p in jax.tree.leaves(new_state["params"])]))
+    figures = dict(sums, grad_norm=optax.tree.norm(grads), learning_rate=schedule(state["step"]), finite=finite)
+    return new_state, figures
 
   def eval_step(state, batch):
     model = nnx.merge(graphdef, state["params"], state["rest"], copy=True)
@@ -346,11 +349,12 @@ def train(
     nonlocal last_good
     s, m = pending
     m = jax.device_get(first(m))
-    if not (math.isfinite(float(m["nll"])) and math.isfinite(float(m["grad_norm"]))):
+    if not (math.isfinite(float(m["nll"])) and math.isfinite(float(m["grad_norm"])) and bool(m["finite"])):
       mngr.wait_until_finished()
       raise UserError(
-        f"loss or gradient is not finite at step {s} (loss sum {float(m['nll'])}, grad norm {float(m['grad_norm'])}); "
-        f"stopped. The last good checkpoint is step {mngr.latest_step() or 'none'} in {workdir}/checkpoints"
+        f"loss, gradient or parameters not finite at step {s} (loss sum {float(m['nll'])}, grad norm "
+        f"{float(m['grad_norm'])}); stopped. "
+        f"The last good checkpoint is step {mngr.latest_step() or 'none'} in {workdir}/checkpoints"
       )
     last_good = s
     window.append(m)

@@ -1,6 +1,103 @@
 """Shared test setup: quiet TensorFlow, CPU JAX."""
 
+import dataclasses
+import hashlib
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import pydoc_data.topics  # noqa: E402
+
+import pytest  # noqa: E402
+
+from llmcpu import cache, compilers  # noqa: E402
+from llmcpu.config import base_config  # noqa: E402
+
+
+@dataclasses.dataclass(frozen=True)
+class InMemoryCorpus:
+  """The llmcpu.data.Corpus interface over in-memory documents (no TFDS): fast fixtures for trainer tests."""
+
+  spec: str
+  docs: dict  # split -> tuple of {field: str}
+  fields: tuple[str, ...] = ("text",)
+  label_fields: tuple[str, ...] = ()
+  info: dict = dataclasses.field(default_factory=dict)
+
+  @property
+  def name(self) -> str:
+    return self.spec
+
+  @property
+  def splits(self) -> tuple[str, ...]:
+    return tuple(self.docs)
+
+  @property
+  def fingerprint(self) -> str:
+    return hashlib.sha256(repr(sorted(self.docs.items())).encode()).hexdigest()[:16]
+
+  def documents(self, split, limit=None):
+    yield from self.docs[split][:limit]
+
+
+def prose_corpus() -> InMemoryCorpus:
+  texts = sorted(pydoc_data.topics.topics.values())
+  docs = [{"text": t} for t in texts]
+  return InMemoryCorpus(
+    "prose", {"train": tuple(docs[:-8]), "validation": tuple(docs[-8:-4]), "test": tuple(docs[-4:])}
+  )
+
+
+def pairs_corpus() -> InMemoryCorpus:
+  """Reverse-a-word programs (input/target), deterministic."""
+  import random
+
+  rng = random.Random(0)
+  letters = "abcdefghij"
+
+  def example():
+    word = "".join(rng.choice(letters) for _ in range(rng.randint(2, 6)))
+    return {"input": f"reverse {word} =", "target": word[::-1], "task": "reverse"}
+
+  docs = {"train": tuple(example() for _ in range(800)), "validation": tuple(example() for _ in range(40))}
+  docs["test"] = tuple(example() for _ in range(40))
+  return InMemoryCorpus("pairs", docs, fields=("input", "target"), label_fields=("task",))
+
+
+@pytest.fixture(scope="session")
+def compile_dir(tmp_path_factory) -> str:
+  """Prose and pairs corpora compiled by bpe:600 and byte (compilers trained on the prose)."""
+  workdir = str(tmp_path_factory.mktemp("compiled"))
+  prose, pairs = prose_corpus(), pairs_corpus()
+  built = cache.build_compilers(compilers.parse_list("bpe:600,byte"), [prose], workdir, log=lambda _: None)
+  cache.compile_corpora([prose, pairs], built, workdir, log=lambda _: None)
+  return workdir
+
+
+def tiny_config(arch: str, compile_dir: str, **overrides):
+  """A tiny, quick training config on the compiled fixtures; overrides are dotted keys, e.g. train__steps=5."""
+  c = base_config(arch, "tiny")
+  c.data.compile_dir = compile_dir
+  c.data.corpus = "pairs" if arch == "encoder_decoder" else "prose"
+  c.data.isa = "bpe:600"
+  c.data.length = 64
+  c.data.input_length = 16
+  c.data.target_length = 8
+  c.model.d_model = 32
+  c.model.num_heads = 2
+  c.model.d_ff = 64
+  c.model.max_len = 64
+  c.train.steps = 12
+  c.train.batch_size = 8
+  c.train.learning_rate = 1e-2
+  c.train.warmup_steps = 2
+  c.train.log_every = 1
+  c.train.eval_every = 0
+  c.train.peak_tflops = 1.0
+  c.checkpoint.every = 4
+  c.checkpoint.async_save = False
+  for key, value in overrides.items():
+    block, name = key.split("__") if "__" in key else (None, key)
+    (c[block] if block else c)[name] = value
+  return c
