@@ -111,9 +111,12 @@ def test_overlap_counts_identical_pieces_independently(zoo):
   a, b = zoo["bpe:1000"], zoo["unigram:1000"]
   same = sum(a.id_to_piece(i) == b.id_to_piece(i) for i in range(specials.FIRST_REGULAR_ID, 1000))
   assert compilers.isa_overlap(a, b) == pytest.approx(same / (1000 - specials.FIRST_REGULAR_ID))
-  # BPE merges are learned in the same order: a small BPE is a prefix-compatible subset of a larger one.
+  # BPE merges are learned in the same order and characters come first: a small BPE is an exact prefix of a larger
+  # one, and the char ISA a prefix of both.
   big = compilers.train("bpe:2000", TEXTS)
-  assert compilers.isa_overlap(a, big) > 0.3
+  assert big.pieces[:1000] == a.pieces
+  assert a.pieces[: zoo["char"].vocab_size] == zoo["char"].pieces
+  assert compilers.isa_overlap(a, big) == pytest.approx((1000 - 37) / (2000 - 37))
   assert compilers.isa_overlap(a, zoo["word:1000"]) < compilers.isa_overlap(a, big)
 
 
@@ -190,3 +193,29 @@ def test_blob_round_trip(zoo):
   for c in zoo.values():
     back = compilers.from_blob(compilers.to_blob(c))
     assert back.fingerprint == c.fingerprint and back.encode(TEXTS[1]) == c.encode(TEXTS[1])
+
+
+def test_canonical_layout_only_renames(zoo):
+  """SentencePiece segments by scores, not ids: shuffling the learned ids leaves every encoding's pieces as they are,
+  so the canonical reordering is a pure renaming of opcodes."""
+  import random
+
+  import sentencepiece as spm
+  from sentencepiece import sentencepiece_model_pb2 as sp_model
+
+  from llmcpu.compilers import backends
+
+  for spec in ("bpe:1000", "unigram:1000", "char", "word:1000"):
+    c = zoo[spec]
+    model = sp_model.ModelProto()
+    model.ParseFromString(c.backend.model_proto())
+    pieces = list(model.pieces)
+    tail = pieces[specials.FIRST_REGULAR_ID + 256 :]
+    random.Random(0).shuffle(tail)
+    del model.pieces[:]
+    model.pieces.extend(pieces[: specials.FIRST_REGULAR_ID + 256] + tail)
+    shuffled = spm.SentencePieceProcessor(model_proto=model.SerializeToString())
+    canonical = spm.SentencePieceProcessor(model_proto=c.backend.model_proto())
+    for text in TEXTS[:5]:
+      assert shuffled.encode(text, out_type=str) == canonical.encode(text, out_type=str), spec
+    assert backends.canonical_layout(c.backend.model_proto()) == c.backend.model_proto()  # idempotent

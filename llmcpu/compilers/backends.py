@@ -16,6 +16,7 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 import sentencepiece as spm
+from sentencepiece import sentencepiece_model_pb2 as sp_model
 
 from llmcpu import specials
 from llmcpu.errors import UserError
@@ -161,7 +162,28 @@ def train_sentencepiece(family: str, vocab: int | None, texts: Iterable[str], op
     spm.SentencePieceTrainer.train(sentence_iterator=iter(texts), model_writer=writer, minloglevel=2, **opts)
   except RuntimeError as e:
     raise UserError(_training_error(family, vocab, str(e))) from e
-  return writer.getvalue(), {k: v for k, v in opts.items() if k != "control_symbols"}
+  used = {k: v for k, v in opts.items() if k != "control_symbols"}
+  return canonical_layout(writer.getvalue()), dict(used, id_layout="specials,bytes,characters,learned")
+
+
+def canonical_layout(model_proto: bytes) -> bytes:
+  """Reorders ids to: specials, bytes, single characters (by code point), then learned pieces in trainer order.
+
+  SentencePiece segments by piece scores, not ids, so this only renames opcodes. It makes ISAs trained on the
+  same corpus line up: ``char`` is a prefix of every BPE ISA, and ``bpe:1000`` is an exact prefix of ``bpe:4000``
+  (BPE appends its characters after the merges, which would otherwise move them with the vocabulary size).
+  """
+  model = sp_model.ModelProto()
+  model.ParseFromString(model_proto)
+  pieces = list(model.pieces)
+  fixed = FIRST_BYTE_ID + NUM_BYTES
+  normal = sp_model.ModelProto.SentencePiece.NORMAL
+  is_char = [len(p.piece) == 1 and p.type == normal for p in pieces[fixed:]]
+  chars = sorted((p for p, c in zip(pieces[fixed:], is_char, strict=True) if c), key=lambda p: p.piece)
+  learned = [p for p, c in zip(pieces[fixed:], is_char, strict=True) if not c]
+  del model.pieces[:]
+  model.pieces.extend(pieces[:fixed] + chars + learned)
+  return model.SerializeToString()
 
 
 def _training_error(family: str, vocab: int | None, message: str) -> str:

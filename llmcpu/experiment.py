@@ -1,0 +1,138 @@
+"""The whole experiment as one resumable job: compile → train every (corpus × architecture × ISA) → cross-evaluate
+→ report.
+
+Layout under the experiment workdir::
+
+  compiled/                       the compile cache (scripts/compile.py's workdir)
+  runs/<corpus>/<arch>/<isa>/     one training run each (checkpoints, metrics.jsonl, TensorBoard)
+  report/<corpus>/                cross-evaluation: results.jsonl, matrices, heatmaps, summary.md
+
+Every stage skips what is already done: cached compilers and splits, runs whose last checkpoint is at the final
+step, reports newer than every checkpoint they cover. A crashed or preempted run continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from collections.abc import Callable
+
+import ml_collections
+
+from llmcpu import cache, checkpoints, compilers, crosseval, data
+from llmcpu.config import base_config
+from llmcpu.errors import UserError
+
+ARCHS = ("encoder", "decoder", "encoder_decoder")
+
+
+def split_list(value: str, what: str) -> list[str]:
+  items = [x.strip() for x in value.split(",") if x.strip()]
+  if not items:
+    raise UserError(f"experiment {what} is empty; give a comma-separated list")
+  return items
+
+
+def experiment_config(preset: str = "tiny") -> ml_collections.ConfigDict:
+  """The base of every configs/experiments/*.py: what to compile, which CPUs to train, and how to cross-evaluate.
+
+  The ``data``/``model``/``train``/``checkpoint`` blocks mirror the training config of ``preset``; a value changed
+  there (``--config.train.learning_rate=1e-3``) is applied to every run. ``steps`` sets every run's length.
+  """
+  base = base_config("decoder", preset)
+  c = ml_collections.ConfigDict()
+  c.corpus = "python_docs"  # comma-separated corpora; compilers are trained on all of their train splits
+  c.compilers = "bpe:1000,bpe:4000,unigram:4000,bpe:4000+perm:1"
+  c.archs = "decoder"  # comma-separated: encoder, decoder, encoder_decoder
+  c.preset = preset
+  c.steps = base.train.steps
+  c.seed = 0
+  c.data_dir = ""  # TFDS data_dir ('' = TFDS default)
+  for block in ("data", "model", "train", "checkpoint"):
+    c[block] = base[block]
+  del c.model["arch"]
+  c.crosseval = ml_collections.ConfigDict(dataclasses.asdict(crosseval.CrossEvalOptions()))
+  return c
+
+
+def run_config(exp: ml_collections.ConfigDict, corpus: str, arch: str, isa: str, compile_dir: str):
+  """The training config of one cell: the preset's, with the experiment's changes to it."""
+  c = base_config(arch, exp.preset)
+  defaults = base_config("decoder", exp.preset)
+  for block in ("data", "model", "train", "checkpoint"):
+    for key, value in exp[block].items():
+      if value != defaults[block][key]:
+        c[block][key] = value
+  c.seed = exp.seed
+  c.data.corpus = corpus
+  c.data.compile_dir = compile_dir
+  c.data.isa = isa
+  c.train.steps = exp.steps
+  c.train.eval_every = 0  # the cross-evaluation is the evaluation
+  c.checkpoint.every = exp.steps
+  c.checkpoint.keep = 1
+  return c
+
+
+def run_dir(workdir: str, corpus_name: str, arch: str, isa_name: str) -> str:
+  return os.path.join(workdir, "runs", corpus_name, arch, isa_name)
+
+
+def _finished(path: str, steps: int) -> bool:
+  try:
+    return checkpoints.find(path)[1] >= steps
+  except UserError:
+    return False
+
+
+def run(exp: ml_collections.ConfigDict, workdir: str, *, log: Callable[[str], None] = print) -> dict[str, str]:
+  """Runs (or continues) the experiment; returns {corpus name: report directory}."""
+  from llmcpu import trainer  # jax/flax only when training is asked for
+
+  t_start = time.time()
+  workdir = os.path.abspath(workdir)
+  compile_dir = os.path.join(workdir, "compiled")
+  specs = compilers.parse_list(exp.compilers)
+  archs = split_list(exp.archs, "archs")
+  for arch in archs:
+    if arch not in ARCHS:
+      raise UserError(f"unknown arch {arch!r} in --config.archs; choose from {', '.join(ARCHS)}")
+  corpora = [data.load_corpus(c, data_dir=exp.data_dir or None) for c in split_list(exp.corpus, "corpus")]
+
+  log(f"== compile: {len(corpora)} corpora × {len(specs)} compilers")
+  built = cache.build_compilers(specs, corpora, compile_dir, log=log)
+  stats = cache.compile_corpora(corpora, built, compile_dir, log=log)
+  log("\n" + cache.format_isa_table(stats) + "\n\n" + cache.format_overlap_matrix(built) + "\n")
+
+  jobs = [(corpus, arch, spec) for corpus in corpora for arch in archs for spec in specs]
+  for i, (corpus, arch, spec) in enumerate(jobs, 1):
+    path = run_dir(workdir, corpus.name, arch, spec.name)
+    tag = f"[{i}/{len(jobs)}] {corpus.name} {arch} {spec.name}"
+    if _finished(path, exp.steps):
+      log(f"== train {tag}: done")
+      continue
+    log(f"== train {tag} (elapsed {time.time() - t_start:.0f}s)")
+    os.makedirs(path, exist_ok=True)
+    result = trainer.train(run_config(exp, corpus.spec, arch, str(spec), compile_dir), path, log=log)
+    if result["stopped"] != "done":
+      raise UserError(f"training stopped early at step {result['step']}; rerun the same command to continue")
+
+  reports = {}
+  options = crosseval.CrossEvalOptions(**exp.crosseval.to_dict())
+  for corpus in corpora:
+    out = os.path.join(workdir, "report", corpus.name)
+    runs = [run_dir(workdir, corpus.name, arch, spec.name) for arch in archs for spec in specs]
+    results = os.path.join(out, "results.jsonl")
+    newest = max(os.path.getmtime(os.path.join(r, "checkpoints")) for r in runs)
+    if os.path.exists(results) and os.path.getmtime(results) > newest:
+      log(f"== cross-eval {corpus.name}: done")
+    else:
+      log(f"== cross-eval {corpus.name}: {len(runs)} models × {len(specs)} ISAs ({time.time() - t_start:.0f}s in)")
+      rows = crosseval.evaluate(
+        runs, [str(s) for s in specs], compile_dir, corpus=corpus.spec, options=options, log=log
+      )
+      crosseval.write_report(rows, out)
+    reports[corpus.name] = out
+  log(f"== done in {time.time() - t_start:.0f}s")
+  return reports

@@ -1,0 +1,39 @@
+"""Run an experiment end to end: compile → train every (architecture × ISA) → cross-evaluate → report.
+
+  python scripts/experiment.py --config=configs/experiments/quickstart.py --workdir=runs/quickstart \
+      [--config.compilers=bpe:500,bpe:2000,char,bpe:2000+perm:3] [--config.archs=decoder,encoder] [--config.steps=500]
+
+Rerunning continues where a crash or preemption stopped; finished stages are skipped.
+"""
+
+import os
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from llmcpu import cli
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config (configs/experiments/<name>.py).")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Experiment directory (compiled/, runs/, report/).")
+_DISTRIBUTED = flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() (TPU VM pod slices).")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  from llmcpu import crosseval, experiment, parallel
+
+  parallel.initialize(None, None, None, _DISTRIBUTED.value)
+  reports = experiment.run(_CONFIG.value, cli.workdir_path(_WORKDIR.value), log=cli.log)
+  for name, out in reports.items():
+    rows = crosseval.load_rows(os.path.join(out, "results.jsonl"))
+    print(f"\n## {name}: bits per byte (rows: model ISA, columns: evaluation ISA; ** = native)\n")
+    print(crosseval.markdown_table(rows, "bits_per_byte"))
+    print(f"\n## {name}: normalized score (1 = native, 0 = unigram baseline, < 0 = confidently wrong)\n")
+    print(crosseval.markdown_table(rows, "normalized_score"))
+    print(f"\nReport: {out} (summary.md, tables, heatmaps)", flush=True)
+
+
+if __name__ == "__main__":
+  cli.run(main)
