@@ -10,6 +10,7 @@ Both are lossless for any Unicode string. SentencePiece needs two repairs for th
 from __future__ import annotations
 
 import io
+import itertools
 import os
 import re
 from collections.abc import Iterable, Sequence
@@ -39,7 +40,7 @@ def default_threads() -> int:
 def flatten(ids: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
   """Lists of ids → (concatenated int32 ids, int64 lengths)."""
   lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
-  flat = np.fromiter((i for x in ids for i in x), dtype=np.int32, count=int(lengths.sum()))
+  flat = np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int32, count=int(lengths.sum()))
   return flat, lengths
 
 
