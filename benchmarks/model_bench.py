@@ -1,0 +1,252 @@
+"""Model throughput: training-step MFU for `tiny` and `small`, and cached vs uncached generation.
+
+MFU = achieved FLOP/s (analytic ``flops_per_token``: 6N + attention) / the matrix-multiply peak measured here with
+XLA (a jitted square f32 matmul, best of several). A plain Flax NNX decoder (nnx.MultiHeadAttention, nnx.Linear,
+nnx.LayerNorm; d_model 256, 4 layers) is measured the same way as a reference point.
+
+  .venv/bin/python benchmarks/model_bench.py            # progress on stderr, one JSON object as the last stdout line
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+import llmcpu.models as models
+from llmcpu.models import decoding
+
+
+def log(*args) -> None:
+  print(*args, file=sys.stderr, flush=True)
+
+
+def best_time(fn, repeats: int) -> float:
+  """Best wall time of ``fn()`` (which must block) over ``repeats`` runs."""
+  return Timing.of(fn, repeats).wall
+
+
+class Timing:
+  """Best wall-clock and best process-CPU seconds over samples. This machine's cores are shared with other jobs:
+  wall time then counts the waits, CPU time (all threads) only the work done, a load-robust companion figure."""
+
+  def __init__(self):
+    self.wall = self.cpu = float("inf")
+
+  def sample(self, fn) -> None:
+    w0, c0 = time.perf_counter(), time.process_time()
+    fn()
+    self.wall = min(self.wall, time.perf_counter() - w0)
+    self.cpu = min(self.cpu, time.process_time() - c0)
+
+  @classmethod
+  def of(cls, fn, repeats: int) -> Timing:
+    t = cls()
+    for _ in range(repeats):
+      t.sample(fn)
+    return t
+
+
+class MatmulPeak:
+  """FLOP/s of a jitted f32 [n, n] @ [n, n] matmul, best seen over all ``sample()`` calls. Every measurement below
+  interleaves matmul samples with its own runs and MFU uses the best of each, so both see the least-loaded moments.
+  """
+
+  def __init__(self, n: int):
+    self.flops = 2.0 * n**3
+    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+    b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
+    mm = jax.jit(lambda a, b: a @ b)
+    mm(a, b).block_until_ready()
+    self.run = lambda: mm(a, b).block_until_ready()
+    self.timing = Timing()
+
+  def sample(self, repeats: int = 1) -> None:
+    for _ in range(repeats):
+      self.timing.sample(self.run)
+
+  @property
+  def flops_per_s(self) -> float:
+    return self.flops / self.timing.wall
+
+  @property
+  def flops_per_cpu_s(self) -> float:
+    return self.flops / self.timing.cpu
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Reference: a plain Flax NNX decoder built from library layers.
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class PlainBlock(nnx.Module):
+  def __init__(self, d: int, heads: int, d_ff: int, rngs: nnx.Rngs):
+    self.ln1, self.ln2 = nnx.LayerNorm(d, rngs=rngs), nnx.LayerNorm(d, rngs=rngs)
+    self.attn = nnx.MultiHeadAttention(heads, d, decode=False, rngs=rngs)
+    self.fc1, self.fc2 = nnx.Linear(d, d_ff, rngs=rngs), nnx.Linear(d_ff, d, rngs=rngs)
+
+  def __call__(self, x, mask):
+    x = x + self.attn(self.ln1(x), mask=mask)
+    return x + self.fc2(jax.nn.gelu(self.fc1(self.ln2(x))))
+
+
+class PlainDecoder(nnx.Module):
+  def __init__(self, vocab: int, d: int, heads: int, layers: int, d_ff: int, max_len: int, rngs: nnx.Rngs):
+    self.embed, self.pos = nnx.Embed(vocab, d, rngs=rngs), nnx.Embed(max_len, d, rngs=rngs)
+    self.blocks = nnx.List([PlainBlock(d, heads, d_ff, rngs) for _ in range(layers)])
+    self.ln, self.out = nnx.LayerNorm(d, rngs=rngs), nnx.Linear(d, vocab, rngs=rngs)
+
+  def __call__(self, ids):
+    x = self.embed(ids) + self.pos(jnp.arange(ids.shape[1]))[None]
+    mask = nnx.make_causal_mask(ids)
+    for block in self.blocks:
+      x = block(x, mask)
+    return self.out(self.ln(x))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Training-step throughput
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def train_step_fn(model: nnx.Module, batch: int, seq: int, vocab: int):
+  """A compiled forward+backward step (mean next-token CE; gradients w.r.t. all Params), as a blocking thunk."""
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  rng = np.random.default_rng(0)
+  ids = jnp.asarray(rng.integers(37, vocab, (batch, seq + 1)), jnp.int32)
+
+  @jax.jit
+  def step(params, rest, ids):
+    def loss_fn(params):
+      logits = nnx.merge(graphdef, params, rest, copy=True)(ids[:, :-1])
+      return optax.softmax_cross_entropy_with_integer_labels(logits, ids[:, 1:]).mean()
+
+    return jax.value_and_grad(loss_fn)(params)
+
+  jax.block_until_ready(step(params, rest, ids))  # compile
+  return lambda: jax.block_until_ready(step(params, rest, ids))
+
+
+def measure_train(name: str, model, config: models.ModelConfig, args, peak: MatmulPeak) -> dict[str, float]:
+  """Step time (best of ``args.repeats``, interleaved with matmul samples); MFU from wall and from CPU time."""
+  run = train_step_fn(model, args.batch, args.seq, args.vocab)
+  step = Timing()
+  for _ in range(args.repeats):
+    peak.sample()
+    step.sample(run)
+    peak.sample()
+  tokens = args.batch * args.seq
+  flops = models.flops_per_token(config, args.seq) * tokens
+  out = {
+    "tokens_per_s": tokens / step.wall,
+    "flops": flops,
+    "step": step,
+    "mfu": flops / step.wall / peak.flops_per_s,
+    "mfu_cpu_time": flops / step.cpu / peak.flops_per_cpu_s,
+  }
+  log(
+    f"{name}: {step.wall * 1e3:.0f} ms/step, {out['tokens_per_s']:.0f} tok/s, MFU {out['mfu']:.3f} "
+    f"(peak {peak.flops_per_s / 1e9:.1f} GFLOP/s; CPU-time MFU {out['mfu_cpu_time']:.3f})"
+  )
+  return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Generation
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def decode_speed(model: models.Decoder, batch: int, prompt_len: int, new_tokens: int, repeats: int) -> dict[str, float]:
+  """Greedy generation of exactly ``new_tokens`` (EOS disabled) with and without the KV cache; tokens/s."""
+  rng = np.random.default_rng(1)
+  prompt = jnp.asarray(rng.integers(37, model.config.vocab_size, (batch, prompt_len)), jnp.int32)
+  lengths = jnp.full((batch,), prompt_len, jnp.int32)
+  graphdef, state = nnx.split(model)
+  dynamic = (jax.random.key(0), jnp.float32(1.0), jnp.float32(1.0), jnp.int32(-1))  # eos -1: never stops early
+  static = dict(max_new_tokens=new_tokens, top_k=0, greedy=True, use_top_p=False)
+  result = {}
+  outputs = {}
+  for name, fn in (("cached", decoding._generate_decoder), ("uncached", decoding._generate_uncached)):
+    args = (graphdef, state, prompt, lengths, *dynamic)
+    t0 = time.perf_counter()
+    compiled = fn.lower(*args, **static).compile()
+    log(f"decode {name}: compiled in {time.perf_counter() - t0:.1f}s")
+    dyn_args = (state, prompt, lengths, *dynamic)  # AOT-compiled: static args are baked in
+
+    def run(c=compiled, a=dyn_args, name=name):
+      outputs[name] = np.asarray(jax.tree.leaves(jax.block_until_ready(c(*a)))[0])
+
+    secs = best_time(run, repeats)
+    result[f"decode_{name}_tokens_per_s"] = batch * new_tokens / secs
+    log(f"decode {name}: {secs:.2f}s for {batch}x{new_tokens} tokens, {batch * new_tokens / secs:.0f} tok/s")
+  result["decode_cache_speedup"] = result["decode_cached_tokens_per_s"] / result["decode_uncached_tokens_per_s"]
+  result["decode_outputs_match"] = bool((outputs["cached"] == outputs["uncached"]).all())
+  return result
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--batch", type=int, default=16)
+  parser.add_argument("--seq", type=int, default=256)
+  parser.add_argument("--vocab", type=int, default=8000)
+  parser.add_argument("--repeats", type=int, default=4)
+  parser.add_argument("--matmul_n", type=int, default=2048)
+  parser.add_argument("--decode_preset", default="small")
+  parser.add_argument("--decode_batch", type=int, default=1)
+  parser.add_argument("--decode_prompt", type=int, default=16)
+  parser.add_argument("--decode_new", type=int, default=256)
+  parser.add_argument("--decode_repeats", type=int, default=2)
+  parser.add_argument("--skip_reference", action="store_true")
+  args = parser.parse_args()
+  t_start = time.perf_counter()
+  log(f"jax {jax.__version__} on {jax.devices()[0].platform}: {jax.devices()}")
+
+  peak = MatmulPeak(args.matmul_n)
+  peak.sample(repeats=5)
+  log(f"matmul peak ({args.matmul_n}^2 f32): {peak.flops_per_s / 1e9:.1f} GFLOP/s")
+  result: dict[str, object] = {"platform": jax.devices()[0].platform, "loadavg_start": os.getloadavg()[0]}
+  result["train_shape"] = dict(batch=args.batch, seq=args.seq, vocab=args.vocab)
+  trained: dict[str, dict] = {}
+
+  if not args.skip_reference:
+    ref_config = models.ModelConfig(
+      arch="decoder", vocab_size=args.vocab, d_model=256, num_heads=4, num_layers=4, d_ff=1024, max_len=args.seq
+    )
+    plain = PlainDecoder(args.vocab, 256, 4, 4, 1024, args.seq, nnx.Rngs(0))
+    trained["reference"] = measure_train("plain flax decoder (reference)", plain, ref_config, args, peak)
+
+  for preset in ("tiny", "small"):
+    model = models.create("decoder", preset, args.vocab, max_len=max(args.seq, 256))
+    trained[preset] = measure_train(preset, model, model.config, args, peak)
+    result[f"params_{preset}"] = models.param_count(model)
+
+  # MFU against the best peak seen over the whole run (samples were interleaved throughout).
+  for name, out in trained.items():
+    step = out["step"]
+    result[f"mfu_{name}"] = out["flops"] / step.wall / peak.flops_per_s
+    result[f"mfu_{name}_cpu_time"] = out["flops"] / step.cpu / peak.flops_per_cpu_s
+    result[f"tokens_per_s_{name}"] = out["tokens_per_s"]
+  result["matmul_peak_gflops"] = peak.flops_per_s / 1e9
+
+  model = models.create("decoder", args.decode_preset, args.vocab)
+  result.update(
+    decode_speed(model, args.decode_batch, args.decode_prompt, args.decode_new, repeats=args.decode_repeats)
+  )
+  result["decode_setup"] = dict(
+    preset=args.decode_preset, batch=args.decode_batch, prompt=args.decode_prompt, new_tokens=args.decode_new
+  )
+  result["loadavg_end"] = os.getloadavg()[0]
+  result["total_s"] = time.perf_counter() - t_start
+  print(json.dumps(result))
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,186 @@
+"""Model configuration, size presets and closed-form size/FLOP formulas.
+
+One frozen ``ModelConfig`` drives every building block. Presets are plain dicts of its fields (``vocab_size`` is
+always passed separately, since it belongs to the ISA, not to the CPU). The formulas at the bottom are written from
+the architecture description, independently of the modules, so tests can check one against the other.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+import jax.numpy as jnp
+
+from llmcpu.errors import UserError
+from llmcpu.specials import UNK_ID
+
+ARCHS = ("encoder", "decoder", "encoder_decoder")
+_CHOICES = {
+  "arch": ARCHS,
+  "mlp": ("gelu", "swiglu"),
+  "norm": ("layernorm", "rmsnorm"),
+  "positions": ("learned", "sinusoidal", "rotary"),
+  "dtype": ("float32", "bfloat16"),
+  "attention_impl": ("xla", "dot_product_attention"),
+  "illegal_id_policy": ("unk", "error"),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  """Architecture of one CPU.
+
+  Layers: ``num_layers`` is the depth of the encoder or decoder stack; for ``encoder_decoder`` it is the encoder's
+  depth and also the decoder's unless ``num_decoder_layers`` is set. ``head_dim`` is ``d_model // num_heads``.
+  Parameters are always float32; ``dtype`` is the compute dtype (logits are returned in float32).
+  """
+
+  arch: str = "decoder"
+  vocab_size: int = 0
+  d_model: int = 64
+  num_heads: int = 4
+  num_layers: int = 2
+  d_ff: int = 256
+  mlp: str = "gelu"
+  norm: str = "rmsnorm"
+  positions: str = "rotary"
+  max_len: int = 256
+  tie_embeddings: bool = True
+  dtype: str = "float32"
+  attention_impl: str = "xla"
+  illegal_id_policy: str = "unk"
+  num_decoder_layers: int | None = None  # encoder_decoder only; None → num_layers.
+  norm_eps: float = 1e-6
+  rope_base: float = 10_000.0
+  embed_init_std: float = 0.02
+
+  def __post_init__(self):
+    for name, choices in _CHOICES.items():
+      if getattr(self, name) not in choices:
+        raise UserError(f"model.{name}={getattr(self, name)!r} is not one of {', '.join(choices)}")
+    if self.vocab_size <= UNK_ID:
+      raise UserError(f"model.vocab_size={self.vocab_size} must be > {UNK_ID} (the unk id); pass the ISA's size")
+    for name in ("d_model", "num_heads", "num_layers", "d_ff", "max_len"):
+      if getattr(self, name) <= 0:
+        raise UserError(f"model.{name}={getattr(self, name)} must be positive")
+    if self.d_model % self.num_heads:
+      raise UserError(f"model.d_model={self.d_model} is not divisible by num_heads={self.num_heads}")
+    if self.positions == "rotary" and self.head_dim % 2:
+      raise UserError(f"rotary positions need an even head_dim; got d_model/num_heads={self.head_dim}")
+    if self.positions == "sinusoidal" and self.d_model % 2:
+      raise UserError(f"sinusoidal positions need an even d_model; got {self.d_model}")
+    if self.num_decoder_layers is not None and self.num_decoder_layers <= 0:
+      raise UserError(f"model.num_decoder_layers={self.num_decoder_layers} must be positive")
+
+  @property
+  def head_dim(self) -> int:
+    return self.d_model // self.num_heads
+
+  @property
+  def decoder_layers(self) -> int:
+    """Depth of the decoder stack of an encoder_decoder."""
+    return self.num_decoder_layers or self.num_layers
+
+  @property
+  def compute_dtype(self) -> jnp.dtype:
+    return jnp.dtype(self.dtype)
+
+  def replace(self, **changes: Any) -> ModelConfig:
+    return dataclasses.replace(self, **changes)
+
+  @classmethod
+  def from_config(cls, cfg: Mapping[str, Any]) -> ModelConfig:
+    """Builds from an ml_collections block (or dict): optional ``preset`` first, then the other keys override it."""
+    fields = dict(cfg.to_dict() if hasattr(cfg, "to_dict") else cfg)
+    preset = fields.pop("preset", None)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(fields) - known)
+    if unknown:
+      raise UserError(f"unknown model config keys {unknown}; known: {sorted(known | {'preset'})}")
+    base = presets(preset, fields.get("arch")) if preset else {}
+    return cls(**{**base, **fields})
+
+
+# Presets: dicts of ModelConfig fields. `tiny` compiles and runs in seconds (tests); `small` is for CPU experiments
+# (at least the size of the plain reference decoder: d_model 256, 4 layers); `base` is ~100M parameters with a 32k
+# vocabulary, meant for GPU/TPU (bfloat16 compute, cuDNN attention where available).
+PRESETS: dict[str, dict[str, Any]] = {
+  "tiny": dict(d_model=64, num_heads=4, num_layers=2, d_ff=256, max_len=256),
+  "small": dict(d_model=256, num_heads=4, num_layers=4, d_ff=1024, max_len=512),
+  "base": dict(
+    d_model=768,
+    num_heads=12,
+    num_layers=12,
+    d_ff=3072,
+    max_len=1024,
+    dtype="bfloat16",
+    attention_impl="dot_product_attention",
+  ),
+}
+
+
+def presets(preset: str, arch: str | None = None) -> dict[str, Any]:
+  """The fields of a preset. For ``encoder_decoder`` each stack gets half the layers (at least 2), so that the three
+  architectures of one preset have comparable parameter counts."""
+  if preset not in PRESETS:
+    raise UserError(f"unknown model preset {preset!r}; choose one of {', '.join(PRESETS)}")
+  fields = copy.deepcopy(PRESETS[preset])
+  if arch == "encoder_decoder":
+    fields["num_layers"] = max(2, fields["num_layers"] // 2)
+  return fields
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Closed-form formulas (independent of the modules).
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _stack_sizes(c: ModelConfig) -> list[tuple[int, bool]]:
+  """(depth, has_cross_attention) for each transformer stack of the architecture."""
+  if c.arch == "encoder_decoder":
+    return [(c.num_layers, False), (c.decoder_layers, True)]
+  return [(c.num_layers, False)]
+
+
+def expected_param_count(c: ModelConfig) -> int:
+  """Number of parameters, from the architecture alone.
+
+  Token table V·D (+ a separate D·V head unless tied). Per stack: a learned position table (max_len·D) if
+  positions are learned, a final norm, and per layer: norms, attention 4·D² (q, k, v, out; no biases), the MLP
+  (2·D·F for GELU, 3·D·F for SwiGLU), and for decoder layers of an encoder_decoder a second norm + 4·D² of
+  cross-attention. LayerNorm has scale and bias (2·D), RMSNorm a scale (D).
+  """
+  d, f, v = c.d_model, c.d_ff, c.vocab_size
+  norm = 2 * d if c.norm == "layernorm" else d
+  attn = 4 * d * d
+  mlp = (3 if c.mlp == "swiglu" else 2) * d * f
+  total = v * d + (0 if c.tie_embeddings else d * v)
+  for depth, cross in _stack_sizes(c):
+    layer = 2 * norm + attn + mlp + ((norm + attn) if cross else 0)
+    total += depth * layer + norm + (c.max_len * d if c.positions == "learned" else 0)
+  return total
+
+
+def matmul_param_count(c: ModelConfig) -> int:
+  """Parameters that take part in a matrix multiply per token: all layers' weights plus the output head (tied or
+  not); the input lookup, position tables and norm scales do not."""
+  d, f = c.d_model, c.d_ff
+  mlp = (3 if c.mlp == "swiglu" else 2) * d * f
+  total = c.vocab_size * d
+  for depth, cross in _stack_sizes(c):
+    total += depth * (4 * d * d + mlp + (4 * d * d if cross else 0))
+  return total
+
+
+def flops_per_token(c: ModelConfig, seq_len: int) -> float:
+  """Training (forward + backward) FLOPs per token, PaLM/MaxText style: 6·N + 12·layers·D·seq_len.
+
+  N = ``matmul_param_count``; the attention term counts QKᵀ and AV over the full (not causally halved) length, once
+  per self-attention and per cross-attention layer. For an encoder_decoder, "per token" means per target token
+  with a source of the same length (one encoder token + one decoder token).
+  """
+  attn_layers = sum(depth * (2 if cross else 1) for depth, cross in _stack_sizes(c))
+  return 6.0 * matmul_param_count(c) + 12.0 * attn_layers * c.d_model * seq_len

@@ -1,0 +1,167 @@
+"""Pre-norm transformer layers and stacks (the part of a CPU between token embedding and output head).
+
+A stack owns its position encoding (learned table or sinusoidal; rotary lives in attention), its layers and its
+final norm, so a whole stack can be moved between models that share ``d_model`` (e.g. an ``Encoder``'s
+``encoder`` into an ``EncoderDecoder``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from llmcpu.models import attention
+from llmcpu.models.config import ModelConfig
+from llmcpu.models.layers import LearnedPositions, Mlp, Norm, sinusoidal
+
+Cache = dict[str, Any]
+
+
+class Block(nnx.Module):
+  """x + SelfAttn(norm(x)) [+ CrossAttn(norm(x), encoded)] + Mlp(norm(x))."""
+
+  def __init__(self, config: ModelConfig, *, num_layers: int, cross: bool, rngs: nnx.Rngs):
+    self.attn_norm = Norm(config, rngs=rngs)
+    self.attn = attention.SelfAttention(config, num_layers=num_layers, rngs=rngs)
+    if cross:
+      self.cross_norm = Norm(config, rngs=rngs)
+      self.cross = attention.CrossAttention(config, num_layers=num_layers, rngs=rngs)
+    self.has_cross = cross
+    self.mlp_norm = Norm(config, rngs=rngs)
+    self.mlp = Mlp(config, num_layers=num_layers, rngs=rngs)
+
+  def __call__(
+    self,
+    x_BxLxD: jax.Array,
+    *,
+    positions_BxL: jax.Array,
+    mask: jax.Array | None,
+    is_causal: bool,
+    cross_mask: jax.Array | None = None,
+    encoded_BxSxD: jax.Array | None = None,
+    cross_kv: dict[str, jax.Array] | None = None,
+    cache: dict[str, jax.Array] | None = None,
+    cache_index: jax.Array | None = None,
+  ) -> tuple[jax.Array, dict[str, jax.Array] | None]:
+    y, cache = self.attn(
+      self.attn_norm(x_BxLxD),
+      positions_BxL=positions_BxL,
+      mask=mask,
+      is_causal=is_causal,
+      cache=cache,
+      cache_index=cache_index,
+    )
+    x_BxLxD = x_BxLxD + y
+    if self.has_cross:
+      x_BxLxD = x_BxLxD + self.cross(
+        self.cross_norm(x_BxLxD), mask=cross_mask, encoded_BxSxD=encoded_BxSxD, kv=cross_kv
+      )
+    return x_BxLxD + self.mlp(self.mlp_norm(x_BxLxD)), cache
+
+
+class TransformerStack(nnx.Module):
+  """Positions + ``num_layers`` blocks + final norm. ``causal`` for decoders, ``cross`` for enc-dec decoders."""
+
+  def __init__(self, config: ModelConfig, *, num_layers: int, causal: bool, cross: bool, rngs: nnx.Rngs):
+    self.config, self.causal, self.cross = config, causal, cross
+    if config.positions == "learned":
+      self.pos_embed = LearnedPositions(config, rngs=rngs)
+    self.layers = nnx.List([Block(config, num_layers=num_layers, cross=cross, rngs=rngs) for _ in range(num_layers)])
+    self.final_norm = Norm(config, rngs=rngs)
+
+  def _add_positions(self, x_BxLxD: jax.Array, positions_BxL: jax.Array) -> jax.Array:
+    c = self.config
+    if c.positions == "learned":
+      return x_BxLxD + self.pos_embed(positions_BxL)
+    if c.positions == "sinusoidal":
+      return x_BxLxD + sinusoidal(positions_BxL, c.d_model, c.compute_dtype)
+    return x_BxLxD  # rotary: applied to queries/keys inside attention
+
+  def __call__(
+    self,
+    x_BxLxD: jax.Array,
+    *,
+    segment_ids: jax.Array | None = None,
+    positions: jax.Array | None = None,
+    encoded: jax.Array | None = None,
+    encoder_segment_ids: jax.Array | None = None,
+  ) -> jax.Array:
+    """Full-sequence pass. segment_ids [B, L]: 0 = padding, attention stays within equal ids. Cross-attention
+    sees encoder tokens with nonzero ``encoder_segment_ids``, and only the matching segment when ``segment_ids``
+    is given too (packed source/target pairs)."""
+    batch, length = x_BxLxD.shape[:2]
+    if positions is None:
+      positions = jnp.broadcast_to(jnp.arange(length), (batch, length))
+    mask = None if segment_ids is None else attention.segment_mask(segment_ids, segment_ids)
+    cross_mask = None
+    if self.cross and encoder_segment_ids is not None:
+      if segment_ids is not None:
+        cross_mask = attention.segment_mask(segment_ids, encoder_segment_ids)
+      else:
+        cross_mask = attention.key_mask(encoder_segment_ids != 0)
+    x_BxLxD = self._add_positions(x_BxLxD, positions)
+    for layer in self.layers:
+      x_BxLxD, _ = layer(
+        x_BxLxD,
+        positions_BxL=positions,
+        mask=mask,
+        is_causal=self.causal,
+        cross_mask=cross_mask,
+        encoded_BxSxD=encoded,
+      )
+    return self.final_norm(x_BxLxD)
+
+  # -- decoding -----------------------------------------------------------------------------------------------
+
+  def init_cache(
+    self,
+    batch_size: int,
+    max_len: int,
+    *,
+    encoded: jax.Array | None = None,
+    encoder_valid: jax.Array | None = None,
+  ) -> Cache:
+    """An empty cache of ``max_len`` slots. For a cross-attending stack, the encoded sequence's keys/values are
+    projected here, once. ``encoder_valid`` [B, S] marks real (non-pad) encoder tokens."""
+    cache: Cache = {
+      "index": jnp.zeros((), jnp.int32),
+      "valid": jnp.zeros((batch_size, max_len), bool),
+      "layers": tuple(attention.init_layer_cache(self.config, batch_size, max_len) for _ in self.layers),
+    }
+    if self.cross:
+      if encoder_valid is None:
+        encoder_valid = jnp.ones(encoded.shape[:2], bool)
+      cache["cross"] = tuple(layer.cross.project_kv(encoded) for layer in self.layers)
+      cache["cross_mask"] = attention.key_mask(encoder_valid)
+    return cache
+
+  def extend(
+    self, x_BxLxD: jax.Array, cache: Cache, *, positions: jax.Array, valid: jax.Array | None = None
+  ) -> tuple[jax.Array, Cache]:
+    """Runs L new tokens (slots index … index+L-1) against the cache; ``valid`` [B, L] False marks padding
+    (e.g. the left padding of a short prompt), which no later token attends to."""
+    batch, length = x_BxLxD.shape[:2]
+    index = cache["index"]
+    if valid is None:
+      valid = jnp.ones((batch, length), bool)
+    kv_valid_BxT = jax.lax.dynamic_update_slice(cache["valid"], valid.astype(bool), (0, index))
+    mask = attention.key_mask(kv_valid_BxT) & attention.causal_mask(length, kv_valid_BxT.shape[1], index)
+    x_BxLxD = self._add_positions(x_BxLxD, positions)
+    new_layers = []
+    for i, layer in enumerate(self.layers):
+      x_BxLxD, layer_cache = layer(
+        x_BxLxD,
+        positions_BxL=positions,
+        mask=mask,
+        is_causal=False,
+        cross_mask=cache.get("cross_mask"),
+        cross_kv=cache["cross"][i] if self.cross else None,
+        cache=cache["layers"][i],
+        cache_index=index,
+      )
+      new_layers.append(layer_cache)
+    new_cache = dict(cache, index=index + length, valid=kv_valid_BxT, layers=tuple(new_layers))
+    return self.final_norm(x_BxLxD), new_cache

@@ -1,0 +1,534 @@
+"""Tests of llmcpu.models: every property is checked against an independent computation.
+
+Shapes are tiny and few (B=2, L=16, vocab 50) and models are shared per module, since XLA compile time dominates.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+from flax import nnx
+
+import llmcpu.models as models
+from llmcpu.errors import UserError
+from llmcpu.models import attention
+from llmcpu.specials import BOS_ID, PAD_ID, UNK_ID
+
+V, B, L = 50, 2, 16
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "method"))
+def _apply(graphdef, state, method, args, kwargs):
+  return getattr(nnx.merge(graphdef, state, copy=True), method)(*args, **kwargs)
+
+
+def apply(model, *args, method="__call__", **kwargs):
+  """Jitted functional call (one compile per shape) that leaves the model's state untouched."""
+  graphdef, state = nnx.split(model)
+  return np.asarray(_apply(graphdef, state, method, args, kwargs))
+
+
+def random_ids(seed: int, shape=(B, L)) -> jnp.ndarray:
+  return jnp.asarray(np.random.default_rng(seed).integers(5, V, shape), jnp.int32)
+
+
+@pytest.fixture(scope="module")
+def dec():
+  return models.create("decoder", "tiny", V, seed=0)
+
+
+@pytest.fixture(scope="module")
+def dec_learned():  # other positions, untied head, LayerNorm, SwiGLU, cuDNN-style attention path
+  return models.create(
+    "decoder",
+    "tiny",
+    V,
+    seed=1,
+    positions="learned",
+    tie_embeddings=False,
+    norm="layernorm",
+    mlp="swiglu",
+    attention_impl="dot_product_attention",
+  )
+
+
+@pytest.fixture(scope="module")
+def enc():
+  return models.create("encoder", "tiny", V, seed=2, positions="sinusoidal")
+
+
+@pytest.fixture(scope="module")
+def encdec():
+  return models.create("encoder_decoder", "tiny", V, seed=3, tie_embeddings=False)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Attention against a float64 numpy reference
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def np_attention(q, k, v, allowed):
+  """Loop reference: q [B,Q,H,K], k/v [B,S,H,K], allowed [B,Q,S] bool; fully masked rows → uniform average."""
+  q, k, v = (np.asarray(a, np.float64) for a in (q, k, v))
+  out = np.zeros(q.shape)
+  for b in range(q.shape[0]):
+    for h in range(q.shape[2]):
+      for i in range(q.shape[1]):
+        s = k[b, :, h] @ q[b, i, h] / np.sqrt(q.shape[-1])
+        s = np.where(allowed[b, i], s, -np.inf) if allowed[b, i].any() else np.zeros_like(s)
+        p = np.exp(s - s.max())
+        out[b, i, h] = (p / p.sum()) @ v[b, :, h]
+  return out
+
+
+SEGMENTS = np.array([[1, 1, 1, 2, 2, 2, 2, 0], [1, 1, 1, 1, 1, 0, 0, 0]])
+
+
+def np_mask(kind: str, q_len: int = 8, kv_len: int = 8) -> np.ndarray:
+  causal = np.tril(np.ones((q_len, kv_len), bool))[None]
+  seg_q, seg_k = SEGMENTS[:, :q_len], SEGMENTS[:, :kv_len]
+  segment = (seg_q[:, :, None] == seg_k[:, None, :]) & (seg_k[:, None, :] != 0)
+  return {
+    "none": np.ones((2, q_len, kv_len), bool),
+    "causal": np.broadcast_to(causal, (2, q_len, kv_len)),
+    "padding": np.broadcast_to((seg_k != 0)[:, None, :], (2, q_len, kv_len)),
+    "segment": segment,
+    "causal_segment": segment & causal,
+  }[kind]
+
+
+def module_mask(kind: str, q_len: int = 8, kv_len: int = 8):
+  """(mask, is_causal) built with the module's own helpers."""
+  seg = jnp.asarray(SEGMENTS)
+  return {
+    "none": (None, False),
+    "causal": (None, True),
+    "padding": (attention.key_mask(seg[:, :kv_len] != 0), False),
+    "segment": (attention.segment_mask(seg[:, :q_len], seg[:, :kv_len]), False),
+    "causal_segment": (attention.segment_mask(seg[:, :q_len], seg[:, :kv_len]), True),
+  }[kind]
+
+
+@pytest.mark.parametrize("impl", ["xla", "dot_product_attention"])
+@pytest.mark.parametrize("kind", ["none", "causal", "padding", "segment", "causal_segment"])
+def test_attend_matches_reference(kind, impl):
+  q, k, v = (np.random.default_rng(i).normal(size=(2, 8, 2, 4)).astype(np.float32) for i in range(3))
+  mask, is_causal = module_mask(kind)
+  got = attention.attend(jnp.asarray(q), jnp.asarray(k), jnp.asarray(v), mask, impl=impl, is_causal=is_causal)
+  want = np_attention(q, k, v, np_mask(kind))
+  rows = np_mask(kind).any(-1)  # fully masked (padding) queries: value unspecified, only finiteness matters
+  np.testing.assert_allclose(np.asarray(got)[rows], want[rows], atol=1e-5)
+  assert np.isfinite(np.asarray(got)).all()
+
+
+@pytest.mark.parametrize("impl", ["xla", "dot_product_attention"])
+def test_attention_modules_match_reference(impl):
+  c = models.ModelConfig(vocab_size=V, d_model=8, num_heads=2, d_ff=16, positions="learned", attention_impl=impl)
+  rngs = nnx.Rngs(0)
+  self_attn = attention.SelfAttention(c, num_layers=1, rngs=rngs)
+  cross = attention.CrossAttention(c, num_layers=1, rngs=rngs)
+  x = np.random.default_rng(0).normal(size=(2, 8, 8)).astype(np.float32)
+  ctx = np.random.default_rng(1).normal(size=(2, 8, 8)).astype(np.float32)
+  pos = jnp.broadcast_to(jnp.arange(8), (2, 8))
+  w_qkv = np.asarray(self_attn.qkv[...], np.float64)  # [D, H, 3, K]
+  w_out = np.asarray(self_attn.out[...], np.float64)  # [H, K, D]
+  q, k, v = (np.einsum("bld,dhk->blhk", x, w_qkv[:, :, i]) for i in range(3))
+
+  mask, is_causal = module_mask("causal_segment")
+  got, _ = self_attn(jnp.asarray(x), positions_BxL=pos, mask=mask, is_causal=is_causal)
+  want = np.einsum("blhk,hkd->bld", np_attention(q, k, v, np_mask("causal_segment")), w_out)
+  rows = np_mask("causal_segment").any(-1)
+  np.testing.assert_allclose(np.asarray(got)[rows], want[rows], atol=1e-5)
+
+  w_q, w_kv, w_out = (np.asarray(p[...], np.float64) for p in (cross.q, cross.kv, cross.out))
+  qc = np.einsum("bld,dhk->blhk", x, w_q)
+  kc, vc = (np.einsum("bld,dhk->blhk", ctx, w_kv[:, :, i]) for i in range(2))
+  got = cross(jnp.asarray(x), mask=module_mask("padding")[0], encoded_BxSxD=jnp.asarray(ctx))
+  want = np.einsum("blhk,hkd->bld", np_attention(qc, kc, vc, np_mask("padding")), w_out)
+  np.testing.assert_allclose(np.asarray(got), want, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Configs, presets, parameter counts, determinism
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+  "arch,overrides",
+  [
+    ("decoder", {}),
+    ("decoder", dict(tie_embeddings=False, mlp="swiglu", norm="layernorm", positions="learned")),
+    ("encoder", dict(positions="sinusoidal")),
+    ("encoder", dict(positions="learned", norm="layernorm")),
+    ("encoder_decoder", {}),
+    ("encoder_decoder", dict(tie_embeddings=False, mlp="swiglu", positions="learned", num_decoder_layers=3)),
+  ],
+)
+def test_param_count_matches_formula(arch, overrides):
+  model = nnx.eval_shape(lambda: models.create(arch, "tiny", V, **overrides))
+  assert models.param_count(model) == models.expected_param_count(model.config)
+
+
+def test_presets_and_config():
+  base = nnx.eval_shape(lambda: models.create("decoder", "base", 32_000))
+  assert 90e6 < models.param_count(base) < 130e6
+  base_ed = models.ModelConfig(arch="encoder_decoder", vocab_size=32_000, **models.presets("base", "encoder_decoder"))
+  assert 90e6 < models.expected_param_count(base_ed) < 160e6
+  small = models.presets("small")
+  assert small["d_model"] >= 256 and small["num_layers"] >= 4 and small["max_len"] >= 512
+  cfg = ml_collections.ConfigDict(dict(preset="small", arch="encoder", vocab_size=100, mlp="swiglu"))
+  c = models.ModelConfig.from_config(cfg)
+  assert (c.arch, c.d_model, c.mlp, c.vocab_size) == ("encoder", 256, "swiglu", 100)
+  with pytest.raises(UserError, match="unknown model config keys"):
+    models.ModelConfig.from_config(dict(vocab_size=100, d_modle=3))
+  with pytest.raises(UserError, match="not divisible"):
+    models.ModelConfig(vocab_size=100, d_model=30, num_heads=4)
+  with pytest.raises(UserError, match="preset"):
+    models.create("decoder", "huge", V)
+
+
+def test_flops_per_token_formula():
+  c = models.ModelConfig(arch="decoder", vocab_size=10, d_model=4, num_heads=1, num_layers=1, d_ff=8)
+  # matmul params: head 10*4 + attention 4*16 + mlp 2*4*8 = 40 + 64 + 64 = 168
+  assert models.flops_per_token(c, seq_len=5) == 6 * 168 + 12 * 1 * 4 * 5
+
+
+def test_same_seed_same_params():
+  a, b, other = (nnx.state(models.create("decoder", "tiny", V, seed=s), nnx.Param) for s in (7, 7, 8))
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+    np.testing.assert_array_equal(x, y)
+  assert any(not np.array_equal(x, z) for x, z in zip(jax.tree.leaves(a), jax.tree.leaves(other), strict=True))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Masks: causality, bidirectionality, padding and packed segments
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["dec", "dec_learned"])
+def test_decoder_is_causal(name, request):
+  model = request.getfixturevalue(name)
+  ids = random_ids(0)
+  changed = ids.at[:, 9:].set(random_ids(1)[:, 9:])
+  a, b = apply(model, ids), apply(model, changed)
+  assert a.shape == (B, L, V) and a.dtype == np.float32
+  np.testing.assert_allclose(a[:, :9], b[:, :9], atol=1e-6)
+  assert np.abs(a[:, 9:] - b[:, 9:]).max() > 1e-3
+
+
+def test_encoder_is_bidirectional(enc):
+  ids = random_ids(0)
+  a, b = apply(enc, ids), apply(enc, ids.at[:, -1].set((ids[:, -1] - 4) % (V - 5) + 5))  # another regular id
+  assert np.abs(a[:, 0] - b[:, 0]).max() > 1e-4  # the first token sees the last one
+
+
+def _packed():
+  """One row packing two documents (lengths 6 and 7) then 3 pads; row 2 is one document (lengths 16)."""
+  ids = np.asarray(random_ids(3))
+  seg = np.array([[1] * 6 + [2] * 7 + [0] * 3, [1] * L])
+  pos = np.array([list(range(6)) + list(range(7)) + [0] * 3, list(range(L))])
+  return jnp.asarray(ids), jnp.asarray(seg), jnp.asarray(pos)
+
+
+@pytest.mark.parametrize("name", ["dec", "dec_learned", "enc"])
+def test_segments_isolate_packed_documents(name, request):
+  model = request.getfixturevalue(name)
+  ids, seg, pos = _packed()
+  packed = apply(model, ids, segment_ids=seg, positions=pos)
+  doc1, doc2 = apply(model, ids[:1, :6]), apply(model, ids[:1, 6:13])  # each document alone, unpadded
+  np.testing.assert_allclose(packed[0, :6], doc1[0], atol=1e-5)
+  np.testing.assert_allclose(packed[0, 6:13], doc2[0], atol=1e-5)
+  np.testing.assert_allclose(packed[1], apply(model, ids[1:])[0], atol=1e-5)  # all-ones segments = no mask
+
+
+def test_encoder_decoder_padding_and_segments(encdec):
+  ids, seg, pos = _packed()
+  tgt = random_ids(4)
+  tseg = jnp.asarray([[1] * 8 + [2] * 5 + [0] * 3, [1] * L])
+  tpos = jnp.asarray([list(range(8)) + list(range(5)) + [0] * 3, list(range(L))])
+  kw = dict(encoder_segment_ids=seg, decoder_segment_ids=tseg, encoder_positions=pos, decoder_positions=tpos)
+  packed = apply(encdec, ids, tgt, **kw)
+  pair1 = apply(encdec, ids[:1, :6], tgt[:1, :8])
+  pair2 = apply(encdec, ids[:1, 6:13], tgt[:1, 8:13])
+  np.testing.assert_allclose(packed[0, :8], pair1[0], atol=1e-5)
+  np.testing.assert_allclose(packed[0, 8:13], pair2[0], atol=1e-5)
+  # Source padding (segment 0) changes nothing.
+  padded_src = jnp.concatenate([ids[:1, :6], jnp.full((1, 4), 7, jnp.int32)], axis=1)
+  src_seg = jnp.asarray([[1] * 6 + [0] * 4])
+  masked = apply(encdec, padded_src, tgt[:1, :8], encoder_segment_ids=src_seg)
+  np.testing.assert_allclose(masked[0], pair1[0], atol=1e-5)
+
+
+def test_embed_pooled(enc):
+  ids = random_ids(5).at[0, 10:].set(PAD_ID)
+  pooled = apply(enc, ids, method="embed_pooled")
+  seg = (ids != PAD_ID).astype(jnp.int32)
+  hidden = apply(enc, ids, method="hidden", segment_ids=seg)
+  np.testing.assert_allclose(pooled[0], hidden[0, :10].mean(0), atol=1e-5)
+  np.testing.assert_allclose(pooled[1], hidden[1].mean(0), atol=1e-5)
+  alone = apply(enc, ids[:1, :10], method="embed_pooled")  # padding does not change the embedding
+  np.testing.assert_allclose(pooled[0], alone[0], atol=1e-5)
+  assert pooled.shape == (B, 64)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Cached decoding
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef",))
+def _extend(graphdef, state, ids, cache, positions, valid):
+  return nnx.merge(graphdef, state, copy=True).extend(ids, cache, positions=positions, valid=valid)
+
+
+@pytest.mark.parametrize("name", ["dec", "dec_learned"])
+def test_cached_steps_match_full_forward(name, request):
+  model = request.getfixturevalue(name)
+  ids = random_ids(6)
+  full = apply(model, ids)
+  graphdef, state = nnx.split(model)
+  pos = jnp.broadcast_to(jnp.arange(L), (B, L))
+  cache = model.init_cache(B, L)
+  logits, cache = _extend(graphdef, state, ids[:, :5], cache, pos[:, :5], None)  # prefill
+  steps = [np.asarray(logits)]
+  for t in range(5, L):
+    logits, cache = _extend(graphdef, state, ids[:, t : t + 1], cache, pos[:, t : t + 1], None)
+    steps.append(np.asarray(logits))
+  np.testing.assert_allclose(np.concatenate(steps, axis=1), full, atol=1e-5, rtol=0)
+
+
+def test_generate_batched_prompts_of_different_lengths(dec):
+  prompts = np.array(random_ids(7, (B, 8)))
+  prompts[0, 3:] = PAD_ID  # right-padded: row 0 has 3 tokens, row 1 has 8
+  out = np.asarray(models.generate(dec, prompts, 8, eos_id=-1))
+  uncached = np.asarray(models.generate(dec, prompts, 8, eos_id=-1, use_cache=False))
+  np.testing.assert_array_equal(out, uncached)
+  # Independent check: each greedy token is the argmax of one full forward pass over prompt + generated ids, with
+  # row 0's padding masked out (segment 0) and its positions running on across the gap.
+  seq = np.concatenate([prompts, out[:, :-1]], axis=1)
+  seg = np.ones_like(seq)
+  seg[0, 3:8] = 0
+  pos = np.tile(np.arange(15), (B, 1))
+  pos[0, 8:] = np.arange(3, 10)
+  logits = apply(dec, jnp.asarray(seq), segment_ids=jnp.asarray(seg), positions=jnp.asarray(pos))
+  np.testing.assert_array_equal(logits[0, [2, *range(8, 15)]].argmax(-1), out[0])
+  np.testing.assert_array_equal(logits[1, 7:].argmax(-1), out[1])
+
+
+def test_generate_stops_at_eos_and_pads(dec):
+  prompts = np.asarray(random_ids(8, (B, 8)))
+  free = np.asarray(models.generate(dec, prompts, 8, eos_id=-1))
+  eos = int(free[0, 2])
+  out = np.asarray(models.generate(dec, prompts, 8, eos_id=eos))
+  for row in range(B):  # every row: identical up to its first EOS, PAD after
+    hits = np.flatnonzero(free[row] == eos)
+    stop = hits[0] + 1 if hits.size else 8
+    np.testing.assert_array_equal(out[row, :stop], free[row, :stop])
+    assert (out[row, stop:] == PAD_ID).all()
+  assert (out[0, 3:] == PAD_ID).all() or (free[0, :2] == eos).any()
+
+
+def test_sampling_reproducible(dec):
+  prompts = random_ids(9, (B, 8))
+  kw = dict(temperature=1.0, top_k=10, top_p=0.9, eos_id=-1)
+  a = np.asarray(models.generate(dec, prompts, 8, seed=1, **kw))
+  b = np.asarray(models.generate(dec, prompts, 8, seed=1, **kw))
+  c = np.asarray(models.generate(dec, prompts, 8, seed=2, **kw))
+  np.testing.assert_array_equal(a, b)
+  assert not np.array_equal(a, c)
+
+
+def test_filter_logits_against_numpy():
+  logits = np.random.default_rng(0).normal(size=(3, 20)).astype(np.float32)
+  got = np.asarray(models.filter_logits(jnp.asarray(logits), top_k=5))
+  for row, g in zip(logits, got, strict=True):
+    assert set(np.flatnonzero(np.isfinite(g))) == set(np.argsort(-row)[:5])
+  got = np.asarray(models.filter_logits(jnp.asarray(logits), top_p=0.6))
+  for row, g in zip(logits, got, strict=True):
+    order = np.argsort(-row)
+    p = np.exp(row[order] - row.max()) / np.exp(row - row.max()).sum()
+    n = int(np.searchsorted(np.cumsum(p), 0.6) + 1)  # smallest prefix with mass ≥ 0.6
+    assert set(np.flatnonzero(np.isfinite(g))) == set(order[:n])
+
+
+def test_encoder_decoder_generation_matches_teacher_forcing(encdec):
+  src = np.array(random_ids(10, (B, 10)))
+  src[1, 6:] = PAD_ID
+  out = np.asarray(models.generate(encdec, src, 8, eos_id=-1))
+  dec_in = np.concatenate([np.full((B, 1), BOS_ID), out[:, :-1]], axis=1)
+  seg = jnp.asarray((src != PAD_ID).astype(np.int32))
+  teacher = apply(encdec, jnp.asarray(src), jnp.asarray(dec_in), encoder_segment_ids=seg)
+  np.testing.assert_array_equal(teacher.argmax(-1), out)
+  # Cached step logits equal the teacher-forced logits.
+  graphdef, state = nnx.split(encdec)
+  encoded = apply(encdec, jnp.asarray(src), method="encode", segment_ids=seg)
+  cache = encdec.init_cache(jnp.asarray(encoded), 8, encoder_valid=seg != 0)
+  steps = []
+  for t in range(8):
+    pos = jnp.full((B, 1), t, jnp.int32)
+    logits, cache = _extend(graphdef, state, jnp.asarray(dec_in[:, t : t + 1]), cache, pos, None)
+    steps.append(np.asarray(logits))
+  np.testing.assert_allclose(np.concatenate(steps, axis=1), teacher, atol=1e-5, rtol=0)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Numerics, symmetry, gradients
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def test_bfloat16_matches_float32():
+  f32 = models.create("decoder", "tiny", V, seed=4)
+  bf16 = models.create("decoder", "tiny", V, seed=4, dtype="bfloat16")
+  ids = random_ids(11)
+  a, b = apply(f32, ids), apply(bf16, ids)
+  assert b.dtype == np.float32
+  scale = np.abs(a).max()
+  assert np.abs(a - b).max() < 0.05 * scale, (np.abs(a - b).max(), scale)
+  assert (a.argmax(-1) == b.argmax(-1)).mean() > 0.9
+
+
+@pytest.mark.parametrize("name", ["dec", "dec_learned", "encdec"])
+def test_isa_permutation_symmetry(name, request):
+  """Permuting the embedding rows, the output rows and the ids together permutes the logits exactly."""
+  model = request.getfixturevalue(name)
+  perm = np.random.default_rng(12).permutation(V)  # old id i becomes perm[i]
+  inverse = np.argsort(perm)
+  graphdef, state = nnx.split(model)
+  permuted = nnx.merge(graphdef, state, copy=True)
+  permuted.embed.table[...] = permuted.embed.table[...][inverse]
+  if hasattr(permuted, "head"):
+    permuted.head.kernel[...] = permuted.head.kernel[...][:, inverse]
+  ids = random_ids(13)
+  args = (ids, ids[:, ::-1]) if name == "encdec" else (ids,)
+  base = apply(model, *args)
+  moved = apply(permuted, *(jnp.asarray(perm)[a] for a in args))
+  np.testing.assert_array_equal(moved[..., perm], base)
+
+
+@pytest.mark.parametrize("name", ["dec_learned", "enc", "encdec"])
+def test_gradients_flow_under_jit(name, request):
+  model = request.getfixturevalue(name)
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  ids = random_ids(14)
+  args = (ids, ids) if name == "encdec" else (ids,)
+
+  @jax.jit
+  def grad(params, rest):
+    def loss(p):
+      logits = nnx.merge(graphdef, p, rest, copy=True)(*args)
+      return -jnp.mean(jax.nn.log_softmax(logits)[..., 7])
+
+    return jax.grad(loss)(params)
+
+  for path, g in jax.tree_util.tree_leaves_with_path(grad(params, rest)):
+    assert np.isfinite(g).all(), path
+    assert np.abs(g).max() > 0, path
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Illegal opcodes
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def test_sanitize_ids():
+  ids, n = models.sanitize_ids(jnp.asarray([[3, 49, 50, -1, 1000]]), V, "unk")
+  np.testing.assert_array_equal(ids, [[3, 49, UNK_ID, UNK_ID, UNK_ID]])
+  assert int(n) == 3
+  host_ids, n = models.sanitize_ids(np.array([[2**32 + 5, 7]], np.int64), V, "error")  # no wrap to id 5
+  np.testing.assert_array_equal(host_ids, [[UNK_ID, 7]])
+  assert int(n) == 1
+
+
+def test_illegal_ids_mapped_and_counted(dec):
+  model = nnx.merge(*nnx.split(dec), copy=True)
+  models.reset_illegal_count(model)
+  ids = random_ids(15)
+  bad = ids.at[0, 3].set(V).at[1, 5].set(V + 77).at[1, 6].set(-2)
+  np.testing.assert_array_equal(model(bad), model(ids.at[0, 3].set(UNK_ID).at[1, 5].set(UNK_ID).at[1, 6].set(UNK_ID)))
+  assert models.illegal_count(model) == 3
+  # Inside a functional, jitted step the count travels in the returned state.
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+
+  @jax.jit
+  def step(params, rest, ids):
+    m = nnx.merge(graphdef, params, rest, copy=True)
+    return m(ids).sum(), nnx.state(m, models.IllegalOpcodes)
+
+  _, counts = step(params, rest, bad)
+  nnx.update(model, counts)
+  assert models.illegal_count(model) == 6
+  models.generate(model, np.asarray(bad[:, :8]), 8)  # the prompts hold three illegal ids
+  assert models.illegal_count(model) == 9
+  models.reset_illegal_count(model)
+  assert models.illegal_count(model) == 0
+
+
+def test_illegal_policy_error():
+  model = models.create("decoder", "tiny", V, illegal_id_policy="error")
+  ids = random_ids(16, (1, 4))
+  model(ids)  # legal ids: fine
+  with pytest.raises(UserError, match="illegal opcodes"):
+    model(ids.at[0, 0].set(V))
+  assert models.illegal_count(model) == 1
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Swapping and sharding
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def test_encoder_swaps_into_encoder_decoder(enc):
+  target = models.create("encoder_decoder", "tiny", V, seed=5, positions="sinusoidal")
+  target.encoder = nnx.merge(*nnx.split(enc.encoder), copy=True)
+  target.embed = nnx.merge(*nnx.split(enc.embed), copy=True)
+  ids = random_ids(17)
+  np.testing.assert_allclose(apply(target, ids, method="encode"), apply(enc, ids, method="hidden"), atol=1e-6)
+
+
+def test_logical_sharding_annotations(dec):
+  params = nnx.state(dec, nnx.Param)
+  names = {p[-1]: v.get_metadata()["out_sharding"] for p, v in nnx.to_flat_state(params)}
+  assert names["table"] == ("vocab", "embed") and names["qkv"] == ("embed", "heads", None, "kv")
+  mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]).reshape(1, 1), ("data", "tensor"))
+  shardings = models.param_shardings(params, mesh, models.logical_axis_rules(fsdp=False))
+  assert all(isinstance(s, jax.sharding.NamedSharding) for s in jax.tree.leaves(shardings))
+
+
+_SHARDED = textwrap.dedent(
+  """
+  import jax, jax.numpy as jnp, numpy as np
+  from flax import nnx
+  import llmcpu.models as models
+  model = models.create("decoder", "tiny", 48, seed=0)
+  ids = jnp.asarray(np.random.default_rng(0).integers(5, 48, (4, 16)), jnp.int32)
+  want = np.asarray(model(ids))
+  graphdef, state0 = nnx.split(model)
+  forward = jax.jit(lambda s, x: nnx.merge(graphdef, s, copy=True)(x))
+  for shape, names, fsdp, table_spec in [
+    ((2, 2), ("data", "tensor"), False, jax.P("tensor", None)),
+    ((1, 2, 2), ("data", "fsdp", "tensor"), True, jax.P("tensor", "fsdp")),
+  ]:
+    mesh = jax.sharding.Mesh(np.array(jax.devices()).reshape(shape), names)
+    rules = models.logical_axis_rules(fsdp=fsdp)
+    state = jax.device_put(state0, models.param_shardings(state0, mesh, rules))
+    assert state["embed"]["table"][...].sharding.spec == table_spec, state["embed"]["table"][...].sharding
+    got = forward(state, jax.device_put(ids, models.batch_sharding(mesh, rules)))
+    np.testing.assert_allclose(np.asarray(got), want, atol=1e-5)
+  print("OK")
+  """
+)
+
+
+def test_param_shardings_on_four_cpu_devices():
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
+  run = subprocess.run([sys.executable, "-c", _SHARDED], env=env, capture_output=True, text=True, timeout=120)
+  assert run.returncode == 0 and "OK" in run.stdout, run.stderr[-3000:]
