@@ -1,0 +1,348 @@
+"""The cross-evaluation matrix: every CPU (checkpoint) × every evaluation ISA, machine code fed as is.
+
+Each checkpoint is loaded with its own compiler (from its metadata). For every evaluation ISA, the model receives
+that ISA's compiled split of the checkpoint's corpus — never re-tokenized: foreign opcodes are the point. Batch
+shapes depend only on the model (its batch size and lengths, fitted once over every evaluation ISA for seq2seq),
+so each model's scoring function and generation are compiled by XLA once and serve every ISA.
+
+A checkpoint that cannot be read, an ISA missing from the compile dir, or any error inside one cell becomes a row
+with ``status: "failed"`` and a one-line ``error``; the rest of the matrix is still computed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import nnx
+
+from llmcpu import checkpoints as binaries
+from llmcpu import compilers, specials, trainer
+from llmcpu.compilers import Compiler
+from llmcpu.crosseval import coherence, scoring
+from llmcpu.crosseval.library import Library, one_line
+from llmcpu.data.compiled import CompiledSplit
+from llmcpu.data.pipeline import Pipeline, bytes_per_token
+
+
+@dataclasses.dataclass
+class CrossEvalOptions:
+  """Knobs of a cross-evaluation; the defaults keep a tiny-model matrix to seconds per cell on a CPU."""
+
+  split: str = "test"  # the held-out split every cell is scored on
+  train_split: str = "train"  # unigram counts, the judge and the lexicon
+  batch_size: int = 0  # rows per eval batch; 0 = the checkpoint's training batch size
+  max_docs: int = 0  # score only the first N documents of the split; 0 = all
+  seed: int = 0  # MLM masks, span corruption, sampling
+  coherence: bool = True  # generate and judge (decoders, encoder-decoders)
+  prompts: int = 16  # prose prompts (held-out documents long enough)
+  program_prompts: int = 64  # programs prompts
+  prompt_bytes: int = 64  # prose prompt: the shortest token prefix covering this many bytes
+  new_tokens: int = 32  # prose generation length
+  answer_tokens: int = 48  # programs: answer budget (generation stops at EOS)
+  temperature: float = 0.8  # the sampled generation (the other is greedy)
+  judge_order: int = 5
+  judge_max_bytes: int = 16 << 20
+  representation_docs: int = 32  # encoders: documents embedded natively and foreign
+  samples: int = 3  # generations kept per cell in results.jsonl
+
+
+@dataclasses.dataclass
+class LoadedModel:
+  """A CPU already in memory (e.g. straight after training): what ``checkpoints.load_model`` returns, named."""
+
+  model: object
+  meta: dict
+  compiler: Compiler
+  name: str
+
+
+def _round_up(n: int, k: int = 8) -> int:
+  return -(-n // k) * k
+
+
+class ModelEvaluator:
+  """One CPU against any number of ISAs; jitted functions are built once here and reused by every cell."""
+
+  def __init__(self, loaded: LoadedModel, library: Library, options: CrossEvalOptions, corpus: str | None = None):
+    self.loaded, self.lib, self.opt = loaded, library, options
+    self.model, self.meta, self.own = loaded.model, loaded.meta, loaded.compiler
+    self.config = ml_collections.ConfigDict(self.meta["config"])
+    self.arch = self.meta["arch"]
+    self.mc = self.model.config
+    self.corpus = corpus or self.config.data.corpus
+    self.batch_size = options.batch_size or self.config.train.batch_size
+    self.length = self.config.data.length
+    self.input_length, self.target_length = self.config.data.input_length, self.config.data.target_length
+    graphdef, params, rest = nnx.split(self.model, nnx.Param, ...)
+    # Private committed copies: the split states share Variables with the model, and generate() swaps its counter
+    # for a committed array, which would change the jit signature and compile the scoring function again.
+    device = jax.devices()[0]
+    self.params, self.rest = jax.tree.map(lambda x: jax.device_put(x, device), (params, rest))
+    self.sums_fn = scoring.make_sums_fn(graphdef, self.mc.vocab_size)
+    self.embed_fn = None
+    if self.arch == "encoder":
+      self.embed_fn = jax.jit(lambda p, r, ids: nnx.merge(graphdef, p, r, copy=True).embed_pooled(ids))
+    self.planned = False
+
+  @property
+  def xla_compiles(self) -> int:
+    return int(self.sums_fn._cache_size())
+
+  def plan(self, evaluation: Sequence[Compiler]) -> None:
+    """Fixes every shape before the first cell: seq2seq lengths fitted over all evaluation ISAs' splits."""
+    splits = []
+    for comp in evaluation:
+      try:
+        splits.append(self.lib.split(self.lib.corpus_name(self.corpus, comp), comp, self.opt.split))
+      except Exception:  # noqa: BLE001 - that cell fails later with its own message
+        continue
+    seq2seq = [s for s in splits if s.kind == "seq2seq"]
+    if self.arch == "encoder_decoder" and seq2seq:
+      need_in = max(int(s.fields["input"].lengths.max(initial=0)) + 1 for s in seq2seq)
+      need_tg = max(int(s.fields["target"].lengths.max(initial=0)) + 1 for s in seq2seq)
+      self.input_length = max(self.input_length, _round_up(need_in))
+      self.target_length = max(self.target_length, _round_up(need_tg))
+      if self.mc.positions == "learned":  # a longer row would not fit the position table: truncate (counted)
+        self.input_length = min(self.input_length, self.mc.max_len)
+        self.target_length = min(self.target_length, self.mc.max_len)
+    self.planned = True
+
+  # --- one cell -----------------------------------------------------------------------------------------------
+
+  def pipeline(self, split: CompiledSplit, objective: str) -> Pipeline:
+    extra = {"truncate": True} if objective == "seq2seq" else {}
+    return Pipeline(
+      split,
+      objective=objective,
+      global_batch=self.batch_size,
+      seed=self.opt.seed,
+      length=self.length,
+      input_length=self.input_length,
+      target_length=self.target_length,
+      shuffle=False,
+      **extra,
+    )
+
+  def score(self, comp: Compiler) -> dict:
+    """The scoring part of a cell (bits per byte, accuracy, illegal opcodes, baselines): the pure eval."""
+    if not self.planned:
+      self.plan([comp])
+    corpus_name = self.lib.corpus_name(self.corpus, comp)
+    test = self.lib.split(corpus_name, comp, self.opt.split)
+    objective = trainer.objective_for(self.config, test.kind)
+    pipe = self.pipeline(test, objective)
+    share = scoring.unk_share_nats(self.mc.vocab_size, comp.vocab_size)
+    policy = self.mc.illegal_id_policy
+    sums = scoring.run_pass(self.sums_fn, self.params, self.rest, pipe.eval_batches(), share)
+    fields = scoring.scored_fields(test, objective)
+    bpb = scoring.bits_per_byte(sums["nll"], sums["bytes"])
+    rate, n_illegal, n_ids = scoring.illegal_rate(test, self.mc.vocab_size)
+    all_ids = scoring.field_ids(test, list(test.fields))
+    bpt = float(np.mean([bytes_per_token(test, f) for f in fields]))
+    context = self.input_length if objective in trainer.SEQ2SEQ_OBJECTIVES else self.length
+    return {
+      "corpus_name": corpus_name,
+      "objective": objective,
+      "bits_per_byte": bpb,
+      "bpb_uniform": math.log2(self.mc.vocab_size) * sums["tokens"] / sums["bytes"] if sums["bytes"] else None,
+      "bpb_unigram": self.lib.unigram_bpb(corpus_name, comp, test, fields, self.opt.train_split),
+      "token_accuracy": sums["correct"] / sums["tokens"] if sums["tokens"] else None,
+      "illegal_rate": rate,
+      "illegal_ids": n_illegal,
+      "misread_rate": scoring.misread_rate(test, self.own.pieces, comp.pieces),
+      "illegal_targets": int(sums["illegal_targets"]),
+      "illegal_inputs": int(sums["illegal_inputs"]),
+      "illegal_policy": f"{policy}: inputs mapped to UNK; targets scored as p(UNK)/{math.exp(share):.0f}",
+      "documents": test.num_docs,
+      "ids": n_ids,
+      "bytes": scoring.field_bytes(test, fields),
+      "scored_tokens": int(sums["tokens"]),
+      "scored_bytes": sums["bytes"],
+      "bytes_per_token": bpt,
+      "byte_context": context * bpt,
+      "unk_rate": float(np.count_nonzero(all_ids == specials.UNK_ID) / max(len(all_ids), 1)),
+      "truncated_examples": int(pipe.summary().get("truncated_examples", 0)),
+      "xla_compiles": self.xla_compiles,
+    }
+
+  def cell(self, comp: Compiler, eval_label: str) -> dict:
+    t0 = time.time()
+    row = self.identity(eval_label) | {
+      "status": "ok",
+      "eval_isa_spec": str(comp.spec),
+      "eval_fingerprint": comp.fingerprint,
+      "eval_vocab": comp.vocab_size,
+      "native": comp.fingerprint == self.own.fingerprint,
+      "isa_overlap": compilers.isa_overlap(self.own, comp),
+    }
+    row.update(self.score(comp))
+    row["coherence"] = None
+    # The scored part stands on its own: a failure in generation or embedding is recorded next to it.
+    try:
+      if self.arch == "encoder":
+        row["representation_agreement"] = self.representation_agreement(comp, row["corpus_name"])
+      elif self.opt.coherence:
+        row.update(self.coherence(comp, row["corpus_name"]))
+    except Exception as e:  # noqa: BLE001
+      key = "representation_error" if self.arch == "encoder" else "coherence_error"
+      row[key] = one_line(e)
+    row["seconds"] = time.time() - t0
+    return row
+
+  def identity(self, eval_label: str) -> dict:
+    return {
+      "checkpoint": self.loaded.name,
+      "step": self.meta.get("step"),
+      "arch": self.arch,
+      "model_isa": self.own.name,
+      "model_isa_spec": str(self.own.spec),
+      "model_fingerprint": self.own.fingerprint,
+      "model_vocab": self.mc.vocab_size,
+      "eval_isa": eval_label,
+      "corpus": self.corpus,
+      "split": self.opt.split,
+    }
+
+  # --- coherence (decoders, encoder-decoders) -------------------------------------------------------------------
+
+  def coherence(self, comp: Compiler, corpus_name: str) -> dict:
+    opt = self.opt
+    test = self.lib.split(corpus_name, comp, opt.split)
+    raw = self.lib.raw_texts(corpus_name, comp, opt.split)
+    own_reading = dict(own=self.own, foreign=comp)
+    if test.kind == "seq2seq":
+      docs = list(range(min(opt.program_prompts, test.num_docs)))
+      prompts = coherence.program_prompts(test, raw["input"], raw["target"], docs)
+      longest = max((len(raw["input"][d].encode("utf-8")) for d in docs), default=1)
+      width, new = _round_up(longest + 2), opt.answer_tokens
+    else:
+      lengths = [len(t.encode("utf-8")) for t in raw["text"]]
+      docs = coherence.select_docs(lengths, opt.prompts, opt.prompt_bytes + coherence.MIN_REFERENCE_CHARS * 4)
+      if not docs:
+        return {"coherence_error": f"no held-out document has {opt.prompt_bytes} bytes to prompt with"}
+      width = _round_up(opt.prompt_bytes + 6)  # ≥ 1 byte per token, + a cut character, BOS/sentinel/EOS
+      prompts = coherence.prose_prompts(test, comp, raw["text"], docs, opt.prompt_bytes, width - 2)
+      new = opt.new_tokens + (1 if self.arch == "encoder_decoder" else 0)  # + the leading sentinel
+    if self.mc.positions == "learned":
+      new = min(new, self.mc.max_len - (width if self.arch == "decoder" else 0))
+    run = dict(arch=self.arch, width=width, new_tokens=new, **own_reading)
+    greedy, greedy_foreign, truncated = coherence.generate_texts(self.model, prompts, **run, temperature=0.0)
+    sampled, _, _ = coherence.generate_texts(self.model, prompts, **run, temperature=opt.temperature, seed=opt.seed)
+    out: dict = {"prompts": len(prompts.ids), "prompts_truncated": truncated}
+    if prompts.kind == "programs":
+      out.update(coherence.program_components(prompts, greedy, sampled))
+      out["exact_match_eval_reading"] = coherence.exact_match(greedy_foreign, prompts.references)
+    else:
+      judge, lexicon = self.lib.judge(corpus_name, comp, opt.train_split)
+      out.update(coherence.prose_report(judge, lexicon, prompts, greedy, sampled, greedy_foreign))
+    rows = zip(prompts.texts, prompts.references, greedy, sampled, greedy_foreign, strict=True)
+    out["samples"] = [
+      {"prompt": p, "reference": r[:200], "greedy": g, "sampled": s, "greedy_eval_reading": f}
+      for p, r, g, s, f in list(rows)[: opt.samples]
+    ]
+    return out
+
+  # --- representation agreement (encoders) ----------------------------------------------------------------------
+
+  def representation_agreement(self, comp: Compiler, corpus_name: str) -> float | None:
+    """Mean cosine of pooled embeddings of the same documents (same text span) compiled natively vs by ``comp``."""
+    opt = self.opt
+    native = self.lib.split(self.lib.corpus_name(self.corpus, self.own), self.own, opt.split)
+    foreign = self.lib.split(corpus_name, comp, opt.split)
+    field = "text" if foreign.kind == "text" else "input"
+    raw = self.lib.raw_texts(corpus_name, comp, opt.split)[field]
+    n = min(opt.representation_docs, foreign.num_docs, native.num_docs)
+    width = self.length
+    batches = np.full((2, n, width), specials.PAD_ID, np.int32)
+    for i in range(n):
+      pair = [(self.own, np.asarray(native.fields[field].doc(i))), (comp, np.asarray(foreign.fields[field].doc(i)))]
+      reach = min(len(c.decode(ids[: width - 1]).encode("utf-8")) for c, ids in pair)  # both can cover this span
+      for j, (c, ids) in enumerate(pair):
+        k = coherence.token_prefix(c, ids, raw[i], reach, width - 1)
+        batches[j, i, : k + 1] = [specials.BOS_ID, *ids[:k].tolist()]
+    emb = [np.asarray(self.embed_fn(self.params, self.rest, jnp.asarray(b)), np.float64) for b in batches]
+    cos = np.sum(emb[0] * emb[1], axis=1) / np.maximum(
+      np.linalg.norm(emb[0], axis=1) * np.linalg.norm(emb[1], axis=1), 1e-12
+    )
+    return float(cos.mean()) if n else None
+
+
+# ------------------------------------------------------------------------------------------------- the matrix
+
+
+def _failed(checkpoint: str, eval_label: str, error: BaseException, split: str, known: dict | None = None) -> dict:
+  row = {"status": "failed", "error": one_line(error), "checkpoint": checkpoint, "eval_isa": eval_label, "split": split}
+  row.update({"arch": None, "model_isa": None, "corpus": None} | (known or {}))
+  return row
+
+
+def _load(entry: str | LoadedModel) -> LoadedModel:
+  if isinstance(entry, LoadedModel):
+    return entry
+  model, meta, compiler = binaries.load_model(entry)
+  return LoadedModel(model, meta, compiler, str(entry))
+
+
+def evaluate(
+  checkpoints: Sequence[str | LoadedModel],
+  isas: Sequence[str],
+  compile_dir: str,
+  *,
+  corpus: str | None = None,
+  options: CrossEvalOptions | None = None,
+  log: Callable[[str], None] = print,
+) -> list[dict]:
+  """Rows of the matrix (one per checkpoint × ISA, failed cells included); see the package docstring for keys.
+
+  ``isas``: compiler specs or names under ``compile_dir/compilers`` (empty: all of them). ``corpus``: evaluate
+  every checkpoint on this corpus instead of its training corpus.
+  """
+  opt = options or CrossEvalOptions()
+  lib = Library(compile_dir, max_docs=opt.max_docs, judge_order=opt.judge_order, judge_max_bytes=opt.judge_max_bytes)
+  isas = list(isas) or lib.available()
+  columns: list[tuple[str, Compiler | BaseException]] = []
+  for isa in isas:
+    try:
+      comp = lib.compiler(isa)
+      columns.append((comp.name, comp))
+    except Exception as e:  # noqa: BLE001 - recorded as failed cells in this column
+      columns.append((Library.label(isa), e))
+      log(f"ISA {isa}: {one_line(e)}")
+  rows: list[dict] = []
+  for entry in checkpoints:
+    name = entry.name if isinstance(entry, LoadedModel) else str(entry)
+    try:
+      loaded = _load(entry)
+      evaluator = ModelEvaluator(loaded, lib, opt, corpus)
+      evaluator.plan([c for _, c in columns if isinstance(c, Compiler)])
+    except Exception as e:  # noqa: BLE001 - a bad checkpoint fails its row, not the matrix
+      log(f"checkpoint {name}: {one_line(e)}")
+      rows.extend(_failed(name, label, e, opt.split) for label, _ in columns)
+      continue
+    for label, comp in columns:
+      tag = f"{evaluator.arch}/{loaded.compiler.name} on {label}"
+      if not isinstance(comp, Compiler):
+        rows.append(_failed(name, label, comp, opt.split, evaluator.identity(label)))
+        continue
+      try:
+        row = evaluator.cell(comp, label)
+      except Exception as e:  # noqa: BLE001 - one bad cell must not stop the others
+        log(f"{tag}: failed: {one_line(e)}")
+        rows.append(_failed(name, label, e, opt.split, evaluator.identity(label)))
+        continue
+      rows.append(row)
+      extra = f", coherence {row['coherence']:.3f}" if row.get("coherence") is not None else ""
+      log(
+        f"{tag}: bpb {row['bits_per_byte']:.3f} (unigram {row['bpb_unigram']:.3f}), acc {row['token_accuracy']:.3f}, "
+        f"illegal {row['illegal_rate']:.3f}{extra} [{row['seconds']:.1f}s]"
+      )
+    del evaluator, loaded
+  scoring.add_baselines(rows)
+  return rows

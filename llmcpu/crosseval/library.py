@@ -1,0 +1,132 @@
+"""What a cross-evaluation reads from the compile cache, loaded once and shared by every model.
+
+Evaluation ISAs (compilers under ``compile_dir/compilers``), compiled splits, the raw text of a split (decoded from
+any ISA's compiled split: compiling is lossless, so no corpus or TFDS is needed), unigram tables, and per corpus the
+byte judge and the lexicon of its train split.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+import numpy as np
+
+from llmcpu import cache, compilers
+from llmcpu.compilers import Compiler
+from llmcpu.crosseval import scoring
+from llmcpu.crosseval.judge import ByteJudge
+from llmcpu.data.compiled import CompiledField, CompiledSplit
+from llmcpu.errors import UserError
+
+_WORD = re.compile(r"\w+")
+
+
+def head(split: CompiledSplit, n: int) -> CompiledSplit:
+  """The first ``n`` documents of a split (0 or more than it has: all of it); arrays stay memory-mapped."""
+  if n <= 0 or n >= split.num_docs:
+    return split
+  fields = {}
+  for name, f in split.fields.items():
+    end = int(f.offsets[n])
+    fields[name] = CompiledField(tokens=f.tokens[:end], offsets=f.offsets[: n + 1], nbytes=f.nbytes[:n])
+  labels = {k: v[:n] for k, v in split.labels.items()}
+  return CompiledSplit(fields=fields, labels=labels, manifest=dict(split.manifest, num_docs=n))
+
+
+class Library:
+  """Caches over one compile directory; every lookup failure is a one-line ``UserError``."""
+
+  def __init__(self, compile_dir: str, *, max_docs: int = 0, judge_order: int = 5, judge_max_bytes: int = 0):
+    self.compile_dir = os.path.abspath(os.path.expanduser(compile_dir))
+    self.max_docs, self.judge_order, self.judge_max_bytes = max_docs, judge_order, judge_max_bytes
+    self._splits: dict[tuple, CompiledSplit] = {}
+    self._raw: dict[tuple, dict[str, list[str]]] = {}
+    self._unigram: dict[tuple, np.ndarray] = {}
+    self._judges: dict[str, tuple[ByteJudge, set[str]]] = {}
+
+  # --- ISAs -------------------------------------------------------------------------------------------------------
+
+  def available(self) -> list[str]:
+    root = os.path.join(self.compile_dir, "compilers")
+    names = os.listdir(root) if os.path.isdir(root) else []
+    return sorted(n for n in names if os.path.exists(os.path.join(root, n, "isa.json")))
+
+  def compiler(self, isa: str) -> Compiler:
+    """An evaluation ISA by directory name (``bpe4000``) or spec (``bpe:4000``)."""
+    isa = isa.strip()
+    path = cache.compiler_dir(self.compile_dir, isa)
+    if not os.path.exists(os.path.join(path, "isa.json")):
+      try:
+        path = cache.compiler_dir(self.compile_dir, compilers.parse(isa).name)
+      except UserError:
+        pass
+    if not os.path.exists(os.path.join(path, "isa.json")):
+      have = ", ".join(self.available()) or "none"
+      raise UserError(
+        f"ISA {isa!r} is not in {self.compile_dir}/compilers (have: {have}); build it with: python scripts/compile.py "
+        f"--corpus=<corpus> --compilers={isa} --workdir={self.compile_dir}"
+      )
+    return compilers.load(path)
+
+  @staticmethod
+  def label(isa: str) -> str:
+    """The table label of an ISA as given (its name when it parses as a spec)."""
+    try:
+      return compilers.parse(isa).name
+    except UserError:
+      return isa.strip()
+
+  # --- compiled data ----------------------------------------------------------------------------------------------
+
+  def corpus_name(self, corpus_spec: str, compiler: Compiler) -> str:
+    cmd = f"python scripts/compile.py --corpus={corpus_spec} --compilers={compiler.spec} --workdir={self.compile_dir}"
+    return cache.find_corpus_name(self.compile_dir, corpus_spec, compiler, cmd)
+
+  def split(self, corpus_name: str, compiler: Compiler, split: str, *, limit: bool = True) -> CompiledSplit:
+    """A compiled split (its first ``max_docs`` documents when ``limit``)."""
+    key = (corpus_name, compiler.name, compiler.fingerprint, split)
+    if key not in self._splits:
+      self._splits[key] = cache.load_split(self.compile_dir, corpus_name, compiler, split)
+    s = self._splits[key]
+    return head(s, self.max_docs) if limit else s
+
+  def raw_texts(self, corpus_name: str, compiler: Compiler, split: str, *, limit: bool = True) -> dict[str, list[str]]:
+    """Every field's raw text, decoded from ``compiler``'s compiled split and checked against the byte counts."""
+    key = (corpus_name, split)
+    if key not in self._raw:
+      s = self.split(corpus_name, compiler, split, limit=False)
+      out = {}
+      for name, f in s.fields.items():
+        texts = [compiler.decode(f.doc(i)) for i in range(len(f))]
+        if [len(t.encode("utf-8")) for t in texts] != f.nbytes.tolist():
+          raise UserError(f"ISA {compiler.name} does not decode {corpus_name}/{split} losslessly; recompile it")
+        out[name] = texts
+      self._raw[key] = out
+    raw = self._raw[key]
+    n = self.max_docs
+    return {k: v[:n] for k, v in raw.items()} if limit and n > 0 else raw
+
+  def unigram_bpb(self, corpus_name: str, compiler: Compiler, test: CompiledSplit, fields: list[str], train: str):
+    key = (corpus_name, compiler.fingerprint, train, tuple(fields))
+    if key not in self._unigram:
+      self._unigram[key] = scoring.unigram_log2_probs(self.split(corpus_name, compiler, train, limit=False), fields)
+    ids = scoring.field_ids(test, fields)
+    ids = ids[np.asarray(scoring.is_content(ids))]
+    nbytes = scoring.field_bytes(test, fields)
+    return float(-self._unigram[key][ids].sum() / nbytes) if nbytes else None
+
+  def judge(self, corpus_name: str, compiler: Compiler, train: str) -> tuple[ByteJudge, set[str]]:
+    """The byte judge and the word lexicon of a corpus' train split (built once per corpus)."""
+    if corpus_name not in self._judges:
+      texts = [t for field in self.raw_texts(corpus_name, compiler, train, limit=False).values() for t in field]
+      judge = ByteJudge(self.judge_order).fit(texts, max_bytes=self.judge_max_bytes or None)
+      lexicon = {w.lower() for t in texts for w in _WORD.findall(t)}
+      self._judges[corpus_name] = (judge, lexicon)
+    return self._judges[corpus_name]
+
+
+def one_line(error: BaseException) -> str:
+  """A failure as one line: a UserError's message, else the exception type and its first line."""
+  text = str(error).strip().splitlines()[0] if str(error).strip() else ""
+  return text if isinstance(error, UserError) else f"{type(error).__name__}: {text}"

@@ -1,0 +1,390 @@
+"""Cross-ISA evaluation, checked against independent computations on tiny trained CPUs.
+
+One module-scoped world: an in-memory prose corpus (pydoc topics cut into ~1.5 KB documents) compiled by bpe:500,
+bpe:1000 and bpe:500+perm:1; tiny decoders trained on bpe:500 and bpe:1000; a third decoder made from the first by
+permuting its embedding rows along with the ISA (it *is* a bpe:500+perm:1 CPU, exactly); a tiny encoder; and a
+programs corpus with a tiny encoder-decoder.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import pydoc_data.topics
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from llmcpu import cache, checkpoints, compilers, config, loss, specials, trainer
+from llmcpu.crosseval import coherence, report, summary
+from llmcpu.crosseval.evaluate import CrossEvalOptions, LoadedModel, ModelEvaluator, evaluate
+from llmcpu.crosseval.judge import ByteJudge
+from llmcpu.crosseval.library import Library
+from llmcpu.data import programs
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ISAS = ["bpe:500", "bpe:1000", "bpe:500+perm:1"]
+FAST = CrossEvalOptions(prompts=4, new_tokens=12, program_prompts=16, answer_tokens=12, representation_docs=8)
+
+
+@dataclasses.dataclass(frozen=True)
+class FakeCorpus:
+  """The Corpus interface over in-memory documents; every 8th document is held out as test."""
+
+  docs: tuple[dict, ...]
+  spec: str = "fake"
+  name: str = "fake"
+  fields: tuple[str, ...] = ("text",)
+  label_fields: tuple[str, ...] = ()
+  splits: tuple[str, ...] = ("train", "test")
+  info: dict = dataclasses.field(default_factory=dict)
+
+  @property
+  def fingerprint(self) -> str:
+    return hashlib.sha256(json.dumps(self.docs, sort_keys=True).encode()).hexdigest()[:16]
+
+  def documents(self, split, limit=None):
+    docs = [d for i, d in enumerate(self.docs) if (i % 8 == 7) == (split == "test")]
+    yield from docs[:limit]
+
+
+def prose_docs(chunk: int = 1500) -> tuple[dict, ...]:
+  docs = []
+  for text in sorted(pydoc_data.topics.topics.values()):
+    buf = ""
+    for para in text.split("\n\n"):
+      if buf and len(buf) + len(para) > chunk:
+        docs.append({"text": buf})
+        buf = ""
+      buf = f"{buf}\n\n{para}" if buf else para
+    if buf:
+      docs.append({"text": buf})
+  return tuple(docs)
+
+
+def program_docs() -> tuple[dict, ...]:
+  train, test = programs.generate("train", 1400), programs.generate("test", 200)
+  return tuple(train[:1400] + test)  # documents() holds out every 8th: a mix of both, fine for a smoke test
+
+
+def compile_world(workdir: str, corpus: FakeCorpus, specs: list[str]) -> None:
+  built = cache.build_compilers(compilers.parse_list(specs), [corpus], workdir, log=lambda _: None)
+  cache.compile_corpora([corpus], built, workdir, log=lambda _: None)
+
+
+def train_cpu(compile_dir: str, workdir: str, arch: str, isa: str, corpus: str, steps: int, **data) -> str:
+  c = config.base_config(arch, "tiny")
+  c.data.compile_dir, c.data.isa, c.data.corpus, c.data.eval_split = compile_dir, isa, corpus, "test"
+  c.data.length = 64
+  for k, v in data.items():
+    setattr(c.data, k, v)
+  c.train.steps, c.train.batch_size, c.train.eval_every, c.train.peak_tflops = steps, 16, 0, 1.0
+  c.train.log_every, c.train.warmup_steps = steps, 10
+  c.checkpoint.every, c.checkpoint.async_save = steps, False
+  trainer.train(c, workdir, log=lambda _: None)
+  return workdir
+
+
+def permuted_copy(path: str, compiler: compilers.Compiler) -> LoadedModel:
+  """The same CPU re-wired for a permuted ISA: row ``perm[i]`` of the embedding is old row ``i``."""
+  model, meta, _ = checkpoints.load_model(path)
+  inv = compilers.isa.inverse(compiler.perm)
+  model.embed.table[...] = model.embed.table[...][inv]
+  if hasattr(model, "head"):
+    model.head.kernel[...] = model.head.kernel[...][:, inv]
+  meta = dict(meta, isa_name=compiler.name, isa_fingerprint=compiler.fingerprint)
+  return LoadedModel(model, meta, compiler, path + "+perm")
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+  root = tmp_path_factory.mktemp("crosseval")
+  compile_dir = str(root / "compiled")
+  compile_world(compile_dir, FakeCorpus(prose_docs()), ISAS)
+  a = train_cpu(compile_dir, str(root / "dec-bpe500"), "decoder", "bpe:500", "fake", 120)
+  b = train_cpu(compile_dir, str(root / "dec-bpe1000"), "decoder", "bpe:1000", "fake", 120)
+  lib = Library(compile_dir)
+  perm = lib.compiler("bpe:500+perm:1")
+  a_perm = permuted_copy(a, perm)
+  return {"root": root, "compile_dir": compile_dir, "a": a, "b": b, "a_perm": a_perm, "lib": lib}
+
+
+@pytest.fixture(scope="module")
+def rows(world):
+  return evaluate([world["a"], world["b"], world["a_perm"]], ISAS, world["compile_dir"], options=FAST, log=print)
+
+
+def _cell(rows, ckpt, isa):
+  (r,) = [r for r in rows if r["checkpoint"] == ckpt and r["eval_isa"] == isa]
+  return r
+
+
+def _loaded(path):
+  model, meta, comp = checkpoints.load_model(path)
+  return LoadedModel(model, meta, comp, path)
+
+
+# ------------------------------------------------------------------------------------------------- exact scoring
+
+
+def _numpy_bpb(ev: ModelEvaluator, split, objective: str, eval_vocab: int) -> tuple[float, int]:
+  """Float64 bits per byte from the model's logits; bytes from the split's raw counts (not target_bytes)."""
+  nll, illegal = 0.0, 0
+  vocab = ev.model.config.vocab_size
+  for batch in ev.pipeline(split, objective).eval_batches():
+    logits, targets, weights = loss.forward(ev.model, {k: jnp.asarray(v) for k, v in batch.items()})
+    logp = np.asarray(jax.nn.log_softmax(np.asarray(logits, np.float64), axis=-1))
+    t = np.asarray(targets)
+    keep = (np.asarray(weights) > 0) & (t != specials.EOS_ID)
+    bad = t >= vocab
+    picked = np.take_along_axis(logp, np.where(bad, specials.UNK_ID, t)[..., None], axis=-1)[..., 0]
+    # An illegal target: the UNK mass shared by UNK and every id the model cannot name.
+    picked = np.where(bad, picked - math.log(eval_vocab - vocab + 1), picked)
+    nll -= float(picked[keep].sum())
+    illegal += int((bad & keep).sum())
+  return nll / (math.log(2) * float(split.fields["text"].nbytes.sum())), illegal
+
+
+@pytest.mark.parametrize("isa", ["bpe:500", "bpe:1000"])
+def test_bpb_equals_float64_recomputation_from_logits(world, isa):
+  lib = Library(world["compile_dir"], max_docs=6)
+  ev = ModelEvaluator(_loaded(world["a"]), lib, FAST)
+  comp = lib.compiler(isa)
+  row = ev.score(comp)
+  split = lib.split("fake", comp, "test")
+  expect, illegal = _numpy_bpb(ev, split, row["objective"], comp.vocab_size)
+  assert row["bits_per_byte"] == pytest.approx(expect, rel=1e-5)
+  ids = np.asarray(split.fields["text"].tokens)
+  # lm: every content id of the split is a target exactly once; ids >= 500 are illegal and scored as p(UNK).
+  assert row["scored_tokens"] == len(ids)
+  assert row["bytes"] == row["scored_bytes"] == int(split.fields["text"].nbytes.sum())
+  assert row["illegal_targets"] == illegal == int((ids >= 500).sum())
+  assert row["illegal_rate"] == pytest.approx((ids >= 500).mean())
+  if isa == "bpe:1000":
+    assert illegal > 0 and row["illegal_inputs"] > 0
+  assert row["bpb_uniform"] == pytest.approx(math.log2(500) * len(ids) / row["bytes"])
+
+
+def test_unigram_baseline_equals_direct_count(world):
+  lib = world["lib"]
+  comp = lib.compiler("bpe:1000")
+  train, test = lib.split("fake", comp, "train"), lib.split("fake", comp, "test")
+  counts = collections.Counter(np.asarray(train.fields["text"].tokens).tolist())
+  counts[specials.EOS_ID] += train.num_docs
+  total = sum(counts.values()) + comp.vocab_size
+  bits = sum(-math.log2((counts[i] + 1) / total) for i in np.asarray(test.fields["text"].tokens).tolist())
+  expect = bits / int(test.fields["text"].nbytes.sum())
+  assert lib.unigram_bpb("fake", comp, test, ["text"], "train") == pytest.approx(expect, rel=1e-9)
+
+
+def test_permuted_cpu_on_permuted_isa_equals_native_cell(rows, world):
+  native = _cell(rows, world["a"], "bpe500")
+  moved = _cell(rows, world["a_perm"].name, "bpe500-perm1")
+  assert native["native"] and moved["native"]
+  assert moved["bits_per_byte"] == pytest.approx(native["bits_per_byte"], rel=1e-5)
+  assert moved["token_accuracy"] == pytest.approx(native["token_accuracy"], abs=1e-6)
+  # The permuted pair in both directions is confidently wrong: at or below the unigram baseline.
+  for ck, isa in ((world["a"], "bpe500-perm1"), (world["a_perm"].name, "bpe500")):
+    r = _cell(rows, ck, isa)
+    assert summary.pair_kind(r) == "permuted"
+    assert r["normalized_score"] is not None and r["normalized_score"] <= 0, r
+
+
+def test_native_cell_is_best_of_its_row(rows, world):
+  for ck in (world["a"], world["b"], world["a_perm"].name):
+    cells = [r for r in rows if r["checkpoint"] == ck]
+    assert all(r["status"] == "ok" for r in cells)
+    (nat,) = [r for r in cells if r["native"]]
+    assert nat["bits_per_byte"] == min(r["bits_per_byte"] for r in cells)
+    assert nat["normalized_score"] == pytest.approx(1.0)
+    assert nat["isa_overlap"] == 1.0 and nat["illegal_rate"] == 0.0
+    assert nat["bpb_unigram"] > nat["bits_per_byte"]  # trained beyond counting opcodes
+
+
+def test_one_xla_compile_per_model_and_coherence_fields(rows, world):
+  for r in rows:
+    assert r["xla_compiles"] == 1, (r["checkpoint"], r["eval_isa"])
+    assert 0.0 <= r["coherence"] <= 1.0
+    assert r["prompts"] == FAST.prompts and len(r["samples"]) == FAST.samples
+    assert r["judge_bpb_real"] < 4.0  # the judge reads real held-out text well
+    assert r["byte_context"] == pytest.approx(64 * r["bytes_per_token"])
+  r = _cell(rows, world["b"], "bpe500")
+  assert summary.pair_kind(r) == "prefix"  # bpe:500's regular ids are bpe:1000's first ones
+  assert r["illegal_rate"] == 0.0
+
+
+# ------------------------------------------------------------------------------------------------- failures
+
+
+def _no_isa_checkpoint(path: str) -> str:
+  mngr = checkpoints.manager(os.path.join(path, "checkpoints"), async_save=False)
+  checkpoints.save(mngr, 1, {"x": jnp.zeros(3)}, {"format": 1}, force=True)
+  mngr.wait_until_finished()
+  mngr.close()
+  return path
+
+
+def _corrupt_checkpoint(src: str, path: str) -> str:
+  import shutil
+
+  shutil.copytree(src, path)
+  for dirpath, _, files in os.walk(os.path.join(path, "checkpoints")):
+    for f in files:
+      if "state" in dirpath and not f.endswith(".json"):
+        with open(os.path.join(dirpath, f), "wb") as fh:
+          fh.write(b"garbage")
+  return path
+
+
+def test_failed_cells_are_recorded_and_the_rest_computed(world):
+  root = world["root"]
+  bogus = [
+    str(root / "does-not-exist"),
+    _no_isa_checkpoint(str(root / "no-isa")),
+    _corrupt_checkpoint(world["a"], str(root / "corrupt")),
+  ]
+  logs = []
+  opts = dataclasses.replace(FAST, coherence=False, max_docs=3)
+  out = evaluate([*bogus, world["a"]], ["bpe:500", "bpe:777"], world["compile_dir"], options=opts, log=logs.append)
+  assert len(out) == 8
+  for r in out:
+    good = r["checkpoint"] == world["a"] and r["eval_isa"] == "bpe500"
+    assert r["status"] == ("ok" if good else "failed"), r
+    if not good:
+      assert r["error"] and "\n" not in r["error"]
+  errors = {r["checkpoint"]: r.get("error") for r in out if r["eval_isa"] == "bpe500"}
+  assert "no checkpoint" in errors[bogus[0]]
+  assert "no ISA metadata" in errors[bogus[1]]
+  assert "ISA 'bpe:777' is not in" in _cell(out, world["a"], "bpe777")["error"]
+  assert errors[bogus[2]]  # the corrupt one: orbax's error, on one line
+  assert len(logs) >= 4
+  paths = report.write_report(out, str(root / "failed-report"))
+  assert "failed" in open(paths["tables"]["bits_per_byte"]["md"]).read()
+  assert "Failed cells" in open(paths["summary"]).read()
+
+
+def test_script_exit_status(world, tmp_path):
+  def run(ckpts: str) -> subprocess.CompletedProcess:
+    cmd = [
+      sys.executable,
+      os.path.join(ROOT, "scripts", "cross_eval.py"),
+      f"--checkpoints={ckpts}",
+      "--isas=bpe:500,bpe:1000",
+      f"--compile_dir={world['compile_dir']}",
+      f"--out={tmp_path / 'out'}",
+      "--coherence=false",
+      "--max_docs=2",
+    ]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+
+  bad = run(str(tmp_path / "nothing"))
+  assert bad.returncode == 1 and "error:" in bad.stderr
+  good = run(f"{world['a']},{tmp_path / 'nothing'}")
+  assert good.returncode == 0, good.stderr
+  assert "error:" in good.stderr and os.path.exists(tmp_path / "out" / "summary.md")
+
+
+# ------------------------------------------------------------------------------------------------- the report
+
+
+def test_report_files_hold_the_numbers_of_results(rows, world, tmp_path):
+  paths = report.write_report(rows, str(tmp_path))
+  back = report.load_rows(str(tmp_path))
+  assert len(back) == len(rows)
+  for metric in ("bits_per_byte", "normalized_score", "token_accuracy", "illegal_rate", "isa_overlap", "coherence"):
+    for ext in ("md", "csv", "tex"):
+      assert os.path.getsize(paths["tables"][metric][ext]) > 0
+    assert open(paths["heatmaps"][metric], "rb").read(4) == b"\x89PNG"
+  md = open(paths["tables"]["bits_per_byte"]["md"]).read()
+  csv_text = open(paths["tables"]["bits_per_byte"]["csv"]).read()
+  tex = open(paths["tables"]["bits_per_byte"]["tex"]).read()
+  for r in back:
+    v = f"{r['bits_per_byte']:.3f}"
+    assert (f"**{v}**" if r["native"] else v) in md
+    assert (f"{v}*" if r["native"] else v) in csv_text
+    assert (f"\\textbf{{{v}}}" if r["native"] else v) in tex
+  text = open(paths["summary"]).read()
+  assert "Native cell best (lowest bits per byte) of its row in 3/3 rows: holds" in text
+  assert "Fully permuted ISA scores at or below the unigram baseline" in text
+
+
+# ------------------------------------------------------------------------------------------------- judge & text
+
+
+def test_judge_prefers_real_text_to_shuffled_bytes():
+  docs = [d["text"] for d in prose_docs()]
+  judge = ByteJudge(5).fit(docs[:-20])
+  held = docs[-20:]
+  rng = np.random.default_rng(0)
+  shuffled = [bytes(rng.permutation(np.frombuffer(t.encode(), np.uint8))) for t in held]
+  real, noise = judge.bits_per_byte(held), judge.bits_per_byte(shuffled)
+  assert real < 3.0 < 6.0 < noise
+  probs = 2.0 ** np.array([judge.log2_probs([bytes([b])], ["The quick bro"])[0] for b in range(256)])
+  assert probs.sum() == pytest.approx(1.0)
+
+
+def test_text_measures_on_hand_made_strings():
+  assert coherence.distinct_n("the cat sat on the mat", 2) == 1.0
+  assert coherence.distinct_n("a b a b a b", 2) == pytest.approx(2 / 5)
+  assert coherence.distinct_n("", 2) == 0.0
+  assert coherence.repetition("x y z w x y z w", 4) == pytest.approx(1 - 4 / 5)
+  assert coherence.repetition("one two three four five", 4) == 0.0
+  assert coherence.lexical_validity(["Hello world", "zzq"], {"hello", "world"}) == pytest.approx(2 / 3)
+  assert coherence.chrf(["the same text"], ["the same text"]) == pytest.approx(100.0)
+  assert coherence.chrf(["qqqq"], ["the same text"]) < 5
+  assert coherence.exact_match([" 42", "7"], ["42", "8"]) == 0.5
+  assert coherence.geometric_mean([1.0, 0.25]) == pytest.approx(0.5)
+  judge = ByteJudge(3).fit(["the cat sat on the mat. " * 20])
+  real = "the cat sat on the mat. the cat"
+  out = coherence.prose_components(judge, {"the", "cat", "sat", "on", "mat"}, ["x"], [real], [real])
+  assert out["coherence"] == pytest.approx(1.0)
+  loop = coherence.prose_components(judge, {"the"}, ["x"], ["the the the the the the the"], [real])
+  assert loop["coherence"] < 0.5
+
+
+def test_token_prefix_covers_the_bytes_and_stays_a_prefix(world):
+  comp = world["lib"].compiler("bpe:500")
+  text = "Hello wörld — “quoted”  text\nnew line"
+  ids = np.asarray(comp.encode(text))
+  for want in range(1, len(text.encode())):
+    k = coherence.token_prefix(comp, ids, text, want, len(ids))
+    got = comp.decode(ids[:k])
+    assert text.startswith(got) and len(got.encode()) >= want - 3
+
+
+# ------------------------------------------------------------------------------------------------- other CPUs
+
+
+def test_encoder_representation_agreement(world):
+  enc = train_cpu(world["compile_dir"], str(world["root"] / "enc"), "encoder", "bpe:500", "fake", 40)
+  out = evaluate([enc], ["bpe:500", "bpe:500+perm:1"], world["compile_dir"], options=FAST, log=print)
+  nat, perm = _cell(out, enc, "bpe500"), _cell(out, enc, "bpe500-perm1")
+  assert nat["objective"] == "mlm" and nat["coherence"] is None
+  assert nat["representation_agreement"] == pytest.approx(1.0, abs=1e-6)
+  assert perm["representation_agreement"] < 0.999
+  assert perm["normalized_score"] is None or perm["normalized_score"] < 1
+
+
+def test_encoder_decoder_on_programs(tmp_path):
+  corpus = FakeCorpus(program_docs(), spec="progs", name="progs", fields=("input", "target"), label_fields=("task",))
+  compile_dir = str(tmp_path / "compiled")
+  compile_world(compile_dir, corpus, ["char", "char+perm:1"])
+  ed = train_cpu(
+    compile_dir, str(tmp_path / "ed"), "encoder_decoder", "char", "progs", 60, input_length=64, target_length=48
+  )
+  out = evaluate([ed], ["char", "char+perm:1"], compile_dir, options=FAST, log=print)
+  for r in out:
+    assert r["status"] == "ok", r
+    assert r["objective"] == "seq2seq" and r["truncated_examples"] == 0
+    assert 0.0 <= r["exact_match"] <= 1.0 and r["coherence"] == r["exact_match"]
+    assert set(r["exact_match_by_task"]) <= set(programs.TASKS)
+    assert r["prompts"] == FAST.program_prompts
+  assert _cell(out, ed, "char")["bits_per_byte"] < _cell(out, ed, "char-perm1")["bits_per_byte"]
