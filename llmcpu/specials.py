@@ -28,7 +28,5 @@ def sentinel_piece(i: int) -> str:
 
 
 # The pieces every ISA has at ids 0 … FIRST_REGULAR_ID-1, in id order.
-SPECIAL_PIECES: tuple[str, ...] = (PAD, UNK, BOS, EOS, MASK) + tuple(
-  sentinel_piece(i) for i in range(NUM_SENTINELS)
-)
+SPECIAL_PIECES: tuple[str, ...] = (PAD, UNK, BOS, EOS, MASK) + tuple(sentinel_piece(i) for i in range(NUM_SENTINELS))
 assert len(SPECIAL_PIECES) == FIRST_REGULAR_ID
