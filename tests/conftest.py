@@ -41,6 +41,14 @@ class InMemoryCorpus:
     yield from self.docs[split][:limit]
 
 
+def held_out_corpus(docs, every: int, spec: str = "fake", **kw) -> InMemoryCorpus:
+  """Train = the documents not held out; test = every ``every``-th document (index ≡ every − 1)."""
+  docs = tuple(docs)
+  test = tuple(d for i, d in enumerate(docs) if i % every == every - 1)
+  train = tuple(d for i, d in enumerate(docs) if i % every != every - 1)
+  return InMemoryCorpus(spec, {"train": train, "test": test}, **kw)
+
+
 def prose_corpus() -> InMemoryCorpus:
   texts = sorted(pydoc_data.topics.topics.values())
   docs = [{"text": t} for t in texts]

@@ -1,12 +1,11 @@
 """The compile cache: byte counts, reuse, staleness, atomicity, and refusing data built by another ISA."""
 
-import dataclasses
-import hashlib
 import os
 import pydoc_data.topics
 
 import numpy as np
 import pytest
+from conftest import InMemoryCorpus
 
 from llmcpu import cache, compilers
 from llmcpu.data import compiled
@@ -15,26 +14,10 @@ from llmcpu.errors import UserError
 DOCS = sorted(pydoc_data.topics.topics.values())[:30] + ["", "😀 \u2581 tail  "]
 
 
-@dataclasses.dataclass(frozen=True)
-class FakeCorpus:
-  """The Corpus interface over an in-memory list (train = all, test = every third)."""
-
-  docs: tuple[str, ...]
-  spec: str = "fake"
-  name: str = "fake"
-  fields: tuple[str, ...] = ("text",)
-  label_fields: tuple[str, ...] = ()
-  splits: tuple[str, ...] = ("train", "test")
-  info: dict = dataclasses.field(default_factory=dict)
-
-  @property
-  def fingerprint(self) -> str:
-    return hashlib.sha256("\0".join(self.docs).encode()).hexdigest()[:16]
-
-  def documents(self, split, limit=None):
-    docs = self.docs if split == "train" else self.docs[::3]
-    for d in docs[:limit]:
-      yield {"text": d}
+def FakeCorpus(docs: tuple[str, ...]) -> InMemoryCorpus:  # noqa: N802 - reads like the class it builds
+  """Train = every document, test = every third."""
+  texts = tuple({"text": d} for d in docs)
+  return InMemoryCorpus("fake", {"train": texts, "test": texts[::3]})
 
 
 def _build(workdir, corpus, specs="bpe:500,byte,bpe:500+perm:1", log=None):

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import hashlib
-import json
 import math
 import os
 import pydoc_data.topics
@@ -22,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import held_out_corpus
 
 from llmcpu import cache, checkpoints, compilers, config, loss, specials, trainer
 from llmcpu.crosseval import coherence, report, summary
@@ -33,27 +32,6 @@ from llmcpu.data import programs
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ISAS = ["bpe:500", "bpe:1000", "bpe:500+perm:1"]
 FAST = CrossEvalOptions(prompts=4, new_tokens=12, program_prompts=16, answer_tokens=12, representation_docs=8)
-
-
-@dataclasses.dataclass(frozen=True)
-class FakeCorpus:
-  """The Corpus interface over in-memory documents; every 8th document is held out as test."""
-
-  docs: tuple[dict, ...]
-  spec: str = "fake"
-  name: str = "fake"
-  fields: tuple[str, ...] = ("text",)
-  label_fields: tuple[str, ...] = ()
-  splits: tuple[str, ...] = ("train", "test")
-  info: dict = dataclasses.field(default_factory=dict)
-
-  @property
-  def fingerprint(self) -> str:
-    return hashlib.sha256(json.dumps(self.docs, sort_keys=True).encode()).hexdigest()[:16]
-
-  def documents(self, split, limit=None):
-    docs = [d for i, d in enumerate(self.docs) if (i % 8 == 7) == (split == "test")]
-    yield from docs[:limit]
 
 
 def prose_docs(chunk: int = 1500) -> tuple[dict, ...]:
@@ -75,7 +53,7 @@ def program_docs() -> tuple[dict, ...]:
   return tuple(train[:1400] + test)  # documents() holds out every 8th: a mix of both, fine for a smoke test
 
 
-def compile_world(workdir: str, corpus: FakeCorpus, specs: list[str]) -> None:
+def compile_world(workdir: str, corpus, specs: list[str]) -> None:
   built = cache.build_compilers(compilers.parse_list(specs), [corpus], workdir, log=lambda _: None)
   cache.compile_corpora([corpus], built, workdir, log=lambda _: None)
 
@@ -108,7 +86,7 @@ def permuted_copy(path: str, compiler: compilers.Compiler) -> LoadedModel:
 def world(tmp_path_factory):
   root = tmp_path_factory.mktemp("crosseval")
   compile_dir = str(root / "compiled")
-  compile_world(compile_dir, FakeCorpus(prose_docs()), ISAS)
+  compile_world(compile_dir, held_out_corpus(prose_docs(), 8), ISAS)
   a = train_cpu(compile_dir, str(root / "dec-bpe500"), "decoder", "bpe:500", "fake", 120)
   b = train_cpu(compile_dir, str(root / "dec-bpe1000"), "decoder", "bpe:1000", "fake", 120)
   lib = Library(compile_dir)
@@ -374,7 +352,7 @@ def test_encoder_representation_agreement(world):
 
 
 def test_encoder_decoder_on_programs(tmp_path):
-  corpus = FakeCorpus(program_docs(), spec="progs", name="progs", fields=("input", "target"), label_fields=("task",))
+  corpus = held_out_corpus(program_docs(), 8, "progs", fields=("input", "target"), label_fields=("task",))
   compile_dir = str(tmp_path / "compiled")
   compile_world(compile_dir, corpus, ["char", "char+perm:1"])
   ed = train_cpu(
