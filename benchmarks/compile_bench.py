@@ -12,7 +12,7 @@ import json
 import tempfile
 import time
 
-from absl import app, flags
+from absl import flags
 
 from llmcpu import cache, cli, compilers, data
 from llmcpu.compilers import backends
