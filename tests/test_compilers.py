@@ -153,7 +153,7 @@ def test_duplicate_specs():
 
 
 @pytest.mark.parametrize(
-  "spec, match", [("bpe:300", "too small.*allowed range"), ("unigram:100000", "too large.*allowed range: 294 to")]
+  "spec, match", [("bpe:300", "too small.*allowed range"), ("unigram:100000", r"too large.*allowed range: up to \d+")]
 )
 def test_vocab_out_of_range(spec, match):
   with pytest.raises(UserError, match=match):

@@ -193,7 +193,7 @@ def _training_error(family: str, vocab: int | None, message: str) -> str:
   if m := re.search(r"smaller than required_chars\. (\d+) vs (\d+)", message):
     return f"vocab {vocab} is too small for {family} on this corpus; allowed range: {m[2]} to the corpus' maximum"
   if m := re.search(r"Vocabulary size too high \((\d+)\).*<= (\d+)", message):
-    return f"vocab {vocab} is too large for {family} on this corpus; allowed range: {floor} to {m[2]}"
+    return f"vocab {vocab} is too large for {family} on this corpus; allowed range: up to {m[2]}"
   if "sentences_.empty()" in message:
     return "empty corpus: no training text for the compiler; check the corpus and its train split"
   if family == "char" and "vocab_size" in message:
