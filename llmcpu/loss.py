@@ -14,10 +14,6 @@ import jax.numpy as jnp
 
 from llmcpu.specials import EOS_ID
 
-# Batch keys of the pipeline (llmcpu.data.pipeline) for each architecture.
-SEQ2SEQ_OBJECTIVES = ("seq2seq", "span_corruption")
-
-
 def forward(model, batch: dict) -> tuple[jax.Array, jax.Array, jax.Array]:
   """(logits [B, L, V] float32, targets [B, L], weights [B, L]) for any objective's batch."""
   if "decoder_inputs" in batch:

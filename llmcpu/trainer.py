@@ -173,11 +173,9 @@ def resolve(config: ml_collections.ConfigDict, workdir: str) -> Run:
     raise UserError(f"data.length={d.length} exceeds model.max_len={mc.max_len} with learned positions")
   if (objective in SEQ2SEQ_OBJECTIVES) != (mc.arch == "encoder_decoder"):
     raise UserError(f"objective {objective!r} does not fit arch {mc.arch!r}; set data.objective accordingly")
-  mesh = parallel.make_mesh(config.mesh.fsdp, config.mesh.tensor) if config.parallelism == "jit" else None
-  if config.parallelism == "pmap":
-    if config.mesh.fsdp != 1 or config.mesh.tensor != 1:
-      raise UserError("parallelism=pmap is data parallel only; set mesh.fsdp=1 and mesh.tensor=1 or use jit")
-    mesh = parallel.make_mesh()
+  if config.parallelism == "pmap" and (config.mesh.fsdp != 1 or config.mesh.tensor != 1):
+    raise UserError("parallelism=pmap is data parallel only; set mesh.fsdp=1 and mesh.tensor=1 or use jit")
+  mesh = parallel.make_mesh(config.mesh.fsdp, config.mesh.tensor)
   parallel.check_batch(t.batch_size, mesh, t.grad_accum)
 
   def pipeline(split, shuffle=True):
