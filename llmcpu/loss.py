@@ -14,6 +14,7 @@ import jax.numpy as jnp
 
 from llmcpu.specials import EOS_ID
 
+
 def forward(model, batch: dict) -> tuple[jax.Array, jax.Array, jax.Array]:
   """(logits [B, L, V] float32, targets [B, L], weights [B, L]) for any objective's batch."""
   if "decoder_inputs" in batch:
