@@ -14,7 +14,7 @@ from llmcpu.models.config import ModelConfig, presets
 
 # Training-size presets, paired with the model presets of the same name.
 TRAIN_PRESETS = {
-  "tiny": dict(steps=200, batch_size=16, length=128, input_length=128, target_length=32, learning_rate=3e-3),
+  "tiny": dict(steps=200, batch_size=16, length=128, input_length=128, target_length=64, learning_rate=3e-3),
   "small": dict(steps=2000, batch_size=32, length=256, input_length=256, target_length=64, learning_rate=1e-3),
   "base": dict(steps=100_000, batch_size=256, length=1024, input_length=512, target_length=128, learning_rate=6e-4),
 }
@@ -37,6 +37,7 @@ def base_config(arch: str, preset: str = "tiny") -> ml_collections.ConfigDict:
   c.data.length = p["length"]  # decoder / encoder rows
   c.data.input_length = p["input_length"]  # encoder_decoder source
   c.data.target_length = p["target_length"]  # encoder_decoder target
+  c.data.truncate = False  # seq2seq: cut pairs longer than input/target_length (counted) instead of refusing them
   c.data.train_split = "train"
   c.data.eval_split = "validation"
 

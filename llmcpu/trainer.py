@@ -190,6 +190,7 @@ def resolve(config: ml_collections.ConfigDict, workdir: str) -> Run:
       process_index=jax.process_index(),
       process_count=jax.process_count(),
       shuffle=shuffle,
+      **({"truncate": d.truncate} if objective == "seq2seq" else {}),
     )
 
   return Run(

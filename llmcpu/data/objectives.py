@@ -230,7 +230,7 @@ class Seq2Seq(Objective):
       raise UserError(
         f"{long} of {self.num_docs} examples do not fit input_length={input_length}/target_length={target_length} "
         f"(longest input {in_len.max() + 1}, target {tg_len.max() + 1} tokens with EOS); "
-        "raise the lengths or pass truncate=True"
+        "raise the lengths (data.input_length/target_length) or allow truncation (data.truncate=True)"
       )
     self._stats = dict(self.truncated, truncated_examples=long)
     self._stats["fill"] = float(np.minimum(in_len + 1, input_length).sum() / max(1, self.num_docs * input_length))
