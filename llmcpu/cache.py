@@ -20,9 +20,7 @@ import os
 import time
 from collections.abc import Callable, Iterable, Sequence
 
-import numpy as np
-
-from llmcpu import compilers, specials
+from llmcpu import compilers
 from llmcpu.compilers import Compiler, CompilerSpec
 from llmcpu.data import compiled
 from llmcpu.errors import UserError
@@ -71,10 +69,10 @@ class IsaStats:
     return self.unk / max(self.tokens, 1)
 
 
-def training_texts(corpora: Sequence, limit: int | None = None) -> Iterable[str]:
+def training_texts(corpora: Sequence) -> Iterable[str]:
   """Every text field of every corpus' train split, in a fixed order."""
   for corpus in corpora:
-    for doc in corpus.documents("train", limit=limit):
+    for doc in corpus.documents("train"):
       for field in corpus.fields:
         yield doc[field]
 
@@ -223,21 +221,21 @@ def compile_corpora(
       )
       toks = sum(f["tokens"] for f in m["stats"].values())
       log(f"{tag}: {m['num_docs']} docs, {toks} tokens in {time.time() - t0:.1f}s")
-    stats.append((corpus.name, compiler, path))
+    stats.append((corpus.name, compiler, compiled.read_manifest(path)))
   return _isa_stats(stats)
 
 
 def _isa_stats(entries) -> list[IsaStats]:
+  """Per (corpus, ISA) totals over its splits, from the manifests (counted when each split was written)."""
   table: dict[tuple[str, str], IsaStats] = {}
-  for corpus_name, compiler, path in entries:
+  for corpus_name, compiler, manifest in entries:
     key = (corpus_name, compiler.name)
     row = table.setdefault(key, IsaStats(corpus_name, compiler.name, compiler.vocab_size, compiler.fingerprint))
-    split = compiled.load(path, expect_fingerprint=compiler.fingerprint)
-    row.docs += split.num_docs
-    for f in split.fields.values():
-      row.tokens += len(f.tokens)
-      row.bytes += int(f.nbytes.sum())
-      row.unk += int(np.count_nonzero(np.asarray(f.tokens) == specials.UNK_ID))
+    row.docs += manifest["num_docs"]
+    for f in manifest["stats"].values():
+      row.tokens += f["tokens"]
+      row.bytes += f["bytes"]
+      row.unk += f["unk"]
   return list(table.values())
 
 

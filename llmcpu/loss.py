@@ -14,6 +14,9 @@ import jax.numpy as jnp
 
 from llmcpu.specials import EOS_ID
 
+# The additive statistics of ``metric_sums``, in one place for everything that accumulates them.
+SUM_KEYS = ("nll", "weight", "bpb_nll", "bytes", "correct")
+
 
 def forward(model, batch: dict) -> tuple[jax.Array, jax.Array, jax.Array]:
   """(logits [B, L, V] float32, targets [B, L], weights [B, L]) for any objective's batch."""

@@ -101,7 +101,7 @@ def make_steps(graphdef, tx, schedule, grad_accum: int, axis_name: str | None = 
         return (jax.tree.map(jnp.add, g_acc, g), jax.tree.map(jnp.add, s_acc, s), rest), None
 
       zeros = jax.tree.map(jnp.zeros_like, state["params"])
-      sums0 = {k: jnp.zeros((), jnp.float32) for k in ("nll", "weight", "bpb_nll", "bytes", "correct")}
+      sums0 = {k: jnp.zeros((), jnp.float32) for k in loss.SUM_KEYS}
       (grads, sums, rest), _ = jax.lax.scan(body, (zeros, sums0, state["rest"]), micro)
     if axis_name:
       grads = reduce(grads)
@@ -332,7 +332,6 @@ def train(
   result: dict = {"stopped": "done"}
   window: list[dict] = []
   pending = None  # (step, device metrics) of the step whose figures are not read yet
-  last_good = start
   step = start
   t_window = time.time()
   progress = metrics.Progress(t.steps, start)
@@ -345,7 +344,6 @@ def train(
 
   def read(pending) -> None:
     """Pulls one step's figures to the host; stops the run on a non-finite loss or gradient."""
-    nonlocal last_good
     s, m = pending
     m = jax.device_get(first(m))
     if not (math.isfinite(float(m["nll"])) and math.isfinite(float(m["grad_norm"])) and bool(m["finite"])):
@@ -355,7 +353,6 @@ def train(
         f"{float(m['grad_norm'])}); stopped. "
         f"The last good checkpoint is step {mngr.latest_step() or 'none'} in {workdir}/checkpoints"
       )
-    last_good = s
     window.append(m)
 
   try:
@@ -395,10 +392,6 @@ def train(
         if lead:
           log(f"eval at step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in ev.items()))
         t_window = time.time()
-    if pending:
-      read(pending)
-    if step >= t.steps and mngr.latest_step() != step:
-      save(step, state)
   finally:
     stop.restore()
     mngr.wait_until_finished()
@@ -421,7 +414,7 @@ def _flops_per_step(run: Run) -> float:
 
 def _window_scalars(window: list[dict], seconds: float, tokens_per_step: int, flops_per_step: float, peak: float):
   """A logging window's figures: loss/bpb/accuracy from summed statistics, throughput and MFU from wall time."""
-  sums = {k: sum(float(m[k]) for m in window) for k in ("nll", "weight", "bpb_nll", "bytes", "correct")}
+  sums = {k: sum(float(m[k]) for m in window) for k in loss.SUM_KEYS}
   steps_per_s = len(window) / max(seconds, 1e-9)
   return loss.finalize(sums) | {
     "grad_norm": float(np.mean([float(m["grad_norm"]) for m in window])),

@@ -23,10 +23,11 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from llmcpu import specials
 from llmcpu.errors import UserError
 
 MANIFEST = "manifest.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: manifest stats carry each field's unk count
 
 
 @dataclasses.dataclass(frozen=True)
@@ -162,7 +163,11 @@ class SplitWriter:
       np.save(os.path.join(self._tmp, f"{f}.tokens.npy"), tokens)
       np.save(os.path.join(self._tmp, f"{f}.offsets.npy"), offsets)
       np.save(os.path.join(self._tmp, f"{f}.nbytes.npy"), np.asarray(self._nbytes[f], np.int64))
-      stats[f] = {"tokens": int(len(tokens)), "bytes": int(sum(self._nbytes[f]))}
+      stats[f] = {
+        "tokens": int(len(tokens)),
+        "bytes": int(sum(self._nbytes[f])),
+        "unk": int(np.count_nonzero(tokens == specials.UNK_ID)),
+      }
     with open(os.path.join(self._tmp, "labels.json"), "w") as fh:
       json.dump(self._labels, fh)
     manifest = dict(manifest, format=FORMAT_VERSION, fields=self._fields, num_docs=counts.pop() if counts else 0)
