@@ -63,24 +63,36 @@ def test_import_is_cheap():
   subprocess.run([sys.executable, "-c", code], check=True)
 
 
-def test_python_docs_prepared_offline_and_read_through_tfds(docs, data_dir):
+def python_docs_rows(data_dir) -> dict[str, list[tuple[str, str]]]:
+  """``{split: [(id, text)]}`` of the prepared python_docs, straight from TFDS."""
   tfds = import_tfds()
   builder = tfds.builder("python_docs", data_dir=data_dir)  # registered by llmcpu.data.python_docs
   assert builder.is_prepared()
   assert builder.builder_config.name == f"py{sys.version_info.major}.{sys.version_info.minor}"
+  return {
+    split: [
+      (r["id"].decode(), r["text"].decode()) for r in tfds.as_numpy(builder.as_dataset(split, shuffle_files=False))
+    ]
+    for split in ("train", "validation", "test")
+  }
+
+
+def test_python_docs_prepared_offline_and_read_through_tfds(docs, data_dir):
+  from llmcpu.data.python_docs import source_of
+
   ids = {}
-  for split in ("train", "validation", "test"):
-    rows = list(tfds.as_numpy(builder.as_dataset(split=split, shuffle_files=False)))
+  for split, rows in python_docs_rows(data_dir).items():
     assert len(rows) == docs.info["num_docs"][split] > 0
-    for row in rows:
-      ids[row["id"].decode()] = split
-      assert row["text"].strip()
-  # The split of a document is a function of its id alone, not of the other documents.
-  assert all(split_for(doc_id) == split for doc_id, split in ids.items())
+    for doc_id, text in rows:
+      assert doc_id not in ids, f"duplicate id {doc_id}"
+      ids[doc_id] = split
+      assert text.strip()
+  # The split of a document is a function of its source's id alone, not of the other documents.
+  assert all(split_for(source_of(doc_id), (75, 5, 20)) == split for doc_id, split in ids.items())
   from pydoc_data.topics import topics
 
-  assert {i for i in ids if i.startswith("topic:")} == {f"topic:{t}" for t in topics}
-  modules = [i.removeprefix("module:") for i in ids if i.startswith("module:")]
+  assert {source_of(i) for i in ids if i.startswith("topic:")} == {f"topic:{t}" for t in topics}
+  modules = list(dict.fromkeys(source_of(i).removeprefix("module:") for i in ids if i.startswith("module:")))
   assert "json" in modules and "json.decoder" in modules
   for name in modules:
     parts = name.split(".")
@@ -101,17 +113,113 @@ def test_python_docs_metadata_and_determinism(docs, data_dir):
   assert list(docs.documents("train", limit=0)) == []
 
 
-def test_python_docs_regenerated_for_another_python_version(docs, data_dir, tmp_path):
-  # A dataset prepared by another micro version of this Python is stale: the docstrings may differ.
+@pytest.mark.parametrize("key, value", [("python_version", "3.0.0"), ("section_bytes", 4096)])
+def test_python_docs_regenerated_when_stale(docs, data_dir, tmp_path, key, value):
+  # Stale: prepared by another micro version of this Python (the docstrings may differ), or by code that cut
+  # documents differently under the same VERSION.
   other = tmp_path / "data"
   shutil.copytree(data_dir, other, ignore=shutil.ignore_patterns("programs"))
   [meta_path] = (other / "python_docs").glob("*/*/metadata.json")
   meta = json.loads(meta_path.read_text())
-  meta["python_version"] = "3.0.0"
+  meta[key] = value
   meta_path.write_text(json.dumps(meta))
   corpus = load_corpus("python_docs", data_dir=str(other))
-  assert corpus.info["python_version"] == platform.python_version()
+  assert corpus.info["python_version"] == platform.python_version() and corpus.info["section_bytes"] == 2048
   assert corpus.fingerprint == docs.fingerprint
+
+
+def test_python_docs_test_split_is_big_enough(docs, data_dir):
+  # Enough held-out prose for bootstrap intervals over documents, with margin (336 documents, 576 KB on 3.11.7).
+  rows = python_docs_rows(data_dir)
+  assert docs.info["num_docs"] == {s: len(r) for s, r in rows.items()}
+  assert docs.info["num_bytes"] == {s: sum(len(t.encode()) for _, t in r) for s, r in rows.items()}
+  assert len(rows["test"]) >= 200 and docs.info["num_bytes"]["test"] >= 250_000
+  assert docs.info["split_percents"] == {"train": 75, "validation": 5, "test": 20}
+  # The fingerprint (what compiled caches are keyed by) covers the builder version and how documents are cut.
+  assert docs.info["tfds_name"].endswith("/1.1.0") and docs.info["section_bytes"] == 2048
+
+
+def test_python_docs_parts_are_whole_sections_and_sources_do_not_leak(docs, data_dir):
+  from llmcpu.data import python_docs
+
+  rows = python_docs_rows(data_dir)
+  split_of = {i: s for s, r in rows.items() for i, _ in r}
+  texts = {i: t for r in rows.values() for i, t in r}
+  sources, _ = python_docs.collect_sources()
+  expected_ids = []
+  for source, sections in sources:
+    n = len(python_docs.split_sections(sections))
+    ids = [f"{source}#{k}" for k in range(1, n + 1)]
+    expected_ids += ids
+    # Every part of a source is in the same split: no module's or topic's text on both sides.
+    assert len({split_of[i] for i in ids}) == 1, source
+    check_parts(sections, [texts[i] for i in ids])
+  # Ids are unique, and stable: source order (topics by name, modules by path), parts in order.
+  assert sorted(texts) == sorted(expected_ids)
+  for split, r in rows.items():
+    assert [i for i, _ in r] == [i for i in expected_ids if split_of[i] == split]
+  assert {"module:json.decoder#1", "topic:assignment#1", "topic:assignment#2"} <= set(texts)
+  assert texts["module:json.decoder#1"].startswith("module json.decoder\n\n")
+  assert texts["topic:assignment#2"].startswith("Assignment statements\n\n")
+
+
+def check_parts(sections: list[str], parts: list[str], target: int = 2048) -> None:
+  """``parts`` are runs of whole ``sections`` (a huge one may be cut at blank lines) that rejoin to the source."""
+  from llmcpu.data.python_docs import HUGE_SECTION
+
+  text = "\n\n".join(sections)
+  header = text.split("\n", 1)[0]
+  bodies = [parts[0]]
+  for part in parts[1:]:
+    assert part.startswith(header + "\n\n"), part[:80]  # every part says what it documents
+    bodies.append(part.removeprefix(header + "\n\n"))
+  assert "\n\n".join(bodies) == text  # nothing lost, repeated or reordered
+  # Where a part may start: at a section, or at a paragraph of a huge section; never at the second section (the
+  # header line or a topic's title would be a document alone).
+  allowed, offset = set(), 0
+  for k, section in enumerate(sections):
+    if k >= 2:
+      allowed.add(offset)
+    if len(section.encode()) > HUGE_SECTION * target:
+      allowed.update(offset + m.end() for m in re.finditer("\n\n", section))
+    offset += len(section) + 2
+  starts = [sum(len(b) + 2 for b in bodies[:k]) for k in range(1, len(bodies))]
+  assert set(starts) <= allowed, (header, sorted(set(starts) - allowed))
+  assert all(b.strip() for b in bodies)
+
+
+def test_split_sections_groups_whole_sections():
+  from llmcpu.data.python_docs import paragraphs, split_sections
+
+  para = "word " * 60  # 300 bytes
+  huge = "\n\n".join(f"huge {k} {para}" for k in range(40))  # ~12 KB: over 2 x target, cut at paragraphs
+  sections = ["module pkg.mod", "Module doc.", *[f"def f{k}()\n{para}\n\n{para}" for k in range(12)], huge]
+  parts = split_sections(sections, target=2048)
+  check_parts(sections, parts, target=2048)
+  assert len(parts) > 5 and all(len(p.encode()) < 2 * 2048 for p in parts)
+  assert all(sum(sections[k] in p for p in parts) == 1 for k in range(2, 14))  # each def whole, in one part
+  assert split_sections(sections, target=2048) == parts  # deterministic
+  # Small documents stay whole; a lone title never becomes a part.
+  assert split_sections(["module tiny", "Doc."]) == ["module tiny\n\nDoc."]
+  assert split_sections(["Title\n*****", "x" * 5000]) == ["Title\n*****\n\n" + "x" * 5000]
+  # Paragraphs rejoin exactly, runs of blank lines included, and none is blank.
+  for text in ["a\n\nb", "a\n\n\nb", "a\n\n\n\nb\n\n\n\n\nc", "one"]:
+    assert "\n\n".join(paragraphs(text)) == text and all(p.strip() for p in paragraphs(text))
+
+
+def test_split_for_percents_and_unchanged_default():
+  # programs' held-out operands and text: splits rely on the default never moving.
+  import hashlib
+
+  for k in range(20_000):
+    key = f"str:{k}"
+    bucket = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") % 100
+    legacy = "validation" if bucket < 5 else "test" if bucket < 10 else "train"
+    assert split_for(key) == split_for(key, (90, 5, 5)) == legacy
+    wider = split_for(key, (75, 5, 20))
+    assert wider == legacy or (legacy, wider) == ("train", "test")  # a wider test split only takes from train
+  with pytest.raises(ValueError, match="sum to 100"):
+    split_for("x", (90, 5, 10))
 
 
 def test_stdlib_walk_skips_site_packages_and_tests(tmp_path):

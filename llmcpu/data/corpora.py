@@ -8,8 +8,9 @@ Accepted corpus strings (``load_corpus(spec)``):
   text:GLOB                your own UTF-8 files: one document per file; files over 64 KiB split at blank lines
 
 The two embedded corpora are prepared offline into the TFDS ``data_dir`` on first use (seconds) and then read back
-through TFDS like any other dataset. ``text:`` corpora and the embedded ones split documents 90/5/5 into
-train/validation/test by a hash, so a document's split never depends on the others.
+through TFDS like any other dataset. Splits come from a hash of a stable key, so a document's split never depends
+on the others: ``text:`` documents and ``programs`` operands 90/5/5 into train/validation/test, ``python_docs``
+75/5/20 by source module/topic (see ``llmcpu.data.python_docs``).
 
 TensorFlow Datasets is imported lazily: importing this module stays cheap.
 """
@@ -29,6 +30,9 @@ from llmcpu.errors import UserError
 
 SPLITS = ("train", "validation", "test")
 FORMS = "python_docs, programs, programs:small, tfds:NAME[:TEXT_KEY], text:GLOB"
+# (train, validation, test) percent: programs operands and text: documents. Fixed: changing it moves documents
+# (and held-out operands) between splits; a corpus that needs other shares passes its own to split_for.
+SPLIT_PERCENTS = (90, 5, 5)
 TEXT_CHUNK_BYTES = 64 * 1024  # text: files larger than this are split at blank lines into documents up to this size
 
 Reader = Callable[[str, "int | None"], Iterator[dict[str, str]]]
@@ -75,11 +79,18 @@ def load_corpus(spec: str, *, data_dir: str | None = None) -> Corpus:
 # --- shared helpers -----------------------------------------------------------------------------------------------
 
 
-def split_for(key: str | bytes) -> str:
-  """The split of a document from a stable key alone: 90% train, 5% validation, 5% test."""
+def split_for(key: str | bytes, percents: tuple[int, int, int] = SPLIT_PERCENTS) -> str:
+  """The split of a document from a stable key alone; ``percents`` = (train, validation, test), summing to 100.
+
+  The key's sha256 picks a bucket 0..99: validation takes the lowest buckets, test the next, train the rest. So
+  growing only the test share moves keys from train to test and never out of test or validation.
+  """
+  train, validation, test = percents
+  if min(percents) < 0 or train + validation + test != 100:
+    raise ValueError(f"split percents must be >= 0 and sum to 100, got {percents}")
   data = key.encode("utf-8") if isinstance(key, str) else key
   bucket = int.from_bytes(hashlib.sha256(data).digest()[:8], "big") % 100
-  return "validation" if bucket < 5 else "test" if bucket < 10 else "train"
+  return "validation" if bucket < validation else "test" if bucket < validation + test else "train"
 
 
 def digest(obj: Any) -> str:
@@ -191,9 +202,7 @@ def _load_python_docs(spec: str, data_dir: str | None) -> Corpus:
   from llmcpu.data import python_docs
 
   config = python_docs.config_name()
-  # Prepared by another micro version of Python (same major.minor): regenerate so the text is this install's.
-  stale = lambda b: b.info.metadata.get("python_version") != python_docs.python_version()
-  builder = _prepared(python_docs.PythonDocs, config, data_dir, stale)
+  builder = _prepared(python_docs.PythonDocs, config, data_dir, python_docs.is_stale)
   return _embedded_corpus(spec, f"python_docs-{config}", builder, python_docs.__name__, (("text", "text"),), ())
 
 
