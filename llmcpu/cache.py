@@ -37,14 +37,18 @@ def split_dir(workdir: str, corpus_name: str, compiler_name: str, split: str) ->
 
 
 def load_split(workdir: str, corpus_name: str, compiler: Compiler, split: str) -> compiled.CompiledSplit:
-  """Reads one compiled split and checks it was built by ``compiler``; says how to build it if missing."""
+  """Reads one compiled split and checks it was built by ``compiler``; says how to build it if missing.
+
+  The split carries the compiler's ``piece_bytes`` (what a ``Pipeline`` needs for bits per byte).
+  """
   path = split_dir(workdir, corpus_name, compiler.name, split)
   if compiled.read_manifest(path) is None:
     raise UserError(
       f"no compiled data for corpus {corpus_name!r}, ISA {compiler.name}, split {split!r} under {workdir}; build it "
       f"with: python scripts/compile.py --corpus=<that corpus> --compilers={compiler.spec} --workdir={workdir}"
     )
-  return compiled.load(path, expect_fingerprint=compiler.fingerprint)
+  loaded = compiled.load(path, expect_fingerprint=compiler.fingerprint)
+  return dataclasses.replace(loaded, piece_bytes=compiler.piece_bytes)
 
 
 @dataclasses.dataclass

@@ -18,7 +18,9 @@ TRAIN_PRESETS = {
   "small": dict(steps=2000, batch_size=32, length=256, input_length=256, target_length=64, learning_rate=1e-3),
   "base": dict(steps=100_000, batch_size=256, length=1024, input_length=512, target_length=128, learning_rate=6e-4),
 }
-DEFAULT_OBJECTIVE = {"decoder": "lm", "encoder": "mlm", "encoder_decoder": "span_corruption"}
+# Encoder-decoders continue prose (prefix_lm), so that their generations can be judged like a decoder's;
+# span_corruption (T5's default) is one --config.data.objective away.
+DEFAULT_OBJECTIVE = {"decoder": "lm", "encoder": "mlm", "encoder_decoder": "prefix_lm"}
 
 
 def base_config(arch: str, preset: str = "tiny") -> ml_collections.ConfigDict:
@@ -33,7 +35,7 @@ def base_config(arch: str, preset: str = "tiny") -> ml_collections.ConfigDict:
   c.data.corpus = "python_docs"  # any corpus string: python_docs, programs, tfds:NAME[:KEY], text:GLOB
   c.data.compile_dir = "runs/compiled"  # the scripts/compile.py --workdir holding the compiled corpus
   c.data.isa = "bpe:4000"  # compiler spec; its compiled data must exist under compile_dir
-  c.data.objective = ""  # '' → lm (decoder; lm_targets on input/target corpora), mlm, span_corruption/seq2seq
+  c.data.objective = ""  # '' → lm (decoder; lm_targets on input/target corpora), mlm, prefix_lm/seq2seq
   c.data.length = p["length"]  # decoder / encoder rows
   c.data.input_length = p["input_length"]  # encoder_decoder source
   c.data.target_length = p["target_length"]  # encoder_decoder target

@@ -3,6 +3,11 @@
 Every objective reduces to next-token (or masked-token) cross-entropy over ``targets`` with ``weights``; only the
 forward call differs by architecture. Sums (not means) are returned so that they add up across devices, hosts,
 accumulation steps and eval batches; ``finalize`` turns them into the reported figures.
+
+Bits per byte is Σ NLL over *content* targets (weighted targets that are a document's own ids: regular ids and UNK;
+never EOS or a sentinel) / (ln 2 · Σ ``target_bytes``), where the pipeline puts each content target's piece bytes
+in ``target_bytes`` (0 elsewhere). Numerator and denominator cover the same targets, so the figure is exact for
+any batch, and at most the bits per content token divided by the fewest bytes of a content token.
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-from llmcpu.specials import EOS_ID
+from llmcpu.specials import FIRST_REGULAR_ID, UNK_ID
 
 # The additive statistics of ``metric_sums``, in one place for everything that accumulates them.
 SUM_KEYS = ("nll", "weight", "bpb_nll", "bytes", "correct")
@@ -34,6 +39,11 @@ def forward(model, batch: dict) -> tuple[jax.Array, jax.Array, jax.Array]:
   return logits, batch["targets"], batch["weights"]
 
 
+def is_content(targets: jax.Array) -> jax.Array:
+  """True for a document's own ids (regular ids and UNK), False for PAD/BOS/EOS/MASK/sentinels."""
+  return (targets == UNK_ID) | (targets >= FIRST_REGULAR_ID)
+
+
 def token_nll(logits: jax.Array, targets: jax.Array) -> jax.Array:
   """−log p(target) per position, in float32 (nats)."""
   logits = logits.astype(jnp.float32)
@@ -41,10 +51,10 @@ def token_nll(logits: jax.Array, targets: jax.Array) -> jax.Array:
 
 
 def metric_sums(logits: jax.Array, targets: jax.Array, weights: jax.Array, target_bytes: jax.Array) -> dict:
-  """Additive statistics: loss numerator/denominator, bits-per-byte numerator (EOS excluded) and bytes, hits."""
+  """Additive statistics: loss numerator/denominator, bits-per-byte numerator (content targets) and bytes, hits."""
   nll = token_nll(logits, targets)
   weights = weights.astype(jnp.float32)
-  content = weights * (targets != EOS_ID)  # bits per byte counts text, not the end-of-document marker
+  content = weights * is_content(targets)  # bits per byte counts text: not EOS, not span sentinels
   return {
     "nll": jnp.sum(nll * weights),
     "weight": jnp.sum(weights),

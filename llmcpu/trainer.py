@@ -30,7 +30,7 @@ from llmcpu.data.pipeline import Pipeline
 from llmcpu.errors import UserError
 from llmcpu.optim import make_optimizer
 
-SEQ2SEQ_OBJECTIVES = ("seq2seq", "span_corruption")
+SEQ2SEQ_OBJECTIVES = ("seq2seq", "span_corruption", "prefix_lm")
 
 
 # ------------------------------------------------------------------------------------------------- configuration

@@ -2,6 +2,7 @@
 
 import os
 import pydoc_data.topics
+import re
 
 import numpy as np
 import pytest
@@ -79,6 +80,45 @@ def test_learned_compilers_compress(zoo):
   text = TEXTS[5]
   assert len(zoo["bpe:1000"].encode(text)) < len(zoo["char"].encode(text)) <= len(zoo["byte"].encode(text))
   assert len(zoo["byte"].encode(text)) == len(text.encode())
+
+
+BYTE_PIECE = re.compile(r"<0x[0-9A-F]{2}>")
+
+
+@pytest.mark.parametrize("spec", SPECS)
+def test_piece_bytes_of_a_document_sum_to_its_raw_bytes(zoo, spec):
+  """Bits per byte per target rests on this: Σ piece_bytes[ids] == len(text.encode()), for every family."""
+  c = zoo[spec]
+  pb = c.piece_bytes
+  assert pb.dtype == np.int64 and pb.shape == (c.vocab_size,) and not pb.flags.writeable
+  docs = HARD + TEXTS + ["".join(HARD), "\u2581" + TEXTS[0] + "\u2581", "naïve café — 𝔘𝔫𝔦𝔠𝔬𝔡𝔢 ▁▁x"]
+  for text in docs:
+    ids = c.encode(text)
+    assert specials.UNK_ID not in ids
+    assert int(pb[ids].sum()) == len(text.encode("utf-8")), (spec, text[:40])
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=st.text(min_size=0, max_size=60))
+def test_piece_bytes_sum_to_raw_bytes_for_any_unicode(zoo, text):
+  for spec, c in zoo.items():
+    assert int(c.piece_bytes[c.encode(text)].sum()) == len(text.encode("utf-8")), spec
+
+
+def test_piece_bytes_table(zoo):
+  """Specials 0, byte pieces 1, other pieces the bytes they decode to alone; permuted ISAs carry their base's."""
+  for spec, c in zoo.items():
+    pb = c.piece_bytes
+    assert not pb[: specials.FIRST_REGULAR_ID].any(), spec
+    for i in range(specials.FIRST_REGULAR_ID, c.vocab_size):
+      if BYTE_PIECE.fullmatch(c.id_to_piece(i)):
+        assert pb[i] == 1, (spec, i)
+      else:
+        assert pb[i] == len(c.decode([i]).encode("utf-8")) > 0, (spec, i, c.id_to_piece(i))
+    if c.spec.permuted:
+      base = zoo[str(c.spec.base)]
+      np.testing.assert_array_equal(pb[c.perm], base.piece_bytes)
+  assert zoo["byte"].piece_bytes.sum() == 256
 
 
 @settings(max_examples=30, deadline=None)

@@ -2,9 +2,11 @@
 multi-process shards, MLM rates, span-corruption round trip, seq2seq padding and truncation.
 
 Test corpora give every token of the corpus a unique id, so a token alone says which document (and where in it)
-it came from: the checks recompute everything from the documents, not from the pipeline's own bookkeeping.
+it came from: the checks recompute everything from the documents, not from the pipeline's own bookkeeping. Each id
+names a piece of 1–4 bytes, and a document's raw byte count is the sum over its ids (compilers are lossless).
 """
 
+import dataclasses
 import itertools
 
 import numpy as np
@@ -16,16 +18,28 @@ from llmcpu.data import objectives
 from llmcpu.data.compiled import CompiledField, CompiledSplit
 from llmcpu.data.pipeline import OBJECTIVES, Pipeline, bytes_per_token
 from llmcpu.errors import UserError
-from llmcpu.specials import BOS_ID, EOS_ID, FIRST_REGULAR_ID, FIRST_SENTINEL_ID, MASK_ID, NUM_SENTINELS, PAD_ID
+from llmcpu.specials import (
+  BOS_ID,
+  EOS_ID,
+  FIRST_REGULAR_ID,
+  FIRST_SENTINEL_ID,
+  MASK_ID,
+  NUM_SENTINELS,
+  PAD_ID,
+  UNK_ID,
+)
 
 
 class Corpus:
-  """Documents of unique ids; ``where[id]`` = (field, doc, index) of a regular id."""
+  """Documents of unique ids; ``where[id]`` = (field, doc, index) of a regular id; ``piece_bytes[id]`` its bytes."""
 
   def __init__(self, lengths_by_field: dict[str, list[int]], seed: int = 0):
     rng = np.random.default_rng(seed)
     total = sum(sum(v) for v in lengths_by_field.values())
     ids = FIRST_REGULAR_ID + rng.permutation(total)
+    vocab_size = FIRST_REGULAR_ID + total + 1
+    self.piece_bytes = np.zeros(vocab_size, np.int64)
+    self.piece_bytes[FIRST_REGULAR_ID:] = rng.integers(1, 5, vocab_size - FIRST_REGULAR_ID)
     self.where: dict[int, tuple[str, int, int]] = {}
     self.docs: dict[str, list[np.ndarray]] = {}
     fields, start = {}, 0
@@ -35,10 +49,11 @@ class Corpus:
         docs.append(ids[start : start + n])
         self.where.update({int(t): (name, d, j) for j, t in enumerate(docs[-1])})
         start += n
-      nbytes = [3 * n + int(rng.integers(0, 5)) for n in lengths]
+      nbytes = [int(self.piece_bytes[d].sum()) for d in docs]
       fields[name] = CompiledField.from_docs(docs, nbytes)
       self.docs[name] = docs
-    self.split = CompiledSplit(fields=fields, labels={}, manifest={"vocab_size": FIRST_REGULAR_ID + total + 1})
+    manifest = {"vocab_size": vocab_size}
+    self.split = CompiledSplit(fields=fields, labels={}, manifest=manifest, piece_bytes=self.piece_bytes)
     # Packed objectives see document d as the stream [BOS] + fields… + [EOS]; ``at[id]`` = (d, index in it).
     self.streams = [
       [BOS_ID] + [int(t) for f in fields for t in self.docs[f][d]] + [EOS_ID] for d in range(self.split.num_docs)
@@ -115,8 +130,9 @@ def check_lm_epoch(corpus: Corpus, rows: dict[str, np.ndarray], weighted_fields=
       d, j = corpus.at[int(t)]
       assert corpus.streams[d][j - 1] == i
   nbytes = sum(corpus.nbytes(f) for f in weighted_fields)
-  assert np.isclose(rows["target_bytes"].sum(dtype=np.float64), nbytes)
-  assert np.all(rows["target_bytes"][targets != EOS_ID] == 0)
+  assert rows["target_bytes"].sum(dtype=np.float64) == nbytes
+  content = w & (targets != EOS_ID)
+  assert np.array_equal(rows["target_bytes"], np.where(content, corpus.piece_bytes[targets], 0))
 
 
 doc_lengths = st.lists(st.integers(0, 40), min_size=1, max_size=25)
@@ -163,8 +179,12 @@ def test_lm_bos_eos_layout_without_shuffle():
   assert row["segment_ids"][0].tolist() == [1, 1, 1, 1, 2, 2, 3, 3, 3]
   assert row["positions"][0].tolist() == [0, 1, 2, 3, 0, 1, 0, 1, 2]
   assert row["weights"][0].tolist() == [1, 1, 1, 0, 1, 0, 1, 1, 0]
-  nbytes = corpus.split.fields["text"].nbytes
-  assert row["target_bytes"][0].tolist() == [0, 0, nbytes[0], 0, nbytes[1], 0, 0, nbytes[2], 0]
+  pb = corpus.piece_bytes
+  assert row["target_bytes"][0].tolist() == [pb[a[0]], pb[a[1]], 0, 0, 0, 0, pb[b[0]], 0, 0]
+  assert "target_docs" not in row
+  p = Pipeline(corpus.split, objective="lm", global_batch=1, seed=0, length=9, shuffle=False, document_ids=True)
+  docs = p.batch(0)
+  assert docs["target_docs"][0].tolist() == [0, 0, -1, -1, -1, -1, 2, -1, -1]
 
 
 def test_summary_and_bytes_per_token():
@@ -253,10 +273,56 @@ def test_mlm_rates_and_specials():
   assert abs(masked - 0.8) < 0.03 and abs(kept - 0.1) < 0.02 and abs(randomized - 0.1) < 0.02
   assert np.all((inputs[chosen] == MASK_ID) | (inputs[chosen] >= FIRST_REGULAR_ID))
   assert np.all(inputs[chosen] < corpus.split.vocab_size)
-  per_token = corpus.split.fields["text"].nbytes / np.maximum(corpus.split.fields["text"].lengths, 1)
-  docs = [corpus.where[int(t)][1] for t in targets[chosen]]
-  assert np.allclose(rows["target_bytes"][chosen], per_token[docs])
-  assert np.all(rows["target_bytes"][~chosen] == 0)
+  assert np.array_equal(rows["target_bytes"], np.where(chosen, corpus.piece_bytes[targets], 0))
+
+
+@pytest.mark.parametrize("objective", OBJECTIVES)
+def test_target_docs_and_bytes_of_every_objective(objective):
+  """Content targets (here exactly those with bytes: every piece has 1–4) carry their own piece's bytes and name
+  their own document; everything else says 0 bytes and document −1, also the padding rows of an eval pass."""
+  assert "target_docs" not in make(objective).batch(0), "training batches carry no document ids"
+  rng = np.random.default_rng(5)
+  if objective in ("seq2seq", "lm_targets"):
+    corpus = programs(rng.integers(0, 9, 40), rng.integers(0, 6, 40))
+  else:
+    corpus = prose(rng.integers(0, 60, 40))
+  lengths = dict(length=16) if objective in ("lm", "lm_targets", "mlm") else dict(input_length=24, target_length=10)
+  p = Pipeline(corpus.split, objective=objective, global_batch=7, seed=0, document_ids=True, **lengths)
+  batches = list(p.eval_batches()) + [p.batch(s) for s in range(3)]  # corpus order, then shuffled epochs
+  rows = {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}
+  targets, docs = rows.get("targets", rows.get("decoder_targets")), rows["target_docs"]
+  assert docs.dtype == np.int32 and docs.shape == targets.shape
+  content = docs >= 0
+  assert np.array_equal(content, rows["target_bytes"] > 0)
+  assert np.array_equal(rows["target_bytes"], np.where(content, corpus.piece_bytes[targets], 0))
+  assert [corpus.where[int(t)][1] for t in targets[content]] == docs[content].tolist()
+  assert np.all(docs[p.rows_per_epoch : p.eval_steps * p.global_batch] == -1)
+
+
+def test_unk_is_scored_content_with_no_bytes():
+  corpus = prose([3, 4])
+  texts = [d.tolist() for d in corpus.docs["text"]]
+  replaced, texts[1][2] = texts[1][2], UNK_ID
+  field = CompiledField.from_docs(texts, [int(corpus.piece_bytes[d].sum()) for d in texts])
+  split = dataclasses.replace(corpus.split, fields={"text": field})
+  b = Pipeline(split, objective="lm", global_batch=1, seed=0, length=16, shuffle=False, document_ids=True).batch(0)
+  unk = b["targets"] == UNK_ID
+  assert unk.sum() == 1 and b["weights"][unk] == 1 and b["target_bytes"][unk] == 0 and b["target_docs"][unk] == 1
+  assert b["target_bytes"].sum() == field.nbytes.sum() == corpus.nbytes("text") - corpus.piece_bytes[replaced]
+
+
+@pytest.mark.parametrize("piece_bytes,match", [(None, "load_split"), (np.ones(5), "piece_bytes")])
+def test_split_without_piece_bytes_is_one_clear_error(piece_bytes, match):
+  for objective, corpus, lengths in [
+    ("lm", prose([3, 4]), dict(length=8)),
+    ("mlm", prose([3, 4]), dict(length=8)),
+    ("span_corruption", prose([3, 4]), dict(input_length=16, target_length=8)),
+    ("seq2seq", programs([3], [2]), dict(input_length=8, target_length=8)),
+  ]:
+    split = dataclasses.replace(corpus.split, piece_bytes=piece_bytes)
+    with pytest.raises(UserError, match=match) as e:
+      Pipeline(split, objective=objective, global_batch=1, seed=0, **lengths)
+    assert "\n" not in str(e.value)
 
 
 def reconstruct(enc: np.ndarray, tgt: np.ndarray) -> list[int]:
@@ -313,6 +379,39 @@ def test_span_corruption_reconstructs_every_window(lengths, input_length, target
     pieces.setdefault(docs.pop(), []).extend(window)
     noise = (tgt >= FIRST_REGULAR_ID) & (np.arange(len(tgt)) < n_tgt)
     assert np.all((rows["target_bytes"][i] > 0) == noise)
+  for d, doc in enumerate(corpus.docs["text"]):
+    assert pieces.get(d, []) == doc.tolist(), "each window of each document once per epoch, in order"
+
+
+@settings(max_examples=50, deadline=None)
+@given(doc_lengths, st.integers(2, 40), st.integers(2, 20), st.integers(0, 2))
+def test_prefix_lm_cuts_every_window_once_into_prefix_and_continuation(lengths, input_length, target_length, seed):
+  corpus = prose(lengths, seed)
+  try:
+    p = Pipeline(
+      corpus.split,
+      objective="prefix_lm",
+      global_batch=3,
+      seed=seed,
+      input_length=input_length,
+      target_length=target_length,
+    )
+  except UserError as e:
+    assert "no tokens" in str(e)
+    return
+  rows = epoch_rows(p)
+  pieces: dict[int, list[int]] = {}
+  for i in range(p.rows_per_epoch):
+    enc, tgt = rows["encoder_inputs"][i], rows["decoder_targets"][i]
+    n_enc, n_tgt = rows["encoder_segment_ids"][i].sum(), rows["decoder_segment_ids"][i].sum()
+    assert enc[n_enc - 1] == EOS_ID and tgt[n_tgt - 1] == EOS_ID and n_enc >= 2
+    assert n_enc <= input_length and n_tgt <= target_length
+    window = [*enc[: n_enc - 1].tolist(), *tgt[: n_tgt - 1].tolist()]
+    assert len(window) <= input_length - 1 + target_length - 1
+    docs = {corpus.where[t][1] for t in window}
+    assert len(docs) == 1, "a window never crosses documents"
+    pieces.setdefault(docs.pop(), []).extend(window)
+    assert np.all((rows["target_bytes"][i] > 0) == (np.arange(len(tgt)) < n_tgt - 1))
   for d, doc in enumerate(corpus.docs["text"]):
     assert pieces.get(d, []) == doc.tolist(), "each window of each document once per epoch, in order"
 
@@ -375,8 +474,14 @@ def test_seq2seq_layout_and_truncation():
     3,
     4,
   ]
+  pb = corpus.piece_bytes
   nbytes = corpus.split.fields["target"].nbytes
-  assert b["target_bytes"].tolist() == [[0, 0, nbytes[0], 0, 0], [0, nbytes[1], 0, 0, 0], [0, 0, 0, 0, nbytes[2]]]
+  assert b["target_bytes"].tolist() == [
+    [*pb[tgt[0]], 0, 0, 0],
+    [*pb[tgt[1]], 0, 0, 0, 0],
+    [*pb[tgt[2][:4]], 0],
+  ]
+  assert b["target_bytes"].sum(1).tolist() == [nbytes[0], nbytes[1], pb[tgt[2][:4]].sum()] and pb[tgt[2]].sum() > 0
 
 
 @pytest.mark.parametrize(

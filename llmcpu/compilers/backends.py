@@ -61,6 +61,12 @@ class ByteBackend:
   def decode(self, ids: Sequence[int]) -> str:
     return _bytes_of(ids).decode("utf-8", errors="replace")
 
+  def piece_bytes(self) -> np.ndarray:
+    """UTF-8 bytes each id adds to decoded text: 0 for the specials, 1 for each byte."""
+    out = np.zeros(len(self.pieces), np.int64)
+    out[FIRST_BYTE_ID:] = 1
+    return out
+
   def model_proto(self) -> bytes | None:
     return None
 
@@ -114,6 +120,16 @@ class SentencePieceBackend:
 
   def decode(self, ids: Sequence[int]) -> str:
     return self.sp.decode([int(i) for i in ids])
+
+  def piece_bytes(self) -> np.ndarray:
+    """UTF-8 bytes each id adds to decoded text: control pieces and UNK 0, a byte piece 1, any other piece its
+    text with the space marker read as a space (the decoder strips no leading space: no dummy prefix)."""
+    out = np.zeros(len(self.pieces), np.int64)
+    for i, piece in enumerate(self.pieces):
+      if i < specials.FIRST_REGULAR_ID or self.sp.is_control(i) or self.sp.is_unknown(i):
+        continue
+      out[i] = 1 if self.sp.is_byte(i) else len(piece.replace(META, " ").encode("utf-8"))
+    return out
 
 
 def _space_for_meta_bytes(flat: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

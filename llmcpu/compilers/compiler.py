@@ -7,6 +7,7 @@ fingerprint, trainer options), ``spm.model`` for SentencePiece families and ``pe
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import json
 import os
@@ -55,6 +56,20 @@ class Compiler:
 
   def __repr__(self) -> str:
     return f"Compiler({self.spec}, vocab_size={self.vocab_size}, fingerprint={self.fingerprint})"
+
+  @functools.cached_property
+  def piece_bytes(self) -> np.ndarray:
+    """int64 [vocab_size]: the UTF-8 bytes each id contributes to ``decode``'s output in a valid encoding.
+
+    Special ids (pad, unk, bos, eos, mask, sentinels) count 0: UNK stands for text the ISA cannot name (with byte
+    fallback no encoding by this compiler holds one). A byte piece ``<0xNN>`` counts 1, any other piece the UTF-8
+    length of its text with the space marker ``▁`` read as a space. Compiling is lossless, so the piece bytes of a
+    document's ids sum to its raw UTF-8 byte count and bits per byte can be counted per target. Read-only.
+    """
+    base = self.backend.piece_bytes()
+    out = base if self._inv is None else base[self._inv]  # permuted: id perm[i] names backend piece i
+    out.setflags(write=False)
+    return out
 
   def encode_flat(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     """Encodes a batch in parallel: (concatenated int32 ids, int64 lengths)."""

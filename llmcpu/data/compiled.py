@@ -4,7 +4,7 @@ Layout of one split, ``<root>/<split>/``::
 
   <field>.tokens.npy   int32 [total_tokens]   every document's ids, concatenated
   <field>.offsets.npy  int64 [num_docs + 1]   document i is tokens[offsets[i]:offsets[i+1]]
-  <field>.nbytes.npy   int64 [num_docs]       UTF-8 bytes of document i's raw text (for bits per byte)
+  <field>.nbytes.npy   int64 [num_docs]       UTF-8 bytes of document i's raw text (= its ids' piece bytes)
   labels.json          {name: [str, ...]}     per-document labels (e.g. the `programs` task)
   manifest.json        written last: counts and the fingerprints the split was built from
 
@@ -60,11 +60,16 @@ class CompiledField:
 
 @dataclasses.dataclass(frozen=True)
 class CompiledSplit:
-  """A corpus split compiled for one ISA: ``fields['text']`` for prose, ``input``/``target`` for programs."""
+  """A corpus split compiled for one ISA: ``fields['text']`` for prose, ``input``/``target`` for programs.
+
+  ``piece_bytes`` (int64 [vocab_size], the ISA's ``Compiler.piece_bytes``) gives every id's UTF-8 bytes, which
+  pipelines need for bits per byte; ``llmcpu.cache.load_split`` fills it from the compiler, ``load`` alone cannot.
+  """
 
   fields: dict[str, CompiledField]
   labels: dict[str, list[str]]
   manifest: dict
+  piece_bytes: np.ndarray | None = None
 
   @property
   def num_docs(self) -> int:

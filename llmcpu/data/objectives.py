@@ -7,7 +7,13 @@ is the same bits whichever process builds it and whenever.
 
 Packed objectives (``lm``, ``lm_targets``, ``mlm``) concatenate documents ``[BOS] + ids + [EOS]`` and cut the
 stream into windows; segment ids mark the documents inside a row (1-based, 0 = pad) so attention never crosses
-a boundary. Encoder-decoder objectives (``seq2seq``, ``span_corruption``) hold one example per row.
+a boundary. Encoder-decoder objectives (``seq2seq``, ``span_corruption``, ``prefix_lm``) hold one example per row.
+
+Every objective marks its *content* targets: scored (weighted) positions whose target is one of a document's own
+ids (regular ids and UNK), never EOS, PAD, BOS, MASK or a sentinel. ``target_bytes`` is the target's piece bytes
+(``CompiledSplit.piece_bytes``: the UTF-8 bytes that id decodes to) on content targets and 0 elsewhere, so the bits
+per byte of any window, row or batch are exact: Σ NLL over content targets / (ln 2 · Σ target_bytes).
+``target_docs`` is the index in the split of the document a content target belongs to, −1 elsewhere.
 """
 
 from __future__ import annotations
@@ -24,6 +30,33 @@ from llmcpu.specials import BOS_ID, EOS_ID, FIRST_REGULAR_ID, FIRST_SENTINEL_ID,
 _ROW_TAG = 1  # seeds of in-row randomness: (seed, _ROW_TAG, global row); epoch orders use tag 0.
 
 Batch = dict[str, np.ndarray]
+
+
+def piece_bytes_of(split: CompiledSplit) -> np.ndarray:
+  """The split's bytes per id (float64 [vocab_size]); a split without them is one UserError saying how to fix it."""
+  pb = split.piece_bytes
+  if pb is None:
+    raise UserError(
+      "the compiled split has no piece_bytes (UTF-8 bytes per id, needed for bits per byte); load it with "
+      "llmcpu.cache.load_split(…, compiler, …) or set CompiledSplit.piece_bytes=compiler.piece_bytes"
+    )
+  pb = np.asarray(pb)
+  if pb.shape != (split.vocab_size,) or (len(pb) and pb.min() < 0):
+    raise UserError(
+      f"the split's piece_bytes (shape {pb.shape}) are not non-negative counts for its {split.vocab_size} ids; "
+      "take them from the compiler that built the split (Compiler.piece_bytes)"
+    )
+  return pb.astype(np.float64)
+
+
+def content_bytes(piece_bytes: np.ndarray, targets: np.ndarray, content: np.ndarray) -> np.ndarray:
+  """``target_bytes``: each content target's piece bytes, 0 elsewhere (float32)."""
+  return np.where(content, piece_bytes[targets], 0.0).astype(np.float32)
+
+
+def content_docs(doc: np.ndarray, content: np.ndarray) -> np.ndarray:
+  """``target_docs``: the split index of each content target's document, −1 elsewhere (int32)."""
+  return np.where(content, doc, -1).astype(np.int32)
 
 
 def row_rng(seed: int, global_row: int) -> np.random.Generator:
@@ -65,9 +98,9 @@ class Packed(Objective):
     self.fields = [split.fields[f] for f in fields]
     self.length, self.shift = length, shift
     self.num_docs = split.num_docs
+    self.piece_bytes = piece_bytes_of(split)
     self.field_ends_FxN = np.cumsum([f.lengths for f in self.fields], axis=0)  # ends within a doc, after BOS
     self.doc_lengths = self.field_ends_FxN[-1] + 2
-    self.doc_bytes = np.sum([f.nbytes for f in self.fields], axis=0).astype(np.float64)
     self.stream_length = int(self.doc_lengths.sum())
     self.rows_per_epoch = max(0, -(-(self.stream_length - shift) // length))
 
@@ -120,42 +153,40 @@ class Packed(Objective):
 class CausalLM(Packed):
   """``lm``: next-token prediction; a target counts only inside its input's document (BOS is never a target).
 
-  ``target_bytes`` holds a document's raw UTF-8 bytes where the target is its EOS, so over an epoch it sums to
-  the corpus bytes. With ``weight_fields`` set (``lm_targets``) only those fields and EOS are weighted and the
-  bytes are those fields' bytes.
+  Every id of a document and its EOS are weighted; with ``weight_fields`` set (``lm_targets``) only those fields'
+  ids and EOS. Content targets are the weighted ids (not EOS), so over an epoch ``target_bytes`` sums to the raw
+  bytes of the weighted fields.
   """
 
   def __init__(self, split: CompiledSplit, fields: Sequence[str], length: int, weight_fields: Sequence[str] = ()):
     super().__init__(split, fields, length, shift=1)
-    self.weighted = [fields.index(f) for f in weight_fields] + [len(fields)] if weight_fields else None  # + EOS
-    if weight_fields:
-      self.doc_bytes = np.sum([split.fields[f].nbytes for f in weight_fields], axis=0).astype(np.float64)
+    self.content_fields = [fields.index(f) for f in weight_fields] if weight_fields else list(range(len(fields)))
 
   def rows(self, state: Any, r_R: np.ndarray, g_R: np.ndarray) -> Batch:
     w = self.window(state, r_R)
     inp, tgt = slice(None, -1), slice(1, None)
     same_doc = (w["slot"][:, inp] == w["slot"][:, tgt]) & w["valid"][:, tgt]
-    weights = same_doc
-    if self.weighted is not None:
-      weights = same_doc & np.isin(w["field_of"][:, tgt], self.weighted)
-    tgt_doc = w["doc"][:, tgt]
-    eos_target = same_doc & (w["offset"][:, tgt] == self.doc_lengths[tgt_doc] - 1)
+    field_of = w["field_of"][:, tgt]
+    content = same_doc & np.isin(field_of, self.content_fields)
+    weights = content | (same_doc & (field_of == len(self.fields)))  # + EOS
+    targets = w["tok"][:, tgt]
     seg, pos = self.segments(w, inp)
     return {
       "inputs": w["tok"][:, inp],
-      "targets": w["tok"][:, tgt],
+      "targets": targets,
       "weights": weights.astype(np.float32),
       "segment_ids": seg,
       "positions": pos,
-      "target_bytes": np.where(eos_target, self.doc_bytes[tgt_doc], 0.0).astype(np.float32),
+      "target_bytes": content_bytes(self.piece_bytes, targets, content),
+      "target_docs": content_docs(w["doc"][:, tgt], content),
     }
 
 
 class MaskedLM(Packed):
   """``mlm``: BERT masking of ``mask_rate`` of the regular tokens of each row (80% MASK, 10% random, 10% kept).
 
-  ``target_bytes`` gives each chosen token its document's bytes per token (bytes / tokens), so
-  Σ NLL / Σ target_bytes over chosen tokens estimates bits per byte; it does not sum to the corpus bytes.
+  The chosen tokens are the content targets: ``target_bytes`` holds each one's own piece bytes, so
+  Σ NLL / (ln 2 · Σ target_bytes) is the exact bits per byte of the chosen tokens' text.
   """
 
   def __init__(
@@ -177,7 +208,6 @@ class MaskedLM(Packed):
     if random_token_rate > 0 and self.vocab_size <= FIRST_REGULAR_ID:
       raise UserError(f"mlm: vocab_size={self.vocab_size} has no regular ids to draw random tokens from")
     self.rates = (mask_rate, mask_token_rate, random_token_rate)
-    self.doc_tokens = np.maximum(self.doc_lengths - 2, 1)
 
   def rows(self, state: Any, r_R: np.ndarray, g_R: np.ndarray) -> Batch:
     w = self.window(state, r_R)
@@ -197,21 +227,21 @@ class MaskedLM(Packed):
     random_ids = (FIRST_REGULAR_ID + np.floor(u_3xRxL[2] * span)).astype(np.int32)
     inputs = np.where(masked, MASK_ID, np.where(randomized, random_ids, tok)).astype(np.int32)
     seg, pos = self.segments(w, slice(None))
-    share = self.doc_bytes[w["doc"]] / self.doc_tokens[w["doc"]]
     return {
       "inputs": inputs,
       "targets": tok,
       "weights": chosen.astype(np.float32),
       "segment_ids": seg,
       "positions": pos,
-      "target_bytes": np.where(chosen, share, 0.0).astype(np.float32),
+      "target_bytes": content_bytes(self.piece_bytes, tok, chosen),
+      "target_docs": content_docs(w["doc"], chosen),
     }
 
 
 class Seq2Seq(Objective):
   """``seq2seq``: one (input, target) pair per row; ``input+EOS`` → ``target+EOS``, truncation counted up front.
 
-  ``target_bytes`` (the target's bytes, at its EOS) gives exact bits per byte only when no target is truncated.
+  Content targets are the target's ids (not its EOS); a truncated target counts only the bytes of the ids it keeps.
   """
 
   def __init__(self, split: CompiledSplit, input_length: int, target_length: int, truncate: bool = False):
@@ -220,6 +250,7 @@ class Seq2Seq(Objective):
     self.input, self.target = split.fields["input"], split.fields["target"]
     self.input_length, self.target_length = input_length, target_length
     self.num_docs = self.rows_per_epoch = split.num_docs
+    self.piece_bytes = piece_bytes_of(split)
     in_len, tg_len = self.input.lengths, self.target.lengths
     self.truncated = {
       "truncated_inputs": int((in_len + 1 > input_length).sum()),
@@ -244,21 +275,25 @@ class Seq2Seq(Objective):
     n_tg = np.minimum(self.target.lengths[doc], self.target_length - 1)
     dec_tgt = _gather(self.target, self.target.offsets[doc], n_tg, self.target_length)
     dec_tgt[rows, n_tg] = EOS_ID
-    return encoder_decoder_batch(enc, n_in + 1, dec_tgt, n_tg + 1, self.target.nbytes[doc].astype(np.float64))
+    content = np.arange(self.target_length)[None, :] < n_tg[:, None]
+    batch = encoder_decoder_batch(enc, n_in + 1, dec_tgt, n_tg + 1)
+    batch["target_bytes"] = content_bytes(self.piece_bytes, dec_tgt, content)
+    batch["target_docs"] = content_docs(np.broadcast_to(doc[:, None], content.shape), content)
+    return batch
 
   def stats(self) -> dict:
     return self._stats
 
 
 def encoder_decoder_batch(
-  enc_RxI: np.ndarray, enc_len_R: np.ndarray, tgt_RxT: np.ndarray, tgt_len_R: np.ndarray, eos_bytes_R: np.ndarray
+  enc_RxI: np.ndarray, enc_len_R: np.ndarray, tgt_RxT: np.ndarray, tgt_len_R: np.ndarray
 ) -> Batch:
-  """Seq2seq keys from padded encoder inputs and decoder targets (each ending in EOS); bytes go on the EOS."""
+  """Seq2seq model keys from padded encoder inputs and decoder targets (each ending in EOS); the caller adds
+  ``target_bytes`` and ``target_docs``."""
   col_i, col_t = np.arange(enc_RxI.shape[1]), np.arange(tgt_RxT.shape[1])
   enc_seg = (col_i[None, :] < enc_len_R[:, None]).astype(np.int32)
   dec_seg = (col_t[None, :] < tgt_len_R[:, None]).astype(np.int32)
   dec_in = np.concatenate([np.full((len(tgt_RxT), 1), BOS_ID, np.int32), tgt_RxT[:, :-1]], axis=1) * dec_seg
-  eos = col_t[None, :] == tgt_len_R[:, None] - 1
   return {
     "encoder_inputs": enc_RxI.astype(np.int32),
     "encoder_segment_ids": enc_seg,
@@ -268,7 +303,6 @@ def encoder_decoder_batch(
     "decoder_weights": dec_seg.astype(np.float32),
     "decoder_segment_ids": dec_seg,
     "decoder_positions": (col_t[None, :] * dec_seg).astype(np.int32),
-    "target_bytes": np.where(eos, eos_bytes_R[:, None], 0.0).astype(np.float32),
   }
 
 
@@ -328,42 +362,17 @@ def corrupt(tokens: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarra
   return enc.astype(np.int32), tgt.astype(np.int32), is_noise
 
 
-class SpanCorruption(Objective):
-  """``span_corruption`` (T5) on prose: each document is cut into windows of ``raw_window`` tokens (its last one
-  shorter), one window per row, so no example crosses a document; noise spans become sentinels.
+class Windowed(Objective):
+  """Prose cut into windows of ``window`` tokens per document (its last one shorter), one window per row, so no
+  example crosses a document (the encoder-decoder objectives on prose)."""
 
-  Rows are not packed with several documents on purpose: every packed example adds its own EOS and sentinels
-  to both sides, so with short documents no fixed raw window could be guaranteed to fit the lengths, whereas one
-  window per row always fits (T5's helper) and needs no cross-attention segment masks. The cost is padding after
-  each document's last window (``stats()['window_fill']``).
-
-  ``target_bytes`` gives each noise token of a target its document's bytes per token.
-  """
-
-  def __init__(
-    self,
-    split: CompiledSplit,
-    input_length: int,
-    target_length: int,
-    seed: int,
-    noise_density: float = 0.15,
-    mean_noise_span_length: float = 3.0,
-  ):
-    if not (0 < noise_density < 1 and mean_noise_span_length >= 1):
-      raise UserError("span_corruption needs 0 < noise_density < 1 and mean_noise_span_length >= 1")
+  def __init__(self, split: CompiledSplit, window: int):
     self.text = split.fields["text"]
-    self.input_length, self.target_length, self.seed = input_length, target_length, seed
-    self.noise = (noise_density, mean_noise_span_length)
-    self.window = raw_window(input_length, target_length, noise_density, mean_noise_span_length)
-    if self.window < 2:
-      raise UserError(
-        f"span_corruption: input_length={input_length}/target_length={target_length} fit no noised window; raise them"
-      )
+    self.window = window
     self.num_docs = split.num_docs
-    lengths = self.text.lengths
-    self.chunks = -(-lengths // self.window)
+    self.piece_bytes = piece_bytes_of(split)
+    self.chunks = -(-self.text.lengths // self.window)
     self.rows_per_epoch = int(self.chunks.sum())
-    self.bytes_per_token = self.text.nbytes / np.maximum(lengths, 1)
 
   def epoch_state(self, order_N: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     starts = np.zeros(self.num_docs + 1, np.int64)
@@ -378,22 +387,87 @@ class SpanCorruption(Objective):
     begin = int(self.text.offsets[doc]) + (r - int(starts[slot])) * self.window
     return doc, np.asarray(self.text.tokens[begin : min(begin + self.window, int(self.text.offsets[doc + 1]))])
 
+  def example(self, tokens: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(encoder input, decoder target, which target positions are content) of one window."""
+    raise NotImplementedError
+
   def rows(self, state: Any, r_R: np.ndarray, g_R: np.ndarray) -> Batch:
     enc = np.zeros((len(r_R), self.input_length), np.int32)
     tgt = np.zeros((len(r_R), self.target_length), np.int32)
     enc_len, tgt_len = np.zeros(len(r_R), np.int64), np.zeros(len(r_R), np.int64)
-    share = np.zeros((len(r_R), self.target_length))
+    content = np.zeros((len(r_R), self.target_length), bool)
+    docs = np.zeros(len(r_R), np.int64)
     for i, (r, g) in enumerate(zip(r_R, g_R, strict=True)):
-      doc, tokens = self.window_of(state, int(r))
-      mask = noise_mask(len(tokens), row_rng(self.seed, g), *self.noise)
-      e, t, is_noise = corrupt(tokens, mask)
+      docs[i], tokens = self.window_of(state, int(r))
+      e, t, is_content = self.example(tokens, row_rng(self.seed, g))
       enc[i, : len(e)], tgt[i, : len(t)] = e, t
       enc_len[i], tgt_len[i] = len(e), len(t)
-      share[i, : len(t)] = np.where(is_noise, self.bytes_per_token[doc], 0.0)
-    batch = encoder_decoder_batch(enc, enc_len, tgt, tgt_len, np.zeros(len(r_R)))
-    batch["target_bytes"] = share.astype(np.float32)
+      content[i, : len(t)] = is_content
+    batch = encoder_decoder_batch(enc, enc_len, tgt, tgt_len)
+    batch["target_bytes"] = content_bytes(self.piece_bytes, tgt, content)
+    batch["target_docs"] = content_docs(np.broadcast_to(docs[:, None], content.shape), content)
     return batch
 
   def stats(self) -> dict:
     used = self.text.lengths.sum() / max(1, self.rows_per_epoch * self.window)
     return {"raw_window": self.window, "window_fill": float(used)}
+
+
+class SpanCorruption(Windowed):
+  """``span_corruption`` (T5) on prose: each window of ``raw_window`` tokens has noise spans replaced by sentinels.
+
+  Rows are not packed with several documents on purpose: every packed example adds its own EOS and sentinels
+  to both sides, so with short documents no fixed raw window could be guaranteed to fit the lengths, whereas one
+  window per row always fits (T5's helper) and needs no cross-attention segment masks. The cost is padding after
+  each document's last window (``stats()['window_fill']``).
+
+  Content targets are the noise tokens of a target (not its sentinels or EOS).
+  """
+
+  def __init__(
+    self,
+    split: CompiledSplit,
+    input_length: int,
+    target_length: int,
+    seed: int,
+    noise_density: float = 0.15,
+    mean_noise_span_length: float = 3.0,
+  ):
+    if not (0 < noise_density < 1 and mean_noise_span_length >= 1):
+      raise UserError("span_corruption needs 0 < noise_density < 1 and mean_noise_span_length >= 1")
+    self.input_length, self.target_length, self.seed = input_length, target_length, seed
+    self.noise = (noise_density, mean_noise_span_length)
+    window = raw_window(input_length, target_length, noise_density, mean_noise_span_length)
+    if window < 2:
+      raise UserError(
+        f"span_corruption: input_length={input_length}/target_length={target_length} fit no noised window; raise them"
+      )
+    super().__init__(split, window)
+
+  def example(self, tokens, rng):
+    return corrupt(tokens, noise_mask(len(tokens), rng, *self.noise))
+
+
+class PrefixLM(Windowed):
+  """``prefix_lm`` (T5's prefix language modelling) on prose: each window of ``input_length − 1 + target_length −
+  1`` tokens is cut at a random point; the encoder reads the prefix (+ EOS), the decoder writes the rest (+ EOS).
+
+  The encoder-decoder then learns to *continue* a text from its prompt, which is what cross-evaluation asks of it
+  (span corruption only ever fills ~3-token holes, so its "continuation" of a prompt is a fragment). The cut is drawn
+  uniformly among the points that fit both lengths, from (seed, global row). Content targets: the suffix's ids.
+  """
+
+  def __init__(self, split: CompiledSplit, input_length: int, target_length: int, seed: int):
+    if input_length < 2 or target_length < 2:
+      raise UserError(f"prefix_lm needs input_length and target_length >= 2 (got {input_length}, {target_length})")
+    self.input_length, self.target_length, self.seed = input_length, target_length, seed
+    super().__init__(split, input_length - 1 + target_length - 1)
+
+  def example(self, tokens, rng):
+    n = len(tokens)
+    lo, hi = max(1, n - (self.target_length - 1)), min(max(n - 1, 1), self.input_length - 1)
+    k = int(rng.integers(lo, hi + 1))
+    target = np.append(tokens[k:], EOS_ID).astype(np.int32)
+    is_content = np.ones(len(target), bool)
+    is_content[-1] = False
+    return np.append(tokens[:k], EOS_ID).astype(np.int32), target, is_content

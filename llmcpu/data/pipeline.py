@@ -9,11 +9,16 @@ each global batch.
 Batch keys (all int32 except ``weights``/``decoder_weights``/``target_bytes``, float32):
 
 - ``lm``, ``lm_targets``, ``mlm``: ``inputs targets weights segment_ids positions target_bytes``, ``[B, length]``.
-- ``seq2seq``, ``span_corruption``: ``encoder_inputs encoder_segment_ids encoder_positions`` ``[B, input_length]``
-  and ``decoder_inputs decoder_targets decoder_weights decoder_segment_ids decoder_positions target_bytes``
-  ``[B, target_length]``.
+- ``seq2seq``, ``span_corruption``, ``prefix_lm``: ``encoder_inputs encoder_segment_ids encoder_positions``
+  ``[B, input_length]`` and ``decoder_inputs decoder_targets decoder_weights decoder_segment_ids
+  decoder_positions target_bytes`` ``[B, target_length]``.
+- with ``document_ids=True`` also ``target_docs`` (shaped like ``target_bytes``), for evaluation only.
 
-``target_bytes`` carries raw UTF-8 bytes for bits per byte: Σ NLL·weights / (ln 2 · Σ target_bytes).
+``target_bytes`` is the UTF-8 bytes of each *content* target's piece (a document's own id that is scored: not EOS,
+PAD, BOS, MASK or a sentinel; UNK counts 0) and 0 elsewhere, taken from the split's ``piece_bytes``. Bits per byte
+of any window is therefore exact: Σ NLL over content targets / (ln 2 · Σ target_bytes), and never more than the
+bits per content token divided by the fewest bytes of a content token in the window. ``target_docs`` holds the
+index in the split of each content target's document and −1 elsewhere (per-document statistics).
 """
 
 from __future__ import annotations
@@ -28,8 +33,8 @@ from llmcpu.data.compiled import CompiledSplit
 from llmcpu.errors import UserError
 
 _ORDER_TAG = 0  # epoch orders are seeded by (seed, _ORDER_TAG, epoch); in-row randomness by (seed, 1, global row).
-OBJECTIVES = ("lm", "lm_targets", "mlm", "seq2seq", "span_corruption")
-_TEXT_ONLY, _PAIRS_ONLY = ("span_corruption",), ("lm_targets", "seq2seq")
+OBJECTIVES = ("lm", "lm_targets", "mlm", "seq2seq", "span_corruption", "prefix_lm")
+_TEXT_ONLY, _PAIRS_ONLY = ("span_corruption", "prefix_lm"), ("lm_targets", "seq2seq")
 
 
 def bytes_per_token(split: CompiledSplit, field: str = "text") -> float:
@@ -68,6 +73,7 @@ def _make_objective(
     "mlm": lambda **o: obj.MaskedLM(split, fields, length, seed, **o),
     "seq2seq": lambda **o: obj.Seq2Seq(split, input_length, target_length, **o),
     "span_corruption": lambda **o: obj.SpanCorruption(split, input_length, target_length, seed, **o),
+    "prefix_lm": lambda **o: obj.PrefixLM(split, input_length, target_length, seed, **o),
   }
   allowed = {
     "lm": set(),
@@ -75,6 +81,7 @@ def _make_objective(
     "mlm": {"mask_rate", "mask_token_rate", "random_token_rate"},
     "seq2seq": {"truncate"},
     "span_corruption": {"noise_density", "mean_noise_span_length"},
+    "prefix_lm": set(),
   }[objective]
   unknown = sorted(set(options) - allowed)
   if unknown:
@@ -83,7 +90,11 @@ def _make_objective(
 
 
 class Pipeline:
-  """Batches of one split for one objective; ``batch(step)`` is a pure function of (split, config, step)."""
+  """Batches of one split for one objective; ``batch(step)`` is a pure function of (split, config, step).
+
+  The split must carry ``piece_bytes`` (``llmcpu.cache.load_split`` fills them). ``document_ids=True`` adds
+  ``target_docs`` to every batch, for evaluation; training pipelines leave it off.
+  """
 
   def __init__(
     self,
@@ -98,6 +109,7 @@ class Pipeline:
     process_index: int = 0,
     process_count: int = 1,
     shuffle: bool = True,
+    document_ids: bool = False,
     **objective_options,
   ):
     if global_batch < 1 or process_count < 1 or global_batch % process_count:
@@ -109,6 +121,7 @@ class Pipeline:
     if split.num_docs == 0:
       raise UserError("the split has no documents; check the corpus and recompile it")
     self.split, self.objective_name, self.seed, self.shuffle = split, objective, seed, shuffle
+    self.document_ids = document_ids
     self.global_batch, self.process_index, self.process_count = global_batch, process_index, process_count
     self.objective = _make_objective(split, objective, seed, length, input_length, target_length, objective_options)
     self.rows_per_epoch = self.objective.rows_per_epoch
@@ -143,10 +156,12 @@ class Pipeline:
       state = self._epoch_state(int(e) if shuffle else None)
       parts.append(self.objective.rows(state, r_R[sel], g_R[sel]))
     batch = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    if not self.document_ids:
+      del batch["target_docs"]
     if one_pass:
       past_R = epoch_R > 0
-      for v in batch.values():
-        v[past_R] = 0
+      for k, v in batch.items():
+        v[past_R] = -1 if k == "target_docs" else 0
     return batch
 
   def batch(self, step: int) -> dict[str, np.ndarray]:
