@@ -32,9 +32,10 @@ _SPLIT = flags.DEFINE_string("split", "test", "Split to evaluate on.")
 _BATCH = flags.DEFINE_integer("batch_size", 0, "Eval batch size (0: each checkpoint's training batch size).")
 _MAX_DOCS = flags.DEFINE_integer("max_docs", 0, "Score only the first N documents of the split (0: all).")
 _COHERENCE = flags.DEFINE_bool("coherence", True, "Generate from held-out prompts and judge the output.")
-_PROMPTS = flags.DEFINE_integer("prompts", 16, "Prose prompts per cell.")
-_PROGRAM_PROMPTS = flags.DEFINE_integer("program_prompts", 64, "Programs prompts per cell.")
-_NEW_TOKENS = flags.DEFINE_integer("new_tokens", 32, "Tokens generated per prose prompt.")
+_DEFAULTS = crosseval.CrossEvalOptions()
+_PROMPTS = flags.DEFINE_integer("prompts", _DEFAULTS.prompts, "Prose prompts per cell.")
+_PROGRAM_PROMPTS = flags.DEFINE_integer("program_prompts", _DEFAULTS.program_prompts, "Programs prompts per cell.")
+_NEW_TOKENS = flags.DEFINE_integer("new_tokens", _DEFAULTS.new_tokens, "Tokens generated per prose prompt.")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of sampling and of MLM/span-corruption masks.")
 
 
@@ -77,8 +78,15 @@ def main(argv):
   rows = crosseval.evaluate(
     expand(_CHECKPOINTS.value), isas, _COMPILE_DIR.value, corpus=_CORPUS.value, options=options, log=cli.log
   )
+  calibration = []
+  if options.coherence and isas:
+    for corpus in dict.fromkeys(r["corpus"] for r in rows if r.get("corpus")):
+      try:
+        calibration += crosseval.calibrate(_COMPILE_DIR.value, corpus, isas[0], options)
+      except UserError as e:
+        print(f"error: calibration of {corpus}: {e}", file=sys.stderr, flush=True)
   out = cli.workdir_path(_OUT.value)
-  paths = crosseval.write_report(rows, out)
+  paths = crosseval.write_report(rows, out, calibration)
   failed = [r for r in rows if r["status"] != "ok"]
   for r in failed:
     print(f"error: {r['checkpoint']} on {r['eval_isa']}: {r['error']}", file=sys.stderr, flush=True)

@@ -1,29 +1,36 @@
-"""Coherence: what a CPU does with foreign machine code, judged without any tokenizer.
+"""Coherence of what a CPU generates, on two tokenizer-free axes: fluency and relevance.
 
-Prompts come from held-out documents *as compiled by the evaluation ISA* (no re-tokenization): a prose prompt is
-the shortest token prefix of a document covering ``prompt_bytes`` bytes (so every ISA gets the same text), a
-program prompt is the program's input. The CPU generates greedily and by sampling with a fixed seed; its output is
-read with its *own* compiler (what the CPU means) and, for the record, with the evaluation compiler.
+A CPU that ignores its program and babbles fluently in its own ISA is not executing it. So every generation is judged
+twice, against held-out text, by the byte judge (``judge.py``), which never sees a tokenizer:
 
-Prose, per generation, against the true continuation truncated to the generation's length (at least 32 chars):
-  * judge plausibility  J = clip((8 − bpb_gen) / (8 − bpb_real), 0, 1), the byte judge's bits per byte on the
-    generated vs the real text (8 bits = uniform over bytes);
-  * lexical validity    L = share of generated words (``\\w+``, lowercased) found in the train split's lexicon;
-  * diversity           D = distinct-2 (unique / all unit bigrams), R = repetition (1 − unique/all unit 4-grams),
-    where units are words and punctuation, or bytes when a text has too few of them;
-  * chrF                C = sacrebleu chrF / 100 against the true continuation.
-L, D and 1 − R are divided by the same figure on the real continuation (capped at 1), so held-out text itself
-scores 1 on every component. ``coherence = (J · L' · D' · (1 − R)' · C) ** (1/5)``, the geometric mean: one failed
-component (gibberish, a loop, no lexical words, nothing in common with the continuation) pulls it to 0. Greedy and
-sampled generations are pooled.
+* **fluency** — is the output well-formed text of the corpus? The weakest of four parts, each the generation's figure
+  divided by the same figure of the true continuation cut to the generation's length (capped at 1, so held-out text
+  scores exactly 1): judge plausibility ``8 − judge bpb`` (8 bits = uniform bytes), lexical validity (share of
+  ``\\w+`` words found in the train split's lexicon), distinct-2, and 1 − repetition (repeated unit 4-grams). The
+  minimum, not a mean: text that fails one test (a loop of one fluent word, bytes that are not words) is not
+  fluent, and a geometric mean would still give a loop 0.2. It does not depend on the prompt: random bytes and a
+  repeated piece score ≈ 0.
+* **relevance** — how much the output depends on *its own* program: pointwise mutual information between prompt and
+  output under the judge adapted to a prompt, ``PMI = bits(text | other prompts, mean) − bits(text | its own
+  prompt)`` (every other prompt, or 16 spread over the split when there are more), pooled per byte over the
+  prompts and divided by the same figure for the true continuations. The true continuation scores 1; a text
+  independent of its prompt (another document's continuation, babble) 0 in expectation; a text echoing its prompt
+  far above 1.
+* **coherence** = ``fluency · fit(relevance)``, ``fit(r) = r`` on [0, 1], ``1/r`` above 1 (depending on the prompt
+  more than real text does is echoing, not continuing), 0 below 0: the share of the real continuation's prompt
+  dependence the output shows, counted only as far as the output is fluent. A product, not a geometric mean, so
+  that a fluent babbler (relevance ≈ 0.05) scores ≈ 0.05 and not √0.05 ≈ 0.2; a parrot scores low too.
 
-Programs: ``coherence`` = exact match of the greedy answer (decoded by the CPU's compiler, stripped) with the true
-answer; the sampled exact match and per-task figures are reported too.
+On ``programs`` the answer is known: relevance is exact match of the greedy answer (the computation was executed),
+fluency the share of answers well-formed for their task (an integer for add, lowercase letters for sort, number
+words for num2words …), and coherence is exact match (an exact answer is both).
+
+Every figure is a function of sums over prompts (documents): a cell keeps the per-prompt table and the intervals
+are bootstrapped over its rows (``intervals.py``).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import re
 from collections.abc import Sequence
@@ -31,22 +38,26 @@ from collections.abc import Sequence
 import numpy as np
 from sacrebleu.metrics import CHRF
 
-from llmcpu import models, specials
-from llmcpu.compilers import Compiler
+from llmcpu.crosseval import intervals
 from llmcpu.crosseval.judge import ByteJudge
-from llmcpu.data.compiled import CompiledSplit
 
 UNIFORM_BITS = 8.0  # bits per byte of the uniform distribution over bytes
 MIN_REFERENCE_CHARS = 32
-_WORD = re.compile(r"\w+")
+OTHER_PROMPTS = 16  # prompts each text is also read after, for bits(text | another prompt)
+FIGURES = ("fluency", "relevance", "coherence")
 PROSE_FORMULA = (
-  "geometric mean of judge plausibility clip((8 − judge bpb on generated) / (8 − judge bpb on the real continuation), "
-  "0, 1), lexical validity, distinct-2 and 1 − repetition (each divided by the real continuation's value, capped at "
-  "1) and chrF/100 against the true continuation; greedy and sampled generations pooled. Held-out text scores 1."
+  "fluency = the weakest of judge plausibility (8 − judge bpb), lexical validity, distinct-2 and 1 − repetition, "
+  "each divided by the true continuation's (capped at 1); relevance = PMI per byte between prompt and output under "
+  "the prompt-adapted byte judge (bits given every other prompt − bits given its own), over the same for the true "
+  "continuation (1 = as prompt-dependent as real text, 0 = independent of its prompt); coherence = "
+  "fluency · fit(relevance), fit(r) = r on [0, 1], 1/r above 1 (echoing the prompt), 0 below 0."
 )
-PROGRAMS_FORMULA = "exact match of the greedy answer, decoded by the CPU's own compiler, with the true answer."
+PROGRAMS_FORMULA = (
+  "relevance = coherence = exact match of the greedy answer (decoded by the CPU's own compiler); fluency = share of "
+  "answers well-formed for their task."
+)
+_WORD = re.compile(r"\w+")
 _UNIT = re.compile(r"\w+|[^\w\s]")
-
 
 # ------------------------------------------------------------------------------------------------- text measures
 
@@ -96,51 +107,29 @@ def exact_match(answers: Sequence[str], targets: Sequence[str]) -> float:
   return sum(a.strip() == t.strip() for a, t in zip(answers, targets, strict=True)) / len(answers)
 
 
-def geometric_mean(values: Sequence[float]) -> float:
-  if any(v <= 0 for v in values):
-    return 0.0
-  return float(math.exp(sum(math.log(v) for v in values) / len(values)))
+_NUMBER_WORD = r"(?:zero|one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|thirteen|fourteen|fifteen|"
+_NUMBER_WORD += r"sixteen|seventeen|eighteen|nineteen|twenty|thirty|forty|fifty|sixty|seventy|eighty|ninety|hundred|"
+_NUMBER_WORD += r"thousand|minus)"
+_ANSWER = {
+  "add": r"-?\d+",
+  "sub": r"-?\d+",
+  "mul": r"-?\d+",
+  "count": r"\d+",
+  "words2num": r"-?\d+",
+  "copy": r"[a-z]+",
+  "reverse": r"[a-z]+",
+  "sort": r"[a-z]+",
+  "num2words": rf"{_NUMBER_WORD}(?:[ -]{_NUMBER_WORD})*",
+}
 
 
-def _ratio(value: float, real: float) -> float:
-  return float(min(1.0, value / real)) if real > 0 else float(value > 0)
-
-
-def prose_components(
-  judge: ByteJudge, lexicon: set[str], contexts: Sequence[str], generated: Sequence[str], continuations: Sequence[str]
-) -> dict:
-  """Every prose measure of ``generated`` (each conditioned on its context) and the combined ``coherence``."""
-  refs = references(generated, continuations)
-  nonempty = [i for i, g in enumerate(generated) if g.encode("utf-8")]
-  bpb_gen = judge.bits_per_byte([generated[i] for i in nonempty], [contexts[i] for i in nonempty])
-  bpb_real = judge.bits_per_byte(refs, contexts)
-  real = {
-    "lexical": lexical_validity(refs, lexicon),
-    "distinct": float(np.mean([distinct_n(r) for r in refs])),
-    "novel": 1.0 - float(np.mean([repetition(r) for r in refs])),
-  }
-  out = {
-    "judge_bpb_generated": None if math.isnan(bpb_gen) else bpb_gen,
-    "judge_bpb_real": bpb_real,
-    "lexical_validity": lexical_validity(generated, lexicon),
-    "distinct_2": float(np.mean([distinct_n(g) for g in generated])),
-    "repetition": float(np.mean([repetition(g) for g in generated])),
-    "chrf": chrf(generated, refs),
-    "empty_generations": len(generated) - len(nonempty),
-  }
-  plausibility = 0.0
-  if out["judge_bpb_generated"] is not None and UNIFORM_BITS - bpb_real > 0:
-    plausibility = float(np.clip((UNIFORM_BITS - bpb_gen) / (UNIFORM_BITS - bpb_real), 0.0, 1.0))
-  parts = {
-    "plausibility": plausibility,
-    "lexical": _ratio(out["lexical_validity"], real["lexical"]),
-    "distinct": _ratio(out["distinct_2"], real["distinct"]),
-    "novel": _ratio(1.0 - out["repetition"], real["novel"]),
-    "chrf": out["chrf"] / 100.0,
-  }
-  out["coherence_parts"] = parts
-  out["coherence"] = geometric_mean(list(parts.values()))
-  return out
+def well_formed(task: str | None, answer: str) -> bool:
+  """Is ``answer`` in the answer language of ``task`` (any non-empty single line for an unknown task)?"""
+  answer = answer.strip()
+  pattern = _ANSWER.get(task or "")
+  if pattern is None:
+    return bool(answer) and "\n" not in answer
+  return re.fullmatch(pattern, answer) is not None
 
 
 def references(generated: Sequence[str], continuations: Sequence[str]) -> list[str]:
@@ -148,162 +137,200 @@ def references(generated: Sequence[str], continuations: Sequence[str]) -> list[s
   return [c[: max(len(g), MIN_REFERENCE_CHARS)] for g, c in zip(generated, continuations, strict=True)]
 
 
-def prose_report(
-  judge: ByteJudge,
-  lexicon: set[str],
-  prompts: Prompts,
-  greedy: Sequence[str],
-  sampled: Sequence[str],
-  greedy_eval_reading: Sequence[str],
-) -> dict:
-  """The pooled prose figures, the coherence of each decoding mode, and two diagnostics: chrF of the evaluation
-  compiler's reading, and ``chrf_mismatched`` — chrF against *other* prompts' continuations (a cyclic shift), so
-  ``chrf − chrf_mismatched`` says how much the output depends on its own input."""
-  ctx, cont = prompts.texts, prompts.references
-  out = prose_components(judge, lexicon, ctx * 2, [*greedy, *sampled], cont * 2)
-  out["coherence_greedy"] = prose_components(judge, lexicon, ctx, greedy, cont)["coherence"]
-  out["coherence_sampled"] = prose_components(judge, lexicon, ctx, sampled, cont)["coherence"]
-  out["chrf_eval_reading"] = chrf(greedy_eval_reading, references(greedy, cont))
-  gens = [*greedy, *sampled]
-  shifted = cont[1:] + cont[:1] if len(cont) > 1 else cont
-  out["chrf_mismatched"] = chrf(gens, references(gens, shifted * 2))
+# ------------------------------------------------------------------------------------------------- prose tables
+
+# Additive per-text statistics, for a generation (first block) and for its reference (second block).
+TEXT_COLUMNS = ("bits", "bytes", "hits", "words", "distinct", "novel", "texts", "pmi")
+_K = len(TEXT_COLUMNS)
+_C = {name: i for i, name in enumerate(TEXT_COLUMNS)}
+
+
+def _text_stats(
+  judge: ByteJudge, lexicon: set[str], prompts: Sequence[str], texts: Sequence[str], owner: np.ndarray
+) -> np.ndarray:
+  """``[len(texts), K]``: judge bits (static, after the prompt's last bytes), bytes, lexicon hits, words, distinct-2,
+  1 − repetition, 1, and PMI with the text's own prompt (bits; mean over every other prompt minus its own)."""
+  out = np.zeros((len(texts), _K))
+  if not len(texts):
+    return out
+  raw = [t.encode("utf-8") for t in texts]
+  lengths = np.array([len(b) for b in raw])
+  logp = judge.log2_probs(raw, [prompts[o] for o in owner])
+  out[:, _C["bits"]] = np.bincount(np.repeat(np.arange(len(raw)), lengths), weights=-logp, minlength=len(raw))
+  out[:, _C["bytes"]] = lengths
+  for i, t in enumerate(texts):
+    ws = words(t)
+    out[i, _C["hits"]] = sum(w in lexicon for w in ws)
+    out[i, _C["words"]] = len(ws)
+    out[i, _C["distinct"]] = distinct_n(t)
+    out[i, _C["novel"]] = 1.0 - repetition(t)
+  out[:, _C["texts"]] = 1.0
+  if len(prompts) > 1:
+    others = other_prompts(len(prompts))[owner]  # [texts, K]
+    pairs = np.zeros((len(raw), len(prompts)), bool)
+    pairs[np.arange(len(raw)), owner] = True
+    pairs[np.arange(len(raw))[:, None], others] = True
+    bits = judge.prompt_bits(raw, prompts, pairs)
+    own = bits[np.arange(len(raw)), owner]
+    out[:, _C["pmi"]] = np.take_along_axis(bits, others, axis=1).mean(1) - own
+  else:
+    out[:, _C["pmi"]] = np.nan
   return out
 
 
-# ------------------------------------------------------------------------------------------------- prompts
+def other_prompts(n: int, k: int = OTHER_PROMPTS) -> np.ndarray:
+  """``[n, min(k, n − 1)]``: for prompt i, the other prompts its texts are also read after — every other one when
+  there are few, else ``k`` spread evenly around the corpus order (never i; neighbours, often of the same source,
+  only by chance)."""
+  k = min(k, n - 1)
+  offsets = np.unique(np.round(np.arange(1, k + 1) * n / (k + 1)).astype(int)) if k < n - 1 else np.arange(1, n)
+  return (np.arange(n)[:, None] + offsets[None, :]) % n
 
 
-@dataclasses.dataclass
-class Prompts:
-  """Held-out prompts compiled by one ISA: ids (ragged), their raw text, the true continuation/answer."""
-
-  docs: list[int]
-  ids: list[np.ndarray]
-  texts: list[str]
-  references: list[str]
-  tasks: list[str | None]
-  kind: str  # 'prose' | 'programs'
-
-
-def token_prefix(compiler: Compiler, ids: np.ndarray, raw: str, min_bytes: int, max_tokens: int) -> int:
-  """The fewest leading ids whose decoding covers ≥ ``min_bytes`` bytes and is a prefix of ``raw`` (≤ max_tokens)."""
-
-  def nbytes(k: int) -> int:
-    return len(compiler.decode(ids[:k]).encode("utf-8"))
-
-  lo, hi = 0, min(len(ids), max_tokens)
-  while lo < hi:  # decoded length grows with k (a cut multi-byte character may wobble it by a byte)
-    mid = (lo + hi) // 2
-    if nbytes(mid) >= min_bytes:
-      hi = mid
-    else:
-      lo = mid + 1
-  k = lo
-  # A prefix that cuts a multi-byte character decodes to U+FFFD: extend to finish it, else back off.
-  for cand in [*range(k, min(k + 4, len(ids), max_tokens) + 1), *range(k - 1, 0, -1)]:
-    if raw.startswith(compiler.decode(ids[:cand])):
-      return cand
-  return 0
+def prose_table(
+  judge: ByteJudge,
+  lexicon: set[str],
+  prompts: Sequence[str],
+  generations: Sequence[Sequence[str]],
+  continuations: Sequence[str],
+) -> np.ndarray:
+  """Per prompt (row), the sums of every generation's statistics (``generations``: one list of texts per decoding,
+  each aligned with ``prompts``) and of its reference: the true continuation cut to the generation's length."""
+  gens = [g for texts in generations for g in texts]
+  owner = np.tile(np.arange(len(prompts)), len(generations))
+  refs = references(gens, [continuations[o] for o in owner])
+  table = np.zeros((len(prompts), 2 * _K))
+  np.add.at(table[:, :_K], owner, _text_stats(judge, lexicon, prompts, gens, owner))
+  np.add.at(table[:, _K:], owner, _text_stats(judge, lexicon, prompts, refs, owner))
+  return table
 
 
-def select_docs(raw_lengths: Sequence[int], n: int, min_bytes: int) -> list[int]:
-  """The first ``n`` documents (corpus order, so the same for every ISA) with at least ``min_bytes`` bytes."""
-  return [i for i, b in enumerate(raw_lengths) if b >= min_bytes][:n]
+def _div(a, b):
+  with np.errstate(divide="ignore", invalid="ignore"):
+    return np.asarray(a, np.float64) / np.where(np.asarray(b) == 0, np.nan, np.asarray(b, np.float64))
 
 
-def prose_prompts(
-  split: CompiledSplit, compiler: Compiler, raw: Sequence[str], docs: Sequence[int], prompt_bytes: int, width: int
-) -> Prompts:
-  field = split.fields["text"]
-  ids, texts, refs = [], [], []
-  for d in docs:
-    doc_ids = np.asarray(field.doc(d))
-    k = token_prefix(compiler, doc_ids, raw[d], prompt_bytes, width)
-    prefix = compiler.decode(doc_ids[:k])
-    ids.append(doc_ids[:k])
-    texts.append(prefix)
-    refs.append(raw[d][len(prefix) :])
-  return Prompts(list(docs), ids, texts, refs, [None] * len(docs), "prose")
+def _relative(gen, ref):
+  """The generation's figure over the reference's, capped at 1 (0 when the generation has none)."""
+  return np.minimum(1.0, np.nan_to_num(_div(gen, ref), nan=0.0, posinf=1.0))
 
 
-def program_prompts(split: CompiledSplit, raw_inputs: Sequence[str], raw_targets: Sequence[str], docs) -> Prompts:
-  tasks = split.labels.get("task") or [None] * split.num_docs
-  field = split.fields["input"]
-  return Prompts(
-    list(docs),
-    [np.asarray(field.doc(d)) for d in docs],
-    [raw_inputs[d] for d in docs],
-    [raw_targets[d] for d in docs],
-    [tasks[d] for d in docs],
-    "programs",
-  )
+def fit(relevance):
+  """Relevance as a score in [0, 1]: r on [0, 1], 1/r above 1 (echo), 0 below 0."""
+  r = np.asarray(relevance, np.float64)
+  with np.errstate(divide="ignore", invalid="ignore"):
+    return np.where(r > 1.0, 1.0 / r, np.clip(r, 0.0, 1.0))
 
 
-def prompt_batch(prompts: Prompts, arch: str, width: int) -> tuple[np.ndarray, np.ndarray, int]:
-  """(ids [B, W] right-padded, lengths [B], prompts truncated) in the layout ``models.generate`` expects.
-
-  Decoder: ``[BOS] + ids``. Encoder-decoder: ``ids + [EOS]`` for programs (the seq2seq source), ``ids +
-  [<extra_id_0>, EOS]`` for prose (T5: the model fills in the span after the prompt). ``W`` is fixed per model
-  so that one XLA compile serves every ISA.
-  """
-  if arch == "decoder":
-    head, tail = [specials.BOS_ID], []
-  elif prompts.kind == "programs":
-    head, tail = [], [specials.EOS_ID]
-  else:
-    head, tail = [], [specials.sentinel_id(0), specials.EOS_ID]
-  room = width - len(head) - len(tail)
-  out = np.full((len(prompts.ids), width), specials.PAD_ID, np.int32)
-  lengths = np.zeros(len(prompts.ids), np.int32)
-  truncated = 0
-  for i, ids in enumerate(prompts.ids):
-    truncated += int(len(ids) > room)
-    row = [*head, *np.asarray(ids[:room]).tolist(), *tail]
-    out[i, : len(row)] = row
-    lengths[i] = len(row)
-  return out, lengths, truncated
-
-
-def output_ids(row: np.ndarray, arch: str, kind: str) -> list[int]:
-  """The generated ids that carry text: up to EOS; for a prose encoder-decoder, the first sentinel's span."""
-  ids = []
-  seen_sentinel = False
-  for t in np.asarray(row).tolist():
-    if t in (specials.EOS_ID, specials.PAD_ID):
-      break
-    is_sentinel = specials.FIRST_SENTINEL_ID <= t < specials.FIRST_REGULAR_ID
-    if arch == "encoder_decoder" and kind == "prose" and is_sentinel:
-      if seen_sentinel or ids:  # the next span begins: the filled-in span is complete
-        break
-      seen_sentinel = True
-      continue
-    ids.append(t)
-  return ids
-
-
-def generate_texts(
-  model, prompts: Prompts, arch: str, width: int, new_tokens: int, own: Compiler, foreign: Compiler, **decoding
-) -> tuple[list[str], list[str], int]:
-  """(texts read by the CPU's compiler, texts read by the evaluation compiler, prompts truncated)."""
-  batch, lengths, truncated = prompt_batch(prompts, arch, width)
-  out = np.asarray(models.generate(model, batch, new_tokens, prompt_lengths=lengths, **decoding))
-  own_texts, foreign_texts = [], []
-  for row in out:
-    ids = output_ids(row, arch, prompts.kind)
-    own_texts.append(own.decode(ids))
-    foreign_texts.append(foreign.decode_foreign(ids)[0])
-  return own_texts, foreign_texts, truncated
-
-
-def program_components(prompts: Prompts, greedy: Sequence[str], sampled: Sequence[str]) -> dict:
-  by_task: dict[str, list[bool]] = {}
-  for task, a, t in zip(prompts.tasks, greedy, prompts.references, strict=True):
-    by_task.setdefault(task or "all", []).append(a.strip() == t.strip())
-  em = exact_match(greedy, prompts.references)
+def prose_figures(sums: np.ndarray) -> dict[str, np.ndarray]:
+  """Every prose figure from column sums of a ``prose_table`` (``[..., 2K]``, vectorised over leading axes)."""
+  g = {name: sums[..., i] for name, i in _C.items()}
+  r = {name: sums[..., _K + i] for name, i in _C.items()}
+  bpb_g, bpb_r = _div(g["bits"], g["bytes"]), _div(r["bits"], r["bytes"])
+  parts = {
+    "plausibility": np.clip(np.nan_to_num(_div(UNIFORM_BITS - bpb_g, UNIFORM_BITS - bpb_r), nan=0.0), 0.0, 1.0),
+    "lexical": _relative(_div(g["hits"], g["words"]), _div(r["hits"], r["words"])),
+    "distinct": _relative(_div(g["distinct"], g["texts"]), _div(r["distinct"], r["texts"])),
+    "novel": _relative(_div(g["novel"], g["texts"]), _div(r["novel"], r["texts"])),
+  }
+  fluency = np.min(np.stack(list(parts.values())), axis=0)
+  # Nothing generated depends on nothing: an empty output has relevance 0 (and fluency 0), not "undefined".
+  pmi_g, pmi_r = np.nan_to_num(_div(g["pmi"], g["bytes"]), nan=0.0), _div(r["pmi"], r["bytes"])
+  relevance = np.where(pmi_r > 0, _div(pmi_g, pmi_r), np.nan)
+  coherence = fluency * fit(np.nan_to_num(relevance, nan=0.0))
   return {
-    "exact_match": em,
-    "exact_match_sampled": exact_match(sampled, prompts.references),
-    "exact_match_by_task": {k: float(np.mean(v)) for k, v in sorted(by_task.items())},
-    "chrf": chrf(greedy, prompts.references),
-    "coherence": em,
+    "fluency": fluency,
+    "relevance": relevance,
+    "coherence": np.where(np.isnan(relevance), np.nan, coherence),
+    "judge_bpb_generated": bpb_g,
+    "judge_bpb_real": bpb_r,
+    "lexical_validity": _div(g["hits"], g["words"]),
+    "distinct_2": _div(g["distinct"], g["texts"]),
+    "repetition": 1.0 - _div(g["novel"], g["texts"]),
+    "pmi_per_byte": pmi_g,
+    "pmi_per_byte_real": pmi_r,
+    **{f"fluency_{k}": v for k, v in parts.items()},
+  }
+
+
+# ------------------------------------------------------------------------------------------------- programs tables
+
+PROGRAM_COLUMNS = ("exact", "well_formed", "answers")
+
+
+def program_table(answers: Sequence[str], targets: Sequence[str], tasks: Sequence[str | None]) -> np.ndarray:
+  """Per prompt: exact match, well-formed, 1."""
+  return np.array(
+    [
+      [float(a.strip() == t.strip()), float(well_formed(task, a)), 1.0]
+      for a, t, task in zip(answers, targets, tasks, strict=True)
+    ],
+    np.float64,
+  ).reshape(-1, 3)
+
+
+def program_figures(sums: np.ndarray) -> dict[str, np.ndarray]:
+  exact = _div(sums[..., 0], sums[..., 2])
+  return {"fluency": _div(sums[..., 1], sums[..., 2]), "relevance": exact, "coherence": exact, "exact_match": exact}
+
+
+# ------------------------------------------------------------------------------------------------- assessment
+
+
+def assess(table: np.ndarray, kind: str, *, seed: int = 0, keys: Sequence[str] = FIGURES) -> dict:
+  """Point figures of a per-prompt table (every key of ``*_figures``) and 95% bootstrap intervals (``<key>_ci``)
+  for ``keys``."""
+  figures = prose_figures if kind == "prose" else program_figures
+  point = {k: _plain(v) for k, v in figures(table.sum(0)).items()}
+  for k in keys:
+    if point.get(k) is not None:
+      point[f"{k}_ci"] = intervals.bootstrap(table, lambda s, k=k: figures(s)[k], seed=seed)
+  return point
+
+
+def _plain(v) -> float | None:
+  v = float(v)
+  return v if math.isfinite(v) else None
+
+
+# ------------------------------------------------------------------------------------------------- calibration
+
+
+def prose_references(continuations: Sequence[str], prompts: Sequence[str], length: int, seed: int = 0) -> dict:
+  """Texts whose answer is known, one per prompt: the true continuation, another document's (far in corpus order,
+  fluent and irrelevant), random bytes, a repeated piece, and the prompt itself (an echo)."""
+  n = len(continuations)
+  true = [c[:length] for c in continuations]
+  rng = np.random.default_rng([seed, 11])
+  noise = [bytes(rng.integers(0, 256, len(t.encode("utf-8")), dtype=np.uint8)).decode("utf-8", "replace") for t in true]
+  repeated = []
+  for t in true:
+    piece = (words(t) or ["the"])[0]
+    repeated.append(" ".join([piece] * max(1, len(t) // (len(piece) + 1))))
+  return {
+    "true continuation": true,
+    "another document's continuation": [true[(i + n // 2) % n] for i in range(n)] if n > 1 else true,
+    "random bytes": noise,
+    "repeated piece": repeated,
+    "prompt echoed": list(prompts),
+  }
+
+
+def program_references(targets: Sequence[str], tasks: Sequence[str | None], seed: int = 0) -> dict:
+  """Known answers per program: the true one, another program's of the same task, random bytes, a repeated piece."""
+  n = len(targets)
+  by_task: dict = {}
+  for i, task in enumerate(tasks):
+    by_task.setdefault(task, []).append(i)
+  other = list(range(n))
+  for members in by_task.values():
+    for k, i in enumerate(members):
+      other[i] = members[(k + len(members) // 2) % len(members)] if len(members) > 1 else i
+  rng = np.random.default_rng([seed, 13])
+  noise = [bytes(rng.integers(0, 256, max(1, len(t)), dtype=np.uint8)).decode("utf-8", "replace") for t in targets]
+  return {
+    "true answer": list(targets),
+    "another program's answer (same task)": [targets[j] for j in other],
+    "random bytes": noise,
+    "repeated piece": ["the " * max(1, len(t)) for t in targets],
   }

@@ -25,7 +25,7 @@ from flax import nnx
 from llmcpu import checkpoints as binaries
 from llmcpu import compilers, specials, trainer
 from llmcpu.compilers import Compiler
-from llmcpu.crosseval import coherence, scoring
+from llmcpu.crosseval import calibration, coherence, generation, scoring
 from llmcpu.crosseval.library import Library, one_line
 from llmcpu.data.compiled import CompiledSplit
 from llmcpu.data.pipeline import Pipeline, bytes_per_token
@@ -41,12 +41,13 @@ class CrossEvalOptions:
   max_docs: int = 0  # score only the first N documents of the split; 0 = all
   seed: int = 0  # MLM masks, span corruption, sampling
   coherence: bool = True  # generate and judge (decoders, encoder-decoders)
-  prompts: int = 16  # prose prompts (held-out documents long enough)
-  program_prompts: int = 64  # programs prompts
+  prompts: int = 64  # prose prompts (held-out documents long enough, evenly spread over the split)
+  program_prompts: int = 1000  # programs prompts
   prompt_bytes: int = 64  # prose prompt: the shortest token prefix covering this many bytes
   new_tokens: int = 32  # prose generation length
   answer_tokens: int = 48  # programs: answer budget (generation stops at EOS)
   temperature: float = 0.8  # the sampled generation (the other is greedy)
+  shuffled_prompts: bool = True  # calibration: native CPUs also run their prompts with the ids shuffled
   judge_order: int = 5
   judge_max_bytes: int = 16 << 20
   representation_docs: int = 32  # encoders: documents embedded natively and foreign
@@ -61,6 +62,9 @@ class LoadedModel:
   meta: dict
   compiler: Compiler
   name: str
+
+
+_SUMMARY_FIGURES = ("fluency", "relevance", "coherence")
 
 
 def _round_up(n: int, k: int = 8) -> int:
@@ -127,6 +131,7 @@ class ModelEvaluator:
       input_length=self.input_length,
       target_length=self.target_length,
       shuffle=False,
+      document_ids=True,
       **extra,
     )
 
@@ -140,19 +145,20 @@ class ModelEvaluator:
     pipe = self.pipeline(test, objective)
     share = scoring.unk_share_nats(self.mc.vocab_size, comp.vocab_size)
     policy = self.mc.illegal_id_policy
-    sums = scoring.run_pass(self.sums_fn, self.params, self.rest, pipe.eval_batches(), share)
     fields = scoring.scored_fields(test, objective)
-    bpb = scoring.bits_per_byte(sums["nll"], sums["bytes"])
+    unigram = self.lib.unigram_bits(corpus_name, comp, fields, self.opt.train_split)
+    scored = scoring.run_pass(self.sums_fn, self.params, self.rest, pipe.eval_batches(), share, unigram, test.num_docs)
+    sums = scored["total"]
     rate, n_illegal, n_ids = scoring.illegal_rate(test, self.mc.vocab_size)
     all_ids = scoring.field_ids(test, list(test.fields))
     bpt = float(np.mean([bytes_per_token(test, f) for f in fields]))
     context = self.input_length if objective in trainer.SEQ2SEQ_OBJECTIVES else self.length
-    return {
+    row = {
       "corpus_name": corpus_name,
       "objective": objective,
-      "bits_per_byte": bpb,
+      "bits_per_byte": scoring.bits_per_byte(sums["nll"], sums["bytes"]),
       "bpb_uniform": math.log2(self.mc.vocab_size) * sums["tokens"] / sums["bytes"] if sums["bytes"] else None,
-      "bpb_unigram": self.lib.unigram_bpb(corpus_name, comp, test, fields, self.opt.train_split),
+      "bpb_unigram": sums["unigram_bits"] / sums["bytes"] if sums["bytes"] else None,
       "token_accuracy": sums["correct"] / sums["tokens"] if sums["tokens"] else None,
       "illegal_rate": rate,
       "illegal_ids": n_illegal,
@@ -170,7 +176,10 @@ class ModelEvaluator:
       "unk_rate": float(np.count_nonzero(all_ids == specials.UNK_ID) / max(len(all_ids), 1)),
       "truncated_examples": int(pipe.summary().get("truncated_examples", 0)),
       "xla_compiles": self.xla_compiles,
+      "_docs": scored["docs"],
     }
+    row["bits_per_byte_ci"] = scoring.bpb_interval(row, seed=self.opt.seed)
+    return row
 
   def cell(self, comp: Compiler, eval_label: str) -> dict:
     t0 = time.time()
@@ -189,7 +198,7 @@ class ModelEvaluator:
       if self.arch == "encoder":
         row["representation_agreement"] = self.representation_agreement(comp, row["corpus_name"])
       elif self.opt.coherence:
-        row.update(self.coherence(comp, row["corpus_name"]))
+        row.update(self.coherence(comp, row["corpus_name"], native=row["native"]))
     except Exception as e:  # noqa: BLE001
       key = "representation_error" if self.arch == "encoder" else "coherence_error"
       row[key] = one_line(e)
@@ -200,6 +209,7 @@ class ModelEvaluator:
     return {
       "checkpoint": self.loaded.name,
       "step": self.meta.get("step"),
+      "seed": self.config.get("seed"),
       "arch": self.arch,
       "model_isa": self.own.name,
       "model_isa_spec": str(self.own.spec),
@@ -212,41 +222,76 @@ class ModelEvaluator:
 
   # --- coherence (decoders, encoder-decoders) -------------------------------------------------------------------
 
-  def coherence(self, comp: Compiler, corpus_name: str) -> dict:
+  def coherence(self, comp: Compiler, corpus_name: str, *, native: bool = False) -> dict:
+    """Generate from held-out prompts compiled by ``comp``; judge fluency, relevance and coherence with intervals.
+
+    A native cell also runs its prompts shuffled (the CPU's own opcodes in a random order): a calibration that
+    relevance measures execution of *this* program, not of any text made of its pieces.
+    """
     opt = self.opt
     test = self.lib.split(corpus_name, comp, opt.split)
     raw = self.lib.raw_texts(corpus_name, comp, opt.split)
-    own_reading = dict(own=self.own, foreign=comp)
+    fill_span = self.arch == "encoder_decoder" and trainer.objective_for(self.config, test.kind) == "span_corruption"
     if test.kind == "seq2seq":
       docs = list(range(min(opt.program_prompts, test.num_docs)))
-      prompts = coherence.program_prompts(test, raw["input"], raw["target"], docs)
+      prompts = generation.program_prompts(test, raw["input"], raw["target"], docs)
       longest = max((len(raw["input"][d].encode("utf-8")) for d in docs), default=1)
       width, new = _round_up(longest + 2), opt.answer_tokens
     else:
       lengths = [len(t.encode("utf-8")) for t in raw["text"]]
-      docs = coherence.select_docs(lengths, opt.prompts, opt.prompt_bytes + coherence.MIN_REFERENCE_CHARS * 4)
+      docs = generation.select_docs(lengths, opt.prompts, opt.prompt_bytes + coherence.MIN_REFERENCE_CHARS * 4)
       if not docs:
         return {"coherence_error": f"no held-out document has {opt.prompt_bytes} bytes to prompt with"}
       width = _round_up(opt.prompt_bytes + 6)  # ≥ 1 byte per token, + a cut character, BOS/sentinel/EOS
-      prompts = coherence.prose_prompts(test, comp, raw["text"], docs, opt.prompt_bytes, width - 2)
-      new = opt.new_tokens + (1 if self.arch == "encoder_decoder" else 0)  # + the leading sentinel
+      prompts = generation.prose_prompts(test, comp, raw["text"], docs, opt.prompt_bytes, width - 2)
+      new = opt.new_tokens + (1 if fill_span else 0)  # + the leading sentinel
     if self.mc.positions == "learned":
       new = min(new, self.mc.max_len - (width if self.arch == "decoder" else 0))
-    run = dict(arch=self.arch, width=width, new_tokens=new, **own_reading)
-    greedy, greedy_foreign, truncated = coherence.generate_texts(self.model, prompts, **run, temperature=0.0)
-    sampled, _, _ = coherence.generate_texts(self.model, prompts, **run, temperature=opt.temperature, seed=opt.seed)
+    run = dict(arch=self.arch, width=width, new_tokens=new, own=self.own, foreign=comp, fill_span=fill_span)
+
+    def generate(p: generation.Prompts) -> tuple[list[str], list[str], list[str], int]:
+      greedy, greedy_foreign, truncated = generation.generate_texts(self.model, p, **run, temperature=0.0)
+      sampled, _, _ = generation.generate_texts(self.model, p, **run, temperature=opt.temperature, seed=opt.seed)
+      return greedy, sampled, greedy_foreign, truncated
+
+    greedy, sampled, greedy_foreign, truncated = generate(prompts)
     out: dict = {"prompts": len(prompts.ids), "prompts_truncated": truncated}
+    out.update(self.judge(prompts, corpus_name, comp, greedy, sampled))
     if prompts.kind == "programs":
-      out.update(coherence.program_components(prompts, greedy, sampled))
       out["exact_match_eval_reading"] = coherence.exact_match(greedy_foreign, prompts.references)
     else:
-      judge, lexicon = self.lib.judge(corpus_name, comp, opt.train_split)
-      out.update(coherence.prose_report(judge, lexicon, prompts, greedy, sampled, greedy_foreign))
+      out["chrf_eval_reading"] = coherence.chrf(greedy_foreign, coherence.references(greedy, prompts.references))
+    if native and opt.shuffled_prompts:
+      shuffled = prompts.shuffled(opt.seed)
+      s_greedy, s_sampled, _, _ = generate(shuffled)
+      judged = self.judge(prompts, corpus_name, comp, s_greedy, s_sampled)  # judged against the real prompts
+      out["shuffled_prompt"] = {k: judged.get(k) for k in (*_SUMMARY_FIGURES, *(f"{f}_ci" for f in _SUMMARY_FIGURES))}
     rows = zip(prompts.texts, prompts.references, greedy, sampled, greedy_foreign, strict=True)
     out["samples"] = [
       {"prompt": p, "reference": r[:200], "greedy": g, "sampled": s, "greedy_eval_reading": f}
       for p, r, g, s, f in list(rows)[: opt.samples]
     ]
+    return out
+
+  def judge(self, prompts: generation.Prompts, corpus_name: str, comp: Compiler, greedy, sampled) -> dict:
+    """Fluency, relevance, coherence (+ intervals) and their parts for one set of generations."""
+    if prompts.kind == "programs":
+      table = coherence.program_table(greedy, prompts.references, prompts.tasks)
+      out = coherence.assess(table, "programs", seed=self.opt.seed, keys=_SUMMARY_FIGURES)
+      by_task: dict[str, list[bool]] = {}
+      for task, a, t in zip(prompts.tasks, greedy, prompts.references, strict=True):
+        by_task.setdefault(task or "all", []).append(a.strip() == t.strip())
+      out["exact_match_sampled"] = coherence.exact_match(sampled, prompts.references)
+      out["exact_match_by_task"] = {k: float(np.mean(v)) for k, v in sorted(by_task.items())}
+      out["exact_match_ci"] = out["relevance_ci"]
+      out["chrf"] = coherence.chrf(greedy, prompts.references)
+      return out
+    judge, lexicon = self.lib.judge(corpus_name, comp, self.opt.train_split)
+    table = coherence.prose_table(judge, lexicon, prompts.texts, [greedy, sampled], prompts.references)
+    out = coherence.assess(table, "prose", seed=self.opt.seed)
+    gens = [*greedy, *sampled]
+    out["chrf"] = coherence.chrf(gens, coherence.references(gens, prompts.references * 2))
+    out["empty_generations"] = sum(not g for g in gens)
     return out
 
   # --- representation agreement (encoders) ----------------------------------------------------------------------
@@ -265,7 +310,7 @@ class ModelEvaluator:
       pair = [(self.own, np.asarray(native.fields[field].doc(i))), (comp, np.asarray(foreign.fields[field].doc(i)))]
       reach = min(len(c.decode(ids[: width - 1]).encode("utf-8")) for c, ids in pair)  # both can cover this span
       for j, (c, ids) in enumerate(pair):
-        k = coherence.token_prefix(c, ids, raw[i], reach, width - 1)
+        k = generation.token_prefix(c, ids, raw[i], reach, width - 1)
         batches[j, i, : k + 1] = [specials.BOS_ID, *ids[:k].tolist()]
     emb = [np.asarray(self.embed_fn(self.params, self.rest, jnp.asarray(b)), np.float64) for b in batches]
     cos = np.sum(emb[0] * emb[1], axis=1) / np.maximum(
@@ -346,3 +391,10 @@ def evaluate(
     del evaluator, loaded
   scoring.add_baselines(rows)
   return rows
+
+
+def calibrate(compile_dir: str, corpus: str, isa: str, options: CrossEvalOptions | None = None) -> list[dict]:
+  """The calibration rows of one corpus (see ``calibration.py``), read from ``compile_dir`` through ISA ``isa``."""
+  opt = options or CrossEvalOptions()
+  lib = Library(compile_dir, max_docs=opt.max_docs, judge_order=opt.judge_order, judge_max_bytes=opt.judge_max_bytes)
+  return calibration.calibrate(lib, corpus, lib.compiler(isa), opt)

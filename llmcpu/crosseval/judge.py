@@ -4,6 +4,18 @@ It reads raw UTF-8 bytes, so it is independent of every ISA: it can score text g
 any compiler, on the same scale. It is trained on the raw text of a corpus' train split; its bits per byte on
 generated text is reported next to its bits per byte on real held-out text (the ratio is what matters).
 
+It judges two things. **Fluency** (``bits_per_byte``): how well-formed a text is as text of the corpus, from the
+static model, the text's own bytes and the last few bytes before it. **Relevance** (``prompt_bits``): how much a
+text depends on a given prompt, from the same model *adapted to the prompt* — a cache model (Kuhn & De Mori 1990)
+whose counts of the prompt's own n-grams are interpolated on top of the static probability, again by Witten–Bell::
+
+  q_m(w | h) = p(w | h)                                                         (the static model)
+  q_n(w | h) = (c_P(h_n w) + T_P(h_n) · q_{n−1}(w | h)) / (c_P(h_n) + T_P(h_n))  if c_P(h_n) > 0, else q_{n−1}
+
+for n over ``cache_orders`` (``h_n``: the last n−1 bytes of prompt + text so far, ``c_P``/``T_P``: counts and distinct
+successors in the prompt). A text that reuses the prompt's words, names and phrasing costs fewer bits under its own
+prompt than under another document's; one that ignores its prompt costs the same under both, in expectation.
+
 Witten–Bell, order N (context of N−1 bytes), interpolated from a uniform distribution over the 256 bytes::
 
   p_0(w) = 1/256
@@ -22,6 +34,8 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 
 MAX_ORDER = 7  # 8 bytes per int64 key; one is left for the sign
+# n-gram orders the prompt cache adapts: contexts of 2–6 bytes (a single byte of context is in every prompt).
+CACHE_ORDERS = (3, 7)
 
 
 @dataclasses.dataclass
@@ -52,6 +66,48 @@ def _stream(texts: Iterable[str | bytes], pad: int) -> tuple[np.ndarray, np.ndar
   return np.concatenate(parts), np.concatenate(mask)
 
 
+def _utf8(text: str | bytes) -> bytes:
+  return text.encode("utf-8") if isinstance(text, str) else text
+
+
+def _joined(pairs: Sequence[tuple[bytes, bytes]], pad: int) -> tuple[np.ndarray, np.ndarray]:
+  """One byte stream of ``pad`` zeros + context + text per pair, and the mask of the text positions (scored)."""
+  stream, _ = _stream([c + t for c, t in pairs], pad)
+  scored = np.zeros(len(stream), bool)
+  pos = 0
+  for c, t in pairs:
+    pos += pad + len(c)
+    scored[pos : pos + len(t)] = True
+    pos += len(t)
+  return stream, scored
+
+
+def _position_in_text(scored: np.ndarray) -> np.ndarray:
+  """For each position of a ``_joined`` stream, its index within its text's run of scored positions."""
+  idx = np.arange(len(scored))
+  run_start = np.maximum.accumulate(np.where(scored & ~np.concatenate([[False], scored[:-1]]), idx, 0))
+  return idx - run_start
+
+
+def _cache_tables(prompt: np.ndarray, n: int) -> tuple[_Table, _Table, _Table]:
+  """Counts of the prompt's own n-grams, of their contexts, and the contexts' distinct successors."""
+  grams, counts = np.unique(_keys(prompt, n)[n - 1 :], return_counts=True)  # n-grams wholly inside the prompt
+  ctx, first = np.unique(grams >> 8, return_index=True)
+  return (
+    _Table(grams, counts),
+    _Table(ctx, np.add.reduceat(counts, first)),
+    _Table(ctx, np.diff(np.append(first, len(grams)))),
+  )
+
+
+def _adapt(q: np.ndarray, grams: np.ndarray, tables: tuple[_Table, _Table, _Table]) -> np.ndarray:
+  """One Witten–Bell step of the prompt cache on top of ``q`` (see the module docstring)."""
+  c_hw = tables[0].lookup(grams).astype(np.float64)
+  c_h = tables[1].lookup(grams >> 8).astype(np.float64)
+  t_h = tables[2].lookup(grams >> 8).astype(np.float64)
+  return np.where(c_h > 0, (c_hw + t_h * q) / np.maximum(c_h + t_h, 1.0), q)
+
+
 def _keys(stream: np.ndarray, n: int) -> np.ndarray:
   """Key of the n bytes ending at each position (positions < n−1 see zeros before the stream)."""
   s = np.concatenate([np.zeros(max(n - 1, 0), np.int64), stream.astype(np.int64)])
@@ -64,10 +120,12 @@ def _keys(stream: np.ndarray, n: int) -> np.ndarray:
 class ByteJudge:
   """``fit(texts)`` then ``bits_per_byte(texts, contexts)``; deterministic, no tokenizer."""
 
-  def __init__(self, order: int = 5):
+  def __init__(self, order: int = 5, cache_orders: tuple[int, int] = CACHE_ORDERS):
     if not 1 <= order <= MAX_ORDER:
       raise ValueError(f"judge order must be in [1, {MAX_ORDER}], got {order}")
-    self.order = order
+    if not 2 <= cache_orders[0] <= cache_orders[1] <= MAX_ORDER:
+      raise ValueError(f"judge cache orders must satisfy 2 <= lo <= hi <= {MAX_ORDER}, got {cache_orders}")
+    self.order, self.cache_orders = order, tuple(cache_orders)
     self.grams: list[_Table] = []  # grams[n-1]: counts of n-grams
     self.ctx_count: list[_Table] = []  # ctx_count[n-1]: c(h) for contexts of n−1 bytes (n ≥ 2)
     self.ctx_types: list[_Table] = []  # T(h)
@@ -99,19 +157,11 @@ class ByteJudge:
     pad = self.order - 1
     if contexts is None:
       contexts = [b""] * len(texts)
-    joined = []
-    for ctx, text in zip(contexts, texts, strict=True):
-      c = ctx.encode("utf-8") if isinstance(ctx, str) else ctx
-      t = text.encode("utf-8") if isinstance(text, str) else text
-      joined.append((c[-pad:] if pad else b"", t))
-    stream, mask = _stream([c + t for c, t in joined], pad)
-    # Only the text's bytes are scored: mark the context bytes as not scored.
-    scored = mask.copy()
-    pos = 0
-    for c, t in joined:
-      pos += pad
-      scored[pos : pos + len(c)] = False
-      pos += len(c) + len(t)
+    pairs = [(_utf8(c)[-pad:] if pad else b"", _utf8(t)) for c, t in zip(contexts, texts, strict=True)]
+    return self._static_log2(*_joined(pairs, pad))
+
+  def _static_log2(self, stream: np.ndarray, scored: np.ndarray) -> np.ndarray:
+    """log2 p of the static model at the ``scored`` positions of a byte stream."""
     p = np.full(int(scored.sum()), 1.0 / 256.0)
     for n in range(1, self.order + 1):
       gram = _keys(stream, n)[scored]
@@ -125,6 +175,44 @@ class ByteJudge:
       seen = c_h > 0
       p = np.where(seen, (c_hw + t_h * p) / np.maximum(c_h + t_h, 1.0), p)
     return np.log2(p)
+
+  def prompt_bits(
+    self, texts: Sequence[str | bytes], prompts: Sequence[str | bytes], pairs: np.ndarray | None = None
+  ) -> np.ndarray:
+    """Bits of texts under prompts, ``[len(texts), len(prompts)]``: each text read right after the prompt by the
+    model adapted to that prompt (see the module docstring). ``pairs`` (bool, same shape): only those entries are
+    computed, the others are NaN."""
+    if not self.grams:
+      raise ValueError("the judge is not trained; call fit() first")
+    raw = [_utf8(t) for t in texts]
+    pairs = np.ones((len(raw), len(prompts)), bool) if pairs is None else np.asarray(pairs, bool)
+    lo, hi = self.cache_orders
+    pad = max(self.order, hi) - 1  # the first `pad` bytes of a text see the prompt in their contexts; the rest do not
+    lengths = np.array([len(t) for t in raw], np.int64)
+    rest_owner = np.repeat(np.arange(len(raw)), np.maximum(lengths - pad, 0))
+    stream, scored = _joined([(b"", t) for t in raw], pad)
+    rest = scored & (_position_in_text(scored) >= pad)
+    rest_static = 2.0 ** self._static_log2(stream, rest)  # computed once: the same under every prompt
+    rest_keys = {n: _keys(stream, n)[rest] for n in range(lo, hi + 1)}
+    out = np.full((len(raw), len(prompts)), np.nan)
+    for j, prompt in enumerate(prompts):
+      chosen = np.flatnonzero(pairs[:, j])
+      if not len(chosen):
+        continue
+      p = _utf8(prompt)
+      h_stream, h_scored = _joined([(p[-pad:], raw[i][:pad]) for i in chosen], pad)
+      head_owner = np.repeat(np.arange(len(chosen)), np.minimum(lengths[chosen], pad))
+      in_rest = pairs[rest_owner, j]
+      q_head = 2.0 ** self._static_log2(h_stream, h_scored)
+      q_rest = rest_static[in_rest]
+      own = np.frombuffer(p, np.uint8)
+      for n in range(lo, min(hi, len(own)) + 1):
+        tables = _cache_tables(own, n)
+        q_head = _adapt(q_head, _keys(h_stream, n)[h_scored], tables)
+        q_rest = _adapt(q_rest, rest_keys[n][in_rest], tables)
+      bits = np.bincount(rest_owner[in_rest], weights=-np.log2(q_rest), minlength=len(raw))[chosen]
+      out[chosen, j] = bits + np.bincount(head_owner, weights=-np.log2(q_head), minlength=len(chosen))
+    return out
 
   def bits_per_byte(self, texts: Sequence[str | bytes], contexts: Sequence[str | bytes] | None = None) -> float:
     """Mean −log2 p over all bytes of ``texts`` (pooled); NaN when there are no bytes."""

@@ -7,12 +7,13 @@ byte judge and the lexicon of its train split.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 
 import numpy as np
 
-from llmcpu import cache, compilers
+from llmcpu import cache, compilers, loss
 from llmcpu.compilers import Compiler
 from llmcpu.crosseval import scoring
 from llmcpu.crosseval.judge import ByteJudge
@@ -31,7 +32,7 @@ def head(split: CompiledSplit, n: int) -> CompiledSplit:
     end = int(f.offsets[n])
     fields[name] = CompiledField(tokens=f.tokens[:end], offsets=f.offsets[: n + 1], nbytes=f.nbytes[:n])
   labels = {k: v[:n] for k, v in split.labels.items()}
-  return CompiledSplit(fields=fields, labels=labels, manifest=dict(split.manifest, num_docs=n))
+  return dataclasses.replace(split, fields=fields, labels=labels, manifest=dict(split.manifest, num_docs=n))
 
 
 class Library:
@@ -107,14 +108,20 @@ class Library:
     n = self.max_docs
     return {k: v[:n] for k, v in raw.items()} if limit and n > 0 else raw
 
-  def unigram_bpb(self, corpus_name: str, compiler: Compiler, test: CompiledSplit, fields: list[str], train: str):
+  def unigram_bits(self, corpus_name: str, compiler: Compiler, fields: list[str], train: str) -> np.ndarray:
+    """−log2 p(id) of the evaluation ISA's unigram model (``scoring.unigram_log2_probs`` on the train split)."""
     key = (corpus_name, compiler.fingerprint, train, tuple(fields))
     if key not in self._unigram:
-      self._unigram[key] = scoring.unigram_log2_probs(self.split(corpus_name, compiler, train, limit=False), fields)
+      train_split = self.split(corpus_name, compiler, train, limit=False)
+      self._unigram[key] = -scoring.unigram_log2_probs(train_split, fields)
+    return self._unigram[key]
+
+  def unigram_bpb(self, corpus_name: str, compiler: Compiler, test: CompiledSplit, fields: list[str], train: str):
+    """The unigram model's bits per byte on every content id of ``test``'s ``fields``."""
     ids = scoring.field_ids(test, fields)
-    ids = ids[np.asarray(scoring.is_content(ids))]
+    ids = ids[np.asarray(loss.is_content(ids))]
     nbytes = scoring.field_bytes(test, fields)
-    return float(-self._unigram[key][ids].sum() / nbytes) if nbytes else None
+    return float(self.unigram_bits(corpus_name, compiler, fields, train)[ids].sum() / nbytes) if nbytes else None
 
   def judge(self, corpus_name: str, compiler: Compiler, train: str) -> tuple[ByteJudge, set[str]]:
     """The byte judge and the word lexicon of a corpus' train split (built once per corpus)."""

@@ -1,9 +1,12 @@
 """The cross-evaluation report: results.jsonl, a matrix per metric (Markdown, CSV, LaTeX, heatmap) and summary.md.
 
 Matrices: rows are the CPUs (``model ISA · arch``, with the corpus when there are several), columns the evaluation
-ISAs. Native cells (the evaluation ISA is the model's own, by fingerprint) are bold in Markdown and LaTeX, carry a
-trailing ``*`` in CSV and are outlined in heatmaps; failed cells read ``failed``; cells with no figure are empty.
-``matrix(rows, metric)`` and ``markdown_table(rows, metric)`` rebuild any table from the rows (e.g. for a README).
+ISAs. A CPU trained with several seeds is one row: its cell shows the mean over seeds ± their standard deviation;
+with one seed the cell shows the figure and its 95% bootstrap interval over documents (``(lo–hi)``), when the row
+has one. Native cells (the evaluation ISA is the model's own, by fingerprint) are bold in Markdown and LaTeX, carry a
+trailing ``*`` in CSV (which holds the means; ``results.jsonl`` has every per-seed figure and interval) and are
+outlined in heatmaps; failed cells read ``failed``; cells with no figure are empty. ``matrix(rows, metric)`` and
+``markdown_table(rows, metric)`` rebuild any table from the rows (e.g. for a README).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import numpy as np  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 
 from llmcpu.crosseval import summary  # noqa: E402
+from llmcpu.crosseval.intervals import mean_std  # noqa: E402
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,11 +40,13 @@ class Metric:
 METRICS: dict[str, Metric] = {
   "bits_per_byte": Metric("bits per byte (lower is better)", lower_is_better=True),
   "normalized_score": Metric("normalized score: 1 native, 0 unigram, <0 worse", digits=2),
+  "coherence": Metric("coherence = fluency x fit(relevance), in [0, 1]"),
+  "relevance": Metric("relevance: prompt dependence, 1 = true continuation, 0 = independent of the prompt"),
+  "fluency": Metric("fluency: well-formed text of the corpus, 1 = held-out text"),
   "token_accuracy": Metric("token accuracy"),
   "illegal_rate": Metric("illegal opcode rate (ids >= model vocab)", lower_is_better=True),
   "misread_rate": Metric("misread opcode rate (legal ids naming another piece)", lower_is_better=True),
   "isa_overlap": Metric("ISA overlap (shared id -> piece)", digits=2),
-  "coherence": Metric("coherence of generations in [0, 1]"),
   "exact_match": Metric("programs: exact match of the greedy answer"),
   "representation_agreement": Metric("encoders: cosine of native vs foreign pooled embeddings"),
   "bpb_unigram": Metric("unigram baseline bits per byte", lower_is_better=True),
@@ -48,20 +54,36 @@ METRICS: dict[str, Metric] = {
 ALWAYS = (
   "bits_per_byte",
   "normalized_score",
+  "coherence",
+  "relevance",
+  "fluency",
   "token_accuracy",
   "illegal_rate",
   "misread_rate",
   "isa_overlap",
-  "coherence",
 )
+HEADLINE = ("bits_per_byte", "normalized_score", "fluency", "relevance", "coherence")
+
+
+@dataclasses.dataclass
+class Cell:
+  """One matrix cell: the mean over seeds, their standard deviation (≥ 2 seeds) or the single seed's interval."""
+
+  mean: float
+  std: float | None = None
+  ci: tuple[float, float] | None = None
+  seeds: int = 1
 
 
 @dataclasses.dataclass
 class Matrix:
   rows: list[str]
   columns: list[str]
-  values: list[list[float | str | None]]  # a number, "failed", or None
+  values: list[list[Cell | str | None]]  # a Cell, "failed", or None
   native: np.ndarray  # bool [rows, columns]
+
+  def means(self) -> np.ndarray:
+    return np.array([[v.mean if isinstance(v, Cell) else np.nan for v in row] for row in self.values], float)
 
 
 def row_label(r: dict, multi_corpus: bool) -> str:
@@ -71,56 +93,82 @@ def row_label(r: dict, multi_corpus: bool) -> str:
   return f"{label} · {r['corpus']}" if multi_corpus else label
 
 
-def _labels(rows: Sequence[dict]) -> dict[str, str]:
-  """checkpoint → its row label, made unique (a second run of the same CPU gets its checkpoint name)."""
+def labels(rows: Sequence[dict]) -> dict[str, str]:
+  """checkpoint → its row label. Seeds of one CPU share a label; a second run of the same CPU and seed gets its
+  checkpoint name."""
   multi = len({r["corpus"] for r in rows if r.get("corpus")}) > 1
   out: dict[str, str] = {}
+  taken: set[tuple] = set()
   for r in rows:
     ck = r["checkpoint"]
     if ck in out:
       continue
     label = row_label(r, multi)
-    if label in out.values():
+    if (label, r.get("seed")) in taken:
       label = f"{label} ({os.path.basename(os.path.normpath(str(ck)))})"
+    taken.add((label, r.get("seed")))
     out[ck] = label
   return out
 
 
 def matrix(rows: Sequence[dict], metric: str) -> Matrix:
-  labels = _labels(rows)
+  names_of = labels(rows)
   columns = list(dict.fromkeys(r["eval_isa"] for r in rows))
   col_index = {c: i for i, c in enumerate(columns)}
   info = {}
   for r in rows:
-    info.setdefault(labels[r["checkpoint"]], (r.get("arch") or "~", col_index.get(r.get("model_isa"), len(columns))))
+    info.setdefault(names_of[r["checkpoint"]], (r.get("arch") or "~", col_index.get(r.get("model_isa"), len(columns))))
   # By architecture, then in column order of the model's ISA: native cells fall on a diagonal.
   names = sorted(info, key=lambda n: (info[n][0], info[n][1], n))
   row_index = {n: i for i, n in enumerate(names)}
-  values: list[list[float | str | None]] = [[None] * len(columns) for _ in names]
+  found: dict[tuple[int, int], list[dict]] = {}
   native = np.zeros((len(names), len(columns)), bool)
   for r in rows:
-    i, j = row_index[labels[r["checkpoint"]]], col_index[r["eval_isa"]]
-    values[i][j] = "failed" if r.get("status") != "ok" else _number(r.get(metric))
-    native[i, j] = bool(r.get("native"))
+    i, j = row_index[names_of[r["checkpoint"]]], col_index[r["eval_isa"]]
+    found.setdefault((i, j), []).append(r)
+    native[i, j] |= bool(r.get("native"))
+  values: list[list[Cell | str | None]] = [[None] * len(columns) for _ in names]
+  for (i, j), cell_rows in found.items():
+    values[i][j] = _cell(cell_rows, metric)
   return Matrix(names, columns, values, native)
+
+
+def _cell(cell_rows: list[dict], metric: str) -> Cell | str | None:
+  if any(r.get("status") != "ok" for r in cell_rows):
+    return "failed"
+  figures = [_number(r.get(metric)) for r in cell_rows]
+  mean, std = mean_std(figures)
+  if mean is None:
+    return None
+  ci = cell_rows[0].get(f"{metric}_ci") if len(cell_rows) == 1 else None
+  return Cell(mean, std, tuple(ci) if ci else None, len(cell_rows))
 
 
 def _number(v) -> float | None:
   return float(v) if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) else None
 
 
-def _fmt(v, digits: int) -> str:
-  return v if isinstance(v, str) else "" if v is None else f"{v:.{digits}f}"
+def _fmt(v, digits: int, *, spread: bool = True, pm: str = "±", dash: str = "–") -> str:
+  if isinstance(v, str):
+    return v
+  if v is None:
+    return ""
+  text = f"{v.mean:.{digits}f}"
+  if spread and v.std is not None:
+    text += f" {pm} {v.std:.{digits}f}"
+  elif spread and v.ci is not None:
+    text += f" ({v.ci[0]:.{digits}f}{dash}{v.ci[1]:.{digits}f})"
+  return text
 
 
-def markdown_table(rows: Sequence[dict], metric: str) -> str:
+def markdown_table(rows: Sequence[dict], metric: str, *, spread: bool = True) -> str:
   m, spec = matrix(rows, metric), METRICS.get(metric, Metric(metric))
   lines = ["| model ISA · arch | " + " | ".join(m.columns) + " |", "|---|" + "---:|" * len(m.columns)]
   for i, name in enumerate(m.rows):
     cells = []
     for j, v in enumerate(m.values[i]):
-      text = _fmt(v, spec.digits) or "–"
-      cells.append(f"**{text}**" if m.native[i, j] and text not in ("–", "failed") else text)
+      text = _fmt(v, spec.digits, spread=spread) or "–"
+      cells.append(f"**{text}**" if m.native[i, j] and isinstance(v, Cell) else text)
     lines.append(f"| {name} | " + " | ".join(cells) + " |")
   return "\n".join(lines)
 
@@ -131,7 +179,8 @@ def write_csv(m: Matrix, digits: int, path: str) -> None:
     w.writerow(["model", *m.columns])
     for i, name in enumerate(m.rows):
       cells = [
-        _fmt(v, digits) + ("*" if m.native[i, j] and isinstance(v, float) else "") for j, v in enumerate(m.values[i])
+        _fmt(v, digits, spread=False) + ("*" if m.native[i, j] and isinstance(v, Cell) else "")
+        for j, v in enumerate(m.values[i])
       ]
       w.writerow([name, *cells])
 
@@ -154,15 +203,17 @@ def latex_table(m: Matrix, title: str, digits: int) -> str:
   for i, name in enumerate(m.rows):
     cells = []
     for j, v in enumerate(m.values[i]):
-      text = r"\textit{failed}" if v == "failed" else "--" if v is None else _fmt(v, digits)
-      cells.append(f"\\textbf{{{text}}}" if m.native[i, j] and isinstance(v, float) else text)
+      text = r"\textit{failed}" if v == "failed" else "--" if v is None else _fmt(v, digits, pm="$\\pm$", dash="--")
+      cells.append(f"\\textbf{{{text}}}" if m.native[i, j] and isinstance(v, Cell) else text)
     lines.append(_tex(name) + " & " + " & ".join(cells) + r" \\")
-  lines += [r"\bottomrule", r"\end{tabular}", f"\\caption{{{_tex(title)}; native cells in bold.}}", r"\end{table}"]
+  note = "mean $\\pm$ std over seeds, or (95\\% bootstrap interval over documents)"
+  lines += [r"\bottomrule", r"\end{tabular}", f"\\caption{{{_tex(title)}; {note}; native cells in bold.}}"]
+  lines.append(r"\end{table}")
   return "\n".join(lines) + "\n"
 
 
 def heatmap(m: Matrix, spec: Metric, path: str) -> None:
-  data = np.array([[v if isinstance(v, float) else np.nan for v in row] for row in m.values], float)
+  data = m.means()
   h, w = data.shape
   fig, ax = plt.subplots(figsize=(3.0 + 1.0 * w, 1.8 + 0.45 * h), dpi=120)
   cmap = plt.get_cmap("viridis_r" if spec.lower_is_better else "viridis").with_extremes(bad="#d9d9d9")
@@ -174,10 +225,18 @@ def heatmap(m: Matrix, spec: Metric, path: str) -> None:
   for i in range(h):
     for j in range(w):
       v = m.values[i][j]
-      if isinstance(v, float):
-        shade = (v - vmin) / (vmax - vmin) if vmax > vmin else 0.5
+      if isinstance(v, Cell):
+        shade = (v.mean - vmin) / (vmax - vmin) if vmax > vmin else 0.5
         dark = shade > 0.55 if spec.lower_is_better else shade < 0.45
-        ax.text(j, i, f"{v:.{spec.digits}f}", ha="center", va="center", fontsize=8, color="white" if dark else "black")
+        ax.text(
+          j,
+          i,
+          _fmt(v, spec.digits, spread=False),
+          ha="center",
+          va="center",
+          fontsize=8,
+          color="white" if dark else "black",
+        )
       elif v == "failed":
         ax.text(j, i, "failed", ha="center", va="center", fontsize=8, color="#a00000")
       if m.native[i, j]:
@@ -192,28 +251,125 @@ def heatmap(m: Matrix, spec: Metric, path: str) -> None:
   plt.close(fig)
 
 
+# ------------------------------------------------------------------------------------------------- damage curves
+
+DAMAGE_METRICS = ("normalized_score", "relevance", "exact_match")
+
+
+def damage_points(rows: Sequence[dict]) -> dict[tuple[str, str, str], dict[str, list]]:
+  """Cells of CPUs trained on an unpermuted ISA, read on that ISA with a share of its opcodes permuted, by
+  (corpus, model ISA, arch): ``{"fraction": [...], metric: [Cell | None, ...]}`` sorted by fraction (0 = native)."""
+  from llmcpu import compilers
+
+  groups: dict[tuple, dict[float, list[dict]]] = {}
+  for r in rows:
+    if r.get("status") != "ok":
+      continue
+    try:
+      a, b = compilers.parse(r["model_isa_spec"]), compilers.parse(r["eval_isa_spec"])
+    except Exception:  # noqa: BLE001 - a spec from another version: not a damage point
+      continue
+    if a.permuted or a.base != b.base:
+      continue
+    fraction = 0.0 if b == a else b.perm_fraction
+    groups.setdefault((r["corpus"], r["model_isa"], r["arch"]), {}).setdefault(fraction, []).append(r)
+  out = {}
+  for key, by_fraction in groups.items():
+    if len(by_fraction) < 3:  # a curve needs the native point and at least two damaged ones
+      continue
+    fractions = sorted(by_fraction)
+    out[key] = {"fraction": fractions}
+    for metric in DAMAGE_METRICS:
+      out[key][metric] = [_cell(by_fraction[f], metric) for f in fractions]
+  return out
+
+
+def damage_markdown(rows: Sequence[dict]) -> str:
+  """The damage curves as a table: one line per (CPU, metric), one column per permuted share."""
+  curves = damage_points(rows)
+  fractions = sorted({f for v in curves.values() for f in v["fraction"]})
+  if not curves:
+    return ""
+  lines = [
+    "| CPU | metric | " + " | ".join(f"{f:g}" for f in fractions) + " |",
+    "|---|---|" + "---:|" * len(fractions),
+  ]
+  for (corpus, isa, arch), v in sorted(curves.items()):
+    for metric in DAMAGE_METRICS:
+      if not any(isinstance(c, Cell) for c in v[metric]):
+        continue
+      by_f = dict(zip(v["fraction"], v[metric], strict=True))
+      cells = [_fmt(by_f.get(f), METRICS[metric].digits) or "–" for f in fractions]
+      lines.append(f"| {isa} · {arch} · {corpus} | {metric} | " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
+def damage_figure(rows: Sequence[dict], path: str) -> bool:
+  """One panel per metric: each CPU's figure against the share of its ISA's opcodes permuted (symlog axis), with
+  error bars (± std over seeds, or the 95% interval with one seed). False when the rows hold no damage curve."""
+  curves = damage_points(rows)
+  metrics = [m for m in DAMAGE_METRICS if any(isinstance(c, Cell) for v in curves.values() for c in v[m])]
+  if not curves or not metrics:
+    return False
+  fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.4), dpi=120, squeeze=False)
+  for ax, metric in zip(axes[0], metrics, strict=True):
+    for (corpus, isa, arch), v in sorted(curves.items()):
+      pts = [(f, c) for f, c in zip(v["fraction"], v[metric], strict=True) if isinstance(c, Cell)]
+      if not pts:
+        continue
+      x = np.array([f for f, _ in pts])
+      y = np.array([c.mean for _, c in pts])
+      lo = np.array([c.mean - (c.std if c.std is not None else c.mean - c.ci[0] if c.ci else 0.0) for _, c in pts])
+      hi = np.array([c.mean + (c.std if c.std is not None else c.ci[1] - c.mean if c.ci else 0.0) for _, c in pts])
+      ax.errorbar(x, y, yerr=[y - lo, hi - y], marker="o", ms=3, capsize=2, lw=1.2, label=f"{isa} · {arch} · {corpus}")
+    ax.set_xscale("symlog", linthresh=0.01)
+    ax.set_xlim(-0.001, 1.1)
+    ax.set_xlabel("share of opcodes permuted")
+    ax.set_title(METRICS[metric].title, fontsize=8)
+    ax.axhline(0.0, color="#999999", lw=0.8)
+    ax.grid(alpha=0.3)
+  axes[0][0].legend(fontsize=6, loc="best")
+  fig.suptitle("Graded ISA drift: a CPU reading its own ISA with a share of the opcodes renamed", fontsize=9)
+  fig.tight_layout()
+  fig.savefig(path)
+  plt.close(fig)
+  return True
+
+
 def metrics_present(rows: Sequence[dict]) -> list[str]:
   """The always-reported metrics plus any other metric with at least one figure."""
   return [k for k in METRICS if k in ALWAYS or any(_number(r.get(k)) is not None for r in rows)]
 
 
-def load_rows(path: str) -> list[dict]:
-  """Rows from a results.jsonl (or the report directory holding one)."""
+def load_rows(path: str, name: str = "results.jsonl") -> list[dict]:
+  """Rows from a results.jsonl (or the report directory holding one; ``name`` picks another file there)."""
   if os.path.isdir(path):
-    path = os.path.join(path, "results.jsonl")
+    path = os.path.join(path, name)
+  if not os.path.exists(path):
+    return []
   with open(path) as f:
     return [json.loads(line) for line in f if line.strip()]
 
 
-def write_report(rows: Sequence[dict], out_dir: str) -> dict:
-  """Writes every file of the report; returns their paths."""
+def _write_jsonl(rows: Sequence[dict], path: str) -> None:
+  """Rows as JSON lines, without private keys (``_docs``: per-document arrays), written atomically."""
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    for r in rows:
+      f.write(json.dumps({k: v for k, v in r.items() if not k.startswith("_")}, sort_keys=True, default=_json_default))
+      f.write("\n")
+  os.replace(tmp, path)
+
+
+def write_report(rows: Sequence[dict], out_dir: str, calibration: Sequence[dict] | None = None) -> dict:
+  """Writes every file of the report; returns their paths. ``results.jsonl`` is written last: a report directory
+  holding it is complete."""
   out_dir = os.path.abspath(os.path.expanduser(out_dir))
   for sub in ("tables", "heatmaps"):
     os.makedirs(os.path.join(out_dir, sub), exist_ok=True)
   paths: dict = {"results": os.path.join(out_dir, "results.jsonl"), "tables": {}, "heatmaps": {}}
-  with open(paths["results"], "w") as f:
-    for r in rows:
-      f.write(json.dumps(r, sort_keys=True, default=_json_default) + "\n")
+  if os.path.exists(paths["results"]):
+    os.remove(paths["results"])  # an interrupted rewrite must not leave the old marker behind
   for metric in metrics_present(rows):
     spec, m = METRICS[metric], matrix(rows, metric)
     base = os.path.join(out_dir, "tables", metric)
@@ -226,9 +382,21 @@ def write_report(rows: Sequence[dict], out_dir: str) -> dict:
     heatmap(m, spec, png)
     paths["tables"][metric] = {ext: f"{base}.{ext}" for ext in ("md", "csv", "tex")}
     paths["heatmaps"][metric] = png
+  if calibration is not None:
+    paths["calibration"] = os.path.join(out_dir, "calibration.jsonl")
+    _write_jsonl(calibration, paths["calibration"])
+  damage = os.path.join(out_dir, "heatmaps", "damage_curves.png")
+  if damage_figure(rows, damage):
+    paths["damage_curves"] = damage
   paths["summary"] = os.path.join(out_dir, "summary.md")
+  tables = {k: markdown_table(rows, k) for k in HEADLINE if k in metrics_present(rows)}
+  if any(_number(r.get("exact_match")) is not None for r in rows):
+    tables["exact_match"] = markdown_table(rows, "exact_match")
+  if "damage_curves" in paths:
+    tables["damage curve (share of opcodes permuted; heatmaps/damage_curves.png)"] = damage_markdown(rows)
   with open(paths["summary"], "w") as f:
-    f.write(summary.summarize(rows, {k: markdown_table(rows, k) for k in ("bits_per_byte", "normalized_score")}))
+    f.write(summary.summarize(rows, tables, calibration or []))
+  _write_jsonl(rows, paths["results"])
   return paths
 
 

@@ -1,10 +1,10 @@
 """Scoring one CPU on foreign machine code: exact bits per byte, accuracy, illegal opcodes, and the baselines.
 
-Bits per byte is Σ NLL over *content* targets / (ln 2 · Σ raw UTF-8 bytes of the same documents): content means the
-document's own ids (regular ids and UNK), so EOS, BOS, PAD, MASK and span sentinels never count, whatever the
-objective. Over one ``Pipeline.eval_batches()`` pass of ``lm`` every content id is a target exactly once and the
-bytes sum to the split's raw bytes, so the figure is exact and comparable across ISAs; for ``mlm`` and
-``span_corruption`` the bytes are the pipeline's per-token shares (an estimate of the same quantity).
+Bits per byte is Σ NLL over *content* targets / (ln 2 · Σ UTF-8 bytes of the pieces those targets name): content
+means the document's own ids (regular ids and UNK), so EOS, BOS, PAD, MASK and span sentinels never count, whatever
+the objective. Compilers are lossless, so over one ``Pipeline.eval_batches()`` pass of ``lm`` every content id is a
+target exactly once and the bytes sum to the split's raw bytes; for ``mlm`` and ``span_corruption`` the bytes are
+those of the masked pieces, exactly. Either way the figure is comparable across ISAs.
 
 Illegal opcodes: an input id ≥ the model's vocabulary goes through the model's policy (mapped to UNK and counted by
 its ``IllegalOpcodes`` counter). An illegal *target* cannot be named by the model; it is scored from the model's
@@ -19,11 +19,15 @@ native cell) the share is 1 and nothing changes.
 Baselines, per cell, over the same scored fields (``scored_fields``):
   * ``bpb_uniform``: log2(model vocabulary) bits per scored token;
   * ``bpb_unigram``: the evaluation ISA's unigram model — id counts on its train split plus one EOS per document,
-    add-one smoothed over its vocabulary — on the test split's content ids;
+    add-one smoothed over its vocabulary — on the same targets (paired with the cell, document by document);
   * ``bpb_matched``: the native cell of the same architecture on the same corpus (filled in by ``add_baselines``).
 ``normalized_score = (bpb_unigram − bpb) / (bpb_unigram − bpb_matched)``: 1 = as good as the native CPU, 0 = no
 better than counting opcodes, < 0 = confidently wrong. Null when there is no matched cell or it does not beat the
-unigram model (the scale would be meaningless).
+unigram model (the scale would be meaningless). The matched cell is the native cell *of the same seed*.
+
+Intervals: a cell keeps its per-document sums (NLL, bytes, unigram bits) under the private key ``_docs`` (never
+written out); ``bits_per_byte_ci`` and ``normalized_score_ci`` are 95% bootstrap intervals over documents, the
+latter resampling the cell, the unigram baseline and the matched cell on the same documents.
 """
 
 from __future__ import annotations
@@ -37,9 +41,11 @@ import numpy as np
 from flax import nnx
 
 from llmcpu import loss, models, specials
+from llmcpu.crosseval import intervals
 from llmcpu.data.compiled import CompiledSplit
 
-SUM_KEYS = ("nll", "tokens", "bytes", "correct", "illegal_targets", "illegal_inputs")
+SUM_KEYS = ("nll", "tokens", "bytes", "correct", "unigram_bits", "illegal_targets", "illegal_inputs")
+DOC_KEYS = ("nll", "bytes", "unigram_bits")  # per-document sums, for intervals over documents
 
 
 def scored_fields(split: CompiledSplit, objective: str) -> list[str]:
@@ -49,19 +55,15 @@ def scored_fields(split: CompiledSplit, objective: str) -> list[str]:
   return ["text"] if split.kind == "text" else ["input", "target"]
 
 
-def is_content(targets: jax.Array) -> jax.Array:
-  """True for a document's own ids (regular ids and UNK), False for PAD/BOS/EOS/MASK/sentinels."""
-  return (targets == specials.UNK_ID) | (targets >= specials.FIRST_REGULAR_ID)
-
-
 def unk_share_nats(model_vocab: int, eval_vocab: int) -> float:
   """ln(ids sharing the UNK mass): UNK itself plus every evaluation id the model cannot name."""
   return math.log(max(eval_vocab - model_vocab, 0) + 1)
 
 
 def make_sums_fn(graphdef: nnx.GraphDef, vocab_size: int):
-  """A jitted ``(params, rest, batch, unk_share) -> sums`` for one model (``unk_share`` from ``unk_share_nats``, a
-  traced scalar); batch shapes are fixed per model, so one XLA compile serves every ISA."""
+  """A jitted ``(params, rest, batch, unk_share) -> figures`` for one model (``unk_share`` from ``unk_share_nats``,
+  a traced scalar): per position the NLL of content targets (nats, 0 elsewhere), content and hits, and the illegal
+  counts. Batch shapes are fixed per model, so one XLA compile serves every ISA."""
 
   def sums(params, rest, batch, unk_share):
     model = nnx.merge(graphdef, params, rest, copy=True)
@@ -73,13 +75,12 @@ def make_sums_fn(graphdef: nnx.GraphDef, vocab_size: int):
     safe = jnp.where(illegal, specials.UNK_ID, targets)  # score from p(UNK): what the input policy maps it to
     nll = jax.nn.logsumexp(logits, axis=-1) - jnp.take_along_axis(logits, safe[..., None], axis=-1)[..., 0]
     nll = nll + jnp.where(safe == specials.UNK_ID, unk_share, 0.0)
-    content = weights.astype(jnp.float32) * is_content(targets)
+    content = weights.astype(jnp.float32) * loss.is_content(targets)
     return {
-      "nll": jnp.sum(nll * content),
-      "tokens": jnp.sum(content),
-      "bytes": jnp.sum(batch["target_bytes"].astype(jnp.float32)),
+      "nll": nll * content,
+      "content": content,
       # An illegal target can never be the argmax: comparing raw targets keeps it wrong.
-      "correct": jnp.sum((jnp.argmax(logits, axis=-1) == targets) * content),
+      "correct": (jnp.argmax(logits, axis=-1) == targets) * content,
       "illegal_targets": jnp.sum(illegal * content),
       "illegal_inputs": (after - before).astype(jnp.float32),
     }
@@ -87,15 +88,36 @@ def make_sums_fn(graphdef: nnx.GraphDef, vocab_size: int):
   return jax.jit(sums)
 
 
-def run_pass(sums_fn, params, rest, batches, unk_share: float = 0.0) -> dict[str, float]:
-  """Sums over every batch, accumulated in float64 on the host (dispatch stays asynchronous until the end)."""
+def run_pass(sums_fn, params, rest, batches, unk_share: float, unigram_bits: np.ndarray, num_docs: int) -> dict:
+  """One pass over evaluation batches (built with ``document_ids=True``): totals in float64 and per-document sums
+  (``docs[key]`` for ``DOC_KEYS``, NLL in nats). ``unigram_bits``: −log2 p of the evaluation ISA's unigram model per
+  id, scored on the same targets (a paired baseline). Dispatch stays asynchronous until the end."""
   share = jnp.float32(unk_share)
-  outs = [sums_fn(params, rest, b, share) for b in batches]
+  host, outs = [], []
+  for b in batches:
+    docs, tbytes = b.pop("target_docs"), b["target_bytes"]
+    targets = b["decoder_targets"] if "decoder_targets" in b else b["targets"]
+    host.append((docs, tbytes, targets))
+    outs.append(sums_fn(params, rest, b, share))
   total = dict.fromkeys(SUM_KEYS, 0.0)
-  for out in jax.device_get(outs):
-    for k in SUM_KEYS:
-      total[k] += float(out[k])
-  return total
+  per_doc = {k: np.zeros(num_docs) for k in DOC_KEYS}
+  for (docs, tbytes, targets), out in zip(host, jax.device_get(outs), strict=True):
+    scored = docs >= 0
+    d = docs[scored]
+    nll = np.asarray(out["nll"], np.float64)[scored]
+    uni = unigram_bits[targets[scored]]
+    nbytes = np.asarray(tbytes, np.float64)[scored]
+    per_doc["nll"] += np.bincount(d, weights=nll, minlength=num_docs)
+    per_doc["bytes"] += np.bincount(d, weights=nbytes, minlength=num_docs)
+    per_doc["unigram_bits"] += np.bincount(d, weights=uni, minlength=num_docs)
+    total["nll"] += float(np.sum(out["nll"], dtype=np.float64))
+    total["tokens"] += float(np.sum(out["content"], dtype=np.float64))
+    total["correct"] += float(np.sum(out["correct"], dtype=np.float64))
+    total["bytes"] += float(np.sum(tbytes, dtype=np.float64))
+    total["unigram_bits"] += float(uni.sum())
+    total["illegal_targets"] += float(out["illegal_targets"])
+    total["illegal_inputs"] += float(out["illegal_inputs"])
+  return {"total": total, "docs": per_doc}
 
 
 def bits_per_byte(nll_nats: float, nbytes: float) -> float | None:
@@ -116,14 +138,6 @@ def unigram_log2_probs(train: CompiledSplit, fields: Sequence[str]) -> np.ndarra
   counts[specials.EOS_ID] += train.num_docs
   counts += 1.0
   return np.log2(counts / counts.sum())
-
-
-def unigram_bpb(train: CompiledSplit, test: CompiledSplit, fields: Sequence[str]) -> float | None:
-  """The evaluation ISA's unigram bits per byte on the test split's content ids."""
-  ids = field_ids(test, fields)
-  ids = ids[np.asarray(is_content(ids))]
-  nbytes = field_bytes(test, fields)
-  return float(-unigram_log2_probs(train, fields)[ids].sum() / nbytes) if nbytes else None
 
 
 def illegal_rate(split: CompiledSplit, vocab_size: int) -> tuple[float, int, int]:
@@ -148,15 +162,39 @@ def normalized_score(bpb: float | None, unigram: float | None, matched: float | 
   return (unigram - bpb) / (unigram - matched)
 
 
+def _doc_table(r: dict, *keys: str) -> np.ndarray:
+  return np.stack([r["_docs"][k] for k in keys], axis=1)
+
+
+def bpb_interval(r: dict, seed: int = 0) -> tuple[float, float] | None:
+  """95% bootstrap interval of a cell's bits per byte over documents."""
+  table = _doc_table(r, "nll", "bytes")
+  return intervals.bootstrap(table, intervals.ratio(0, 1, 1.0 / math.log(2)), seed=seed)
+
+
+def _normalized(sums: np.ndarray) -> np.ndarray:
+  """(unigram − cell) / (unigram − matched) from sums of [cell nats, unigram bits, matched nats] (bytes cancel)."""
+  cell, uni, matched = sums[..., 0] / math.log(2), sums[..., 1], sums[..., 2] / math.log(2)
+  den = uni - matched
+  with np.errstate(divide="ignore", invalid="ignore"):
+    return np.where(den > 1e-9 * np.abs(uni), (uni - cell) / den, np.nan)
+
+
 def add_baselines(rows: list[dict]) -> None:
-  """Fills ``bpb_matched`` and ``normalized_score`` from the native cells (same arch, corpus and split)."""
-  native: dict[tuple, list[float]] = {}
-  for r in rows:
-    if r.get("status") == "ok" and r.get("native") and r.get("bits_per_byte") is not None:
-      native.setdefault((r["arch"], r["corpus"], r["split"], r["eval_fingerprint"]), []).append(r["bits_per_byte"])
+  """Fills ``bpb_matched``, ``normalized_score`` and its interval from the native cell of the same architecture,
+  corpus, split, evaluation ISA and seed."""
+
+  def key(r: dict) -> tuple:
+    return (r["arch"], r["corpus"], r["split"], r["eval_fingerprint"], r.get("seed"))
+
+  native = {key(r): r for r in rows if r.get("status") == "ok" and r.get("native") and r.get("bits_per_byte")}
   for r in rows:
     if r.get("status") != "ok":
       continue
-    found = native.get((r["arch"], r["corpus"], r["split"], r["eval_fingerprint"]))
-    r["bpb_matched"] = float(np.mean(found)) if found else None
+    matched = native.get(key(r))
+    r["bpb_matched"] = matched["bits_per_byte"] if matched else None
     r["normalized_score"] = normalized_score(r.get("bits_per_byte"), r.get("bpb_unigram"), r["bpb_matched"])
+    r["normalized_score_ci"] = None
+    if r["normalized_score"] is not None and "_docs" in r and "_docs" in matched:
+      table = np.stack([r["_docs"]["nll"], r["_docs"]["unigram_bits"], matched["_docs"]["nll"]], axis=1)
+      r["normalized_score_ci"] = intervals.bootstrap(table, _normalized, seed=r.get("seed") or 0)

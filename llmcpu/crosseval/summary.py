@@ -1,13 +1,17 @@
-"""summary.md: what the matrix shows, as checks computed on the rows (never hard-coded).
+"""summary.md: what the matrix shows, as checks computed on the rows (never hard-coded), each judged with intervals.
 
-Claims checked when the matrix has the cells for them:
-  1. the native cell has the lowest bits per byte of its row;
+A row of the matrix is one CPU (ISA × architecture × corpus); with several seeds every claim is checked per seed
+(``k/K`` counts (CPU, seed) pairs) and margins are reported as mean ± std over seeds. Intervals are 95% bootstrap
+intervals over documents (prompts for the coherence axes). Claims checked when the matrix has the cells for them:
+  1. the native cell has the lowest bits per byte of its row (and its interval is clear of every other cell's);
   2. a fully permuted ISA (same segmentation, every regular opcode moved) scores at or below the unigram baseline
      (``normalized_score`` ≤ 0);
   3. prefix-compatible pairs (the smaller ISA's regular ids decode to the same pieces in the larger one, e.g. BPE
      1000 vs 4000 merges on one corpus) score above unrelated ISAs (neither native, permuted nor prefix pairs);
-  4. on programs, exact match is high natively and collapses under mismatch;
-  5. coherence is highest natively.
+  4. native CPUs use their prompt (relevance interval above 0) and the fully permuted cells do not (interval
+     includes 0); native relevance and coherence are the highest of their rows, with disjoint intervals;
+  5. on programs, exact match is high natively and collapses under mismatch;
+  6. calibration: the coherence axes score the references whose answer is known as they must.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import numpy as np
 
 from llmcpu import compilers, specials
 from llmcpu.crosseval import coherence as coherence_doc
+from llmcpu.crosseval.intervals import mean_std
 from llmcpu.errors import UserError
 
 # Share of the smaller ISA's regular ids that must decode to the same piece in the larger one for a "prefix-compatible"
@@ -67,31 +72,62 @@ def _verdict(ok: bool) -> str:
   return "holds" if ok else "DOES NOT HOLD"
 
 
-def native_best(ok: Sequence[dict]) -> list[str]:
-  by_row: dict[str, list[dict]] = {}
+def _ci(r: dict, metric: str) -> tuple[float, float] | None:
+  ci = r.get(f"{metric}_ci")
+  return (float(ci[0]), float(ci[1])) if ci else None
+
+
+def _fmt_ci(ci, digits: int = 3) -> str:
+  return "" if ci is None else f" ({ci[0]:.{digits}f}–{ci[1]:.{digits}f})"
+
+
+def _by_checkpoint(ok: Sequence[dict]) -> dict[str, list[dict]]:
+  out: dict[str, list[dict]] = {}
   for r in ok:
-    by_row.setdefault(r["checkpoint"], []).append(r)
-  checked, best, misses = 0, 0, []
-  for cells in by_row.values():
-    nat = [c for c in cells if c.get("native") and _num(c.get("bits_per_byte")) is not None]
-    others = [c for c in cells if not c.get("native") and _num(c.get("bits_per_byte")) is not None]
+    out.setdefault(r["checkpoint"], []).append(r)
+  return out
+
+
+def _cpu(r: dict) -> str:
+  return f"{r['model_isa']} · {r['arch']}" + (f" · {r['corpus']}" if r.get("corpus") else "")
+
+
+def native_best(ok: Sequence[dict], metric: str, name: str, lower_is_better: bool) -> list[str]:
+  """Native best of its row, per (CPU, seed); interval separation; smallest margin over CPUs (mean ± std over seeds)."""
+  sign = -1.0 if lower_is_better else 1.0
+  checked, best, separated, misses = 0, 0, 0, []
+  margins: dict[str, list[float]] = {}
+  for cells in _by_checkpoint(ok).values():
+    nat = [c for c in cells if c.get("native") and _num(c.get(metric)) is not None]
+    others = [c for c in cells if not c.get("native") and _num(c.get(metric)) is not None]
     if not nat or not others:
       continue
     checked += 1
-    n, o = nat[0], min(others, key=lambda c: c["bits_per_byte"])
-    if n["bits_per_byte"] <= o["bits_per_byte"]:
+    n = nat[0]
+    o = max(others, key=lambda c: sign * c[metric])  # the strongest competitor
+    margin = sign * (n[metric] - o[metric])
+    margins.setdefault(_cpu(n), []).append(margin)
+    if margin >= 0:
       best += 1
     else:
-      misses.append(
-        f"{n['model_isa']} · {n['arch']}: native {n['bits_per_byte']:.3f} > {o['eval_isa']} {o['bits_per_byte']:.3f}"
-      )
+      misses.append(f"{_cpu(n)} (seed {n.get('seed')}): native {n[metric]:.3f} vs {o['eval_isa']} {o[metric]:.3f}")
+    n_ci = _ci(n, metric)
+    o_cis = [_ci(c, metric) for c in others]
+    if n_ci and all(o_ci for o_ci in o_cis):
+      edge = max(sign * x for o_ci in o_cis for x in o_ci)  # the competitors' best interval end
+      if min(sign * x for x in n_ci) > edge:
+        separated += 1
   if not checked:
-    return ["- Native best of its row: not checkable (no row has a native cell and another cell)."]
+    return [f"- Native {name} best of its row: not checkable (no row has a native and another cell)."]
+  stats = {cpu: mean_std(v) for cpu, v in margins.items()}
+  worst = min(stats, key=lambda c: stats[c][0])
+  m, sd = stats[worst]
+  spread = f" ± {sd:.3f} (seeds)" if sd is not None else ""
   lines = [
-    f"- Native cell best (lowest bits per byte) of its row in {best}/{checked} rows: {_verdict(best == checked)}."
+    f"- Native {name} best of its row in {best}/{checked} (CPU, seed) pairs: {_verdict(best == checked)}; its "
+    f"interval clear of every other cell's in {separated}/{checked}; smallest margin {m:.3f}{spread} ({worst})."
   ]
-  lines += [f"  - exception: {m}" for m in misses]
-  return lines
+  return lines + [f"  - exception: {x}" for x in misses]
 
 
 def permuted_at_or_below_unigram(ok: Sequence[dict]) -> list[str]:
@@ -104,8 +140,9 @@ def permuted_at_or_below_unigram(ok: Sequence[dict]) -> list[str]:
   for r in cells:
     below = r["bits_per_byte"] >= r["bpb_unigram"]
     lines.append(
-      f"  - {r['model_isa']} · {r['arch']} on {r['eval_isa']}: bpb {r['bits_per_byte']:.3f} vs unigram "
-      f"{r['bpb_unigram']:.3f} {'≥ ✓' if below else '< ✗'}, normalized score {_f(_num(r.get('normalized_score')), 2)}"
+      f"  - {_cpu(r)} (seed {r.get('seed')}) on {r['eval_isa']}: bpb {r['bits_per_byte']:.3f}"
+      f"{_fmt_ci(_ci(r, 'bits_per_byte'))} vs unigram {r['bpb_unigram']:.3f} {'≥ ✓' if below else '< ✗'}, "
+      f"normalized score {_f(_num(r.get('normalized_score')), 2)}{_fmt_ci(_ci(r, 'normalized_score'), 2)}"
     )
   n = sum(r["bits_per_byte"] >= r["bpb_unigram"] for r in cells)
   head = f"- Fully permuted ISA scores at or below the unigram baseline (normalized score ≤ 0) in {n}/{len(cells)}"
@@ -128,11 +165,43 @@ def prefix_above_unrelated(ok: Sequence[dict]) -> list[str]:
     f"- Prefix-compatible pairs: mean normalized score {p:.2f} vs {baseline_name} mean {u:.2f}: {_verdict(p > u)}."
   ]
   lines += [
-    f"  - {r['model_isa']} · {r['arch']} on {r['eval_isa']}: {r['normalized_score']:.2f} "
-    f"(bpb {r['bits_per_byte']:.3f}, illegal rate {r['illegal_rate']:.3f}, {shared_of_smaller(r):.0%} of the smaller "
-    "ISA's ids shared)"
+    f"  - {_cpu(r)} (seed {r.get('seed')}) on {r['eval_isa']}: {r['normalized_score']:.2f}"
+    f"{_fmt_ci(_ci(r, 'normalized_score'), 2)} (bpb {r['bits_per_byte']:.3f}, illegal rate "
+    f"{r['illegal_rate']:.3f}, {shared_of_smaller(r):.0%} of the smaller ISA's ids shared)"
     for r in prefix
   ]
+  return lines
+
+
+def relevance_claims(ok: Sequence[dict]) -> list[str]:
+  """Native CPUs use their prompt; fully permuted code does not."""
+  cells = [r for r in ok if _num(r.get("relevance")) is not None and r.get("relevance_ci")]
+  nat = [r for r in cells if r.get("native")]
+  perm = [r for r in cells if pair_kind(r) == "permuted"]
+  lines = []
+  if nat:
+    above = [r for r in nat if r["relevance_ci"][0] > 0]
+    lines.append(
+      f"- Native CPUs use their prompt (relevance interval above 0) in {len(above)}/{len(nat)} (CPU, seed) pairs: "
+      f"{_verdict(len(above) == len(nat))}."
+    )
+    lines += [
+      f"  - {_cpu(r)} (seed {r.get('seed')}): relevance {r['relevance']:.3f}{_fmt_ci(_ci(r, 'relevance'))}"
+      for r in nat
+      if r not in above
+    ]
+  if perm:
+    zero = [r for r in perm if r["relevance_ci"][0] <= 0 <= r["relevance_ci"][1]]
+    lines.append(
+      f"- Fully permuted code is not executed (relevance interval includes 0) in {len(zero)}/{len(perm)} cells: "
+      f"{_verdict(len(zero) == len(perm))}."
+    )
+    lines += [
+      f"  - {_cpu(r)} (seed {r.get('seed')}) on {r['eval_isa']}: relevance {r['relevance']:.3f}"
+      f"{_fmt_ci(_ci(r, 'relevance'))}"
+      for r in perm
+      if r not in zero
+    ]
   return lines
 
 
@@ -149,34 +218,96 @@ def programs_exact_match(ok: Sequence[dict]) -> list[str]:
   return [f"- Programs exact match: native mean {n:.3f} vs mismatched mean {f:.3f}: collapse {_verdict(ok_)}."]
 
 
-def coherence_native(ok: Sequence[dict]) -> list[str]:
-  nat = [r["coherence"] for r in ok if r.get("native") and _num(r.get("coherence")) is not None]
-  foreign = [r["coherence"] for r in ok if not r.get("native") and _num(r.get("coherence")) is not None]
-  if not nat or not foreign:
+# ------------------------------------------------------------------------------------------------- calibration
+
+FIGURES = ("fluency", "relevance", "coherence")
+# What each known reference must score: (figure, low, high) on the point estimate.
+EXPECTED = {
+  "true continuation": (("fluency", 0.95, 1.0), ("relevance", 0.95, 1.05)),
+  "another document's continuation": (("relevance", -0.1, 0.1),),
+  "random bytes": (("fluency", 0.0, 0.1),),
+  "repeated piece": (("fluency", 0.0, 0.1),),
+  "prompt echoed": (("coherence", 0.0, 0.5),),
+  "true answer": (("fluency", 0.95, 1.0), ("relevance", 0.95, 1.0)),
+  "another program's answer (same task)": (("relevance", 0.0, 0.1),),
+}
+
+
+def _figure(r: dict, key: str) -> str:
+  v = _num(r.get(key))
+  return "n/a" if v is None else f"{v:.3f}{_fmt_ci(_ci(r, key))}"
+
+
+def calibration_table(calibration: Sequence[dict], ok: Sequence[dict]) -> list[str]:
+  """The known references, each with what it must score and whether it does; then the native CPUs fed their own
+  prompts shuffled, whose relevance must fall well below their native figure."""
+  if not calibration and not any(r.get("shuffled_prompt") for r in ok):
     return []
-  return [f"- Coherence: native mean {_mean(nat):.3f} vs foreign mean {_mean(foreign):.3f}."]
+  out = [
+    "## Calibration",
+    "",
+    "The coherence axes on references whose answer is known (same prompts, same judge as the cells), with 95% "
+    "bootstrap intervals over prompts:",
+    "",
+    "| corpus | reference | prompts | fluency | relevance | coherence | expected | verdict |",
+    "|---|---|---:|---:|---:|---:|---|---|",
+  ]
+  for r in calibration:
+    want = EXPECTED.get(r["reference"], ())
+    ok_ = all(_num(r.get(k)) is not None and lo <= r[k] <= hi for k, lo, hi in want)
+    expected = ", ".join(f"{k} in [{lo:g}, {hi:g}]" for k, lo, hi in want) or "—"
+    out.append(
+      f"| {r['corpus']} | {r['reference']} | {r['prompts']} | "
+      + " | ".join(_figure(r, k) for k in FIGURES)
+      + f" | {expected} | {_verdict(ok_) if want else '—'} |"
+    )
+  shuffled = [r for r in ok if r.get("native") and r.get("shuffled_prompt")]
+  if shuffled:
+    out += [
+      "",
+      "Native CPUs fed their own prompt with its opcodes shuffled (judged against the real prompt): relevance must "
+      "fall well below the native figure (the shuffled interval's top below the native interval's bottom).",
+      "",
+      "| CPU | seed | native relevance | shuffled-prompt relevance | verdict |",
+      "|---|---:|---:|---:|---|",
+    ]
+    for r in shuffled:
+      s = r["shuffled_prompt"]
+      n_ci, s_ci = _ci(r, "relevance"), _ci(s, "relevance")
+      ok_ = bool(n_ci and s_ci and s_ci[1] < n_ci[0])
+      out.append(
+        f"| {_cpu(r)} | {r.get('seed')} | {_figure(r, 'relevance')} | {_figure(s, 'relevance')} | {_verdict(ok_)} |"
+      )
+  return [*out, ""]
 
 
-def summarize(rows: Sequence[dict], tables: dict[str, str]) -> str:
+def summarize(rows: Sequence[dict], tables: dict[str, str], calibration: Sequence[dict] = ()) -> str:
   ok = [r for r in rows if r.get("status") == "ok"]
   failed = [r for r in rows if r.get("status") != "ok"]
   models = {r["checkpoint"] for r in rows}
+  seeds = sorted({r.get("seed") for r in ok if r.get("seed") is not None})
   isas = list(dict.fromkeys(r["eval_isa"] for r in rows))
+  prompts = sorted({r["prompts"] for r in ok if r.get("prompts")})
   out = [
     "# Cross-ISA evaluation",
     "",
-    f"{len(models)} CPUs × {len(isas)} evaluation ISAs ({', '.join(isas)}): {len(ok)} cells scored, "
-    f"{len(failed)} failed. Every model received each ISA's compiled `{rows[0]['split'] if rows else 'test'}` split "
-    "as is (no re-tokenization).",
+    f"{len(models)} checkpoints × {len(isas)} evaluation ISAs ({', '.join(isas)}): {len(ok)} cells scored, "
+    f"{len(failed)} failed; seeds {', '.join(map(str, seeds)) or 'n/a'}; prompts per cell "
+    f"{', '.join(map(str, prompts)) or 'n/a'}. Every model received each ISA's compiled "
+    f"`{rows[0]['split'] if rows else 'test'}` split as is (no re-tokenization). Tables: mean ± std over seeds, or "
+    "with one seed the figure and its 95% bootstrap interval over documents.",
     "",
     "## What the matrix shows",
     "",
-    *native_best(ok),
+    *native_best(ok, "bits_per_byte", "bits per byte (lowest)", lower_is_better=True),
     *permuted_at_or_below_unigram(ok),
     *prefix_above_unrelated(ok),
+    *relevance_claims(ok),
+    *native_best(ok, "relevance", "relevance", lower_is_better=False),
+    *native_best(ok, "coherence", "coherence", lower_is_better=False),
     *programs_exact_match(ok),
-    *coherence_native(ok),
     "",
+    *calibration_table(calibration, ok),
   ]
   for metric, table in tables.items():
     out += [f"## {metric}", "", table, ""]
@@ -187,17 +318,20 @@ def summarize(rows: Sequence[dict], tables: dict[str, str]) -> str:
   out += [
     "## How to read it",
     "",
-    "- Bits per byte: Σ NLL over the document's own ids / (ln 2 · raw UTF-8 bytes of the same documents); EOS, BOS, "
-    "PAD and sentinels excluded. Decoders are exact; encoders (MLM) and span corruption use per-token byte shares.",
+    "- Bits per byte: Σ NLL over the document's own ids / (ln 2 · UTF-8 bytes of the pieces they name = the raw "
+    "bytes of the same documents); EOS, BOS, PAD and sentinels excluded; exact for every objective.",
     "- Baselines: `bpb_uniform` = log2(model vocab) per token; `bpb_unigram` = the evaluation ISA's add-one unigram "
-    "(train split counts); `bpb_matched` = the native cell of the same architecture. normalized_score = "
-    "(unigram − cell) / (unigram − matched): 1 native, 0 no better than counting opcodes, < 0 confidently wrong.",
+    "(train split counts) on the same targets; `bpb_matched` = the native cell of the same architecture and seed. "
+    "normalized_score = (unigram − cell) / (unigram − matched): 1 native, 0 no better than counting opcodes, < 0 "
+    "confidently wrong.",
     "- Illegal opcodes (ids ≥ the model's vocabulary): inputs mapped to UNK by the model's policy; an illegal target "
     "is scored as p(UNK) / (V_eval − V_model + 1), the UNK mass shared by every id the model cannot name (a proper "
     "distribution over the evaluation ISA). `misread_rate`: legal ids that name another piece in the model's ISA. "
     "`byte_context` = context tokens × bytes/token of the evaluation ISA.",
     "- Coherence (prose): " + coherence_doc.PROSE_FORMULA,
     "- Coherence (programs): " + coherence_doc.PROGRAMS_FORMULA,
+    "- Intervals: 95% BCa bootstrap over documents (bits per byte, normalized score: test documents; fluency, "
+    "relevance, coherence, exact match: prompts), seeded; across seeds the tables show mean ± std.",
     "- Tables: native cells bold (Markdown, LaTeX), `*` suffix (CSV), outlined (heatmaps); `failed` = the cell "
     "could not be computed (see results.jsonl `error`).",
     "",
