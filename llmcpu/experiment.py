@@ -3,12 +3,17 @@
 
 Layout under the experiment workdir::
 
-  compiled/                       the compile cache (scripts/compile.py's workdir)
-  runs/<corpus>/<arch>/<isa>/     one training run each (checkpoints, metrics.jsonl, TensorBoard)
-  report/<corpus>/                cross-evaluation: results.jsonl, matrices, heatmaps, summary.md
+  compiled/                               the compile cache (scripts/compile.py's workdir)
+  runs/<corpus>/<arch>/<isa>/seed<k>/     one training run each (checkpoints, metrics.jsonl, TensorBoard)
+  report/<corpus>/                        cross-evaluation: results.jsonl, calibration.jsonl, matrices, heatmaps,
+                                          summary.md
+  experiment.json                         the config, and the wall time of each stage (provenance)
 
 Every stage skips what is already done: cached compilers and splits, runs whose last checkpoint is at the final
 step, reports newer than every checkpoint they cover. A crashed or preempted run continues where it stopped.
+
+``compilers`` are the evaluation ISAs (the matrix columns); CPUs are trained on ``train_compilers`` (default: all
+of them) with every seed of ``seeds``, so a damage curve trains one CPU per seed and reads it on many ISAs.
 """
 
 from __future__ import annotations
@@ -43,11 +48,12 @@ def experiment_config(preset: str = "tiny") -> ml_collections.ConfigDict:
   base = base_config("decoder", preset)
   c = ml_collections.ConfigDict()
   c.corpus = "python_docs"  # comma-separated corpora; compilers are trained on all of their train splits
-  c.compilers = "bpe:1000,bpe:4000,unigram:4000,bpe:4000+perm:1"
+  c.compilers = "bpe:1000,bpe:4000,unigram:4000,bpe:4000+perm:1"  # evaluation ISAs (the matrix columns)
+  c.train_compilers = ""  # ISAs that get CPUs, comma-separated ('' = every one of `compilers`)
   c.archs = "decoder"  # comma-separated: encoder, decoder, encoder_decoder
   c.preset = preset
   c.steps = base.train.steps
-  c.seed = 0
+  c.seeds = "0"  # comma-separated: every CPU is trained once per seed (tables: mean ± std over seeds)
   c.data_dir = ""  # TFDS data_dir ('' = TFDS default)
   for block in ("data", "model", "train", "checkpoint"):
     c[block] = base[block]
@@ -56,7 +62,17 @@ def experiment_config(preset: str = "tiny") -> ml_collections.ConfigDict:
   return c
 
 
-def run_config(exp: ml_collections.ConfigDict, corpus: str, arch: str, isa: str, compile_dir: str):
+def seed_list(value) -> list[int]:
+  try:
+    seeds = [int(x) for x in split_list(str(value), "seeds")]
+  except ValueError as e:
+    raise UserError(f"experiment seeds {value!r} must be comma-separated integers, e.g. --config.seeds=0,1,2") from e
+  if any(x < 0 for x in seeds) or len(set(seeds)) != len(seeds):
+    raise UserError(f"experiment seeds {value!r} must be distinct non-negative integers")
+  return seeds
+
+
+def run_config(exp: ml_collections.ConfigDict, corpus: str, arch: str, isa: str, compile_dir: str, seed: int = 0):
   """The training config of one cell: the preset's, with the experiment's changes to it."""
   c = base_config(arch, exp.preset)
   defaults = base_config("decoder", exp.preset)
@@ -64,7 +80,7 @@ def run_config(exp: ml_collections.ConfigDict, corpus: str, arch: str, isa: str,
     for key, value in exp[block].items():
       if value != defaults[block][key]:
         c[block][key] = value
-  c.seed = exp.seed
+  c.seed = seed
   c.data.corpus = corpus
   c.data.compile_dir = compile_dir
   c.data.isa = isa
@@ -75,8 +91,8 @@ def run_config(exp: ml_collections.ConfigDict, corpus: str, arch: str, isa: str,
   return c
 
 
-def run_dir(workdir: str, corpus_name: str, arch: str, isa_name: str) -> str:
-  return os.path.join(workdir, "runs", corpus_name, arch, isa_name)
+def run_dir(workdir: str, corpus_name: str, arch: str, isa_name: str, seed: int = 0) -> str:
+  return os.path.join(workdir, "runs", corpus_name, arch, isa_name, f"seed{seed}")
 
 
 def _finished(path: str, steps: int) -> bool:
@@ -94,35 +110,44 @@ def run(exp: ml_collections.ConfigDict, workdir: str, *, log: Callable[[str], No
   workdir = os.path.abspath(workdir)
   compile_dir = os.path.join(workdir, "compiled")
   specs = compilers.parse_list(exp.compilers)
+  trained = compilers.parse_list(exp.train_compilers) if exp.train_compilers else specs
+  missing = [str(s) for s in trained if s not in specs]
+  if missing:
+    raise UserError(f"train_compilers {', '.join(missing)} are not among the evaluation compilers; add them")
   archs = split_list(exp.archs, "archs")
   for arch in archs:
     if arch not in ARCHS:
       raise UserError(f"unknown arch {arch!r} in --config.archs; choose from {', '.join(ARCHS)}")
+  seeds = seed_list(exp.seeds)
   corpora = [data.load_corpus(c, data_dir=exp.data_dir or None) for c in split_list(exp.corpus, "corpus")]
+  timing: dict[str, float] = {}
 
   log(f"== compile: {len(corpora)} corpora × {len(specs)} compilers")
   built = cache.build_compilers(specs, corpora, compile_dir, log=log)
   stats = cache.compile_corpora(corpora, built, compile_dir, log=log)
   log("\n" + cache.format_isa_table(stats) + "\n\n" + cache.format_overlap_matrix(built) + "\n")
+  timing["compile"] = time.time() - t_start
 
-  jobs = [(corpus, arch, spec) for corpus in corpora for arch in archs for spec in specs]
-  for i, (corpus, arch, spec) in enumerate(jobs, 1):
-    path = run_dir(workdir, corpus.name, arch, spec.name)
-    tag = f"[{i}/{len(jobs)}] {corpus.name} {arch} {spec.name}"
+  jobs = [(corpus, arch, spec, seed) for corpus in corpora for arch in archs for spec in trained for seed in seeds]
+  for i, (corpus, arch, spec, seed) in enumerate(jobs, 1):
+    path = run_dir(workdir, corpus.name, arch, spec.name, seed)
+    tag = f"[{i}/{len(jobs)}] {corpus.name} {arch} {spec.name} seed {seed}"
     if _finished(path, exp.steps):
       log(f"== train {tag}: done")
       continue
     log(f"== train {tag} (elapsed {time.time() - t_start:.0f}s)")
     os.makedirs(path, exist_ok=True)
-    result = trainer.train(run_config(exp, corpus.spec, arch, str(spec), compile_dir), path, log=log)
+    result = trainer.train(run_config(exp, corpus.spec, arch, str(spec), compile_dir, seed), path, log=log)
     if result["stopped"] != "done":
       raise UserError(f"training stopped early at step {result['step']}; rerun the same command to continue")
+  timing["train"] = time.time() - t_start - timing["compile"]
 
   reports = {}
   options = crosseval.CrossEvalOptions(**exp.crosseval.to_dict())
   for corpus in corpora:
+    t0 = time.time()
     out = os.path.join(workdir, "report", corpus.name)
-    runs = [run_dir(workdir, corpus.name, arch, spec.name) for arch in archs for spec in specs]
+    runs = [run_dir(workdir, corpus.name, a, s.name, seed) for a in archs for s in trained for seed in seeds]
     results = os.path.join(out, "results.jsonl")
     newest = max(os.path.getmtime(os.path.join(r, "checkpoints")) for r in runs)
     if os.path.exists(results) and os.path.getmtime(results) > newest:
@@ -132,7 +157,28 @@ def run(exp: ml_collections.ConfigDict, workdir: str, *, log: Callable[[str], No
       rows = crosseval.evaluate(
         runs, [str(s) for s in specs], compile_dir, corpus=corpus.spec, options=options, log=log
       )
-      crosseval.write_report(rows, out)
+      calibration = crosseval.calibrate(compile_dir, corpus.spec, str(specs[0]), options) if options.coherence else []
+      crosseval.write_report(rows, out, calibration)
     reports[corpus.name] = out
-  log(f"== done in {time.time() - t_start:.0f}s")
+    timing[f"crosseval {corpus.name}"] = time.time() - t0
+  timing["total"] = time.time() - t_start
+  _write_provenance(workdir, exp, timing)
+  log(f"== done in {timing['total']:.0f}s")
   return reports
+
+
+def _write_provenance(workdir: str, exp: ml_collections.ConfigDict, timing: dict[str, float]) -> None:
+  """experiment.json: the config and the wall time of each stage of this invocation (stages already done take ~0)."""
+  import json
+  import platform
+
+  record = {
+    "config": exp.to_dict(),
+    "seconds": {k: round(v, 1) for k, v in timing.items()},
+    "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    "machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "platform": platform.platform()},
+  }
+  tmp = os.path.join(workdir, "experiment.json.tmp")
+  with open(tmp, "w") as f:
+    json.dump(record, f, indent=1, sort_keys=True)
+  os.replace(tmp, os.path.join(workdir, "experiment.json"))

@@ -15,6 +15,6 @@ def get_config():
   c.steps = 300
   c.train.batch_size = 16
   c.data.length = 128
-  c.crosseval.prompts = 8
+  c.crosseval.prompts = 32
   c.crosseval.new_tokens = 32
   return c

@@ -1,0 +1,58 @@
+"""The experiment runner end to end on a tiny text corpus: seeds, train-only-some ISAs, calibration, resumption."""
+
+import json
+import os
+import pydoc_data.topics
+
+import numpy as np
+
+from llmcpu import experiment
+from llmcpu.crosseval import report
+
+
+def _write_corpus(root) -> str:
+  os.makedirs(root / "docs")
+  k = 0
+  for text in sorted(pydoc_data.topics.topics.values()):
+    for para in text.split("\n\n\n"):
+      if len(para) > 300:
+        (root / "docs" / f"{k:04d}.txt").write_text(para)
+        k += 1
+  return str(root / "docs" / "*.txt")
+
+
+def test_seeds_calibration_and_resume(tmp_path):
+  c = experiment.experiment_config("tiny")
+  c.corpus = "text:" + _write_corpus(tmp_path)
+  c.compilers = "char,char+perm:1"
+  c.train_compilers = "char"  # the permuted ISA is only read (a damage point), never trained on
+  c.archs = "decoder,encoder_decoder"
+  c.seeds = "0,1"
+  c.steps = 6
+  c.train.batch_size, c.data.length, c.train.log_every = 8, 64, 3
+  c.data.input_length, c.data.target_length = 48, 24
+  c.model.d_model, c.model.num_heads, c.model.d_ff = 32, 2, 64
+  c.crosseval.prompts, c.crosseval.new_tokens, c.crosseval.prompt_bytes = 12, 8, 32
+  logs: list[str] = []
+  (out,) = experiment.run(c, str(tmp_path / "exp"), log=logs.append).values()
+
+  rows = report.load_rows(out)
+  assert len(rows) == 8 and all(r["status"] == "ok" for r in rows)
+  cells = sorted((r["arch"], r["seed"], r["eval_isa"]) for r in rows)
+  assert cells == [(a, s, i) for a in ("decoder", "encoder_decoder") for s in (0, 1) for i in ("char", "char-perm1")]
+  # Encoder-decoders continue prose (prefix_lm), so their generations are judged like a decoder's.
+  assert {r["objective"] for r in rows if r["arch"] == "encoder_decoder"} == {"prefix_lm"}
+  assert all(r["prompts"] == rows[0]["prompts"] >= 8 and r["relevance"] is not None for r in rows)
+  for isa in ("char", "char-perm1"):  # one table row for both seeds: mean ± std, recomputed here
+    bpb = np.array([r["bits_per_byte"] for r in rows if r["eval_isa"] == isa and r["arch"] == "decoder"])
+    assert f"{bpb.mean():.3f} ± {bpb.std(ddof=1):.3f}" in report.markdown_table(rows, "bits_per_byte")
+  calibration = report.load_rows(out, "calibration.jsonl")
+  assert [r["reference"] for r in calibration][:2] == ["true continuation", "another document's continuation"]
+  summary = open(os.path.join(out, "summary.md")).read()
+  assert "## Calibration" in summary and "shuffled" in summary and "seeds 0, 1" in summary
+  provenance = json.load(open(tmp_path / "exp" / "experiment.json"))
+  assert provenance["config"]["seeds"] == "0,1" and provenance["seconds"]["total"] > 0
+
+  logs.clear()
+  experiment.run(c, str(tmp_path / "exp"), log=logs.append)  # everything is done: nothing retrains or re-evaluates
+  assert sum("done" in line for line in logs if line.startswith("== ")) == 6, logs
