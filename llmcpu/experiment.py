@@ -5,15 +5,17 @@ Layout under the experiment workdir::
 
   compiled/                               the compile cache (scripts/compile.py's workdir)
   runs/<corpus>/<arch>/<isa>/seed<k>/     one training run each (checkpoints, metrics.jsonl, TensorBoard)
-  report/<corpus>/                        cross-evaluation: results.jsonl, calibration.jsonl, matrices, heatmaps,
-                                          summary.md
-  experiment.json                         the config, and the wall time of each stage (provenance)
+  <report>/<corpus>/                      cross-evaluation: results.jsonl, calibration.jsonl, matrices, heatmaps,
+                                          summary.md (``report`` by default; see ``report`` below)
+  <report>/experiment.json                the config, and the wall time of each stage (provenance)
 
 Every stage skips what is already done: cached compilers and splits, runs whose last checkpoint is at the final
 step, reports newer than every checkpoint they cover. A crashed or preempted run continues where it stopped.
 
 ``compilers`` are the evaluation ISAs (the matrix columns); CPUs are trained on ``train_compilers`` (default: all
-of them) with every seed of ``seeds``, so a damage curve trains one CPU per seed and reads it on many ISAs.
+of them) with every seed of ``seeds``, so a damage curve trains one CPU per seed and reads it on many ISAs. Runs are
+keyed by (corpus, architecture, ISA, seed) only: two experiments with the same training settings can share a
+workdir (and so their runs) if they write different ``report`` directories.
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ def experiment_config(preset: str = "tiny") -> ml_collections.ConfigDict:
   c.preset = preset
   c.steps = base.train.steps
   c.seeds = "0"  # comma-separated: every CPU is trained once per seed (tables: mean ± std over seeds)
+  c.report = "report"  # report directory under the workdir: another name lets two experiments share the same runs
   c.data_dir = ""  # TFDS data_dir ('' = TFDS default)
   for block in ("data", "model", "train", "checkpoint"):
     c[block] = base[block]
@@ -146,7 +149,7 @@ def run(exp: ml_collections.ConfigDict, workdir: str, *, log: Callable[[str], No
   options = crosseval.CrossEvalOptions(**exp.crosseval.to_dict())
   for corpus in corpora:
     t0 = time.time()
-    out = os.path.join(workdir, "report", corpus.name)
+    out = os.path.join(workdir, exp.report or "report", corpus.name)
     runs = [run_dir(workdir, corpus.name, a, s.name, seed) for a in archs for s in trained for seed in seeds]
     results = os.path.join(out, "results.jsonl")
     newest = max(os.path.getmtime(os.path.join(r, "checkpoints")) for r in runs)
@@ -162,12 +165,12 @@ def run(exp: ml_collections.ConfigDict, workdir: str, *, log: Callable[[str], No
     reports[corpus.name] = out
     timing[f"crosseval {corpus.name}"] = time.time() - t0
   timing["total"] = time.time() - t_start
-  _write_provenance(workdir, exp, timing)
+  _write_provenance(os.path.join(workdir, exp.report or "report"), exp, timing)
   log(f"== done in {timing['total']:.0f}s")
   return reports
 
 
-def _write_provenance(workdir: str, exp: ml_collections.ConfigDict, timing: dict[str, float]) -> None:
+def _write_provenance(directory: str, exp: ml_collections.ConfigDict, timing: dict[str, float]) -> None:
   """experiment.json: the config and the wall time of each stage of this invocation (stages already done take ~0)."""
   import json
   import platform
@@ -178,7 +181,8 @@ def _write_provenance(workdir: str, exp: ml_collections.ConfigDict, timing: dict
     "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     "machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "platform": platform.platform()},
   }
-  tmp = os.path.join(workdir, "experiment.json.tmp")
+  os.makedirs(directory, exist_ok=True)
+  tmp = os.path.join(directory, "experiment.json.tmp")
   with open(tmp, "w") as f:
     json.dump(record, f, indent=1, sort_keys=True)
-  os.replace(tmp, os.path.join(workdir, "experiment.json"))
+  os.replace(tmp, os.path.join(directory, "experiment.json"))

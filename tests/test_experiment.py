@@ -50,7 +50,7 @@ def test_seeds_calibration_and_resume(tmp_path):
   assert [r["reference"] for r in calibration][:2] == ["true continuation", "another document's continuation"]
   summary = open(os.path.join(out, "summary.md")).read()
   assert "## Calibration" in summary and "shuffled" in summary and "seeds 0, 1" in summary
-  provenance = json.load(open(tmp_path / "exp" / "experiment.json"))
+  provenance = json.load(open(tmp_path / "exp" / "report" / "experiment.json"))
   assert provenance["config"]["seeds"] == "0,1" and provenance["seconds"]["total"] > 0
 
   logs.clear()

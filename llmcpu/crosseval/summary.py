@@ -7,7 +7,8 @@ intervals over documents (prompts for the coherence axes). Claims checked when t
   2. a fully permuted ISA (same segmentation, every regular opcode moved) scores at or below the unigram baseline
      (``normalized_score`` ≤ 0);
   3. prefix-compatible pairs (the smaller ISA's regular ids decode to the same pieces in the larger one, e.g. BPE
-     1000 vs 4000 merges on one corpus) score above unrelated ISAs (neither native, permuted nor prefix pairs);
+     1000 vs 4000 merges on one corpus, or char vs any learned ISA) score above unrelated ISAs (neither native,
+     permuted nor prefix pairs);
   4. native CPUs use their prompt (relevance interval above 0) and the fully permuted cells do not (interval
      includes 0); native relevance and coherence are the highest of their rows, with disjoint intervals;
   5. on programs, exact match is high natively and collapses under mismatch;
@@ -47,7 +48,9 @@ def pair_kind(r: dict) -> str:
   if a.base == b.base and a != b:
     moved = [s.perm_fraction for s in (a, b) if s.permuted]
     return "permuted" if all(f >= 1.0 for f in moved) else "partial-permutation"
-  if a.family == b.family and not a.permuted and not b.permuted and shared_of_smaller(r) >= PREFIX_OVERLAP:
+  # char is a prefix of every learned ISA of the same corpus (canonical layout: bytes, characters, learned pieces).
+  related = a.family == b.family or "char" in (a.family, b.family) and "byte" not in (a.family, b.family)
+  if related and not a.permuted and not b.permuted and shared_of_smaller(r) >= PREFIX_OVERLAP:
     return "prefix"
   return "unrelated"
 
