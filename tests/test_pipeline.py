@@ -345,75 +345,64 @@ def reconstruct(enc: np.ndarray, tgt: np.ndarray) -> list[int]:
   return out
 
 
-@settings(max_examples=50, deadline=None)
-@given(doc_lengths, st.integers(8, 80), st.integers(6, 30), st.sampled_from([0.15, 0.3, 0.5]), st.integers(0, 2))
-def test_span_corruption_reconstructs_every_window(lengths, input_length, target_length, density, seed):
-  corpus = prose(lengths, seed)
-  try:
-    p = Pipeline(
-      corpus.split,
-      objective="span_corruption",
-      global_batch=3,
-      seed=seed,
-      input_length=input_length,
-      target_length=target_length,
-      noise_density=density,
-    )
-  except UserError as e:
-    assert "fit no noised window" in str(e) or "no tokens" in str(e)
-    return
+def check_windows(corpus: Corpus, p: Pipeline, example) -> None:
+  """Every row of an epoch of an encoder-decoder objective on prose: well-formed (EOS-terminated, decoder inputs =
+  BOS + shifted targets), one window of one document whose ids ``example(enc, tgt, n_enc, n_tgt)`` recovers
+  (it checks the row's own layout and returns the window and its content mask); the windows of each document, in
+  order, are the document once."""
   rows = epoch_rows(p)
   pieces: dict[int, list[int]] = {}
   for i in range(p.rows_per_epoch):
     enc, tgt = rows["encoder_inputs"][i], rows["decoder_targets"][i]
     n_enc, n_tgt = rows["encoder_segment_ids"][i].sum(), rows["decoder_segment_ids"][i].sum()
     assert enc[n_enc - 1] == EOS_ID and tgt[n_tgt - 1] == EOS_ID and not enc[n_enc:].any() and not tgt[n_tgt:].any()
-    sentinels = enc[(enc >= FIRST_SENTINEL_ID) & (enc < FIRST_REGULAR_ID)]
-    assert np.array_equal(sentinels, FIRST_SENTINEL_ID + np.arange(len(sentinels))) and len(sentinels) <= NUM_SENTINELS
     assert np.array_equal(rows["decoder_inputs"][i][:n_tgt], np.concatenate([[BOS_ID], tgt[: n_tgt - 1]]))
     assert np.array_equal(rows["decoder_positions"][i][:n_tgt], np.arange(n_tgt))
-    window = reconstruct(enc, tgt)
+    window, content = example(enc, tgt, n_enc, n_tgt)
     assert 0 < len(window) <= p.objective.window
     docs = {corpus.where[t][1] for t in window}
     assert len(docs) == 1, "a window never crosses documents"
     pieces.setdefault(docs.pop(), []).extend(window)
-    noise = (tgt >= FIRST_REGULAR_ID) & (np.arange(len(tgt)) < n_tgt)
-    assert np.all((rows["target_bytes"][i] > 0) == noise)
+    assert np.all((rows["target_bytes"][i] > 0) == content)
   for d, doc in enumerate(corpus.docs["text"]):
     assert pieces.get(d, []) == doc.tolist(), "each window of each document once per epoch, in order"
+
+
+@settings(max_examples=50, deadline=None)
+@given(doc_lengths, st.integers(8, 80), st.integers(6, 30), st.sampled_from([0.15, 0.3, 0.5]), st.integers(0, 2))
+def test_span_corruption_reconstructs_every_window(lengths, input_length, target_length, density, seed):
+  corpus = prose(lengths, seed)
+  kw = dict(global_batch=3, seed=seed, input_length=input_length, target_length=target_length)
+  try:
+    p = Pipeline(corpus.split, objective="span_corruption", noise_density=density, **kw)
+  except UserError as e:
+    assert "fit no noised window" in str(e) or "no tokens" in str(e)
+    return
+
+  def example(enc, tgt, n_enc, n_tgt):
+    sentinels = enc[(enc >= FIRST_SENTINEL_ID) & (enc < FIRST_REGULAR_ID)]
+    assert np.array_equal(sentinels, FIRST_SENTINEL_ID + np.arange(len(sentinels))) and len(sentinels) <= NUM_SENTINELS
+    return reconstruct(enc, tgt), (tgt >= FIRST_REGULAR_ID) & (np.arange(len(tgt)) < n_tgt)
+
+  check_windows(corpus, p, example)
 
 
 @settings(max_examples=50, deadline=None)
 @given(doc_lengths, st.integers(2, 40), st.integers(2, 20), st.integers(0, 2))
 def test_prefix_lm_cuts_every_window_once_into_prefix_and_continuation(lengths, input_length, target_length, seed):
   corpus = prose(lengths, seed)
+  kw = dict(global_batch=3, seed=seed, input_length=input_length, target_length=target_length)
   try:
-    p = Pipeline(
-      corpus.split,
-      objective="prefix_lm",
-      global_batch=3,
-      seed=seed,
-      input_length=input_length,
-      target_length=target_length,
-    )
+    p = Pipeline(corpus.split, objective="prefix_lm", **kw)
   except UserError as e:
     assert "no tokens" in str(e)
     return
-  rows = epoch_rows(p)
-  pieces: dict[int, list[int]] = {}
-  for i in range(p.rows_per_epoch):
-    enc, tgt = rows["encoder_inputs"][i], rows["decoder_targets"][i]
-    n_enc, n_tgt = rows["encoder_segment_ids"][i].sum(), rows["decoder_segment_ids"][i].sum()
-    assert enc[n_enc - 1] == EOS_ID and tgt[n_tgt - 1] == EOS_ID and n_enc >= 2
-    assert n_enc <= input_length and n_tgt <= target_length
-    window = [*enc[: n_enc - 1].tolist(), *tgt[: n_tgt - 1].tolist()]
-    assert len(window) <= input_length - 1 + target_length - 1
-    docs = {corpus.where[t][1] for t in window}
-    assert len(docs) == 1, "a window never crosses documents"
-    pieces.setdefault(docs.pop(), []).extend(window)
-    assert np.all((rows["target_bytes"][i] > 0) == (np.arange(len(tgt)) < n_tgt - 1))
-  for d, doc in enumerate(corpus.docs["text"]):
-    assert pieces.get(d, []) == doc.tolist(), "each window of each document once per epoch, in order"
+
+  def example(enc, tgt, n_enc, n_tgt):
+    assert 2 <= n_enc <= input_length and n_tgt <= target_length  # a non-empty prefix; both fit
+    return [*enc[: n_enc - 1].tolist(), *tgt[: n_tgt - 1].tolist()], np.arange(len(tgt)) < n_tgt - 1
+
+  check_windows(corpus, p, example)
 
 
 @pytest.mark.parametrize("input_length,target_length", [(8, 4), (64, 16), (114, 30), (512, 114), (4096, 2048)])
