@@ -66,10 +66,13 @@ def timed(fn) -> float:
 
 
 def eval_pass(ev: ModelEvaluator, comp) -> None:
-  split = ev.lib.split(ev.lib.corpus_name(ev.corpus, comp), comp, ev.opt.split)
+  name = ev.lib.corpus_name(ev.corpus, comp)
+  split = ev.lib.split(name, comp, ev.opt.split)
   objective = trainer.objective_for(ev.config, split.kind)
   share = scoring.unk_share_nats(ev.mc.vocab_size, comp.vocab_size)
-  scoring.run_pass(ev.sums_fn, ev.params, ev.rest, ev.pipeline(split, objective).eval_batches(), share)
+  unigram = ev.lib.unigram_bits(name, comp, scoring.scored_fields(split, objective), ev.opt.train_split)
+  batches = ev.pipeline(split, objective).eval_batches()
+  scoring.run_pass(ev.sums_fn, ev.params, ev.rest, batches, share, unigram, split.num_docs)
 
 
 def quickstart() -> dict:

@@ -16,6 +16,7 @@ import dataclasses
 import json
 import math
 import os
+import textwrap
 from collections.abc import Sequence
 
 import matplotlib
@@ -244,7 +245,7 @@ def heatmap(m: Matrix, spec: Metric, path: str) -> None:
   ax.set_xticks(range(w), m.columns, rotation=30, ha="right", fontsize=8)
   ax.set_yticks(range(h), m.rows, fontsize=8)
   ax.set_xlabel("evaluation ISA (machine code fed as is)")
-  ax.set_title(spec.title + " — native outlined", fontsize=9)
+  ax.set_title(textwrap.fill(spec.title + " — native outlined", 12 * w + 20), fontsize=9)
   fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
   fig.tight_layout()
   fig.savefig(path)
