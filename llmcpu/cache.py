@@ -126,6 +126,14 @@ def build_compilers(
   return out
 
 
+def trained_on(workdir: str, spec: CompilerSpec) -> dict | None:
+  """The training-corpus record ({specs, names, fingerprint}) of the saved compiler for ``spec``, if any."""
+  path = os.path.join(compiler_dir(workdir, spec.name), "isa.json")
+  if spec.family == "byte" or not os.path.exists(path):
+    return None
+  return compilers.load(compiler_dir(workdir, spec.name)).manifest.get("corpus")
+
+
 def _current_compiler(path: str, spec: CompilerSpec, corpus_info: dict, options: dict) -> Compiler | None:
   """The saved compiler at ``path`` if it is what would be built now, else None (stale or absent)."""
   if not os.path.exists(os.path.join(path, "isa.json")):

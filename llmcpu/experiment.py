@@ -49,7 +49,8 @@ def experiment_config(preset: str = "tiny") -> ml_collections.ConfigDict:
   """
   base = base_config("decoder", preset)
   c = ml_collections.ConfigDict()
-  c.corpus = "python_docs"  # comma-separated corpora; compilers are trained on all of their train splits
+  c.corpus = "python_docs"  # comma-separated corpora: CPUs are trained and cross-evaluated on each
+  c.compiler_corpora = ""  # corpora whose train splits train the compilers ('' = `corpus`)
   c.compilers = "bpe:1000,bpe:4000,unigram:4000,bpe:4000+perm:1"  # evaluation ISAs (the matrix columns)
   c.train_compilers = ""  # ISAs that get CPUs, comma-separated ('' = every one of `compilers`)
   c.archs = "decoder"  # comma-separated: encoder, decoder, encoder_decoder
@@ -123,15 +124,20 @@ def run(exp: ml_collections.ConfigDict, workdir: str, *, log: Callable[[str], No
       raise UserError(f"unknown arch {arch!r} in --config.archs; choose from {', '.join(ARCHS)}")
   seeds = seed_list(exp.seeds)
   corpora = [data.load_corpus(c, data_dir=exp.data_dir or None) for c in split_list(exp.corpus, "corpus")]
+  sources = corpora
+  if exp.compiler_corpora:
+    sources = [data.load_corpus(c, data_dir=exp.data_dir or None) for c in split_list(exp.compiler_corpora, "corpus")]
+  _check_isas_kept(workdir, compile_dir, specs, sources)
   timing: dict[str, float] = {}
 
-  log(f"== compile: {len(corpora)} corpora × {len(specs)} compilers")
-  built = cache.build_compilers(specs, corpora, compile_dir, log=log)
+  log(f"== compile: {len(corpora)} corpora × {len(specs)} compilers (trained on {', '.join(c.name for c in sources)})")
+  built = cache.build_compilers(specs, sources, compile_dir, log=log)
   stats = cache.compile_corpora(corpora, built, compile_dir, log=log)
   log("\n" + cache.format_isa_table(stats) + "\n\n" + cache.format_overlap_matrix(built) + "\n")
   timing["compile"] = time.time() - t_start
 
-  jobs = [(corpus, arch, spec, seed) for corpus in corpora for arch in archs for spec in trained for seed in seeds]
+  # Seeds outermost: an experiment stopped part-way has every cell of its first seeds, not every seed of a few cells.
+  jobs = [(corpus, arch, spec, seed) for seed in seeds for corpus in corpora for arch in archs for spec in trained]
   for i, (corpus, arch, spec, seed) in enumerate(jobs, 1):
     path = run_dir(workdir, corpus.name, arch, spec.name, seed)
     tag = f"[{i}/{len(jobs)}] {corpus.name} {arch} {spec.name} seed {seed}"
@@ -168,6 +174,22 @@ def run(exp: ml_collections.ConfigDict, workdir: str, *, log: Callable[[str], No
   _write_provenance(os.path.join(workdir, exp.report or "report"), exp, timing)
   log(f"== done in {timing['total']:.0f}s")
   return reports
+
+
+def _check_isas_kept(workdir: str, compile_dir: str, specs, sources) -> None:
+  """Refuses to retrain a compiler that CPUs in this workdir were trained with (they would no longer match it)."""
+  if not os.path.isdir(os.path.join(workdir, "runs")):
+    return
+  want = cache.corpora_fingerprint(sources)
+  for spec in specs:
+    have = cache.trained_on(compile_dir, spec)
+    if have is not None and have.get("fingerprint") != want:
+      raise UserError(
+        f"compiler {spec.name} in {compile_dir} was trained on {','.join(have['specs'])}, this config would retrain "
+        f"it on {','.join(c.spec for c in sources)} and orphan the CPUs in {workdir}/runs: add "
+        f"--config.compiler_corpora={','.join(have['specs'])} (evaluate a subset of corpora with the same ISAs) or "
+        "use a new --workdir"
+      )
 
 
 def _write_provenance(directory: str, exp: ml_collections.ConfigDict, timing: dict[str, float]) -> None:

@@ -5,9 +5,11 @@ import os
 import pydoc_data.topics
 
 import numpy as np
+import pytest
 
 from llmcpu import experiment
 from llmcpu.crosseval import report
+from llmcpu.errors import UserError
 
 
 def _write_corpus(root) -> str:
@@ -56,3 +58,11 @@ def test_seeds_calibration_and_resume(tmp_path):
   logs.clear()
   experiment.run(c, str(tmp_path / "exp"), log=logs.append)  # everything is done: nothing retrains or re-evaluates
   assert sum("done" in line for line in logs if line.startswith("== ")) == 6, logs
+
+  # Another corpus set would retrain the compilers these CPUs were built with: refused, and nothing is touched.
+  isa = tmp_path / "exp" / "compiled" / "compilers" / "char" / "isa.json"
+  before = isa.read_bytes()
+  c.corpus = "text:" + str(tmp_path / "docs" / "00*.txt")
+  with pytest.raises(UserError, match="compiler_corpora=text:"):
+    experiment.run(c, str(tmp_path / "exp"), log=logs.append)
+  assert isa.read_bytes() == before

@@ -12,6 +12,7 @@ from llmcpu.experiment import experiment_config
 def get_config():
   c = experiment_config("tiny")
   c.corpus = "python_docs,programs"
+  c.compiler_corpora = "python_docs,programs"  # kept when one corpus is run alone (--config.corpus=programs)
   c.compilers = "bpe:1000,bpe:4000,unigram:4000,bpe:4000+perm:1,char,byte"
   c.archs = "decoder,encoder,encoder_decoder"
   c.seeds = "0,1,2"
