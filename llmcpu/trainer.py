@@ -272,8 +272,9 @@ def train(
     meta = checkpoints.load_meta(workdir)
     if meta["arch"] != run.model_config.arch or meta["isa_fingerprint"] != run.compiler.fingerprint:
       raise UserError(
-        f"{workdir} holds a checkpoint of arch {meta['arch']} on ISA {meta['isa_name']}, not of "
-        f"{run.model_config.arch} on {run.compiler.name}; use another --workdir"
+        f"{workdir} holds a checkpoint of arch {meta['arch']} on ISA {meta['isa_name']} "
+        f"({meta['isa_fingerprint']}), not of {run.model_config.arch} on {run.compiler.name} "
+        f"({run.compiler.fingerprint}); use another --workdir"
       )
     state, meta = checkpoints.restore(mngr, start, checkpoints.abstract(state))
     log(f"resumed from step {start} ({meta['tokens_seen']:,} tokens seen)")

@@ -23,7 +23,7 @@ import pytest
 from conftest import held_out_corpus
 
 from llmcpu import cache, checkpoints, compilers, config, loss, specials, trainer
-from llmcpu.crosseval import calibration, coherence, generation, report, summary
+from llmcpu.crosseval import calibration, coherence, generation, report, scoring, summary
 from llmcpu.crosseval.evaluate import CrossEvalOptions, LoadedModel, ModelEvaluator, evaluate
 from llmcpu.crosseval.judge import ByteJudge
 from llmcpu.crosseval.library import Library
@@ -174,6 +174,29 @@ def test_permuted_cpu_on_permuted_isa_equals_native_cell(rows, world):
     r = _cell(rows, ck, isa)
     assert summary.pair_kind(r) == "permuted"
     assert r["normalized_score"] is not None and r["normalized_score"] <= 0, r
+
+
+def test_damage_points_are_matched_by_the_permutation_symmetry():
+  # No CPU is trained on a partly permuted ISA: its matched cell is the base ISA's native one (the test above shows
+  # a CPU on a permuted ISA scores exactly its base's native bits per byte). By hand: (4 − 5) / (4 − 3) = −1.
+  def row(spec, fingerprint, bpb, native):
+    return dict(
+      status="ok",
+      arch="decoder",
+      corpus="c",
+      split="test",
+      seed=0,
+      eval_isa_spec=spec,
+      eval_fingerprint=fingerprint,
+      native=native,
+      bits_per_byte=bpb,
+      bpb_unigram=4.0,
+    )
+
+  rows = [row("bpe:1000", "A", 3.0, True), row("bpe:1000+perm:1:0.5", "B", 5.0, False), row("char", "C", 6.0, False)]
+  scoring.add_baselines(rows)
+  assert rows[1]["normalized_score"] == pytest.approx(-1.0) and rows[1]["bpb_matched_via"] == "bpe:1000"
+  assert rows[2]["normalized_score"] is None and rows[2]["bpb_matched_via"] is None  # not a permutation: unmatched
 
 
 def test_native_cell_is_best_of_its_row(rows, world):

@@ -40,7 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from llmcpu import loss, models, specials
+from llmcpu import compilers, loss, models, specials
 from llmcpu.crosseval import intervals
 from llmcpu.data.compiled import CompiledSplit
 
@@ -182,16 +182,25 @@ def _normalized(sums: np.ndarray) -> np.ndarray:
 
 def add_baselines(rows: list[dict]) -> None:
   """Fills ``bpb_matched``, ``normalized_score`` and its interval from the native cell of the same architecture,
-  corpus, split, evaluation ISA and seed."""
+  corpus, split, evaluation ISA and seed.
 
-  def key(r: dict) -> tuple:
-    return (r["arch"], r["corpus"], r["split"], r["eval_fingerprint"], r.get("seed"))
+  An evaluation ISA that no CPU was trained on but that permutes one that was (a damage point) is matched by exact
+  symmetry: a CPU trained on it is the base ISA's CPU with its embedding rows permuted, so its native bits per byte
+  is the base CPU's on the base ISA (``bpb_matched_via`` names the base)."""
+
+  def key(r: dict, fingerprint: str | None = None) -> tuple:
+    return (r["arch"], r["corpus"], r["split"], fingerprint or r["eval_fingerprint"], r.get("seed"))
 
   native = {key(r): r for r in rows if r.get("status") == "ok" and r.get("native") and r.get("bits_per_byte")}
+  fingerprints = {r["eval_isa_spec"]: r["eval_fingerprint"] for r in rows if r.get("eval_isa_spec")}
   for r in rows:
     if r.get("status") != "ok":
       continue
-    matched = native.get(key(r))
+    matched, r["bpb_matched_via"] = native.get(key(r)), None
+    spec = compilers.parse(r["eval_isa_spec"]) if matched is None and r.get("eval_isa_spec") else None
+    if spec is not None and spec.permuted and str(spec.base) in fingerprints:
+      matched = native.get(key(r, fingerprints[str(spec.base)]))
+      r["bpb_matched_via"] = str(spec.base) if matched else None
     r["bpb_matched"] = matched["bits_per_byte"] if matched else None
     r["normalized_score"] = normalized_score(r.get("bits_per_byte"), r.get("bpb_unigram"), r["bpb_matched"])
     r["normalized_score_ci"] = None

@@ -455,6 +455,10 @@ class PrefixLM(Windowed):
   The encoder-decoder then learns to *continue* a text from its prompt, which is what cross-evaluation asks of it
   (span corruption only ever fills ~3-token holes, so its "continuation" of a prompt is a fragment). The cut is drawn
   uniformly among the points that fit both lengths, from (seed, global row). Content targets: the suffix's ids.
+
+  Known limit: in a full window the only cut that fits both lengths is ``input_length − 1``, so the encoder reads
+  prompts of one length (a document's last window aside), longer than cross-evaluation's 64-byte prompts; the
+  headline's encoder-decoders model text (bits per byte near the decoders') but do not continue short prompts.
   """
 
   def __init__(self, split: CompiledSplit, input_length: int, target_length: int, seed: int):
