@@ -36,6 +36,8 @@ def workdir_path(path: str) -> str:
   """Absolute, user-expanded workdir (orbax rejects relative paths); checks it can be written."""
   if not path:
     raise UserError("--workdir is required, e.g. --workdir=runs/quickstart")
+  if "://" in path:  # abspath would turn gs://b/x into ./gs:/b/x, writing the results somewhere no one looks
+    raise UserError(f"--workdir={path}: bucket paths are not supported yet; use a local path (or a mounted bucket)")
   path = os.path.abspath(os.path.expanduser(path))
   try:
     os.makedirs(path, exist_ok=True)

@@ -7,7 +7,7 @@ import pydoc_data.topics
 import numpy as np
 import pytest
 
-from llmcpu import experiment
+from llmcpu import cli, experiment
 from llmcpu.crosseval import report
 from llmcpu.errors import UserError
 
@@ -66,3 +66,10 @@ def test_seeds_calibration_and_resume(tmp_path):
   with pytest.raises(UserError, match="compiler_corpora=text:"):
     experiment.run(c, str(tmp_path / "exp"), log=logs.append)
   assert isa.read_bytes() == before
+
+
+def test_bucket_workdir_is_refused_until_supported(tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  with pytest.raises(UserError, match="bucket paths are not supported"):
+    cli.workdir_path("gs://bucket/runs/x")
+  assert not (tmp_path / "gs:").exists()  # nothing half-made locally
