@@ -20,6 +20,6 @@ def get_config():
   c.train.batch_size = 16
   c.data.length = 128
   c.crosseval.prompts = 128  # of the first 200 test documents (max_docs): intervals of ±0.07 on relevance
-  c.crosseval.program_prompts = 1000
+  c.crosseval.program_prompts = 1000  # capped by max_docs (the test split is read up to 200 items): 200 per cell
   c.crosseval.max_docs = 200
   return c

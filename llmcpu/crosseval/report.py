@@ -313,6 +313,7 @@ def damage_figure(rows: Sequence[dict], path: str) -> bool:
   if not curves or not metrics:
     return False
   fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.4), dpi=120, squeeze=False)
+  color = {key: f"C{i % 10}" for i, key in enumerate(sorted(curves))}  # one colour per CPU in every panel
   for ax, metric in zip(axes[0], metrics, strict=True):
     for (corpus, isa, arch), v in sorted(curves.items()):
       pts = [(f, c) for f, c in zip(v["fraction"], v[metric], strict=True) if isinstance(c, Cell)]
@@ -322,7 +323,17 @@ def damage_figure(rows: Sequence[dict], path: str) -> bool:
       y = np.array([c.mean for _, c in pts])
       lo = np.array([c.mean - (c.std if c.std is not None else c.mean - c.ci[0] if c.ci else 0.0) for _, c in pts])
       hi = np.array([c.mean + (c.std if c.std is not None else c.ci[1] - c.mean if c.ci else 0.0) for _, c in pts])
-      ax.errorbar(x, y, yerr=[y - lo, hi - y], marker="o", ms=3, capsize=2, lw=1.2, label=f"{isa} · {arch} · {corpus}")
+      ax.errorbar(
+        x,
+        y,
+        yerr=[y - lo, hi - y],
+        marker="o",
+        ms=3,
+        capsize=2,
+        lw=1.2,
+        color=color[corpus, isa, arch],
+        label=f"{isa} · {arch} · {corpus}",
+      )
     ax.set_xscale("symlog", linthresh=0.01)
     ax.set_xlim(-0.001, 1.1)
     ax.set_xlabel("share of opcodes permuted")
