@@ -199,6 +199,38 @@ def test_damage_points_are_matched_by_the_permutation_symmetry():
   assert rows[2]["normalized_score"] is None and rows[2]["bpb_matched_via"] is None  # not a permutation: unmatched
 
 
+def test_damage_curves_table_and_figure(tmp_path):
+  # Hand-made cells of two seeds: the table shows each point's mean ± std, recomputed here with numpy.
+  rng = np.random.default_rng(0)
+  rows, values = [], {}
+  for arch in ("decoder", "encoder"):
+    for f in (0.0, 0.1, 1.0):
+      for seed in (0, 1):
+        spec = "bpe:1000" if f == 0 else f"bpe:1000+perm:1:{f:g}"
+        v = float(rng.uniform(-2, 1))
+        values.setdefault((arch, f), []).append(v)
+        rows.append(
+          dict(
+            status="ok",
+            arch=arch,
+            corpus="c",
+            model_isa="bpe1000",
+            model_isa_spec="bpe:1000",
+            eval_isa_spec=spec,
+            seed=seed,
+            normalized_score=v,
+          )
+        )
+  table = report.damage_markdown(rows)
+  for arch in ("decoder", "encoder"):
+    line = next(x for x in table.splitlines() if x.startswith(f"| bpe1000 · {arch} · c | normalized_score"))
+    for f in (0.0, 0.1, 1.0):
+      v = np.array(values[arch, f])
+      assert f"{v.mean():.2f} ± {v.std(ddof=1):.2f}" in line
+  assert report.damage_figure(rows, str(tmp_path / "d.png")) and (tmp_path / "d.png").stat().st_size > 0
+  assert not report.damage_figure(rows[:4], str(tmp_path / "none.png"))  # two points are not a curve
+
+
 def test_native_cell_is_best_of_its_row(rows, world):
   for ck in (world["a"], world["b"], world["a_perm"].name):
     cells = [r for r in rows if r["checkpoint"] == ck]
