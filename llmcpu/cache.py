@@ -128,10 +128,10 @@ def build_compilers(
 
 def trained_on(workdir: str, spec: CompilerSpec) -> dict | None:
   """The training-corpus record ({specs, names, fingerprint}) of the saved compiler for ``spec``, if any."""
-  path = os.path.join(compiler_dir(workdir, spec.name), "isa.json")
-  if spec.family == "byte" or not os.path.exists(path):
+  path = compiler_dir(workdir, spec.name)
+  if spec.family == "byte" or not os.path.exists(os.path.join(path, "isa.json")):
     return None
-  return compilers.load(compiler_dir(workdir, spec.name)).manifest.get("corpus")
+  return compilers.load(path).manifest.get("corpus")
 
 
 def _current_compiler(path: str, spec: CompilerSpec, corpus_info: dict, options: dict) -> Compiler | None:

@@ -153,9 +153,10 @@ def run(exp: ml_collections.ConfigDict, workdir: str, *, log: Callable[[str], No
 
   reports = {}
   options = crosseval.CrossEvalOptions(**exp.crosseval.to_dict())
+  report_root = os.path.join(workdir, exp.report or "report")
   for corpus in corpora:
     t0 = time.time()
-    out = os.path.join(workdir, exp.report or "report", corpus.name)
+    out = os.path.join(report_root, corpus.name)
     runs = [run_dir(workdir, corpus.name, a, s.name, seed) for a in archs for s in trained for seed in seeds]
     results = os.path.join(out, "results.jsonl")
     newest = max(os.path.getmtime(os.path.join(r, "checkpoints")) for r in runs)
@@ -171,7 +172,7 @@ def run(exp: ml_collections.ConfigDict, workdir: str, *, log: Callable[[str], No
     reports[corpus.name] = out
     timing[f"crosseval {corpus.name}"] = time.time() - t0
   timing["total"] = time.time() - t_start
-  _write_provenance(os.path.join(workdir, exp.report or "report"), exp, timing)
+  _write_provenance(report_root, exp, timing)
   log(f"== done in {timing['total']:.0f}s")
   return reports
 
