@@ -457,8 +457,9 @@ class PrefixLM(Windowed):
   uniformly among the points that fit both lengths, from (seed, global row). Content targets: the suffix's ids.
 
   Known limit: in a full window the only cut that fits both lengths is ``input_length − 1``, so the encoder reads
-  prompts of one length (a document's last window aside), longer than cross-evaluation's 64-byte prompts; the
-  headline's encoder-decoders model text (bits per byte near the decoders') but do not continue short prompts.
+  prompts of one length (a document's last window aside), longer than cross-evaluation's 64-byte prompts. Drawing
+  prompt lengths uniformly did not help tiny CPUs continue a prompt (README, "Encoder-decoders do not separate"):
+  their decoder ignores the encoder whatever the prompt length, so the simpler cut is kept.
   """
 
   def __init__(self, split: CompiledSplit, input_length: int, target_length: int, seed: int):
