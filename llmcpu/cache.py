@@ -16,11 +16,10 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import itertools
-import os
 import time
 from collections.abc import Callable, Iterable, Sequence
 
-from llmcpu import compilers
+from llmcpu import compilers, fs
 from llmcpu.compilers import Compiler, CompilerSpec
 from llmcpu.data import compiled
 from llmcpu.errors import UserError
@@ -28,12 +27,40 @@ from llmcpu.errors import UserError
 ENCODE_BATCH = 2048  # documents per encode call: large enough for SentencePiece's threads, small in memory
 
 
+WAIT_POLL_S = 5.0  # how often a follower process looks for what the leader compiles
+WAIT_TIMEOUT_S = 24 * 3600.0  # a follower gives up after this long (compiling a large corpus takes hours)
+
+
 def compiler_dir(workdir: str, name: str) -> str:
-  return os.path.join(workdir, "compilers", name)
+  return fs.join(workdir, "compilers", name)
 
 
 def split_dir(workdir: str, corpus_name: str, compiler_name: str, split: str) -> str:
-  return os.path.join(workdir, "data", corpus_name, compiler_name, split)
+  return fs.join(workdir, "data", corpus_name, compiler_name, split)
+
+
+def await_current(what: str, current: Callable[[], object], log: Callable[[str], None], timeout_s: float | None = None):
+  """Polls ``current()`` until it returns something (a follower process waiting for the leader's committed output:
+  a compiler's ``isa.json`` or a split's ``manifest.json``, both written last); a half-written item reads as absent."""
+  timeout_s = WAIT_TIMEOUT_S if timeout_s is None else timeout_s
+  t0 = last_log = time.time()
+  while True:
+    try:
+      found = current()
+    except UserError:  # the leader is rewriting it (marker of the old one, files of the new): not ready yet
+      found = None
+    if found:
+      return found
+    waited = time.time() - t0
+    if waited > timeout_s:
+      raise UserError(
+        f"waited {waited:.0f}s for process 0 to compile {what}; it did not appear. Check process 0's log, or run "
+        "scripts/compile.py once before starting the processes"
+      )
+    if time.time() - last_log >= 60:
+      log(f"{what}: waiting for process 0 to compile it ({waited:.0f}s)")
+      last_log = time.time()
+    time.sleep(WAIT_POLL_S)
 
 
 def load_split(workdir: str, corpus_name: str, compiler: Compiler, split: str) -> compiled.CompiledSplit:
@@ -92,9 +119,13 @@ def build_compilers(
   *,
   options: dict | None = None,
   rebuild: bool = False,
+  leader: bool = True,
   log: Callable[[str], None] = print,
 ) -> list[Compiler]:
-  """Trains (or reuses) each compiler; permuted ISAs reuse their base's training."""
+  """Trains (or reuses) each compiler; permuted ISAs reuse their base's training.
+
+  Many processes on one directory (a pod slice): only the ``leader`` (process 0) builds; the others wait until each
+  compiler it writes is committed and current, instead of racing it."""
   options = options or {}
   corpus_info = {
     "specs": [c.spec for c in corpora],
@@ -105,6 +136,13 @@ def build_compilers(
   out = []
   for spec in specs:
     path = compiler_dir(workdir, spec.name)
+    if not leader:
+      out.append(
+        await_current(
+          f"compiler {spec.name}", lambda p=path, s=spec: _current_compiler(p, s, corpus_info, options), log
+        )
+      )
+      continue
     cached = None if rebuild else _current_compiler(path, spec, corpus_info, options)
     if cached is not None:
       log(f"compiler {spec.name}: cached ({cached.fingerprint})")
@@ -129,14 +167,14 @@ def build_compilers(
 def trained_on(workdir: str, spec: CompilerSpec) -> dict | None:
   """The training-corpus record ({specs, names, fingerprint}) of the saved compiler for ``spec``, if any."""
   path = compiler_dir(workdir, spec.name)
-  if spec.family == "byte" or not os.path.exists(os.path.join(path, "isa.json")):
+  if spec.family == "byte" or not fs.exists(fs.join(path, "isa.json")):
     return None
   return compilers.load(path).manifest.get("corpus")
 
 
 def _current_compiler(path: str, spec: CompilerSpec, corpus_info: dict, options: dict) -> Compiler | None:
   """The saved compiler at ``path`` if it is what would be built now, else None (stale or absent)."""
-  if not os.path.exists(os.path.join(path, "isa.json")):
+  if not fs.exists(fs.join(path, "isa.json")):
     return None
   try:
     c = compilers.load(path)
@@ -162,31 +200,27 @@ def compile_split(
 ) -> dict:
   """Encodes every document's fields with ``compiler`` and commits the split at ``path``."""
   writer = compiled.SplitWriter(path, fields, label_fields)
-  try:
-    docs = iter(documents)
-    n = 0
-    while batch := list(itertools.islice(docs, ENCODE_BATCH)):
-      for field in fields:
-        texts = [d[field] for d in batch]
-        flat, lengths = compiler.encode_flat(texts)
-        writer.add(field, flat, lengths, texts)
-      for name in label_fields:
-        writer.add_labels(name, [d[name] for d in batch])
-      n += len(batch)
-      if progress:
-        progress(n)
-    manifest = dict(
-      manifest,
-      compiler=compiler.name,
-      compiler_spec=str(compiler.spec),
-      compiler_fingerprint=compiler.fingerprint,
-      model_sha256=compiler.manifest.get("model_sha256"),
-      vocab_size=compiler.vocab_size,
-    )
-    return writer.commit(manifest)
-  except BaseException:
-    writer.abort()
-    raise
+  docs = iter(documents)
+  n = 0
+  while batch := list(itertools.islice(docs, ENCODE_BATCH)):
+    for field in fields:
+      texts = [d[field] for d in batch]
+      flat, lengths = compiler.encode_flat(texts)
+      writer.add(field, flat, lengths, texts)
+    for name in label_fields:
+      writer.add_labels(name, [d[name] for d in batch])
+    n += len(batch)
+    if progress:
+      progress(n)
+  manifest = dict(
+    manifest,
+    compiler=compiler.name,
+    compiler_spec=str(compiler.spec),
+    compiler_fingerprint=compiler.fingerprint,
+    model_sha256=compiler.manifest.get("model_sha256"),
+    vocab_size=compiler.vocab_size,
+  )
+  return writer.commit(manifest)
 
 
 def _split_current(path: str, compiler: Compiler, corpus) -> bool:
@@ -206,15 +240,19 @@ def compile_corpora(
   workdir: str,
   *,
   rebuild: bool = False,
+  leader: bool = True,
   log: Callable[[str], None] = print,
 ) -> list[IsaStats]:
-  """Compiles every split of every corpus with every compiler (reusing current splits); returns per-ISA stats."""
+  """Compiles every split of every corpus with every compiler (reusing current splits); returns per-ISA stats.
+  A process that is not the ``leader`` waits for each split to be committed instead (see ``build_compilers``)."""
   stats = []
   jobs = [(c, k, s) for c in corpora for k in compiler_list for s in c.splits]
   for i, (corpus, compiler, split) in enumerate(jobs, 1):
     path = split_dir(workdir, corpus.name, compiler.name, split)
     tag = f"[{i}/{len(jobs)}] {corpus.name}/{compiler.name}/{split}"
-    if not rebuild and _split_current(path, compiler, corpus):
+    if not leader:
+      await_current(tag, lambda p=path, k=compiler, c=corpus: _split_current(p, k, c), log)
+    elif not rebuild and _split_current(path, compiler, corpus):
       log(f"{tag}: cached")
     else:
       t0 = time.time()
@@ -276,11 +314,11 @@ def format_overlap_matrix(compiler_list: Sequence[Compiler]) -> str:
 
 def find_corpus_name(compile_dir: str, corpus_spec: str, compiler: Compiler, compile_cmd: str) -> str:
   """The cache key of ``corpus_spec`` in ``compile_dir``, read from the compiled splits' manifests (no TFDS needed)."""
-  root = os.path.join(compile_dir, "data")
-  for name in sorted(os.listdir(root)) if os.path.isdir(root) else []:
-    base = os.path.join(root, name, compiler.name)
-    for split in sorted(os.listdir(base)) if os.path.isdir(base) else []:
-      m = compiled.read_manifest(os.path.join(base, split))
+  root = fs.join(compile_dir, "data")
+  for name in fs.listdir(root):
+    base = fs.join(root, name, compiler.name)
+    for split in fs.listdir(base):
+      m = compiled.read_manifest(fs.join(base, split))
       if m is not None and m.get("corpus") == corpus_spec:
         return name
   raise UserError(

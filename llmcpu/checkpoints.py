@@ -8,14 +8,13 @@ config, architecture, model config, the compiler's manifest *and files*, step, t
 from __future__ import annotations
 
 import dataclasses
-import glob
-import os
+import sys
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
 
-from llmcpu import compilers
+from llmcpu import compilers, fs
 from llmcpu.errors import UserError
 from llmcpu.models import ModelConfig
 
@@ -25,7 +24,7 @@ META_FORMAT = 1
 
 def manager(directory: str, *, keep: int = 2, async_save: bool = True) -> ocp.CheckpointManager:
   options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=async_save, create=True)
-  return ocp.CheckpointManager(os.path.abspath(directory), item_names=ITEMS, options=options)
+  return ocp.CheckpointManager(fs.abspath(directory), item_names=ITEMS, options=options)
 
 
 def make_meta(
@@ -64,15 +63,23 @@ def restore(mngr: ocp.CheckpointManager, step: int, abstract_state: Any) -> tupl
 
 def find(path: str) -> tuple[str, int]:
   """(checkpoint directory, step) for a run workdir, its ``checkpoints/`` directory, or one step directory."""
-  path = os.path.abspath(path)
-  for directory in (os.path.join(path, "checkpoints"), path):
-    steps = [int(os.path.basename(p)) for p in glob.glob(os.path.join(directory, "*")) if os.path.basename(p).isdigit()]
+  path = fs.abspath(path).rstrip("/")
+  for directory in (fs.join(path, "checkpoints"), path):
+    steps = [int(name) for name in fs.listdir(directory) if name.isdigit()]  # not orbax's *.orbax-checkpoint-tmp
     if steps:
       return directory, max(steps)
-  base = os.path.basename(path)
+  base = path.rsplit("/", 1)[-1]
   if base.isdigit():
-    return os.path.dirname(path), int(base)
+    return fs.dirname(path), int(base)
   raise UserError(f"no checkpoint under {path}; pass a training workdir or a checkpoint step directory")
+
+
+def saved_ns(path: str) -> int:
+  """When the newest checkpoint at ``path`` was written, in ns; unknown = the far future (whatever was computed
+  from it counts as stale)."""
+  directory, step = find(path)
+  marker = fs.join(directory, str(step), "_CHECKPOINT_METADATA")  # orbax writes it with every step
+  return fs.stat(marker)[1] if fs.exists(marker) else sys.maxsize
 
 
 def load_meta(path: str) -> dict:

@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 from absl import app, flags, logging
 
+from llmcpu import fs
 from llmcpu.errors import UserError
 
 # TensorFlow is only a data library here: keep its C++ logging quiet (must be set before it is imported).
@@ -33,11 +34,19 @@ def user_errors(main: Callable) -> Callable:
 
 
 def workdir_path(path: str) -> str:
-  """Absolute, user-expanded workdir (orbax rejects relative paths); checks it can be written."""
+  """Absolute, user-expanded workdir (orbax rejects relative paths) or a bucket URI (gs://); checks it can be
+  written."""
   if not path:
     raise UserError("--workdir is required, e.g. --workdir=runs/quickstart")
-  if "://" in path:  # abspath would turn gs://b/x into ./gs:/b/x, writing the results somewhere no one looks
-    raise UserError(f"--workdir={path}: bucket paths are not supported yet; use a local path (or a mounted bucket)")
+  if fs.is_uri(path):
+    try:
+      fs.makedirs(path)
+      fs.write_text(fs.join(path, ".llmcpu-write-check"), "ok")
+      fs.remove(fs.join(path, ".llmcpu-write-check"))
+    except Exception as e:  # tf.errors.OpError: no bucket, no credentials, no permission
+      first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+      raise UserError(f"cannot write to workdir {path} ({first}); check the bucket name and your credentials") from e
+    return path
   path = os.path.abspath(os.path.expanduser(path))
   try:
     os.makedirs(path, exist_ok=True)

@@ -27,7 +27,7 @@ from collections.abc import Callable
 
 import ml_collections
 
-from llmcpu import cache, checkpoints, compilers, crosseval, data
+from llmcpu import cache, checkpoints, compilers, crosseval, data, fs
 from llmcpu.config import base_config
 from llmcpu.errors import UserError
 
@@ -96,7 +96,7 @@ def run_config(exp: ml_collections.ConfigDict, corpus: str, arch: str, isa: str,
 
 
 def run_dir(workdir: str, corpus_name: str, arch: str, isa_name: str, seed: int = 0) -> str:
-  return os.path.join(workdir, "runs", corpus_name, arch, isa_name, f"seed{seed}")
+  return fs.join(workdir, "runs", corpus_name, arch, isa_name, f"seed{seed}")
 
 
 def _finished(path: str, steps: int) -> bool:
@@ -108,11 +108,14 @@ def _finished(path: str, steps: int) -> bool:
 
 def run(exp: ml_collections.ConfigDict, workdir: str, *, log: Callable[[str], None] = print) -> dict[str, str]:
   """Runs (or continues) the experiment; returns {corpus name: report directory}."""
+  import jax
+
   from llmcpu import trainer  # jax/flax only when training is asked for
 
   t_start = time.time()
-  workdir = os.path.abspath(workdir)
-  compile_dir = os.path.join(workdir, "compiled")
+  workdir = fs.abspath(workdir)
+  compile_dir = fs.join(workdir, "compiled")
+  leader = jax.process_index() == 0  # on a pod slice process 0 compiles; the others wait for what it commits
   specs = compilers.parse_list(exp.compilers)
   trained = compilers.parse_list(exp.train_compilers) if exp.train_compilers else specs
   missing = [str(s) for s in trained if s not in specs]
@@ -131,8 +134,8 @@ def run(exp: ml_collections.ConfigDict, workdir: str, *, log: Callable[[str], No
   timing: dict[str, float] = {}
 
   log(f"== compile: {len(corpora)} corpora × {len(specs)} compilers (trained on {', '.join(c.name for c in sources)})")
-  built = cache.build_compilers(specs, sources, compile_dir, log=log)
-  stats = cache.compile_corpora(corpora, built, compile_dir, log=log)
+  built = cache.build_compilers(specs, sources, compile_dir, leader=leader, log=log)
+  stats = cache.compile_corpora(corpora, built, compile_dir, leader=leader, log=log)
   log("\n" + cache.format_isa_table(stats) + "\n\n" + cache.format_overlap_matrix(built) + "\n")
   timing["compile"] = time.time() - t_start
 
@@ -145,7 +148,7 @@ def run(exp: ml_collections.ConfigDict, workdir: str, *, log: Callable[[str], No
       log(f"== train {tag}: done")
       continue
     log(f"== train {tag} (elapsed {time.time() - t_start:.0f}s)")
-    os.makedirs(path, exist_ok=True)
+    fs.makedirs(path)
     result = trainer.train(run_config(exp, corpus.spec, arch, str(spec), compile_dir, seed), path, log=log)
     if result["stopped"] != "done":
       raise UserError(f"training stopped early at step {result['step']}; rerun the same command to continue")
@@ -153,14 +156,14 @@ def run(exp: ml_collections.ConfigDict, workdir: str, *, log: Callable[[str], No
 
   reports = {}
   options = crosseval.CrossEvalOptions(**exp.crosseval.to_dict())
-  report_root = os.path.join(workdir, exp.report or "report")
+  report_root = fs.join(workdir, exp.report or "report")
   for corpus in corpora:
     t0 = time.time()
-    out = os.path.join(report_root, corpus.name)
+    out = fs.join(report_root, corpus.name)
     runs = [run_dir(workdir, corpus.name, a, s.name, seed) for a in archs for s in trained for seed in seeds]
-    results = os.path.join(out, "results.jsonl")
-    newest = max(os.path.getmtime(os.path.join(r, "checkpoints")) for r in runs)
-    if os.path.exists(results) and os.path.getmtime(results) > newest:
+    results = fs.join(out, "results.jsonl")
+    newest = max(checkpoints.saved_ns(r) for r in runs)
+    if fs.exists(results) and fs.stat(results)[1] > newest:
       log(f"== cross-eval {corpus.name}: done")
     else:
       log(f"== cross-eval {corpus.name}: {len(runs)} models × {len(specs)} ISAs ({time.time() - t_start:.0f}s in)")
@@ -179,7 +182,7 @@ def run(exp: ml_collections.ConfigDict, workdir: str, *, log: Callable[[str], No
 
 def _check_isas_kept(workdir: str, compile_dir: str, specs, sources) -> None:
   """Refuses to retrain a compiler that CPUs in this workdir were trained with (they would no longer match it)."""
-  if not os.path.isdir(os.path.join(workdir, "runs")):
+  if not fs.isdir(fs.join(workdir, "runs")):
     return
   want = cache.corpora_fingerprint(sources)
   for spec in specs:
@@ -204,8 +207,5 @@ def _write_provenance(directory: str, exp: ml_collections.ConfigDict, timing: di
     "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     "machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "platform": platform.platform()},
   }
-  os.makedirs(directory, exist_ok=True)
-  tmp = os.path.join(directory, "experiment.json.tmp")
-  with open(tmp, "w") as f:
-    json.dump(record, f, indent=1, sort_keys=True)
-  os.replace(tmp, os.path.join(directory, "experiment.json"))
+  fs.makedirs(directory)
+  fs.write_text(fs.join(directory, "experiment.json"), json.dumps(record, indent=1, sort_keys=True))

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
 import time
 
 import numpy as np
+
+from llmcpu import fs
 
 
 class MetricWriter:
@@ -17,21 +18,26 @@ class MetricWriter:
 
   def __init__(self, workdir: str, *, enabled: bool = True, tensorboard: bool = True):
     self.enabled = enabled
-    self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a") if enabled else None  # noqa: SIM115
+    self._jsonl = fs.open(fs.join(workdir, "metrics.jsonl"), "a") if enabled else None
+    # A bucket object is re-uploaded whole on each flush: flush it once a minute (and on close), a local file always.
+    self._flush_every = 60.0 if fs.is_uri(workdir) else 0.0
+    self._flushed = time.time()
     self._tb = None
     if enabled and tensorboard:
       import tensorflow as tf
 
       tf.config.set_visible_devices([], "GPU")
       self._tf = tf
-      self._tb = tf.summary.create_file_writer(os.path.join(workdir, "tensorboard"))
+      self._tb = tf.summary.create_file_writer(fs.join(workdir, "tensorboard"))
 
   def write(self, step: int, scalars: dict[str, float], prefix: str = "") -> None:
     if not self.enabled:
       return
     row = {"step": step, **{prefix + k: _plain(v) for k, v in scalars.items()}}
     self._jsonl.write(json.dumps(row) + "\n")
-    self._jsonl.flush()
+    if time.time() - self._flushed >= self._flush_every:
+      self._jsonl.flush()
+      self._flushed = time.time()
     if self._tb is not None:
       with self._tb.as_default():
         for k, v in scalars.items():

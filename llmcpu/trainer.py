@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import signal
 import threading
 import time
@@ -24,7 +23,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from llmcpu import cache, checkpoints, compilers, loss, metrics, models, parallel
+from llmcpu import cache, checkpoints, compilers, fs, loss, metrics, models, parallel
 from llmcpu.config import DEFAULT_OBJECTIVE
 from llmcpu.data.pipeline import Pipeline
 from llmcpu.errors import UserError
@@ -155,11 +154,11 @@ def resolve(config: ml_collections.ConfigDict, workdir: str) -> Run:
     raise UserError(f"parallelism={config.parallelism!r} is not one of jit, pmap")
   if t.steps < 1:
     raise UserError(f"train.steps={t.steps} must be at least 1")
-  compile_dir = os.path.abspath(os.path.expanduser(d.compile_dir))
+  compile_dir = fs.abspath(d.compile_dir)
   spec = compilers.parse(d.isa)
   compile_cmd = f"python scripts/compile.py --corpus={d.corpus} --compilers={spec} --workdir={compile_dir}"
   compiler_path = cache.compiler_dir(compile_dir, spec.name)
-  if not os.path.exists(os.path.join(compiler_path, "isa.json")):
+  if not fs.exists(fs.join(compiler_path, "isa.json")):
     raise UserError(f"no compiler {spec} under {compile_dir}; build it with: {compile_cmd}")
   compiler = compilers.load(compiler_path)
   corpus_name = cache.find_corpus_name(compile_dir, d.corpus, compiler, compile_cmd)
@@ -236,7 +235,7 @@ def train(
   log: Callable[[str], None] = print,
 ) -> dict:
   """Trains (or resumes) to ``config.train.steps``; returns the last train and eval figures and the stop reason."""
-  workdir = os.path.abspath(workdir)
+  workdir = fs.abspath(workdir)
   run = resolve(config, workdir)
   t = config.train
   lead = jax.process_index() == 0
@@ -265,7 +264,7 @@ def train(
     state["step"] = jax.device_put(state["step"], repl)
 
   mngr = checkpoints.manager(
-    os.path.join(workdir, "checkpoints"), keep=config.checkpoint.keep, async_save=config.checkpoint.async_save
+    fs.join(workdir, "checkpoints"), keep=config.checkpoint.keep, async_save=config.checkpoint.async_save
   )
   start = mngr.latest_step() or 0
   if start:

@@ -7,13 +7,11 @@ Each failed cell (unreadable checkpoint, ISA missing from the compile dir, …) 
 recorded as failed in the report; the exit status is non-zero only when every cell failed.
 """
 
-import glob
-import os
 import sys
 
 from absl import app, flags
 
-from llmcpu import cli, crosseval
+from llmcpu import cli, crosseval, fs
 from llmcpu.errors import UserError
 
 _CHECKPOINTS = flags.DEFINE_string(
@@ -46,12 +44,12 @@ def expand(spec: str) -> list[str]:
     if not item:
       continue
     if any(ch in item for ch in "*?["):
-      matches = sorted(p for p in glob.glob(os.path.expanduser(item)) if os.path.isdir(p))
+      matches = [p for p in fs.glob(fs.abspath(item)) if fs.isdir(p)]
       if not matches:
         raise UserError(f"--checkpoints pattern {item!r} matches no directory")
       out.extend(matches)
     else:
-      out.append(os.path.expanduser(item))  # a missing path becomes a failed row, not a crash
+      out.append(fs.abspath(item))  # a missing path becomes a failed row, not a crash
   if not out:
     raise UserError("no checkpoints given; pass e.g. --checkpoints='runs/quickstart/*'")
   return list(dict.fromkeys(out))
@@ -62,7 +60,7 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if not _CHECKPOINTS.value or not _COMPILE_DIR.value or not _OUT.value:
     raise UserError("--checkpoints, --compile_dir and --out are required")
-  if not os.path.isdir(_COMPILE_DIR.value):
+  if not fs.isdir(_COMPILE_DIR.value):
     raise UserError(f"--compile_dir {_COMPILE_DIR.value} does not exist; build it with scripts/compile.py")
   options = crosseval.CrossEvalOptions(
     split=_SPLIT.value,

@@ -16,8 +16,9 @@ lm1b has to be prepared where there is network, once, into the bucket:
 
 then pass --override=data_dir=gs://BUCKET/tfds (the experiment config's data_dir).
 
-Not yet: the experiment itself refuses a gs:// --workdir until bucket paths land (issue 9, item 2); until then use
-a path on the workers (single host: fetched from worker 0). TFDS reads a gs:// data_dir already.
+A gs:// --workdir is shared by every worker: process 0 compiles the corpora into it while the others wait for each
+compiled item to be committed, checkpoints and reports are written there, and `fetch` copies the report back. A
+path on the workers works too (each worker keeps its own copy; the report is fetched from worker 0).
 """
 
 import dataclasses

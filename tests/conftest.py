@@ -109,3 +109,78 @@ def tiny_config(arch: str, compile_dir: str, **overrides):
     block, name = key.split("__") if "__" in key else (None, key)
     (c[block] if block else c)[name] = value
   return c
+
+
+class FakeGcs:
+  """``gs://fake-bucket/…`` kept in a local directory, so code written for buckets runs in tests.
+
+  ``llmcpu.fs`` reaches it through the tf.io.gfile API (the same calls it makes for a real gs:// path); orbax,
+  whose own gs:// support is orbax's, and TensorBoard's writer are handed the local directory. Every URI it serves
+  is recorded; a local-only call on a gs:// string would instead create ``./gs:`` or fail."""
+
+  PREFIX = "gs://fake-bucket"
+
+  def __init__(self, root: str):
+    import tensorflow as tf
+
+    self.root, self.served, self._gfile = root, set(), tf.io.gfile
+
+  def local(self, path) -> str:
+    path = os.fspath(path)
+    if not path.startswith(self.PREFIX):
+      raise AssertionError(f"the fake bucket was handed {path!r}")
+    self.served.add(path)
+    return self.root + path[len(self.PREFIX) :]
+
+  def _call(self, name: str, path, *args, **kwargs):
+    fn = getattr(self._gfile, name)
+    if not os.fspath(path).startswith(self.PREFIX):  # another URI scheme (ram://): the real gfile
+      return fn(path, *args, **kwargs)
+    return fn(self.local(path), *args, **kwargs)
+
+  def exists(self, p):
+    return self._call("exists", p)
+
+  def isdir(self, p):
+    return self._call("isdir", p)
+
+  def makedirs(self, p):
+    return self._call("makedirs", p)
+
+  def listdir(self, p):
+    return self._call("listdir", p)
+
+  def remove(self, p):
+    return self._call("remove", p)
+
+  def rmtree(self, p):
+    return self._call("rmtree", p)
+
+  def stat(self, p):
+    return self._call("stat", p)
+
+  def GFile(self, p, mode="r"):  # noqa: N802 - tf.io.gfile's name
+    return self._call("GFile", p, mode)
+
+  def glob(self, pattern):
+    found = self._call("glob", pattern)
+    if not os.fspath(pattern).startswith(self.PREFIX):
+      return found
+    return [self.PREFIX + p[len(self.root) :] for p in found]
+
+
+@pytest.fixture
+def fake_gcs(tmp_path, monkeypatch) -> FakeGcs:
+  import orbax.checkpoint as ocp
+  import tensorflow as tf
+
+  from llmcpu import fs
+
+  bucket = FakeGcs(str(tmp_path / "bucket"))
+  os.makedirs(bucket.root)
+  monkeypatch.setattr(fs, "_gfile", lambda: bucket)
+  manager, writer = ocp.CheckpointManager, tf.summary.create_file_writer
+  monkeypatch.setattr(ocp, "CheckpointManager", lambda directory, *a, **k: manager(bucket.local(directory), *a, **k))
+  monkeypatch.setattr(tf.summary, "create_file_writer", lambda logdir, *a, **k: writer(bucket.local(logdir), *a, **k))
+  monkeypatch.chdir(tmp_path)  # a gs:// string taken for a local path would show up here as ./gs:
+  return bucket

@@ -7,7 +7,7 @@ import pydoc_data.topics
 import numpy as np
 import pytest
 
-from llmcpu import cli, experiment
+from llmcpu import cli, experiment, fs
 from llmcpu.crosseval import report
 from llmcpu.errors import UserError
 
@@ -23,7 +23,8 @@ def _write_corpus(root) -> str:
   return str(root / "docs" / "*.txt")
 
 
-def test_seeds_calibration_and_resume(tmp_path):
+def test_seeds_calibration_and_resume_in_a_bucket(tmp_path, fake_gcs):
+  """The whole experiment with a gs:// workdir (compile cache, runs, checkpoints, metrics, reports)."""
   c = experiment.experiment_config("tiny")
   c.corpus = "text:" + _write_corpus(tmp_path)
   c.compilers = "char,char+perm:1"
@@ -36,7 +37,9 @@ def test_seeds_calibration_and_resume(tmp_path):
   c.model.d_model, c.model.num_heads, c.model.d_ff = 32, 2, 64
   c.crosseval.prompts, c.crosseval.new_tokens, c.crosseval.prompt_bytes = 12, 8, 32
   logs: list[str] = []
-  (out,) = experiment.run(c, str(tmp_path / "exp"), log=logs.append).values()
+  workdir = cli.workdir_path(f"{fake_gcs.PREFIX}/exp")
+  (out,) = experiment.run(c, workdir, log=logs.append).values()
+  assert out == f"{fake_gcs.PREFIX}/exp/report/{out.rsplit('/', 1)[-1]}"
 
   rows = report.load_rows(out)
   assert len(rows) == 8 and all(r["status"] == "ok" for r in rows)
@@ -50,26 +53,35 @@ def test_seeds_calibration_and_resume(tmp_path):
     assert f"{bpb.mean():.3f} ± {bpb.std(ddof=1):.3f}" in report.markdown_table(rows, "bits_per_byte")
   calibration = report.load_rows(out, "calibration.jsonl")
   assert [r["reference"] for r in calibration][:2] == ["true continuation", "another document's continuation"]
-  summary = open(os.path.join(out, "summary.md")).read()
+  summary = fs.read_text(f"{out}/summary.md")
   assert "## Calibration" in summary and "shuffled" in summary and "seeds 0, 1" in summary
-  provenance = json.load(open(tmp_path / "exp" / "report" / "experiment.json"))
+  provenance = json.loads(fs.read_text(f"{workdir}/report/experiment.json"))
   assert provenance["config"]["seeds"] == "0,1" and provenance["seconds"]["total"] > 0
 
   logs.clear()
-  experiment.run(c, str(tmp_path / "exp"), log=logs.append)  # everything is done: nothing retrains or re-evaluates
+  experiment.run(c, workdir, log=logs.append)  # everything is done: nothing retrains or re-evaluates
   assert sum("done" in line for line in logs if line.startswith("== ")) == 6, logs
 
   # Another corpus set would retrain the compilers these CPUs were built with: refused, and nothing is touched.
-  isa = tmp_path / "exp" / "compiled" / "compilers" / "char" / "isa.json"
+  isa = tmp_path / "bucket" / "exp" / "compiled" / "compilers" / "char" / "isa.json"
   before = isa.read_bytes()
   c.corpus = "text:" + str(tmp_path / "docs" / "00*.txt")
   with pytest.raises(UserError, match="compiler_corpora=text:"):
-    experiment.run(c, str(tmp_path / "exp"), log=logs.append)
+    experiment.run(c, workdir, log=logs.append)
   assert isa.read_bytes() == before
+  # Every stage went through the bucket; nothing landed in a local ./gs: directory.
+  served = "\n".join(sorted(fake_gcs.served))
+  for part in ("compiled/data/", "compiled/compilers/char/isa.json", "/checkpoints", "metrics.jsonl", "tensorboard"):
+    assert part in served, part
+  assert not (tmp_path / "gs:").exists() and sorted(os.listdir(tmp_path)) == ["bucket", "docs"]
 
 
-def test_bucket_workdir_is_refused_until_supported(tmp_path, monkeypatch):
-  monkeypatch.chdir(tmp_path)
-  with pytest.raises(UserError, match="bucket paths are not supported"):
-    cli.workdir_path("gs://bucket/runs/x")
-  assert not (tmp_path / "gs:").exists()  # nothing half-made locally
+def test_bucket_workdir_checked_with_one_line(fake_gcs, monkeypatch):
+  assert cli.workdir_path(f"{fake_gcs.PREFIX}/runs/x") == f"{fake_gcs.PREFIX}/runs/x"  # kept as a URI, writable
+
+  def denied(*args, **kwargs):
+    raise PermissionError("403 Forbidden: no storage.objects.create on bucket\nmore detail")
+
+  monkeypatch.setattr(fake_gcs, "GFile", denied)
+  with pytest.raises(UserError, match=r"cannot write to workdir gs://fake-bucket/y \(403 Forbidden[^\n]*\); check"):
+    cli.workdir_path(f"{fake_gcs.PREFIX}/y")

@@ -12,14 +12,13 @@ import hashlib
 import json
 import os
 import pathlib
-import shutil
 import tempfile
 from collections.abc import Iterable, Sequence
 
 import numpy as np
 import sentencepiece as spm
 
-from llmcpu import specials
+from llmcpu import fs, specials
 from llmcpu.compilers import backends, isa
 from llmcpu.compilers.spec import CompilerSpec, parse
 from llmcpu.errors import UserError
@@ -108,25 +107,14 @@ class Compiler:
     return self.pieces[i]
 
   def save(self, path: str) -> None:
-    """Writes the compiler directory atomically (a temporary directory renamed into place)."""
-    parent = os.path.dirname(os.path.abspath(path))
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".tmp-", dir=parent)
-    try:
+    """Writes the compiler directory atomically (see ``fs.staged``: the manifest is its marker, written last)."""
+    with fs.staged(path, MANIFEST) as out:
       proto = self.backend.model_proto()
       if proto is not None:
-        with open(os.path.join(tmp, MODEL), "wb") as f:
-          f.write(proto)
+        fs.write_bytes(fs.join(out, MODEL), proto)
       if self.perm is not None:
-        np.save(os.path.join(tmp, PERM), self.perm)
-      with open(os.path.join(tmp, MANIFEST), "w") as f:
-        json.dump(self.manifest, f, indent=1)
-      if os.path.exists(path):
-        shutil.rmtree(path)
-      os.replace(tmp, path)
-    except BaseException:
-      shutil.rmtree(tmp, ignore_errors=True)
-      raise
+        fs.save_npy(fs.join(out, PERM), self.perm)
+      fs.write_text(fs.join(out, MANIFEST), json.dumps(self.manifest, indent=1))
 
 
 def to_blob(compiler: Compiler) -> dict:
@@ -152,28 +140,26 @@ def from_blob(blob: dict) -> Compiler:
 
 def load(path: str) -> Compiler:
   """Loads a compiler directory written by ``Compiler.save`` and checks its fingerprint."""
+  if not fs.exists(fs.join(path, MANIFEST)):
+    raise UserError(f"no compiler at {path} ({MANIFEST} missing); build it with scripts/compile.py")
   try:
-    with open(os.path.join(path, MANIFEST)) as f:
-      manifest = json.load(f)
+    manifest = json.loads(fs.read_text(fs.join(path, MANIFEST)))
     spec = parse(manifest["spec"])
-  except FileNotFoundError as e:
-    raise UserError(f"no compiler at {path} ({MANIFEST} missing); build it with scripts/compile.py") from e
   except (ValueError, KeyError, UserError) as e:
     raise UserError(f"corrupt compiler manifest {path}/{MANIFEST} ({e}); rebuild it with scripts/compile.py") from e
   if spec.family == "byte":
     backend = backends.ByteBackend()
   else:
     try:
-      with open(os.path.join(path, MODEL), "rb") as f:
-        proto = f.read()
-    except OSError as e:
+      proto = fs.read_bytes(fs.join(path, MODEL))
+    except Exception as e:  # OSError locally, tf.errors.OpError in a bucket
       raise UserError(f"unreadable compiler model {path}/{MODEL} ({e}); rebuild it with scripts/compile.py") from e
     backend = backends.SentencePieceBackend(spec.family, proto)
   perm = None
   if spec.permuted:
     try:
-      perm = np.load(os.path.join(path, PERM))
-    except (OSError, ValueError) as e:
+      perm = fs.load_npy(fs.join(path, PERM))
+    except Exception as e:  # OSError/ValueError locally, tf.errors.OpError in a bucket
       raise UserError(f"unreadable permutation {path}/{PERM} ({e}); rebuild it with scripts/compile.py") from e
     if sorted(perm.tolist()) != list(range(len(backend.pieces))):
       raise UserError(f"corrupt permutation {path}/{PERM}: not a bijection of the vocabulary; rebuild it")

@@ -8,12 +8,11 @@ byte judge and the lexicon of its train split.
 from __future__ import annotations
 
 import dataclasses
-import os
 import re
 
 import numpy as np
 
-from llmcpu import cache, compilers, loss
+from llmcpu import cache, compilers, fs, loss
 from llmcpu.compilers import Compiler
 from llmcpu.crosseval import scoring
 from llmcpu.crosseval.judge import ByteJudge
@@ -39,7 +38,7 @@ class Library:
   """Caches over one compile directory; every lookup failure is a one-line ``UserError``."""
 
   def __init__(self, compile_dir: str, *, max_docs: int = 0, judge_order: int = 5, judge_max_bytes: int = 0):
-    self.compile_dir = os.path.abspath(os.path.expanduser(compile_dir))
+    self.compile_dir = fs.abspath(compile_dir)
     self.max_docs, self.judge_order, self.judge_max_bytes = max_docs, judge_order, judge_max_bytes
     self._splits: dict[tuple, CompiledSplit] = {}
     self._raw: dict[tuple, dict[str, list[str]]] = {}
@@ -49,20 +48,19 @@ class Library:
   # --- ISAs -------------------------------------------------------------------------------------------------------
 
   def available(self) -> list[str]:
-    root = os.path.join(self.compile_dir, "compilers")
-    names = os.listdir(root) if os.path.isdir(root) else []
-    return sorted(n for n in names if os.path.exists(os.path.join(root, n, "isa.json")))
+    root = fs.join(self.compile_dir, "compilers")
+    return [n for n in fs.listdir(root) if fs.exists(fs.join(root, n, "isa.json"))]
 
   def compiler(self, isa: str) -> Compiler:
     """An evaluation ISA by directory name (``bpe4000``) or spec (``bpe:4000``)."""
     isa = isa.strip()
     path = cache.compiler_dir(self.compile_dir, isa)
-    if not os.path.exists(os.path.join(path, "isa.json")):
+    if not fs.exists(fs.join(path, "isa.json")):
       try:
         path = cache.compiler_dir(self.compile_dir, compilers.parse(isa).name)
       except UserError:
         pass
-    if not os.path.exists(os.path.join(path, "isa.json")):
+    if not fs.exists(fs.join(path, "isa.json")):
       have = ", ".join(self.available()) or "none"
       raise UserError(
         f"ISA {isa!r} is not in {self.compile_dir}/compilers (have: {have}); build it with: python scripts/compile.py "

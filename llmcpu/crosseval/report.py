@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import json
 import math
 import os
@@ -27,6 +28,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 
+from llmcpu import fs  # noqa: E402
 from llmcpu.crosseval import summary  # noqa: E402
 from llmcpu.crosseval.intervals import mean_std  # noqa: E402
 
@@ -175,15 +177,24 @@ def markdown_table(rows: Sequence[dict], metric: str, *, spread: bool = True) ->
 
 
 def write_csv(m: Matrix, digits: int, path: str) -> None:
-  with open(path, "w", newline="") as f:
-    w = csv.writer(f)
-    w.writerow(["model", *m.columns])
-    for i, name in enumerate(m.rows):
-      cells = [
-        _fmt(v, digits, spread=False) + ("*" if m.native[i, j] and isinstance(v, Cell) else "")
-        for j, v in enumerate(m.values[i])
-      ]
-      w.writerow([name, *cells])
+  f = io.StringIO(newline="")
+  w = csv.writer(f)
+  w.writerow(["model", *m.columns])
+  for i, name in enumerate(m.rows):
+    cells = [
+      _fmt(v, digits, spread=False) + ("*" if m.native[i, j] and isinstance(v, Cell) else "")
+      for j, v in enumerate(m.values[i])
+    ]
+    w.writerow([name, *cells])
+  fs.write_text(path, f.getvalue())
+
+
+def _save_figure(fig, path: str) -> None:
+  """PNG through ``fs`` (a bucket path too), then closed."""
+  buf = io.BytesIO()
+  fig.savefig(buf, format="png")
+  plt.close(fig)
+  fs.write_bytes(path, buf.getvalue())
 
 
 def _tex(s: str) -> str:
@@ -248,8 +259,7 @@ def heatmap(m: Matrix, spec: Metric, path: str) -> None:
   ax.set_title(textwrap.fill(spec.title + " — native outlined", 12 * w + 20), fontsize=9)
   fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
   fig.tight_layout()
-  fig.savefig(path)
-  plt.close(fig)
+  _save_figure(fig, path)
 
 
 # ------------------------------------------------------------------------------------------------- damage curves
@@ -343,8 +353,7 @@ def damage_figure(rows: Sequence[dict], path: str) -> bool:
   axes[0][0].legend(fontsize=6, loc="best")
   fig.suptitle("Graded ISA drift: a CPU reading its own ISA with a share of the opcodes renamed", fontsize=9)
   fig.tight_layout()
-  fig.savefig(path)
-  plt.close(fig)
+  _save_figure(fig, path)
   return True
 
 
@@ -355,59 +364,53 @@ def metrics_present(rows: Sequence[dict]) -> list[str]:
 
 def load_rows(path: str, name: str = "results.jsonl") -> list[dict]:
   """Rows from a results.jsonl (or the report directory holding one; ``name`` picks another file there)."""
-  if os.path.isdir(path):
-    path = os.path.join(path, name)
-  if not os.path.exists(path):
+  if fs.isdir(path):
+    path = fs.join(path, name)
+  if not fs.exists(path):
     return []
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+  return [json.loads(line) for line in fs.read_text(path).splitlines() if line.strip()]
 
 
 def _write_jsonl(rows: Sequence[dict], path: str) -> None:
   """Rows as JSON lines, without private keys (``_docs``: per-document arrays), written atomically."""
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    for r in rows:
-      f.write(json.dumps({k: v for k, v in r.items() if not k.startswith("_")}, sort_keys=True, default=_json_default))
-      f.write("\n")
-  os.replace(tmp, path)
+  lines = [
+    json.dumps({k: v for k, v in r.items() if not k.startswith("_")}, sort_keys=True, default=_json_default) + "\n"
+    for r in rows
+  ]
+  fs.write_text(path, "".join(lines))
 
 
 def write_report(rows: Sequence[dict], out_dir: str, calibration: Sequence[dict] | None = None) -> dict:
   """Writes every file of the report; returns their paths. ``results.jsonl`` is written last: a report directory
   holding it is complete."""
-  out_dir = os.path.abspath(os.path.expanduser(out_dir))
+  out_dir = fs.abspath(out_dir)
   for sub in ("tables", "heatmaps"):
-    os.makedirs(os.path.join(out_dir, sub), exist_ok=True)
-  paths: dict = {"results": os.path.join(out_dir, "results.jsonl"), "tables": {}, "heatmaps": {}}
-  if os.path.exists(paths["results"]):
-    os.remove(paths["results"])  # an interrupted rewrite must not leave the old marker behind
+    fs.makedirs(fs.join(out_dir, sub))
+  paths: dict = {"results": fs.join(out_dir, "results.jsonl"), "tables": {}, "heatmaps": {}}
+  fs.remove(paths["results"])  # an interrupted rewrite must not leave the old marker behind
   for metric in metrics_present(rows):
     spec, m = METRICS[metric], matrix(rows, metric)
-    base = os.path.join(out_dir, "tables", metric)
-    with open(base + ".md", "w") as f:
-      f.write(f"### {spec.title}\n\n{markdown_table(rows, metric)}\n")
+    base = fs.join(out_dir, "tables", metric)
+    fs.write_text(base + ".md", f"### {spec.title}\n\n{markdown_table(rows, metric)}\n")
     write_csv(m, spec.digits, base + ".csv")
-    with open(base + ".tex", "w") as f:
-      f.write(latex_table(m, spec.title, spec.digits))
-    png = os.path.join(out_dir, "heatmaps", f"{metric}.png")
+    fs.write_text(base + ".tex", latex_table(m, spec.title, spec.digits))
+    png = fs.join(out_dir, "heatmaps", f"{metric}.png")
     heatmap(m, spec, png)
     paths["tables"][metric] = {ext: f"{base}.{ext}" for ext in ("md", "csv", "tex")}
     paths["heatmaps"][metric] = png
   if calibration is not None:
-    paths["calibration"] = os.path.join(out_dir, "calibration.jsonl")
+    paths["calibration"] = fs.join(out_dir, "calibration.jsonl")
     _write_jsonl(calibration, paths["calibration"])
-  damage = os.path.join(out_dir, "heatmaps", "damage_curves.png")
+  damage = fs.join(out_dir, "heatmaps", "damage_curves.png")
   if damage_figure(rows, damage):
     paths["damage_curves"] = damage
-  paths["summary"] = os.path.join(out_dir, "summary.md")
+  paths["summary"] = fs.join(out_dir, "summary.md")
   tables = {k: markdown_table(rows, k) for k in HEADLINE if k in metrics_present(rows)}
   if any(_number(r.get("exact_match")) is not None for r in rows):
     tables["exact_match"] = markdown_table(rows, "exact_match")
   if "damage_curves" in paths:
     tables["damage curve (share of opcodes permuted; heatmaps/damage_curves.png)"] = damage_markdown(rows)
-  with open(paths["summary"], "w") as f:
-    f.write(summary.summarize(rows, tables, calibration or []))
+  fs.write_text(paths["summary"], summary.summarize(rows, tables, calibration or []))
   _write_jsonl(rows, paths["results"])
   return paths
 

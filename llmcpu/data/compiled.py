@@ -8,22 +8,20 @@ Layout of one split, ``<root>/<split>/``::
   labels.json          {name: [str, ...]}     per-document labels (e.g. the `programs` task)
   manifest.json        written last: counts and the fingerprints the split was built from
 
-A split is valid only when its manifest exists and names the expected fingerprints; writers build into a
-temporary directory and rename it into place, so an interrupted build never looks valid.
+A split is valid only when its manifest exists and names the expected fingerprints; writers commit through
+``fs.staged`` (a temporary directory renamed into place, or in a bucket the manifest written last), so an
+interrupted build never looks valid.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import shutil
-import tempfile
 from collections.abc import Sequence
 
 import numpy as np
 
-from llmcpu import specials
+from llmcpu import fs, specials
 from llmcpu.errors import UserError
 
 MANIFEST = "manifest.json"
@@ -95,17 +93,16 @@ class CompiledSplit:
 
 def read_manifest(path: str) -> dict | None:
   """The manifest of the split at ``path``, or None when there is no complete split there."""
-  try:
-    with open(os.path.join(path, MANIFEST)) as f:
-      return json.load(f)
-  except FileNotFoundError:
+  if not fs.exists(fs.join(path, MANIFEST)):
     return None
+  try:
+    return json.loads(fs.read_text(fs.join(path, MANIFEST)))
   except (json.JSONDecodeError, UnicodeDecodeError) as e:
     raise UserError(f"corrupt compiled-data manifest {path}/{MANIFEST} ({e}); delete {path} and recompile") from e
 
 
 def load(path: str, *, expect_fingerprint: str | None = None) -> CompiledSplit:
-  """Memory-maps the split at ``path``; checks that it was built by the ISA with ``expect_fingerprint``."""
+  """Memory-maps the split at ``path`` (a bucket's is read whole); checks it was built by ``expect_fingerprint``."""
   manifest = read_manifest(path)
   if manifest is None:
     raise UserError(f"no compiled data at {path}; build it with scripts/compile.py")
@@ -117,13 +114,10 @@ def load(path: str, *, expect_fingerprint: str | None = None) -> CompiledSplit:
   fields = {}
   try:
     for name in manifest["fields"]:
-      arrays = {
-        k: np.load(os.path.join(path, f"{name}.{k}.npy"), mmap_mode="r") for k in ("tokens", "offsets", "nbytes")
-      }
+      arrays = {k: fs.load_npy(fs.join(path, f"{name}.{k}.npy"), mmap=True) for k in ("tokens", "offsets", "nbytes")}
       fields[name] = CompiledField(**arrays)
-    with open(os.path.join(path, "labels.json")) as f:
-      labels = json.load(f)
-  except (OSError, ValueError) as e:
+    labels = json.loads(fs.read_text(fs.join(path, "labels.json")))
+  except Exception as e:  # OSError/ValueError locally, tf.errors.OpError in a bucket
     raise UserError(f"corrupt compiled data at {path} ({e}); delete it and rerun scripts/compile.py") from e
   split = CompiledSplit(fields=fields, labels=labels, manifest=manifest)
   if split.num_docs != manifest["num_docs"] or any(len(f.tokens) != f.offsets[-1] for f in fields.values()):
@@ -132,13 +126,10 @@ def load(path: str, *, expect_fingerprint: str | None = None) -> CompiledSplit:
 
 
 class SplitWriter:
-  """Streams encoded documents to a temporary directory; ``commit`` moves it into place atomically."""
+  """Collects encoded documents; ``commit`` writes the split atomically (``fs.staged``, the manifest last)."""
 
   def __init__(self, path: str, fields: Sequence[str], label_names: Sequence[str] = ()):
     self.path = path
-    parent = os.path.dirname(os.path.abspath(path))
-    os.makedirs(parent, exist_ok=True)
-    self._tmp = tempfile.mkdtemp(prefix=".tmp-", dir=parent)
     self._fields = list(fields)
     self._tokens: dict[str, list[np.ndarray]] = {f: [] for f in fields}
     self._lengths: dict[str, list[int]] = {f: [] for f in fields}
@@ -160,29 +151,21 @@ class SplitWriter:
     counts = {len(v) for v in self._lengths.values()} | {len(v) for v in self._labels.values()}
     if len(counts) > 1:
       raise ValueError(f"fields disagree on the number of documents: {counts}")
-    stats = {}
-    for f in self._fields:
-      tokens = np.concatenate(self._tokens[f]) if self._tokens[f] else np.zeros(0, np.int32)
-      offsets = np.zeros(len(self._lengths[f]) + 1, np.int64)
-      np.cumsum(self._lengths[f], out=offsets[1:])
-      np.save(os.path.join(self._tmp, f"{f}.tokens.npy"), tokens)
-      np.save(os.path.join(self._tmp, f"{f}.offsets.npy"), offsets)
-      np.save(os.path.join(self._tmp, f"{f}.nbytes.npy"), np.asarray(self._nbytes[f], np.int64))
-      stats[f] = {
-        "tokens": int(len(tokens)),
-        "bytes": int(sum(self._nbytes[f])),
-        "unk": int(np.count_nonzero(tokens == specials.UNK_ID)),
-      }
-    with open(os.path.join(self._tmp, "labels.json"), "w") as fh:
-      json.dump(self._labels, fh)
     manifest = dict(manifest, format=FORMAT_VERSION, fields=self._fields, num_docs=counts.pop() if counts else 0)
-    manifest["stats"] = stats
-    with open(os.path.join(self._tmp, MANIFEST), "w") as fh:
-      json.dump(manifest, fh, indent=1)
-    if os.path.exists(self.path):
-      shutil.rmtree(self.path)
-    os.replace(self._tmp, self.path)
+    manifest["stats"] = {}
+    with fs.staged(self.path, MANIFEST) as out:
+      for f in self._fields:
+        tokens = np.concatenate(self._tokens[f]) if self._tokens[f] else np.zeros(0, np.int32)
+        offsets = np.zeros(len(self._lengths[f]) + 1, np.int64)
+        np.cumsum(self._lengths[f], out=offsets[1:])
+        fs.save_npy(fs.join(out, f"{f}.tokens.npy"), tokens)
+        fs.save_npy(fs.join(out, f"{f}.offsets.npy"), offsets)
+        fs.save_npy(fs.join(out, f"{f}.nbytes.npy"), np.asarray(self._nbytes[f], np.int64))
+        manifest["stats"][f] = {
+          "tokens": int(len(tokens)),
+          "bytes": int(sum(self._nbytes[f])),
+          "unk": int(np.count_nonzero(tokens == specials.UNK_ID)),
+        }
+      fs.write_text(fs.join(out, "labels.json"), json.dumps(self._labels))
+      fs.write_text(fs.join(out, MANIFEST), json.dumps(manifest, indent=1))
     return manifest
-
-  def abort(self) -> None:
-    shutil.rmtree(self._tmp, ignore_errors=True)
