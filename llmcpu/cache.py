@@ -29,6 +29,7 @@ ENCODE_BATCH = 2048  # documents per encode call: large enough for SentencePiece
 
 WAIT_POLL_S = 5.0  # how often a follower process looks for what the leader compiles
 WAIT_TIMEOUT_S = 24 * 3600.0  # a follower gives up after this long (compiling a large corpus takes hours)
+WAIT_LOG_S = 60.0  # a waiting follower says so this often
 
 
 def compiler_dir(workdir: str, name: str) -> str:
@@ -57,7 +58,7 @@ def await_current(what: str, current: Callable[[], object], log: Callable[[str],
         f"waited {waited:.0f}s for process 0 to compile {what}; it did not appear. Check process 0's log, or run "
         "scripts/compile.py once before starting the processes"
       )
-    if time.time() - last_log >= 60:
+    if time.time() - last_log >= WAIT_LOG_S:
       log(f"{what}: waiting for process 0 to compile it ({waited:.0f}s)")
       last_log = time.time()
     time.sleep(WAIT_POLL_S)
