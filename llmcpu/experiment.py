@@ -27,7 +27,7 @@ from collections.abc import Callable
 
 import ml_collections
 
-from llmcpu import cache, checkpoints, compilers, crosseval, data, fs
+from llmcpu import cache, checkpoints, compilers, crosseval, data, fs, parallel
 from llmcpu.config import base_config
 from llmcpu.errors import UserError
 
@@ -115,7 +115,9 @@ def run(exp: ml_collections.ConfigDict, workdir: str, *, log: Callable[[str], No
   t_start = time.time()
   workdir = fs.abspath(workdir)
   compile_dir = fs.join(workdir, "compiled")
-  leader = jax.process_index() == 0  # on a pod slice process 0 compiles; the others wait for what it commits
+  # Processes sharing the compile directory (a pod slice on a bucket): process 0 compiles, the others wait for what
+  # it commits. Processes each on its own disk compile their own copy.
+  leader = not parallel.shared_directory(compile_dir) or jax.process_index() == 0
   specs = compilers.parse_list(exp.compilers)
   trained = compilers.parse_list(exp.train_compilers) if exp.train_compilers else specs
   missing = [str(s) for s in trained if s not in specs]

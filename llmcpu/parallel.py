@@ -7,6 +7,7 @@ Multi-host: ``jax.distributed.initialize`` first (see ``initialize``), then ever
 
 from __future__ import annotations
 
+import os
 import time
 
 import jax
@@ -89,3 +90,26 @@ def measure_matmul_peak(dtype=jnp.float32, n: int = 1024, repeats: int = 5) -> f
     f(a).block_until_ready()
     best = min(best, time.perf_counter() - t0)
   return 2 * 2 * n**3 / best
+
+
+def shared_directory(path: str) -> bool:
+  """Whether every process sees the same ``path`` (a bucket, a network disk) rather than each its own copy (a
+  worker's local disk). Process 0 leaves a token file there and every process looks for it, between two barriers.
+  Collective: every process must call it. One process: True."""
+  if jax.process_count() == 1:
+    return True
+  from jax.experimental import multihost_utils
+
+  from llmcpu import fs
+
+  token = multihost_utils.broadcast_one_to_all(np.frombuffer(os.urandom(8), np.uint32))  # process 0's
+  name = fs.join(path, ".process0-" + "".join(f"{int(x):08x}" for x in np.asarray(token)))
+  if jax.process_index() == 0:
+    fs.makedirs(path)
+    fs.write_text(name, "")
+  multihost_utils.sync_global_devices("llmcpu.shared_directory: token written")
+  seen = fs.exists(name)
+  multihost_utils.sync_global_devices("llmcpu.shared_directory: token looked for")
+  if jax.process_index() == 0:
+    fs.remove(name)
+  return seen

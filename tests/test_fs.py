@@ -140,3 +140,60 @@ def test_processes_share_one_compile_directory(tmp_path):
   assert json.loads(out_leader.splitlines()[-1]) == json.loads(out_follower.splitlines()[-1])
   assert "waiting for process 0" in out_follower and "training" not in out_follower and "built" not in out_follower
   assert "compiler char: training" in out_leader
+
+
+_POD_WORKER = """
+import json, sys
+sys.path.insert(0, {tests!r})
+from conftest import InMemoryCorpus
+from llmcpu import cache, compilers, parallel
+parallel.initialize({coordinator!r}, 2, {index}, auto=False)
+import jax
+cache.WAIT_POLL_S, cache.WAIT_LOG_S = 0.1, 0.5
+docs = {docs!r}
+texts = tuple({{"text": d}} for d in docs)
+corpus = InMemoryCorpus("fake", {{"train": texts, "test": texts[::4]}})
+log = lambda m: print(m, flush=True)
+for root in {roots!r}:
+  shared = parallel.shared_directory(root)
+  leader = not shared or jax.process_index() == 0
+  built = cache.build_compilers(compilers.parse_list("char"), [corpus], root, leader=leader, log=log)
+  cache.compile_corpora([corpus], built, root, leader=leader, log=log)
+  print("RESULT " + json.dumps({{"root": root, "shared": shared, "isa": built[0].fingerprint}}), flush=True)
+"""
+
+
+def test_pod_processes_find_whether_they_share_the_compile_directory(tmp_path):
+  """Two processes under jax.distributed: on one directory process 1 waits for process 0's compile; each on its
+  own directory (a worker's local disk) each compiles its own, instead of waiting for something it cannot see."""
+  import socket
+
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    coordinator = f"127.0.0.1:{s.getsockname()[1]}"
+  shared, own = str(tmp_path / "shared"), [str(tmp_path / f"disk{i}") for i in (0, 1)]
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  procs = []
+  for i in (0, 1):
+    code = _POD_WORKER.format(
+      tests=os.path.dirname(__file__), coordinator=coordinator, index=i, docs=DOCS, roots=[shared, own[i]]
+    )
+    procs.append(
+      subprocess.Popen(
+        [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
+      )
+    )
+  try:
+    outs = [p.communicate(timeout=120)[0] for p in procs]
+  finally:
+    for p in procs:
+      p.kill()
+  assert [p.returncode for p in procs] == [0, 0], outs
+  results = [[json.loads(line[7:]) for line in out.splitlines() if line.startswith("RESULT ")] for out in outs]
+  assert [[r["shared"] for r in rs] for rs in results] == [[True, True], [True, False]]
+  assert len({r["isa"] for rs in results for r in rs}) == 1  # one ISA everywhere (deterministic training)
+  follower = outs[1].split("RESULT ")[0]  # process 1 on the shared directory: waited, trained nothing
+  assert "training" not in follower and "built" not in follower
+  assert "compiler char: training" in outs[1].split("RESULT ")[1]  # on its own disk it compiles for itself
+  for root in [shared, *own]:
+    assert not [n for n in os.listdir(root) if n.startswith(".process0-")]  # the token is cleaned up
