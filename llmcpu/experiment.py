@@ -45,7 +45,8 @@ def experiment_config(preset: str = "tiny") -> ml_collections.ConfigDict:
   """The base of every configs/experiments/*.py: what to compile, which CPUs to train, and how to cross-evaluate.
 
   The ``data``/``model``/``train``/``checkpoint`` blocks mirror the training config of ``preset``; a value changed
-  there (``--config.train.learning_rate=1e-3``) is applied to every run. ``steps`` sets every run's length.
+  there (``--config.train.learning_rate=1e-3``) is applied to every run, and so are ``parallelism`` and ``mesh``.
+  ``steps`` sets every run's length.
   """
   base = base_config("decoder", preset)
   c = ml_collections.ConfigDict()
@@ -62,6 +63,8 @@ def experiment_config(preset: str = "tiny") -> ml_collections.ConfigDict:
   for block in ("data", "model", "train", "checkpoint"):
     c[block] = base[block]
   del c.model["arch"]
+  c.parallelism = base.parallelism  # jit (over a mesh) or pmap, for every run
+  c.mesh = base.mesh
   c.crosseval = ml_collections.ConfigDict(dataclasses.asdict(crosseval.CrossEvalOptions()))
   return c
 
@@ -85,6 +88,8 @@ def run_config(exp: ml_collections.ConfigDict, corpus: str, arch: str, isa: str,
       if value != defaults[block][key]:
         c[block][key] = value
   c.seed = seed
+  c.parallelism = exp.parallelism
+  c.mesh = ml_collections.ConfigDict(exp.mesh.to_dict())
   c.data.corpus = corpus
   c.data.compile_dir = compile_dir
   c.data.isa = isa

@@ -339,7 +339,8 @@ def train(
     log(
       f"training {run.model_config.arch} ({models.param_count(model):,} params) on {run.compiler.name} "
       f"[{run.objective}], steps {start}→{t.steps}, batch {t.batch_size}, devices {len(jax.devices())} "
-      f"({config.parallelism}), processes {jax.process_count()}"
+      f"({config.parallelism}{_mesh_shape(mesh) if config.parallelism == 'jit' else ''}), "
+      f"processes {jax.process_count()}"
     )
 
   def read(pending) -> None:
@@ -401,6 +402,10 @@ def train(
   result["state"] = host_state(state)
   result["illegal_opcodes"] = int(sum(int(np.sum(x)) for x in jax.tree.leaves(host_state(state)["rest"])))
   return result
+
+
+def _mesh_shape(mesh: jax.sharding.Mesh) -> str:
+  return ", mesh " + " × ".join(f"{name} {size}" for name, size in mesh.shape.items())
 
 
 def _flops_per_step(run: Run) -> float:
