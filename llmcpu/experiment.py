@@ -160,6 +160,9 @@ def run(exp: ml_collections.ConfigDict, workdir: str, *, log: Callable[[str], No
     if result["stopped"] != "done":
       raise UserError(f"training stopped early at step {result['step']}; rerun the same command to continue")
   timing["train"] = time.time() - t_start - timing["compile"]
+  if not leader:  # one report per workdir: process 0 cross-evaluates on its own devices and writes it
+    log("== cross-eval: left to process 0, which writes the reports into the shared workdir")
+    return {}
 
   reports = {}
   options = crosseval.CrossEvalOptions(**exp.crosseval.to_dict())

@@ -87,7 +87,7 @@ class ModelEvaluator:
     graphdef, params, rest = nnx.split(self.model, nnx.Param, ...)
     # Private committed copies: the split states share Variables with the model, and generate() swaps its counter
     # for a committed array, which would change the jit signature and compile the scoring function again.
-    device = jax.devices()[0]
+    device = jax.local_devices()[0]  # this process' own (on a pod slice devices()[0] may be another host's)
     self.params, self.rest = jax.tree.map(lambda x: jax.device_put(x, device), (params, rest))
     self.sums_fn = scoring.make_sums_fn(graphdef, self.mc.vocab_size)
     self.embed_fn = None
