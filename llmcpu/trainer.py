@@ -3,8 +3,11 @@
 ``train(config, workdir)`` runs (or resumes) a run described by a config from ``llmcpu.config``. The step is a
 pure function of ``(state, batch)`` where ``state = {params, opt_state, rest, step}`` holds NNX ``State``s; the
 model's graph definition is split off once. Step n+1 is dispatched before step n's metrics are read, so the host
-(data, logging) overlaps the device. SIGTERM/SIGINT save the current step and return; rerunning resumes with the
-data position restored, giving the same bits as an uninterrupted run.
+(data, logging) overlaps the device. SIGTERM/SIGINT (or a caller's ``should_stop``) save a checkpoint and return;
+rerunning resumes with the data position restored, giving the same bits as an uninterrupted run. With several
+processes a signal may reach only one of them: each process's stop request rides in its rows of the next batch, the
+step sums it in the all-reduce it already does for the gradients, and every process reads the answer with that
+step's figures, so all save the same step (one or two steps after the request) and return.
 """
 
 from __future__ import annotations
@@ -84,6 +87,8 @@ def make_steps(graphdef, tx, schedule, grad_accum: int, axis_name: str | None = 
   grad_fn = jax.grad(loss_fn, has_aux=True)
 
   def train_step(state, batch):
+    batch = dict(batch)
+    stop = batch.pop("stop", None)  # [rows, 1]: 1.0 where the row's process was asked to stop (see train)
     weights = batch["decoder_weights"] if "decoder_weights" in batch else batch["weights"]
     total_weight = jnp.maximum(reduce(jnp.sum(weights.astype(jnp.float32))), 1.0)
     if grad_accum == 1:
@@ -116,6 +121,10 @@ def make_steps(graphdef, tx, schedule, grad_accum: int, axis_name: str | None = 
     # One flag for "the new parameters are all finite": a non-finite state is never checkpointed.
     finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(p)) for p in jax.tree.leaves(new_state["params"])]))
     figures = dict(sums, grad_norm=optax.tree.norm(grads), learning_rate=schedule(state["step"]), finite=finite)
+    if stop is not None:
+      # How many rows ask to stop, as an f32 sum: XLA folds it into the gradients' all-reduce (a max or an int
+      # would be a collective of its own, ~1 ms per step across CPU processes).
+      figures["stop"] = reduce(jnp.sum(stop))
     return new_state, figures
 
   def eval_step(state, batch):
@@ -205,7 +214,13 @@ def resolve(config: ml_collections.ConfigDict, workdir: str) -> Run:
 
 
 class _Stop:
-  """Set by SIGTERM/SIGINT (single process) or by a caller's ``should_stop``; checked between steps."""
+  """SIGTERM/SIGINT seen by this process; ``train`` turns it (and ``should_stop``) into a stop every process agrees on.
+
+  Installed with any number of processes. Under ``jax.distributed`` this replaces JAX's own SIGTERM notifier (the one
+  ``reached_preemption`` listens to), which is then only the fallback where no handler can be installed (``train``
+  called outside the main thread). ``restore`` puts back the handlers Python knew of; JAX's C-level notifier is not
+  one of them, so after ``train`` a SIGTERM has its default effect again.
+  """
 
   def __init__(self):
     self.requested = False
@@ -219,7 +234,8 @@ class _Stop:
 
   def _handle(self, signum, frame) -> None:
     del frame
-    print(f"received {signal.Signals(signum).name}: saving a checkpoint at the current step, then exiting", flush=True)
+    where = "this step" if jax.process_count() == 1 else "a step every process agrees on"
+    print(f"received {signal.Signals(signum).name}: saving a checkpoint at {where}, then exiting", flush=True)
     self.requested = True
 
   def restore(self) -> None:
@@ -234,7 +250,10 @@ def train(
   should_stop: Callable[[int], bool] | None = None,
   log: Callable[[str], None] = print,
 ) -> dict:
-  """Trains (or resumes) to ``config.train.steps``; returns the last train and eval figures and the stop reason."""
+  """Trains (or resumes) to ``config.train.steps``; returns the last train and eval figures and the stop reason.
+
+  ``should_stop(step)`` returning True (on any one process) stops the run like SIGTERM: a checkpoint, then return.
+  """
   workdir = fs.abspath(workdir)
   run = resolve(config, workdir)
   t = config.train
@@ -306,10 +325,16 @@ def train(
   peak = t.peak_tflops * 1e12 or parallel.measure_matmul_peak(run.model_config.compute_dtype) * len(jax.devices())
   flops_per_step = _flops_per_step(run)
   stop = _Stop()
-  if jax.process_count() == 1:
-    stop.install()
+  single = jax.process_count() == 1
+  # Each process's stop request as one value per row of its batch, built once: asking costs no transfer.
+  stop_rows = {
+    a: device_batch({"stop": np.full((run.train_data.local_batch, 1), a, np.float32)})["stop"] for a in (0, 1)
+  }
+  saved = [mngr.latest_step()]  # the step on disk (or being written): saving it again would raise
 
   def save(step: int, s) -> None:
+    if step == saved[0]:  # a stop right after a checkpoint step (or right after resuming) has nothing new to save
+      return
     meta = checkpoints.make_meta(
       config=config.to_dict(),
       model_config=run.model_config,
@@ -319,6 +344,7 @@ def train(
       data_step=step,
     )
     checkpoints.save(mngr, step, host_state(s), meta, force=True)
+    saved[0] = step
 
   def evaluate(s) -> dict:
     sums = None
@@ -330,6 +356,7 @@ def train(
     return loss.finalize(sums)
 
   result: dict = {"stopped": "done"}
+  agreed = [False]  # some process asked to stop: read from a step's figures, hence the same on every process
   window: list[dict] = []
   pending = None  # (step, device metrics) of the step whose figures are not read yet
   step = start
@@ -354,11 +381,19 @@ def train(
         f"{float(m['grad_norm'])}); stopped. "
         f"The last good checkpoint is step {mngr.latest_step() or 'none'} in {workdir}/checkpoints"
       )
+    agreed[0] = agreed[0] or float(m.get("stop", 0.0)) > 0
     window.append(m)
 
+  stop.install()
   try:
     while step < t.steps:
-      if stop.requested or (should_stop and should_stop(step)) or mngr.reached_preemption(step):
+      # JAX's preemption sync point must see every step on every process; it is only ever reached where _Stop
+      # could not replace JAX's SIGTERM notifier. Cost: a mutex, under a microsecond.
+      preempted = mngr.reached_preemption(step)
+      asked = bool(should_stop and should_stop(step)) or stop.requested  # the flag last: a signal meanwhile counts
+      # One process stops at once; several carry the request into the step and stop once its figures are read
+      # (one or two steps on), all at the same step, because they read figures at the same steps.
+      if preempted or agreed[0] or (asked and single):
         if pending:
           read(pending)
           pending = None
@@ -366,7 +401,9 @@ def train(
         result["stopped"] = "preempted"
         log(f"stopped at step {step}; checkpoint saved. Rerun the same command to resume.")
         break
-      state, m = p_train(state, device_batch(run.train_data.batch(step)))
+      batch = device_batch(run.train_data.batch(step))
+      batch["stop"] = stop_rows[int(asked)]
+      state, m = p_train(state, batch)
       step += 1
       if pending:
         read(pending)

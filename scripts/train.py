@@ -4,7 +4,8 @@
       --config.data.compile_dir=runs/compiled --config.data.isa=bpe:4000 [--config.train.steps=500]
 
 SIGTERM/SIGINT save a checkpoint and exit 0; the same command resumes. Multi-host: on TPU VMs pass --distributed;
-elsewhere --coordinator_address=HOST:PORT --num_processes=N --process_id=I on every process.
+elsewhere --coordinator_address=HOST:PORT --num_processes=N --process_id=I on every process. A signal to any one
+process stops them all: every process saves the same step and exits 0.
 """
 
 from absl import app, flags

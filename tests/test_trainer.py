@@ -1,11 +1,15 @@
-"""The trainer: learning, device/process/pmap equivalence, preemption and bitwise resume, metadata, bad input."""
+"""The trainer: learning, device/process/pmap equivalence, preemption (one and two processes) and bitwise resume,
+metadata, bad input."""
 
 import json
 import os
+import queue
 import signal
 import socket
 import subprocess
 import sys
+import threading
+import time
 
 import jax
 import numpy as np
@@ -34,8 +38,10 @@ def params_of(result_or_workdir) -> list[np.ndarray]:
   return [np.asarray(x) for x in jax.tree.leaves(state)]
 
 
-def run_worker(arch, compile_dir, workdir, overrides, *, devices=1, distributed=None, wait=True):
-  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu")
+def run_worker(arch, compile_dir, workdir, overrides, *, devices=1, distributed=None, wait=True, env=None):
+  env = dict(
+    os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu", **(env or {})
+  )
   args = [sys.executable, WORKER, arch, compile_dir, workdir, json.dumps(overrides), *(distributed or [])]
   proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
   if not wait:
@@ -121,18 +127,130 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def test_two_processes_match_one(compile_dir, tmp_path, reference):
+class Processes:
+  """N train_worker processes joined by jax.distributed on 127.0.0.1 (CPU collectives); their output is read by
+  threads, so a test can wait for a line without blocking on a hung process. Stragglers are killed on exit."""
+
+  def __init__(self, compile_dir, workdir, overrides, *, n=2, env=None):
+    coordinator = f"127.0.0.1:{_free_port()}"
+    self.procs = [
+      run_worker(
+        "decoder", compile_dir, workdir, overrides, distributed=[coordinator, str(n), str(i)], wait=False, env=env
+      )
+      for i in range(n)
+    ]
+    self.lines = [[] for _ in self.procs]
+    self._new = queue.Queue()
+    self._readers = [threading.Thread(target=self._read, args=(i,), daemon=True) for i in range(n)]
+    for r in self._readers:
+      r.start()
+
+  def _read(self, i):
+    for line in self.procs[i].stdout:
+      self.lines[i].append(line)
+      self._new.put((i, line))
+
+  def wait_for(self, i, prefix, timeout=60.0):
+    """Blocks until process i prints a line starting with ``prefix``."""
+    deadline = time.monotonic() + timeout
+    while not any(line.startswith(prefix) for line in self.lines[i]):
+      assert self.procs[i].poll() is None or self._readers[i].is_alive(), self.output()
+      try:
+        self._new.get(timeout=max(deadline - time.monotonic(), 0.01))
+      except queue.Empty:
+        raise AssertionError(f"process {i} printed no {prefix!r} in {timeout} s\n{self.output()}") from None
+
+  def finish(self, timeout=120.0) -> list[dict]:
+    """Waits for every process; each must exit 0. Returns their final status lines."""
+    deadline = time.monotonic() + timeout
+    for p in self.procs:
+      p.wait(timeout=max(deadline - time.monotonic(), 0.01))
+    for r in self._readers:
+      r.join(timeout=10)
+    assert [p.returncode for p in self.procs] == [0] * len(self.procs), self.output()
+    return [json.loads(lines[-1]) for lines in self.lines]
+
+  def output(self) -> str:
+    return "\n".join(f"--- process {i}\n" + "".join(lines) for i, lines in enumerate(self.lines))
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    for p in self.procs:
+      if p.poll() is None:
+        p.kill()
+        p.wait()
+
+
+@pytest.fixture(scope="module")
+def two_processes(compile_dir, tmp_path_factory):
+  """An uninterrupted 2-process run of the reference config: the bits a preempted 2-process run must resume to."""
+  workdir = str(tmp_path_factory.mktemp("two_processes"))
+  with Processes(compile_dir, workdir, {}) as procs:
+    assert [s["stopped"] for s in procs.finish()] == ["done", "done"], procs.output()
+  return workdir
+
+
+def test_two_processes_match_one(two_processes, reference):
   """jax.distributed on 127.0.0.1 with CPU collectives: 2 processes × 1 device = 1 process on the same batch."""
-  coordinator = f"127.0.0.1:{_free_port()}"
-  workdir = str(tmp_path)
-  procs = [
-    run_worker("decoder", compile_dir, workdir, {}, distributed=[coordinator, "2", str(i)], wait=False) for i in (0, 1)
-  ]
-  outs = [p.communicate(timeout=300)[0] for p in procs]
-  assert [p.returncode for p in procs] == [0, 0], outs
-  np.testing.assert_allclose(losses(workdir), losses(reference[0]), rtol=1e-4)
-  for a, b in zip(params_of(workdir), params_of(reference[1]), strict=True):
+  np.testing.assert_allclose(losses(two_processes), losses(reference[0]), rtol=1e-4)
+  for a, b in zip(params_of(two_processes), params_of(reference[1]), strict=True):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def _stopped_together(procs) -> int:
+  """Both processes exited 0 after saving one and the same step; returns it."""
+  status = procs.finish()
+  steps = {s["step"] for s in status}
+  assert [s["stopped"] for s in status] == ["preempted"] * 2 and len(steps) == 1, procs.output()
+  (step,) = steps
+  assert all(f"stopped at step {step};" in "".join(lines) for lines in procs.lines), procs.output()
+  return step
+
+
+def test_sigterm_to_one_of_two_processes_stops_both(compile_dir, tmp_path, two_processes):
+  """SIGTERM to process 1 only: both save the same step and exit 0; rerunning resumes to the uninterrupted bits."""
+  workdir = str(tmp_path)
+  with Processes(compile_dir, workdir, {}, env={"TRAIN_WORKER_STEP_SECONDS": "0.25"}) as procs:
+    procs.wait_for(1, "at step 3")  # process 1 is before step 3, so both are past step 2: every step is a collective
+    procs.procs[1].send_signal(signal.SIGTERM)
+    step = _stopped_together(procs)
+  assert 3 < step < 12 and checkpoints.find(workdir)[1] == step
+  with Processes(compile_dir, workdir, {}) as again:
+    assert again.finish() == [{"stopped": "done", "step": 12}] * 2, again.output()
+    assert f"resumed from step {step}" in "".join(again.lines[0]), again.output()
+  for a, b in zip(params_of(workdir), params_of(two_processes), strict=True):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_sigint_just_after_an_async_checkpoint(compile_dir, tmp_path, two_processes):
+  """The worst moment, with SIGINT to process 0: the agreed stop lands on a checkpoint step whose async save is still
+  being written; it is saved once, and holds the uninterrupted run's bits at that step."""
+  workdir = str(tmp_path)
+  # Every 4 steps a checkpoint, figures read at every step: asked before step 7 → carried by step 7 → read with its
+  # figures → both stop at 8, which they have just started saving.
+  env = {"TRAIN_WORKER_SIGNAL_AT": "0:7:SIGINT"}
+  with Processes(compile_dir, workdir, {"checkpoint__async_save": True}, env=env) as procs:
+    assert _stopped_together(procs) == 8
+    assert "received SIGINT" in "".join(procs.lines[0]), procs.output()
+  step_dir = os.path.join("checkpoints", "8")
+  mine, uninterrupted = params_of(os.path.join(workdir, step_dir)), params_of(os.path.join(two_processes, step_dir))
+  for a, b in zip(mine, uninterrupted, strict=True):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_stop_right_after_a_checkpoint_resumes(compile_dir, tmp_path, reference):
+  """A single process asked to stop at a step it has just saved (async): nothing is saved twice; the resume matches."""
+  workdir = str(tmp_path)
+  config = tiny_config("decoder", compile_dir, checkpoint__async_save=True)
+  first = trainer.train(config, workdir, should_stop=lambda step: step == 4, log=lambda _: None)
+  assert first["stopped"] == "preempted" and first["step"] == 4 == checkpoints.find(workdir)[1]
+  again = trainer.train(config, workdir, should_stop=lambda step: step == 4, log=lambda _: None)  # asked at once
+  assert again["stopped"] == "preempted" and again["step"] == 4
+  resumed = trainer.train(config, workdir, log=lambda _: None)
+  for a, b in zip(params_of(resumed), params_of(reference[1]), strict=True):
+    np.testing.assert_array_equal(a, b)
 
 
 def test_checkpoint_metadata_names_the_isa(compile_dir, reference):
