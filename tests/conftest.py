@@ -49,6 +49,20 @@ def held_out_corpus(docs, every: int, spec: str = "fake", **kw) -> InMemoryCorpu
   return InMemoryCorpus(spec, {"train": train, "test": test}, **kw)
 
 
+def write_docs(root) -> str:
+  """Python's pydoc topics as text files under ``root/docs``, one long paragraph per file (~190 documents, ~1 MB,
+  offline); returns their glob, for a ``text:`` corpus."""
+  os.makedirs(os.path.join(root, "docs"))
+  k = 0
+  for text in sorted(pydoc_data.topics.topics.values()):
+    for para in text.split("\n\n\n"):
+      if len(para) > 300:
+        with open(os.path.join(root, "docs", f"{k:04d}.txt"), "w") as f:
+          f.write(para)
+        k += 1
+  return os.path.join(str(root), "docs", "*.txt")
+
+
 def prose_corpus() -> InMemoryCorpus:
   texts = sorted(pydoc_data.topics.topics.values())
   docs = [{"text": t} for t in texts]

@@ -2,31 +2,20 @@
 
 import json
 import os
-import pydoc_data.topics
 
 import numpy as np
 import pytest
+from conftest import write_docs
 
 from llmcpu import cli, experiment, fs
 from llmcpu.crosseval import report
 from llmcpu.errors import UserError
 
 
-def _write_corpus(root) -> str:
-  os.makedirs(root / "docs")
-  k = 0
-  for text in sorted(pydoc_data.topics.topics.values()):
-    for para in text.split("\n\n\n"):
-      if len(para) > 300:
-        (root / "docs" / f"{k:04d}.txt").write_text(para)
-        k += 1
-  return str(root / "docs" / "*.txt")
-
-
 def test_seeds_calibration_and_resume_in_a_bucket(tmp_path, fake_gcs):
   """The whole experiment with a gs:// workdir (compile cache, runs, checkpoints, metrics, reports)."""
   c = experiment.experiment_config("tiny")
-  c.corpus = "text:" + _write_corpus(tmp_path)
+  c.corpus = "text:" + write_docs(tmp_path)
   c.compilers = "char,char+perm:1"
   c.train_compilers = "char"  # the permuted ISA is only read (a damage point), never trained on
   c.archs = "decoder,encoder_decoder"
