@@ -1,7 +1,8 @@
 """tpu: ~100M-parameter CPUs on prepared TFDS text (lm1b), for a TPU VM (run with --distributed on pod slices).
 
-Prepare the data where there is network first: `tfds build lm1b --data_dir=$DATA_DIR`, then pass
---config.data_dir=$DATA_DIR.
+Prepare the data where there is network first, e.g. into a bucket (README, "On a TPU VM"):
+`python -c "import tensorflow_datasets as tfds; tfds.builder('lm1b', data_dir='gs://BUCKET/tfds').download_and_prepare()"`
+(`tfds build` would need apache_beam), then pass --config.data_dir=gs://BUCKET/tfds.
 """
 
 from llmcpu.experiment import experiment_config
