@@ -221,6 +221,21 @@ def test_corrupt_files(zoo, tmp_path):
     compilers.load(str(tmp_path / "missing"))
 
 
+def test_a_flipped_score_is_caught_though_the_piece_table_is_the_same(zoo, tmp_path):
+  from sentencepiece import sentencepiece_model_pb2
+
+  path = str(tmp_path / "c")
+  zoo["bpe:1000"].save(path)
+  proto = sentencepiece_model_pb2.ModelProto()
+  proto.ParseFromString(open(os.path.join(path, "spm.model"), "rb").read())
+  k = max(range(len(proto.pieces)), key=lambda i: len(proto.pieces[i].piece))
+  proto.pieces[k].score = -proto.pieces[k].score  # one sign bit: same pieces and ids, other segmentation
+  with open(os.path.join(path, "spm.model"), "wb") as f:
+    f.write(proto.SerializeToString())
+  with pytest.raises(UserError, match="sha256.*rebuild"):
+    compilers.load(path)
+
+
 def test_decode_rejects_illegal_ids(zoo):
   c = zoo["char"]
   with pytest.raises(ValueError, match="outside ISA"):

@@ -154,6 +154,12 @@ def load(path: str) -> Compiler:
       proto = fs.read_bytes(fs.join(path, MODEL))
     except Exception as e:  # OSError locally, tf.errors.OpError in a bucket
       raise UserError(f"unreadable compiler model {path}/{MODEL} ({e}); rebuild it with scripts/compile.py") from e
+    # The fingerprint covers the id → piece table, not the scores that decide segmentation: check the bytes too.
+    if hashlib.sha256(proto).hexdigest() != manifest.get("model_sha256"):
+      raise UserError(
+        f"compiler model {path}/{MODEL} does not match the sha256 in its {MANIFEST} (damaged or replaced); "
+        "rebuild it with scripts/compile.py --rebuild"
+      )
     backend = backends.SentencePieceBackend(spec.family, proto)
   perm = None
   if spec.permuted:
