@@ -224,15 +224,20 @@ def compile_split(
   return writer.commit(manifest)
 
 
-def _split_current(path: str, compiler: Compiler, corpus) -> bool:
+def _split_current(path: str, compiler: Compiler, corpus, log: Callable[[str], None] = print) -> bool:
+  """Whether the split at ``path`` is what would be compiled now, its files intact (sizes and sha256 as recorded)."""
   m = compiled.read_manifest(path)
-  return (
+  current = (
     m is not None
     and m.get("format") == compiled.FORMAT_VERSION
     and m.get("compiler_fingerprint") == compiler.fingerprint
     and m.get("model_sha256") == compiler.manifest.get("model_sha256")
     and m.get("corpus_fingerprint") == corpus.fingerprint
   )
+  damaged = compiled.damaged_files(path, m) if current else []
+  if damaged:
+    log(f"{path}: damaged ({', '.join(damaged)}); compiling it again")
+  return current and not damaged
 
 
 def compile_corpora(
@@ -253,7 +258,7 @@ def compile_corpora(
     tag = f"[{i}/{len(jobs)}] {corpus.name}/{compiler.name}/{split}"
     if not leader:
       await_current(tag, lambda p=path, k=compiler, c=corpus: _split_current(p, k, c), log)
-    elif not rebuild and _split_current(path, compiler, corpus):
+    elif not rebuild and _split_current(path, compiler, corpus, log):
       log(f"{tag}: cached")
     else:
       t0 = time.time()

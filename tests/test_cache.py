@@ -81,6 +81,31 @@ def test_interrupted_build_leaves_nothing_valid(tmp_path):
   assert os.listdir(tmp_path) == []
 
 
+@pytest.mark.parametrize("damage", ["truncate", "flip"])
+def test_damaged_split_is_compiled_again_not_reused(tmp_path, damage):
+  corpus = FakeCorpus(tuple(DOCS))
+  built, _, _ = _build(tmp_path, corpus, specs="byte")
+  path = cache.split_dir(str(tmp_path), "fake", "byte", "train")
+  tokens = os.path.join(path, "text.tokens.npy")
+  data = bytearray(open(tokens, "rb").read())
+  if damage == "truncate":
+    data = data[: len(data) // 2]
+  else:
+    data[-5] ^= 0x01  # one bit of one id: sizes agree, the ids do not
+  with open(tokens, "wb") as f:
+    f.write(data)
+  if damage == "truncate":  # refused when loaded, too (sizes are checked on every load; contents on reuse)
+    with pytest.raises(UserError, match="corrupt compiled data.*bytes, not"):
+      compiled.load(path)
+  _, _, logs = _build(tmp_path, corpus, specs="byte")
+  assert any("damaged (text.tokens.npy" in line for line in logs), logs
+  assert {line.split(":")[0] for line in logs if "cached" not in line and "damaged" not in line} == {
+    "[1/2] fake/byte/train"
+  }  # only the damaged split is compiled again
+  split = cache.load_split(str(tmp_path), "fake", built[0], "train")
+  assert [built[0].decode(split.fields["text"].doc(i)) for i in range(split.num_docs)] == DOCS
+
+
 def test_data_from_another_isa_refused(built):
   workdir, comps, _, _ = built
   by_name = {c.name: c for c in comps}

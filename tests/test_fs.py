@@ -80,7 +80,7 @@ def test_compile_cache_in_a_bucket(monkeypatch):
 
   # A fault in the middle of rewriting a split: the split no longer reads as compiled, and the next run rebuilds it.
   path = cache.split_dir(root, "fake", "char", "train")  # the first split compiled; it dies at its second array
-  real, calls = fs.save_npy, []
+  real, calls = fs.write_bytes, []
 
   def dying(p, a):
     calls.append(p)
@@ -88,11 +88,11 @@ def test_compile_cache_in_a_bucket(monkeypatch):
       raise KeyboardInterrupt
     real(p, a)
 
-  monkeypatch.setattr(fs, "save_npy", dying)
+  monkeypatch.setattr(fs, "write_bytes", dying)
   with pytest.raises(KeyboardInterrupt):
     cache.compile_corpora([corpus], built, root, rebuild=True, log=lambda m: None)
   assert compiled.read_manifest(path) is None
-  monkeypatch.setattr(fs, "save_npy", real)
+  monkeypatch.setattr(fs, "write_bytes", real)
   logs.clear()
   cache.compile_corpora([corpus], built, root, log=logs.append)
   assert [line.split(":")[0] for line in logs if "cached" not in line] == ["[1/6] fake/char/train"] * 2

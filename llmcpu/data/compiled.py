@@ -16,6 +16,8 @@ interrupted build never looks valid.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import io
 import json
 from collections.abc import Sequence
 
@@ -25,7 +27,7 @@ from llmcpu import fs, specials
 from llmcpu.errors import UserError
 
 MANIFEST = "manifest.json"
-FORMAT_VERSION = 2  # 2: manifest stats carry each field's unk count
+FORMAT_VERSION = 3  # 2: manifest stats carry each field's unk count; 3: and every file's size and sha256
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,6 +103,20 @@ def read_manifest(path: str) -> dict | None:
     raise UserError(f"corrupt compiled-data manifest {path}/{MANIFEST} ({e}); delete {path} and recompile") from e
 
 
+def damaged_files(path: str, manifest: dict, *, contents: bool = True) -> list[str]:
+  """What differs from the sizes (and, with ``contents``, the sha256) the manifest recorded for each file."""
+  out = []
+  for name, want in manifest.get("files", {}).items():
+    p = fs.join(path, name)
+    if not fs.exists(p):
+      out.append(f"{name} missing")
+    elif fs.stat(p)[0] != want["bytes"]:
+      out.append(f"{name} has {fs.stat(p)[0]} bytes, not {want['bytes']}")
+    elif contents and hashlib.sha256(fs.read_bytes(p)).hexdigest() != want["sha256"]:
+      out.append(f"{name} does not match its sha256")
+  return out
+
+
 def load(path: str, *, expect_fingerprint: str | None = None) -> CompiledSplit:
   """Memory-maps the split at ``path`` (a bucket's is read whole); checks it was built by ``expect_fingerprint``."""
   manifest = read_manifest(path)
@@ -111,6 +127,9 @@ def load(path: str, *, expect_fingerprint: str | None = None) -> CompiledSplit:
       f"compiled data at {path} was built by ISA {manifest['compiler_fingerprint'][:12]} "
       f"({manifest['compiler']}), not {expect_fingerprint[:12]}; recompile it with scripts/compile.py"
     )
+  damaged = damaged_files(path, manifest, contents=False)
+  if damaged:
+    raise UserError(f"corrupt compiled data at {path} ({damaged[0]}); delete it and rerun scripts/compile.py")
   fields = {}
   try:
     for name in manifest["fields"]:
@@ -153,19 +172,31 @@ class SplitWriter:
       raise ValueError(f"fields disagree on the number of documents: {counts}")
     manifest = dict(manifest, format=FORMAT_VERSION, fields=self._fields, num_docs=counts.pop() if counts else 0)
     manifest["stats"] = {}
+    files: dict[str, dict] = {}  # name → size and sha256, checked whenever the split is reused
     with fs.staged(self.path, MANIFEST) as out:
+
+      def write(name: str, data: bytes) -> None:
+        fs.write_bytes(fs.join(out, name), data)
+        files[name] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+
       for f in self._fields:
         tokens = np.concatenate(self._tokens[f]) if self._tokens[f] else np.zeros(0, np.int32)
         offsets = np.zeros(len(self._lengths[f]) + 1, np.int64)
         np.cumsum(self._lengths[f], out=offsets[1:])
-        fs.save_npy(fs.join(out, f"{f}.tokens.npy"), tokens)
-        fs.save_npy(fs.join(out, f"{f}.offsets.npy"), offsets)
-        fs.save_npy(fs.join(out, f"{f}.nbytes.npy"), np.asarray(self._nbytes[f], np.int64))
+        for kind, array in (
+          ("tokens", tokens),
+          ("offsets", offsets),
+          ("nbytes", np.asarray(self._nbytes[f], np.int64)),
+        ):
+          buf = io.BytesIO()
+          np.save(buf, array)
+          write(f"{f}.{kind}.npy", buf.getvalue())
         manifest["stats"][f] = {
           "tokens": int(len(tokens)),
           "bytes": int(sum(self._nbytes[f])),
           "unk": int(np.count_nonzero(tokens == specials.UNK_ID)),
         }
-      fs.write_text(fs.join(out, "labels.json"), json.dumps(self._labels))
+      write("labels.json", json.dumps(self._labels).encode("utf-8"))
+      manifest["files"] = files
       fs.write_text(fs.join(out, MANIFEST), json.dumps(manifest, indent=1))
     return manifest
