@@ -10,7 +10,7 @@ from collections.abc import Callable
 from absl import app, flags, logging
 
 from llmcpu import fs
-from llmcpu.errors import UserError
+from llmcpu.errors import Stopped, UserError
 
 # TensorFlow is only a data library here: keep its C++ logging quiet (must be set before it is imported).
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -18,7 +18,8 @@ os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")  # its start-up notice is pr
 
 
 def user_errors(main: Callable) -> Callable:
-  """Wraps an absl ``main``: a UserError becomes one ``error:`` line on stderr and exit status 1."""
+  """Wraps an absl ``main``: a UserError becomes one ``error:`` line on stderr and exit status 1; a ``Stopped``
+  (preempted after saving) its message and exit status 0, like scripts/train.py."""
 
   @functools.wraps(main)
   def wrapped(argv):
@@ -29,6 +30,9 @@ def user_errors(main: Callable) -> Callable:
     except UserError as e:
       print(f"error: {e}", file=sys.stderr, flush=True)
       sys.exit(1)
+    except Stopped as e:
+      print(str(e), flush=True)
+      sys.exit(0)
 
   return wrapped
 

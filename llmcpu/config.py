@@ -7,9 +7,11 @@ overridden on the command line (``--config.train.steps=500``); unknown keys are 
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import ml_collections
 
+from llmcpu.errors import UserError
 from llmcpu.models.config import ModelConfig, presets
 
 # Training-size presets, paired with the model presets of the same name.
@@ -76,3 +78,43 @@ def base_config(arch: str, preset: str = "tiny") -> ml_collections.ConfigDict:
   c.mesh.fsdp = 1  # devices that shard parameters (ZeRO-3 style); the rest are pure data parallel
   c.mesh.tensor = 1  # devices that shard heads / mlp / vocab
   return c
+
+
+def _at_least(lo: float) -> tuple:
+  return (lambda v: v >= lo, f"at least {lo:g}")
+
+
+# Numeric training keys and the values that mean something: anything else is refused in one line, never run
+# (a negative learning rate would train by gradient ascent without a word).
+RANGES: dict[str, tuple] = {
+  "seed": _at_least(0),
+  "data.length": _at_least(2),
+  "data.input_length": _at_least(2),
+  "data.target_length": _at_least(2),
+  "train.steps": _at_least(1),
+  "train.batch_size": _at_least(1),
+  "train.learning_rate": (lambda v: v > 0 and math.isfinite(v), "a positive finite number"),
+  "train.warmup_steps": _at_least(0),
+  "train.min_lr_ratio": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+  "train.weight_decay": _at_least(0),
+  "train.b1": (lambda v: 0 <= v < 1, "in [0, 1)"),
+  "train.b2": (lambda v: 0 <= v < 1, "in [0, 1)"),
+  "train.grad_clip": (lambda v: v > 0, "positive"),
+  "train.grad_accum": _at_least(1),
+  "train.log_every": _at_least(1),
+  "train.eval_every": _at_least(0),
+  "train.eval_batches": _at_least(0),
+  "train.peak_tflops": _at_least(0),
+  "checkpoint.every": _at_least(1),
+  "checkpoint.keep": _at_least(1),
+}
+
+
+def check_ranges(config: ml_collections.ConfigDict) -> None:
+  """Refuses the first numeric key outside its meaningful range (``RANGES``), naming the flag that sets it."""
+  for key, (ok, meaning) in RANGES.items():
+    value = config
+    for part in key.split("."):
+      value = value[part]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not ok(value):
+      raise UserError(f"--config.{key}={value!r} must be {meaning}")

@@ -6,3 +6,8 @@ class UserError(Exception):
 
   Scripts catch it, print ``error: <message>`` and exit non-zero.
   """
+
+
+class Stopped(Exception):
+  """Work stopped on request (SIGTERM/SIGINT, a preemption) after saving: not a failure. Scripts print the message
+  and exit 0; the same command continues."""

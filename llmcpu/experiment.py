@@ -28,8 +28,8 @@ from collections.abc import Callable
 import ml_collections
 
 from llmcpu import cache, checkpoints, compilers, crosseval, data, fs, parallel
-from llmcpu.config import base_config
-from llmcpu.errors import UserError
+from llmcpu.config import base_config, check_ranges
+from llmcpu.errors import Stopped, UserError
 
 ARCHS = ("encoder", "decoder", "encoder_decoder")
 
@@ -133,6 +133,8 @@ def run(exp: ml_collections.ConfigDict, workdir: str, *, log: Callable[[str], No
     if arch not in ARCHS:
       raise UserError(f"unknown arch {arch!r} in --config.archs; choose from {', '.join(ARCHS)}")
   seeds = seed_list(exp.seeds)
+  for arch in archs:  # a bad number is refused before hours of compiling, not at the first run
+    check_ranges(run_config(exp, exp.corpus, arch, str(trained[0]), "", seeds[0]))
   corpora = [data.load_corpus(c, data_dir=exp.data_dir or None) for c in split_list(exp.corpus, "corpus")]
   sources = corpora
   if exp.compiler_corpora:
@@ -158,7 +160,9 @@ def run(exp: ml_collections.ConfigDict, workdir: str, *, log: Callable[[str], No
     fs.makedirs(path)
     result = trainer.train(run_config(exp, corpus.spec, arch, str(spec), compile_dir, seed), path, log=log)
     if result["stopped"] != "done":
-      raise UserError(f"training stopped early at step {result['step']}; rerun the same command to continue")
+      raise Stopped(
+        f"stopped at step {result['step']} of {tag} ({result['stopped']}); rerun the same command to continue"
+      )
   timing["train"] = time.time() - t_start - timing["compile"]
   if not leader:  # one report per workdir: process 0 cross-evaluates on its own devices and writes it
     log("== cross-eval: left to process 0, which writes the reports into the shared workdir")

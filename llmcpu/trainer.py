@@ -27,7 +27,7 @@ import optax
 from flax import nnx
 
 from llmcpu import cache, checkpoints, compilers, fs, loss, metrics, models, parallel
-from llmcpu.config import DEFAULT_OBJECTIVE
+from llmcpu.config import DEFAULT_OBJECTIVE, check_ranges
 from llmcpu.data.pipeline import Pipeline
 from llmcpu.errors import UserError
 from llmcpu.optim import make_optimizer
@@ -161,8 +161,7 @@ def resolve(config: ml_collections.ConfigDict, workdir: str) -> Run:
   d, t = config.data, config.train
   if config.parallelism not in ("jit", "pmap"):
     raise UserError(f"parallelism={config.parallelism!r} is not one of jit, pmap")
-  if t.steps < 1:
-    raise UserError(f"train.steps={t.steps} must be at least 1")
+  check_ranges(config)
   compile_dir = fs.abspath(d.compile_dir)
   spec = compilers.parse(d.isa)
   compile_cmd = f"python scripts/compile.py --corpus={d.corpus} --compilers={spec} --workdir={compile_dir}"

@@ -74,3 +74,31 @@ def test_bucket_workdir_checked_with_one_line(fake_gcs, monkeypatch):
   monkeypatch.setattr(fake_gcs, "GFile", denied)
   with pytest.raises(UserError, match=r"cannot write to workdir gs://fake-bucket/y \(403 Forbidden[^\n]*\); check"):
     cli.workdir_path(f"{fake_gcs.PREFIX}/y")
+
+
+def test_a_preempted_experiment_exits_zero(tmp_path, monkeypatch, capsys):
+  """Preemption is not failure: experiment.py exits 0 like train.py, and says how to continue."""
+  from llmcpu import trainer
+  from llmcpu.errors import Stopped
+
+  c = experiment.experiment_config("tiny")
+  c.corpus, c.compilers, c.steps = "text:" + write_docs(tmp_path), "char", 5
+  monkeypatch.setattr(trainer, "train", lambda config, workdir, log: {"stopped": "preempted", "step": 3})
+  with pytest.raises(Stopped, match=r"stopped at step 3 of \[1/1\] .* \(preempted\); rerun the same command"):
+    experiment.run(c, str(tmp_path / "exp"), log=lambda m: None)
+
+  def preempted_main(argv):
+    raise Stopped("stopped at step 3; rerun the same command to continue")
+
+  with pytest.raises(SystemExit) as e:
+    cli.user_errors(preempted_main)([])
+  assert e.value.code == 0 and "rerun the same command" in capsys.readouterr().out
+
+
+def test_numbers_out_of_range_refused_before_compiling(tmp_path):
+  c = experiment.experiment_config("tiny")
+  c.corpus, c.compilers = "text:" + write_docs(tmp_path), "char"
+  c.train.learning_rate = -1.0
+  with pytest.raises(UserError, match=r"^--config.train.learning_rate=-1.0 must be a positive finite number$"):
+    experiment.run(c, str(tmp_path / "exp"), log=lambda m: None)
+  assert not (tmp_path / "exp" / "compiled").exists()

@@ -265,7 +265,8 @@ def test_checkpoint_metadata_names_the_isa(compile_dir, reference):
 
 
 def test_non_finite_loss_stops_with_step(compile_dir, tmp_path):
-  config = tiny_config("decoder", compile_dir, train__learning_rate=float("nan"), checkpoint__every=1)
+  # A learning rate that overflows float32: the first update makes the parameters infinite.
+  config = tiny_config("decoder", compile_dir, train__learning_rate=1e39, checkpoint__every=1)
   with pytest.raises(UserError, match=r"not finite at step 1\b.*last good checkpoint is step none"):
     trainer.train(config, str(tmp_path), log=lambda _: None)
 
@@ -278,6 +279,11 @@ def test_non_finite_loss_stops_with_step(compile_dir, tmp_path):
     ({"data__corpus": "elsewhere"}, "no data compiled from corpus 'elsewhere'"),
     ({"train__batch_size": 6, "train__grad_accum": 4}, "must divide into"),
     ({"parallelism": "threads"}, "not one of jit, pmap"),
+    ({"train__learning_rate": -1.0}, r"^--config.train.learning_rate=-1.0 must be a positive finite number$"),
+    ({"train__learning_rate": float("nan")}, "learning_rate=nan must be a positive finite number"),
+    ({"train__b2": 1.0}, r"--config.train.b2=1.0 must be in \[0, 1\)"),
+    ({"checkpoint__keep": 0}, "--config.checkpoint.keep=0 must be at least 1"),
+    ({"train__steps": 0}, "--config.train.steps=0 must be at least 1"),
   ],
 )
 def test_bad_config(compile_dir, tmp_path, overrides, match):
