@@ -264,6 +264,7 @@ def test_checkpoint_metadata_names_the_isa(compile_dir, reference):
   assert model.config.vocab_size == compiler.vocab_size
 
 
+@pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning")  # the point of the test
 def test_non_finite_loss_stops_with_step(compile_dir, tmp_path):
   # A learning rate that overflows float32: the first update makes the parameters infinite.
   config = tiny_config("decoder", compile_dir, train__learning_rate=1e39, checkpoint__every=1)
