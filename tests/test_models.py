@@ -481,6 +481,24 @@ def test_illegal_policy_error():
   assert models.illegal_count(model) == 1
 
 
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_generate_judges_wide_ids_before_narrowing_on_every_path(dec, use_cache):
+  model = nnx.merge(*nnx.split(dec), copy=True)
+  models.reset_illegal_count(model)
+  prompt = np.asarray(random_ids(18, (2, 6)), np.int64)
+  wide = prompt.copy()
+  wide[0, 2] = 2**32 + int(prompt[0, 2])  # int32 would wrap it to the legal id prompt[0, 2]
+  wide[1, 4] = -(2**40)
+  unk = prompt.copy()
+  unk[0, 2] = unk[1, 4] = UNK_ID
+  got = models.generate(model, wide, 6, use_cache=use_cache)
+  assert models.illegal_count(model) == 2
+  np.testing.assert_array_equal(got, models.generate(model, unk, 6, use_cache=use_cache))  # read as UNK
+  strict = models.create("decoder", "tiny", V, illegal_id_policy="error")
+  with pytest.raises(UserError, match="2 token ids are outside"):
+    models.generate(strict, wide, 6, use_cache=use_cache)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Swapping and sharding
 # ----------------------------------------------------------------------------------------------------------------

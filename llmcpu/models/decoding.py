@@ -19,7 +19,7 @@ from flax import nnx
 from llmcpu.errors import UserError
 from llmcpu.models.models import Decoder, EncoderDecoder
 from llmcpu.models.opcodes import IllegalOpcodes, check_eager
-from llmcpu.specials import BOS_ID, EOS_ID, PAD_ID
+from llmcpu.specials import BOS_ID, EOS_ID, PAD_ID, UNK_ID
 
 _STATIC = ("graphdef", "max_new_tokens", "top_k", "greedy", "use_top_p")
 
@@ -168,7 +168,8 @@ def generate(
   EncoderDecoder: ``prompt_ids`` is the source [B, S] (PAD = padding); the decoder starts from BOS.
   temperature 0 → greedy; otherwise sample from softmax(logits / temperature) restricted to the top_k (0 = all)
   and the top_p nucleus. ``use_cache=False`` (decoders only) recomputes the whole prefix each step (a reference).
-  Illegal ids in the prompt are mapped and counted on the model; under policy 'error' they raise afterwards.
+  Illegal ids in the prompt (judged at their own width) are mapped to UNK and counted on the model; under policy
+  'error' they are refused before generating, on every path.
   """
   ids = np.asarray(prompt_ids)
   if ids.ndim != 2 or not np.issubdtype(ids.dtype, np.integer):
@@ -183,6 +184,14 @@ def generate(
   static = dict(max_new_tokens=int(max_new_tokens), top_k=int(top_k), greedy=greedy, use_top_p=top_p < 1.0)
   dynamic = (jax.random.key(seed), jnp.float32(temperature or 1.0), jnp.float32(top_p), jnp.int32(eos_id))
   lengths = _lengths(ids, prompt_lengths)
+  # Judge the ids at their own width before any narrowing (an int64 id 2**32 + 5 would wrap to the legal id 5), the
+  # same way for every path: counted on the model, refused under policy 'error' before any work.
+  illegal = (ids < 0) | (ids >= c.vocab_size)
+  if illegal.any():
+    check_eager(jnp.int32(illegal.sum()), c.illegal_id_policy, c.vocab_size)
+    model.illegal_opcodes[...] = model.illegal_opcodes[...] + int(illegal.sum())
+    ids = np.where(illegal, UNK_ID, ids)
+  ids = ids.astype(np.int32)
   graphdef, state = nnx.split(model)
   if isinstance(model, EncoderDecoder):
     if c.positions == "learned" and max_new_tokens > c.max_len:
