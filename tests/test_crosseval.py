@@ -336,6 +336,24 @@ def test_script_exit_status(world, tmp_path):
 # ------------------------------------------------------------------------------------------------- the report
 
 
+def test_a_report_cut_short_is_not_finished(rows, tmp_path, monkeypatch):
+  """results.jsonl is the report's marker: written last, removed first, so a rewrite killed in the middle (here: at
+  the damage figure, after the tables) leaves no finished-looking report for experiment.py to skip."""
+  report.write_report(rows, str(tmp_path))
+  assert report.load_rows(str(tmp_path))
+
+  def killed(*args, **kwargs):
+    raise KeyboardInterrupt
+
+  monkeypatch.setattr(report, "damage_figure", killed)
+  with pytest.raises(KeyboardInterrupt):
+    report.write_report(rows, str(tmp_path))
+  assert not os.path.exists(tmp_path / "results.jsonl") and report.load_rows(str(tmp_path)) == []
+  monkeypatch.undo()
+  paths = report.write_report(rows, str(tmp_path))  # the rerun writes it all again
+  assert os.path.exists(paths["summary"]) and len(report.load_rows(str(tmp_path))) == len(rows)
+
+
 def test_report_files_hold_the_numbers_of_results(rows, world, tmp_path):
   paths = report.write_report(rows, str(tmp_path))
   back = report.load_rows(str(tmp_path))
