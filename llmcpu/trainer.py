@@ -12,12 +12,15 @@ step's figures, so all save the same step (one or two steps after the request) a
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
+import os
 import signal
+import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import jax
 import jax.numpy as jnp
@@ -242,6 +245,58 @@ class _Stop:
       signal.signal(sig, handler)
 
 
+LOCK = ".trainer.lock"
+
+
+@contextlib.contextmanager
+def workdir_lock(workdir: str) -> Iterator[None]:
+  """Refuses a second trainer on a workdir in use (two would interleave metrics and fight over checkpoints).
+
+  ``<workdir>/.trainer.lock`` holds ``host pid``, created exclusively; a lock left by a process that is gone (same
+  host, pid not alive, or this very process after an error) is taken over. A bucket has no exclusive create: not
+  locked there. Only process 0 of a multi-host run locks (the others share its workdir by design)."""
+  if fs.is_uri(workdir) or jax.process_index() != 0:
+    yield
+    return
+  os.makedirs(workdir, exist_ok=True)
+  path, me = os.path.join(workdir, LOCK), f"{socket.gethostname()} {os.getpid()}"
+  while True:
+    try:
+      fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+      try:
+        with open(path) as f:
+          host, pid = f.read().split()
+      except (OSError, ValueError):  # removed meanwhile, or half-written by a dying process: look again
+        host, pid = "", "0"
+      if host == socket.gethostname() and (int(pid) == os.getpid() or not _alive(int(pid))):
+        with contextlib.suppress(FileNotFoundError):
+          os.remove(path)  # left behind by a process that is gone
+        continue
+      raise UserError(
+        f"{workdir} is in use by trainer pid {pid} on {host or 'another host'}; wait for it to finish, use another "
+        f"--workdir, or delete {path} if that process is gone"
+      ) from None
+    with os.fdopen(fd, "w") as f:
+      f.write(me)
+    break
+  try:
+    yield
+  finally:
+    with contextlib.suppress(FileNotFoundError):
+      os.remove(path)
+
+
+def _alive(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:  # someone else's process
+    return True
+  return True
+
+
 def train(
   config: ml_collections.ConfigDict,
   workdir: str,
@@ -252,8 +307,16 @@ def train(
   """Trains (or resumes) to ``config.train.steps``; returns the last train and eval figures and the stop reason.
 
   ``should_stop(step)`` returning True (on any one process) stops the run like SIGTERM: a checkpoint, then return.
+  One trainer per workdir (``workdir_lock``).
   """
   workdir = fs.abspath(workdir)
+  with workdir_lock(workdir):
+    return _train(config, workdir, should_stop=should_stop, log=log)
+
+
+def _train(
+  config: ml_collections.ConfigDict, workdir: str, *, should_stop: Callable[[int], bool] | None, log: Callable
+) -> dict:
   run = resolve(config, workdir)
   t = config.train
   lead = jax.process_index() == 0

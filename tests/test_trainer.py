@@ -264,6 +264,19 @@ def test_checkpoint_metadata_names_the_isa(compile_dir, reference):
   assert model.config.vocab_size == compiler.vocab_size
 
 
+def test_one_trainer_per_workdir(compile_dir, tmp_path):
+  config = tiny_config("decoder", compile_dir, train__steps=2)
+  lock = tmp_path / trainer.LOCK
+  lock.write_text(f"{socket.gethostname()} {os.getppid()}")  # a live process holds it (the one running pytest)
+  with pytest.raises(UserError, match=rf"in use by trainer pid {os.getppid()} on .*delete .*\.trainer\.lock"):
+    trainer.train(config, str(tmp_path), log=lambda _: None)
+  assert not (tmp_path / "checkpoints").exists() and lock.exists()  # nothing touched, the holder's lock kept
+  gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+  lock.write_text(f"{socket.gethostname()} {gone.stdout.strip()}")  # left by a process that is gone: taken over
+  assert trainer.train(config, str(tmp_path), log=lambda _: None)["stopped"] == "done"
+  assert not lock.exists()  # released
+
+
 @pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning")  # the point of the test
 def test_non_finite_loss_stops_with_step(compile_dir, tmp_path):
   # A learning rate that overflows float32: the first update makes the parameters infinite.
