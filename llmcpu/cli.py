@@ -30,6 +30,11 @@ def user_errors(main: Callable) -> Callable:
     except UserError as e:
       print(f"error: {e}", file=sys.stderr, flush=True)
       sys.exit(1)
+    except OSError as e:  # config_flags defers a --config file it could not load to the first read of the config
+      if "Failed loading config file" not in str(e):
+        raise
+      print(f"error: cannot load the --config file ({_last_line(str(e))}); check its path", file=sys.stderr, flush=True)
+      sys.exit(1)
     except Stopped as e:
       print(str(e), flush=True)
       sys.exit(0)
@@ -65,12 +70,20 @@ def log(message: str) -> None:
   print(message, flush=True)
 
 
+def _last_line(text: str) -> str:
+  lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+  return lines[-1] if lines else text
+
+
 def parse_flags(argv: list[str]) -> list[str]:
   """absl's parser, but a bad flag or config override (``--config.nope=1``) is one ``error:`` line, exit 2."""
   try:
     return flags.FLAGS(argv)
   except flags.Error as e:
-    print(f"error: {e}; see --helpfull", file=sys.stderr, flush=True)
+    message = str(e)
+    if "Traceback" in message:  # the config file's get_config raised: its last line says why
+      message = f"{message.split(': Error whilst', 1)[0]}: {_last_line(message)}"
+    print(f"error: {message}; see --helpfull", file=sys.stderr, flush=True)
   except (AttributeError, KeyError, ValueError, TypeError) as e:  # ml_collections' override errors
     detail = str(e).strip("\"'")
     print(f"error: bad --config override ({detail}): no such key or wrong type; see the config file", file=sys.stderr)

@@ -462,6 +462,9 @@ def test_text_glob(tmp_path):
 def test_text_errors(tmp_path):
   with pytest.raises(UserError, match="no files match 'text:.*nothing"):
     load_corpus(f"text:{tmp_path}/nothing*.txt")
+  write(tmp_path / "lit" / "notes[1].txt", "a literal bracket in a file name\n")
+  with pytest.raises(UserError, match=r"write \[\[\] for a literal '\['"):
+    load_corpus(f"text:{tmp_path}/lit/notes[1].txt")
   write(tmp_path / "bad" / "a.txt", "fine\n")
   write(tmp_path / "bad" / "b.txt", b"caf\xe9\n")
   with pytest.raises(UserError, match=r"b\.txt is not UTF-8 text"):

@@ -4,6 +4,7 @@ metadata, bad input."""
 import json
 import os
 import queue
+import re
 import signal
 import socket
 import subprocess
@@ -316,8 +317,11 @@ def test_script_bad_flags_one_line(tmp_path):
   for extra, match in [
     ("--config.train.nope=1", "bad --config override"),
     ("--config.train.steps=abc", "flag --config.train.steps"),
+    (f"--config={config}:huge", r"--config=\S+decoder.py:huge: ValueError: unknown preset 'huge'; choose one of tiny"),
+    (f"--config={config}x", r"cannot load the --config file \(\[Errno 2\] No such file or directory: .*pyx'\)"),
   ]:
     out = subprocess.run(
       [sys.executable, script, f"--config={config}", f"--workdir={tmp_path}", extra], capture_output=True, text=True
     )
-    assert out.returncode != 0 and match in out.stderr and "Traceback" not in out.stderr, out.stderr
+    assert out.returncode != 0 and re.search(match, out.stderr) and "Traceback" not in out.stderr, out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1, out.stderr

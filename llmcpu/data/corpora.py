@@ -281,7 +281,8 @@ def _load_text(spec: str, pattern: str) -> Corpus:
   full = os.path.abspath(os.path.expanduser(pattern))
   files = sorted(p for p in glob.glob(full, recursive=True) if os.path.isfile(p))
   if not files:
-    raise UserError(f"no files match {spec!r}; check the path or quote the glob so your shell does not expand it")
+    hint = " ('[' starts a glob character class: write [[] for a literal '[')" if "[" in pattern else ""
+    raise UserError(f"no files match {spec!r}{hint}; check the path or quote the glob so your shell does not expand it")
   base = os.path.commonpath([os.path.dirname(p) for p in files])
   rels = tuple(os.path.relpath(p, base) for p in files)
   h = hashlib.sha256()
