@@ -151,13 +151,15 @@ def write_text(path: str, text: str) -> None:
   write_bytes(path, text.encode("utf-8"))
 
 
+def npy_bytes(array: np.ndarray) -> bytes:
+  """``array`` in the .npy format, as the bytes a file of it holds."""
+  buf = io.BytesIO()
+  np.save(buf, array)
+  return buf.getvalue()
+
+
 def save_npy(path: str, array: np.ndarray) -> None:
-  if is_uri(path):
-    buf = io.BytesIO()
-    np.save(buf, array)
-    write_bytes(path, buf.getvalue())
-  else:
-    np.save(path, array)
+  write_bytes(path, npy_bytes(array))
 
 
 def load_npy(path: str, mmap: bool = False) -> np.ndarray:

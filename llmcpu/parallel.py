@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from llmcpu import fs
 from llmcpu.errors import UserError
 
 MESH_AXES = ("data", "fsdp", "tensor")
@@ -99,8 +100,6 @@ def shared_directory(path: str) -> bool:
   if jax.process_count() == 1:
     return True
   from jax.experimental import multihost_utils
-
-  from llmcpu import fs
 
   token = multihost_utils.broadcast_one_to_all(np.frombuffer(os.urandom(8), np.uint32))  # process 0's
   name = fs.join(path, ".process0-" + "".join(f"{int(x):08x}" for x in np.asarray(token)))

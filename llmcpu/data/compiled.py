@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import io
 import json
 from collections.abc import Sequence
 
@@ -108,10 +107,11 @@ def damaged_files(path: str, manifest: dict, *, contents: bool = True) -> list[s
   out = []
   for name, want in manifest.get("files", {}).items():
     p = fs.join(path, name)
-    if not fs.exists(p):
+    size = fs.stat(p)[0] if fs.exists(p) else None
+    if size is None:
       out.append(f"{name} missing")
-    elif fs.stat(p)[0] != want["bytes"]:
-      out.append(f"{name} has {fs.stat(p)[0]} bytes, not {want['bytes']}")
+    elif size != want["bytes"]:
+      out.append(f"{name} has {size} bytes, not {want['bytes']}")
     elif contents and hashlib.sha256(fs.read_bytes(p)).hexdigest() != want["sha256"]:
       out.append(f"{name} does not match its sha256")
   return out
@@ -188,9 +188,7 @@ class SplitWriter:
           ("offsets", offsets),
           ("nbytes", np.asarray(self._nbytes[f], np.int64)),
         ):
-          buf = io.BytesIO()
-          np.save(buf, array)
-          write(f"{f}.{kind}.npy", buf.getvalue())
+          write(f"{f}.{kind}.npy", fs.npy_bytes(array))
         manifest["stats"][f] = {
           "tokens": int(len(tokens)),
           "bytes": int(sum(self._nbytes[f])),
