@@ -1,17 +1,21 @@
 """Binaries: orbax checkpoints that carry the ISA they were compiled for.
 
 A checkpoint step holds two items: ``state`` (parameters, optimizer state, counters; arrays) and ``meta`` (JSON:
-config, architecture, model config, the compiler's manifest *and files*, step, tokens seen, data position).
-``load_meta`` and ``load_compiler`` read what a checkpoint speaks without touching its arrays.
+config, architecture, model config, the compiler's manifest *and files*, step, tokens seen, data position, and a
+checksum of every array). ``load_meta`` and ``load_compiler`` read what a checkpoint speaks without touching its
+arrays; ``restore`` checks every array against the checksum recorded at save (orbax itself keeps none), so a
+flipped bit is refused instead of trained on or evaluated.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import errno
 import sys
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
 from llmcpu import compilers, fs
@@ -23,7 +27,11 @@ META_FORMAT = 1
 
 
 def manager(directory: str, *, keep: int = 2, async_save: bool = True) -> ocp.CheckpointManager:
-  options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=async_save, create=True)
+  # cleanup_tmp_directories: a save cut short (killed, disk full) leaves a *.orbax-checkpoint-tmp directory that
+  # never counts as a step; the next manager removes it and gets its space back.
+  options = ocp.CheckpointManagerOptions(
+    max_to_keep=keep, enable_async_checkpointing=async_save, create=True, cleanup_tmp_directories=True
+  )
   return ocp.CheckpointManager(fs.abspath(directory), item_names=ITEMS, options=options)
 
 
@@ -45,19 +53,130 @@ def make_meta(
   }
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# Checksums: one 32-bit word per array, computed on device (sharded arrays included; integer sums are exact, so
+# the value does not depend on the mesh) and recorded in ``meta`` at save.
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _words(x: jax.Array) -> jax.Array:
+  """The array's bits as uint32 words (narrower dtypes widened, 64-bit split in two)."""
+  if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
+    x = jax.random.key_data(x)
+  if x.dtype == jnp.bool_:
+    return x.astype(jnp.uint32)
+  size = x.dtype.itemsize
+  if size == 4:
+    return jax.lax.bitcast_convert_type(x, jnp.uint32)
+  if size in (1, 2):
+    return jax.lax.bitcast_convert_type(x, jnp.uint8 if size == 1 else jnp.uint16).astype(jnp.uint32)
+  return jax.lax.bitcast_convert_type(x, jnp.uint32)  # 8 bytes: a trailing axis of two words
+
+
+@jax.jit
+def _checksum_tree(tree: Any) -> Any:
+  def one(x):
+    words = _words(x).reshape(-1)
+    # Position-weighted (odd weights): any single flipped bit changes the sum, and so do most swaps.
+    weights = jnp.arange(words.size, dtype=jnp.uint32) * jnp.uint32(2) + jnp.uint32(1)
+    return jnp.sum(words * weights, dtype=jnp.uint32)
+
+  return jax.tree.map(one, tree)
+
+
+def checksums(state: Any) -> dict[str, int]:
+  """``{array path: checksum}`` for every array in ``state``."""
+  sums = jax.device_get(_checksum_tree(state))
+  return {_path_name(path): int(v) for path, v in jax.tree_util.tree_flatten_with_path(sums)[0]}
+
+
+def _path_name(path) -> str:
+  return "/".join(str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in path)
+
+
+def damaged_arrays(state: Any, meta: dict) -> list[str]:
+  """Paths of the arrays of ``state`` whose checksum differs from the one ``meta`` recorded at save (none recorded:
+  nothing to compare, e.g. a checkpoint from before checksums)."""
+  recorded = meta.get("checksums") or {}
+  if not recorded:
+    return []
+  now = checksums(state)
+  return sorted(k for k, v in recorded.items() if k in now and now[k] != v)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Save and restore.
+# ---------------------------------------------------------------------------------------------------------------
+
+
 def save(mngr: ocp.CheckpointManager, step: int, state: Any, meta: dict, *, force: bool = False) -> bool:
-  """Dispatches an (asynchronous) save of ``state`` and ``meta`` at ``step``."""
+  """Dispatches an (asynchronous) save of ``state`` and ``meta`` (plus the arrays' checksums) at ``step``.
+
+  A failed write (this one, or the previous asynchronous one, which orbax reports here) is one UserError."""
+  meta = {**meta, "checksums": checksums(state)}
   args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
-  return mngr.save(step, args=args, force=force)
+  try:
+    return mngr.save(step, args=args, force=force)
+  except Exception as e:
+    raise _write_error(e, mngr, step) from e
+
+
+def finish(mngr: ocp.CheckpointManager) -> None:
+  """Waits for an asynchronous save to be committed; a failed one is one UserError."""
+  try:
+    mngr.wait_until_finished()
+  except Exception as e:
+    raise _write_error(e, mngr, None) from e
+
+
+def close(mngr: ocp.CheckpointManager) -> None:
+  """``finish`` then close; after a failed save, closing (which reports the same failure again) stays quiet."""
+  try:
+    finish(mngr)
+  except UserError:
+    try:
+      mngr.close()
+    except Exception:  # noqa: S110 - the failure was just raised by finish
+      pass
+    raise
+  mngr.close()
+
+
+def _write_error(e: Exception, mngr: ocp.CheckpointManager, step: int | None) -> Exception:
+  text = f"{type(e).__name__}: {e}"
+  full = isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)
+  full = full or any(s in text for s in ("No space left on device", "os_error_code='28'", "Disk quota exceeded"))
+  if not (full or isinstance(e, OSError) or "Error writing" in text or "Failed writing" in text):
+    return e  # not a write failure: keep its traceback
+  good = [s for s in mngr.all_steps() if s != step]
+  resume = f"it resumes from step {max(good)}" if good else "it starts again from step 0"
+  what = "disk full" if full else f"cannot write ({first_line(text)})"
+  fix = "free space (or lower --config.checkpoint.keep)" if full else "check the disk"
+  return UserError(f"{what} while saving a checkpoint in {mngr.directory}; {fix} and rerun the same command: {resume}")
+
+
+def first_line(text: str, limit: int = 300) -> str:
+  line = next((part.strip() for part in str(text).splitlines() if part.strip()), "")
+  return line if len(line) <= limit else line[: limit - 1] + "…"
 
 
 def restore(mngr: ocp.CheckpointManager, step: int, abstract_state: Any) -> tuple[Any, dict]:
-  """Restores onto the shardings carried by ``abstract_state`` (any device count)."""
+  """Restores onto the shardings carried by ``abstract_state`` (any device count) and checks every array against
+  its recorded checksum."""
   args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore())
+  where = f"checkpoint step {step} in {mngr.directory}"
+  fix = f"delete {mngr.directory}/{step} to fall back to an earlier step, or retrain"
   try:
     out = mngr.restore(step, args=args)
   except Exception as e:  # orbax raises many types for damaged files; one line says which checkpoint
-    raise UserError(f"cannot restore checkpoint step {step} in {mngr.directory} ({type(e).__name__}: {e})") from e
+    root = e
+    while root.__cause__ is not None:  # orbax wraps TensorStore's own message (e.g. a byte range past the end)
+      root = root.__cause__
+    raise UserError(f"cannot restore {where} ({first_line(root)}); {fix}") from e
+  bad = damaged_arrays(out["state"], out["meta"])
+  if bad:
+    more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
+    raise UserError(f"{where} is damaged: array {bad[0]}{more} differs from its checksum at save; {fix}")
   return out["state"], out["meta"]
 
 

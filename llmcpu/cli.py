@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import os
 import sys
+import traceback
+import warnings
 from collections.abc import Callable
 
 from absl import app, flags, logging
@@ -18,28 +21,64 @@ os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")  # its start-up notice is pr
 
 
 def user_errors(main: Callable) -> Callable:
-  """Wraps an absl ``main``: a UserError becomes one ``error:`` line on stderr and exit status 1; a ``Stopped``
-  (preempted after saving) its message and exit status 0, like scripts/train.py."""
+  """Wraps an absl ``main``: a UserError (or a full disk) becomes one ``error:`` line on stderr and exit status 1;
+  Ctrl-C outside training one line and 130; a ``Stopped`` (preempted after saving) its message and exit status 0,
+  like scripts/train.py."""
 
   @functools.wraps(main)
   def wrapped(argv):
     if not flags.FLAGS["verbosity"].present:  # TFDS/orbax INFO lines would drown the progress output
       logging.set_verbosity(logging.WARNING)
+      # orbax logs a failed background save with a traceback per thread before raising it where we turn it into
+      # one line; --verbosity=0 shows them.
+      logging.get_absl_handler().addFilter(_quiet_orbax_errors)
+    sys.unraisablehook = _quiet_closed_loop
+    # ... and the reads that never started warn at exit.
+    warnings.filterwarnings("ignore", r"coroutine '_read_array\w*' was never awaited", RuntimeWarning)
     try:
       return main(argv)
     except UserError as e:
-      print(f"error: {e}", file=sys.stderr, flush=True)
-      sys.exit(1)
-    except OSError as e:  # config_flags defers a --config file it could not load to the first read of the config
-      if "Failed loading config file" not in str(e):
+      _fail(str(e))
+    except OSError as e:
+      if e.errno in (errno.ENOSPC, errno.EDQUOT):  # every write is staged: what it wrote does not look finished
+        where = f" writing {e.filename}" if e.filename else ""
+        _fail(f"disk full{where}; free space and rerun the same command (finished work is kept)")
+      if "Failed loading config file" not in str(e):  # config_flags defers a --config file it could not load
         raise
-      print(f"error: cannot load the --config file ({_last_line(str(e))}); check its path", file=sys.stderr, flush=True)
-      sys.exit(1)
+      _fail(f"cannot load the --config file ({_last_line(str(e))}); check its path")
+    except KeyboardInterrupt:  # training saves and stops on SIGINT itself; anything else stops here
+      _fail("interrupted; finished work is kept and nothing half-written counts: rerun the same command", 130)
     except Stopped as e:
       print(str(e), flush=True)
       sys.exit(0)
 
   return wrapped
+
+
+def _fail(message: str, status: int = 1) -> None:
+  print(f"error: {message}", file=sys.stderr, flush=True)
+  sys.exit(status)
+
+
+def _quiet_orbax_errors(record) -> bool:
+  if record.levelno < logging.converter.STANDARD_ERROR:
+    return True
+  if "/orbax/" in record.pathname:
+    return False
+  # orbax's gathered writes that failed after the first failure was raised
+  return not (record.name == "asyncio" and "exception was never retrieved" in record.getMessage())
+
+
+def _quiet_closed_loop(unraisable) -> None:
+  """After a restore fails (a damaged checkpoint), orbax's reads still in flight end in its closed event loop: a
+  traceback each, after the one-line error. Those alone are dropped."""
+  e = unraisable.exc_value
+  if isinstance(e, RuntimeError) and str(e) == "Event loop is closed":
+    return
+  frames = traceback.extract_tb(e.__traceback__) if e is not None else []
+  if any("/orbax/" in frame.filename for frame in frames):
+    return
+  sys.__unraisablehook__(unraisable)
 
 
 def workdir_path(path: str) -> str:

@@ -54,6 +54,10 @@ def dirname(path: str) -> str:
   return posixpath.dirname(path.rstrip("/")) if is_uri(path) else os.path.dirname(path)
 
 
+def basename(path: str) -> str:
+  return posixpath.basename(path.rstrip("/")) if is_uri(path) else os.path.basename(path)
+
+
 def exists(path: str) -> bool:
   return _gfile().exists(path) if is_uri(path) else os.path.exists(path)
 

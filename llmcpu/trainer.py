@@ -437,7 +437,7 @@ def _train(
     s, m = pending
     m = jax.device_get(first(m))
     if not (math.isfinite(float(m["nll"])) and math.isfinite(float(m["grad_norm"])) and bool(m["finite"])):
-      mngr.wait_until_finished()
+      checkpoints.finish(mngr)
       raise UserError(
         f"loss, gradient or parameters not finite at step {s} (loss sum {float(m['nll'])}, grad norm "
         f"{float(m['grad_norm'])}); stopped. "
@@ -494,9 +494,8 @@ def _train(
         t_window = time.time()
   finally:
     stop.restore()
-    mngr.wait_until_finished()
-    mngr.close()
     writer.close()
+    checkpoints.close(mngr)
   result["step"] = step
   result["state"] = host_state(state)
   result["illegal_opcodes"] = int(sum(int(np.sum(x)) for x in jax.tree.leaves(host_state(state)["rest"])))
