@@ -34,6 +34,7 @@ from llmcpu import cache, checkpoints, cli, compilers, config, data, trainer
 from llmcpu.crosseval import scoring
 from llmcpu.crosseval.evaluate import CrossEvalOptions, LoadedModel, ModelEvaluator
 from llmcpu.crosseval.library import Library
+from llmcpu.data import objectives as obj
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _WORKDIR = flags.DEFINE_string("workdir", None, "Reuse compiled data and the model here (default: a temp dir).")
@@ -68,7 +69,7 @@ def timed(fn) -> float:
 def eval_pass(ev: ModelEvaluator, comp) -> None:
   name = ev.lib.corpus_name(ev.corpus, comp)
   split = ev.lib.split(name, comp, ev.opt.split)
-  objective = trainer.objective_for(ev.config, split.kind)
+  objective = obj.objective_for(ev.config, split.kind)
   share = scoring.unk_share_nats(ev.mc.vocab_size, comp.vocab_size)
   unigram = ev.lib.unigram_bits(name, comp, scoring.scored_fields(split, objective), ev.opt.train_split)
   batches = ev.pipeline(split, objective).eval_batches()

@@ -20,9 +20,6 @@ TRAIN_PRESETS = {
   "small": dict(steps=2000, batch_size=32, length=256, input_length=256, target_length=64, learning_rate=1e-3),
   "base": dict(steps=100_000, batch_size=256, length=1024, input_length=512, target_length=128, learning_rate=6e-4),
 }
-# Encoder-decoders continue prose (prefix_lm), so that their generations can be judged like a decoder's;
-# span_corruption (T5's default) is one --config.data.objective away.
-DEFAULT_OBJECTIVE = {"decoder": "lm", "encoder": "mlm", "encoder_decoder": "prefix_lm"}
 
 
 def base_config(arch: str, preset: str = "tiny") -> ml_collections.ConfigDict:

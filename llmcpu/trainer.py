@@ -30,13 +30,11 @@ import optax
 from flax import nnx
 
 from llmcpu import cache, checkpoints, compilers, fs, loss, metrics, models, parallel
-from llmcpu.config import DEFAULT_OBJECTIVE, check_ranges
+from llmcpu.config import check_ranges
+from llmcpu.data import objectives as obj
 from llmcpu.data.pipeline import Pipeline
 from llmcpu.errors import UserError
 from llmcpu.optim import make_optimizer
-
-SEQ2SEQ_OBJECTIVES = ("seq2seq", "span_corruption", "prefix_lm")
-
 
 # ------------------------------------------------------------------------------------------------- configuration
 
@@ -52,22 +50,6 @@ def model_config(config: ml_collections.ConfigDict, vocab_size: int) -> models.M
   block["vocab_size"] = vocab_size
   block["num_decoder_layers"] = block.get("num_decoder_layers") or None
   return models.ModelConfig.from_config(block)
-
-
-def objective_for(config: ml_collections.ConfigDict, split_kind: str) -> str:
-  """The configured objective, or the architecture's default for this kind of data."""
-  arch = config.model.arch
-  if config.data.objective:
-    return config.data.objective
-  if split_kind == "seq2seq":
-    return "seq2seq" if arch == "encoder_decoder" else ("lm_targets" if arch == "decoder" else "mlm")
-  return DEFAULT_OBJECTIVE[arch]
-
-
-def tokens_per_row(config: ml_collections.ConfigDict, objective: str) -> int:
-  if objective in SEQ2SEQ_OBJECTIVES:
-    return config.data.input_length + config.data.target_length
-  return config.data.length
 
 
 # ------------------------------------------------------------------------------------------------- the step
@@ -156,7 +138,7 @@ class Run:
 
   @property
   def tokens_per_step(self) -> int:
-    return self.config.train.batch_size * tokens_per_row(self.config, self.objective)
+    return self.config.train.batch_size * obj.tokens_per_row(self.config, self.objective)
 
 
 def resolve(config: ml_collections.ConfigDict, workdir: str) -> Run:
@@ -177,11 +159,11 @@ def resolve(config: ml_collections.ConfigDict, workdir: str) -> Run:
   eval_split = None
   if t.eval_every and t.eval_batches:
     eval_split = cache.load_split(compile_dir, corpus_name, compiler, d.eval_split)
-  objective = objective_for(config, train_split.kind)
+  objective = obj.objective_for(config, train_split.kind)
   mc = model_config(config, compiler.vocab_size)
-  if objective not in SEQ2SEQ_OBJECTIVES and d.length > mc.max_len and mc.positions == "learned":
+  if objective not in obj.SEQ2SEQ and d.length > mc.max_len and mc.positions == "learned":
     raise UserError(f"data.length={d.length} exceeds model.max_len={mc.max_len} with learned positions")
-  if (objective in SEQ2SEQ_OBJECTIVES) != (mc.arch == "encoder_decoder"):
+  if (objective in obj.SEQ2SEQ) != (mc.arch == "encoder_decoder"):
     raise UserError(f"objective {objective!r} does not fit arch {mc.arch!r}; set data.objective accordingly")
   if config.parallelism == "pmap" and (config.mesh.fsdp != 1 or config.mesh.tensor != 1):
     raise UserError("parallelism=pmap is data parallel only; set mesh.fsdp=1 and mesh.tensor=1 or use jit")
@@ -508,7 +490,7 @@ def _mesh_shape(mesh: jax.sharding.Mesh) -> str:
 
 def _flops_per_step(run: Run) -> float:
   c, cfg = run.model_config, run.config
-  if run.objective in SEQ2SEQ_OBJECTIVES:
+  if run.objective in obj.SEQ2SEQ:
     # models.flops_per_token counts one source and one target token together.
     seq = (cfg.data.input_length + cfg.data.target_length) / 2
     return models.flops_per_token(c, int(seq)) * cfg.train.batch_size * seq

@@ -16,7 +16,8 @@ from hypothesis import strategies as st
 
 from llmcpu.data import objectives
 from llmcpu.data.compiled import CompiledField, CompiledSplit
-from llmcpu.data.pipeline import OBJECTIVES, Pipeline, bytes_per_token
+from llmcpu.data.objectives import NAMES as OBJECTIVES
+from llmcpu.data.pipeline import Pipeline, bytes_per_token
 from llmcpu.errors import UserError
 from llmcpu.specials import (
   BOS_ID,

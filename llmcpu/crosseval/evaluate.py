@@ -23,10 +23,11 @@ import numpy as np
 from flax import nnx
 
 from llmcpu import checkpoints as binaries
-from llmcpu import compilers, specials, trainer
+from llmcpu import compilers, specials
 from llmcpu.compilers import Compiler
 from llmcpu.crosseval import calibration, coherence, generation, scoring
 from llmcpu.crosseval.library import Library, one_line
+from llmcpu.data import objectives as obj
 from llmcpu.data.compiled import CompiledSplit
 from llmcpu.data.pipeline import Pipeline, bytes_per_token
 
@@ -141,7 +142,7 @@ class ModelEvaluator:
       self.plan([comp])
     corpus_name = self.lib.corpus_name(self.corpus, comp)
     test = self.lib.split(corpus_name, comp, self.opt.split)
-    objective = trainer.objective_for(self.config, test.kind)
+    objective = obj.objective_for(self.config, test.kind)
     pipe = self.pipeline(test, objective)
     share = scoring.unk_share_nats(self.mc.vocab_size, comp.vocab_size)
     policy = self.mc.illegal_id_policy
@@ -152,7 +153,7 @@ class ModelEvaluator:
     rate, n_illegal, n_ids = scoring.illegal_rate(test, self.mc.vocab_size)
     all_ids = scoring.field_ids(test, list(test.fields))
     bpt = float(np.mean([bytes_per_token(test, f) for f in fields]))
-    context = self.input_length if objective in trainer.SEQ2SEQ_OBJECTIVES else self.length
+    context = self.input_length if objective in obj.SEQ2SEQ else self.length
     row = {
       "corpus_name": corpus_name,
       "objective": objective,
@@ -231,7 +232,7 @@ class ModelEvaluator:
     opt = self.opt
     test = self.lib.split(corpus_name, comp, opt.split)
     raw = self.lib.raw_texts(corpus_name, comp, opt.split)
-    fill_span = self.arch == "encoder_decoder" and trainer.objective_for(self.config, test.kind) == "span_corruption"
+    fill_span = self.arch == "encoder_decoder" and obj.objective_for(self.config, test.kind) == "span_corruption"
     if test.kind == "seq2seq":
       docs = list(range(min(opt.program_prompts, test.num_docs)))
       prompts = generation.program_prompts(test, raw["input"], raw["target"], docs)

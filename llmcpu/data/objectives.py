@@ -31,6 +31,37 @@ _ROW_TAG = 1  # seeds of in-row randomness: (seed, _ROW_TAG, global row); epoch 
 
 Batch = dict[str, np.ndarray]
 
+# ---------------------------------------------------------------------------------------------------------------
+# Which objective: every name, what each needs, the default per architecture, the shape of a row. The one place
+# the trainer, the pipeline and cross-evaluation learn it from.
+# ---------------------------------------------------------------------------------------------------------------
+
+NAMES = ("lm", "lm_targets", "mlm", "seq2seq", "span_corruption", "prefix_lm")
+SEQ2SEQ = ("seq2seq", "span_corruption", "prefix_lm")  # encoder input + decoder target: encoder-decoders only
+TEXT_ONLY = ("span_corruption", "prefix_lm")  # need prose (field ``text``)
+PAIRS_ONLY = ("lm_targets", "seq2seq")  # need input/target programs
+# Encoder-decoders continue prose (prefix_lm), so that their generations can be judged like a decoder's;
+# span_corruption (T5's default) is one --config.data.objective away.
+DEFAULT = {"decoder": "lm", "encoder": "mlm", "encoder_decoder": "prefix_lm"}
+
+
+def objective_for(config: Any, split_kind: str) -> str:
+  """The objective of a training config (``data.objective``), or its architecture's default for this kind of data
+  (``text`` or ``seq2seq``)."""
+  arch = config.model.arch
+  if config.data.objective:
+    return config.data.objective
+  if split_kind == "seq2seq":
+    return "seq2seq" if arch == "encoder_decoder" else ("lm_targets" if arch == "decoder" else "mlm")
+  return DEFAULT[arch]
+
+
+def tokens_per_row(config: Any, objective: str) -> int:
+  """Ids in one row of a batch: encoder input + decoder target for seq2seq objectives, else one window."""
+  if objective in SEQ2SEQ:
+    return config.data.input_length + config.data.target_length
+  return config.data.length
+
 
 def piece_bytes_of(split: CompiledSplit) -> np.ndarray:
   """The split's bytes per id (float64 [vocab_size]); a split without them is one UserError saying how to fix it."""

@@ -33,8 +33,6 @@ from llmcpu.data.compiled import CompiledSplit
 from llmcpu.errors import UserError
 
 _ORDER_TAG = 0  # epoch orders are seeded by (seed, _ORDER_TAG, epoch); in-row randomness by (seed, 1, global row).
-OBJECTIVES = ("lm", "lm_targets", "mlm", "seq2seq", "span_corruption", "prefix_lm")
-_TEXT_ONLY, _PAIRS_ONLY = ("span_corruption", "prefix_lm"), ("lm_targets", "seq2seq")
 
 
 def bytes_per_token(split: CompiledSplit, field: str = "text") -> float:
@@ -60,11 +58,11 @@ def _document_fields(split: CompiledSplit) -> list[str]:
 def _make_objective(
   split: CompiledSplit, objective: str, seed: int, length: int, input_length: int, target_length: int, options: dict
 ) -> obj.Objective:
-  if objective not in OBJECTIVES:
-    raise UserError(f"unknown objective {objective!r}; choose one of {', '.join(OBJECTIVES)}")
-  if objective in _TEXT_ONLY and split.kind != "text":
+  if objective not in obj.NAMES:
+    raise UserError(f"unknown objective {objective!r}; choose one of {', '.join(obj.NAMES)}")
+  if objective in obj.TEXT_ONLY and split.kind != "text":
     raise UserError(f"objective {objective!r} needs a prose split (field 'text'); for input/target pairs use seq2seq")
-  if objective in _PAIRS_ONLY and split.kind != "seq2seq":
+  if objective in obj.PAIRS_ONLY and split.kind != "seq2seq":
     raise UserError(f"objective {objective!r} needs an input/target split (e.g. programs); for prose use lm or mlm")
   fields = _document_fields(split)
   builders = {
