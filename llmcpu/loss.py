@@ -64,6 +64,12 @@ def metric_sums(logits: jax.Array, targets: jax.Array, weights: jax.Array, targe
   }
 
 
+def batch_sums(model, batch: dict) -> dict:
+  """``metric_sums`` of a model on any objective's batch (what training and evaluation differentiate and add)."""
+  logits, targets, weights = forward(model, batch)
+  return metric_sums(logits, targets, weights, batch["target_bytes"])
+
+
 def finalize(sums: dict) -> dict:
   """Sums → loss (mean nats per weighted token), bits per byte, accuracy."""
   weight = max(float(sums["weight"]), 1.0)

@@ -63,8 +63,7 @@ def make_steps(graphdef, tx, schedule, grad_accum: int, axis_name: str | None = 
 
   def loss_fn(params, rest, batch, total_weight):
     model = nnx.merge(graphdef, params, rest, copy=True)
-    logits, targets, weights = loss.forward(model, batch)
-    sums = loss.metric_sums(logits, targets, weights, batch["target_bytes"])
+    sums = loss.batch_sums(model, batch)
     new_rest = nnx.state(model, nnx.Not(nnx.Param))
     # Normalised by the whole global batch's weight: micro-batches and devices then add up to one big batch.
     return sums["nll"] / total_weight, (sums, new_rest)
@@ -114,8 +113,7 @@ def make_steps(graphdef, tx, schedule, grad_accum: int, axis_name: str | None = 
 
   def eval_step(state, batch):
     model = nnx.merge(graphdef, state["params"], state["rest"], copy=True)
-    logits, targets, weights = loss.forward(model, batch)
-    return reduce(loss.metric_sums(logits, targets, weights, batch["target_bytes"]))
+    return reduce(loss.batch_sums(model, batch))
 
   return train_step, eval_step
 
