@@ -49,13 +49,13 @@ def main(argv):
     config.train.peak_tflops = 1.0  # MFU is not what this measures
 
     # Bare: the same pure step, jitted, on one resident batch.
-    run = trainer.resolve(config, os.path.join(tmp, "bare"))
-    model = models.create_from_config(run.model_config, seed=0)
+    setup = trainer.resolve(config, os.path.join(tmp, "bare"))
+    model = models.create_from_config(setup.model_config, seed=0)
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     tx, schedule = make_optimizer(config.train)
     step_fn, _ = trainer.make_steps(graphdef, tx, schedule, 1)
     state = {"params": params, "opt_state": tx.init(params), "rest": rest, "step": jax.numpy.zeros((), "int32")}
-    batch = jax.device_put(run.train_data.batch(0))
+    batch = jax.device_put(setup.train_data.batch(0))
     jitted = jax.jit(step_fn, donate_argnums=0)
     state, m = jitted(state, batch)
     jax.block_until_ready(m)
@@ -73,7 +73,7 @@ def main(argv):
     trainer.train(config, workdir, log=cli.log)
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
       windows = [json.loads(line) for line in f if "train/tokens_per_s" in line]
-    tokens_per_step = run.tokens_per_step
+    tokens_per_step = setup.tokens_per_step
     steady = [tokens_per_step / w["train/tokens_per_s"] for w in windows[1:]]
     trainer_step = float(np.mean(steady))
 

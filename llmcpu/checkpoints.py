@@ -36,8 +36,16 @@ def manager(directory: str, *, keep: int = 2, async_save: bool = True) -> ocp.Ch
 
 
 def make_meta(
-  *, config: dict, model_config: ModelConfig, compiler: compilers.Compiler, step: int, tokens_seen: int, data_step: int
+  *,
+  config: dict,
+  model_config: ModelConfig,
+  compiler: compilers.Compiler,
+  step: int,
+  tokens_seen: int,
+  data_step: int,
+  provenance: dict | None = None,
 ) -> dict:
+  """``provenance``: where the parameters came from when not from random init (a source checkpoint, a port)."""
   return {
     "format": META_FORMAT,
     "arch": model_config.arch,
@@ -50,6 +58,7 @@ def make_meta(
     "step": step,
     "tokens_seen": tokens_seen,
     "data_step": data_step,
+    "provenance": provenance or {},
   }
 
 
@@ -224,10 +233,6 @@ def load_compiler(meta: dict) -> compilers.Compiler:
   return compiler
 
 
-def model_config(meta: dict) -> ModelConfig:
-  return ModelConfig(**meta["model_config"])
-
-
 def abstract(tree: Any) -> Any:
   """Shape/dtype/sharding skeleton of a tree of arrays (restore target)."""
   return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
@@ -238,21 +243,21 @@ def load_model(path: str):
   import ml_collections
   from flax import nnx
 
-  from llmcpu import models
+  from llmcpu import models, placement
   from llmcpu.optim import make_optimizer
 
   meta = load_meta(path)
   compiler = load_compiler(meta)
-  model = models.create_from_config(model_config(meta), seed=0)
-  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-  tx, _ = make_optimizer(ml_collections.ConfigDict(meta["config"]["train"]))
-  state = {"params": params, "opt_state": tx.init(params), "rest": rest, "step": jax.numpy.zeros((), "int32")}
+  model = models.create_from_config(ModelConfig(**meta["model_config"]), seed=0)
+  train_config = ml_collections.ConfigDict(meta["config"]["train"])
+  graphdef, params, frozen, rest = models.split_trainable(model, train_config.get("trainable", ""))
+  state = placement.host_state(params, frozen, rest, make_optimizer(train_config)[0])
   directory, step = find(path)
   mngr = ocp.CheckpointManager(directory, item_names=ITEMS)
   try:
     state, _ = restore(mngr, step, abstract(state))
   finally:
     mngr.close()
-  model = nnx.merge(graphdef, state["params"], state["rest"])
+  model = nnx.merge(graphdef, state["params"], *([state["frozen"]] if "frozen" in state else []), state["rest"])
   models.reset_illegal_count(model)
   return model, meta, compiler

@@ -64,6 +64,10 @@ def base_config(arch: str, preset: str = "tiny") -> ml_collections.ConfigDict:
   c.train.eval_every = max(1, p["steps"] // 4)
   c.train.eval_batches = 8
   c.train.peak_tflops = 0.0  # for MFU; 0 = measure this machine's matmul peak at start
+  c.train.trainable = ""  # comma-separated regexes over parameter paths (e.g. 'embed,head'); '' = all train
+  c.train.init_from = ""  # a checkpoint of the same model config to start from (fresh runs only; not a resume)
+  c.train.profile_start = 10  # first step of a jax.profiler trace (into the workdir's tensorboard/)
+  c.train.profile_steps = 0  # steps to trace; 0 = no trace
 
   c.checkpoint = ml_collections.ConfigDict()
   c.checkpoint.every = max(1, p["steps"] // 4)
@@ -102,6 +106,8 @@ RANGES: dict[str, tuple] = {
   "train.eval_every": _at_least(0),
   "train.eval_batches": _at_least(0),
   "train.peak_tflops": _at_least(0),
+  "train.profile_start": _at_least(0),
+  "train.profile_steps": _at_least(0),
   "checkpoint.every": _at_least(1),
   "checkpoint.keep": _at_least(1),
 }

@@ -159,9 +159,9 @@ def run(exp: ml_collections.ConfigDict, workdir: str, *, log: Callable[[str], No
     log(f"== train {tag} (elapsed {time.time() - t_start:.0f}s)")
     fs.makedirs(path)
     result = trainer.train(run_config(exp, corpus.spec, arch, str(spec), compile_dir, seed), path, log=log)
-    if result["stopped"] != "done":
+    if result.stopped != "done":
       raise Stopped(
-        f"stopped at step {result['step']} of {tag} ({result['stopped']}); rerun the same command to continue"
+        f"stopped at step {result.step} of {tag} ({result.stopped}); rerun the same command to continue"
       )
   timing["train"] = time.time() - t_start - timing["compile"]
   if not leader:  # one report per workdir: process 0 cross-evaluates on its own devices and writes it

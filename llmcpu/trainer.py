@@ -29,7 +29,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from llmcpu import cache, checkpoints, compilers, fs, loss, metrics, models, parallel
+from llmcpu import cache, checkpoints, compilers, fs, loss, metrics, models, parallel, placement
 from llmcpu.config import check_ranges
 from llmcpu.data import objectives as obj
 from llmcpu.data.pipeline import Pipeline
@@ -39,7 +39,7 @@ from llmcpu.optim import make_optimizer
 # ------------------------------------------------------------------------------------------------- configuration
 
 
-def model_config(config: ml_collections.ConfigDict, vocab_size: int) -> models.ModelConfig:
+def model_config_for(config: ml_collections.ConfigDict, vocab_size: int) -> models.ModelConfig:
   """The CPU's config: the ``model`` block with the ISA's vocabulary size (a different explicit size is an error)."""
   block = config.model.to_dict()
   if block.get("vocab_size") and block["vocab_size"] != vocab_size:
@@ -61,8 +61,11 @@ def make_steps(graphdef, tx, schedule, grad_accum: int, axis_name: str | None = 
   def reduce(x):
     return jax.lax.psum(x, axis_name) if axis_name else x
 
-  def loss_fn(params, rest, batch, total_weight):
-    model = nnx.merge(graphdef, params, rest, copy=True)
+  def merge(params, frozen, rest):
+    return nnx.merge(graphdef, params, *([frozen] if frozen is not None else []), rest, copy=True)
+
+  def loss_fn(params, frozen, rest, batch, total_weight):
+    model = merge(params, frozen, rest)
     sums = loss.batch_sums(model, batch)
     new_rest = nnx.state(model, nnx.Not(nnx.Param))
     # Normalised by the whole global batch's weight: micro-batches and devices then add up to one big batch.
@@ -73,10 +76,11 @@ def make_steps(graphdef, tx, schedule, grad_accum: int, axis_name: str | None = 
   def train_step(state, batch):
     batch = dict(batch)
     stop = batch.pop("stop", None)  # [rows, 1]: 1.0 where the row's process was asked to stop (see train)
+    frozen = state.get("frozen")  # parameters outside config.train.trainable: no gradient, passed through as is
     weights = batch["decoder_weights"] if "decoder_weights" in batch else batch["weights"]
     total_weight = jnp.maximum(reduce(jnp.sum(weights.astype(jnp.float32))), 1.0)
     if grad_accum == 1:
-      grads, (sums, rest) = grad_fn(state["params"], state["rest"], batch, total_weight)
+      grads, (sums, rest) = grad_fn(state["params"], frozen, state["rest"], batch, total_weight)
     else:
       # Interleaved micro-batches (row i goes to micro-batch i % A) keep every device busy in each of them.
       micro = jax.tree.map(
@@ -85,7 +89,7 @@ def make_steps(graphdef, tx, schedule, grad_accum: int, axis_name: str | None = 
 
       def body(carry, mb):
         g_acc, s_acc, rest = carry
-        g, (s, rest) = grad_fn(state["params"], rest, mb, total_weight)
+        g, (s, rest) = grad_fn(state["params"], frozen, rest, mb, total_weight)
         return (jax.tree.map(jnp.add, g_acc, g), jax.tree.map(jnp.add, s_acc, s), rest), None
 
       zeros = jax.tree.map(jnp.zeros_like, state["params"])
@@ -96,12 +100,8 @@ def make_steps(graphdef, tx, schedule, grad_accum: int, axis_name: str | None = 
       sums = reduce(sums)
       rest = jax.tree.map(lambda new, old: old + reduce(new - old), rest, state["rest"])
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
-    new_state = {
-      "params": optax.apply_updates(state["params"], updates),
-      "opt_state": opt_state,
-      "rest": rest,
-      "step": state["step"] + 1,
-    }
+    params = optax.apply_updates(state["params"], updates)
+    new_state = dict(state, params=params, opt_state=opt_state, rest=rest, step=state["step"] + 1)
     # One flag for "the new parameters are all finite": a non-finite state is never checkpointed.
     finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(p)) for p in jax.tree.leaves(new_state["params"])]))
     figures = dict(sums, grad_norm=optax.tree.norm(grads), learning_rate=schedule(state["step"]), finite=finite)
@@ -112,7 +112,7 @@ def make_steps(graphdef, tx, schedule, grad_accum: int, axis_name: str | None = 
     return new_state, figures
 
   def eval_step(state, batch):
-    model = nnx.merge(graphdef, state["params"], state["rest"], copy=True)
+    model = merge(state["params"], state.get("frozen"), state["rest"])
     return reduce(loss.batch_sums(model, batch))
 
   return train_step, eval_step
@@ -122,8 +122,8 @@ def make_steps(graphdef, tx, schedule, grad_accum: int, axis_name: str | None = 
 
 
 @dataclasses.dataclass
-class Run:
-  """What one training run is made of, resolved from its config."""
+class Setup:
+  """What one training run is made of, resolved from its config (``resolve``)."""
 
   config: ml_collections.ConfigDict
   workdir: str
@@ -139,7 +139,7 @@ class Run:
     return self.config.train.batch_size * obj.tokens_per_row(self.config, self.objective)
 
 
-def resolve(config: ml_collections.ConfigDict, workdir: str) -> Run:
+def resolve(config: ml_collections.ConfigDict, workdir: str) -> Setup:
   """Checks the config against the compiled data and the devices; every problem is one UserError."""
   d, t = config.data, config.train
   if config.parallelism not in ("jit", "pmap"):
@@ -158,7 +158,7 @@ def resolve(config: ml_collections.ConfigDict, workdir: str) -> Run:
   if t.eval_every and t.eval_batches:
     eval_split = cache.load_split(compile_dir, corpus_name, compiler, d.eval_split)
   objective = obj.objective_for(config, train_split.kind)
-  mc = model_config(config, compiler.vocab_size)
+  mc = model_config_for(config, compiler.vocab_size)
   if objective not in obj.SEQ2SEQ and d.length > mc.max_len and mc.positions == "learned":
     raise UserError(f"data.length={d.length} exceeds model.max_len={mc.max_len} with learned positions")
   if (objective in obj.SEQ2SEQ) != (mc.arch == "encoder_decoder"):
@@ -183,7 +183,7 @@ def resolve(config: ml_collections.ConfigDict, workdir: str) -> Run:
       **({"truncate": d.truncate} if objective == "seq2seq" else {}),
     )
 
-  return Run(
+  return Setup(
     config=config,
     workdir=workdir,
     compiler=compiler,
@@ -277,58 +277,100 @@ def _alive(pid: int) -> bool:
   return True
 
 
+@dataclasses.dataclass
+class TrainResult:
+  """How a run ended and its last figures."""
+
+  step: int  # the last step trained (and saved)
+  stopped: str  # "done" | "preempted" (SIGTERM/SIGINT, should_stop, a preemption notice): rerun to continue
+  train: dict  # the last logging window's figures (loss, bits_per_byte, accuracy, tokens_per_s, mfu, ...)
+  eval: dict  # the last evaluation's figures ({} when none ran)
+  state: dict  # {params[, frozen], opt_state, rest, step}: one copy, as saved
+  illegal_opcodes: int  # ids the CPU was fed that its ISA does not have (see models.opcodes)
+
+
 def train(
   config: ml_collections.ConfigDict,
   workdir: str,
   *,
   should_stop: Callable[[int], bool] | None = None,
+  initialize: Callable[[nnx.Module], None] | None = None,
+  provenance: dict | None = None,
   log: Callable[[str], None] = print,
-) -> dict:
-  """Trains (or resumes) to ``config.train.steps``; returns the last train and eval figures and the stop reason.
+) -> TrainResult:
+  """Trains (or resumes) to ``config.train.steps``: every kind of training (from scratch, from a checkpoint,
+  porting, stitching) is this loop with another config.
 
   ``should_stop(step)`` returning True (on any one process) stops the run like SIGTERM: a checkpoint, then return.
-  One trainer per workdir (``workdir_lock``).
+  ``initialize(model)`` transforms a fresh model in place before training (after ``train.init_from``), e.g. to
+  port parameters from another ISA; it is not called when resuming. ``provenance`` goes into every checkpoint's
+  metadata. Only parameters matching ``train.trainable`` change. One trainer per workdir (``workdir_lock``).
   """
   workdir = fs.abspath(workdir)
   with workdir_lock(workdir):
-    return _train(config, workdir, should_stop=should_stop, log=log)
+    trainer = Trainer(resolve(config, workdir), initialize=initialize, provenance=provenance, log=log)
+    try:
+      return trainer.run(should_stop)
+    finally:
+      trainer.close()
 
 
-def _train(
-  config: ml_collections.ConfigDict, workdir: str, *, should_stop: Callable[[int], bool] | None, log: Callable
-) -> dict:
-  run = resolve(config, workdir)
-  t = config.train
-  lead = jax.process_index() == 0
-  model = models.create_from_config(run.model_config, seed=config.seed)
-  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-  tx, schedule = make_optimizer(t)
-  train_step, eval_step = make_steps(
-    graphdef, tx, schedule, t.grad_accum, "batch" if config.parallelism == "pmap" else None
-  )
+class Trainer:
+  """One run's state, compiled step, evaluation, checkpoints and metrics; ``run`` is the loop."""
 
-  # Lay the state out on the mesh: parameters by their logical axes, optimizer moments like their parameters.
-  mesh = run.mesh
-  rules = models.logical_axis_rules(fsdp=config.mesh.fsdp > 1)
-  repl = parallel.replicated(mesh)
-  if config.parallelism == "jit":
-    p_sh = models.param_shardings(params, mesh, rules)
-    params = jax.device_put(params, p_sh)
-    opt_shape = jax.eval_shape(tx.init, params)
-    o_sh = optax.tree_map_params(tx, lambda _, s: s, opt_shape, p_sh, transform_non_params=lambda _: repl)
-    opt_state = jax.jit(tx.init, out_shardings=o_sh)(params)
-    rest = jax.device_put(rest, repl)
-  else:
-    opt_state = tx.init(params)
-  state = {"params": params, "opt_state": opt_state, "rest": rest, "step": jnp.zeros((), jnp.int32)}
-  if config.parallelism == "jit":
-    state["step"] = jax.device_put(state["step"], repl)
+  def __init__(self, setup: Setup, *, initialize=None, provenance: dict | None = None, log: Callable = print):
+    self.setup, self.log, self.provenance = setup, log, provenance or {}
+    config, t = setup.config, setup.config.train
+    self.lead = jax.process_index() == 0
+    self.mngr = checkpoints.manager(
+      fs.join(setup.workdir, "checkpoints"), keep=config.checkpoint.keep, async_save=config.checkpoint.async_save
+    )
+    self.start = self.mngr.latest_step() or 0
+    model = models.create_from_config(setup.model_config, seed=config.seed)
+    if not self.start:  # a resumed run's parameters come from its checkpoint
+      self._initialize(model, initialize)
+    self.num_params = models.param_count(model)
+    graphdef, params, frozen, rest = models.split_trainable(model, t.trainable)
+    self.tx, schedule = make_optimizer(t)
+    self.placement = placement.create(config.parallelism, setup.mesh, fsdp=config.mesh.fsdp > 1)
+    train_step, eval_step = make_steps(graphdef, self.tx, schedule, t.grad_accum, self.placement.axis_name)
+    state = self.placement.init(params, frozen, rest, self.tx)
+    if self.start:
+      state = self._restore(state)
+    self.state = self.placement.to_devices(state)
+    self._train_step, self._eval_step = self.placement.compile(train_step, eval_step, self.state)
+    self.saved = self.mngr.latest_step()  # the step on disk (or being written): saving it again would raise
+    self.writer = metrics.MetricWriter(setup.workdir, enabled=self.lead)
+    peak = t.peak_tflops * 1e12 or parallel.measure_matmul_peak(setup.model_config.compute_dtype) * len(jax.devices())
+    self.meter = _Meter(setup.tokens_per_step, _flops_per_step(setup), peak)
+    self.profile = _Profile(t.profile_start, t.profile_steps, fs.join(setup.workdir, "tensorboard"), self.lead)
+    # Each process's stop request as one value per row of its batch, built once: asking costs no transfer.
+    rows = setup.train_data.local_batch
+    self.stop_rows = {a: self.placement.batch({"stop": np.full((rows, 1), a, np.float32)})["stop"] for a in (0, 1)}
+    self.agreed = False  # some process asked to stop: read from a step's figures, hence the same on every process
+    self.window: list[dict] = []
+    self.progress = metrics.Progress(t.steps, self.start)
 
-  mngr = checkpoints.manager(
-    fs.join(workdir, "checkpoints"), keep=config.checkpoint.keep, async_save=config.checkpoint.async_save
-  )
-  start = mngr.latest_step() or 0
-  if start:
+  # ------------------------------------------------------------------------------------------- state
+
+  def _initialize(self, model: nnx.Module, initialize) -> None:
+    """A fresh run's parameters: random init, then ``train.init_from``'s, then the caller's transform."""
+    source_path = self.setup.config.train.init_from
+    if source_path:
+      source, meta, _ = checkpoints.load_model(source_path)
+      if meta["model_config"] != dataclasses.asdict(self.setup.model_config):
+        raise UserError(
+          f"--config.train.init_from={source_path} holds a {meta['arch']} on {meta['isa_name']} of another "
+          "shape; start from a checkpoint of the same model config"
+        )
+      nnx.update(model, nnx.state(source, nnx.Param))
+      self.provenance.setdefault("init_from", {"checkpoint": source_path, "step": meta["step"]})
+    if initialize is not None:
+      initialize(model)
+
+  def _restore(self, state: dict) -> dict:
+    """The newest checkpoint, if it is of this architecture on this ISA."""
+    run, workdir = self.setup, self.setup.workdir
     meta = checkpoints.load_meta(workdir)
     if meta["arch"] != run.model_config.arch or meta["isa_fingerprint"] != run.compiler.fingerprint:
       raise UserError(
@@ -336,172 +378,200 @@ def _train(
         f"({meta['isa_fingerprint']}), not of {run.model_config.arch} on {run.compiler.name} "
         f"({run.compiler.fingerprint}); use another --workdir"
       )
-    state, meta = checkpoints.restore(mngr, start, checkpoints.abstract(state))
-    log(f"resumed from step {start} ({meta['tokens_seen']:,} tokens seen)")
+    state, meta = checkpoints.restore(self.mngr, self.start, checkpoints.abstract(state))
+    self.provenance = {**self.provenance, **meta.get("provenance", {})}  # where the run began stays recorded
+    self.log(f"resumed from step {self.start} ({meta['tokens_seen']:,} tokens seen)")
+    return state
 
-  if config.parallelism == "jit":
-    state_sh = jax.tree.map(lambda x: x.sharding, state)
-    batch_sh = models.batch_sharding(mesh, rules)
-    p_train = jax.jit(train_step, in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, repl), donate_argnums=0)
-    p_eval = jax.jit(eval_step, in_shardings=(state_sh, batch_sh), out_shardings=repl)
+  # ------------------------------------------------------------------------------------------- step, eval, save
 
-    def device_batch(local):
-      return parallel.global_batch(local, batch_sh)
+  def step(self, step: int, asked: bool) -> dict:
+    """Dispatches one training step; returns its figures, still on the device."""
+    batch = self.placement.batch(self.setup.train_data.batch(step))
+    batch["stop"] = self.stop_rows[int(asked)]
+    with jax.profiler.StepTraceAnnotation("train", step_num=step):
+      self.state, figures = self._train_step(self.state, batch)
+    return figures
 
-    def host_state(s):
-      return s
+  def read(self, step: int, figures: dict) -> None:
+    """Pulls one step's figures to the host; stops the run on a non-finite loss or gradient."""
+    m = jax.device_get(self.placement.figures(figures))
+    if not (math.isfinite(float(m["nll"])) and math.isfinite(float(m["grad_norm"])) and bool(m["finite"])):
+      checkpoints.finish(self.mngr)
+      raise UserError(
+        f"loss, gradient or parameters not finite at step {step} (loss sum {float(m['nll'])}, grad norm "
+        f"{float(m['grad_norm'])}); stopped. "
+        f"The last good checkpoint is step {self.mngr.latest_step() or 'none'} in {self.setup.workdir}/checkpoints"
+      )
+    self.agreed = self.agreed or float(m.get("stop", 0.0)) > 0
+    self.window.append(m)
 
-  else:
-    p_train = jax.pmap(train_step, axis_name="batch", donate_argnums=0)
-    p_eval = jax.pmap(eval_step, axis_name="batch")
-    state = parallel.replicate(state)
-    device_batch = parallel.pmap_batch
+  def evaluate(self) -> dict:
+    """Loss, bits per byte and accuracy over ``train.eval_batches`` batches of the eval split."""
+    sums = None
+    for i, local in enumerate(self.setup.eval_data.eval_batches()):
+      if i >= self.setup.config.train.eval_batches:
+        break
+      out = jax.device_get(self.placement.figures(self._eval_step(self.state, self.placement.batch(local))))
+      sums = out if sums is None else {k: sums[k] + out[k] for k in sums}
+    return loss.finalize(sums)
 
-    def host_state(s):
-      return parallel.unreplicate(s)
-
-  def first(m):  # pmap returns one copy of the (already reduced) metrics per device
-    return jax.tree.map(lambda x: x[0], m) if config.parallelism == "pmap" else m
-
-  writer = metrics.MetricWriter(workdir, enabled=lead)
-  peak = t.peak_tflops * 1e12 or parallel.measure_matmul_peak(run.model_config.compute_dtype) * len(jax.devices())
-  flops_per_step = _flops_per_step(run)
-  stop = _Stop()
-  single = jax.process_count() == 1
-  # Each process's stop request as one value per row of its batch, built once: asking costs no transfer.
-  stop_rows = {
-    a: device_batch({"stop": np.full((run.train_data.local_batch, 1), a, np.float32)})["stop"] for a in (0, 1)
-  }
-  saved = [mngr.latest_step()]  # the step on disk (or being written): saving it again would raise
-
-  def save(step: int, s) -> None:
-    if step == saved[0]:  # a stop right after a checkpoint step (or right after resuming) has nothing new to save
+  def save(self, step: int) -> None:
+    if step == self.saved:  # a stop right after a checkpoint step (or right after resuming) has nothing new to save
       return
+    run = self.setup
     meta = checkpoints.make_meta(
-      config=config.to_dict(),
+      config=run.config.to_dict(),
       model_config=run.model_config,
       compiler=run.compiler,
       step=step,
       tokens_seen=step * run.tokens_per_step,
       data_step=step,
+      provenance=self.provenance,
     )
-    checkpoints.save(mngr, step, host_state(s), meta, force=True)
-    saved[0] = step
+    checkpoints.save(self.mngr, step, self.placement.host(self.state), meta, force=True)
+    self.saved = step
 
-  def evaluate(s) -> dict:
-    sums = None
-    for i, local in enumerate(run.eval_data.eval_batches()):
-      if i >= t.eval_batches:
-        break
-      out = jax.device_get(first(p_eval(s, device_batch(local))))
-      sums = out if sums is None else {k: sums[k] + out[k] for k in sums}
-    return loss.finalize(sums)
+  def close(self) -> None:
+    self.profile.stop()
+    self.writer.close()
+    checkpoints.close(self.mngr)
 
-  result: dict = {"stopped": "done"}
-  agreed = [False]  # some process asked to stop: read from a step's figures, hence the same on every process
-  window: list[dict] = []
-  pending = None  # (step, device metrics) of the step whose figures are not read yet
-  step = start
-  t_window = time.time()
-  progress = metrics.Progress(t.steps, start)
-  if lead:
-    log(
-      f"training {run.model_config.arch} ({models.param_count(model):,} params) on {run.compiler.name} "
-      f"[{run.objective}], steps {start}→{t.steps}, batch {t.batch_size}, devices {len(jax.devices())} "
-      f"({config.parallelism}{_mesh_shape(mesh) if config.parallelism == 'jit' else ''}), "
-      f"processes {jax.process_count()}"
-    )
+  # ------------------------------------------------------------------------------------------- the loop
 
-  def read(pending) -> None:
-    """Pulls one step's figures to the host; stops the run on a non-finite loss or gradient."""
-    s, m = pending
-    m = jax.device_get(first(m))
-    if not (math.isfinite(float(m["nll"])) and math.isfinite(float(m["grad_norm"])) and bool(m["finite"])):
-      checkpoints.finish(mngr)
-      raise UserError(
-        f"loss, gradient or parameters not finite at step {s} (loss sum {float(m['nll'])}, grad norm "
-        f"{float(m['grad_norm'])}); stopped. "
-        f"The last good checkpoint is step {mngr.latest_step() or 'none'} in {workdir}/checkpoints"
-      )
-    agreed[0] = agreed[0] or float(m.get("stop", 0.0)) > 0
-    window.append(m)
-
-  stop.install()
-  try:
-    while step < t.steps:
-      # JAX's preemption sync point must see every step on every process; it is only ever reached where _Stop
-      # could not replace JAX's SIGTERM notifier. Cost: a mutex, under a microsecond.
-      preempted = mngr.reached_preemption(step)
-      asked = bool(should_stop and should_stop(step)) or stop.requested  # the flag last: a signal meanwhile counts
-      # One process stops at once; several carry the request into the step and stop once its figures are read
-      # (one or two steps on), all at the same step, because they read figures at the same steps.
-      if preempted or agreed[0] or (asked and single):
+  def run(self, should_stop: Callable[[int], bool] | None = None) -> TrainResult:
+    """Steps to ``train.steps``: step n+1 is dispatched before step n's figures are read (the host overlaps the
+    device); figures are read, logged, saved and evaluated at their boundaries; a stop request saves and returns."""
+    t, stop, single = self.setup.config.train, _Stop(), jax.process_count() == 1
+    result = TrainResult(step=self.start, stopped="done", train={}, eval={}, state={}, illegal_opcodes=0)
+    pending, step = None, self.start
+    self._banner()
+    stop.install()
+    try:
+      while step < t.steps:
+        # JAX's preemption sync point must see every step on every process; it is only reached where _Stop could
+        # not replace JAX's SIGTERM notifier. Cost: a mutex, under a microsecond.
+        preempted = self.mngr.reached_preemption(step)
+        asked = bool(should_stop and should_stop(step)) or stop.requested  # the flag last: a signal meanwhile counts
+        # One process stops at once; several carry the request into the step and stop once its figures are read
+        # (one or two steps on), all at the same step, because they read figures at the same steps.
+        if preempted or self.agreed or (asked and single):
+          if pending:
+            self.read(*pending)
+            pending = None
+          self.save(step)
+          result.stopped = "preempted"
+          self.log(f"stopped at step {step}; checkpoint saved. Rerun the same command to resume.")
+          break
+        self.profile.before(step)
+        figures = self.step(step, asked)
+        step += 1
+        self.profile.after(step, figures)
         if pending:
-          read(pending)
+          self.read(*pending)
+        pending = (step, figures)
+        at_log, at_save, at_eval = self._boundaries(step)
+        if at_log or at_save or at_eval:
+          self.read(*pending)
           pending = None
-        save(step, state)
-        result["stopped"] = "preempted"
-        log(f"stopped at step {step}; checkpoint saved. Rerun the same command to resume.")
-        break
-      batch = device_batch(run.train_data.batch(step))
-      batch["stop"] = stop_rows[int(asked)]
-      state, m = p_train(state, batch)
-      step += 1
-      if pending:
-        read(pending)
-      pending = (step, m)
-      boundary_log = step % t.log_every == 0 or step == t.steps
-      boundary_ckpt = step % config.checkpoint.every == 0 or step == t.steps
-      boundary_eval = run.eval_data is not None and (step % t.eval_every == 0 or step == t.steps)
-      if boundary_log or boundary_ckpt or boundary_eval:
-        read(pending)
-        pending = None
-      if boundary_log and window:
-        scalars = _window_scalars(window, time.time() - t_window, run.tokens_per_step, flops_per_step, peak)
-        writer.write(step, scalars, "train/")
-        if lead:
-          log(progress.line(step, scalars))
-        result["train"] = scalars
-        window, t_window = [], time.time()
-      if boundary_ckpt:
-        save(step, state)
-      if boundary_eval:
-        ev = evaluate(state)
-        writer.write(step, ev, "eval/")
-        result["eval"] = ev
-        if lead:
-          log(f"eval at step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in ev.items()))
-        t_window = time.time()
-  finally:
-    stop.restore()
-    writer.close()
-    checkpoints.close(mngr)
-  result["step"] = step
-  result["state"] = host_state(state)
-  result["illegal_opcodes"] = int(sum(int(np.sum(x)) for x in jax.tree.leaves(host_state(state)["rest"])))
-  return result
+        if at_log and self.window:
+          result.train = self._log_window(step)
+        if at_save:
+          self.save(step)
+        if at_eval:
+          result.eval = self._log_eval(step)
+    finally:
+      stop.restore()
+    result.step = step
+    result.state = self.placement.host(self.state)
+    result.illegal_opcodes = int(sum(int(np.sum(x)) for x in jax.tree.leaves(result.state["rest"])))
+    return result
+
+  def _boundaries(self, step: int) -> tuple[bool, bool, bool]:
+    """(log, checkpoint, evaluate) after ``step``."""
+    t, last = self.setup.config.train, step == self.setup.config.train.steps
+    at_eval = self.setup.eval_data is not None and (step % t.eval_every == 0 or last)
+    return step % t.log_every == 0 or last, step % self.setup.config.checkpoint.every == 0 or last, at_eval
+
+  def _log_window(self, step: int) -> dict:
+    scalars = self.meter.window(self.window)
+    self.window = []
+    self.writer.write(step, scalars, "train/")
+    if self.lead:
+      self.log(self.progress.line(step, scalars))
+    return scalars
+
+  def _log_eval(self, step: int) -> dict:
+    figures = self.evaluate()
+    self.writer.write(step, figures, "eval/")
+    if self.lead:
+      self.log(f"eval at step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in figures.items()))
+    self.meter.restart()  # evaluation time is not training throughput
+    return figures
+
+  def _banner(self) -> None:
+    run, t = self.setup, self.setup.config.train
+    self.meter.restart()
+    frozen = f", trainable {t.trainable!r}" if t.trainable else ""
+    if self.lead:
+      self.log(
+        f"training {run.model_config.arch} ({self.num_params:,} params{frozen}) on {run.compiler.name} "
+        f"[{run.objective}], steps {self.start}→{t.steps}, batch {t.batch_size}, devices {len(jax.devices())} "
+        f"({self.placement.describe()}), processes {jax.process_count()}"
+      )
 
 
-def _mesh_shape(mesh: jax.sharding.Mesh) -> str:
-  return ", mesh " + " × ".join(f"{name} {size}" for name, size in mesh.shape.items())
+class _Meter:
+  """Throughput of a logging window: tokens/s and MFU from wall time since the window began."""
+
+  def __init__(self, tokens_per_step: int, flops_per_step: float, peak: float):
+    self.tokens_per_step, self.flops_per_step, self.peak = tokens_per_step, flops_per_step, peak
+    self.t0 = time.time()
+
+  def restart(self) -> None:
+    self.t0 = time.time()
+
+  def window(self, window: list[dict]) -> dict:
+    """A logging window's figures: loss/bpb/accuracy from summed statistics, throughput and MFU from wall time."""
+    seconds, self.t0 = time.time() - self.t0, time.time()
+    sums = {k: sum(float(m[k]) for m in window) for k in loss.SUM_KEYS}
+    steps_per_s = len(window) / max(seconds, 1e-9)
+    return loss.finalize(sums) | {
+      "grad_norm": float(np.mean([float(m["grad_norm"]) for m in window])),
+      "learning_rate": float(window[-1]["learning_rate"]),
+      "tokens_per_s": steps_per_s * self.tokens_per_step,
+      "mfu": steps_per_s * self.flops_per_step / self.peak,
+    }
 
 
-def _flops_per_step(run: Run) -> float:
+class _Profile:
+  """A ``jax.profiler`` trace of steps [start, start + steps) into the run's TensorBoard directory (process 0;
+  open it with TensorBoard's profile plugin or Perfetto). steps = 0: off."""
+
+  def __init__(self, start: int, steps: int, logdir: str, enabled: bool):
+    self.start, self.end, self.logdir = start, start + steps, logdir
+    self.enabled, self.on = enabled and steps > 0, False
+
+  def before(self, step: int) -> None:
+    if self.enabled and not self.on and self.start <= step < self.end:
+      jax.profiler.start_trace(self.logdir)
+      self.on = True
+
+  def after(self, step: int, figures: dict) -> None:
+    if self.on and step >= self.end:
+      jax.block_until_ready(figures)  # the traced steps' device work belongs in the trace
+      self.stop()
+
+  def stop(self) -> None:
+    if self.on:
+      jax.profiler.stop_trace()
+      self.on = False
+
+
+def _flops_per_step(run: Setup) -> float:
   c, cfg = run.model_config, run.config
   if run.objective in obj.SEQ2SEQ:
     # models.flops_per_token counts one source and one target token together.
     seq = (cfg.data.input_length + cfg.data.target_length) / 2
     return models.flops_per_token(c, int(seq)) * cfg.train.batch_size * seq
   return models.flops_per_token(c, cfg.data.length) * cfg.train.batch_size * cfg.data.length
-
-
-def _window_scalars(window: list[dict], seconds: float, tokens_per_step: int, flops_per_step: float, peak: float):
-  """A logging window's figures: loss/bpb/accuracy from summed statistics, throughput and MFU from wall time."""
-  sums = {k: sum(float(m[k]) for m in window) for k in loss.SUM_KEYS}
-  steps_per_s = len(window) / max(seconds, 1e-9)
-  return loss.finalize(sums) | {
-    "grad_norm": float(np.mean([float(m["grad_norm"]) for m in window])),
-    "learning_rate": float(window[-1]["learning_rate"]),
-    "tokens_per_s": steps_per_s * tokens_per_step,
-    "mfu": steps_per_s * flops_per_step / peak,
-  }

@@ -238,5 +238,5 @@ def test_trainer_bpb_on_char_never_exceeds_bits_per_token(char_dir, tmp_path):
     bound = r["train/loss"] / math.log(2) * ratio([run.train_data.batch(r["step"] - 1)])
     assert 0 < r["train/bits_per_byte"] <= bound * (1 + 1e-5), r
   eval_batches = [b for _, b in zip(range(2), run.eval_data.eval_batches(), strict=False)]
-  ev = result["eval"]
+  ev = result.eval
   assert 0 < ev["bits_per_byte"] <= ev["loss"] / math.log(2) * ratio(eval_batches) * (1 + 1e-5)

@@ -35,7 +35,7 @@ def params_of(result_or_workdir) -> list[np.ndarray]:
 
     state = nnx.state(model, nnx.Param)
   else:
-    state = result_or_workdir["state"]["params"]
+    state = result_or_workdir.state["params"]
   return [np.asarray(x) for x in jax.tree.leaves(state)]
 
 
@@ -95,9 +95,9 @@ def test_stop_and_resume_is_bit_identical(compile_dir, tmp_path, reference):
   workdir = str(tmp_path)
   config = tiny_config("decoder", compile_dir)
   first = trainer.train(config, workdir, should_stop=lambda step: step == 5, log=lambda _: None)
-  assert first["stopped"] == "preempted" and first["step"] == 5
+  assert first.stopped == "preempted" and first.step == 5
   resumed = trainer.train(config, workdir, log=lambda _: None)
-  assert resumed["stopped"] == "done" and resumed["step"] == config.train.steps
+  assert resumed.stopped == "done" and resumed.step == config.train.steps
   for a, b in zip(params_of(resumed), params_of(reference[1]), strict=True):
     np.testing.assert_array_equal(a, b)
 
@@ -246,9 +246,9 @@ def test_stop_right_after_a_checkpoint_resumes(compile_dir, tmp_path, reference)
   workdir = str(tmp_path)
   config = tiny_config("decoder", compile_dir, checkpoint__async_save=True)
   first = trainer.train(config, workdir, should_stop=lambda step: step == 4, log=lambda _: None)
-  assert first["stopped"] == "preempted" and first["step"] == 4 == checkpoints.find(workdir)[1]
+  assert first.stopped == "preempted" and first.step == 4 == checkpoints.find(workdir)[1]
   again = trainer.train(config, workdir, should_stop=lambda step: step == 4, log=lambda _: None)  # asked at once
-  assert again["stopped"] == "preempted" and again["step"] == 4
+  assert again.stopped == "preempted" and again.step == 4
   resumed = trainer.train(config, workdir, log=lambda _: None)
   for a, b in zip(params_of(resumed), params_of(reference[1]), strict=True):
     np.testing.assert_array_equal(a, b)
@@ -274,7 +274,7 @@ def test_one_trainer_per_workdir(compile_dir, tmp_path):
   assert not (tmp_path / "checkpoints").exists() and lock.exists()  # nothing touched, the holder's lock kept
   gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
   lock.write_text(f"{socket.gethostname()} {gone.stdout.strip()}")  # left by a process that is gone: taken over
-  assert trainer.train(config, str(tmp_path), log=lambda _: None)["stopped"] == "done"
+  assert trainer.train(config, str(tmp_path), log=lambda _: None).stopped == "done"
   assert not lock.exists()  # released
 
 
@@ -325,3 +325,70 @@ def test_script_bad_flags_one_line(tmp_path):
     )
     assert out.returncode != 0 and re.search(match, out.stderr) and "Traceback" not in out.stderr, out.stderr
     assert len(out.stderr.strip().splitlines()) == 1, out.stderr
+
+
+def test_only_trainable_parameters_change_and_carry_optimizer_state(compile_dir, tmp_path):
+  from flax import nnx
+
+  from llmcpu import models
+
+  config = tiny_config("decoder", compile_dir, train__trainable="embed", train__steps=6, checkpoint__every=2)
+  first = trainer.train(config, str(tmp_path / "a"), should_stop=lambda step: step == 3, log=lambda _: None)
+  resumed = trainer.train(config, str(tmp_path / "a"), log=lambda _: None)
+  whole = trainer.train(config, str(tmp_path / "b"), log=lambda _: None)
+  assert first.stopped == "preempted" and resumed.stopped == "done"
+  # An independent initial model: the same config and seed, never trained.
+  model = models.create_from_config(trainer.resolve(config, str(tmp_path / "c")).model_config, seed=config.seed)
+  before = {
+    models.trainable.path_name(p): np.asarray(v[...]) for p, v in nnx.to_flat_state(nnx.state(model, nnx.Param))
+  }
+  after = {models.trainable.path_name(p): np.asarray(v[...]) for p, v in nnx.to_flat_state(resumed.state["params"])}
+  after |= {models.trainable.path_name(p): np.asarray(v[...]) for p, v in nnx.to_flat_state(resumed.state["frozen"])}
+  assert set(after) == set(before) and [k for k in before if "embed" in k] == ["embed/table"]
+  for name, value in before.items():
+    if name == "embed/table":
+      assert not np.array_equal(after[name], value)
+    else:
+      np.testing.assert_array_equal(after[name], value, err_msg=name)  # frozen: bit-identical
+  moments = [x for x in jax.tree.leaves(resumed.state["opt_state"]) if np.ndim(x) > 0]
+  assert moments and all(x.shape == before["embed/table"].shape for x in moments)  # none for frozen parameters
+  for a, b in zip(jax.tree.leaves(resumed.state), jax.tree.leaves(whole.state), strict=True):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))  # stop + resume = one run
+  loaded, meta, _ = checkpoints.load_model(str(tmp_path / "a"))
+  np.testing.assert_array_equal(np.asarray(loaded.embed.table[...]), after["embed/table"])
+  assert meta["config"]["train"]["trainable"] == "embed"
+
+
+def test_a_trainable_pattern_that_matches_nothing_is_refused(compile_dir, tmp_path):
+  config = tiny_config("decoder", compile_dir, train__trainable="nothing_here")
+  with pytest.raises(UserError, match=r"trainable='nothing_here' matches no parameter; paths look like: \S+/"):
+    trainer.train(config, str(tmp_path), log=lambda _: None)
+
+
+def test_init_from_a_checkpoint_then_a_transform(compile_dir, tmp_path, reference):
+  from flax import nnx
+
+  seen = []
+
+  def initialize(model):
+    seen.append([np.asarray(x) for x in jax.tree.leaves(nnx.state(model, nnx.Param))])
+    model.embed.table[...] = model.embed.table[...] * 0  # a transform of the source's parameters
+
+  config = tiny_config("decoder", compile_dir, train__init_from=reference[0], train__steps=1, train__learning_rate=1e-9)
+  result = trainer.train(
+    config, str(tmp_path), initialize=initialize, provenance={"method": "test"}, log=lambda _: None
+  )
+  for a, b in zip(seen[0], params_of(reference[0]), strict=True):
+    np.testing.assert_array_equal(a, b)  # initialize saw the source checkpoint's parameters
+  assert np.abs(np.asarray(result.state["params"]["embed"]["table"][...])).max() < 1e-6  # and its change was kept
+  meta = checkpoints.load_meta(str(tmp_path))
+  assert meta["provenance"]["method"] == "test" and meta["provenance"]["init_from"]["checkpoint"] == reference[0]
+  # Resuming does not start from the source again.
+  trainer.train(config, str(tmp_path), initialize=lambda m: pytest.fail("called on resume"), log=lambda _: None)
+
+
+def test_profiler_traces_the_asked_steps(compile_dir, tmp_path):
+  config = tiny_config("decoder", compile_dir, train__steps=4, train__profile_start=1, train__profile_steps=2)
+  trainer.train(config, str(tmp_path), log=lambda _: None)
+  traces = list((tmp_path / "tensorboard" / "plugins" / "profile").glob("*/*.xplane.pb"))
+  assert len(traces) == 1 and traces[0].stat().st_size > 0

@@ -54,7 +54,7 @@ def main(argv):
     should_stop=should_stop_hook(jax.process_index()),
     log=lambda m: print(m, flush=True),
   )
-  print(json.dumps({"stopped": result["stopped"], "step": result["step"]}), flush=True)
+  print(json.dumps({"stopped": result.stopped, "step": result.step}), flush=True)
 
 
 if __name__ == "__main__":

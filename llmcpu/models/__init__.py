@@ -28,6 +28,7 @@ from llmcpu.models.decoding import filter_logits, generate
 from llmcpu.models.models import ARCH_CLASSES, Decoder, Encoder, EncoderDecoder
 from llmcpu.models.opcodes import IllegalOpcodes, illegal_count, reset_illegal_count, sanitize_ids
 from llmcpu.models.sharding import batch_sharding, logical_axis_rules, param_shardings
+from llmcpu.models.trainable import split as split_trainable
 
 Model = Encoder | Decoder | EncoderDecoder
 
@@ -75,4 +76,5 @@ __all__ = [
   "presets",
   "reset_illegal_count",
   "sanitize_ids",
+  "split_trainable",
 ]
