@@ -32,7 +32,8 @@ def initialize(coordinator_address: str | None, num_processes: int | None, proce
 
 
 def make_mesh(fsdp: int = 1, tensor: int = 1) -> Mesh:
-  """All global devices as (data, fsdp, tensor); Auto axis types (an explicit mesh breaks gathers, design.md §4)."""
+  """All global devices as (data, fsdp, tensor), with Auto axis types: ``jax.make_mesh`` defaults to Explicit axes
+  in jax 0.10, where an embedding lookup on a batch sharded over 'data' raises ``ShardingTypeError``."""
   devices = jax.devices()
   n = len(devices)
   if fsdp < 1 or tensor < 1 or n % (fsdp * tensor):

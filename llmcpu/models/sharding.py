@@ -7,7 +7,7 @@ them; axes it lacks, and shardings that do not divide a dimension, fall back to 
 
 Trainer usage::
 
-  mesh = Mesh(np.array(jax.devices()).reshape(2, 2), ("data", "tensor"))   # Auto axes (see design.md §4)
+  mesh = Mesh(np.array(jax.devices()).reshape(2, 2), ("data", "tensor"))   # Auto axes (see parallel.make_mesh)
   graphdef, state = nnx.split(model)
   shardings = param_shardings(state, mesh, logical_axis_rules(fsdp=False))
   state = jax.device_put(state, shardings)
