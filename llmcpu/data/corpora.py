@@ -20,19 +20,20 @@ from __future__ import annotations
 import dataclasses
 import glob
 import hashlib
+import importlib
 import json
 import os
 import re
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from llmcpu.data import programs, python_docs
+from llmcpu.data.sources import SPLITS, digest, import_tfds, split_for, tf_cpu_only
 from llmcpu.errors import UserError
 
-SPLITS = ("train", "validation", "test")
 FORMS = "python_docs, programs, programs:small, tfds:NAME[:TEXT_KEY], text:GLOB"
-# (train, validation, test) percent: programs operands and text: documents. Fixed: changing it moves documents
-# (and held-out operands) between splits; a corpus that needs other shares passes its own to split_for.
-SPLIT_PERCENTS = (90, 5, 5)
+# The embedded builders by TFDS name: looking one up defines (so registers) its class, which TFDS needs first.
+_BUILDERS = {"python_docs": python_docs.builder_class, "programs": programs.builder_class}
 TEXT_CHUNK_BYTES = 64 * 1024  # text: files larger than this are split at blank lines into documents up to this size
 
 Reader = Callable[[str, "int | None"], Iterator[dict[str, str]]]
@@ -79,44 +80,6 @@ def load_corpus(spec: str, *, data_dir: str | None = None) -> Corpus:
 # --- shared helpers -----------------------------------------------------------------------------------------------
 
 
-def split_for(key: str | bytes, percents: tuple[int, int, int] = SPLIT_PERCENTS) -> str:
-  """The split of a document from a stable key alone; ``percents`` = (train, validation, test), summing to 100.
-
-  The key's sha256 picks a bucket 0..99: validation takes the lowest buckets, test the next, train the rest. So
-  growing only the test share moves keys from train to test and never out of test or validation.
-  """
-  train, validation, test = percents
-  if min(percents) < 0 or train + validation + test != 100:
-    raise ValueError(f"split percents must be >= 0 and sum to 100, got {percents}")
-  data = key.encode("utf-8") if isinstance(key, str) else key
-  bucket = int.from_bytes(hashlib.sha256(data).digest()[:8], "big") % 100
-  return "validation" if bucket < validation else "test" if bucket < validation + test else "train"
-
-
-def digest(obj: Any) -> str:
-  """sha256 of a JSON-able object (sorted keys), for fingerprints."""
-  return hashlib.sha256(json.dumps(obj, sort_keys=True, ensure_ascii=False).encode("utf-8")).hexdigest()
-
-
-def import_tfds():
-  """Imports tensorflow_datasets quietly; TF's C++ info logs are noise here."""
-  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
-  import tensorflow_datasets as tfds
-
-  tfds.disable_progress_bar()
-  return tfds
-
-
-def _tf_cpu_only() -> None:
-  """Keeps TensorFlow off any GPU: the accelerator belongs to JAX."""
-  import tensorflow as tf
-
-  try:
-    tf.config.set_visible_devices([], "GPU")
-  except RuntimeError:  # TF already initialised its devices; nothing more to do
-    pass
-
-
 @dataclasses.dataclass(frozen=True)
 class _TfdsReader:
   """Reads one feature per corpus field from a prepared TFDS dataset (picklable: no open handles)."""
@@ -124,13 +87,13 @@ class _TfdsReader:
   name: str  # tfds.builder name, e.g. "lm1b" or "python_docs/py3.11:1.0.0"
   data_dir: str | None
   keys: tuple[tuple[str, str], ...]  # (corpus field, TFDS feature key)
-  module: str | None = None  # imported first so the builder class is registered
+  module: str | None = None  # its builder_class() is called first so the builder class is registered
 
   def __call__(self, split: str, limit: int | None) -> Iterator[dict[str, str]]:
     tfds = import_tfds()
-    _tf_cpu_only()
+    tf_cpu_only()
     if self.module:
-      __import__(self.module)
+      importlib.import_module(self.module).builder_class()
     builder = tfds.builder(self.name, data_dir=self.data_dir)
     # No autocache: a partial read (limit, an early stop) would warn that the cache was discarded.
     read_config = tfds.ReadConfig(try_autocache=False)
@@ -159,7 +122,7 @@ def _safe(text: str) -> str:
 def _prepared(cls: type, config: str, data_dir: str | None, stale: Callable[[Any], bool] = lambda b: False):
   """Returns ``cls`` prepared offline in ``data_dir``, generating it first when missing or stale."""
   tfds = import_tfds()
-  _tf_cpu_only()
+  tf_cpu_only()
   builder = cls(config=config, data_dir=data_dir)
   if builder.is_prepared() and not stale(builder):
     return builder
@@ -199,17 +162,13 @@ def _embedded_corpus(spec: str, name: str, builder: Any, module: str, keys: tupl
 
 
 def _load_python_docs(spec: str, data_dir: str | None) -> Corpus:
-  from llmcpu.data import python_docs
-
   config = python_docs.config_name()
-  builder = _prepared(python_docs.PythonDocs, config, data_dir, python_docs.is_stale)
+  builder = _prepared(python_docs.builder_class(), config, data_dir, python_docs.is_stale)
   return _embedded_corpus(spec, f"python_docs-{config}", builder, python_docs.__name__, (("text", "text"),), ())
 
 
 def _load_programs(spec: str, config: str, data_dir: str | None) -> Corpus:
-  from llmcpu.data import programs
-
-  builder = _prepared(programs.Programs, config, data_dir)
+  builder = _prepared(programs.builder_class(), config, data_dir)
   name = "programs" if config == "default" else f"programs-{config}"
   keys = (("input", "input"), ("target", "target"))
   return _embedded_corpus(spec, name, builder, programs.__name__, keys, (("task", "task"),))
@@ -225,8 +184,8 @@ def _load_tfds(spec: str, rest: str, data_dir: str | None) -> Corpus:
   name, key = parts[0], parts[1] if len(parts) == 2 else "text"
   tfds = import_tfds()
   # Our own builders must be registered before TFDS looks the name up (tfds:python_docs works once prepared).
-  if name.split("/")[0] in ("python_docs", "programs"):
-    __import__(f"llmcpu.data.{name.split('/')[0]}")
+  if name.split("/")[0] in _BUILDERS:
+    _BUILDERS[name.split("/")[0]]()
   try:
     builder = tfds.builder(name, data_dir=data_dir)
   except tfds.core.registered.DatasetNotFoundError:

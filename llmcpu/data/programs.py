@@ -20,7 +20,7 @@ uses the letters a-e so counts are interesting.
 Held-out operands: the operand universe is partitioned once, independent of the seed, so no validation or test
 operand ever appears in train (or in the other held-out split). Numbers: within each digit count, the numbers are
 ranked by sha256 and the first 5% (at least one) go to validation, the next 5% to test. Strings: sha256 of the
-string, 5% validation / 5% test (`corpora.split_for`). Every operand of an example comes from its split's part.
+string, 5% validation / 5% test (`sources.split_for`). Every operand of an example comes from its split's part.
 """
 
 from __future__ import annotations
@@ -31,10 +31,9 @@ import hashlib
 import json
 import random
 import string
+import threading
 
-from llmcpu.data.corpora import SPLITS, import_tfds, split_for
-
-tfds = import_tfds()
+from llmcpu.data.sources import SPLITS, import_tfds, split_for
 
 TASKS = ("add", "sub", "mul", "copy", "reverse", "sort", "count", "num2words", "words2num")
 MAX_DIGITS = 4
@@ -141,59 +140,85 @@ def generate(split: str, num: int, seed: int = 0) -> list[dict[str, str]]:
   return [example(rng.choice(TASKS), rng, split) for _ in range(num)]
 
 
-@dataclasses.dataclass
-class ProgramsConfig(tfds.core.BuilderConfig):
-  """Generator parameters: change any of them and the config's name must change too."""
-
-  seed: int = 0
-  train_size: int = 20_000
-  validation_size: int = 1_000
-  test_size: int = 1_000
+_builder_lock = threading.Lock()
 
 
-class Programs(tfds.core.GeneratorBasedBuilder):
-  """Synthetic computations with ground truth, generated from a seed, prepared offline."""
+def builder_class() -> type:
+  """The TFDS builder ``Programs``, defined (so registered with TFDS as ``programs``) on the first call.
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "add/sub/mul/copy/reverse/sort/count/num2words/words2num; held-out operands."}
-  # No checksums/README files to find; and TFDS 4.9.10 locates a packaged builder's code with importlib_resources,
-  # which it only requires on Python < 3.9 (ModuleNotFoundError here).
-  code_path = None
-  BUILDER_CONFIGS = [
-    ProgramsConfig(name="default", description="20000/1000/1000 examples, seed 0"),
-    ProgramsConfig(
-      name="small", description="2000/200/200 examples, seed 0", train_size=2000, validation_size=200, test_size=200
-    ),
-  ]
+  Not a module-level class: its base needs TensorFlow Datasets, and importing this module must stay cheap.
+  """
+  with _builder_lock:  # defining it twice would register the name twice, which TFDS refuses
+    return _define_builder()
 
-  def _info(self):
-    text = tfds.features.Text()
-    return tfds.core.DatasetInfo(
-      builder=self,
-      description=__doc__,
-      features=tfds.features.FeaturesDict({"input": text, "target": text, "task": text}),
-      disable_shuffling=True,  # generation order: already random
-      metadata=tfds.core.MetadataDict(),
-    )
 
-  def _split_generators(self, dl_manager):
-    del dl_manager  # nothing to download: examples come from the generator
-    cfg = self.builder_config
-    sizes = {"train": cfg.train_size, "validation": cfg.validation_size, "test": cfg.test_size}
-    examples = {s: generate(s, n, cfg.seed) for s, n in sizes.items()}
-    self.info.metadata.update(
-      {
-        "seed": cfg.seed,
-        "sizes": sizes,
-        "tasks": list(TASKS),
-        "num_docs": {s: len(e) for s, e in examples.items()},
-        "num_bytes": {
-          s: sum(len(x["input"].encode()) + len(x["target"].encode()) for x in e) for s, e in examples.items()
-        },
-        "content_sha256": hashlib.sha256(json.dumps(examples, sort_keys=True).encode()).hexdigest(),
-      }
-    )
-    return {s: self._generate_examples(e) for s, e in examples.items()}
+def __getattr__(name: str) -> type:
+  # ``programs.Programs`` and ``programs.ProgramsConfig`` still work; they import TFDS on first access.
+  if name == "Programs":
+    return builder_class()
+  if name == "ProgramsConfig":
+    return type(builder_class().BUILDER_CONFIGS[0])
+  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
-  def _generate_examples(self, examples):
-    yield from enumerate(examples)  # key = position: unique, and the generation order is kept
+
+@functools.cache
+def _define_builder() -> type:
+  tfds = import_tfds()
+
+  @dataclasses.dataclass
+  class ProgramsConfig(tfds.core.BuilderConfig):
+    """Generator parameters: change any of them and the config's name must change too."""
+
+    seed: int = 0
+    train_size: int = 20_000
+    validation_size: int = 1_000
+    test_size: int = 1_000
+
+  class Programs(tfds.core.GeneratorBasedBuilder):
+    """Synthetic computations with ground truth, generated from a seed, prepared offline."""
+
+    VERSION = tfds.core.Version("1.0.0")
+    RELEASE_NOTES = {"1.0.0": "add/sub/mul/copy/reverse/sort/count/num2words/words2num; held-out operands."}
+    # No checksums/README files to find; and TFDS 4.9.10 locates a packaged builder's code with importlib_resources,
+    # which it only requires on Python < 3.9 (ModuleNotFoundError here).
+    code_path = None
+    BUILDER_CONFIGS = [
+      ProgramsConfig(name="default", description="20000/1000/1000 examples, seed 0"),
+      ProgramsConfig(
+        name="small", description="2000/200/200 examples, seed 0", train_size=2000, validation_size=200, test_size=200
+      ),
+    ]
+
+    def _info(self):
+      text = tfds.features.Text()
+      return tfds.core.DatasetInfo(
+        builder=self,
+        description=__doc__,
+        features=tfds.features.FeaturesDict({"input": text, "target": text, "task": text}),
+        disable_shuffling=True,  # generation order: already random
+        metadata=tfds.core.MetadataDict(),
+      )
+
+    def _split_generators(self, dl_manager):
+      del dl_manager  # nothing to download: examples come from the generator
+      cfg = self.builder_config
+      sizes = {"train": cfg.train_size, "validation": cfg.validation_size, "test": cfg.test_size}
+      examples = {s: generate(s, n, cfg.seed) for s, n in sizes.items()}
+      self.info.metadata.update(
+        {
+          "seed": cfg.seed,
+          "sizes": sizes,
+          "tasks": list(TASKS),
+          "num_docs": {s: len(e) for s, e in examples.items()},
+          "num_bytes": {
+            s: sum(len(x["input"].encode()) + len(x["target"].encode()) for x in e) for s, e in examples.items()
+          },
+          "content_sha256": hashlib.sha256(json.dumps(examples, sort_keys=True).encode()).hexdigest(),
+        }
+      )
+      return {s: self._generate_examples(e) for s, e in examples.items()}
+
+    def _generate_examples(self, examples):
+      yield from enumerate(examples)  # key = position: unique, and the generation order is kept
+
+  return Programs

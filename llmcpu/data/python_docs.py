@@ -22,19 +22,19 @@ are in the same split (3.11.7: 1165/78/336 documents, 1.88 MB/123 KB/576 KB).
 from __future__ import annotations
 
 import ast
+import functools
 import hashlib
 import inspect
 import os
 import platform
 import sys
 import sysconfig
+import threading
 import warnings
 from collections.abc import Iterator
 
-from llmcpu.data.corpora import SPLITS, import_tfds, split_for
+from llmcpu.data.sources import SPLITS, import_tfds, split_for
 from llmcpu.errors import UserError
-
-tfds = import_tfds()
 
 SKIP_DIRS = frozenset({"site-packages", "dist-packages", "test", "tests", "idle_test", "__pycache__"})
 
@@ -230,53 +230,78 @@ def collect_documents(root: str | None = None, target: int = SECTION_BYTES) -> t
   return docs, counts
 
 
-class PythonDocs(tfds.core.GeneratorBasedBuilder):
-  """Pydoc topics and standard-library docstrings of the running Python, prepared offline."""
+_builder_lock = threading.Lock()
 
-  VERSION = tfds.core.Version("1.1.0")
-  RELEASE_NOTES = {
-    "1.0.0": "Pydoc topics and stdlib docstrings (ast), 90/5/5 split by sha256 of the doc id.",
-    "1.1.0": "Sources cut into ~2 KB parts of whole sections (ids SOURCE#N); 75/5/20 split by sha256 of the source.",
-  }
-  # No checksums/README files to find; and TFDS 4.9.10 locates a packaged builder's code with importlib_resources,
-  # which it only requires on Python < 3.9 (ModuleNotFoundError here).
-  code_path = None
-  BUILDER_CONFIGS = [tfds.core.BuilderConfig(name=config_name(), description=f"Python {config_name()[2:]}")]
 
-  def _info(self):
-    return tfds.core.DatasetInfo(
-      builder=self,
-      description=__doc__,
-      features=tfds.features.FeaturesDict({"id": tfds.features.Text(), "text": tfds.features.Text()}),
-      disable_shuffling=True,  # keep the sorted, readable order: topics, then modules by path
-      metadata=tfds.core.MetadataDict(),
-    )
+def builder_class() -> type:
+  """The TFDS builder ``PythonDocs``, defined (so registered with TFDS as ``python_docs``) on the first call.
 
-  def _split_generators(self, dl_manager):
-    del dl_manager  # nothing to download: the text is on this machine
-    root = stdlib_dir()
-    docs, counts = collect_documents(root)
-    by_split = {s: [(i, t) for i, t in docs if split_of(i) == s] for s in SPLITS}
-    empty = [s for s in SPLITS if not by_split[s]]
-    if empty:
-      raise UserError(f"python_docs found too few documents under {root} (no {', '.join(empty)} split)")
-    self.info.metadata.update(
-      {
-        "python_version": python_version(),
-        "stdlib": root,
-        **counts,
-        # How documents are cut and split: part of the fingerprint, with the text below.
-        "section_bytes": SECTION_BYTES,
-        "split_percents": dict(zip(SPLITS, SPLIT_PERCENTS, strict=True)),
-        "num_sources": {s: len({source_of(i) for i, _ in d}) for s, d in by_split.items()},
-        "num_docs": {s: len(d) for s, d in by_split.items()},
-        "num_bytes": {s: sum(len(t.encode("utf-8")) for _, t in d) for s, d in by_split.items()},
-        # Any change of text (another micro version, a patched stdlib) changes the corpus fingerprint.
-        "content_sha256": hashlib.sha256("\0".join(f"{i}\0{t}" for i, t in docs).encode("utf-8")).hexdigest(),
-      }
-    )
-    return {s: self._generate_examples(d) for s, d in by_split.items()}
+  Not a module-level class: its base needs TensorFlow Datasets, and importing this module must stay cheap.
+  """
+  with _builder_lock:  # defining it twice would register the name twice, which TFDS refuses
+    return _define_builder()
 
-  def _generate_examples(self, docs):
-    for doc_id, text in docs:
-      yield doc_id, {"id": doc_id, "text": text}
+
+def __getattr__(name: str) -> type:
+  # ``python_docs.PythonDocs`` still works; it imports TFDS on first access.
+  if name == "PythonDocs":
+    return builder_class()
+  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+@functools.cache
+def _define_builder() -> type:
+  tfds = import_tfds()
+
+  class PythonDocs(tfds.core.GeneratorBasedBuilder):
+    """Pydoc topics and standard-library docstrings of the running Python, prepared offline."""
+
+    VERSION = tfds.core.Version("1.1.0")
+    RELEASE_NOTES = {
+      "1.0.0": "Pydoc topics and stdlib docstrings (ast), 90/5/5 split by sha256 of the doc id.",
+      "1.1.0": "Sources cut into ~2 KB parts of whole sections (ids SOURCE#N); 75/5/20 split by sha256 of the source.",
+    }
+    # No checksums/README files to find; and TFDS 4.9.10 locates a packaged builder's code with importlib_resources,
+    # which it only requires on Python < 3.9 (ModuleNotFoundError here).
+    code_path = None
+    BUILDER_CONFIGS = [tfds.core.BuilderConfig(name=config_name(), description=f"Python {config_name()[2:]}")]
+
+    def _info(self):
+      return tfds.core.DatasetInfo(
+        builder=self,
+        description=__doc__,
+        features=tfds.features.FeaturesDict({"id": tfds.features.Text(), "text": tfds.features.Text()}),
+        disable_shuffling=True,  # keep the sorted, readable order: topics, then modules by path
+        metadata=tfds.core.MetadataDict(),
+      )
+
+    def _split_generators(self, dl_manager):
+      del dl_manager  # nothing to download: the text is on this machine
+      root = stdlib_dir()
+      docs, counts = collect_documents(root)
+      by_split = {s: [(i, t) for i, t in docs if split_of(i) == s] for s in SPLITS}
+      empty = [s for s in SPLITS if not by_split[s]]
+      if empty:
+        raise UserError(f"python_docs found too few documents under {root} (no {', '.join(empty)} split)")
+      self.info.metadata.update(
+        {
+          "python_version": python_version(),
+          "stdlib": root,
+          **counts,
+          # How documents are cut and split: part of the fingerprint, with the text below.
+          "section_bytes": SECTION_BYTES,
+          "split_percents": dict(zip(SPLITS, SPLIT_PERCENTS, strict=True)),
+          "num_sources": {s: len({source_of(i) for i, _ in d}) for s, d in by_split.items()},
+          "num_docs": {s: len(d) for s, d in by_split.items()},
+          "num_bytes": {s: sum(len(t.encode("utf-8")) for _, t in d) for s, d in by_split.items()},
+          # Any change of text (another micro version, a patched stdlib) changes the corpus fingerprint.
+          "content_sha256": hashlib.sha256("\0".join(f"{i}\0{t}" for i, t in docs).encode("utf-8")).hexdigest(),
+        }
+      )
+      return {s: self._generate_examples(d) for s, d in by_split.items()}
+
+    def _generate_examples(self, docs):
+      for doc_id, text in docs:
+        yield doc_id, {"id": doc_id, "text": text}
+
+  return PythonDocs
