@@ -77,14 +77,14 @@ if ((TINY)); then
     --decode_repeats=1 --skip_reference)
   PRESET=tiny ISAS=char,char+perm:1 ISA=char STEPS=20
   TRAIN=(--config.train.batch_size=8 --config.data.length=64 --config.train.log_every=5)
-  EVAL=(--max_docs=8 --prompts=8 --new_tokens=8)
+  EVAL=(--config.max_docs=8 --config.prompts=8 --config.new_tokens=8)
 else
   BENCH=()
   PRESET=base ISAS=bpe:4000,bpe:4000+perm:1 ISA=bpe:4000
   # 16 × 1024 tokens a step (the batch divides a v2-8's or v3-8's 8 cores): seconds to a few minutes for 300 steps
   # on one recent chip; a T4-class GPU needs ~2 s a step (estimated), so give it --steps=100.
   TRAIN=(--config.train.batch_size=16 --config.train.log_every=25)
-  EVAL=(--max_docs=64 --prompts=32)
+  EVAL=(--config.max_docs=64 --config.prompts=32)
 fi
 
 bench() { "$PY" benchmarks/model_bench.py "${BENCH[@]}" >"$WORK/model_bench.out"; }
@@ -142,13 +142,13 @@ PY
 
 step model_bench bench
 step model_bench_bf16 bench_bf16
-step compile "$PY" scripts/compile.py --corpus=python_docs --compilers="$ISAS" --workdir="$WORK/compiled"
+step compile "$PY" scripts/compile.py --config.corpus=python_docs --config.compilers="$ISAS" --workdir="$WORK/compiled"
 step train "$PY" scripts/train.py --config="configs/decoder.py:$PRESET" --workdir="$WORK/train" \
   --config.data.corpus=python_docs --config.data.compile_dir="$WORK/compiled" --config.data.isa="$ISA" \
   --config.train.steps="$STEPS" --config.train.warmup_steps="$((STEPS / 10 + 1))" --config.train.eval_every=0 \
   --config.checkpoint.every="$STEPS" "${TRAIN[@]}"
-step cross_eval "$PY" scripts/cross_eval.py --checkpoints="$WORK/train" --isas="$ISAS" \
-  --compile_dir="$WORK/compiled" --out="$WORK/crosseval" "${EVAL[@]}"
+step cross_eval "$PY" scripts/cross_eval.py --config.checkpoints="$WORK/train" --config.isas="$ISAS" \
+  --config.compile_dir="$WORK/compiled" --config.out="$WORK/crosseval" "${EVAL[@]}"
 
 # Every step's figures as one JSON object.
 "$PY" - "$WORK" "$PLATFORM" "$PRESET" "$STEPS" "$((SECONDS - T0))" <<'PY'

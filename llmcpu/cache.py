@@ -73,7 +73,8 @@ def load_split(workdir: str, corpus_name: str, compiler: Compiler, split: str) -
   if compiled.read_manifest(path) is None:
     raise UserError(
       f"no compiled data for corpus {corpus_name!r}, ISA {compiler.name}, split {split!r} under {workdir}; build it "
-      f"with: python scripts/compile.py --corpus=<that corpus> --compilers={compiler.spec} --workdir={workdir}"
+      f"with: python scripts/compile.py --config.corpus=<that corpus> --config.compilers={compiler.spec} "
+      f"--workdir={workdir}"
     )
   loaded = compiled.load(path, expect_fingerprint=compiler.fingerprint)
   return dataclasses.replace(loaded, piece_bytes=compiler.piece_bytes)
@@ -180,7 +181,7 @@ def _current_compiler(path: str, spec: CompilerSpec, corpus_info: dict, options:
   try:
     c = compilers.load(path)
   except UserError as e:
-    raise UserError(f"{e} — or rerun scripts/compile.py with --rebuild") from e
+    raise UserError(f"{e} — or rerun scripts/compile.py with --config.rebuild") from e
   current = (
     c.manifest.get("spec") == str(spec)
     and (spec.family == "byte" or c.manifest.get("corpus", {}).get("fingerprint") == corpus_info["fingerprint"])

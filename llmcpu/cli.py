@@ -9,8 +9,10 @@ import sys
 import traceback
 import warnings
 from collections.abc import Callable
+from typing import NoReturn
 
 from absl import app, flags, logging
+from ml_collections import config_flags
 
 from llmcpu import fs
 from llmcpu.errors import Stopped, UserError
@@ -114,17 +116,34 @@ def _last_line(text: str) -> str:
   return lines[-1] if lines else text
 
 
+def define_config(default: str, help_string: str) -> flags.FlagHolder:
+  """``config_flags.DEFINE_config_file("config", default)``: ``--config`` may be left out.
+
+  config_flags loads a default file, and defines its ``--config.key`` overrides, as the flag is defined (on import,
+  before ``run``): a bad override there is the same one ``error:`` line and exit status 2 as in ``parse_flags``.
+  """
+  try:
+    return config_flags.DEFINE_config_file("config", default, help_string)
+  except (flags.Error, AttributeError, KeyError, ValueError, TypeError) as e:
+    _bad_flags(e)
+
+
 def parse_flags(argv: list[str]) -> list[str]:
   """absl's parser, but a bad flag or config override (``--config.nope=1``) is one ``error:`` line, exit 2."""
   try:
     return flags.FLAGS(argv)
-  except flags.Error as e:
-    message = str(e)
+  except (flags.Error, AttributeError, KeyError, ValueError, TypeError) as e:
+    _bad_flags(e)
+
+
+def _bad_flags(e: Exception) -> NoReturn:
+  message = str(e)
+  if isinstance(e, flags.Error):
     if "Traceback" in message:  # the config file's get_config raised: its last line says why
       message = f"{message.split(': Error whilst', 1)[0]}: {_last_line(message)}"
     print(f"error: {message}; see --helpfull", file=sys.stderr, flush=True)
-  except (AttributeError, KeyError, ValueError, TypeError) as e:  # ml_collections' override errors
-    detail = str(e).strip("\"'")
+  else:  # ml_collections' override errors
+    detail = message.strip("\"'")
     print(f"error: bad --config override ({detail}): no such key or wrong type; see the config file", file=sys.stderr)
   sys.exit(2)
 

@@ -317,12 +317,12 @@ def test_script_exit_status(world, tmp_path):
     cmd = [
       sys.executable,
       os.path.join(ROOT, "scripts", "cross_eval.py"),
-      f"--checkpoints={ckpts}",
-      "--isas=bpe:500,bpe:1000",
-      f"--compile_dir={world['compile_dir']}",
-      f"--out={tmp_path / 'out'}",
-      "--coherence=false",
-      "--max_docs=2",
+      f"--config.checkpoints={ckpts}",
+      "--config.isas=bpe:500,bpe:1000",
+      f"--config.compile_dir={world['compile_dir']}",
+      f"--config.out={tmp_path / 'out'}",
+      "--config.coherence=false",
+      "--config.max_docs=2",
     ]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=dict(os.environ, JAX_PLATFORMS="cpu"))
 

@@ -220,7 +220,7 @@ def test_disk_full_during_a_checkpoint_save_is_one_line_and_resumes_bit_identica
 
 def test_disk_full_during_compile_is_one_line_and_leaves_nothing_that_looks_valid(small_disk, tmp_path):
   docs = write_docs(tmp_path)
-  compile_cmd = f"{sys.executable} {SCRIPTS}/compile.py --corpus='text:{docs}' --compilers=bpe:600,byte "
+  compile_cmd = f"{sys.executable} {SCRIPTS}/compile.py --config.corpus='text:{docs}' --config.compilers=bpe:600,byte "
   compile_cmd += '--workdir="$DISK/c"'
   verify = f'{sys.executable} {SCRIPTS}/verify.py "$DISK/c"'
   small_disk(
@@ -268,7 +268,7 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 
 def test_sigint_during_compile_is_one_line_and_the_rerun_finishes_the_same(tmp_path):
   docs = write_docs(tmp_path)
-  args = [f"--corpus=text:{docs}", "--compilers=bpe:600"]
+  args = [f"--config.corpus=text:{docs}", "--config.compilers=bpe:600"]
   proc = subprocess.Popen(
     [sys.executable, "-c", SLOW_COMPILE, f"{SCRIPTS}/compile.py", *args, f"--workdir={tmp_path}/c"],
     stdout=subprocess.PIPE,
@@ -324,7 +324,7 @@ def test_verify_names_each_damaged_item_and_how_to_rebuild_it(trained, compile_d
   assert out.returncode == 1, out.stdout + out.stderr
   damaged = [line for line in out.stdout.splitlines() if line.startswith("damaged")]
   assert len(damaged) == 3 and out.stdout.splitlines()[-1] == "16 items: 13 ok, 3 damaged", out.stdout
-  assert "compilers/bpe600: compiler model" in damaged[0] and "scripts/compile.py --rebuild" in damaged[0]
+  assert "compilers/bpe600: compiler model" in damaged[0] and "scripts/compile.py --config.rebuild" in damaged[0]
   assert "pairs/byte/test: built by ISA" in damaged[1] and "rerun scripts/compile.py" in damaged[1]
   assert "prose/byte/train: text.tokens.npy has 1000 bytes" in damaged[2] and "delete " in damaged[2]
 

@@ -158,7 +158,7 @@ def load(path: str) -> Compiler:
     if hashlib.sha256(proto).hexdigest() != manifest.get("model_sha256"):
       raise UserError(
         f"compiler model {path}/{MODEL} does not match the sha256 in its {MANIFEST} (damaged or replaced); "
-        "rebuild it with scripts/compile.py --rebuild"
+        "rebuild it with scripts/compile.py --config.rebuild"
       )
     backend = backends.SentencePieceBackend(spec.family, proto)
   perm = None

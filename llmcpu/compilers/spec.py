@@ -77,7 +77,7 @@ def parse_list(specs: str | list[str]) -> list[CompilerSpec]:
   """Parses a comma-separated list (or a list) of specs; duplicate names are an error."""
   items = [s for s in (specs.split(",") if isinstance(specs, str) else specs) if s.strip()]
   if not items:
-    raise UserError("no compilers given; pass e.g. --compilers=bpe:1000,bpe:4000,char,byte")
+    raise UserError("no compilers given; pass e.g. --config.compilers=bpe:1000,bpe:4000,char,byte")
   parsed = [parse(s) for s in items]
   names = [p.name for p in parsed]
   dupes = sorted({n for n in names if names.count(n) > 1})

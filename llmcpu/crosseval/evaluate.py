@@ -34,7 +34,10 @@ from llmcpu.data.pipeline import Pipeline, bytes_per_token
 
 @dataclasses.dataclass
 class CrossEvalOptions:
-  """Knobs of a cross-evaluation; the defaults keep a tiny-model matrix to seconds per cell on a CPU."""
+  """Knobs of a cross-evaluation; the defaults keep a tiny-model matrix to seconds per cell on a CPU.
+
+  These defaults are the only ones: configs/cross_eval.py and an experiment's ``crosseval`` block are made from them.
+  """
 
   split: str = "test"  # the held-out split every cell is scored on
   train_split: str = "train"  # unigram counts, the judge and the lexicon
@@ -53,6 +56,11 @@ class CrossEvalOptions:
   judge_max_bytes: int = 16 << 20
   representation_docs: int = 32  # encoders: documents embedded natively and foreign
   samples: int = 3  # generations kept per cell in results.jsonl
+
+  @classmethod
+  def from_config(cls, config: ml_collections.ConfigDict) -> CrossEvalOptions:
+    """The options among ``config``'s keys (configs/cross_eval.py); the other keys are not options."""
+    return cls(**{f.name: config[f.name] for f in dataclasses.fields(cls) if f.name in config})
 
 
 @dataclasses.dataclass

@@ -64,7 +64,7 @@ class Library:
       have = ", ".join(self.available()) or "none"
       raise UserError(
         f"ISA {isa!r} is not in {self.compile_dir}/compilers (have: {have}); build it with: python scripts/compile.py "
-        f"--corpus=<corpus> --compilers={isa} --workdir={self.compile_dir}"
+        f"--config.corpus=<corpus> --config.compilers={isa} --workdir={self.compile_dir}"
       )
     return compilers.load(path)
 
@@ -79,7 +79,8 @@ class Library:
   # --- compiled data ----------------------------------------------------------------------------------------------
 
   def corpus_name(self, corpus_spec: str, compiler: Compiler) -> str:
-    cmd = f"python scripts/compile.py --corpus={corpus_spec} --compilers={compiler.spec} --workdir={self.compile_dir}"
+    cmd = "python scripts/compile.py "
+    cmd += f"--config.corpus={corpus_spec} --config.compilers={compiler.spec} --workdir={self.compile_dir}"
     return cache.find_corpus_name(self.compile_dir, corpus_spec, compiler, cmd)
 
   def split(self, corpus_name: str, compiler: Compiler, split: str, *, limit: bool = True) -> CompiledSplit:
