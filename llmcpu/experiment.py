@@ -4,7 +4,7 @@
 Layout under the experiment workdir::
 
   compiled/                               the compile cache (scripts/compile.py's workdir)
-  runs/<corpus>/<arch>/<isa>/seed<k>/     one training run each (checkpoints, metrics.jsonl, TensorBoard)
+  runs/<corpus>/<arch>/<isa>/seed<k>/     one CPU each: its training workdir (checkpoints, metrics.jsonl, TensorBoard)
   <report>/<corpus>/                      cross-evaluation: results.jsonl, calibration.jsonl, matrices, heatmaps,
                                           summary.md (``report`` by default; see ``report`` below)
   <report>/experiment.json                the config, and the wall time of each stage (provenance)
@@ -79,8 +79,8 @@ def seed_list(value) -> list[int]:
   return seeds
 
 
-def run_config(exp: ml_collections.ConfigDict, corpus: str, arch: str, isa: str, compile_dir: str, seed: int = 0):
-  """The training config of one cell: the preset's, with the experiment's changes to it."""
+def cpu_config(exp: ml_collections.ConfigDict, corpus: str, arch: str, isa: str, compile_dir: str, seed: int = 0):
+  """The training config of one CPU (a cell's row): the preset's, with the experiment's changes to it."""
   c = base_config(arch, exp.preset)
   defaults = base_config("decoder", exp.preset)
   for block in ("data", "model", "train", "checkpoint"):
@@ -100,7 +100,8 @@ def run_config(exp: ml_collections.ConfigDict, corpus: str, arch: str, isa: str,
   return c
 
 
-def run_dir(workdir: str, corpus_name: str, arch: str, isa_name: str, seed: int = 0) -> str:
+def cpu_dir(workdir: str, corpus_name: str, arch: str, isa_name: str, seed: int = 0) -> str:
+  """The training workdir of one CPU."""
   return fs.join(workdir, "runs", corpus_name, arch, isa_name, f"seed{seed}")
 
 
@@ -111,18 +112,61 @@ def _finished(path: str, steps: int) -> bool:
     return False
 
 
+@dataclasses.dataclass(frozen=True)
+class _Plan:
+  """What an experiment config asks for, checked before anything runs."""
+
+  specs: list  # evaluation ISAs (matrix columns)
+  trained: list  # ISAs that get CPUs
+  archs: list[str]
+  seeds: list[int]
+  corpora: list  # CPUs are trained and evaluated on each
+  sources: list  # corpora the compilers are trained on
+  compile_dir: str
+  leader: bool  # compiles (and cross-evaluates) for every process sharing the workdir
+
+  def cpus(self, workdir: str, corpus_name: str) -> list[str]:
+    return [
+      cpu_dir(workdir, corpus_name, a, s.name, seed) for a in self.archs for s in self.trained for seed in self.seeds
+    ]
+
+
 def run(exp: ml_collections.ConfigDict, workdir: str, *, log: Callable[[str], None] = print) -> dict[str, str]:
   """Runs (or continues) the experiment; returns {corpus name: report directory}."""
-  import jax
-
-  from llmcpu import trainer  # jax/flax only when training is asked for
-
   t_start = time.time()
   workdir = fs.abspath(workdir)
+  plan = _plan(exp, workdir)
+  timing: dict[str, float] = {}
+  log(
+    f"== compile: {len(plan.corpora)} corpora × {len(plan.specs)} compilers "
+    f"(trained on {', '.join(c.name for c in plan.sources)})"
+  )
+  built = cache.build_compilers(plan.specs, plan.sources, plan.compile_dir, leader=plan.leader, log=log)
+  stats = cache.compile_corpora(plan.corpora, built, plan.compile_dir, leader=plan.leader, log=log)
+  log("\n" + cache.format_isa_table(stats) + "\n\n" + cache.format_overlap_matrix(built) + "\n")
+  timing["compile"] = time.time() - t_start
+  _train_cpus(exp, plan, workdir, t_start, log)
+  timing["train"] = time.time() - t_start - timing["compile"]
+  if not plan.leader:  # one report per workdir: process 0 cross-evaluates on its own devices and writes it
+    log("== cross-eval: left to process 0, which writes the reports into the shared workdir")
+    return {}
+  report_root = fs.join(workdir, exp.report or "report")
+  reports = {}
+  for corpus in plan.corpora:
+    t0 = time.time()
+    reports[corpus.name] = _cross_evaluate(exp, plan, workdir, report_root, corpus, t_start, log)
+    timing[f"crosseval {corpus.name}"] = time.time() - t0
+  timing["total"] = time.time() - t_start
+  _write_provenance(report_root, exp, timing)
+  log(f"== done in {timing['total']:.0f}s")
+  return reports
+
+
+def _plan(exp: ml_collections.ConfigDict, workdir: str) -> _Plan:
+  """Checks every list and number of the config (before hours of compiling, not at the first CPU)."""
+  import jax
+
   compile_dir = fs.join(workdir, "compiled")
-  # Processes sharing the compile directory (a pod slice on a bucket): process 0 compiles, the others wait for what
-  # it commits. Processes each on its own disk compile their own copy.
-  leader = not parallel.shared_directory(compile_dir) or jax.process_index() == 0
   specs = compilers.parse_list(exp.compilers)
   trained = compilers.parse_list(exp.train_compilers) if exp.train_compilers else specs
   missing = [str(s) for s in trained if s not in specs]
@@ -133,65 +177,53 @@ def run(exp: ml_collections.ConfigDict, workdir: str, *, log: Callable[[str], No
     if arch not in ARCHS:
       raise UserError(f"unknown arch {arch!r} in --config.archs; choose from {', '.join(ARCHS)}")
   seeds = seed_list(exp.seeds)
-  for arch in archs:  # a bad number is refused before hours of compiling, not at the first run
-    check_ranges(run_config(exp, exp.corpus, arch, str(trained[0]), "", seeds[0]))
+  for arch in archs:
+    check_ranges(cpu_config(exp, exp.corpus, arch, str(trained[0]), "", seeds[0]))
   corpora = [data.load_corpus(c, data_dir=exp.data_dir or None) for c in split_list(exp.corpus, "corpus")]
   sources = corpora
   if exp.compiler_corpora:
     sources = [data.load_corpus(c, data_dir=exp.data_dir or None) for c in split_list(exp.compiler_corpora, "corpus")]
   _check_isas_kept(workdir, compile_dir, specs, sources)
-  timing: dict[str, float] = {}
+  # Processes sharing the compile directory (a pod slice on a bucket): process 0 compiles, the others wait for what
+  # it commits. Processes each on its own disk compile their own copy.
+  leader = not parallel.shared_directory(compile_dir) or jax.process_index() == 0
+  return _Plan(specs, trained, archs, seeds, corpora, sources, compile_dir, leader)
 
-  log(f"== compile: {len(corpora)} corpora × {len(specs)} compilers (trained on {', '.join(c.name for c in sources)})")
-  built = cache.build_compilers(specs, sources, compile_dir, leader=leader, log=log)
-  stats = cache.compile_corpora(corpora, built, compile_dir, leader=leader, log=log)
-  log("\n" + cache.format_isa_table(stats) + "\n\n" + cache.format_overlap_matrix(built) + "\n")
-  timing["compile"] = time.time() - t_start
 
-  # Seeds outermost: an experiment stopped part-way has every cell of its first seeds, not every seed of a few cells.
-  jobs = [(corpus, arch, spec, seed) for seed in seeds for corpus in corpora for arch in archs for spec in trained]
+def _train_cpus(exp: ml_collections.ConfigDict, plan: _Plan, workdir: str, t_start: float, log: Callable) -> None:
+  """Trains every CPU not already at its final step. Seeds outermost: an experiment stopped part-way has every cell
+  of its first seeds, not every seed of a few cells."""
+  from llmcpu import trainer  # jax/flax only when training is asked for
+
+  jobs = [(c, a, s, seed) for seed in plan.seeds for c in plan.corpora for a in plan.archs for s in plan.trained]
   for i, (corpus, arch, spec, seed) in enumerate(jobs, 1):
-    path = run_dir(workdir, corpus.name, arch, spec.name, seed)
+    path = cpu_dir(workdir, corpus.name, arch, spec.name, seed)
     tag = f"[{i}/{len(jobs)}] {corpus.name} {arch} {spec.name} seed {seed}"
     if _finished(path, exp.steps):
       log(f"== train {tag}: done")
       continue
     log(f"== train {tag} (elapsed {time.time() - t_start:.0f}s)")
     fs.makedirs(path)
-    result = trainer.train(run_config(exp, corpus.spec, arch, str(spec), compile_dir, seed), path, log=log)
+    result = trainer.train(cpu_config(exp, corpus.spec, arch, str(spec), plan.compile_dir, seed), path, log=log)
     if result.stopped != "done":
-      raise Stopped(
-        f"stopped at step {result.step} of {tag} ({result.stopped}); rerun the same command to continue"
-      )
-  timing["train"] = time.time() - t_start - timing["compile"]
-  if not leader:  # one report per workdir: process 0 cross-evaluates on its own devices and writes it
-    log("== cross-eval: left to process 0, which writes the reports into the shared workdir")
-    return {}
+      raise Stopped(f"stopped at step {result.step} of {tag} ({result.stopped}); rerun the same command to continue")
 
-  reports = {}
+
+def _cross_evaluate(exp, plan: _Plan, workdir: str, report_root: str, corpus, t_start: float, log: Callable) -> str:
+  """One corpus's report, unless it is newer than every checkpoint it covers; returns its directory."""
   options = crosseval.CrossEvalOptions(**exp.crosseval.to_dict())
-  report_root = fs.join(workdir, exp.report or "report")
-  for corpus in corpora:
-    t0 = time.time()
-    out = fs.join(report_root, corpus.name)
-    runs = [run_dir(workdir, corpus.name, a, s.name, seed) for a in archs for s in trained for seed in seeds]
-    results = fs.join(out, "results.jsonl")
-    newest = max(checkpoints.saved_ns(r) for r in runs)
-    if fs.exists(results) and fs.stat(results)[1] > newest:
-      log(f"== cross-eval {corpus.name}: done")
-    else:
-      log(f"== cross-eval {corpus.name}: {len(runs)} models × {len(specs)} ISAs ({time.time() - t_start:.0f}s in)")
-      rows = crosseval.evaluate(
-        runs, [str(s) for s in specs], compile_dir, corpus=corpus.spec, options=options, log=log
-      )
-      calibration = crosseval.calibrate(compile_dir, corpus.spec, str(specs[0]), options) if options.coherence else []
-      crosseval.write_report(rows, out, calibration)
-    reports[corpus.name] = out
-    timing[f"crosseval {corpus.name}"] = time.time() - t0
-  timing["total"] = time.time() - t_start
-  _write_provenance(report_root, exp, timing)
-  log(f"== done in {timing['total']:.0f}s")
-  return reports
+  out = fs.join(report_root, corpus.name)
+  cpus = plan.cpus(workdir, corpus.name)
+  results = fs.join(out, "results.jsonl")
+  if fs.exists(results) and fs.stat(results)[1] > max(checkpoints.saved_ns(c) for c in cpus):
+    log(f"== cross-eval {corpus.name}: done")
+    return out
+  log(f"== cross-eval {corpus.name}: {len(cpus)} models × {len(plan.specs)} ISAs ({time.time() - t_start:.0f}s in)")
+  specs = [str(s) for s in plan.specs]
+  rows = crosseval.evaluate(cpus, specs, plan.compile_dir, corpus=corpus.spec, options=options, log=log)
+  calibration = crosseval.calibrate(plan.compile_dir, corpus.spec, specs[0], options) if options.coherence else []
+  crosseval.write_report(rows, out, calibration)
+  return out
 
 
 def _check_isas_kept(workdir: str, compile_dir: str, specs, sources) -> None:

@@ -83,7 +83,8 @@ def test_a_preempted_experiment_exits_zero(tmp_path, monkeypatch, capsys):
 
   c = experiment.experiment_config("tiny")
   c.corpus, c.compilers, c.steps = "text:" + write_docs(tmp_path), "char", 5
-  monkeypatch.setattr(trainer, "train", lambda config, workdir, log: {"stopped": "preempted", "step": 3})
+  stopped = trainer.TrainResult(step=3, stopped="preempted", train={}, eval={}, state={}, illegal_opcodes=0)
+  monkeypatch.setattr(trainer, "train", lambda config, workdir, log: stopped)
   with pytest.raises(Stopped, match=r"stopped at step 3 of \[1/1\] .* \(preempted\); rerun the same command"):
     experiment.run(c, str(tmp_path / "exp"), log=lambda m: None)
 

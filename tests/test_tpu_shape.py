@@ -119,7 +119,7 @@ def test_tpu_config_fits_meshes_and_pod_slices():
     assert c.train.batch_size % devices == 0, devices  # and under pmap (every device a data shard)
   assert c.train.batch_size % (2 * 2) == 0  # this test's 2 × 2 × 2 mesh: data × fsdp = 4
   for arch in archs:  # parallelism and the mesh reach every run
-    run = experiment.run_config(c, c.corpus, arch, str(specs[0]), "/tmp/compiled")
+    run = experiment.cpu_config(c, c.corpus, arch, str(specs[0]), "/tmp/compiled")
     assert run.parallelism == c.parallelism and run.mesh.to_dict() == c.mesh.to_dict()
     assert run.model.num_heads % c.mesh.tensor == 0 and run.model.d_ff % c.mesh.tensor == 0
   shrunk = compilers.parse_list(shrink_compilers(c.compilers))
@@ -149,7 +149,7 @@ def test_tpu_shape_on_8_devices_jit_mesh_and_pmap(tmp_path):
     (out_dir,) = re.findall(r"^Report: (\S+) ", out, re.M)
     losses[name] = []
     for arch in archs:  # every run logged every step
-      run = pathlib.Path(experiment.run_dir(str(workdir), pathlib.Path(out_dir).name, arch, trained))
+      run = pathlib.Path(experiment.cpu_dir(str(workdir), pathlib.Path(out_dir).name, arch, trained))
       logged = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
       assert [m["step"] for m in logged] == list(range(1, overrides["steps"] + 1)), (arch, logged)
       losses[name] += [m["train/loss"] for m in logged]
