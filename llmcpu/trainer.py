@@ -147,7 +147,9 @@ def resolve(config: ml_collections.ConfigDict, workdir: str) -> Setup:
   check_ranges(config)
   compile_dir = fs.abspath(d.compile_dir)
   spec = compilers.parse(d.isa)
-  compile_cmd = f"python scripts/compile.py --corpus={d.corpus} --compilers={spec} --workdir={compile_dir}"
+  compile_cmd = (
+    f"python scripts/compile.py --config.corpus={d.corpus} --config.compilers={spec} --workdir={compile_dir}"
+  )
   compiler_path = cache.compiler_dir(compile_dir, spec.name)
   if not fs.exists(fs.join(compiler_path, "isa.json")):
     raise UserError(f"no compiler {spec} under {compile_dir}; build it with: {compile_cmd}")

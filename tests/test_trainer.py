@@ -290,7 +290,7 @@ def test_non_finite_loss_stops_with_step(compile_dir, tmp_path):
   "overrides, match",
   [
     ({"model__vocab_size": 123}, "disagrees with ISA"),
-    ({"data__isa": "char"}, "scripts/compile.py --corpus=prose --compilers=char"),
+    ({"data__isa": "char"}, "scripts/compile.py --config.corpus=prose --config.compilers=char"),
     ({"data__corpus": "elsewhere"}, "no data compiled from corpus 'elsewhere'"),
     ({"train__batch_size": 6, "train__grad_accum": 4}, "must divide into"),
     ({"parallelism": "threads"}, "not one of jit, pmap"),

@@ -198,7 +198,7 @@ def _load_tfds(spec: str, rest: str, data_dir: str | None) -> Corpus:
   if not builder.is_prepared():
     raise UserError(
       f"tfds dataset {name!r} is not prepared under data_dir={root}; prepare it where there is network "
-      f"(tfds build {name} --data_dir={root}) or pass --data_dir"
+      f"(tfds build {name} --data_dir={root}) or point --config.data_dir at where it is"
     )
   features = builder.info.features
   available = list(features.keys()) if hasattr(features, "keys") else []
