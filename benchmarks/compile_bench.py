@@ -14,7 +14,7 @@ import time
 
 from absl import flags
 
-from llmcpu import cache, cli, compilers, data
+from llmcpu import cli, compilers, data, toolchain
 from llmcpu.compilers import backends
 from llmcpu.data import compiled
 
@@ -42,12 +42,12 @@ def main(argv):
 
   with tempfile.TemporaryDirectory() as tmp:
     t0 = time.perf_counter()
-    built = cache.build_compilers([spec], [corpus], tmp, log=cli.log)
-    cache.compile_corpora([corpus], built, tmp, log=cli.log)
+    built = toolchain.build_compilers([spec], [corpus], tmp, log=cli.log)
+    toolchain.compile_corpora([corpus], built, tmp, log=cli.log)
     cold = time.perf_counter() - t0
     t0 = time.perf_counter()
-    cache.build_compilers([spec], [corpus], tmp, log=lambda _: None)
-    cache.compile_corpora([corpus], built, tmp, log=lambda _: None)
+    toolchain.build_compilers([spec], [corpus], tmp, log=lambda _: None)
+    toolchain.compile_corpora([corpus], built, tmp, log=lambda _: None)
     warm = time.perf_counter() - t0
     compiler = built[0]
 
@@ -56,7 +56,7 @@ def main(argv):
     raw = best_of(lambda: sp.encode(texts, num_threads=threads), _REPEATS.value)
     docs = [{"text": t} for t in texts]
     ours = best_of(
-      lambda: cache.compile_split(compiler, iter(docs), ["text"], [], f"{tmp}/bench_split", {}), _REPEATS.value
+      lambda: toolchain.compile_split(compiler, iter(docs), ["text"], [], f"{tmp}/bench_split", {}), _REPEATS.value
     )
     tokens = compiled.load(f"{tmp}/bench_split").fields["text"].tokens.size
 

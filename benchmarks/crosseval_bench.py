@@ -30,7 +30,7 @@ import time
 
 from absl import flags
 
-from llmcpu import cache, checkpoints, cli, compilers, config, data, trainer
+from llmcpu import checkpoints, cli, compilers, config, data, toolchain, trainer
 from llmcpu.crosseval import scoring
 from llmcpu.crosseval.evaluate import CrossEvalOptions, LoadedModel, ModelEvaluator
 from llmcpu.crosseval.library import Library
@@ -50,8 +50,8 @@ _QUICKSTART_TIMEOUT = flags.DEFINE_integer("quickstart_timeout", 3600, "Seconds 
 def prepare(workdir: str, specs: list[str], steps: int) -> str:
   compile_dir = os.path.join(workdir, "compiled")
   corpus = data.load_corpus("python_docs", data_dir=os.path.join(workdir, "tfds"))
-  built = cache.build_compilers(compilers.parse_list(specs), [corpus], compile_dir, log=cli.log)
-  cache.compile_corpora([corpus], built, compile_dir, log=lambda _: None)
+  built = toolchain.build_compilers(compilers.parse_list(specs), [corpus], compile_dir, log=cli.log)
+  toolchain.compile_corpora([corpus], built, compile_dir, log=lambda _: None)
   run = os.path.join(workdir, "model")
   c = config.base_config("decoder", "tiny")
   c.data.compile_dir, c.data.isa, c.data.corpus = compile_dir, specs[0], "python_docs"

@@ -20,7 +20,7 @@ import numpy as np
 from absl import flags
 from flax import nnx
 
-from llmcpu import cache, cli, compilers, data, models, trainer
+from llmcpu import cli, compilers, data, models, toolchain, trainer
 from llmcpu.config import base_config
 from llmcpu.optim import make_optimizer
 
@@ -35,8 +35,8 @@ def main(argv):
   with tempfile.TemporaryDirectory() as tmp:
     compile_dir = os.path.join(tmp, "compiled")
     corpus = data.load_corpus(_CORPUS.value)
-    built = cache.build_compilers([compilers.parse(_ISA.value)], [corpus], compile_dir, log=cli.log)
-    cache.compile_corpora([corpus], built, compile_dir, log=cli.log)
+    built = toolchain.build_compilers([compilers.parse(_ISA.value)], [corpus], compile_dir, log=cli.log)
+    toolchain.compile_corpora([corpus], built, compile_dir, log=cli.log)
 
     config = base_config("decoder", _PRESET.value)
     config.data.compile_dir = compile_dir

@@ -1,4 +1,4 @@
-"""Binaries: orbax checkpoints that carry the ISA they were compiled for.
+"""Checkpoints: orbax checkpoints of a CPU that carry the ISA it was trained on.
 
 A checkpoint step holds two items: ``state`` (parameters, optimizer state, counters; arrays) and ``meta`` (JSON:
 config, architecture, model config, the compiler's manifest *and files*, step, tokens seen, data position, and a

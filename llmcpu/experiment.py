@@ -27,7 +27,7 @@ from collections.abc import Callable
 
 import ml_collections
 
-from llmcpu import cache, checkpoints, compilers, crosseval, data, fs, parallel
+from llmcpu import checkpoints, compilers, crosseval, data, fs, parallel, toolchain
 from llmcpu.config import base_config, check_ranges
 from llmcpu.errors import Stopped, UserError
 
@@ -141,9 +141,9 @@ def run(exp: ml_collections.ConfigDict, workdir: str, *, log: Callable[[str], No
     f"== compile: {len(plan.corpora)} corpora × {len(plan.specs)} compilers "
     f"(trained on {', '.join(c.name for c in plan.sources)})"
   )
-  built = cache.build_compilers(plan.specs, plan.sources, plan.compile_dir, leader=plan.leader, log=log)
-  stats = cache.compile_corpora(plan.corpora, built, plan.compile_dir, leader=plan.leader, log=log)
-  log("\n" + cache.format_isa_table(stats) + "\n\n" + cache.format_overlap_matrix(built) + "\n")
+  built = toolchain.build_compilers(plan.specs, plan.sources, plan.compile_dir, leader=plan.leader, log=log)
+  stats = toolchain.compile_corpora(plan.corpora, built, plan.compile_dir, leader=plan.leader, log=log)
+  log("\n" + toolchain.format_isa_table(stats) + "\n\n" + toolchain.format_overlap_matrix(built) + "\n")
   timing["compile"] = time.time() - t_start
   _train_cpus(exp, plan, workdir, t_start, log)
   timing["train"] = time.time() - t_start - timing["compile"]
@@ -230,9 +230,9 @@ def _check_isas_kept(workdir: str, compile_dir: str, specs, sources) -> None:
   """Refuses to retrain a compiler that CPUs in this workdir were trained with (they would no longer match it)."""
   if not fs.isdir(fs.join(workdir, "runs")):
     return
-  want = cache.corpora_fingerprint(sources)
+  want = toolchain.corpora_fingerprint(sources)
   for spec in specs:
-    have = cache.trained_on(compile_dir, spec)
+    have = toolchain.trained_on(compile_dir, spec)
     if have is not None and have.get("fingerprint") != want:
       raise UserError(
         f"compiler {spec.name} in {compile_dir} was trained on {','.join(have['specs'])}, this config would retrain "

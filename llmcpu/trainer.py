@@ -29,7 +29,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from llmcpu import cache, checkpoints, compilers, fs, loss, metrics, models, parallel, placement
+from llmcpu import checkpoints, compilers, fs, loss, metrics, models, parallel, placement, toolchain
 from llmcpu.config import check_ranges
 from llmcpu.data import objectives as obj
 from llmcpu.data.pipeline import Pipeline
@@ -150,15 +150,15 @@ def resolve(config: ml_collections.ConfigDict, workdir: str) -> Setup:
   compile_cmd = (
     f"python scripts/compile.py --config.corpus={d.corpus} --config.compilers={spec} --workdir={compile_dir}"
   )
-  compiler_path = cache.compiler_dir(compile_dir, spec.name)
+  compiler_path = toolchain.compiler_dir(compile_dir, spec.name)
   if not fs.exists(fs.join(compiler_path, "isa.json")):
     raise UserError(f"no compiler {spec} under {compile_dir}; build it with: {compile_cmd}")
   compiler = compilers.load(compiler_path)
-  corpus_name = cache.find_corpus_name(compile_dir, d.corpus, compiler, compile_cmd)
-  train_split = cache.load_split(compile_dir, corpus_name, compiler, d.train_split)
+  corpus_name = toolchain.find_corpus_name(compile_dir, d.corpus, compiler, compile_cmd)
+  train_split = toolchain.load_split(compile_dir, corpus_name, compiler, d.train_split)
   eval_split = None
   if t.eval_every and t.eval_batches:
-    eval_split = cache.load_split(compile_dir, corpus_name, compiler, d.eval_split)
+    eval_split = toolchain.load_split(compile_dir, corpus_name, compiler, d.eval_split)
   objective = obj.objective_for(config, train_split.kind)
   mc = model_config_for(config, compiler.vocab_size)
   if objective not in obj.SEQ2SEQ and d.length > mc.max_len and mc.positions == "learned":

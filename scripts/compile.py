@@ -9,7 +9,7 @@ import os
 
 from absl import app, flags
 
-from llmcpu import cache, cli, compilers, data
+from llmcpu import cli, compilers, data, toolchain
 from llmcpu.errors import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -28,10 +28,10 @@ def main(argv):
   ]
   if not corpora:
     raise UserError("no corpus given; pass e.g. --config.corpus=python_docs")
-  built = cache.build_compilers(specs, corpora, workdir, rebuild=config.rebuild, log=cli.log)
-  stats = cache.compile_corpora(corpora, built, workdir, rebuild=config.rebuild, log=cli.log)
-  print("\n## ISAs\n\n" + cache.format_isa_table(stats))
-  print("\n## ISA overlap\n\n" + cache.format_overlap_matrix(built), flush=True)
+  built = toolchain.build_compilers(specs, corpora, workdir, rebuild=config.rebuild, log=cli.log)
+  stats = toolchain.compile_corpora(corpora, built, workdir, rebuild=config.rebuild, log=cli.log)
+  print("\n## ISAs\n\n" + toolchain.format_isa_table(stats))
+  print("\n## ISA overlap\n\n" + toolchain.format_overlap_matrix(built), flush=True)
 
 
 if __name__ == "__main__":

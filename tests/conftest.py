@@ -11,7 +11,7 @@ import pydoc_data.topics  # noqa: E402
 
 import pytest  # noqa: E402
 
-from llmcpu import cache, compilers  # noqa: E402
+from llmcpu import compilers, toolchain  # noqa: E402
 from llmcpu.config import base_config  # noqa: E402
 
 
@@ -92,8 +92,8 @@ def compile_dir(tmp_path_factory) -> str:
   """Prose and pairs corpora compiled by bpe:600 and byte (compilers trained on the prose)."""
   workdir = str(tmp_path_factory.mktemp("compiled"))
   prose, pairs = prose_corpus(), pairs_corpus()
-  built = cache.build_compilers(compilers.parse_list("bpe:600,byte"), [prose], workdir, log=lambda _: None)
-  cache.compile_corpora([prose, pairs], built, workdir, log=lambda _: None)
+  built = toolchain.build_compilers(compilers.parse_list("bpe:600,byte"), [prose], workdir, log=lambda _: None)
+  toolchain.compile_corpora([prose, pairs], built, workdir, log=lambda _: None)
   return workdir
 
 

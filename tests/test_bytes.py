@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from conftest import prose_corpus, tiny_config
 
-from llmcpu import cache, compilers, loss, trainer
+from llmcpu import compilers, loss, toolchain, trainer
 from llmcpu.data import compiled
 from llmcpu.data.pipeline import Pipeline
 from llmcpu.errors import UserError
@@ -30,8 +30,8 @@ BYTE_PIECE = re.compile(r"<0x[0-9A-F]{2}>")
 def char_dir(tmp_path_factory) -> str:
   """The prose corpus compiled by ``char`` (trained on it)."""
   workdir = str(tmp_path_factory.mktemp("compiled_char"))
-  built = cache.build_compilers(compilers.parse_list("char"), [prose_corpus()], workdir, log=lambda _: None)
-  cache.compile_corpora([prose_corpus()], built, workdir, log=lambda _: None)
+  built = toolchain.build_compilers(compilers.parse_list("char"), [prose_corpus()], workdir, log=lambda _: None)
+  toolchain.compile_corpora([prose_corpus()], built, workdir, log=lambda _: None)
   return workdir
 
 
@@ -40,8 +40,8 @@ def where(isa: str, compile_dir: str, char_dir: str) -> str:
 
 
 def load(workdir: str, isa: str, corpus: str, split: str):
-  compiler = compilers.load(cache.compiler_dir(workdir, compilers.parse(isa).name))
-  return compiler, cache.load_split(workdir, corpus, compiler, split)
+  compiler = compilers.load(toolchain.compiler_dir(workdir, compilers.parse(isa).name))
+  return compiler, toolchain.load_split(workdir, corpus, compiler, split)
 
 
 def independent_bytes(compiler) -> np.ndarray:
@@ -65,7 +65,7 @@ def raw_bytes(split, field: str) -> np.ndarray:
 def test_load_split_carries_piece_bytes_and_a_bare_split_is_refused(compile_dir):
   compiler, split = load(compile_dir, "bpe:600", "prose", "test")
   np.testing.assert_array_equal(split.piece_bytes, compiler.piece_bytes)
-  bare = compiled.load(cache.split_dir(compile_dir, "prose", compiler.name, "test"))
+  bare = compiled.load(toolchain.split_dir(compile_dir, "prose", compiler.name, "test"))
   assert bare.piece_bytes is None
   with pytest.raises(UserError, match="load_split") as e:
     Pipeline(bare, objective="lm", global_batch=2, seed=0, length=16)

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 from conftest import held_out_corpus
 
-from llmcpu import cache, checkpoints, compilers, config, loss, specials, trainer
+from llmcpu import checkpoints, compilers, config, loss, specials, toolchain, trainer
 from llmcpu.crosseval import calibration, coherence, generation, report, scoring, summary
 from llmcpu.crosseval.evaluate import CrossEvalOptions, LoadedModel, ModelEvaluator, evaluate
 from llmcpu.crosseval.judge import ByteJudge
@@ -54,8 +54,8 @@ def program_docs() -> tuple[dict, ...]:
 
 
 def compile_world(workdir: str, corpus, specs: list[str]) -> None:
-  built = cache.build_compilers(compilers.parse_list(specs), [corpus], workdir, log=lambda _: None)
-  cache.compile_corpora([corpus], built, workdir, log=lambda _: None)
+  built = toolchain.build_compilers(compilers.parse_list(specs), [corpus], workdir, log=lambda _: None)
+  toolchain.compile_corpora([corpus], built, workdir, log=lambda _: None)
 
 
 def train_cpu(compile_dir: str, workdir: str, arch: str, isa: str, corpus: str, steps: int, **data) -> str:

@@ -11,7 +11,7 @@ import uuid
 import numpy as np
 import pytest
 
-from llmcpu import cache, compilers, fs
+from llmcpu import compilers, fs, toolchain
 from llmcpu.data import compiled
 
 DOCS = [f"document {i}: " + "the quick brown fox jumps over the lazy dog. " * (1 + i % 5) for i in range(40)]
@@ -66,20 +66,20 @@ def test_compile_cache_in_a_bucket(monkeypatch):
   texts = tuple({"text": d} for d in DOCS)
   corpus = InMemoryCorpus("fake", {"train": texts, "test": texts[::4]})
   specs = compilers.parse_list("char,char+perm:1,byte")
-  built = cache.build_compilers(specs, [corpus], root, log=lambda m: None)
-  cache.compile_corpora([corpus], built, root, log=lambda m: None)
+  built = toolchain.build_compilers(specs, [corpus], root, log=lambda m: None)
+  toolchain.compile_corpora([corpus], built, root, log=lambda m: None)
   for c in built:
-    split = cache.load_split(root, "fake", c, "test")
+    split = toolchain.load_split(root, "fake", c, "test")
     assert [c.decode(split.fields["text"].doc(i)) for i in range(split.num_docs)] == DOCS[::4]
-    assert compilers.load(cache.compiler_dir(root, c.name)).fingerprint == c.fingerprint
-  assert cache.find_corpus_name(root, "fake", built[0], "compile it") == "fake"
+    assert compilers.load(toolchain.compiler_dir(root, c.name)).fingerprint == c.fingerprint
+  assert toolchain.find_corpus_name(root, "fake", built[0], "compile it") == "fake"
   logs: list[str] = []
-  again = cache.build_compilers(specs, [corpus], root, log=logs.append)
-  cache.compile_corpora([corpus], again, root, log=logs.append)
+  again = toolchain.build_compilers(specs, [corpus], root, log=logs.append)
+  toolchain.compile_corpora([corpus], again, root, log=logs.append)
   assert all("cached" in line for line in logs) and len(logs) == 3 + 6
 
   # A fault in the middle of rewriting a split: the split no longer reads as compiled, and the next run rebuilds it.
-  path = cache.split_dir(root, "fake", "char", "train")  # the first split compiled; it dies at its second array
+  path = toolchain.split_dir(root, "fake", "char", "train")  # the first split compiled; it dies at its second array
   real, calls = fs.write_bytes, []
 
   def dying(p, a):
@@ -90,11 +90,11 @@ def test_compile_cache_in_a_bucket(monkeypatch):
 
   monkeypatch.setattr(fs, "write_bytes", dying)
   with pytest.raises(KeyboardInterrupt):
-    cache.compile_corpora([corpus], built, root, rebuild=True, log=lambda m: None)
+    toolchain.compile_corpora([corpus], built, root, rebuild=True, log=lambda m: None)
   assert compiled.read_manifest(path) is None
   monkeypatch.setattr(fs, "write_bytes", real)
   logs.clear()
-  cache.compile_corpora([corpus], built, root, log=logs.append)
+  toolchain.compile_corpora([corpus], built, root, log=logs.append)
   assert [line.split(":")[0] for line in logs if "cached" not in line] == ["[1/6] fake/char/train"] * 2
 
 
@@ -102,15 +102,15 @@ _WORKER = """
 import json, sys
 sys.path.insert(0, {tests!r})
 from conftest import InMemoryCorpus
-from llmcpu import cache, compilers
-cache.WAIT_POLL_S, cache.WAIT_LOG_S = 0.1, 0.5
+from llmcpu import compilers, toolchain
+toolchain.WAIT_POLL_S, toolchain.WAIT_LOG_S = 0.1, 0.5
 docs = {docs!r}
 texts = tuple({{"text": d}} for d in docs)
 corpus = InMemoryCorpus("fake", {{"train": texts, "test": texts[::4]}})
 log = lambda m: print(m, flush=True)
 specs = compilers.parse_list("char,char+perm:1")
-built = cache.build_compilers(specs, [corpus], {root!r}, leader={leader}, log=log)
-cache.compile_corpora([corpus], built, {root!r}, leader={leader}, log=log)
+built = toolchain.build_compilers(specs, [corpus], {root!r}, leader={leader}, log=log)
+toolchain.compile_corpora([corpus], built, {root!r}, leader={leader}, log=log)
 print(json.dumps([c.fingerprint for c in built]), flush=True)
 """
 
@@ -146,10 +146,10 @@ _POD_WORKER = """
 import json, sys
 sys.path.insert(0, {tests!r})
 from conftest import InMemoryCorpus
-from llmcpu import cache, compilers, parallel
+from llmcpu import compilers, parallel, toolchain
 parallel.initialize({coordinator!r}, 2, {index}, auto=False)
 import jax
-cache.WAIT_POLL_S, cache.WAIT_LOG_S = 0.1, 0.5
+toolchain.WAIT_POLL_S, toolchain.WAIT_LOG_S = 0.1, 0.5
 docs = {docs!r}
 texts = tuple({{"text": d}} for d in docs)
 corpus = InMemoryCorpus("fake", {{"train": texts, "test": texts[::4]}})
@@ -157,8 +157,8 @@ log = lambda m: print(m, flush=True)
 for root in {roots!r}:
   shared = parallel.shared_directory(root)
   leader = not shared or jax.process_index() == 0
-  built = cache.build_compilers(compilers.parse_list("char"), [corpus], root, leader=leader, log=log)
-  cache.compile_corpora([corpus], built, root, leader=leader, log=log)
+  built = toolchain.build_compilers(compilers.parse_list("char"), [corpus], root, leader=leader, log=log)
+  toolchain.compile_corpora([corpus], built, root, leader=leader, log=log)
   print("RESULT " + json.dumps({{"root": root, "shared": shared, "isa": built[0].fingerprint}}), flush=True)
 """
 

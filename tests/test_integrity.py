@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from conftest import tiny_config, write_docs
 
-from llmcpu import cache, checkpoints, compilers, data, integrity, trainer
+from llmcpu import checkpoints, compilers, data, integrity, toolchain, trainer
 from llmcpu.errors import UserError
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
@@ -287,14 +287,14 @@ def test_sigint_during_compile_is_one_line_and_the_rerun_finishes_the_same(tmp_p
   found = {(f.kind, f.path.rsplit("/", 1)[-1]): f.ok for f in integrity.verify(f"{tmp_path}/c")}
   assert found == {("compiler", "bpe600"): True, ("compiled", "train"): True}  # nothing half-written counts
   logs = []
-  built = cache.build_compilers(compilers.parse_list("bpe:600"), [corpus], f"{tmp_path}/c", log=logs.append)
-  cache.compile_corpora([corpus], built, f"{tmp_path}/c", log=logs.append)
+  built = toolchain.build_compilers(compilers.parse_list("bpe:600"), [corpus], f"{tmp_path}/c", log=logs.append)
+  toolchain.compile_corpora([corpus], built, f"{tmp_path}/c", log=logs.append)
   assert sum("cached" in line for line in logs) == 2, logs  # the compiler and the train split
-  clean = cache.build_compilers(compilers.parse_list("bpe:600"), [corpus], f"{tmp_path}/clean", log=quiet)
-  cache.compile_corpora([corpus], clean, f"{tmp_path}/clean", log=quiet)
+  clean = toolchain.build_compilers(compilers.parse_list("bpe:600"), [corpus], f"{tmp_path}/clean", log=quiet)
+  toolchain.compile_corpora([corpus], clean, f"{tmp_path}/clean", log=quiet)
   for split in corpus.splits:
     a, b = (
-      json.load(open(cache.split_dir(f"{tmp_path}/{d}", corpus.name, "bpe600", split) + "/manifest.json"))
+      json.load(open(toolchain.split_dir(f"{tmp_path}/{d}", corpus.name, "bpe600", split) + "/manifest.json"))
       for d in ("c", "clean")
     )
     assert a["files"] == b["files"]

@@ -22,8 +22,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from llmcpu import checkpoints as binaries
-from llmcpu import compilers, specials
+from llmcpu import checkpoints, compilers, specials
 from llmcpu.compilers import Compiler
 from llmcpu.crosseval import calibration, coherence, generation, scoring
 from llmcpu.crosseval.library import Library, one_line
@@ -340,7 +339,7 @@ def _failed(checkpoint: str, eval_label: str, error: BaseException, split: str, 
 def _load(entry: str | LoadedModel) -> LoadedModel:
   if isinstance(entry, LoadedModel):
     return entry
-  model, meta, compiler = binaries.load_model(entry)
+  model, meta, compiler = checkpoints.load_model(entry)
   return LoadedModel(model, meta, compiler, str(entry))
 
 

@@ -12,7 +12,7 @@ import re
 
 import numpy as np
 
-from llmcpu import cache, compilers, fs, loss
+from llmcpu import compilers, fs, loss, toolchain
 from llmcpu.compilers import Compiler
 from llmcpu.crosseval import scoring
 from llmcpu.crosseval.judge import ByteJudge
@@ -54,10 +54,10 @@ class Library:
   def compiler(self, isa: str) -> Compiler:
     """An evaluation ISA by directory name (``bpe4000``) or spec (``bpe:4000``)."""
     isa = isa.strip()
-    path = cache.compiler_dir(self.compile_dir, isa)
+    path = toolchain.compiler_dir(self.compile_dir, isa)
     if not fs.exists(fs.join(path, "isa.json")):
       try:
-        path = cache.compiler_dir(self.compile_dir, compilers.parse(isa).name)
+        path = toolchain.compiler_dir(self.compile_dir, compilers.parse(isa).name)
       except UserError:
         pass
     if not fs.exists(fs.join(path, "isa.json")):
@@ -81,13 +81,13 @@ class Library:
   def corpus_name(self, corpus_spec: str, compiler: Compiler) -> str:
     cmd = "python scripts/compile.py "
     cmd += f"--config.corpus={corpus_spec} --config.compilers={compiler.spec} --workdir={self.compile_dir}"
-    return cache.find_corpus_name(self.compile_dir, corpus_spec, compiler, cmd)
+    return toolchain.find_corpus_name(self.compile_dir, corpus_spec, compiler, cmd)
 
   def split(self, corpus_name: str, compiler: Compiler, split: str, *, limit: bool = True) -> CompiledSplit:
     """A compiled split (its first ``max_docs`` documents when ``limit``)."""
     key = (corpus_name, compiler.name, compiler.fingerprint, split)
     if key not in self._splits:
-      self._splits[key] = cache.load_split(self.compile_dir, corpus_name, compiler, split)
+      self._splits[key] = toolchain.load_split(self.compile_dir, corpus_name, compiler, split)
     s = self._splits[key]
     return head(s, self.max_docs) if limit else s
 

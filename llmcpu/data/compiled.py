@@ -62,7 +62,7 @@ class CompiledSplit:
   """A corpus split compiled for one ISA: ``fields['text']`` for prose, ``input``/``target`` for programs.
 
   ``piece_bytes`` (int64 [vocab_size], the ISA's ``Compiler.piece_bytes``) gives every id's UTF-8 bytes, which
-  pipelines need for bits per byte; ``llmcpu.cache.load_split`` fills it from the compiler, ``load`` alone cannot.
+  pipelines need for bits per byte; ``llmcpu.toolchain.load_split`` fills it from the compiler, ``load`` alone cannot.
   """
 
   fields: dict[str, CompiledField]

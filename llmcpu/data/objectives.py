@@ -69,7 +69,7 @@ def piece_bytes_of(split: CompiledSplit) -> np.ndarray:
   if pb is None:
     raise UserError(
       "the compiled split has no piece_bytes (UTF-8 bytes per id, needed for bits per byte); load it with "
-      "llmcpu.cache.load_split(…, compiler, …) or set CompiledSplit.piece_bytes=compiler.piece_bytes"
+      "llmcpu.toolchain.load_split(…, compiler, …) or set CompiledSplit.piece_bytes=compiler.piece_bytes"
     )
   pb = np.asarray(pb)
   if pb.shape != (split.vocab_size,) or (len(pb) and pb.min() < 0):

@@ -90,7 +90,7 @@ def _make_objective(
 class Pipeline:
   """Batches of one split for one objective; ``batch(step)`` is a pure function of (split, config, step).
 
-  The split must carry ``piece_bytes`` (``llmcpu.cache.load_split`` fills them). ``document_ids=True`` adds
+  The split must carry ``piece_bytes`` (``llmcpu.toolchain.load_split`` fills them). ``document_ids=True`` adds
   ``target_docs`` to every batch, for evaluation; training pipelines leave it off.
   """
 

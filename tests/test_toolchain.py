@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from conftest import InMemoryCorpus
 
-from llmcpu import cache, compilers
+from llmcpu import compilers, toolchain
 from llmcpu.data import compiled
 from llmcpu.errors import UserError
 
@@ -22,8 +22,8 @@ def FakeCorpus(docs: tuple[str, ...]) -> InMemoryCorpus:  # noqa: N802 - reads l
 
 def _build(workdir, corpus, specs="bpe:500,byte,bpe:500+perm:1", log=None):
   logs = []
-  built = cache.build_compilers(compilers.parse_list(specs), [corpus], str(workdir), log=logs.append)
-  stats = cache.compile_corpora([corpus], built, str(workdir), log=logs.append)
+  built = toolchain.build_compilers(compilers.parse_list(specs), [corpus], str(workdir), log=logs.append)
+  stats = toolchain.compile_corpora([corpus], built, str(workdir), log=logs.append)
   return built, stats, logs
 
 
@@ -36,7 +36,7 @@ def built(tmp_path_factory):
 def test_every_split_compiled_with_exact_bytes(built):
   workdir, comps, stats, _ = built
   for c in comps:
-    split = cache.load_split(str(workdir), "fake", c, "train")
+    split = toolchain.load_split(str(workdir), "fake", c, "train")
     field = split.fields["text"]
     assert split.num_docs == len(DOCS)
     assert field.nbytes.tolist() == [len(d.encode("utf-8")) for d in DOCS]
@@ -52,7 +52,7 @@ def test_rerun_reuses_everything(built):
   workdir, comps, _, _ = built
   before = {
     p: os.stat(os.path.join(p, "manifest.json")).st_mtime_ns
-    for p in (cache.split_dir(str(workdir), "fake", c.name, "train") for c in comps)
+    for p in (toolchain.split_dir(str(workdir), "fake", c.name, "train") for c in comps)
   }
   _, _, logs = _build(workdir, FakeCorpus(tuple(DOCS)))
   assert all("cached" in line for line in logs), logs
@@ -76,7 +76,7 @@ def test_interrupted_build_leaves_nothing_valid(tmp_path):
 
   path = str(tmp_path / "split")
   with pytest.raises(KeyboardInterrupt):
-    cache.compile_split(c, exploding(), ["text"], [], path, {})
+    toolchain.compile_split(c, exploding(), ["text"], [], path, {})
   assert compiled.read_manifest(path) is None
   assert os.listdir(tmp_path) == []
 
@@ -85,7 +85,7 @@ def test_interrupted_build_leaves_nothing_valid(tmp_path):
 def test_damaged_split_is_compiled_again_not_reused(tmp_path, damage):
   corpus = FakeCorpus(tuple(DOCS))
   built, _, _ = _build(tmp_path, corpus, specs="byte")
-  path = cache.split_dir(str(tmp_path), "fake", "byte", "train")
+  path = toolchain.split_dir(str(tmp_path), "fake", "byte", "train")
   tokens = os.path.join(path, "text.tokens.npy")
   data = bytearray(open(tokens, "rb").read())
   if damage == "truncate":
@@ -102,24 +102,24 @@ def test_damaged_split_is_compiled_again_not_reused(tmp_path, damage):
   assert {line.split(":")[0] for line in logs if "cached" not in line and "damaged" not in line} == {
     "[1/2] fake/byte/train"
   }  # only the damaged split is compiled again
-  split = cache.load_split(str(tmp_path), "fake", built[0], "train")
+  split = toolchain.load_split(str(tmp_path), "fake", built[0], "train")
   assert [built[0].decode(split.fields["text"].doc(i)) for i in range(split.num_docs)] == DOCS
 
 
 def test_data_from_another_isa_refused(built):
   workdir, comps, _, _ = built
   by_name = {c.name: c for c in comps}
-  path = cache.split_dir(str(workdir), "fake", "bpe500", "train")
+  path = toolchain.split_dir(str(workdir), "fake", "bpe500", "train")
   with pytest.raises(UserError, match="built by ISA"):
     compiled.load(path, expect_fingerprint=by_name["bpe500-perm1"].fingerprint)
   with pytest.raises(UserError, match="scripts/compile.py"):
-    cache.load_split(str(workdir), "fake", compilers.train("char", DOCS), "train")
+    toolchain.load_split(str(workdir), "fake", compilers.train("char", DOCS), "train")
 
 
 def test_corrupt_manifest_is_one_clear_error(tmp_path):
   c = compilers.train("byte")
   path = str(tmp_path / "split")
-  cache.compile_split(c, iter([{"text": "abc"}]), ["text"], [], path, {})
+  toolchain.compile_split(c, iter([{"text": "abc"}]), ["text"], [], path, {})
   with open(os.path.join(path, "manifest.json"), "w") as f:
     f.write("{not json")
   with pytest.raises(UserError, match="corrupt"):
@@ -128,9 +128,9 @@ def test_corrupt_manifest_is_one_clear_error(tmp_path):
 
 def test_overlap_and_isa_tables(built):
   _, comps, stats, _ = built
-  table = cache.format_isa_table(stats)
+  table = toolchain.format_isa_table(stats)
   assert "bpe500-perm1" in table and "bytes/token" in table
-  matrix = cache.format_overlap_matrix(comps)
+  matrix = toolchain.format_overlap_matrix(comps)
   assert "| bpe500 | 1.00 |" in matrix
-  ids = np.asarray(cache.load_split(str(built[0]), "fake", comps[0], "test").fields["text"].tokens)
+  ids = np.asarray(toolchain.load_split(str(built[0]), "fake", comps[0], "test").fields["text"].tokens)
   assert ids.dtype == np.int32

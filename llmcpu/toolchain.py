@@ -1,4 +1,4 @@
-"""The compile cache: every corpus compiled by every compiler, once.
+"""The toolchain: compilers built once, and every corpus compiled by every compiler once (the compile cache).
 
 Layout under a workdir ``DIR``::
 
