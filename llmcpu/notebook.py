@@ -21,7 +21,7 @@ from typing import IO
 from llmcpu.launch import LIBTPU_RELEASES, jax_pin
 
 RUNTIMES = ("cpu", "gpu", "tpu")
-# The experiment each runtime runs when the notebook names none: the quickstart takes ~4 min on 2 CPU cores (a Colab
+# The experiment each runtime runs when the notebook names none: the quickstart takes ~4 min on 2 host cores (a Colab
 # CPU runtime); colab_accel is the same question at the `small` size for one T4 or TPU v2-8.
 CONFIGS = {
   "cpu": "configs/experiments/quickstart.py",

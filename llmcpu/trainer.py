@@ -107,7 +107,7 @@ def make_steps(graphdef, tx, schedule, grad_accum: int, axis_name: str | None = 
     figures = dict(sums, grad_norm=optax.tree.norm(grads), learning_rate=schedule(state["step"]), finite=finite)
     if stop is not None:
       # How many rows ask to stop, as an f32 sum: XLA folds it into the gradients' all-reduce (a max or an int
-      # would be a collective of its own, ~1 ms per step across CPU processes).
+      # would be a collective of its own, ~1 ms per step across XLA:CPU processes).
       figures["stop"] = reduce(jnp.sum(stop))
     return new_state, figures
 

@@ -4,7 +4,7 @@ a T4 GPU or a TPU v2-8 — in about 15–30 minutes (an estimate: not yet timed 
 The quickstart's four ISAs (char ⊂ bpe:1000, unrelated byte, fully permuted char) plus bpe:4000, so that the
 compatible pair bpe:1000 ⊂ bpe:4000 of the headline is in the matrix too. Five decoders of 2000 steps of 32 × 256
 tokens, which tiny CPUs need to use their prompt on BPE ISAs (README: "How much training makes a CPU execute").
-The batch divides the 8 cores of a v2-8. The judge of the cross-evaluation runs on the host's CPU cores either way.
+The batch divides the 8 cores of a v2-8. The judge of the cross-evaluation runs on the host's cores either way.
 """
 
 from llmcpu.experiment import experiment_config

@@ -1,5 +1,5 @@
 """full: all three architectures, seven ISAs (every family, a permuted and a half-permuted ISA), both embedded
-corpora. Hours on a laptop CPU, minutes on a GPU."""
+corpora. Hours on a laptop (XLA:CPU), minutes on a GPU."""
 
 from llmcpu.experiment import experiment_config
 

@@ -1,5 +1,5 @@
 """programs: can a CPU still compute when fed foreign machine code? Tiny decoders on the `programs` corpus with a
-char ISA, a BPE ISA and a permuted char ISA; exact match of the computed answers. ~14 minutes on 2 CPU cores."""
+char ISA, a BPE ISA and a permuted char ISA; exact match of the computed answers. ~14 minutes on 2 host cores."""
 
 from llmcpu.experiment import experiment_config
 

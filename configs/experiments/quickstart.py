@@ -1,4 +1,4 @@
-"""quickstart: four ISAs, tiny decoders, python_docs; ≤ 5 minutes on 2 CPU cores.
+"""quickstart: four ISAs, tiny decoders, python_docs; ≤ 5 minutes on 2 host cores.
 
 ISAs: a prefix-compatible pair (char ⊂ bpe:1000: every BPE ISA starts with the char ISA's opcodes), an unrelated
 one (byte: the same text as raw UTF-8 bytes) and a fully permuted copy of char (same segmentation, other opcodes).

@@ -98,7 +98,7 @@ def attend(
   if mask is not None:
     logits_BxHxQxS = jnp.where(mask, logits_BxHxQxS, _NEG)
   # Softmax with the normalisation applied after the value matmul (to [Q, K] instead of [Q, S]): ~15% faster
-  # forward+backward on CPU. The max shift only guards exp's range, so it needs no gradient.
+  # forward+backward on XLA:CPU. The max shift only guards exp's range, so it needs no gradient.
   shift_BxHxQx1 = jax.lax.stop_gradient(jnp.max(logits_BxHxQxS, axis=-1, keepdims=True))
   weights_BxHxQxS = jnp.exp(logits_BxHxQxS - shift_BxHxQx1)
   total_BxQxH = jnp.swapaxes(jnp.sum(weights_BxHxQxS, axis=-1), 1, 2)

@@ -104,7 +104,7 @@ class ModelConfig:
     return cls(**{**base, **fields})
 
 
-# Presets: dicts of ModelConfig fields. `tiny` compiles and runs in seconds (tests); `small` is for CPU experiments
+# Presets: dicts of ModelConfig fields. `tiny` compiles and runs in seconds (tests); `small` is for experiments on a laptop (XLA:CPU)
 # (at least the size of the plain reference decoder: d_model 256, 4 layers); `base` is ~100M parameters with a 32k
 # vocabulary, meant for GPU/TPU (bfloat16 compute, cuDNN attention where available).
 PRESETS: dict[str, dict[str, Any]] = {
