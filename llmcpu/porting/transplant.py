@@ -1,0 +1,246 @@
+"""Porting a CPU from ISA A to ISA B: rebuild its vocabulary-indexed parameters, copy the rest bit-exactly.
+
+Methods (``METHODS``), each a rule giving every id of B its row from A's table (embedding rows, head columns):
+  ``fvt``    Fast Vocabulary Transfer (Gee et al. 2022): a piece of B gets the mean of A's rows of the ids A's
+             compiler encodes the piece's text into.
+  ``align``  a piece present in both ISAs (same piece string) keeps A's row bit-exactly; the rest get FVT. A pure
+             id permutation (``+perm``) is thus ported exactly: same logits, permuted, with no training.
+
+Whatever the method: the special ids 0 … FIRST_REGULAR_ID-1 are the same opcodes in every ISA, so they keep A's
+rows; a byte piece ``<0xNN>`` of B takes A's byte piece for the same byte. A piece A can only encode as UNK or as
+nothing (impossible with byte fallback, counted anyway) gets the mean of A's regular rows (``fallback``).
+
+``translate_ids`` is the other way to run foreign machine code: binary translation (decode with one compiler,
+re-encode with the other), the baseline a port has to beat.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+from flax import nnx
+
+from llmcpu import models, specials
+from llmcpu.compilers import Compiler
+from llmcpu.errors import UserError
+
+METHODS = ("align", "fvt")
+META = "\u2581"  # SentencePiece's space marker: a piece "▁the" is the text " the"
+COUNT_KEYS = ("special", "copied", "byte", "fvt", "fallback")
+_BYTE_PIECE = re.compile(r"<0x([0-9A-F]{2})>")
+_FALLBACK: tuple[int, ...] = ()  # a source of no ids: the mean of A's regular rows
+_VOCAB_AXIS = "vocab"  # logical axis name of vocabulary-indexed parameter dims (llmcpu.models.layers)
+
+
+@dataclasses.dataclass(frozen=True)
+class RowPlan:
+  """Where each id of ISA B gets its row: ``sources[j]`` = the ids of A whose rows are averaged for B's id ``j``
+  (one id = a bit-exact copy; ``()`` = fallback, the mean of A's regular rows). ``counts`` says how many ids of B
+  were filled each way (keys ``COUNT_KEYS``, summing to B's vocab size). Computed once from the two compilers,
+  then applied to every vocabulary-indexed table of a model."""
+
+  method: str
+  vocab_a: int
+  sources: tuple[tuple[int, ...], ...]
+  counts: dict[str, int]
+
+  def apply(self, table_a: np.ndarray) -> np.ndarray:
+    """[V_a, ...] rows indexed by A's ids → [V_b, ...] in the same dtype. Means are summed in float64 and rounded
+    once, so a one-id source is an exact copy."""
+    table_a = np.asarray(table_a)
+    if table_a.shape[0] != self.vocab_a:
+      raise ValueError(f"table has {table_a.shape[0]} rows but ISA A has {self.vocab_a} ids")
+    wide = table_a.astype(np.float64)
+    fallback = wide[specials.FIRST_REGULAR_ID :].mean(axis=0)
+    out = np.empty((len(self.sources),) + table_a.shape[1:], table_a.dtype)
+    for j, ids in enumerate(self.sources):
+      if len(ids) == 1:
+        out[j] = table_a[ids[0]]
+      elif ids:
+        out[j] = wide[list(ids)].mean(axis=0)
+      else:
+        out[j] = fallback
+    return out
+
+
+def plan_rows(compiler_a: Compiler, compiler_b: Compiler, method: str) -> RowPlan:
+  """The ``RowPlan`` of ``method`` (``fvt`` or ``align``) from ISA A to ISA B."""
+  if method not in METHODS:
+    raise UserError(f"unknown porting method {method!r}; choose one of {', '.join(METHODS)}")
+  first = specials.FIRST_REGULAR_ID
+  sources: list[tuple[int, ...] | None] = [(i,) for i in range(first)] + [None] * (compiler_b.vocab_size - first)
+  counts = dict.fromkeys(COUNT_KEYS, 0)
+  counts["special"] = first
+  a_ids = {piece: i for i, piece in enumerate(compiler_a.pieces) if i >= first}
+  texts: dict[int, str] = {}
+  for j in range(first, compiler_b.vocab_size):
+    piece = compiler_b.pieces[j]
+    if method == "align" and piece in a_ids:
+      sources[j], kind = (a_ids[piece],), "copied"
+    elif (byte := _byte_of(compiler_b, j)) is not None:
+      sources[j], kind = _byte_source(byte, a_ids, compiler_a), "byte"
+    else:
+      texts[j] = piece.replace(META, " ")
+      continue
+    counts[kind if sources[j] else "fallback"] += 1
+  for j, ids in zip(texts, _segment(compiler_a, list(texts.values())), strict=True):
+    sources[j] = ids
+    counts["fvt" if ids else "fallback"] += 1
+  return RowPlan(method, compiler_a.vocab_size, tuple(sources), counts)
+
+
+def _byte_of(compiler: Compiler, i: int) -> int | None:
+  """The byte a byte piece ``<0xNN>`` stands for (it decodes to one byte), else None."""
+  m = _BYTE_PIECE.fullmatch(compiler.pieces[i])
+  return int(m[1], 16) if m and compiler.piece_bytes[i] == 1 else None
+
+
+def _byte_source(byte: int, a_ids: dict[str, int], compiler_a: Compiler) -> tuple[int, ...]:
+  """A's byte piece for ``byte``; else A's segmentation of the byte as text (ASCII only: a lone byte ≥ 0x80 is
+  no text), else fallback."""
+  piece = f"<0x{byte:02X}>"
+  if piece in a_ids and compiler_a.piece_bytes[a_ids[piece]] == 1:
+    return (a_ids[piece],)
+  return _segment(compiler_a, [chr(byte)])[0] if byte < 0x80 else _FALLBACK
+
+
+def _segment(compiler_a: Compiler, texts: list[str]) -> list[tuple[int, ...]]:
+  """A's ids for each text, encoded on its own. The compilers add no dummy prefix, so a leading space (a piece's
+  leading ``▁``) is encoded as a space, and the segmentation decodes back to exactly the text (checked). Any
+  special id in the result (UNK) → fallback."""
+  out = []
+  for text, ids in zip(texts, compiler_a.encode_batch(texts) if texts else [], strict=True):
+    if not ids or min(ids) < specials.FIRST_REGULAR_ID:
+      out.append(_FALLBACK)
+      continue
+    if compiler_a.decode(ids) != text:  # the compilers promise losslessness: a mismatch is their bug
+      raise RuntimeError(f"compiler {compiler_a.name} does not round-trip {text!r}: FVT would average wrong rows")
+    out.append(tuple(ids))
+  return out
+
+
+def fvt_rows(table_a: np.ndarray, compiler_a: Compiler, compiler_b: Compiler) -> tuple[np.ndarray, dict[str, int]]:
+  """FVT: [V_a, D] rows of ISA A → ([V_b, D] rows of ISA B, counts) in the table's dtype (see module docstring)."""
+  plan = plan_rows(compiler_a, compiler_b, "fvt")
+  return plan.apply(table_a), dict(plan.counts)
+
+
+def align_rows(table_a: np.ndarray, compiler_a: Compiler, compiler_b: Compiler) -> tuple[np.ndarray, dict[str, int]]:
+  """Shared pieces copied bit-exactly, the rest FVT: ([V_b, D] rows, counts ``copied``/``fvt``/``fallback``/…)."""
+  plan = plan_rows(compiler_a, compiler_b, "align")
+  return plan.apply(table_a), dict(plan.counts)
+
+
+def check_portable(
+  source_model: nnx.Module, target_model: nnx.Module, compiler_a: Compiler, compiler_b: Compiler
+) -> None:
+  """Raises ``UserError`` unless the two models differ only in vocab_size and each matches its compiler."""
+  a, b = source_model.config, target_model.config
+  differ = [
+    f"{f.name} ({getattr(a, f.name)!r} vs {getattr(b, f.name)!r})"
+    for f in dataclasses.fields(a)
+    if f.name != "vocab_size" and getattr(a, f.name) != getattr(b, f.name)
+  ]
+  if differ:
+    raise UserError(f"cannot port: source and target models differ in {', '.join(differ)}; only vocab_size may")
+  for role, config, compiler in (("source", a, compiler_a), ("target", b, compiler_b)):
+    if config.vocab_size != compiler.vocab_size:
+      raise UserError(
+        f"cannot port: the {role} model has vocab_size {config.vocab_size} but ISA {compiler.name} has "
+        f"{compiler.vocab_size} ids; build the {role} model for its ISA"
+      )
+
+
+def transplant(
+  source_model: nnx.Module, target_model: nnx.Module, compiler_a: Compiler, compiler_b: Compiler, method: str
+) -> dict[str, Any]:
+  """Ports ``source_model`` (built for ISA A) into ``target_model`` (ISA B, same config but vocab_size), in place.
+
+  Every parameter without a vocabulary axis is copied bit-exactly; each one with a vocabulary axis (logical name
+  'vocab': the embedding table's rows, an untied head's columns) is rebuilt along it with ``method`` (``align`` or
+  ``fvt``). Non-parameter state (the illegal-opcode counter) is left alone. Parameters pass through host memory and
+  land on the target's shardings. Returns the provenance: method, both ISAs and fingerprints, the row counts and
+  the parameter paths ported and copied.
+  """
+  check_portable(source_model, target_model, compiler_a, compiler_b)
+  plan = plan_rows(compiler_a, compiler_b, method)
+  source = dict(nnx.to_flat_state(nnx.state(source_model, nnx.Param)))
+  target = nnx.to_flat_state(nnx.state(target_model, nnx.Param))
+  if set(source) != {path for path, _ in target}:  # equal configs build equal trees: a mismatch is a models bug
+    raise RuntimeError("source and target models have different parameter trees despite equal configs")
+  new, ported, copied = [], [], []
+  for path, var in target:
+    value = np.array(source[path][...])  # a fresh host copy: the two models never share a buffer
+    axis = _vocab_axis(var)
+    if axis is None:
+      copied.append(_path_name(path))
+    else:
+      value = np.moveaxis(plan.apply(np.moveaxis(value, axis, 0)), 0, axis)
+      ported.append(_path_name(path))
+    if value.shape != var[...].shape:
+      raise RuntimeError(f"ported {_path_name(path)} has shape {value.shape}, the target {var[...].shape}")
+    new.append((path, var.replace(jax.device_put(value, var[...].sharding))))
+  nnx.update(target_model, nnx.from_flat_state(new))
+  return {
+    "method": method,
+    "source_isa": compiler_a.name,
+    "target_isa": compiler_b.name,
+    "source_fingerprint": compiler_a.fingerprint,
+    "target_fingerprint": compiler_b.fingerprint,
+    "counts": dict(plan.counts),
+    "ported": ported,
+    "copied": len(copied),
+  }
+
+
+def port(
+  source_model: nnx.Module, compiler_a: Compiler, compiler_b: Compiler, method: str
+) -> tuple[nnx.Module, dict[str, Any]]:
+  """A new model for ISA B (the source's config with B's vocab_size), filled by ``transplant``: (model, provenance)."""
+  target = models.create_from_config(source_model.config.replace(vocab_size=compiler_b.vocab_size), seed=0)
+  return target, transplant(source_model, target, compiler_a, compiler_b, method)
+
+
+def _vocab_axis(var: nnx.Variable) -> int | None:
+  axes = var.get_metadata().get("out_sharding") or ()
+  return axes.index(_VOCAB_AXIS) if _VOCAB_AXIS in axes else None
+
+
+def _path_name(path: tuple) -> str:
+  return "/".join(str(p) for p in path)
+
+
+def translate_ids(ids: Iterable[int], compiler_from: Compiler, compiler_to: Compiler) -> list[int]:
+  """Binary translation: machine code of one ISA → the other's for the same text (decode, then re-encode).
+
+  Special ids (pad, bos, eos, mask, sentinels) are the same opcodes in every ISA, so they stay where they are and
+  only the runs of regular ids between them are translated. Ids outside ``compiler_from``'s ISA raise ValueError.
+  """
+  out: list[int] = []
+  run: list[int] = []
+  for i in [int(i) for i in ids] + [specials.PAD_ID]:  # a sentinel PAD flushes the last run
+    if i >= specials.FIRST_REGULAR_ID:
+      run.append(i)
+      continue
+    if run:
+      out.extend(compiler_to.encode(compiler_from.decode(run)))
+      run = []
+    out.append(i)
+  return out[:-1]
+
+
+def translation_cost(id_seqs: Sequence[Sequence[int]], compiler_from: Compiler, compiler_to: Compiler) -> float:
+  """Seconds per 1000 source ids that ``translate_ids`` takes on these sequences (host wall clock)."""
+  total = sum(len(s) for s in id_seqs)
+  if not total:
+    raise ValueError("translation_cost needs at least one id")
+  start = time.perf_counter()
+  for seq in id_seqs:
+    translate_ids(seq, compiler_from, compiler_to)
+  return (time.perf_counter() - start) * 1000.0 / total

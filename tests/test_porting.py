@@ -1,0 +1,194 @@
+"""Porting a CPU to another ISA: FVT and align rows against independent numpy, an exact port to a permuted ISA,
+bit-exact copies of everything not indexed by the vocabulary, refusals, binary translation."""
+
+import pydoc_data.topics
+import re
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from llmcpu import compilers, models, porting, specials
+from llmcpu.errors import UserError
+
+TEXTS = sorted(pydoc_data.topics.topics.values())[:40]
+HELD_OUT = sorted(pydoc_data.topics.topics.values())[-1]
+# Learned positions: one more [max_len, D] matrix that must be copied, not mistaken for a vocabulary table.
+TINY = dict(d_model=32, num_heads=2, d_ff=64, num_layers=1, max_len=64, positions="learned")
+FIRST = specials.FIRST_REGULAR_ID
+
+
+@pytest.fixture(scope="module")
+def isas() -> dict[str, compilers.Compiler]:
+  # bpe:400 is about the smallest BPE these texts allow (their characters alone need 382 ids).
+  small = compilers.train("bpe:400", TEXTS)
+  return {
+    "small": small,
+    "perm": compilers.train("bpe:400+perm:1", base=small),
+    "big": compilers.train("bpe:600", TEXTS),
+    "byte": compilers.train("byte"),
+  }
+
+
+def table(vocab: int, dim: int = 8, seed: int = 0) -> np.ndarray:
+  return np.random.default_rng(seed).normal(size=(vocab, dim)).astype(np.float32)
+
+
+def numpy_fvt(table_a: np.ndarray, a: compilers.Compiler, b: compilers.Compiler) -> np.ndarray:
+  """FVT written out: specials copied, byte pieces from A's byte piece, else the mean of A's segmentation."""
+  out = np.zeros((b.vocab_size, table_a.shape[1]), np.float32)
+  for j, piece in enumerate(b.pieces):
+    if j < FIRST:
+      out[j] = table_a[j]
+    elif re.fullmatch(r"<0x[0-9A-F]{2}>", piece):
+      out[j] = table_a[a.pieces.index(piece)]
+    else:
+      text = " ".join(piece.split("\u2581"))
+      ids = a.encode(text)
+      assert a.decode(ids) == text and min(ids) >= FIRST
+      out[j] = table_a[ids].astype(np.float64).mean(axis=0).astype(np.float32)
+  return out
+
+
+@pytest.mark.parametrize("pair", [("small", "big"), ("big", "small"), ("small", "byte"), ("byte", "big")])
+def test_fvt_rows_equal_numpy(isas, pair):
+  a, b = isas[pair[0]], isas[pair[1]]
+  t = table(a.vocab_size)
+  rows, counts = porting.fvt_rows(t, a, b)
+  assert rows.dtype == np.float32 and rows.shape == (b.vocab_size, 8)
+  np.testing.assert_array_equal(rows, numpy_fvt(t, a, b))
+  assert counts["fallback"] == 0 and counts["copied"] == 0 and counts["special"] == FIRST
+  assert sum(counts.values()) == b.vocab_size
+
+
+def test_fvt_from_bytes_is_the_mean_of_each_pieces_utf8_bytes(isas):
+  t = table(isas["byte"].vocab_size)
+  rows, _ = porting.fvt_rows(t, isas["byte"], isas["big"])
+  for j in range(FIRST + 256, isas["big"].vocab_size):
+    raw = isas["big"].pieces[j].replace("\u2581", " ").encode("utf-8")
+    want = t[[FIRST + x for x in raw]].astype(np.float64).mean(axis=0).astype(np.float32)
+    np.testing.assert_array_equal(rows[j], want)
+
+
+class _UnkOnly:
+  """A stand-in ISA A whose compiler knows only 'a' and encodes anything else as UNK (no byte fallback)."""
+
+  name, fingerprint = "unk-only", "0"
+  pieces = list(specials.SPECIAL_PIECES) + ["a"]
+  vocab_size = len(pieces)
+  piece_bytes = np.array([0] * FIRST + [1])
+
+  def encode_batch(self, texts):
+    return [[FIRST] * len(t) if set(t) <= {"a"} else [specials.UNK_ID] for t in texts]
+
+  def decode(self, ids):
+    return "a" * len(ids)
+
+
+def test_fallback_is_the_mean_of_as_regular_rows(isas):
+  a, b = _UnkOnly(), isas["byte"]
+  t = table(a.vocab_size, seed=3)
+  t[FIRST] = [1, 2, 3, 4, 5, 6, 7, 8]
+  rows, counts = porting.align_rows(t, a, b)
+  a_row = FIRST + ord("a")
+  np.testing.assert_array_equal(rows[a_row], t[FIRST])  # byte 'a' → A's text 'a'
+  others = [j for j in range(FIRST, b.vocab_size) if j != a_row]
+  np.testing.assert_array_equal(rows[others], np.broadcast_to(t[FIRST], (len(others), 8)))
+  assert counts == {"special": FIRST, "copied": 0, "byte": 1, "fvt": 0, "fallback": 255}
+
+
+def test_align_rows_copy_shared_pieces_and_fvt_the_rest(isas):
+  a, b = isas["big"], isas["small"]  # shrink the ISA: every piece of small is in big
+  t = table(a.vocab_size)
+  rows, counts = porting.align_rows(t, a, b)
+  index = {p: i for i, p in enumerate(a.pieces)}
+  np.testing.assert_array_equal(rows, t[[index[p] for p in b.pieces]])
+  assert counts == {"special": FIRST, "copied": b.vocab_size - FIRST, "byte": 0, "fvt": 0, "fallback": 0}
+  rows, counts = porting.align_rows(t[: isas["small"].vocab_size], isas["small"], isas["big"])
+  fvt, _ = porting.fvt_rows(t[: isas["small"].vocab_size], isas["small"], isas["big"])
+  np.testing.assert_array_equal(rows[400:], fvt[400:])
+  assert counts["copied"] == 400 - FIRST and counts["fvt"] == 200
+
+
+def bits_per_byte(logits: np.ndarray, ids: list[int], compiler: compilers.Compiler) -> float:
+  logp = np.asarray(jax.nn.log_softmax(logits[0, :-1], axis=-1), np.float64)
+  nll = -logp[np.arange(len(ids) - 1), ids[1:]].sum()
+  return nll / np.log(2) / compiler.piece_bytes[ids[1:]].sum()
+
+
+@pytest.mark.parametrize("arch,tied", [("decoder", True), ("decoder", False), ("encoder_decoder", False)])
+def test_align_to_a_permuted_isa_is_exact(isas, arch, tied):
+  a, b = isas["small"], isas["perm"]
+  source = models.create(arch, "tiny", vocab_size=a.vocab_size, seed=0, tie_embeddings=tied, **TINY)
+  target = models.create(arch, "tiny", vocab_size=b.vocab_size, seed=1, tie_embeddings=tied, **TINY)
+  provenance = porting.transplant(source, target, a, b, "align")
+  assert provenance["counts"] == {"special": FIRST, "copied": 400 - FIRST, "byte": 0, "fvt": 0, "fallback": 0}
+  ids_a = a.encode(HELD_OUT)[:48]
+  ids_b = b.encode(HELD_OUT)[:48]
+  assert ids_b == b.perm[ids_a].tolist()  # same segmentation, other opcodes
+  args_a = (np.array([ids_a]),) * (2 if arch == "encoder_decoder" else 1)
+  args_b = (np.array([ids_b]),) * (2 if arch == "encoder_decoder" else 1)
+  logits_a, logits_b = np.asarray(source(*args_a)), np.asarray(target(*args_b))
+  np.testing.assert_allclose(logits_b[..., b.perm], logits_a, rtol=1e-6, atol=1e-6)
+  assert bits_per_byte(logits_b, ids_b, b) == pytest.approx(bits_per_byte(logits_a, ids_a, a), rel=1e-9, abs=1e-6)
+
+
+def flat_params(model) -> dict:
+  return {path: np.asarray(v[...]) for path, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
+
+
+@pytest.mark.parametrize("arch", models.ARCHS)
+@pytest.mark.parametrize("tied", [True, False])
+def test_align_to_a_bigger_isa_keeps_shared_rows_and_the_body(isas, arch, tied):
+  a, b = isas["small"], isas["big"]
+  source = models.create(arch, "tiny", vocab_size=a.vocab_size, seed=0, tie_embeddings=tied, **TINY)
+  target = models.create(arch, "tiny", vocab_size=b.vocab_size, seed=1, tie_embeddings=tied, **TINY)
+  before = flat_params(source)
+  provenance = porting.transplant(source, target, a, b, "align")
+  after = flat_params(target)
+  vocab_paths = {("embed", "table")} | ({("head", "kernel")} if not tied else set())
+  assert set(provenance["ported"]) == {"/".join(p) for p in vocab_paths}
+  assert provenance["copied"] == len(before) - len(vocab_paths)
+  for path, value in before.items():
+    if path not in vocab_paths:
+      np.testing.assert_array_equal(after[path], value, err_msg=str(path))
+  shared = [i for i in range(a.vocab_size) if b.pieces[i] == a.pieces[i]]
+  assert len(shared) == a.vocab_size  # bpe:400 is a prefix of bpe:600
+  np.testing.assert_array_equal(after["embed", "table"][shared], before["embed", "table"][shared])
+  np.testing.assert_array_equal(after["embed", "table"], porting.align_rows(before["embed", "table"], a, b)[0])
+  if not tied:  # the head is ported from the head's own columns
+    np.testing.assert_array_equal(after["head", "kernel"][:, shared], before["head", "kernel"][:, shared])
+    want = porting.align_rows(before["head", "kernel"].T, a, b)[0].T
+    np.testing.assert_array_equal(after["head", "kernel"], want)
+  np.testing.assert_array_equal(flat_params(source)["embed", "table"], before["embed", "table"])  # source untouched
+
+
+def test_port_builds_the_target(isas):
+  source = models.create("encoder", "tiny", vocab_size=400, seed=0, **TINY)
+  target, provenance = porting.port(source, isas["small"], isas["big"], "fvt")
+  assert target.config == source.config.replace(vocab_size=600)
+  assert provenance["method"] == "fvt" and provenance["counts"]["fvt"] > 200
+  assert provenance["target_fingerprint"] == isas["big"].fingerprint
+
+
+def test_refusals(isas):
+  a, b = isas["small"], isas["big"]
+  source = models.create("decoder", "tiny", vocab_size=400, seed=0, **TINY)
+  wider = models.create("decoder", "tiny", vocab_size=600, seed=0, **{**TINY, "d_model": 64})
+  with pytest.raises(UserError, match=r"differ in d_model \(32 vs 64\)"):
+    porting.transplant(source, wider, a, b, "align")
+  with pytest.raises(UserError, match="vocab_size 400 but ISA bpe600 has 600"):
+    porting.transplant(source, source, a, b, "align")
+  with pytest.raises(UserError, match="unknown porting method 'omp'"):
+    porting.port(source, a, b, "omp")
+
+
+def test_translate_ids(isas):
+  a, b = isas["small"], isas["big"]
+  text = HELD_OUT[:300]
+  ids = [specials.BOS_ID] + a.encode(text[:150]) + [specials.sentinel_id(0)] + a.encode(text[150:])
+  want = [specials.BOS_ID] + b.encode(text[:150]) + [specials.sentinel_id(0)] + b.encode(text[150:])
+  assert porting.translate_ids(ids, a, b) == want
+  assert porting.translate_ids([], a, b) == []
+  assert porting.translation_cost([ids], a, b) > 0
