@@ -6,6 +6,8 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# Implicit rank promotion ([B] + [B, 1] → [B, B]) is a silent shape bug: every test (and its subprocesses) raises.
+os.environ.setdefault("JAX_NUMPY_RANK_PROMOTION", "raise")
 
 import pydoc_data.topics  # noqa: E402
 

@@ -111,9 +111,9 @@ class Norm(nnx.Module):
     if self.kind == "layernorm":
       x = x - jnp.mean(x, axis=-1, keepdims=True)
     x = x * jax.lax.rsqrt(jnp.mean(jnp.square(x), axis=-1, keepdims=True) + self.eps)
-    x = x * self.scale[...]
+    x = x * along_last(self.scale[...], x.ndim)
     if self.kind == "layernorm":
-      x = x + self.bias[...]
+      x = x + along_last(self.bias[...], x.ndim)
     return x.astype(self.dtype)
 
 
@@ -150,11 +150,16 @@ class LearnedPositions(nnx.Module):
     return jnp.take(self.table[...], positions_BxL, axis=0).astype(self.dtype)
 
 
+def along_last(v: jax.Array, ndim: int) -> jax.Array:
+  """A vector [D] shaped to broadcast along the last axis of an ndim-array (rank promotion is explicit here)."""
+  return v.reshape((1,) * (ndim - 1) + (-1,))
+
+
 def sinusoidal(positions_BxL: jax.Array, d_model: int, dtype: jnp.dtype, base: float = 10_000.0) -> jax.Array:
   """Transformer sin/cos encodings [B, L, D] for arbitrary (e.g. per-segment) positions."""
   half = d_model // 2
   inv_freq = jnp.exp(-math.log(base) * jnp.arange(half, dtype=jnp.float32) / half)
-  angle_BxLxH = positions_BxL[..., None].astype(jnp.float32) * inv_freq
+  angle_BxLxH = positions_BxL[..., None].astype(jnp.float32) * along_last(inv_freq, positions_BxL.ndim + 1)
   return jnp.concatenate([jnp.sin(angle_BxLxH), jnp.cos(angle_BxLxH)], axis=-1).astype(dtype)
 
 
@@ -162,7 +167,7 @@ def rotary(x_BxLxHxK: jax.Array, positions_BxL: jax.Array, base: float) -> jax.A
   """Rotary position embedding (rotate-half form) applied to queries or keys, in float32."""
   half = x_BxLxHxK.shape[-1] // 2
   inv_freq = base ** (-jnp.arange(half, dtype=jnp.float32) / half)
-  angle_BxLx1xK = (positions_BxL[..., None].astype(jnp.float32) * inv_freq)[:, :, None, :]
+  angle_BxLx1xK = (positions_BxL[..., None].astype(jnp.float32) * along_last(inv_freq, 3))[:, :, None, :]
   sin, cos = jnp.sin(angle_BxLx1xK), jnp.cos(angle_BxLx1xK)
   x = x_BxLxHxK.astype(jnp.float32)
   x1, x2 = x[..., :half], x[..., half:]
