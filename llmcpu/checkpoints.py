@@ -27,10 +27,11 @@ META_FORMAT = 1
 
 
 def manager(directory: str, *, keep: int = 2, async_save: bool = True) -> ocp.CheckpointManager:
+  """The run's checkpoint manager, keeping the newest ``keep`` steps (0: all)."""
   # cleanup_tmp_directories: a save cut short (killed, disk full) leaves a *.orbax-checkpoint-tmp directory that
   # never counts as a step; the next manager removes it and gets its space back.
   options = ocp.CheckpointManagerOptions(
-    max_to_keep=keep, enable_async_checkpointing=async_save, create=True, cleanup_tmp_directories=True
+    max_to_keep=keep or None, enable_async_checkpointing=async_save, create=True, cleanup_tmp_directories=True
   )
   return ocp.CheckpointManager(fs.abspath(directory), item_names=ITEMS, options=options)
 

@@ -71,7 +71,8 @@ def base_config(arch: str, preset: str = "tiny") -> ml_collections.ConfigDict:
 
   c.checkpoint = ml_collections.ConfigDict()
   c.checkpoint.every = max(1, p["steps"] // 4)
-  c.checkpoint.keep = 2
+  c.checkpoint.keep = 2  # newest checkpoints kept; 0 = every one (a recovery curve reads each)
+  c.checkpoint.at = ""  # extra steps to save at, comma-separated (e.g. '10,30,100'; 0 saves the initial state)
   c.checkpoint.async_save = True
 
   c.parallelism = "jit"  # jit: jax.jit over a device Mesh; pmap: the same step under jax.pmap
@@ -92,7 +93,7 @@ RANGES: dict[str, tuple] = {
   "data.length": _at_least(2),
   "data.input_length": _at_least(2),
   "data.target_length": _at_least(2),
-  "train.steps": _at_least(1),
+  "train.steps": _at_least(0),  # 0: save the initial state (a port evaluated zero-shot) and stop
   "train.batch_size": _at_least(1),
   "train.learning_rate": (lambda v: v > 0 and math.isfinite(v), "a positive finite number"),
   "train.warmup_steps": _at_least(0),
@@ -109,7 +110,7 @@ RANGES: dict[str, tuple] = {
   "train.profile_start": _at_least(0),
   "train.profile_steps": _at_least(0),
   "checkpoint.every": _at_least(1),
-  "checkpoint.keep": _at_least(1),
+  "checkpoint.keep": _at_least(0),
 }
 
 

@@ -133,6 +133,7 @@ class Setup:
   train_data: Pipeline
   eval_data: Pipeline | None
   mesh: jax.sharding.Mesh
+  save_at: frozenset[int]  # checkpoint.at (and step 0 when there are no steps to train)
 
   @property
   def tokens_per_step(self) -> int:
@@ -194,7 +195,19 @@ def resolve(config: ml_collections.ConfigDict, workdir: str) -> Setup:
     train_data=pipeline(train_split),
     eval_data=pipeline(eval_split, shuffle=False) if eval_split is not None else None,
     mesh=mesh,
+    save_at=_save_at(config.checkpoint.at, t.steps),
   )
+
+
+def _save_at(value: str, steps: int) -> frozenset[int]:
+  try:
+    at = {int(x) for x in str(value).split(",") if x.strip()}
+  except ValueError:
+    raise UserError(f"--config.checkpoint.at={value!r} must be comma-separated step numbers, e.g. 10,30,100") from None
+  bad = sorted(x for x in at if not 0 <= x <= steps)
+  if bad:
+    raise UserError(f"--config.checkpoint.at={value!r} has step {bad[0]} outside 0…train.steps={steps}")
+  return frozenset(at | ({0} if steps == 0 else set()))
 
 
 class _Stop:
@@ -450,6 +463,8 @@ class Trainer:
     self._banner()
     stop.install()
     try:
+      if step in self.setup.save_at:  # step 0: the initial state (e.g. a port before any training)
+        self.save(step)
       while step < t.steps:
         # JAX's preemption sync point must see every step on every process; it is only reached where _Stop could
         # not replace JAX's SIGTERM notifier. Cost: a mutex, under a microsecond.
@@ -493,7 +508,8 @@ class Trainer:
     """(log, checkpoint, evaluate) after ``step``."""
     t, last = self.setup.config.train, step == self.setup.config.train.steps
     at_eval = self.setup.eval_data is not None and (step % t.eval_every == 0 or last)
-    return step % t.log_every == 0 or last, step % self.setup.config.checkpoint.every == 0 or last, at_eval
+    at_save = step % self.setup.config.checkpoint.every == 0 or last or step in self.setup.save_at
+    return step % t.log_every == 0 or last, at_save, at_eval
 
   def _log_window(self, step: int) -> dict:
     scalars = self.meter.window(self.window)

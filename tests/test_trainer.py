@@ -297,8 +297,8 @@ def test_non_finite_loss_stops_with_step(compile_dir, tmp_path):
     ({"train__learning_rate": -1.0}, r"^--config.train.learning_rate=-1.0 must be a positive finite number$"),
     ({"train__learning_rate": float("nan")}, "learning_rate=nan must be a positive finite number"),
     ({"train__b2": 1.0}, r"--config.train.b2=1.0 must be in \[0, 1\)"),
-    ({"checkpoint__keep": 0}, "--config.checkpoint.keep=0 must be at least 1"),
-    ({"train__steps": 0}, "--config.train.steps=0 must be at least 1"),
+    ({"checkpoint__keep": -1}, "--config.checkpoint.keep=-1 must be at least 0"),
+    ({"train__steps": -1}, "--config.train.steps=-1 must be at least 0"),
   ],
 )
 def test_bad_config(compile_dir, tmp_path, overrides, match):
@@ -392,3 +392,21 @@ def test_profiler_traces_the_asked_steps(compile_dir, tmp_path):
   trainer.train(config, str(tmp_path), log=lambda _: None)
   traces = list((tmp_path / "tensorboard" / "plugins" / "profile").glob("*/*.xplane.pb"))
   assert len(traces) == 1 and traces[0].stat().st_size > 0
+
+
+def test_zero_steps_saves_the_initial_state_and_extra_save_steps_are_kept(compile_dir, tmp_path):
+  from flax import nnx
+
+  from llmcpu import models
+
+  config = tiny_config("decoder", compile_dir, train__steps=0)
+  assert trainer.train(config, str(tmp_path / "zero"), log=lambda _: None).step == 0
+  fresh = models.create_from_config(trainer.resolve(config, str(tmp_path / "x")).model_config, seed=config.seed)
+  for a, b in zip(params_of(str(tmp_path / "zero")), jax.tree.leaves(nnx.state(fresh, nnx.Param)), strict=True):
+    np.testing.assert_array_equal(a, np.asarray(b))
+  config = tiny_config("decoder", compile_dir, train__steps=6, checkpoint__at="1,3", checkpoint__keep=0)
+  trainer.train(config, str(tmp_path / "curve"), log=lambda _: None)
+  assert sorted(int(p.name) for p in (tmp_path / "curve" / "checkpoints").iterdir()) == [1, 3, 4, 6]
+  config = tiny_config("decoder", compile_dir, train__steps=6, checkpoint__at="7")
+  with pytest.raises(UserError, match=r"checkpoint.at='7' has step 7 outside 0…train.steps=6"):
+    trainer.train(config, str(tmp_path / "b"), log=lambda _: None)

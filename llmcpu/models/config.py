@@ -104,9 +104,9 @@ class ModelConfig:
     return cls(**{**base, **fields})
 
 
-# Presets: dicts of ModelConfig fields. `tiny` compiles and runs in seconds (tests); `small` is for experiments on a laptop (XLA:CPU)
-# (at least the size of the plain reference decoder: d_model 256, 4 layers); `base` is ~100M parameters with a 32k
-# vocabulary, meant for GPU/TPU (bfloat16 compute, cuDNN attention where available).
+# Presets: dicts of ModelConfig fields. `tiny` compiles and runs in seconds (tests); `small` is for experiments on
+# a laptop (XLA:CPU; at least the size of the plain reference decoder: d_model 256, 4 layers); `base` is ~100M
+# parameters with a 32k vocabulary, meant for GPU/TPU (bfloat16 compute, cuDNN attention where available).
 PRESETS: dict[str, dict[str, Any]] = {
   "tiny": dict(d_model=64, num_heads=4, num_layers=2, d_ff=256, max_len=256),
   "small": dict(d_model=256, num_heads=4, num_layers=4, d_ff=1024, max_len=512),

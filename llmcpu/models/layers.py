@@ -37,8 +37,8 @@ def _normal_chunk(key: jax.Array) -> jax.Array:
 def normal(std: float) -> Init:
   """N(0, std²) initializer that compiles once for every shape.
 
-  ``jax.random.normal(key, shape)`` compiles anew for each distinct shape (~0.5 s each on a small XLA:CPU host, seconds per
-  model); here values come in fixed-size chunks ``normal(fold_in(key, i))``, assembled on the host when eager and
+  ``jax.random.normal(key, shape)`` compiles anew for each distinct shape (~0.5 s each on a small XLA:CPU host, seconds
+  per model); here values come in fixed-size chunks ``normal(fold_in(key, i))``, assembled on the host when eager and
   with the same jnp ops when traced (``nnx.eval_shape``/``jit``), which give bit-identical results.
   """
 
