@@ -192,3 +192,95 @@ def test_translate_ids(isas):
   assert porting.translate_ids(ids, a, b) == want
   assert porting.translate_ids([], a, b) == []
   assert porting.translation_cost([ids], a, b) > 0
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Porting through the training loop (llmcpu.porting.runner, scripts/port.py): ordinary checkpoints of ISA B.
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory):
+  """Prose compiled by bpe:600, its full permutation and byte; a tiny decoder trained 12 steps on bpe:600."""
+  from conftest import prose_corpus, tiny_config
+
+  from llmcpu import toolchain, trainer
+
+  root = tmp_path_factory.mktemp("porting")
+  built = toolchain.build_compilers(
+    compilers.parse_list("bpe:600,bpe:600+perm:1,byte"), [prose_corpus()], str(root / "c"), log=lambda _: None
+  )
+  toolchain.compile_corpora([prose_corpus()], built, str(root / "c"), log=lambda _: None)
+  trainer.train(tiny_config("decoder", str(root / "c")), str(root / "src"), log=lambda _: None)
+  return str(root / "c"), str(root / "src")
+
+
+def port_config(src: str, **overrides):
+  import ml_collections
+
+  c = ml_collections.ConfigDict(dict(checkpoint=src, to_isa="byte", method="relearn", steps=6, save_at=""))
+  c.update(compile_dir="", corpus="", seed=0, learning_rate=0.0)
+  c.update(overrides)
+  return c
+
+
+def named_params(model) -> dict[str, np.ndarray]:
+  return {"/".join(map(str, p)): np.asarray(v[...]) for p, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
+
+
+def test_align_onto_a_permuted_copy_runs_as_the_source_with_zero_tokens(source, tmp_path):
+  from llmcpu import checkpoints, crosseval
+  from llmcpu.porting import runner
+
+  compile_dir, src = source
+  result = runner.run(port_config(src, to_isa="bpe:600+perm:1", method="align"), str(tmp_path), log=lambda _: None)
+  assert result.step == 0
+  meta = checkpoints.load_meta(str(tmp_path))
+  assert meta["isa_name"] == "bpe600-perm1" and meta["provenance"]["method"] == "align"
+  assert meta["provenance"]["tokens"] == 0 and meta["provenance"]["source"]["isa"] == "bpe600"
+  options = crosseval.CrossEvalOptions(coherence=False)
+  rows = crosseval.evaluate([src, str(tmp_path)], ["bpe:600", "bpe:600+perm:1"], compile_dir, options=options)
+  bpb = {(r["model_isa"], r["eval_isa"]): r["bits_per_byte"] for r in rows}
+  assert bpb[("bpe600-perm1", "bpe600-perm1")] == pytest.approx(bpb[("bpe600", "bpe600")], rel=1e-6)
+  assert bpb[("bpe600-perm1", "bpe600")] > bpb[("bpe600", "bpe600")] + 0.5  # and it no longer runs the old code
+
+
+def test_relearn_changes_only_the_vocabulary_and_resumes_bit_identically(source, tmp_path):
+  from llmcpu import checkpoints
+  from llmcpu.porting import runner
+
+  _, src = source
+  config = port_config(src, save_at="0,2")
+  first = runner.run(config, str(tmp_path / "a"), should_stop=lambda step: step == 3, log=lambda _: None)
+  assert first.stopped == "preempted" and first.step == 3
+  runner.run(config, str(tmp_path / "a"), log=lambda _: None)
+  runner.run(config, str(tmp_path / "b"), log=lambda _: None)
+  before = named_params(checkpoints.load_model(src)[0])
+  resumed, meta, compiler = checkpoints.load_model(str(tmp_path / "a"))
+  after, whole = named_params(resumed), named_params(checkpoints.load_model(str(tmp_path / "b"))[0])
+  assert compiler.name == "byte" and meta["config"]["train"]["trainable"] == "^embed/table$"
+  for name, value in after.items():
+    np.testing.assert_array_equal(value, whole[name], err_msg=name)  # stop + resume = one run
+    if name != "embed/table":
+      np.testing.assert_array_equal(value, before[name], err_msg=name)  # frozen: bit-identical to the source
+  zero = named_params(checkpoints.load_model(str(tmp_path / "a" / "checkpoints" / "0"))[0])["embed/table"]
+  assert not np.array_equal(after["embed/table"], zero)  # the rows did train
+  assert sorted(int(p.name) for p in (tmp_path / "a" / "checkpoints").iterdir()) == [0, 2, 3, 6]  # 3: the stop
+
+
+@pytest.mark.parametrize(
+  "overrides, pattern",
+  [
+    ({"method": "nope"}, "unknown porting method 'nope'"),
+    ({"method": "translate"}, "method translate changes no weights"),
+    ({"to_isa": "char"}, "no compiler char under .*scripts/compile.py --config.corpus=prose --config.compilers=char"),
+    ({"corpus": "elsewhere"}, "trained on corpus 'prose', not 'elsewhere'"),
+    ({"checkpoint": "/nonexistent/run"}, "no checkpoint under /nonexistent/run"),
+  ],
+)
+def test_bad_ports_are_one_line_and_write_nothing(source, tmp_path, overrides, pattern):
+  from llmcpu.porting import runner
+
+  with pytest.raises(UserError, match=pattern):
+    runner.run(port_config(source[1], **overrides), str(tmp_path / "out"), log=lambda _: None)
+  assert not (tmp_path / "out" / "checkpoints").exists()

@@ -21,6 +21,7 @@ from llmcpu.porting.transplant import (
   translate_ids,
   translation_cost,
   transplant,
+  vocab_params,
 )
 
 __all__ = [
@@ -35,4 +36,5 @@ __all__ = [
   "translate_ids",
   "translation_cost",
   "transplant",
+  "vocab_params",
 ]

@@ -29,6 +29,7 @@ from flax import nnx
 from llmcpu import models, specials
 from llmcpu.compilers import Compiler
 from llmcpu.errors import UserError
+from llmcpu.models.trainable import path_name as _path_name
 
 METHODS = ("align", "fvt")
 META = "\u2581"  # SentencePiece's space marker: a piece "▁the" is the text " the"
@@ -212,8 +213,10 @@ def _vocab_axis(var: nnx.Variable) -> int | None:
   return axes.index(_VOCAB_AXIS) if _VOCAB_AXIS in axes else None
 
 
-def _path_name(path: tuple) -> str:
-  return "/".join(str(p) for p in path)
+def vocab_params(model: nnx.Module) -> list[str]:
+  """Paths of the parameters indexed by the vocabulary (what ``relearn`` trains): the embedding, an untied head."""
+  flat = nnx.to_flat_state(nnx.state(model, nnx.Param))
+  return [_path_name(path) for path, var in flat if _vocab_axis(var) is not None]
 
 
 def translate_ids(ids: Iterable[int], compiler_from: Compiler, compiler_to: Compiler) -> list[int]:

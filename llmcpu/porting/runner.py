@@ -1,0 +1,114 @@
+"""Port a CPU to another ISA through the one training loop: the ported CPU is an ordinary checkpoint.
+
+  align / fvt   rebuild the vocabulary rows (``transplant``), train nothing (``steps`` 0) or everything after
+  relearn       align, then train only the vocabulary-indexed parameters (embedding, untied head); the rest frozen
+  finetune      align, then train everything
+  scratch       a new CPU on ISA B from random init with the same token budget: the reference curve
+  translate     binary translation, no weights change: an evaluation of the source CPU (see porting.recovery)
+
+The checkpoint's metadata carries ISA B, its compiler files, and the porting provenance (source checkpoint and
+fingerprint, method, steps, tokens, row counts), so cross_eval and load_model read it like any other CPU. Preemption,
+resume and integrity are the trainer's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import ml_collections
+
+from llmcpu import checkpoints, compilers, fs, trainer
+from llmcpu.config import base_config
+from llmcpu.errors import UserError
+from llmcpu.porting.transplant import transplant, vocab_params
+
+TRAINED = ("relearn", "finetune", "scratch")
+METHODS = ("align", "fvt", *TRAINED)  # what writes a checkpoint; "translate" is evaluated, not written
+
+
+def port_config(config: ml_collections.ConfigDict, source_meta: dict) -> ml_collections.ConfigDict:
+  """The training config of the ported CPU: the source's, on ISA B, for ``config.steps`` steps."""
+  c = _current(source_meta["config"])
+  c.data.isa = str(compilers.parse(config.to_isa))
+  c.data.compile_dir = config.compile_dir or c.data.compile_dir
+  c.model.vocab_size = 0  # ISA B's
+  c.seed = config.seed
+  c.train.steps = config.steps if config.method in TRAINED else 0
+  c.train.warmup_steps = min(c.train.warmup_steps, max(1, c.train.steps // 20))
+  c.train.learning_rate = config.learning_rate or c.train.learning_rate
+  c.train.eval_every = 0  # a recovery curve evaluates the saved steps on ISA B's test split
+  c.train.init_from = ""
+  c.train.trainable = ""  # relearn's pattern is set from the model (see run)
+  c.checkpoint.every = max(1, c.train.steps)
+  c.checkpoint.at = config.save_at
+  c.checkpoint.keep = 0 if config.save_at else c.checkpoint.keep
+  return c
+
+
+def _current(old: dict) -> ml_collections.ConfigDict:
+  """A checkpoint's config on today's keys: the preset's defaults, overlaid with every value the checkpoint has."""
+  c = base_config(old["model"]["arch"], old["model"].get("preset") or "tiny")
+  for key, value in old.items():
+    if isinstance(value, dict) and key in c:
+      for k, v in value.items():
+        if k in c[key]:
+          c[key][k] = v
+    elif key in c:
+      c[key] = value
+  return c
+
+
+def run(
+  config: ml_collections.ConfigDict,
+  workdir: str,
+  *,
+  should_stop: Callable[[int], bool] | None = None,
+  log: Callable[[str], None] = print,
+) -> trainer.TrainResult:
+  """Ports ``config.checkpoint`` to ``config.to_isa`` with ``config.method`` into ``workdir``; resumable (see
+  ``trainer.train`` for ``should_stop``)."""
+  if config.method == "translate":
+    raise UserError(
+      "method translate changes no weights: it is the source CPU fed translated machine code; the porting "
+      "experiment (configs/experiments/porting.py) evaluates it beside the others"
+    )
+  if config.method not in METHODS:
+    raise UserError(f"unknown porting method {config.method!r}; choose one of translate, {', '.join(METHODS)}")
+  if not config.checkpoint:
+    raise UserError("no source CPU: pass --config.checkpoint=RUN (a training workdir or checkpoint directory)")
+  meta = checkpoints.load_meta(config.checkpoint)  # refuses a checkpoint that carries no ISA
+  source_corpus = meta["config"]["data"]["corpus"]
+  if config.corpus and config.corpus != source_corpus:
+    raise UserError(
+      f"the source CPU was trained on corpus {source_corpus!r}, not {config.corpus!r}: a port changes the ISA, not "
+      "the data; leave --config.corpus empty"
+    )
+  train_config = port_config(config, meta)
+  setup = trainer.resolve(train_config, fs.abspath(workdir))  # ISA B's compiled data exists, the shapes fit
+  compiler_a = checkpoints.load_compiler(meta)
+  source_model = checkpoints.load_model(config.checkpoint)[0] if config.method != "scratch" else None
+  if config.method == "relearn":  # the same parameter paths on both ISAs: only the vocabulary's rows differ
+    train_config.train.trainable = ",".join(f"^{p}$" for p in vocab_params(source_model))
+  provenance = {
+    "source": {
+      "checkpoint": fs.abspath(config.checkpoint),
+      "isa": meta["isa_name"],
+      "isa_fingerprint": meta["isa_fingerprint"],
+      "step": meta["step"],
+      "tokens_seen": meta["tokens_seen"],
+    },
+    "method": config.method,
+    "steps": train_config.train.steps,
+    "tokens": train_config.train.steps * setup.tokens_per_step,
+  }
+
+  def initialize(model) -> None:  # not called on resume: the checkpoint holds the ported parameters
+    if source_model is not None:
+      how = "fvt" if config.method == "fvt" else "align"
+      provenance["transplant"] = transplant(source_model, model, compiler_a, setup.compiler, how)
+
+  steps = train_config.train.steps
+  log(f"porting {meta['arch']} on {meta['isa_name']} → {setup.compiler.name} by {config.method}, {steps} steps")
+  return trainer.train(
+    train_config, workdir, should_stop=should_stop, initialize=initialize, provenance=provenance, log=log
+  )
