@@ -113,7 +113,7 @@ def _finished(path: str, steps: int) -> bool:
 
 
 @dataclasses.dataclass(frozen=True)
-class _Plan:
+class Plan:
   """What an experiment config asks for, checked before anything runs."""
 
   specs: list  # evaluation ISAs (matrix columns)
@@ -135,18 +135,8 @@ def run(exp: ml_collections.ConfigDict, workdir: str, *, log: Callable[[str], No
   """Runs (or continues) the experiment; returns {corpus name: report directory}."""
   t_start = time.time()
   workdir = fs.abspath(workdir)
-  plan = _plan(exp, workdir)
   timing: dict[str, float] = {}
-  log(
-    f"== compile: {len(plan.corpora)} corpora × {len(plan.specs)} compilers "
-    f"(trained on {', '.join(c.name for c in plan.sources)})"
-  )
-  built = toolchain.build_compilers(plan.specs, plan.sources, plan.compile_dir, leader=plan.leader, log=log)
-  stats = toolchain.compile_corpora(plan.corpora, built, plan.compile_dir, leader=plan.leader, log=log)
-  log("\n" + toolchain.format_isa_table(stats) + "\n\n" + toolchain.format_overlap_matrix(built) + "\n")
-  timing["compile"] = time.time() - t_start
-  _train_cpus(exp, plan, workdir, t_start, log)
-  timing["train"] = time.time() - t_start - timing["compile"]
+  plan = prepare(exp, workdir, log=log, timing=timing)
   if not plan.leader:  # one report per workdir: process 0 cross-evaluates on its own devices and writes it
     log("== cross-eval: left to process 0, which writes the reports into the shared workdir")
     return {}
@@ -162,7 +152,26 @@ def run(exp: ml_collections.ConfigDict, workdir: str, *, log: Callable[[str], No
   return reports
 
 
-def _plan(exp: ml_collections.ConfigDict, workdir: str) -> _Plan:
+def prepare(
+  exp: ml_collections.ConfigDict, workdir: str, *, log: Callable[[str], None] = print, timing: dict | None = None
+) -> Plan:
+  """The first two stages: compile every ISA, train every CPU (what is done already is skipped); the plan."""
+  t_start, timing = time.time(), {} if timing is None else timing
+  plan = _plan(exp, workdir)
+  log(
+    f"== compile: {len(plan.corpora)} corpora × {len(plan.specs)} compilers "
+    f"(trained on {', '.join(c.name for c in plan.sources)})"
+  )
+  built = toolchain.build_compilers(plan.specs, plan.sources, plan.compile_dir, leader=plan.leader, log=log)
+  stats = toolchain.compile_corpora(plan.corpora, built, plan.compile_dir, leader=plan.leader, log=log)
+  log("\n" + toolchain.format_isa_table(stats) + "\n\n" + toolchain.format_overlap_matrix(built) + "\n")
+  timing["compile"] = time.time() - t_start
+  _train_cpus(exp, plan, workdir, t_start, log)
+  timing["train"] = time.time() - t_start - timing["compile"]
+  return plan
+
+
+def _plan(exp: ml_collections.ConfigDict, workdir: str) -> Plan:
   """Checks every list and number of the config (before hours of compiling, not at the first CPU)."""
   import jax
 
@@ -187,10 +196,10 @@ def _plan(exp: ml_collections.ConfigDict, workdir: str) -> _Plan:
   # Processes sharing the compile directory (a pod slice on a bucket): process 0 compiles, the others wait for what
   # it commits. Processes each on its own disk compile their own copy.
   leader = not parallel.shared_directory(compile_dir) or jax.process_index() == 0
-  return _Plan(specs, trained, archs, seeds, corpora, sources, compile_dir, leader)
+  return Plan(specs, trained, archs, seeds, corpora, sources, compile_dir, leader)
 
 
-def _train_cpus(exp: ml_collections.ConfigDict, plan: _Plan, workdir: str, t_start: float, log: Callable) -> None:
+def _train_cpus(exp: ml_collections.ConfigDict, plan: Plan, workdir: str, t_start: float, log: Callable) -> None:
   """Trains every CPU not already at its final step. Seeds outermost: an experiment stopped part-way has every cell
   of its first seeds, not every seed of a few cells."""
   from llmcpu import trainer  # jax/flax only when training is asked for
@@ -209,7 +218,7 @@ def _train_cpus(exp: ml_collections.ConfigDict, plan: _Plan, workdir: str, t_sta
       raise Stopped(f"stopped at step {result.step} of {tag} ({result.stopped}); rerun the same command to continue")
 
 
-def _cross_evaluate(exp, plan: _Plan, workdir: str, report_root: str, corpus, t_start: float, log: Callable) -> str:
+def _cross_evaluate(exp, plan: Plan, workdir: str, report_root: str, corpus, t_start: float, log: Callable) -> str:
   """One corpus's report, unless it is newer than every checkpoint it covers; returns its directory."""
   options = crosseval.CrossEvalOptions(**exp.crosseval.to_dict())
   out = fs.join(report_root, corpus.name)

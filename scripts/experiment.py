@@ -3,7 +3,8 @@
   python scripts/experiment.py --config=configs/experiments/quickstart.py --workdir=runs/quickstart \
       [--config.compilers=bpe:500,bpe:2000,char,bpe:2000+perm:3] [--config.archs=decoder,encoder] [--config.steps=500]
 
-Rerunning continues where a crash or preemption stopped; finished stages are skipped.
+Rerunning continues where a crash or preemption stopped; finished stages are skipped. A porting config
+(configs/experiments/porting.py) ports the CPUs it trains and writes recovery curves instead of the matrix.
 """
 
 import os
@@ -22,9 +23,16 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  from llmcpu import crosseval, experiment, parallel
+  from llmcpu import crosseval, experiment, fs, parallel
 
   parallel.initialize(None, None, None, _DISTRIBUTED.value)
+  if "ports" in _CONFIG.value:  # configs/experiments/porting.py: recovery curves of ported CPUs
+    from llmcpu.porting import recovery
+
+    out = recovery.run(_CONFIG.value, cli.workdir_path(_WORKDIR.value), log=cli.log)
+    if out:
+      print("\n" + fs.read_text(fs.join(out, "porting.md")) + f"\nReport: {out} (porting.md, recovery_*.png)")
+    return
   reports = experiment.run(_CONFIG.value, cli.workdir_path(_WORKDIR.value), log=cli.log)
   for name, out in reports.items():
     rows = crosseval.load_rows(os.path.join(out, "results.jsonl"))

@@ -1,6 +1,7 @@
 """Porting a CPU to another ISA: FVT and align rows against independent numpy, an exact port to a permuted ISA,
 bit-exact copies of everything not indexed by the vocabulary, refusals, binary translation."""
 
+import os
 import pydoc_data.topics
 import re
 
@@ -284,3 +285,45 @@ def test_bad_ports_are_one_line_and_write_nothing(source, tmp_path, overrides, p
   with pytest.raises(UserError, match=pattern):
     runner.run(port_config(source[1], **overrides), str(tmp_path / "out"), log=lambda _: None)
   assert not (tmp_path / "out" / "checkpoints").exists()
+
+
+def test_tokens_to_close_the_gap_by_hand():
+  from llmcpu.porting import recovery
+
+  def point(tokens, bpb):
+    return {"step": tokens // 10, "tokens": tokens, "bpb": bpb, "bpb_lo": bpb - 0.1, "bpb_hi": bpb + 0.1}
+
+  # zero-shot 6, native 4: closed = (6 − bpb) / 2 → 0.25 at 100 tokens, 0.75 at 10,000, 1.0 at 100,000.
+  row = {"zero_shot_bpb": 6.0, "native_bpb": 4.0, "points": [point(0, 6.0), point(100, 5.5), point(10_000, 4.5)]}
+  row["points"].append(point(100_000, 4.0))
+  closes = recovery.closes(row)
+  # 50%: halfway from 0.25 to 0.75 between 100 and 10,000 tokens on a log axis → 10^3 = 1,000.
+  assert closes["50%"] == 1000
+  # 90%: (0.9 − 0.75) / 0.25 = 0.6 of the way from 10^4 to 10^5 → 10^4.6.
+  assert closes["90%"] == round(10**4.6)
+  assert closes["99%"] == round(10 ** (4 + 0.24 / 0.25))
+  row["points"] = [point(0, 6.0), point(100, 5.9)]
+  assert recovery.closes(row) == {"50%": None, "90%": None, "99%": None}  # never reached
+  row["native_bpb"] = 7.0  # no gap to close (the zero-shot cell already beats the native CPU)
+  assert recovery.closes(row) == {"50%": None, "90%": None, "99%": None}
+
+
+def test_porting_report_is_committed_last(tmp_path, monkeypatch):
+  import ml_collections
+
+  from llmcpu.porting import recovery
+
+  rows = [
+    {"corpus": "c", "arch": "decoder", "source": "a", "target": "b", "method": m, "seed": 0, "zero_shot_bpb": 6.0,
+     "native_bpb": 4.0, "source_native_bpb": 3.9, "ms_per_1k_tokens": 0.5,
+     "points": [{"step": 0, "tokens": 0, "bpb": 5.0, "bpb_lo": 4.9, "bpb_hi": 5.1}],
+     "closes": {"50%": 0, "90%": None, "99%": None}}
+    for m in ("translate", "align")
+  ]  # fmt: skip
+  written = []
+  real = recovery.fs.write_text
+  monkeypatch.setattr(recovery.fs, "write_text", lambda p, t: (written.append(os.path.basename(p)), real(p, t)))
+  recovery.write_report(rows, str(tmp_path), ml_collections.ConfigDict({"x": 1}), 1.0)
+  assert written[-1] == "results.jsonl" and (tmp_path / "recovery_c_decoder_a-to-b.png").stat().st_size > 0
+  table = (tmp_path / "porting.md").read_text()
+  assert "| c | decoder | a → b | translate | 6.000 | 5.000 (4.900–5.100) · 0.50 ms/1k ids |" in table

@@ -40,8 +40,8 @@ def port_config(config: ml_collections.ConfigDict, source_meta: dict) -> ml_coll
   c.train.init_from = ""
   c.train.trainable = ""  # relearn's pattern is set from the model (see run)
   c.checkpoint.every = max(1, c.train.steps)
-  c.checkpoint.at = config.save_at
-  c.checkpoint.keep = 0 if config.save_at else c.checkpoint.keep
+  c.checkpoint.at = config.save_at if config.method in TRAINED else ""  # align/fvt: step 0 is all there is
+  c.checkpoint.keep = 0 if c.checkpoint.at else c.checkpoint.keep
   return c
 
 
