@@ -4,6 +4,12 @@ MFU = achieved FLOP/s (analytic ``flops_per_token``: 6N + attention) / the matri
 XLA (a jitted square f32 matmul, best of several). A plain Flax NNX decoder (nnx.MultiHeadAttention, nnx.Linear,
 nnx.LayerNorm; d_model 256, 4 layers) is measured the same way as a reference point.
 
+Each preset's step is timed with two losses, interleaved so that both see the same load: ``mfu_<preset>`` with the
+trainer's loss (``loss.batch_sums``: the output head and softmax applied a chunk of positions at a time, never the
+full float32 [B, L, V] logits) and ``mfu_<preset>_full_logits`` with the mean cross-entropy of ``model(ids)`` (the
+figure this benchmark reported before the chunked loss). ``temp_mib_32k_*``: XLA's scratch memory of `small`'s
+training step at vocabulary 32k with each loss (compiled, not run).
+
   .venv/bin/python benchmarks/model_bench.py            # progress on stderr, one JSON object as the last stdout line
 """
 
@@ -22,6 +28,7 @@ import optax
 from flax import nnx
 
 import llmcpu.models as models
+from llmcpu import loss
 from llmcpu.models import decoding
 
 
@@ -117,8 +124,14 @@ class PlainDecoder(nnx.Module):
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def train_step_fn(model: nnx.Module, batch: int, seq: int, vocab: int):
-  """A compiled forward+backward step (mean next-token CE; gradients w.r.t. all Params), as a blocking thunk."""
+LOSSES = ("chunked", "full_logits")
+
+
+def compile_train_step(model: nnx.Module, batch: int, seq: int, vocab: int, loss_path: str = "full_logits"):
+  """(compiled forward+backward step, its arguments): mean next-token CE, gradients w.r.t. all Params.
+
+  ``loss_path``: 'full_logits' = optax cross-entropy of ``model(ids)``; 'chunked' = ``loss.batch_sums`` (what the
+  trainer runs; the model must have ``hidden``/``head_kernel``). ``model`` may be abstract (``nnx.eval_shape``)."""
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
   rng = np.random.default_rng(0)
   ids = jnp.asarray(rng.integers(37, vocab, (batch, seq + 1)), jnp.int32)
@@ -126,36 +139,71 @@ def train_step_fn(model: nnx.Module, batch: int, seq: int, vocab: int):
   @jax.jit
   def step(params, rest, ids):
     def loss_fn(params):
-      logits = nnx.merge(graphdef, params, rest, copy=True)(ids[:, :-1])
-      return optax.softmax_cross_entropy_with_integer_labels(logits, ids[:, 1:]).mean()
+      model = nnx.merge(graphdef, params, rest, copy=True)
+      if loss_path == "full_logits":
+        return optax.softmax_cross_entropy_with_integer_labels(model(ids[:, :-1]), ids[:, 1:]).mean()
+      ones = jnp.ones((batch, seq), jnp.float32)
+      lm_batch = dict(inputs=ids[:, :-1], targets=ids[:, 1:], weights=ones, target_bytes=ones)
+      sums = loss.batch_sums(model, dict(lm_batch, segment_ids=None, positions=None))  # as model(ids): one doc/row
+      return sums["nll"] / sums["weight"]
 
     return jax.value_and_grad(loss_fn)(params)
 
-  jax.block_until_ready(step(params, rest, ids))  # compile
-  return lambda: jax.block_until_ready(step(params, rest, ids))
+  return step.lower(params, rest, ids).compile(), (params, rest, ids)
 
 
-def measure_train(name: str, model, config: models.ModelConfig, args, peak: MatmulPeak) -> dict[str, float]:
+def train_step_fn(model: nnx.Module, batch: int, seq: int, vocab: int, loss_path: str = "full_logits"):
+  """``compile_train_step``'s step as a blocking thunk (run once here)."""
+  compiled, step_args = compile_train_step(model, batch, seq, vocab, loss_path)
+  jax.block_until_ready(compiled(*step_args))
+  return lambda: jax.block_until_ready(compiled(*step_args))
+
+
+def measure_train(
+  name: str, model, config: models.ModelConfig, args, peak: MatmulPeak, loss_path: str = "full_logits"
+) -> dict[str, float]:
   """Step time (best of ``args.repeats``, interleaved with matmul samples); MFU from wall and from CPU time."""
-  run = train_step_fn(model, args.batch, args.seq, args.vocab)
-  step = Timing()
+  return measure_train_losses(name, model, config, args, peak, (loss_path,))[loss_path]
+
+
+def measure_train_losses(
+  name: str, model, config: models.ModelConfig, args, peak: MatmulPeak, losses: tuple[str, ...]
+) -> dict[str, dict]:
+  """``measure_train`` per loss path, the paths and matmul samples interleaved so that all see the same load."""
+  runs = {path: train_step_fn(model, args.batch, args.seq, args.vocab, path) for path in losses}
+  steps = {path: Timing() for path in losses}
   for _ in range(args.repeats):
-    peak.sample()
-    step.sample(run)
+    for path, run in runs.items():
+      peak.sample()
+      steps[path].sample(run)
     peak.sample()
   tokens = args.batch * args.seq
   flops = models.flops_per_token(config, args.seq) * tokens
-  out = {
-    "tokens_per_s": tokens / step.wall,
-    "flops": flops,
-    "step": step,
-    "mfu": flops / step.wall / peak.flops_per_s,
-    "mfu_cpu_time": flops / step.cpu / peak.flops_per_cpu_s,
-  }
-  log(
-    f"{name}: {step.wall * 1e3:.0f} ms/step, {out['tokens_per_s']:.0f} tok/s, MFU {out['mfu']:.3f} "
-    f"(peak {peak.flops_per_s / 1e9:.1f} GFLOP/s; CPU-time MFU {out['mfu_cpu_time']:.3f})"
-  )
+  outs = {}
+  for path, step in steps.items():
+    out = outs[path] = {
+      "tokens_per_s": tokens / step.wall,
+      "flops": flops,
+      "step": step,
+      "mfu": flops / step.wall / peak.flops_per_s,
+      "mfu_cpu_time": flops / step.cpu / peak.flops_per_cpu_s,
+    }
+    log(
+      f"{name} ({path} loss): {step.wall * 1e3:.0f} ms/step, {out['tokens_per_s']:.0f} tok/s, MFU {out['mfu']:.3f} "
+      f"(peak {peak.flops_per_s / 1e9:.1f} GFLOP/s; CPU-time MFU {out['mfu_cpu_time']:.3f})"
+    )
+  return outs
+
+
+def step_temp_mib(preset: str, vocab: int, args) -> dict[str, float]:
+  """XLA scratch memory (MiB) of ``preset``'s compiled training step at ``vocab``, per loss path; an abstract model,
+  so nothing is allocated or run."""
+  model = nnx.eval_shape(lambda: models.create("decoder", preset, vocab, max_len=max(args.seq, 256)))
+  out = {}
+  for path in LOSSES:
+    compiled, _ = compile_train_step(model, args.batch, args.seq, vocab, path)
+    out[path] = compiled.memory_analysis().temp_size_in_bytes / 2**20
+  log(f"{preset} step scratch memory at vocab {vocab}: " + ", ".join(f"{k} {v:.0f} MiB" for k, v in out.items()))
   return out
 
 
@@ -205,6 +253,7 @@ def main() -> None:
   parser.add_argument("--decode_new", type=int, default=256)
   parser.add_argument("--decode_repeats", type=int, default=2)
   parser.add_argument("--skip_reference", action="store_true")
+  parser.add_argument("--memory_vocab", type=int, default=32000, help="vocabulary of the step-memory comparison")
   args = parser.parse_args()
   t_start = time.perf_counter()
   log(f"jax {jax.__version__} on {jax.devices()[0].platform}: {jax.devices()}")
@@ -225,7 +274,8 @@ def main() -> None:
 
   for preset in ("tiny", "small"):
     model = models.create("decoder", preset, args.vocab, max_len=max(args.seq, 256))
-    trained[preset] = measure_train(preset, model, model.config, args, peak)
+    outs = measure_train_losses(preset, model, model.config, args, peak, LOSSES)
+    trained[preset], trained[f"{preset}_full_logits"] = outs["chunked"], outs["full_logits"]
     result[f"params_{preset}"] = models.param_count(model)
 
   # MFU against the best peak seen over the whole run (samples were interleaved throughout).
@@ -235,6 +285,9 @@ def main() -> None:
     result[f"mfu_{name}_cpu_time"] = out["flops"] / step.cpu / peak.flops_per_cpu_s
     result[f"tokens_per_s_{name}"] = out["tokens_per_s"]
   result["matmul_peak_gflops"] = peak.flops_per_s / 1e9
+  for path, mib in step_temp_mib("small", args.memory_vocab, args).items():
+    result[f"temp_mib_{args.memory_vocab // 1000}k_{path}"] = mib
+  result["loss_chunk"] = loss.default_chunk(args.batch, args.seq, args.vocab)
 
   model = models.create("decoder", args.decode_preset, args.vocab)
   result.update(

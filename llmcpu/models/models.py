@@ -6,7 +6,9 @@ Attribute names other code relies on (porting, swapping, sharding):
   ``head.kernel``   separate output projection [D, V], present only when ``tie_embeddings`` is False;
   ``encoder`` / ``decoder``  the ``TransformerStack``s (an Encoder has ``encoder``, a Decoder ``decoder``);
   ``illegal_opcodes``  the ``IllegalOpcodes`` counter.
-Logits are float32 whatever the compute dtype.
+Logits are float32 whatever the compute dtype. ``hidden(...)`` (same arguments as ``__call__``) gives the final
+hidden states and ``head_kernel()`` the output projection, so a loss can apply the head a chunk at a time
+(``llmcpu.loss.chunked_sums``) instead of materialising the [B, L, V] logits.
 """
 
 from __future__ import annotations
@@ -59,6 +61,12 @@ class _LanguageModel(nnx.Module):
       return self.embed.attend(h_BxLxD)
     return self.head(h_BxLxD)
 
+  def head_kernel(self) -> jax.Array:
+    """The output projection [D, V] in the compute dtype: ``logits(h)`` is ``h @ head_kernel()`` in float32."""
+    if self.config.tie_embeddings:
+      return self.embed.table[...].astype(self.config.compute_dtype).T
+    return self.head.kernel[...].astype(self.config.compute_dtype)
+
 
 class Decoder(_LanguageModel):
   """Causal language model: ``model(ids [B, L]) -> logits [B, L, V]``."""
@@ -72,8 +80,14 @@ class Decoder(_LanguageModel):
   ) -> jax.Array:
     """segment_ids [B, L]: 0 = padding, tokens attend only within equal nonzero ids (packed documents);
     positions [B, L]: position within the segment (default 0 … L-1). None → one unpadded document per row."""
+    return self.logits(self.hidden(ids_BxL, segment_ids=segment_ids, positions=positions))
+
+  def hidden(
+    self, ids_BxL: jax.Array, *, segment_ids: jax.Array | None = None, positions: jax.Array | None = None
+  ) -> jax.Array:
+    """Final (normed) hidden states [B, L, D]."""
     x_BxLxD = self.embed_ids(ids_BxL, positions)
-    return self.logits(self.decoder(x_BxLxD, segment_ids=segment_ids, positions=positions))
+    return self.decoder(x_BxLxD, segment_ids=segment_ids, positions=positions)
 
   def init_cache(self, batch_size: int, max_len: int) -> Cache:
     return self.decoder.init_cache(batch_size, max_len)
@@ -143,14 +157,33 @@ class EncoderDecoder(_LanguageModel):
   ) -> jax.Array:
     """Teacher-forced logits [B, Ld, V] given an encoded source. ``encoder_segment_ids`` (0 = pad) masks the source;
     with ``decoder_segment_ids`` too, target segment i sees only source segment i (packed pairs)."""
-    h = self.decoder(
+    return self.logits(
+      self.decode_hidden(
+        decoder_ids,
+        encoded,
+        encoder_segment_ids=encoder_segment_ids,
+        decoder_segment_ids=decoder_segment_ids,
+        decoder_positions=decoder_positions,
+      )
+    )
+
+  def decode_hidden(
+    self,
+    decoder_ids: jax.Array,
+    encoded: jax.Array,
+    *,
+    encoder_segment_ids: jax.Array | None = None,
+    decoder_segment_ids: jax.Array | None = None,
+    decoder_positions: jax.Array | None = None,
+  ) -> jax.Array:
+    """``decode`` before the output head: the decoder's final hidden states [B, Ld, D]."""
+    return self.decoder(
       self.embed_ids(decoder_ids, decoder_positions),
       segment_ids=decoder_segment_ids,
       positions=decoder_positions,
       encoded=encoded,
       encoder_segment_ids=encoder_segment_ids,
     )
-    return self.logits(h)
 
   def __call__(
     self,
@@ -162,8 +195,30 @@ class EncoderDecoder(_LanguageModel):
     encoder_positions: jax.Array | None = None,
     decoder_positions: jax.Array | None = None,
   ) -> jax.Array:
+    return self.logits(
+      self.hidden(
+        encoder_ids,
+        decoder_ids,
+        encoder_segment_ids=encoder_segment_ids,
+        decoder_segment_ids=decoder_segment_ids,
+        encoder_positions=encoder_positions,
+        decoder_positions=decoder_positions,
+      )
+    )
+
+  def hidden(
+    self,
+    encoder_ids: jax.Array,
+    decoder_ids: jax.Array,
+    *,
+    encoder_segment_ids: jax.Array | None = None,
+    decoder_segment_ids: jax.Array | None = None,
+    encoder_positions: jax.Array | None = None,
+    decoder_positions: jax.Array | None = None,
+  ) -> jax.Array:
+    """``__call__`` before the output head: the decoder's final hidden states [B, Ld, D]."""
     encoded = self.encode(encoder_ids, segment_ids=encoder_segment_ids, positions=encoder_positions)
-    return self.decode(
+    return self.decode_hidden(
       decoder_ids,
       encoded,
       encoder_segment_ids=encoder_segment_ids,
