@@ -31,9 +31,8 @@ import hashlib
 import json
 import random
 import string
-import threading
 
-from llmcpu.data.sources import SPLITS, import_tfds, split_for
+from llmcpu.data.sources import SPLITS, defined_once, import_tfds, split_for
 
 TASKS = ("add", "sub", "mul", "copy", "reverse", "sort", "count", "num2words", "words2num")
 MAX_DIGITS = 4
@@ -140,18 +139,6 @@ def generate(split: str, num: int, seed: int = 0) -> list[dict[str, str]]:
   return [example(rng.choice(TASKS), rng, split) for _ in range(num)]
 
 
-_builder_lock = threading.Lock()
-
-
-def builder_class() -> type:
-  """The TFDS builder ``Programs``, defined (so registered with TFDS as ``programs``) on the first call.
-
-  Not a module-level class: its base needs TensorFlow Datasets, and importing this module must stay cheap.
-  """
-  with _builder_lock:  # defining it twice would register the name twice, which TFDS refuses
-    return _define_builder()
-
-
 def __getattr__(name: str) -> type:
   # ``programs.Programs`` and ``programs.ProgramsConfig`` still work; they import TFDS on first access.
   if name == "Programs":
@@ -161,8 +148,12 @@ def __getattr__(name: str) -> type:
   raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-@functools.cache
-def _define_builder() -> type:
+@defined_once
+def builder_class() -> type:
+  """The TFDS builder ``Programs``, defined (so registered with TFDS as ``programs``) on the first call.
+
+  Not a module-level class: its base needs TensorFlow Datasets, and importing this module must stay cheap.
+  """
   tfds = import_tfds()
 
   @dataclasses.dataclass

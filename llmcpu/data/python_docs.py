@@ -22,18 +22,16 @@ are in the same split (3.11.7: 1165/78/336 documents, 1.88 MB/123 KB/576 KB).
 from __future__ import annotations
 
 import ast
-import functools
 import hashlib
 import inspect
 import os
 import platform
 import sys
 import sysconfig
-import threading
 import warnings
 from collections.abc import Iterator
 
-from llmcpu.data.sources import SPLITS, import_tfds, split_for
+from llmcpu.data.sources import SPLITS, defined_once, import_tfds, split_for
 from llmcpu.errors import UserError
 
 SKIP_DIRS = frozenset({"site-packages", "dist-packages", "test", "tests", "idle_test", "__pycache__"})
@@ -230,18 +228,6 @@ def collect_documents(root: str | None = None, target: int = SECTION_BYTES) -> t
   return docs, counts
 
 
-_builder_lock = threading.Lock()
-
-
-def builder_class() -> type:
-  """The TFDS builder ``PythonDocs``, defined (so registered with TFDS as ``python_docs``) on the first call.
-
-  Not a module-level class: its base needs TensorFlow Datasets, and importing this module must stay cheap.
-  """
-  with _builder_lock:  # defining it twice would register the name twice, which TFDS refuses
-    return _define_builder()
-
-
 def __getattr__(name: str) -> type:
   # ``python_docs.PythonDocs`` still works; it imports TFDS on first access.
   if name == "PythonDocs":
@@ -249,8 +235,12 @@ def __getattr__(name: str) -> type:
   raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-@functools.cache
-def _define_builder() -> type:
+@defined_once
+def builder_class() -> type:
+  """The TFDS builder ``PythonDocs``, defined (so registered with TFDS as ``python_docs``) on the first call.
+
+  Not a module-level class: its base needs TensorFlow Datasets, and importing this module must stay cheap.
+  """
   tfds = import_tfds()
 
   class PythonDocs(tfds.core.GeneratorBasedBuilder):

@@ -7,9 +7,12 @@ functions here, so importing any of ``llmcpu.data`` stays cheap.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
+import threading
+from collections.abc import Callable
 from typing import Any
 
 SPLITS = ("train", "validation", "test")
@@ -54,3 +57,19 @@ def tf_cpu_only() -> None:
     tf.config.set_visible_devices([], "GPU")
   except RuntimeError:  # TF already initialised its devices; nothing more to do
     pass
+
+
+def defined_once(define: Callable[[], type]) -> Callable[[], type]:
+  """``define`` (which builds a TFDS builder class) run on the first call only, under a lock: the class's base needs
+  TensorFlow Datasets, so importing the module that holds it must stay cheap; and TFDS refuses a builder name that
+  is registered twice, as two threads defining it at once would."""
+  lock, defined = threading.Lock(), []
+
+  @functools.wraps(define)
+  def get() -> type:
+    with lock:
+      if not defined:
+        defined.append(define())
+      return defined[0]
+
+  return get
