@@ -105,7 +105,8 @@ def cpu_dir(workdir: str, corpus_name: str, arch: str, isa_name: str, seed: int 
   return fs.join(workdir, "runs", corpus_name, arch, isa_name, f"seed{seed}")
 
 
-def _finished(path: str, steps: int) -> bool:
+def finished(path: str, steps: int) -> bool:
+  """Whether the run at ``path`` has a checkpoint at ``steps`` or later."""
   try:
     return checkpoints.find(path)[1] >= steps
   except UserError:
@@ -208,7 +209,7 @@ def _train_cpus(exp: ml_collections.ConfigDict, plan: Plan, workdir: str, t_star
   for i, (corpus, arch, spec, seed) in enumerate(jobs, 1):
     path = cpu_dir(workdir, corpus.name, arch, spec.name, seed)
     tag = f"[{i}/{len(jobs)}] {corpus.name} {arch} {spec.name} seed {seed}"
-    if _finished(path, exp.steps):
+    if finished(path, exp.steps):
       log(f"== train {tag}: done")
       continue
     log(f"== train {tag} (elapsed {time.time() - t_start:.0f}s)")

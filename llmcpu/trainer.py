@@ -309,7 +309,7 @@ def train(
   workdir: str,
   *,
   should_stop: Callable[[int], bool] | None = None,
-  initialize: Callable[[nnx.Module], None] | None = None,
+  initialize: Callable[[nnx.Module, Setup], None] | None = None,
   provenance: dict | None = None,
   log: Callable[[str], None] = print,
 ) -> TrainResult:
@@ -317,9 +317,10 @@ def train(
   porting, stitching) is this loop with another config.
 
   ``should_stop(step)`` returning True (on any one process) stops the run like SIGTERM: a checkpoint, then return.
-  ``initialize(model)`` transforms a fresh model in place before training (after ``train.init_from``), e.g. to
-  port parameters from another ISA; it is not called when resuming. ``provenance`` goes into every checkpoint's
-  metadata. Only parameters matching ``train.trainable`` change. One trainer per workdir (``workdir_lock``).
+  ``initialize(model, setup)`` transforms a fresh model in place before training (after ``train.init_from``), e.g.
+  to port parameters from another ISA (``setup``: the resolved run); it is not called when resuming.
+  ``provenance`` goes into every checkpoint's metadata. Only parameters matching ``train.trainable`` change. One
+  trainer per workdir (``workdir_lock``).
   """
   workdir = fs.abspath(workdir)
   with workdir_lock(workdir):
@@ -381,7 +382,7 @@ class Trainer:
       nnx.update(model, nnx.state(source, nnx.Param))
       self.provenance.setdefault("init_from", {"checkpoint": source_path, "step": meta["step"]})
     if initialize is not None:
-      initialize(model)
+      initialize(model, self.setup)
 
   def _restore(self, state: dict) -> dict:
     """The newest checkpoint, if it is of this architecture on this ISA."""

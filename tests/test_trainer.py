@@ -370,7 +370,7 @@ def test_init_from_a_checkpoint_then_a_transform(compile_dir, tmp_path, referenc
 
   seen = []
 
-  def initialize(model):
+  def initialize(model, setup):
     seen.append([np.asarray(x) for x in jax.tree.leaves(nnx.state(model, nnx.Param))])
     model.embed.table[...] = model.embed.table[...] * 0  # a transform of the source's parameters
 
@@ -384,7 +384,7 @@ def test_init_from_a_checkpoint_then_a_transform(compile_dir, tmp_path, referenc
   meta = checkpoints.load_meta(str(tmp_path))
   assert meta["provenance"]["method"] == "test" and meta["provenance"]["init_from"]["checkpoint"] == reference[0]
   # Resuming does not start from the source again.
-  trainer.train(config, str(tmp_path), initialize=lambda m: pytest.fail("called on resume"), log=lambda _: None)
+  trainer.train(config, str(tmp_path), initialize=lambda m, s: pytest.fail("called on resume"), log=lambda _: None)
 
 
 def test_profiler_traces_the_asked_steps(compile_dir, tmp_path):

@@ -27,7 +27,7 @@ from llmcpu.errors import Stopped, UserError
 from llmcpu.porting import runner
 from llmcpu.porting.transplant import translation_cost
 
-ALL_METHODS = ("translate", "align", "fvt", "relearn", "finetune", "scratch")
+ALL_METHODS = ("translate", *runner.METHODS)  # translate: evaluated, never written
 CLOSES = (0.5, 0.9, 0.99)
 
 
@@ -122,7 +122,7 @@ def _port(exp, workdir: str, curve: Curve, budgets: list[int], log: Callable) ->
     return
   path = curve.path(workdir)
   steps = max(budgets) if curve.method in runner.TRAINED else 0
-  if _finished(path, steps):
+  if experiment.finished(path, steps):
     return
   source = experiment.cpu_dir(workdir, curve.corpus.name, curve.arch, curve.source.name, curve.seed)
   config = ml_collections.ConfigDict(
@@ -134,10 +134,6 @@ def _port(exp, workdir: str, curve: Curve, budgets: list[int], log: Callable) ->
   result = runner.run(config, path, log=log)
   if result.stopped != "done":
     raise Stopped(f"stopped at step {result.step} of a port; rerun the same command to continue")
-
-
-def _finished(path: str, steps: int) -> bool:
-  return fs.isdir(fs.join(path, "checkpoints")) and str(steps) in fs.listdir(fs.join(path, "checkpoints"))
 
 
 def _score(exp, workdir: str, curve: Curve, budgets: list[int], refs: dict, log: Callable) -> dict:

@@ -16,8 +16,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import ml_collections
+from flax import nnx
 
-from llmcpu import checkpoints, compilers, fs, trainer
+from llmcpu import checkpoints, compilers, fs, models, trainer
 from llmcpu.config import base_config
 from llmcpu.errors import UserError
 from llmcpu.porting.transplant import transplant, vocab_params
@@ -84,11 +85,10 @@ def run(
       "the data; leave --config.corpus empty"
     )
   train_config = port_config(config, meta)
-  setup = trainer.resolve(train_config, fs.abspath(workdir))  # ISA B's compiled data exists, the shapes fit
-  compiler_a = checkpoints.load_compiler(meta)
-  source_model = checkpoints.load_model(config.checkpoint)[0] if config.method != "scratch" else None
   if config.method == "relearn":  # the same parameter paths on both ISAs: only the vocabulary's rows differ
-    train_config.train.trainable = ",".join(f"^{p}$" for p in vocab_params(source_model))
+    source_config = models.ModelConfig(**meta["model_config"])
+    abstract = nnx.eval_shape(lambda: models.create_from_config(source_config))  # shapes only: nothing is read
+    train_config.train.trainable = ",".join(f"^{p}$" for p in vocab_params(abstract))
   provenance = {
     "source": {
       "checkpoint": fs.abspath(config.checkpoint),
@@ -99,16 +99,17 @@ def run(
     },
     "method": config.method,
     "steps": train_config.train.steps,
-    "tokens": train_config.train.steps * setup.tokens_per_step,
   }
 
-  def initialize(model) -> None:  # not called on resume: the checkpoint holds the ported parameters
-    if source_model is not None:
+  def initialize(model, setup: trainer.Setup) -> None:  # a fresh run only: a resumed one holds the ported weights
+    provenance["tokens"] = train_config.train.steps * setup.tokens_per_step
+    if config.method != "scratch":  # the source's parameters are read here, once, and only when they are used
+      source_model, _, compiler_a = checkpoints.load_model(config.checkpoint)
       how = "fvt" if config.method == "fvt" else "align"
       provenance["transplant"] = transplant(source_model, model, compiler_a, setup.compiler, how)
 
-  steps = train_config.train.steps
-  log(f"porting {meta['arch']} on {meta['isa_name']} → {setup.compiler.name} by {config.method}, {steps} steps")
+  # trainer.train checks ISA B's compiled data and the shapes before anything is written (one line if not).
+  log(f"porting {meta['arch']} on {meta['isa_name']} → {config.to_isa} by {config.method}")
   return trainer.train(
     train_config, workdir, should_stop=should_stop, initialize=initialize, provenance=provenance, log=log
   )
