@@ -4,9 +4,12 @@ Stages, each resumable like ``experiment.run``: compile every ISA; train a nativ
 the native ISA-B reference); port each source by each method with checkpoints at every budget; score every saved
 step on ISA B's test split (bits per byte with a bootstrap interval over documents); write the report.
 
-A curve is bits per byte against ISA-B tokens seen (0 = zero-shot). Its gap runs from the *zero-shot cell* (the
-source CPU fed ISA B's machine code as is) to the *native* ISA-B CPU: ``closed = (zero − bpb) / (zero − native)``.
-"tokens to close 50/90/99%" interpolates ``closed`` on a log-token axis between saved steps (— if never reached).
+A curve is bits per byte (and, with ``crosseval.coherence``, relevance — exact match on ``programs``) against ISA-B
+tokens seen (0 = zero-shot). Its gap runs from the *zero-shot cell* (the source CPU fed ISA B's machine code as is)
+to the *native* ISA-B CPU: ``closed = (zero − bpb) / (zero − native)``. "tokens to close 50/90/99%" interpolates
+``closed`` on a log-token axis between saved steps (— if never reached), per seed. With several seeds a curve's
+figures are the mean over seeds ± their standard deviation and the tokens to close are the mean (min–max) over
+seeds; with one seed, the figure and its 95% bootstrap interval over documents.
 ``translate`` is the source CPU fed ISA B's code translated back into its own ISA (decode, re-encode): its bits per
 byte are the source's native figure on the same text, at a host cost per call the table states.
 """
@@ -22,6 +25,7 @@ from collections.abc import Callable
 import ml_collections
 
 from llmcpu import checkpoints, compilers, crosseval, experiment, fs, toolchain
+from llmcpu.crosseval.intervals import mean_std
 from llmcpu.crosseval.library import Library
 from llmcpu.errors import Stopped, UserError
 from llmcpu.porting import runner
@@ -39,7 +43,8 @@ def porting_config(preset: str = "tiny") -> ml_collections.ConfigDict:
   c.budgets = "0,10,30,100,300"  # training steps at which every trained port is saved and scored
   c.port_learning_rate = 0.0  # 0 = the source's
   c.report = "report-porting"
-  c.crosseval.coherence = False  # curves are bits per byte
+  c.crosseval.coherence = False  # True: curves also carry relevance (exact match on programs), at ~5 s a checkpoint
+  c.crosseval.shuffled_prompts = False  # the calibration belongs to cross_eval; every port here is "native"
   return c
 
 
@@ -154,6 +159,7 @@ def _score(exp, workdir: str, curve: Curve, budgets: list[int], refs: dict, log:
   row = dict(corpus=curve.corpus.name, arch=curve.arch, source=curve.source.name, target=curve.target.name)
   row |= dict(method=curve.method, seed=curve.seed, zero_shot_bpb=zero["bits_per_byte"])
   row |= dict(native_bpb=native["bits_per_byte"], source_native_bpb=own["bits_per_byte"])
+  row |= dict(zero_shot_relevance=zero.get("relevance"), native_relevance=native.get("relevance"))
   if curve.method == "translate":
     row["points"] = [_point(0, 0, own)]
     row["ms_per_1k_tokens"] = _translate_cost(compile_dir, curve)
@@ -171,8 +177,12 @@ def _score(exp, workdir: str, curve: Curve, budgets: list[int], refs: dict, log:
 
 
 def _point(step: int, tokens: int, r: dict) -> dict:
-  lo, hi = r.get("bits_per_byte_ci") or (None, None)
-  return {"step": step, "tokens": tokens, "bpb": r["bits_per_byte"], "bpb_lo": lo, "bpb_hi": hi}
+  """One saved step: bits per byte and (when judged) relevance, each with its 95% bootstrap interval."""
+  p = {"step": step, "tokens": tokens}
+  for name, key in (("bpb", "bits_per_byte"), ("relevance", "relevance")):
+    lo, hi = r.get(f"{key}_ci") or (None, None)
+    p |= {name: r.get(key), f"{name}_lo": lo, f"{name}_hi": hi}
+  return p
 
 
 def _translate_cost(compile_dir: str, curve: Curve) -> float:
@@ -207,63 +217,147 @@ def closes(row: dict) -> dict[str, int | None]:
   return out
 
 
+_CURVE = ("corpus", "arch", "source", "target", "method")
+_REFERENCES = ("zero_shot_bpb", "native_bpb", "source_native_bpb", "zero_shot_relevance", "native_relevance")
+METRICS = ("bpb", "relevance")
+
+
+def aggregate(rows: list[dict]) -> list[dict]:
+  """One curve per (corpus, arch, pair, method) over its seeds, at the steps every seed saved.
+
+  Each point's metric is the mean over seeds with ``_std`` (≥ 2 seeds) and a band ``_lo``/``_hi``: mean ± std over
+  seeds, or with one seed its 95% bootstrap interval over documents. ``closes`` keeps every seed's figure."""
+  groups: dict[tuple, list[dict]] = {}
+  for r in rows:
+    groups.setdefault(tuple(r[k] for k in _CURVE), []).append(r)
+  out = []
+  for rs in groups.values():
+    steps = sorted(set.intersection(*({p["step"] for p in r["points"]} for r in rs)))
+    curve = {k: rs[0][k] for k in _CURVE} | {"seeds": sorted(r["seed"] for r in rs), "points": []}
+    for key in _REFERENCES:
+      curve[key], curve[f"{key}_std"] = mean_std([r.get(key) for r in rs])
+    if "ms_per_1k_tokens" in rs[0]:
+      curve["ms_per_1k_tokens"] = mean_std([r["ms_per_1k_tokens"] for r in rs])[0]
+    for step in steps:
+      ps = [next(p for p in r["points"] if p["step"] == step) for r in rs]
+      point = {"step": step, "tokens": ps[0]["tokens"]}
+      for m in METRICS:
+        mean, std = mean_std([p.get(m) for p in ps])
+        lo, hi = (mean - std, mean + std) if std is not None else (ps[0].get(f"{m}_lo"), ps[0].get(f"{m}_hi"))
+        point |= {m: mean, f"{m}_std": std, f"{m}_lo": lo, f"{m}_hi": hi}
+      curve["points"].append(point)
+    curve["closes"] = {c: [r["closes"][c] for r in rs] for c in rs[0]["closes"]}
+    out.append(curve)
+  return out
+
+
 def write_report(rows: list[dict], out: str, exp, seconds: float) -> None:
-  """results.jsonl (last: it marks the report finished), porting.md and one figure per (pair, arch)."""
+  """results.jsonl (every seed's curve; last: it marks the report finished), porting.md (curves over seeds) and one
+  figure per (pair, arch)."""
   fs.makedirs(out)
   fs.remove(fs.join(out, "results.jsonl"))
-  fs.write_text(fs.join(out, "porting.md"), markdown(rows))
-  for key in sorted({(r["corpus"], r["arch"], r["source"], r["target"]) for r in rows}):
-    figure([r for r in rows if (r["corpus"], r["arch"], r["source"], r["target"]) == key], out)
+  curves = aggregate(rows)
+  fs.write_text(fs.join(out, "porting.md"), markdown(curves))
+  for key in sorted({(r["corpus"], r["arch"], r["source"], r["target"]) for r in curves}):
+    figure([r for r in curves if (r["corpus"], r["arch"], r["source"], r["target"]) == key], out)
   fs.write_text(fs.join(out, "experiment.json"), json.dumps({"config": exp.to_dict(), "seconds": round(seconds)}))
   fs.write_text(fs.join(out, "results.jsonl"), "".join(json.dumps(r) + "\n" for r in rows))
 
 
-def _fmt(p: dict) -> str:
-  return f"{p['bpb']:.3f} ({p['bpb_lo']:.3f}–{p['bpb_hi']:.3f})" if p["bpb_lo"] is not None else f"{p['bpb']:.3f}"
+def _fmt(p: dict, m: str = "bpb") -> str:
+  """mean ± std over seeds, or the single seed's figure (95% bootstrap interval)."""
+  if p.get(m) is None:
+    return "n/a"
+  if p.get(f"{m}_std") is not None:
+    return f"{p[m]:.3f} ± {p[f'{m}_std']:.3f}"
+  if p.get(f"{m}_lo") is not None:
+    return f"{p[m]:.3f} ({p[f'{m}_lo']:.3f}–{p[f'{m}_hi']:.3f})"
+  return f"{p[m]:.3f}"
 
 
-def _tokens(t: int | None) -> str:
-  return "—" if t is None else f"{t:,}"
+def _ref(curve: dict, key: str) -> str:
+  return _fmt({"v": curve[key], "v_std": curve.get(f"{key}_std")}, "v")
 
 
-def markdown(rows: list[dict]) -> str:
+def _tokens(per_seed: list[int | None]) -> str:
+  """Tokens to close a share of the gap over seeds: the figure, mean (min–max), or — (k/n seeds reached it)."""
+  reached = [t for t in per_seed if t is not None]
+  if len(reached) < len(per_seed):
+    return "—" if not reached else f"— ({len(reached)}/{len(per_seed)} seeds)"
+  if len(reached) == 1 or min(reached) == max(reached):
+    return f"{reached[0]:,}"
+  return f"{round(sum(reached) / len(reached)):,} ({min(reached):,}–{max(reached):,})"
+
+
+def _port(curve: dict) -> str:
+  return f"| {curve['corpus']} | {curve['arch']} | {curve['source']} → {curve['target']} | {curve['method']} |"
+
+
+def markdown(curves: list[dict]) -> str:
+  """The bits-per-byte table (with tokens to close the gap) and, when judged, the relevance table."""
+  seeds = sorted({s for c in curves for s in c["seeds"]})
+  spread = "mean ± std over seeds" if len(seeds) > 1 else "figure (95% bootstrap interval over documents)"
   lines = [
+    f"Bits per byte on ISA B's test split, {spread}; seeds {', '.join(map(str, seeds))}. Tokens to close the gap: "
+    + ("mean (min–max) over seeds." if len(seeds) > 1 else "interpolated on log tokens."),
+    "",
     "| corpus | arch | port | method | zero-shot | 0 tokens | last | tokens | native | 50% | 90% | 99% |",
     "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
   ]
-  for r in rows:
-    first, last = r["points"][0], r["points"][-1]
-    zero_col = _fmt(first) if r["method"] != "translate" else f"{_fmt(first)} · {r['ms_per_1k_tokens']:.2f} ms/1k ids"
+  for c in curves:
+    first, last = c["points"][0], c["points"][-1]
+    zero_col = _fmt(first) + (f" · {c['ms_per_1k_tokens']:.2f} ms/1k ids" if c["method"] == "translate" else "")
     lines.append(
-      f"| {r['corpus']} | {r['arch']} | {r['source']} → {r['target']} | {r['method']} | {r['zero_shot_bpb']:.3f} | "
-      f"{zero_col} | {_fmt(last)} | {last['tokens']:,} | {r['native_bpb']:.3f} | "
-      + " | ".join(_tokens(r["closes"][k]) for k in ("50%", "90%", "99%"))
-      + " |"
+      f"{_port(c)} {_ref(c, 'zero_shot_bpb')} | {zero_col} | {_fmt(last)} | {last['tokens']:,} | "
+      f"{_ref(c, 'native_bpb')} | " + " | ".join(_tokens(c["closes"][k]) for k in ("50%", "90%", "99%")) + " |"
     )
+  judged = [c for c in curves if any(p.get("relevance") is not None for p in c["points"])]
+  if judged:
+    steps = sorted({p["step"] for c in judged for p in c["points"]})
+    lines += [
+      "",
+      f"Relevance (exact match on programs) of greedy continuations of ISA-B prompts, {spread}, by training step.",
+      "",
+      "| corpus | arch | port | method | zero-shot | " + " | ".join(f"step {s}" for s in steps) + " | native |",
+      "|---|---|---|---|---:|" + "---:|" * len(steps) + "---:|",
+    ]
+    for c in judged:
+      at = {p["step"]: p for p in c["points"]}
+      cols = [_fmt(at[s], "relevance") if s in at else "" for s in steps]
+      row = f"{_port(c)} {_ref(c, 'zero_shot_relevance')} | " + " | ".join(cols)
+      lines.append(f"{row} | {_ref(c, 'native_relevance')} |")
   return "\n".join(lines) + "\n"
 
 
-def figure(rows: list[dict], out: str) -> None:
+def figure(curves: list[dict], out: str) -> None:
+  """Recovery of one (pair, arch): every method's bits per byte (and relevance, when judged) against tokens."""
   from llmcpu.crosseval.report import plt
 
-  r0 = rows[0]
-  fig, ax = plt.subplots(figsize=(6, 4))
-  floor = min((p["tokens"] for r in rows for p in r["points"] if p["tokens"] > 0), default=1) / 3
-  for r in rows:
-    xs = [max(p["tokens"], floor) for p in r["points"]]
-    (line,) = ax.plot(xs, [p["bpb"] for p in r["points"]], marker="o", label=r["method"])
-    if all(p["bpb_lo"] is not None for p in r["points"]):  # 95% bootstrap intervals over documents
-      lo, hi = [p["bpb_lo"] for p in r["points"]], [p["bpb_hi"] for p in r["points"]]
-      ax.fill_between(xs, lo, hi, color=line.get_color(), alpha=0.15, lw=0)
-  ax.axhline(r0["zero_shot_bpb"], ls=":", c="gray", label="zero-shot (source CPU, ISA B code)")
-  ax.axhline(r0["native_bpb"], ls="--", c="k", label="native ISA-B CPU")
-  ax.set_xscale("log")
-  ax.set_xlabel(f"ISA-B tokens seen (leftmost = 0, drawn at {floor:,.0f})")
-  ax.set_ylabel("bits per byte on ISA B's test split")
-  ax.set_title(f"{r0['arch']}: {r0['source']} → {r0['target']} ({r0['corpus']})")
-  ax.legend(fontsize=7)
+  c0 = curves[0]
+  panels = [m for m in METRICS if any(p.get(m) is not None for c in curves for p in c["points"])]
+  fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4), squeeze=False)
+  floor = min((p["tokens"] for c in curves for p in c["points"] if p["tokens"] > 0), default=1) / 3
+  band = "± std over seeds" if len(c0["seeds"]) > 1 else "95% interval over documents"
+  for ax, m in zip(axes[0], panels, strict=True):
+    for c in curves:
+      pts = [p for p in c["points"] if p.get(m) is not None]
+      xs = [max(p["tokens"], floor) for p in pts]
+      (line,) = ax.plot(xs, [p[m] for p in pts], marker="o", label=c["method"])
+      if pts and all(p[f"{m}_lo"] is not None for p in pts):
+        lo, hi = [p[f"{m}_lo"] for p in pts], [p[f"{m}_hi"] for p in pts]
+        ax.fill_between(xs, lo, hi, color=line.get_color(), alpha=0.15, lw=0)
+    name = "bpb" if m == "bpb" else "relevance"
+    if c0.get(f"zero_shot_{name}") is not None:
+      ax.axhline(c0[f"zero_shot_{name}"], ls=":", c="gray", label="zero-shot (source CPU, ISA B code)")
+    if c0.get(f"native_{name}") is not None:
+      ax.axhline(c0[f"native_{name}"], ls="--", c="k", label="native ISA-B CPU")
+    ax.set_xscale("log")
+    ax.set_xlabel(f"ISA-B tokens seen (leftmost = 0, drawn at {floor:,.0f})")
+    ax.set_ylabel("bits per byte on ISA B's test split" if m == "bpb" else "relevance (exact match on programs)")
+    ax.set_title(f"{c0['arch']}: {c0['source']} → {c0['target']} ({c0['corpus']}; bands {band})", fontsize=9)
+    ax.legend(fontsize=7)
   fig.tight_layout()
-  name = f"recovery_{r0['corpus']}_{r0['arch']}_{r0['source']}-to-{r0['target']}.png"
+  name = f"recovery_{c0['corpus']}_{c0['arch']}_{c0['source']}-to-{c0['target']}.png"
   with fs.open(fs.join(out, name), "wb") as f:
     fig.savefig(f, dpi=120)
   plt.close(fig)
