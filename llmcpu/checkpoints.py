@@ -45,8 +45,17 @@ def make_meta(
   tokens_seen: int,
   data_step: int,
   provenance: dict | None = None,
+  input_compiler: compilers.Compiler | None = None,
 ) -> dict:
-  """``provenance``: where the parameters came from when not from random init (a source checkpoint, a port)."""
+  """``provenance``: where the parameters came from when not from random init (a source checkpoint, a port).
+  ``input_compiler``: the ISA a stitched encoder reads, when not ``compiler``'s (``input_isa_*`` keys)."""
+  reads = {}
+  if input_compiler is not None:
+    reads = {
+      "input_isa_name": input_compiler.name,
+      "input_isa_fingerprint": input_compiler.fingerprint,
+      "input_compiler_files": compilers.to_blob(input_compiler),
+    }
   return {
     "format": META_FORMAT,
     "arch": model_config.arch,
@@ -60,6 +69,7 @@ def make_meta(
     "tokens_seen": tokens_seen,
     "data_step": data_step,
     "provenance": provenance or {},
+    **reads,
   }
 
 

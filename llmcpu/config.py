@@ -41,6 +41,7 @@ def base_config(arch: str, preset: str = "tiny") -> ml_collections.ConfigDict:
   c.data.truncate = False  # seq2seq: cut pairs longer than input/target_length (counted) instead of refusing them
   c.data.train_split = "train"
   c.data.eval_split = "validation"
+  c.data.input_isa = ""  # seq2seq: the ISA the encoder reads ('' = data.isa); a stitched encoder_decoder's
 
   # Every ModelConfig field, from the preset; vocab_size 0 = take it from the ISA.
   model = {f.name: f.default for f in dataclasses.fields(ModelConfig)}
@@ -79,6 +80,20 @@ def base_config(arch: str, preset: str = "tiny") -> ml_collections.ConfigDict:
   c.mesh = ml_collections.ConfigDict()
   c.mesh.fsdp = 1  # devices that shard parameters (ZeRO-3 style); the rest are pure data parallel
   c.mesh.tensor = 1  # devices that shard heads / mlp / vocab
+  return c
+
+
+def checkpoint_config(old: dict) -> ml_collections.ConfigDict:
+  """A checkpoint's training config on today's keys: the preset's defaults, overlaid with every value it has (a run
+  continued from a checkpoint — a port, a stitch — starts from its source's config)."""
+  c = base_config(old["model"]["arch"], old["model"].get("preset") or "tiny")
+  for key, value in old.items():
+    if isinstance(value, dict) and key in c:
+      for k, v in value.items():
+        if k in c[key]:
+          c[key][k] = v
+    elif key in c:
+      c[key] = value
   return c
 
 

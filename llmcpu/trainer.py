@@ -31,6 +31,7 @@ from flax import nnx
 
 from llmcpu import checkpoints, compilers, fs, loss, metrics, models, parallel, placement, toolchain
 from llmcpu.config import check_ranges
+from llmcpu.data import compiled
 from llmcpu.data import objectives as obj
 from llmcpu.data.pipeline import Pipeline
 from llmcpu.errors import UserError
@@ -39,8 +40,11 @@ from llmcpu.optim import make_optimizer
 # ------------------------------------------------------------------------------------------------- configuration
 
 
-def model_config_for(config: ml_collections.ConfigDict, vocab_size: int) -> models.ModelConfig:
-  """The CPU's config: the ``model`` block with the ISA's vocabulary size (a different explicit size is an error)."""
+def model_config_for(
+  config: ml_collections.ConfigDict, vocab_size: int, input_vocab_size: int | None = None
+) -> models.ModelConfig:
+  """The CPU's config: the ``model`` block with the ISA's vocabulary size (a different explicit size is an error);
+  a stitched encoder's (``model.encoder_config``) with the size of the ISA it reads (``data.input_isa``)."""
   block = config.model.to_dict()
   if block.get("vocab_size") and block["vocab_size"] != vocab_size:
     raise UserError(
@@ -49,6 +53,21 @@ def model_config_for(config: ml_collections.ConfigDict, vocab_size: int) -> mode
     )
   block["vocab_size"] = vocab_size
   block["num_decoder_layers"] = block.get("num_decoder_layers") or None
+  enc = block.get("encoder_config")
+  input_isa = config.data.get("input_isa") or config.data.isa
+  if input_vocab_size not in (None, vocab_size) and not enc:
+    raise UserError(
+      f"data.input_isa={input_isa} has {input_vocab_size} ids and data.isa {vocab_size}: one shared table cannot "
+      "read both; give the encoder its own (model.encoder_config, see llmcpu.stitching)"
+    )
+  if enc:
+    want = input_vocab_size or vocab_size
+    if enc.get("vocab_size") and enc["vocab_size"] != want:
+      raise UserError(
+        f"the stitched encoder has {enc['vocab_size']} ids but reads ISA {input_isa} ({want} ids); set "
+        "data.input_isa to the ISA that encoder was trained on"
+      )
+    block["encoder_config"] = {**enc, "vocab_size": want}
   return models.ModelConfig.from_config(block)
 
 
@@ -128,6 +147,7 @@ class Setup:
   config: ml_collections.ConfigDict
   workdir: str
   compiler: compilers.Compiler
+  input_compiler: compilers.Compiler | None  # data.input_isa's: what a stitched encoder reads (None: compiler)
   model_config: models.ModelConfig
   objective: str
   train_data: Pipeline
@@ -160,8 +180,22 @@ def resolve(config: ml_collections.ConfigDict, workdir: str) -> Setup:
   eval_split = None
   if t.eval_every and t.eval_batches:
     eval_split = toolchain.load_split(compile_dir, corpus_name, compiler, d.eval_split)
+  input_compiler = None
+  if d.get("input_isa"):  # a stitched encoder-decoder: the encoder reads another ISA's compile of the same programs
+    input_spec = compilers.parse(d.input_isa)
+    input_path = toolchain.compiler_dir(compile_dir, input_spec.name)
+    if not fs.exists(fs.join(input_path, "isa.json")):
+      raise UserError(f"no compiler {input_spec} (data.input_isa) under {compile_dir}; build it with: {compile_cmd}")
+    input_compiler = compilers.load(input_path)
+
+    def paired(split_name, split):
+      source = toolchain.load_split(compile_dir, corpus_name, input_compiler, split_name)
+      return compiled.pair(split, source)
+
+    train_split = paired(d.train_split, train_split)
+    eval_split = paired(d.eval_split, eval_split) if eval_split is not None else None
   objective = obj.objective_for(config, train_split.kind)
-  mc = model_config_for(config, compiler.vocab_size)
+  mc = model_config_for(config, compiler.vocab_size, input_compiler.vocab_size if input_compiler else None)
   if objective not in obj.SEQ2SEQ and d.length > mc.max_len and mc.positions == "learned":
     raise UserError(f"data.length={d.length} exceeds model.max_len={mc.max_len} with learned positions")
   if (objective in obj.SEQ2SEQ) != (mc.arch == "encoder_decoder"):
@@ -190,6 +224,7 @@ def resolve(config: ml_collections.ConfigDict, workdir: str) -> Setup:
     config=config,
     workdir=workdir,
     compiler=compiler,
+    input_compiler=input_compiler,
     model_config=mc,
     objective=objective,
     train_data=pipeline(train_split),
@@ -388,7 +423,12 @@ class Trainer:
     """The newest checkpoint, if it is of this architecture on this ISA."""
     run, workdir = self.setup, self.setup.workdir
     meta = checkpoints.load_meta(workdir)
-    if meta["arch"] != run.model_config.arch or meta["isa_fingerprint"] != run.compiler.fingerprint:
+    reads = run.input_compiler.fingerprint if run.input_compiler else None
+    if (
+      meta["arch"] != run.model_config.arch
+      or meta["isa_fingerprint"] != run.compiler.fingerprint
+      or meta.get("input_isa_fingerprint") != reads
+    ):
       raise UserError(
         f"{workdir} holds a checkpoint of arch {meta['arch']} on ISA {meta['isa_name']} "
         f"({meta['isa_fingerprint']}), not of {run.model_config.arch} on {run.compiler.name} "
@@ -444,6 +484,7 @@ class Trainer:
       tokens_seen=step * run.tokens_per_step,
       data_step=step,
       provenance=self.provenance,
+      input_compiler=run.input_compiler,
     )
     checkpoints.save(self.mngr, step, self.placement.host(self.state), meta, force=True)
     self.saved = step

@@ -4,7 +4,8 @@
       [--config.compilers=bpe:500,bpe:2000,char,bpe:2000+perm:3] [--config.archs=decoder,encoder] [--config.steps=500]
 
 Rerunning continues where a crash or preemption stopped; finished stages are skipped. A porting config
-(configs/experiments/porting.py) ports the CPUs it trains and writes recovery curves instead of the matrix.
+(configs/experiments/porting.py) ports the CPUs it trains and writes recovery curves instead of the matrix; a swap
+config (configs/experiments/swap.py) swaps their encoders and writes the stitching matrices.
 """
 
 import os
@@ -32,6 +33,13 @@ def main(argv):
     out = recovery.run(_CONFIG.value, cli.workdir_path(_WORKDIR.value), log=cli.log)
     if out:
       print("\n" + fs.read_text(fs.join(out, "porting.md")) + f"\nReport: {out} (porting.md, recovery_*.png)")
+    return
+  if "variants" in _CONFIG.value:  # configs/experiments/swap.py: encoders swapped across ISAs
+    from llmcpu.stitching import experiment as swaps
+
+    out = swaps.run(_CONFIG.value, cli.workdir_path(_WORKDIR.value), log=cli.log)
+    if out:
+      print("\n" + fs.read_text(fs.join(out, "swap.md")) + f"\nReport: {out} (swap.md, swap_*.png)")
     return
   reports = experiment.run(_CONFIG.value, cli.workdir_path(_WORKDIR.value), log=cli.log)
   for name, out in reports.items():

@@ -18,7 +18,7 @@ LAYERS = [
   ("llmcpu.checkpoints",),
   ("llmcpu.trainer", "llmcpu.crosseval", "llmcpu.integrity"),
   ("llmcpu.experiment",),
-  ("llmcpu.porting",),  # ports trained CPUs through the trainer and reuses the experiment's stages
+  ("llmcpu.porting", "llmcpu.stitching"),  # port / stitch trained CPUs through the trainer; reuse the experiment
 ]
 
 

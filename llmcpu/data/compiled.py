@@ -92,6 +92,27 @@ class CompiledSplit:
     return "seq2seq" if "target" in self.fields else "text"
 
 
+def pair(target: CompiledSplit, source: CompiledSplit) -> CompiledSplit:
+  """``target``'s split with its ``input`` field taken from ``source``: the same programs read in another ISA (a
+  stitched encoder-decoder reads ``source``'s ISA and writes ``target``'s). Both must hold the same documents: equal
+  counts, task labels and input bytes per document, or this is one UserError."""
+  if target.kind != "seq2seq" or source.kind != "seq2seq":
+    raise UserError(
+      "data.input_isa needs a seq2seq corpus (input/target pairs, e.g. programs): a prose objective draws its input "
+      "and target from one stream of ids, so they cannot come from two ISAs"
+    )
+  a, b = target.fields["input"], source.fields["input"]
+  same = len(a) == len(b) and target.labels == source.labels and np.array_equal(a.nbytes, b.nbytes)
+  if not same or target.manifest.get("corpus") != source.manifest.get("corpus"):
+    raise UserError(
+      f"ISA {target.isa}'s and ISA {source.isa}'s compiled splits do not hold the same documents "
+      f"({len(a)} vs {len(b)} docs, corpus {target.manifest.get('corpus')!r} vs {source.manifest.get('corpus')!r}); "
+      "compile both from one corpus into one compile dir"
+    )
+  manifest = dict(target.manifest, input_compiler=source.isa, input_compiler_fingerprint=source.fingerprint)
+  return dataclasses.replace(target, fields={"input": b, "target": target.fields["target"]}, manifest=manifest)
+
+
 def read_manifest(path: str) -> dict | None:
   """The manifest of the split at ``path``, or None when there is no complete split there."""
   if not fs.exists(fs.join(path, MANIFEST)):

@@ -26,6 +26,7 @@ _CHOICES = {
   "dtype": ("float32", "bfloat16"),
   "attention_impl": ("xla", "dot_product_attention"),
   "illegal_id_policy": ("unk", "error"),
+  "stitch": ("", "linear"),
 }
 
 
@@ -36,6 +37,11 @@ class ModelConfig:
   Layers: ``num_layers`` is the depth of the encoder or decoder stack; for ``encoder_decoder`` it is the encoder's
   depth and also the decoder's unless ``num_decoder_layers`` is set. ``head_dim`` is ``d_model // num_heads``.
   Parameters are always float32; ``dtype`` is the compute dtype (logits are returned in float32).
+
+  Stitching (encoder_decoder only): ``encoder_config`` gives the encoder stack and its own token table the shape of
+  another CPU's encoder (its ISA's ``vocab_size``, its width and depth), so the model reads one ISA and writes
+  another; ``stitch='linear'`` maps the encoder's output to ``d_model`` (a D_enc×D matrix + bias, identity where the
+  widths agree) before cross-attention. Without a stitch the widths must agree.
   """
 
   arch: str = "decoder"
@@ -56,8 +62,12 @@ class ModelConfig:
   norm_eps: float = 1e-6
   rope_base: float = 10_000.0
   embed_init_std: float = 0.02
+  encoder_config: ModelConfig | None = None  # encoder_decoder: another CPU's encoder (see above)
+  stitch: str = ""  # encoder_decoder: "" | "linear"
 
   def __post_init__(self):
+    if isinstance(self.encoder_config, Mapping):  # read back from a checkpoint's (JSON) metadata
+      object.__setattr__(self, "encoder_config", ModelConfig(**self.encoder_config))
     for name, choices in _CHOICES.items():
       if getattr(self, name) not in choices:
         raise UserError(f"model.{name}={getattr(self, name)!r} is not one of {', '.join(choices)}")
@@ -74,6 +84,19 @@ class ModelConfig:
       raise UserError(f"sinusoidal positions need an even d_model; got {self.d_model}")
     if self.num_decoder_layers is not None and self.num_decoder_layers <= 0:
       raise UserError(f"model.num_decoder_layers={self.num_decoder_layers} must be positive")
+    if (self.encoder_config is not None or self.stitch) and self.arch != "encoder_decoder":
+      raise UserError(f"model.encoder_config and model.stitch belong to an encoder_decoder, not a {self.arch}")
+    enc = self.encoder_config
+    if enc is not None and enc.d_model != self.d_model and not self.stitch:
+      raise UserError(
+        f"the encoder is {enc.d_model} wide and the decoder {self.d_model}: cross-attention cannot read it as is; "
+        "add a stitch (model.stitch=linear)"
+      )
+
+  @property
+  def encoder(self) -> ModelConfig:
+    """The config of the encoder stack and the table it reads with: ``encoder_config`` or this one."""
+    return self.encoder_config or self
 
   @property
   def head_dim(self) -> int:
@@ -138,11 +161,19 @@ def presets(preset: str, arch: str | None = None) -> dict[str, Any]:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def _stack_sizes(c: ModelConfig) -> list[tuple[int, bool]]:
-  """(depth, has_cross_attention) for each transformer stack of the architecture."""
+def _stacks(c: ModelConfig) -> list[tuple[ModelConfig, int, bool]]:
+  """(config, depth, has_cross_attention) for each transformer stack of the architecture."""
   if c.arch == "encoder_decoder":
-    return [(c.num_layers, False), (c.decoder_layers, True)]
-  return [(c.num_layers, False)]
+    return [(c.encoder, c.encoder.num_layers, False), (c, c.decoder_layers, True)]
+  return [(c, c.num_layers, False)]
+
+
+def _extra_tables(c: ModelConfig) -> int:
+  """A stitched encoder's own token table and the stitch (D_enc·D + D)."""
+  if c.arch != "encoder_decoder":
+    return 0
+  e = c.encoder_config
+  return (e.vocab_size * e.d_model if e else 0) + ((c.encoder.d_model + 1) * c.d_model if c.stitch else 0)
 
 
 def expected_param_count(c: ModelConfig) -> int:
@@ -153,24 +184,23 @@ def expected_param_count(c: ModelConfig) -> int:
   (2·D·F for GELU, 3·D·F for SwiGLU), and for decoder layers of an encoder_decoder a second norm + 4·D² of
   cross-attention. LayerNorm has scale and bias (2·D), RMSNorm a scale (D).
   """
-  d, f, v = c.d_model, c.d_ff, c.vocab_size
-  norm = 2 * d if c.norm == "layernorm" else d
-  attn = 4 * d * d
-  mlp = (3 if c.mlp == "swiglu" else 2) * d * f
-  total = v * d + (0 if c.tie_embeddings else d * v)
-  for depth, cross in _stack_sizes(c):
+  total = c.vocab_size * c.d_model * (1 if c.tie_embeddings else 2) + _extra_tables(c)
+  for s, depth, cross in _stacks(c):
+    d, f = s.d_model, s.d_ff
+    norm = 2 * d if s.norm == "layernorm" else d
+    attn = 4 * d * d
+    mlp = (3 if s.mlp == "swiglu" else 2) * d * f
     layer = 2 * norm + attn + mlp + ((norm + attn) if cross else 0)
-    total += depth * layer + norm + (c.max_len * d if c.positions == "learned" else 0)
+    total += depth * layer + norm + (s.max_len * d if s.positions == "learned" else 0)
   return total
 
 
 def matmul_param_count(c: ModelConfig) -> int:
   """Parameters that take part in a matrix multiply per token: all layers' weights plus the output head (tied or
   not); the input lookup, position tables and norm scales do not."""
-  d, f = c.d_model, c.d_ff
-  mlp = (3 if c.mlp == "swiglu" else 2) * d * f
-  total = c.vocab_size * d
-  for depth, cross in _stack_sizes(c):
+  total = c.vocab_size * c.d_model + (c.encoder.d_model * c.d_model if c.stitch else 0)
+  for s, depth, cross in _stacks(c):
+    d, mlp = s.d_model, (3 if s.mlp == "swiglu" else 2) * s.d_model * s.d_ff
     total += depth * (4 * d * d + mlp + (4 * d * d if cross else 0))
   return total
 
@@ -182,5 +212,5 @@ def flops_per_token(c: ModelConfig, seq_len: int) -> float:
   per self-attention and per cross-attention layer. For an encoder_decoder, "per token" means per target token
   with a source of the same length (one encoder token + one decoder token).
   """
-  attn_layers = sum(depth * (2 if cross else 1) for depth, cross in _stack_sizes(c))
-  return 6.0 * matmul_param_count(c) + 12.0 * attn_layers * c.d_model * seq_len
+  attn = sum(depth * (2 if cross else 1) * s.d_model for s, depth, cross in _stacks(c))
+  return 6.0 * matmul_param_count(c) + 12.0 * attn * seq_len

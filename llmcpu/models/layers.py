@@ -94,6 +94,20 @@ class Head(nnx.Module):
     return dense(x_BxLxD, self.kernel[...].astype(self.dtype), out_dtype=jnp.float32)
 
 
+class Stitch(nnx.Module):
+  """A linear map between two CPUs' hidden spaces, ``x @ kernel + bias`` ([D_in, D_out] + [D_out]), initialised to
+  the identity (zero-padded where the widths differ): a zero-shot swap passes the encoder's states through as is."""
+
+  def __init__(self, d_in: int, d_out: int, *, dtype: jnp.dtype):
+    self.dtype = dtype
+    self.kernel = nnx.Param(jnp.eye(d_in, d_out, dtype=jnp.float32), out_sharding=(None, None), eager_sharding=False)
+    self.bias = nnx.Param(jnp.zeros((d_out,), jnp.float32), out_sharding=(None,), eager_sharding=False)
+
+  def __call__(self, x_BxLxD: jax.Array) -> jax.Array:
+    y = dense(x_BxLxD, self.kernel[...].astype(self.dtype))
+    return y + self.bias[...].astype(self.dtype).reshape((1,) * (y.ndim - 1) + (-1,))
+
+
 class Norm(nnx.Module):
   """LayerNorm (scale + bias) or RMSNorm (scale), computed in float32 for stability under bfloat16."""
 

@@ -2,7 +2,9 @@
 ``EncoderDecoder`` (T5-style; ``encode``/``decode`` usable on their own).
 
 Attribute names other code relies on (porting, swapping, sharding):
-  ``embed.table``   token embedding [V, D] (shared by both stacks of an EncoderDecoder);
+  ``embed.table``   token embedding [V, D] (shared by both stacks of an EncoderDecoder, unless it is stitched);
+  ``encoder_embed.table``, ``stitch.kernel``/``stitch.bias``  a stitched EncoderDecoder's encoder-side table (its
+                    own ISA) and the map into cross-attention (``ModelConfig.encoder_config`` / ``stitch``);
   ``head.kernel``   separate output projection [D, V], present only when ``tie_embeddings`` is False;
   ``encoder`` / ``decoder``  the ``TransformerStack``s (an Encoder has ``encoder``, a Decoder ``decoder``);
   ``illegal_opcodes``  the ``IllegalOpcodes`` counter.
@@ -21,7 +23,7 @@ from flax.errors import TraceContextError
 
 from llmcpu.errors import UserError
 from llmcpu.models.config import ModelConfig
-from llmcpu.models.layers import Embed, Head
+from llmcpu.models.layers import Embed, Head, Stitch
 from llmcpu.models.opcodes import IllegalOpcodes, check_eager, sanitize_ids
 from llmcpu.models.transformer import Cache, TransformerStack
 from llmcpu.specials import PAD_ID
@@ -38,7 +40,10 @@ class _LanguageModel(nnx.Module):
     self.illegal_opcodes = IllegalOpcodes(jnp.asarray(np.zeros((), np.int32)))
 
   def embed_ids(self, ids_BxL: jax.Array, positions: jax.Array | None = None) -> jax.Array:
-    c = self.config
+    return self._embed_with(self.embed, self.config, ids_BxL, positions)
+
+  def _embed_with(self, embed: Embed, c: ModelConfig, ids_BxL: jax.Array, positions: jax.Array | None) -> jax.Array:
+    """Sanitize ``ids_BxL`` for ISA ``c.vocab_size`` (counting illegal ones), then look them up in ``embed``."""
     if not isinstance(ids_BxL, jax.Array):
       ids_BxL = np.asarray(ids_BxL)
     if ids_BxL.ndim != 2:
@@ -54,7 +59,7 @@ class _LanguageModel(nnx.Module):
         "the model with nnx.merge(graphdef, *states, copy=True) (or use nnx.grad/nnx.jit) and return its state"
       ) from e
     check_eager(num_illegal, c.illegal_id_policy, c.vocab_size)
-    return self.embed.lookup(ids_BxL)
+    return embed.lookup(ids_BxL)
 
   def logits(self, h_BxLxD: jax.Array) -> jax.Array:
     if self.config.tie_embeddings:
@@ -133,18 +138,32 @@ class Encoder(_LanguageModel):
 
 
 class EncoderDecoder(_LanguageModel):
-  """T5-style: shared token embedding, bidirectional ``encoder``, causal cross-attending ``decoder``."""
+  """T5-style: shared token embedding, bidirectional ``encoder``, causal cross-attending ``decoder``.
+
+  Stitched (``config.encoder_config``): the encoder has its own table and shape (another CPU's, another ISA), and
+  with ``config.stitch`` its output goes through ``stitch`` into the decoder's width."""
 
   def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
     super().__init__(config, rngs=rngs)
-    self.encoder = TransformerStack(config, num_layers=config.num_layers, causal=False, cross=False, rngs=rngs)
+    enc = config.encoder
+    if config.encoder_config is not None:
+      self.encoder_embed = Embed(enc, rngs=rngs)
+    self.encoder = TransformerStack(enc, num_layers=enc.num_layers, causal=False, cross=False, rngs=rngs)
     self.decoder = TransformerStack(config, num_layers=config.decoder_layers, causal=True, cross=True, rngs=rngs)
+    if config.stitch:
+      self.stitch = Stitch(enc.d_model, config.d_model, dtype=config.compute_dtype)
 
   def encode(
     self, encoder_ids: jax.Array, *, segment_ids: jax.Array | None = None, positions: jax.Array | None = None
   ) -> jax.Array:
-    """Encoded source [B, Le, D]."""
-    return self.encoder(self.embed_ids(encoder_ids, positions), segment_ids=segment_ids, positions=positions)
+    """Encoded source [B, Le, D] (stitched: read with the encoder's own ISA, mapped into the decoder's width)."""
+    c = self.config
+    if c.encoder_config is None:
+      x_BxLxD = self.embed_ids(encoder_ids, positions)
+    else:
+      x_BxLxD = self._embed_with(self.encoder_embed, c.encoder_config, encoder_ids, positions)
+    h_BxLxD = self.encoder(x_BxLxD, segment_ids=segment_ids, positions=positions)
+    return self.stitch(h_BxLxD) if c.stitch else h_BxLxD
 
   def decode(
     self,

@@ -19,7 +19,7 @@ import ml_collections
 from flax import nnx
 
 from llmcpu import checkpoints, compilers, fs, models, trainer
-from llmcpu.config import base_config
+from llmcpu.config import checkpoint_config
 from llmcpu.errors import UserError
 from llmcpu.porting.transplant import transplant, vocab_params
 
@@ -29,7 +29,7 @@ METHODS = ("align", "fvt", *TRAINED)  # what writes a checkpoint; "translate" is
 
 def port_config(config: ml_collections.ConfigDict, source_meta: dict) -> ml_collections.ConfigDict:
   """The training config of the ported CPU: the source's, on ISA B, for ``config.steps`` steps."""
-  c = _current(source_meta["config"])
+  c = checkpoint_config(source_meta["config"])
   c.data.isa = str(compilers.parse(config.to_isa))
   c.data.compile_dir = config.compile_dir or c.data.compile_dir
   c.model.vocab_size = 0  # ISA B's
@@ -43,19 +43,6 @@ def port_config(config: ml_collections.ConfigDict, source_meta: dict) -> ml_coll
   c.checkpoint.every = max(1, c.train.steps)
   c.checkpoint.at = config.save_at if config.method in TRAINED else ""  # align/fvt: step 0 is all there is
   c.checkpoint.keep = 0 if c.checkpoint.at else c.checkpoint.keep
-  return c
-
-
-def _current(old: dict) -> ml_collections.ConfigDict:
-  """A checkpoint's config on today's keys: the preset's defaults, overlaid with every value the checkpoint has."""
-  c = base_config(old["model"]["arch"], old["model"].get("preset") or "tiny")
-  for key, value in old.items():
-    if isinstance(value, dict) and key in c:
-      for k, v in value.items():
-        if k in c[key]:
-          c[key][k] = v
-    elif key in c:
-      c[key] = value
   return c
 
 

@@ -1,0 +1,94 @@
+"""An encoder-decoder's own task on programs it reads in one ISA and answers in another (its output ISA).
+
+``score`` gives, on the held-out split, teacher-forced bits per byte of the answers (95% bootstrap interval over
+programs) and the exact match of greedy answers (interval over programs). A native CPU reads its own ISA; a swapped
+one (``stitching.swap``) reads the ISA its encoder was trained on. Both are scored by these same lines, so a
+swap's penalty is a difference of like figures.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from flax import nnx
+
+from llmcpu.compilers import Compiler
+from llmcpu.crosseval import generation, intervals, scoring
+from llmcpu.crosseval.library import Library
+from llmcpu.data import compiled
+from llmcpu.data.pipeline import Pipeline
+from llmcpu.errors import UserError
+
+
+def _round_up(n: int, k: int = 8) -> int:
+  return -(-n // k) * k
+
+
+def score(
+  model,
+  writes: Compiler,
+  reads: Compiler,
+  lib: Library,
+  corpus: str,
+  *,
+  split: str = "test",
+  prompts: int = 200,
+  input_length: int = 32,
+  target_length: int = 16,
+  answer_tokens: int = 16,
+  batch_size: int = 64,
+  seed: int = 0,
+) -> dict:
+  """Bits per byte and exact match (each with its interval) of ``model`` reading ``reads``' compile of ``corpus``
+  and answering in ``writes``' ISA (the model's own)."""
+  if model.config.arch != "encoder_decoder":
+    raise UserError(f"the stitching score is an encoder_decoder's task; this CPU is a {model.config.arch}")
+  name = lib.corpus_name(corpus, writes)
+  test = lib.split(name, writes, split)
+  if reads.fingerprint != writes.fingerprint:
+    test = compiled.pair(test, lib.split(name, reads, split))
+  pipe = Pipeline(
+    test,
+    objective="seq2seq",
+    global_batch=batch_size,
+    seed=seed,
+    length=input_length,
+    input_length=input_length,
+    target_length=target_length,
+    shuffle=False,
+    document_ids=True,
+    truncate=True,
+  )
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  sums_fn = scoring.make_sums_fn(graphdef, writes.vocab_size)
+  unigram = lib.unigram_bits(name, writes, ["target"], "train")
+  scored = scoring.run_pass(sums_fn, params, rest, pipe.eval_batches(), 0.0, unigram, test.num_docs)
+  total, docs = scored["total"], scored["docs"]
+  table = np.stack([docs["nll"], docs["bytes"]], axis=1)
+  bpb_ci = intervals.bootstrap(table, intervals.ratio(0, 1, 1.0 / math.log(2)), seed=seed)
+
+  raw = lib.raw_texts(name, writes, split)
+  chosen = list(range(min(prompts, test.num_docs)))
+  batch = generation.program_prompts(test, raw["input"], raw["target"], chosen)
+  width = _round_up(max(len(ids) for ids in batch.ids) + 2)
+  answers, _, truncated = generation.generate_texts(
+    model, batch, "encoder_decoder", width, answer_tokens, writes, writes, temperature=0.0
+  )
+  hits = np.array([a.strip() == r.strip() for a, r in zip(answers, batch.references, strict=True)], np.float64)
+  em_ci = intervals.bootstrap(np.stack([hits, np.ones_like(hits)], 1), intervals.ratio(0, 1), seed=seed)
+  return {
+    "bits_per_byte": scoring.bits_per_byte(total["nll"], total["bytes"]),
+    "bits_per_byte_ci": bpb_ci,
+    "token_accuracy": total["correct"] / total["tokens"] if total["tokens"] else None,
+    "exact_match": float(hits.mean()) if len(hits) else None,
+    "exact_match_ci": em_ci,
+    "programs": test.num_docs,
+    "prompts": len(hits),
+    "prompts_truncated": truncated,
+    "illegal_inputs": int(total["illegal_inputs"]),
+    "samples": [
+      {"input": t, "reference": r, "answer": a}
+      for t, r, a in list(zip(batch.texts, batch.references, answers, strict=True))[:3]
+    ],
+  }

@@ -1,0 +1,195 @@
+"""Swap the encoder of an encoder-decoder (ISA A) for another CPU's (ISA B), through the one training loop.
+
+The swapped CPU is an ordinary checkpoint of a *stitched* encoder-decoder (``ModelConfig.encoder_config`` and
+``stitch``): B's token table and encoder stack read programs compiled by B (``data.input_isa``), a linear
+``stitch`` maps B's encoded states into A's width, and A's cross-attention, decoder and output head write A's ISA.
+Variants (``VARIANTS``):
+
+  zero_shot     identity stitch, nothing trained: B's states go to A's cross-attention as they are
+  lstsq         the stitch fitted in closed form (least squares, with bias) on parallel anchors, nothing trained
+  procrustes    the stitch fitted as an orthogonal map (+ bias) on the same anchors, nothing trained
+  stitch        identity stitch, then only the stitch trains (everything else frozen, bit-identical)
+  stitch_xattn  identity stitch, then the stitch and A's cross-attention (with its norm) train
+
+Parallel anchors are free: the same training programs compiled by both ISAs. Each token of B is paired with the
+token of A holding its last byte (``anchors``); x = B's encoded state, y = A's own encoded state (what A's
+cross-attention was trained to read). The checkpoint's metadata carries ISA A (what it writes), the ISA it reads
+(``input_isa_*``) and the provenance: both sources (checkpoint, ISA, fingerprint, step), the variant, the steps, the
+anchors and the fit's residual.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import nnx
+
+from llmcpu import checkpoints, fs, toolchain, trainer
+from llmcpu.config import checkpoint_config
+from llmcpu.errors import UserError
+from llmcpu.specials import EOS_ID, PAD_ID
+from llmcpu.stitching import anchors, closed_form
+
+CLOSED_FORM = ("lstsq", "procrustes")
+TRAINED = ("stitch", "stitch_xattn")
+VARIANTS = ("zero_shot", *CLOSED_FORM, *TRAINED)
+TRAINABLE = {"stitch": r"^stitch/", "stitch_xattn": r"^stitch/,/cross/,/cross_norm/"}
+
+
+def encoder_config_of(meta: dict, path: str) -> dict:
+  """The ModelConfig fields of a checkpoint's encoder (an encoder, or an encoder-decoder's encoder stack)."""
+  mc = dict(meta["model_config"])
+  if mc["arch"] == "decoder":
+    raise UserError(
+      f"{path} holds a decoder-only CPU: it has no encoder to swap in; pass an encoder or encoder_decoder checkpoint"
+    )
+  if mc.get("encoder_config") or mc.get("stitch"):
+    raise UserError(f"{path} is itself stitched; swap in the encoder of a CPU trained as one")
+  return {**mc, "arch": "encoder", "num_decoder_layers": None, "encoder_config": None, "stitch": ""}
+
+
+def swap_config(
+  config: ml_collections.ConfigDict, meta_a: dict, meta_b: dict, path_b: str
+) -> ml_collections.ConfigDict:
+  """The training config of the swapped CPU: A's, reading ISA B through B's encoder, for ``config.steps`` steps."""
+  c = checkpoint_config(meta_a["config"])
+  c.data.input_isa = meta_b["config"]["data"]["isa"]
+  c.data.compile_dir = config.compile_dir or c.data.compile_dir
+  c.model.encoder_config = encoder_config_of(meta_b, path_b)
+  c.model.stitch = "linear"
+  c.seed = config.seed
+  c.train.steps = config.steps if config.variant in TRAINED else 0
+  c.train.warmup_steps = min(c.train.warmup_steps, max(1, c.train.steps // 20))
+  c.train.learning_rate = config.learning_rate or c.train.learning_rate
+  c.train.trainable = TRAINABLE.get(config.variant, "")
+  c.train.eval_every = 0  # a recovery curve scores the saved steps (stitching.score)
+  c.train.init_from = ""
+  c.checkpoint.every = max(1, c.train.steps)
+  c.checkpoint.at = config.save_at if config.variant in TRAINED else ""
+  c.checkpoint.keep = 0 if c.checkpoint.at else c.checkpoint.keep
+  return c
+
+
+def _source(meta: dict, path: str) -> dict:
+  return {
+    "checkpoint": fs.abspath(path),
+    "arch": meta["arch"],
+    "isa": meta["isa_name"],
+    "isa_fingerprint": meta["isa_fingerprint"],
+    "step": meta["step"],
+  }
+
+
+def run(
+  config: ml_collections.ConfigDict,
+  workdir: str,
+  *,
+  should_stop: Callable[[int], bool] | None = None,
+  log: Callable[[str], None] = print,
+) -> trainer.TrainResult:
+  """Swaps ``config.encoder``'s encoder into ``config.decoder`` by ``config.variant`` into ``workdir``; resumable."""
+  if config.variant not in VARIANTS:
+    raise UserError(f"unknown swap variant {config.variant!r}; choose one of {', '.join(VARIANTS)}")
+  for key, what in (("decoder", "the encoder-decoder whose decoder is kept"), ("encoder", "the CPU whose encoder")):
+    if not config[key]:
+      raise UserError(f"no --config.{key}: pass {what} (a training workdir or checkpoint directory)")
+  meta_a, meta_b = checkpoints.load_meta(config.decoder), checkpoints.load_meta(config.encoder)
+  if meta_a["arch"] != "encoder_decoder" or meta_a["model_config"].get("encoder_config"):
+    what = "a stitched encoder_decoder" if meta_a["arch"] == "encoder_decoder" else f"a {meta_a['arch']}"
+    raise UserError(
+      f"--config.decoder={config.decoder} holds {what}; the decoder side of a swap is an encoder_decoder trained as one"
+    )
+  encoder_config_of(meta_b, config.encoder)  # refuses a CPU without an encoder before anything else
+  corpus_a, corpus_b = meta_a["config"]["data"]["corpus"], meta_b["config"]["data"]["corpus"]
+  if corpus_a != corpus_b:
+    raise UserError(
+      f"the decoder's CPU was trained on corpus {corpus_a!r} and the encoder's on {corpus_b!r}: a swap needs one "
+      "corpus compiled by both ISAs (its parallel anchors and its task)"
+    )
+  train_config = swap_config(config, meta_a, meta_b, config.encoder)
+  provenance = {
+    "decoder": _source(meta_a, config.decoder),
+    "encoder": _source(meta_b, config.encoder),
+    "variant": config.variant,
+    "steps": train_config.train.steps,
+  }
+
+  def initialize(model, setup: trainer.Setup) -> None:  # a fresh run only: a resumed one holds its stitch
+    model_a, _, _ = checkpoints.load_model(config.decoder)
+    model_b, _, _ = checkpoints.load_model(config.encoder)
+    transplant(model, model_a, model_b)
+    if config.variant in CLOSED_FORM:
+      x, y = anchor_states(model_a, model_b, setup, config.anchor_docs, config.anchor_pairs, config.seed)
+      fit = closed_form.fit_linear if config.variant == "lstsq" else closed_form.fit_procrustes
+      kernel, bias = fit(x, y)
+      model.stitch.kernel[...] = jnp.asarray(kernel, jnp.float32)
+      model.stitch.bias[...] = jnp.asarray(bias, jnp.float32)
+      residual = closed_form.apply(x, kernel, bias) - y
+      provenance["anchors"] = {
+        "docs": config.anchor_docs,
+        "pairs": len(x),
+        "relative_residual": float(np.sum(residual**2) / np.sum((y - y.mean(0)) ** 2)),
+      }
+    provenance["tokens"] = train_config.train.steps * setup.tokens_per_step
+
+  log(f"swapping the encoder of {meta_b['isa_name']} ({meta_b['arch']}) into {meta_a['isa_name']} by {config.variant}")
+  return trainer.train(
+    train_config, workdir, should_stop=should_stop, initialize=initialize, provenance=provenance, log=log
+  )
+
+
+def transplant(model, model_a, model_b) -> None:
+  """A's token table, decoder (and untied head) and B's table and encoder stack, copied bit-exactly into ``model``."""
+  for dst, src in (
+    (model.embed, model_a.embed),
+    (model.decoder, model_a.decoder),
+    (model.encoder_embed, model_b.embed),
+    (model.encoder, model_b.encoder),
+  ):
+    nnx.update(dst, nnx.state(src, nnx.Param))
+  if not model.config.tie_embeddings:
+    nnx.update(model.head, nnx.state(model_a.head, nnx.Param))
+
+
+def anchor_states(model_a, model_b, setup: trainer.Setup, docs: int, max_pairs: int, seed: int):
+  """(x, y): B's and A's encoded states of the same tokens of the first ``docs`` training programs, paired by bytes."""
+  compile_dir = fs.abspath(setup.config.data.compile_dir)
+  corpus = setup.config.data.corpus
+  split = setup.config.data.train_split
+  comp_a, comp_b = setup.compiler, setup.input_compiler or setup.compiler
+  cmd = f"python scripts/compile.py --config.corpus={corpus} --workdir={compile_dir}"
+  name = toolchain.find_corpus_name(compile_dir, corpus, comp_a, cmd)
+  field_a = toolchain.load_split(compile_dir, name, comp_a, split).fields["input"]
+  field_b = toolchain.load_split(compile_dir, name, comp_b, split).fields["input"]
+  length = setup.config.data.input_length
+  fits = [i for i in range(len(field_a)) if max(len(field_a.doc(i)), len(field_b.doc(i))) < length][:docs]
+  ids_a = [field_a.doc(i) for i in fits]
+  ids_b = [field_b.doc(i) for i in fits]
+  h_a = encoded(model_a, ids_a, length)
+  h_b = encoded(model_b, ids_b, length)
+  return anchors.pairs(h_b, h_a, ids_b, ids_a, comp_b.piece_bytes, comp_a.piece_bytes, max_pairs=max_pairs, seed=seed)
+
+
+def encoded(model, docs: list[np.ndarray], length: int, batch: int = 64) -> list[np.ndarray]:
+  """Each document's encoded states [len(doc), D] (float32), laid out as in training: ids + EOS, padded."""
+  graphdef, state = nnx.split(model)
+
+  @jax.jit
+  def encode(state, ids, seg):
+    m = nnx.merge(graphdef, state, copy=True)
+    fn = m.encode if hasattr(m, "encode") else m.hidden
+    return fn(ids, segment_ids=seg).astype(jnp.float32)
+
+  out = []
+  for start in range(0, len(docs), batch):
+    chunk = docs[start : start + batch]
+    ids = np.full((batch, length), PAD_ID, np.int32)
+    for i, d in enumerate(chunk):
+      ids[i, : len(d)], ids[i, len(d)] = d, EOS_ID  # callers pass documents shorter than ``length``
+    h = np.asarray(encode(state, ids, (ids != PAD_ID).astype(np.int32)))
+    out += [h[i, : len(d)] for i, d in enumerate(chunk)]
+  return out

@@ -1,0 +1,33 @@
+"""Swap the encoder of an encoder-decoder for another CPU's (another ISA), with a stitch between them.
+
+  python scripts/swap.py --config.decoder=runs/s/runs/programs/encoder_decoder/bpe1000/seed0 \
+      --config.encoder=runs/s/runs/programs/encoder_decoder/char/seed0 --config.variant=stitch \
+      --config.steps=300 --workdir=runs/swap-char-into-bpe1000
+
+Variants: zero_shot (identity stitch), lstsq and procrustes (closed form on parallel anchors), stitch (train the
+stitch only) and stitch_xattn (the stitch and the decoder's cross-attention). The result is an ordinary checkpoint
+that reads ISA B and writes ISA A. SIGTERM/SIGINT save and exit 0; the same command resumes. --config defaults to
+configs/swap.py, which lists every key.
+"""
+
+import os
+
+from absl import app, flags
+
+from llmcpu import cli
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_CONFIG = cli.define_config(os.path.join(ROOT, "configs", "swap.py"), "Swap config file.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory of the swapped CPU (checkpoints, metrics).")
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  from llmcpu.stitching import swap
+
+  swap.run(_CONFIG.value, cli.workdir_path(_WORKDIR.value), log=cli.log)
+
+
+if __name__ == "__main__":
+  cli.run(main)

@@ -1,0 +1,188 @@
+"""Encoder swaps across ISAs (llmcpu.stitching.swap/score), each checked against an independent computation: a swap
+of an encoder for itself is the native CPU, the closed-form stitch is numpy's least squares / an orthogonal map on
+the same anchors, training the stitch leaves every other parameter bit-identical to its source."""
+
+import dataclasses
+import json
+import shutil
+
+import ml_collections
+import numpy as np
+import pytest
+from flax import nnx
+
+from llmcpu import checkpoints, models
+from llmcpu.errors import UserError
+
+
+@pytest.fixture(scope="module")
+def cpus(compile_dir, tmp_path_factory):
+  """Two tiny encoder-decoders on the pairs corpus, one on bpe:600 (A) and one on byte (B), and a decoder."""
+  from conftest import tiny_config
+
+  from llmcpu import trainer
+
+  root = tmp_path_factory.mktemp("stitching")
+  quiet = {"log": lambda _: None}
+  lengths = dict(data__input_length=24, data__target_length=8)
+  trainer.train(tiny_config("encoder_decoder", compile_dir, **lengths), str(root / "a"), **quiet)
+  trainer.train(tiny_config("encoder_decoder", compile_dir, data__isa="byte", **lengths), str(root / "b"), **quiet)
+  trainer.train(tiny_config("decoder", compile_dir, train__steps=0), str(root / "dec"), **quiet)
+  return compile_dir, str(root / "a"), str(root / "b"), str(root / "dec")
+
+
+def swap_config(decoder: str, encoder: str, **overrides) -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict(dict(decoder=decoder, encoder=encoder, variant="stitch", steps=4, save_at=""))
+  c.update(anchor_docs=64, anchor_pairs=5000, compile_dir="", seed=0, learning_rate=0.0)
+  c.update(overrides)
+  return c
+
+
+def named_params(model) -> dict[str, np.ndarray]:
+  return {"/".join(map(str, p)): np.asarray(v[...]) for p, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
+
+
+def score_of(path: str, compile_dir: str) -> dict:
+  from llmcpu.compilers import from_blob
+  from llmcpu.crosseval.library import Library
+  from llmcpu.stitching.score import score
+
+  model, meta, writes = checkpoints.load_model(path)
+  reads = from_blob(meta["input_compiler_files"]) if "input_compiler_files" in meta else writes
+  return score(model, writes, reads, Library(compile_dir), "pairs", prompts=16, input_length=24, target_length=8)
+
+
+def test_a_swap_of_an_encoder_for_itself_is_the_native_cpu(cpus, tmp_path):
+  from llmcpu.stitching import swap
+
+  compile_dir, a, _, _ = cpus
+  swap.run(swap_config(a, a, variant="zero_shot"), str(tmp_path), log=lambda _: None)
+  swapped, meta, _ = checkpoints.load_model(str(tmp_path))
+  native, _, _ = checkpoints.load_model(a)
+  assert meta["input_isa_name"] == "bpe600" and meta["provenance"]["variant"] == "zero_shot"
+  ids = np.array([[40, 41, 42, 3, 0], [50, 3, 0, 0, 0]], np.int32)
+  dec = np.array([[1, 60, 61], [1, 62, 0]], np.int32)
+  np.testing.assert_array_equal(np.asarray(swapped(ids, dec)), np.asarray(native(ids, dec)))
+  mine, theirs = score_of(str(tmp_path), compile_dir), score_of(a, compile_dir)
+  assert mine["bits_per_byte"] == theirs["bits_per_byte"] and mine["samples"] == theirs["samples"]
+
+
+def test_closed_form_stitches_equal_numpy_on_the_same_anchors(cpus, tmp_path):
+  from llmcpu import trainer
+  from llmcpu.stitching import swap
+
+  compile_dir, a, b, _ = cpus
+  stitches = {}
+  for variant in ("lstsq", "procrustes"):
+    config = swap_config(a, b, variant=variant)
+    swap.run(config, str(tmp_path / variant), log=lambda _: None)
+    model, meta, _ = checkpoints.load_model(str(tmp_path / variant))
+    stitches[variant] = (np.asarray(model.stitch.kernel[...]), np.asarray(model.stitch.bias[...]))
+    assert meta["provenance"]["anchors"]["pairs"] > 64
+  meta_a, meta_b = checkpoints.load_meta(a), checkpoints.load_meta(b)
+  setup = trainer.resolve(swap.swap_config(swap_config(a, b), meta_a, meta_b, b), str(tmp_path / "x"))
+  model_a, model_b = checkpoints.load_model(a)[0], checkpoints.load_model(b)[0]
+  x, y = swap.anchor_states(model_a, model_b, setup, 64, 5000, 0)
+  x, y = x.astype(np.float64), y.astype(np.float64)
+  solution = np.linalg.lstsq(np.concatenate([x, np.ones((len(x), 1))], 1), y, rcond=None)[0]
+  kernel, bias = stitches["lstsq"]
+  np.testing.assert_allclose(kernel, solution[:-1], rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(bias, solution[-1], rtol=1e-4, atol=1e-5)
+  u, _, vt = np.linalg.svd((x - x.mean(0)).T @ (y - y.mean(0)))
+  rotation, (kernel, bias) = u @ vt, stitches["procrustes"]
+  np.testing.assert_allclose(kernel, rotation, atol=1e-5)
+  np.testing.assert_allclose(bias, y.mean(0) - x.mean(0) @ rotation, atol=1e-5)
+
+
+def test_training_the_stitch_changes_nothing_else_and_resumes_bit_identically(cpus, tmp_path):
+  from llmcpu.stitching import swap
+
+  compile_dir, a, b, _ = cpus
+  config = swap_config(a, b, save_at="0,2")
+  first = swap.run(config, str(tmp_path / "a"), should_stop=lambda step: step == 3, log=lambda _: None)
+  assert first.stopped == "preempted"
+  swap.run(config, str(tmp_path / "a"), log=lambda _: None)
+  swap.run(config, str(tmp_path / "b"), log=lambda _: None)
+  resumed, whole = (named_params(checkpoints.load_model(str(tmp_path / d))[0]) for d in ("a", "b"))
+  src_a, src_b = named_params(checkpoints.load_model(a)[0]), named_params(checkpoints.load_model(b)[0])
+  expected = {
+    **{k: v for k, v in src_a.items() if not k.startswith("encoder/")},
+    **{f"encoder_embed/{k[len('embed/') :]}": v for k, v in src_b.items() if k.startswith("embed/")},
+    **{k: v for k, v in src_b.items() if k.startswith("encoder/")},
+  }
+  assert set(resumed) == set(expected) | {"stitch/kernel", "stitch/bias"}
+  for name, value in resumed.items():
+    np.testing.assert_array_equal(value, whole[name], err_msg=name)  # stop + resume = one run
+    if not name.startswith("stitch/"):
+      np.testing.assert_array_equal(value, expected[name], err_msg=name)  # frozen: bit-identical to its source
+  assert not np.array_equal(resumed["stitch/kernel"], np.eye(32, dtype=np.float32))  # the stitch did train
+  assert score_of(str(tmp_path / "a"), compile_dir)["prompts"] == 16
+
+
+def test_stitch_and_cross_attention_train_together(cpus, tmp_path):
+  from llmcpu.stitching import swap
+
+  _, a, b, _ = cpus
+  swap.run(swap_config(a, b, variant="stitch_xattn", steps=2), str(tmp_path), log=lambda _: None)
+  after, src_a = named_params(checkpoints.load_model(str(tmp_path))[0]), named_params(checkpoints.load_model(a)[0])
+  changed = {
+    k for k, v in after.items() if k in src_a and not k.startswith("encoder") and not np.array_equal(v, src_a[k])
+  }
+  assert changed and all("/cross/" in k or "/cross_norm/" in k for k in changed), changed
+
+
+def test_bad_swaps_are_one_line_and_write_nothing(cpus, tmp_path):
+  from llmcpu.stitching import swap
+
+  compile_dir, a, b, dec = cpus
+  other = tmp_path / "other-corpus"
+  shutil.copytree(b, other)
+  for meta_path in other.glob("checkpoints/*/meta/metadata"):
+    meta = json.loads(meta_path.read_text())
+    meta["config"]["data"]["corpus"] = "prose"
+    meta_path.write_text(json.dumps(meta))
+  bare = tmp_path / "bare"  # a compile dir holding ISA A's data but not ISA B's
+  shutil.copytree(compile_dir, bare, ignore=shutil.ignore_patterns("byte"))
+  cases = [
+    (swap_config(a, dec), "holds a decoder-only CPU: it has no encoder to swap in"),
+    (swap_config(dec, a), "holds a decoder; the decoder side of a swap is an encoder_decoder"),
+    (swap_config(a, b, variant="nope"), "unknown swap variant 'nope'"),
+    (swap_config(a, str(other)), "trained on corpus 'pairs' and the encoder's on 'prose'"),
+    (swap_config(a, b, compile_dir=str(bare)), r"no compiler byte \(data.input_isa\) under"),
+    (swap_config(a, ""), "no --config.encoder"),
+  ]
+  for i, (config, pattern) in enumerate(cases):
+    with pytest.raises(UserError, match=pattern):
+      swap.run(config, str(tmp_path / f"out{i}"), log=lambda _: None)
+    assert not (tmp_path / f"out{i}" / "checkpoints").exists()
+
+
+def test_stitched_config_round_trips_and_counts_its_parameters():
+  from llmcpu.models.config import ModelConfig, expected_param_count
+
+  a = models.create("encoder_decoder", "tiny", vocab_size=300).config
+  b = models.create("encoder", "tiny", vocab_size=500, d_model=32, num_heads=4, d_ff=64, num_layers=3).config
+  with pytest.raises(UserError, match="the encoder is 32 wide and the decoder 64.*model.stitch=linear"):
+    dataclasses.replace(a, encoder_config=b)
+  with pytest.raises(UserError, match="belong to an encoder_decoder, not a decoder"):
+    dataclasses.replace(a, arch="decoder", stitch="linear")
+  stitched = dataclasses.replace(a, encoder_config=b, stitch="linear")
+  assert ModelConfig(**json.loads(json.dumps(dataclasses.asdict(stitched)))) == stitched  # as a checkpoint holds it
+  model = models.create_from_config(stitched)
+  assert models.param_count(model) == expected_param_count(stitched)
+  assert model.encode(np.array([[5, 499, 7]])).shape == (1, 3, 64)  # id 499: legal for the encoder's ISA
+  np.testing.assert_array_equal(np.asarray(model.stitch.kernel[...]), np.eye(32, 64, dtype=np.float32))
+
+
+def test_pairing_refuses_splits_of_other_documents(compile_dir):
+  from llmcpu import compilers, toolchain
+  from llmcpu.data import compiled
+
+  bpe, byte = (compilers.load(toolchain.compiler_dir(compile_dir, n)) for n in ("bpe600", "byte"))
+  test = toolchain.load_split(compile_dir, "pairs", bpe, "test")
+  paired = compiled.pair(test, toolchain.load_split(compile_dir, "pairs", byte, "test"))
+  assert paired.fields["target"] is test.fields["target"] and paired.manifest["input_compiler"] == "byte"
+  with pytest.raises(UserError, match="do not hold the same documents"):
+    compiled.pair(test, toolchain.load_split(compile_dir, "pairs", byte, "validation"))
+  with pytest.raises(UserError, match="needs a seq2seq corpus"):
+    compiled.pair(toolchain.load_split(compile_dir, "prose", bpe, "test"), test)
