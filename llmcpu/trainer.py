@@ -217,7 +217,7 @@ def resolve(config: ml_collections.ConfigDict, workdir: str) -> Setup:
       process_index=jax.process_index(),
       process_count=jax.process_count(),
       shuffle=shuffle,
-      **({"truncate": d.truncate} if objective == "seq2seq" else {}),
+      **({"truncate": d.truncate} if objective in ("seq2seq", "reconstruct") else {}),
     )
 
   return Setup(

@@ -5,7 +5,8 @@
 
 Rerunning continues where a crash or preemption stopped; finished stages are skipped. A porting config
 (configs/experiments/porting.py) ports the CPUs it trains and writes recovery curves instead of the matrix; a swap
-config (configs/experiments/swap.py) swaps their encoders and writes the stitching matrices.
+config (configs/experiments/swap.py) swaps their encoders and writes the stitching matrices; a languages config
+(configs/experiments/languages.py) trains readouts of their embeddings and feeds them foreign ones.
 """
 
 import os
@@ -40,6 +41,13 @@ def main(argv):
     out = swaps.run(_CONFIG.value, cli.workdir_path(_WORKDIR.value), log=cli.log)
     if out:
       print("\n" + fs.read_text(fs.join(out, "swap.md")) + f"\nReport: {out} (swap.md, swap_*.png)")
+    return
+  if "readout" in _CONFIG.value:  # configs/experiments/languages.py: embedding readouts fed other encoders
+    from llmcpu.stitching import languages
+
+    out = languages.run(_CONFIG.value, cli.workdir_path(_WORKDIR.value), log=cli.log)
+    if out:
+      print("\n" + fs.read_text(fs.join(out, "languages.md")) + f"\nReport: {out} (languages.md)")
     return
   reports = experiment.run(_CONFIG.value, cli.workdir_path(_WORKDIR.value), log=cli.log)
   for name, out in reports.items():

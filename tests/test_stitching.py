@@ -186,3 +186,94 @@ def test_pairing_refuses_splits_of_other_documents(compile_dir):
     compiled.pair(test, toolchain.load_split(compile_dir, "pairs", byte, "validation"))
   with pytest.raises(UserError, match="needs a seq2seq corpus"):
     compiled.pair(toolchain.load_split(compile_dir, "prose", bpe, "test"), test)
+
+
+# ------------------------------------------------------------------------------------------------- embedding readouts
+
+
+def readout_config(encoder: str, **overrides) -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict(dict(encoder=encoder, preset="tiny", compile_dir="", length=24, pool=2, relative=0))
+  c.update(seed=0, steps=3, batch_size=8)
+  c.update(overrides)
+  return c
+
+
+@pytest.fixture(scope="module")
+def readouts(cpus, tmp_path_factory):
+  """An absolute and a relative readout of A's encoder (3 steps each)."""
+  from llmcpu.stitching import readout
+
+  _, a, _, _ = cpus
+  root = tmp_path_factory.mktemp("readouts")
+  readout.train(readout_config(a), str(root / "abs"), log=lambda _: None)
+  readout.train(readout_config(a, relative=6), str(root / "rel"), log=lambda _: None)
+  return str(root / "abs"), str(root / "rel")
+
+
+def test_a_readout_reads_its_encoder_frozen_and_exactly(cpus, readouts):
+  from llmcpu.stitching import readout
+
+  compile_dir, a, _, _ = cpus
+  model, meta, comp = checkpoints.load_model(readouts[0])
+  source = checkpoints.load_model(a)[0]
+  params, src = named_params(model), named_params(source)
+  np.testing.assert_array_equal(params["encoder_embed/table"], src["embed/table"])  # frozen: bit-identical
+  for name in (k for k in src if k.startswith("encoder/")):
+    np.testing.assert_array_equal(params[name], src[name], err_msg=name)
+  assert meta["config"]["data"]["objective"] == "reconstruct" and meta["provenance"]["encoder"]["isa"] == "bpe600"
+  docs = readout.programs(compile_dir, "pairs", comp, "test")[:8]
+  own = readout.embed(model, docs, 24)
+  np.testing.assert_array_equal(own, readout.embed(source, docs, 24))  # the readout's embedding is A's, exactly
+  ids = np.full((8, 24), 0, np.int32)
+  for i, d in enumerate(docs):
+    ids[i, : len(d)], ids[i, len(d)] = d, 3
+  np.testing.assert_array_equal(
+    np.asarray(models.generate(model, ids, 6)), np.asarray(models.generate_from_embedding(model, own, 6))
+  )
+  with pytest.raises(UserError, match=r"embeddings must be finite \[batch, 32\]"):
+    models.generate_from_embedding(model, np.ones((2, 5)), 6)
+
+
+def test_a_relative_readout_cannot_tell_a_rotated_encoder(cpus, readouts):
+  """Relative representations are invariant to an orthogonal map applied to embeddings and anchors alike."""
+  from llmcpu.stitching import readout
+
+  compile_dir, _, _, _ = cpus
+  model, _, comp = checkpoints.load_model(readouts[1])
+  docs = readout.programs(compile_dir, "pairs", comp, "test")[:8]
+  own, anchors = readout.embed(model, docs, 24), np.asarray(model.prefix.anchors[...])
+  q, _ = np.linalg.qr(np.random.default_rng(0).normal(size=(32, 32)))
+  rotated = readout.with_anchors(model, anchors @ q)
+  np.testing.assert_allclose(
+    np.asarray(rotated.condition(jnp_f32(own @ q))), np.asarray(model.condition(jnp_f32(own))), atol=2e-5
+  )
+  texts = readout.read(model, own, comp, 6)
+  assert readout.read(rotated, (own @ q).astype(np.float32), comp, 6) == texts
+
+
+def jnp_f32(x):
+  import jax.numpy as jnp
+
+  return jnp.asarray(x, jnp.float32)
+
+
+def test_reconstruction_scores_known_answers():
+  """Calibration: the originals score perfectly, another program's text does not, noise scores ~0."""
+  from llmcpu.stitching import readout
+
+  refs = ["add 12 5 =", "copy cat =", "sort dcba =", "mul 3 4 ="]
+  perfect = readout.reconstruction(refs, refs, np.ones(4))
+  assert perfect["exact_match"] == 1.0 and perfect["token_f1"] == 1.0 and perfect["bleu"] == pytest.approx(100.0)
+  shifted = readout.reconstruction(refs[1:] + refs[:1], refs, np.zeros(4))
+  assert shifted["exact_match"] == 0.0 and shifted["token_f1"] < 0.3 and shifted["chrf"] < perfect["chrf"]
+  noise = readout.reconstruction(["qzx vvk", "jjj", "", "w"], refs, np.zeros(4))
+  assert noise["exact_match"] == 0.0 and noise["token_f1"] == 0.0
+
+
+def test_readout_of_a_decoder_is_refused(cpus, tmp_path):
+  from llmcpu.stitching import readout
+
+  *_, dec = cpus
+  with pytest.raises(UserError, match="holds a decoder-only CPU"):
+    readout.train(readout_config(dec), str(tmp_path), log=lambda _: None)
+  assert not (tmp_path / "checkpoints").exists()

@@ -110,7 +110,15 @@ def pair(target: CompiledSplit, source: CompiledSplit) -> CompiledSplit:
       "compile both from one corpus into one compile dir"
     )
   manifest = dict(target.manifest, input_compiler=source.isa, input_compiler_fingerprint=source.fingerprint)
-  return dataclasses.replace(target, fields={"input": b, "target": target.fields["target"]}, manifest=manifest)
+  fields = {"input": b, "target": target.fields["target"], "own_input": a}  # own_input: see ``reconstruction``
+  return dataclasses.replace(target, fields=fields, manifest=manifest)
+
+
+def reconstruction(split: CompiledSplit) -> CompiledSplit:
+  """Programs whose target is their own input (the ``reconstruct`` objective). A paired split (``pair``) keeps the
+  input it reads and gets as target the program in its own ISA (``own_input``)."""
+  own = split.fields.get("own_input", split.fields["input"])
+  return dataclasses.replace(split, fields={"input": split.fields["input"], "target": own})
 
 
 def read_manifest(path: str) -> dict | None:

@@ -36,10 +36,12 @@ Batch = dict[str, np.ndarray]
 # the trainer, the pipeline and cross-evaluation learn it from.
 # ---------------------------------------------------------------------------------------------------------------
 
-NAMES = ("lm", "lm_targets", "mlm", "seq2seq", "span_corruption", "prefix_lm")
-SEQ2SEQ = ("seq2seq", "span_corruption", "prefix_lm")  # encoder input + decoder target: encoder-decoders only
+NAMES = ("lm", "lm_targets", "mlm", "seq2seq", "span_corruption", "prefix_lm", "reconstruct")
+# encoder input + decoder target: encoder-decoders only. reconstruct: seq2seq whose target is the input itself (an
+# embedding readout learns to write back the program it was shown; see data.compiled.reconstruction)
+SEQ2SEQ = ("seq2seq", "span_corruption", "prefix_lm", "reconstruct")
 TEXT_ONLY = ("span_corruption", "prefix_lm")  # need prose (field ``text``)
-PAIRS_ONLY = ("lm_targets", "seq2seq")  # need input/target programs
+PAIRS_ONLY = ("lm_targets", "seq2seq", "reconstruct")  # need input/target programs
 # Encoder-decoders continue prose (prefix_lm), so that their generations can be judged like a decoder's;
 # span_corruption (T5's default) is one --config.data.objective away.
 DEFAULT = {"decoder": "lm", "encoder": "mlm", "encoder_decoder": "prefix_lm"}

@@ -28,6 +28,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
+from llmcpu.data import compiled
 from llmcpu.data import objectives as obj
 from llmcpu.data.compiled import CompiledSplit
 from llmcpu.errors import UserError
@@ -70,6 +71,7 @@ def _make_objective(
     "lm_targets": lambda **o: obj.CausalLM(split, fields, length, weight_fields=["target"], **o),
     "mlm": lambda **o: obj.MaskedLM(split, fields, length, seed, **o),
     "seq2seq": lambda **o: obj.Seq2Seq(split, input_length, target_length, **o),
+    "reconstruct": lambda **o: obj.Seq2Seq(compiled.reconstruction(split), input_length, target_length, **o),
     "span_corruption": lambda **o: obj.SpanCorruption(split, input_length, target_length, seed, **o),
     "prefix_lm": lambda **o: obj.PrefixLM(split, input_length, target_length, seed, **o),
   }
@@ -78,6 +80,7 @@ def _make_objective(
     "lm_targets": set(),
     "mlm": {"mask_rate", "mask_token_rate", "random_token_rate"},
     "seq2seq": {"truncate"},
+    "reconstruct": {"truncate"},
     "span_corruption": {"noise_density", "mean_noise_span_length"},
     "prefix_lm": set(),
   }[objective]

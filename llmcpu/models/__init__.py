@@ -24,7 +24,7 @@ from llmcpu.models.config import (
   matmul_param_count,
   presets,
 )
-from llmcpu.models.decoding import filter_logits, generate
+from llmcpu.models.decoding import filter_logits, generate, generate_from_embedding
 from llmcpu.models.models import ARCH_CLASSES, Decoder, Encoder, EncoderDecoder
 from llmcpu.models.opcodes import IllegalOpcodes, illegal_count, reset_illegal_count, sanitize_ids
 from llmcpu.models.sharding import batch_sharding, logical_axis_rules, param_shardings
@@ -68,6 +68,7 @@ __all__ = [
   "filter_logits",
   "flops_per_token",
   "generate",
+  "generate_from_embedding",
   "illegal_count",
   "logical_axis_rules",
   "matmul_param_count",

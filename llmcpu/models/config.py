@@ -42,6 +42,10 @@ class ModelConfig:
   another CPU's encoder (its ISA's ``vocab_size``, its width and depth), so the model reads one ISA and writes
   another; ``stitch='linear'`` maps the encoder's output to ``d_model`` (a D_enc×D matrix + bias, identity where the
   widths agree) before cross-attention. Without a stitch the widths must agree.
+
+  Embedding readout (encoder_decoder only): ``pool=k`` mean-pools the encoder's states into one vector (the
+  embedding), [stitches it,] [turns it into its cosines to ``relative`` anchor embeddings (relative
+  representations),] and projects it to k vectors, all the decoder's cross-attention sees.
   """
 
   arch: str = "decoder"
@@ -64,6 +68,8 @@ class ModelConfig:
   embed_init_std: float = 0.02
   encoder_config: ModelConfig | None = None  # encoder_decoder: another CPU's encoder (see above)
   stitch: str = ""  # encoder_decoder: "" | "linear"
+  pool: int = 0  # encoder_decoder: 0 = cross-attend to every encoder state; k = to k vectors from one embedding
+  relative: int = 0  # with pool: read the embedding as its cosines to this many anchor embeddings (0 = as is)
 
   def __post_init__(self):
     if isinstance(self.encoder_config, Mapping):  # read back from a checkpoint's (JSON) metadata
@@ -84,8 +90,10 @@ class ModelConfig:
       raise UserError(f"sinusoidal positions need an even d_model; got {self.d_model}")
     if self.num_decoder_layers is not None and self.num_decoder_layers <= 0:
       raise UserError(f"model.num_decoder_layers={self.num_decoder_layers} must be positive")
-    if (self.encoder_config is not None or self.stitch) and self.arch != "encoder_decoder":
-      raise UserError(f"model.encoder_config and model.stitch belong to an encoder_decoder, not a {self.arch}")
+    if (self.encoder_config is not None or self.stitch or self.pool) and self.arch != "encoder_decoder":
+      raise UserError(f"model.encoder_config, stitch and pool belong to an encoder_decoder, not a {self.arch}")
+    if self.pool < 0 or self.relative < 0 or (self.relative and not self.pool):
+      raise UserError(f"model.pool={self.pool} and model.relative={self.relative}: relative anchors need pool > 0")
     enc = self.encoder_config
     if enc is not None and enc.d_model != self.d_model and not self.stitch:
       raise UserError(
@@ -173,7 +181,10 @@ def _extra_tables(c: ModelConfig) -> int:
   if c.arch != "encoder_decoder":
     return 0
   e = c.encoder_config
-  return (e.vocab_size * e.d_model if e else 0) + ((c.encoder.d_model + 1) * c.d_model if c.stitch else 0)
+  total = (e.vocab_size * e.d_model if e else 0) + ((c.encoder.d_model + 1) * c.d_model if c.stitch else 0)
+  if c.pool:  # the prefix projection: (relative anchors or D) + 1 → k·D
+    total += ((c.relative or c.d_model) + 1) * c.pool * c.d_model
+  return total
 
 
 def expected_param_count(c: ModelConfig) -> int:

@@ -115,12 +115,31 @@ def _generate_uncached(
 def _generate_encoder_decoder(
   graphdef, state, source_BxS, valid_BxS, key, temperature, top_p, eos_id, *, max_new_tokens, top_k, greedy, use_top_p
 ):
-  n, sample = max_new_tokens, functools.partial(_sample, top_k=top_k, greedy=greedy, use_top_p=use_top_p)
   model = nnx.merge(graphdef, state)
-  batch = source_BxS.shape[0]
   encoded_BxSxD = model.encode(source_BxS, segment_ids=valid_BxS.astype(jnp.int32))
+  sampling = dict(max_new_tokens=max_new_tokens, top_k=top_k, greedy=greedy, use_top_p=use_top_p)
+  out = _decode_encoded(graphdef, state, model, encoded_BxSxD, valid_BxS, key, temperature, top_p, eos_id, **sampling)
+  return out, nnx.state(model, IllegalOpcodes)
+
+
+@functools.partial(jax.jit, static_argnames=_STATIC)
+def _generate_conditioned(
+  graphdef, state, embedding_BxD, key, temperature, top_p, eos_id, *, max_new_tokens, top_k, greedy, use_top_p
+):
+  model = nnx.merge(graphdef, state)
+  encoded_BxKxD = model.condition(embedding_BxD)
+  sampling = dict(max_new_tokens=max_new_tokens, top_k=top_k, greedy=greedy, use_top_p=use_top_p)
+  return _decode_encoded(graphdef, state, model, encoded_BxKxD, None, key, temperature, top_p, eos_id, **sampling)
+
+
+def _decode_encoded(
+  graphdef, state, model, encoded_BxSxD, valid_BxS, key, temperature, top_p, eos_id, *, max_new_tokens, top_k, greedy,
+  use_top_p
+):  # fmt: skip
+  """The decoder's loop from BOS given the encoded source (traced inside a jitted caller)."""
+  n, sample = max_new_tokens, functools.partial(_sample, top_k=top_k, greedy=greedy, use_top_p=use_top_p)
+  batch = encoded_BxSxD.shape[0]
   cache = model.init_cache(encoded_BxSxD, n, encoder_valid=valid_BxS)
-  counts = nnx.state(model, IllegalOpcodes)
 
   def body(carry):
     t, token_B, cache, out_BxN, done_B = carry
@@ -135,7 +154,25 @@ def _generate_encoder_decoder(
   start_B = jnp.full((batch,), BOS_ID, jnp.int32)
   carry = (jnp.int32(0), start_B, cache, jnp.full((batch, n), PAD_ID, jnp.int32), jnp.zeros(batch, bool))
   carry = jax.lax.while_loop(lambda c: (c[0] < n) & ~jnp.all(c[4]), body, carry)
-  return carry[3], counts
+  return carry[3]
+
+
+def generate_from_embedding(
+  model: EncoderDecoder, embedding_BxD, max_new_tokens: int, temperature: float = 0.0, seed: int = 0
+) -> jax.Array:
+  """Generated ids [B, max_new_tokens] of an embedding readout (``ModelConfig.pool``) conditioned on the given
+  embeddings [B, D_enc] — its own encoder's, another encoder's (mapped or not), or any vector (e.g. arithmetic)."""
+  v = np.asarray(embedding_BxD, np.float32)
+  if not isinstance(model, EncoderDecoder) or not model.config.pool:
+    raise UserError("generate_from_embedding needs an embedding readout: an encoder_decoder with model.pool > 0")
+  if v.ndim != 2 or v.shape[1] != model.config.encoder.d_model or not np.isfinite(v).all():
+    raise UserError(
+      f"embeddings must be finite [batch, {model.config.encoder.d_model}] (the encoder's width), got {list(v.shape)}"
+    )
+  static = dict(max_new_tokens=int(max_new_tokens), top_k=0, greedy=temperature == 0.0, use_top_p=False)
+  dynamic = (jax.random.key(seed), jnp.float32(temperature or 1.0), jnp.float32(1.0), jnp.int32(EOS_ID))
+  graphdef, state = nnx.split(model)
+  return _generate_conditioned(graphdef, state, jnp.asarray(v), *dynamic, **static)
 
 
 def _lengths(ids_BxP: np.ndarray, prompt_lengths) -> np.ndarray:

@@ -108,6 +108,30 @@ class Stitch(nnx.Module):
     return y + self.bias[...].astype(self.dtype).reshape((1,) * (y.ndim - 1) + (-1,))
 
 
+class Anchors(nnx.Variable):
+  """Anchor embeddings [K, D] of a relative readout: set from the encoder it reads (never trained)."""
+
+
+class Prefix(nnx.Module):
+  """One embedding [B, D_in] → k vectors [B, k, D] the decoder cross-attends to; with ``anchors`` [K, D_in] the
+  embedding is first read as its cosines to them (relative representations, Moschella et al. 2023)."""
+
+  def __init__(self, d_in: int, k: int, d: int, relative: int, *, rngs: nnx.Rngs, dtype: jnp.dtype):
+    self.k, self.d, self.dtype = k, d, dtype
+    width = relative or d_in
+    self.kernel = param(rngs, normal(width**-0.5), (width, k * d), (None, "embed"))
+    self.bias = nnx.Param(jnp.zeros((k * d,), jnp.float32), out_sharding=("embed",), eager_sharding=False)
+    self.anchors = Anchors(jnp.zeros((relative, d_in), jnp.float32)) if relative else None
+
+  def __call__(self, v_BxD: jax.Array) -> jax.Array:
+    v_BxD = v_BxD.astype(jnp.float32)
+    if self.anchors is not None:
+      unit = lambda x: x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-6)  # noqa: E731
+      v_BxD = unit(v_BxD) @ unit(self.anchors[...]).T
+    y = dense(v_BxD.astype(self.dtype), self.kernel[...].astype(self.dtype)) + self.bias[...].astype(self.dtype)[None]
+    return y.reshape(v_BxD.shape[0], self.k, self.d)
+
+
 class Norm(nnx.Module):
   """LayerNorm (scale + bias) or RMSNorm (scale), computed in float32 for stability under bfloat16."""
 

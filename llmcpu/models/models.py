@@ -23,7 +23,7 @@ from flax.errors import TraceContextError
 
 from llmcpu.errors import UserError
 from llmcpu.models.config import ModelConfig
-from llmcpu.models.layers import Embed, Head, Stitch
+from llmcpu.models.layers import Embed, Head, Prefix, Stitch
 from llmcpu.models.opcodes import IllegalOpcodes, check_eager, sanitize_ids
 from llmcpu.models.transformer import Cache, TransformerStack
 from llmcpu.specials import PAD_ID
@@ -152,18 +152,46 @@ class EncoderDecoder(_LanguageModel):
     self.decoder = TransformerStack(config, num_layers=config.decoder_layers, causal=True, cross=True, rngs=rngs)
     if config.stitch:
       self.stitch = Stitch(enc.d_model, config.d_model, dtype=config.compute_dtype)
+    if config.pool:
+      dtype = config.compute_dtype
+      self.prefix = Prefix(config.d_model, config.pool, config.d_model, config.relative, rngs=rngs, dtype=dtype)
 
   def encode(
     self, encoder_ids: jax.Array, *, segment_ids: jax.Array | None = None, positions: jax.Array | None = None
   ) -> jax.Array:
-    """Encoded source [B, Le, D] (stitched: read with the encoder's own ISA, mapped into the decoder's width)."""
+    """Encoded source [B, Le, D] (stitched: read with the encoder's own ISA, mapped into the decoder's width); with
+    ``pool=k``, the k vectors [B, k, D] made from the source's one embedding (``embedding`` → ``condition``)."""
+    if self.config.pool:
+      return self.condition(self.embedding(encoder_ids, segment_ids=segment_ids, positions=positions))
+    h_BxLxD = self._encoder_states(encoder_ids, segment_ids, positions)
+    return self.stitch(h_BxLxD) if self.config.stitch else h_BxLxD
+
+  def _encoder_states(self, ids: jax.Array, segment_ids: jax.Array | None, positions: jax.Array | None) -> jax.Array:
     c = self.config
     if c.encoder_config is None:
-      x_BxLxD = self.embed_ids(encoder_ids, positions)
+      x_BxLxD = self.embed_ids(ids, positions)
     else:
-      x_BxLxD = self._embed_with(self.encoder_embed, c.encoder_config, encoder_ids, positions)
-    h_BxLxD = self.encoder(x_BxLxD, segment_ids=segment_ids, positions=positions)
-    return self.stitch(h_BxLxD) if c.stitch else h_BxLxD
+      x_BxLxD = self._embed_with(self.encoder_embed, c.encoder_config, ids, positions)
+    return self.encoder(x_BxLxD, segment_ids=segment_ids, positions=positions)
+
+  def embedding(
+    self, encoder_ids: jax.Array, *, segment_ids: jax.Array | None = None, positions: jax.Array | None = None
+  ) -> jax.Array:
+    """The source's embedding [B, D_enc] (float32): the mean of the encoder's final states over its tokens
+    (``Encoder.embed_pooled``'s definition; without ``segment_ids`` padding is the PAD id)."""
+    if segment_ids is None:
+      ids = encoder_ids if isinstance(encoder_ids, jax.Array) else np.asarray(encoder_ids)
+      segment_ids = jnp.asarray((ids != PAD_ID).astype(np.int32))
+    h_BxLxD = self._encoder_states(encoder_ids, segment_ids, positions).astype(jnp.float32)
+    weight_BxL = (segment_ids != 0).astype(jnp.float32)
+    total_BxD = jnp.einsum("bld,bl->bd", h_BxLxD, weight_BxL)
+    return total_BxD / jnp.maximum(weight_BxL.sum(axis=1, keepdims=True), 1.0)
+
+  def condition(self, embedding_BxD: jax.Array) -> jax.Array:
+    """An embedding [B, D_enc] (this encoder's, another's, or any vector) → the k vectors [B, k, D] the decoder
+    reads (``pool`` models only)."""
+    v_BxD = self.stitch(embedding_BxD) if self.config.stitch else embedding_BxD
+    return self.prefix(v_BxD)
 
   def decode(
     self,
@@ -240,13 +268,14 @@ class EncoderDecoder(_LanguageModel):
     return self.decode_hidden(
       decoder_ids,
       encoded,
-      encoder_segment_ids=encoder_segment_ids,
+      encoder_segment_ids=None if self.config.pool else encoder_segment_ids,  # pooled: all k vectors are visible
       decoder_segment_ids=decoder_segment_ids,
       decoder_positions=decoder_positions,
     )
 
   def init_cache(self, encoded: jax.Array, max_len: int, *, encoder_valid: jax.Array | None = None) -> Cache:
     """Decoder cache of ``max_len`` slots; the source's cross-attention keys/values are computed here once."""
+    encoder_valid = None if self.config.pool else encoder_valid  # pooled: the k vectors are all real
     return self.decoder.init_cache(encoded.shape[0], max_len, encoded=encoded, encoder_valid=encoder_valid)
 
   def extend(

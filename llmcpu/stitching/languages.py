@@ -1,0 +1,270 @@
+"""The embedding-languages experiment: readouts of every ISA's encoder, fed every other encoder's embeddings, and
+embedding arithmetic with a known answer.
+
+Stages, each resumable: compile every ISA; train MLM encoders on each, two seeds (``experiment.prepare``); train
+two readouts of each ``readers`` ISA's seed-0 encoder (absolute: ``pool`` vectors from the embedding; relative: from
+its cosines to ``relative`` anchor programs); read held-out programs back from
+
+  native       the reader's own encoder (the ceiling)
+  seed / ISA   another seed of the same ISA, and every other ISA's encoder: as is (``none``), mapped by Procrustes
+               on parallel training programs (``procrustes``), or read relatively with that encoder's own anchor
+               embeddings (``relative``: nothing fitted)
+  ids          the seed's control: the program's token ids zero-padded to the embedding width
+
+scored as vec2text does (``readout.reconstruction``); then analogies from ``programs`` (``analogies.make``): is
+``e(a) − e(b) + e(c)`` read back as the answer (decoded exact match), and is it nearest the answer's embedding among
+every analogy text with a, b and c excluded (top-1)? Natively and with other encoders mapped into the reader's space;
+the oracle rows (query = e(answer)) calibrate both readouts on a known answer.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+
+import ml_collections
+import numpy as np
+
+from llmcpu import checkpoints, compilers, experiment, fs
+from llmcpu.errors import Stopped, UserError
+from llmcpu.stitching import analogies, closed_form, readout
+
+
+def languages_config(preset: str = "tiny") -> ml_collections.ConfigDict:
+  """configs/experiments/languages.py's base: MLM encoders (the natives) plus their readouts."""
+  c = experiment.experiment_config(preset)
+  c.corpus = "programs"
+  c.archs = "encoder"
+  c.seeds = "0,1"  # seed 0: the readers' encoders; seed 1: "another seed of the same ISA"
+  c.readers = ""  # ISAs whose encoder gets readouts ('' = every ISA)
+  c.readout = ml_collections.ConfigDict(dict(pool=4, relative=64, steps=800, batch_size=64, length=48))
+  c.anchor_docs = 1000  # training programs embedded by both encoders for a Procrustes map
+  c.programs = 200  # held-out programs read back
+  c.analogies = 200
+  c.report = "report-languages"
+  return c
+
+
+def run(exp: ml_collections.ConfigDict, workdir: str, *, log: Callable[[str], None] = print) -> str:
+  """Runs (or continues) the experiment; returns its report directory."""
+  t0, workdir = time.time(), fs.abspath(workdir)
+  if experiment.split_list(exp.archs, "archs") != ["encoder"]:
+    raise UserError("the embedding-languages experiment reads MLM encoders' embeddings: set --config.archs=encoder")
+  seeds = experiment.seed_list(exp.seeds)
+  if seeds[:2] != [0, 1]:
+    raise UserError("--config.seeds must start with 0,1 (the readers' encoders and another seed of the same ISA)")
+  plan = experiment.prepare(exp, workdir, log=log)
+  if not plan.leader:
+    return ""
+  isas = [compilers.parse(s) for s in experiment.split_list(exp.compilers, "compilers")]
+  readers = [compilers.parse(s) for s in experiment.split_list(exp.readers, "readers")] if exp.readers else isas
+  rows = []
+  for corpus in plan.corpora:
+    for reader in readers:
+      for relative in (0, exp.readout.relative):
+        _train_readout(exp, workdir, corpus, reader, relative, log)
+    world = _World(exp, workdir, corpus, isas, log)
+    for reader in readers:
+      rows += world.feeds(reader)
+      rows += world.analogies(reader)
+  out = fs.join(workdir, exp.report)
+  write_report(rows, out, exp, time.time() - t0)
+  log(f"== embedding-languages report: {out}")
+  return out
+
+
+def _readout_dir(workdir: str, corpus, spec, relative: int) -> str:
+  return fs.join(workdir, "readouts", corpus.name, spec.name, f"relative{relative}" if relative else "absolute")
+
+
+def _train_readout(exp, workdir: str, corpus, spec, relative: int, log: Callable) -> None:
+  path = _readout_dir(workdir, corpus, spec, relative)
+  if experiment.finished(path, exp.readout.steps):
+    return
+  config = ml_collections.ConfigDict(exp.readout.to_dict())
+  config.update(relative=relative, preset=exp.preset, compile_dir="", seed=0)
+  config.encoder = experiment.cpu_dir(workdir, corpus.name, "encoder", spec.name, 0)
+  fs.makedirs(path)
+  result = readout.train(config, path, log=log)
+  if result.stopped != "done":
+    raise Stopped(f"stopped at step {result.step} of a readout; rerun the same command to continue")
+
+
+class _World:
+  """Every encoder of one corpus, its held-out and anchor programs, and their embeddings (computed once)."""
+
+  def __init__(self, exp, workdir: str, corpus, isas, log: Callable):
+    self.exp, self.workdir, self.corpus, self.log = exp, workdir, corpus, log
+    self.compile_dir = fs.join(workdir, "compiled")
+    self.length = exp.readout.length
+    self.encoders, self.compilers, self.docs = {}, {}, {}
+    for spec in isas:
+      for seed in (0, 1):
+        path = experiment.cpu_dir(workdir, corpus.name, "encoder", spec.name, seed)
+        model, meta, comp = checkpoints.load_model(path)
+        self.encoders[(spec.name, seed)] = (model, path, meta)
+        self.compilers[spec.name] = comp
+      comp = self.compilers[spec.name]
+      test = readout.programs(self.compile_dir, corpus.spec, comp, "test")[: exp.programs]
+      train = readout.programs(self.compile_dir, corpus.spec, comp, "train")[: exp.anchor_docs]
+      self.docs[spec.name] = (test, train)
+    self._embedded: dict = {}
+
+  def embedded(self, source: tuple[str, int], which: str) -> np.ndarray:
+    """Embeddings of the held-out ('test') or anchor ('train') programs by one encoder, in its own ISA."""
+    key = (source, which)
+    if key not in self._embedded:
+      docs = self.docs[source[0]][0 if which == "test" else 1]
+      self._embedded[key] = readout.embed(self.encoders[source][0], docs, self.length)
+    return self._embedded[key]
+
+  def _row(self, reader: str, source: tuple[str, int] | None, alignment: str) -> dict:
+    row = {"corpus": self.corpus.name, "reader": reader, "alignment": alignment}
+    if source is None:
+      return row | {"source": "ids", "source_seed": None}
+    kind = "native" if source == (reader, 0) else "seed" if source[0] == reader else "isa"
+    return row | {"source": source[0], "source_seed": source[1], "kind": kind}
+
+  def mapping(self, reader: str, source: tuple[str, int]) -> Callable[[np.ndarray], np.ndarray]:
+    if source == (reader, 0):
+      return lambda x: x
+    return readout.procrustes_map(self.embedded(source, "train"), self.embedded((reader, 0), "train"))
+
+  def feeds(self, reader: str) -> list[dict]:
+    exp, comp = self.exp, self.compilers[reader]
+    paths = {r: _readout_dir(self.workdir, self.corpus, compilers.parse(reader), r) for r in (0, exp.readout.relative)}
+    absolute, meta_abs, _ = checkpoints.load_model(paths[0])
+    relative, meta_rel, _ = checkpoints.load_model(paths[exp.readout.relative])
+    own = self.embedded((reader, 0), "test")
+    references = [comp.decode(d.tolist()) for d in self.docs[reader][0]]
+    encoder = self.encoders[(reader, 0)][0]
+    provenance = {"readout_absolute": paths[0], "readout_relative": paths[exp.readout.relative]}
+    provenance["readout_step"] = meta_abs["step"]
+
+    def score(model, vectors) -> dict:
+      texts = readout.read(model, vectors, comp, self.length)
+      cos = readout.reembed_cosines(encoder, comp, texts, own, self.length)
+      return readout.reconstruction(texts, references, cos, seed=exp.crosseval.seed) | provenance
+
+    rows = []
+    sources = [(reader, 0), (reader, 1)] + [(s, 0) for s in self.docs if s != reader]
+    for source in sources:
+      vectors = self.embedded(source, "test")
+      if source == (reader, 0):
+        rows.append(self._row(reader, source, "none") | score(absolute, vectors))
+      else:
+        rows.append(self._row(reader, source, "none") | score(absolute, vectors))
+        rows.append(self._row(reader, source, "procrustes") | score(absolute, self.mapping(reader, source)(vectors)))
+      anchors = self.embedded(source, "train")[: exp.readout.relative]
+      rows.append(self._row(reader, source, "relative") | score(readout.with_anchors(relative, anchors), vectors))
+      r = rows[-1]
+      self.log(f"reader {reader} ← {source[0]} seed {source[1]} (relative): exact match {r['exact_match']:.3f}")
+    ids, truncated = closed_form.padded_ids(self.docs[reader][0], own.shape[1])
+    rows.append(self._row(reader, None, "none") | score(absolute, ids) | {"ids_truncated": truncated})
+    return rows
+
+  def analogies(self, reader: str) -> list[dict]:
+    """Decoded exact match and nearest-neighbour top-1 of e(a) − e(b) + e(c), per source encoder."""
+    exp, comp = self.exp, self.compilers[reader]
+    absolute = checkpoints.load_model(_readout_dir(self.workdir, self.corpus, compilers.parse(reader), 0))[0]
+    items = analogies.make(exp.analogies, seed=exp.crosseval.seed, split="test")
+    texts = list(dict.fromkeys(t for a in items for t in (a.a, a.b, a.c, a.answer)))
+    index = {t: i for i, t in enumerate(texts)}
+    reader_space = self._embed_texts((reader, 0), texts)
+    rows = []
+    for source in [(reader, 0)] + [(s, 0) for s in self.docs if s != reader]:
+      mapped = self.mapping(reader, source)(self._embed_texts(source, texts))
+      ia, ib, ic, ians = (np.array([index[getattr(a, k)] for a in items]) for k in ("a", "b", "c", "answer"))
+      queries = {
+        "analogy": mapped[ia] - mapped[ib] + mapped[ic],
+        "oracle": mapped[ians],  # calibration: the answer's own embedding
+      }
+      for query, vectors in queries.items():
+        read = readout.read(absolute, vectors.astype(np.float32), comp, self.length)
+        decoded = np.array([r.strip() == a.answer.strip() for r, a in zip(read, items, strict=True)], np.float64)
+        top1 = np.array(
+          [
+            analogies.nearest(v, reader_space, [index[a.a], index[a.b], index[a.c]]) == index[a.answer]
+            for v, a in zip(vectors, items, strict=True)
+          ],
+          np.float64,
+        )
+        row = self._row(reader, source, "none" if source == (reader, 0) else "procrustes")
+        row |= {"query": query, "analogies": len(items), "decoded_exact_match": float(decoded.mean())}
+        row |= {"decoded_exact_match_ci": readout._ci(decoded, exp.crosseval.seed), "nn_top1": float(top1.mean())}
+        row |= {"nn_top1_ci": readout._ci(top1, exp.crosseval.seed), "candidates": len(texts)}
+        tasks = dict.fromkeys(a.task for a in items)
+        row["by_task"] = {
+          t: float(np.mean([d for d, a in zip(decoded, items, strict=True) if a.task == t])) for t in tasks
+        }
+        pairs = list(zip(items, read, strict=True))[:4]
+        row["samples"] = [{"analogy": [a.a, a.b, a.c], "answer": a.answer, "read": r} for a, r in pairs]
+        rows.append(row)
+      r = rows[-2]
+      self.log(f"analogies {reader} ← {source[0]}: decoded {r['decoded_exact_match']:.3f}, top-1 {r['nn_top1']:.3f}")
+    return rows
+
+  def _embed_texts(self, source: tuple[str, int], texts: list[str]) -> np.ndarray:
+    comp = self.compilers[source[0]]
+    docs = [np.asarray(comp.encode(t), np.int32) for t in texts]
+    return readout.embed(self.encoders[source][0], docs, self.length)
+
+
+# ------------------------------------------------------------------------------------------------- report
+
+
+def _fmt(r: dict, key: str, digits: int = 3) -> str:
+  if r.get(key) is None:
+    return "—"
+  ci = r.get(f"{key}_ci")
+  return f"{r[key]:.{digits}f} ({ci[0]:.{digits}f}–{ci[1]:.{digits}f})" if ci else f"{r[key]:.{digits}f}"
+
+
+def _who(r: dict) -> str:
+  if r["source"] == "ids":
+    return "token ids, zero-padded (control)"
+  kind = {"native": "own encoder", "seed": f"{r['source']} seed {r['source_seed']}"}.get(r.get("kind"), r["source"])
+  return kind
+
+
+def markdown(rows: list[dict], exp) -> str:
+  feed = [r for r in rows if "bleu" in r]
+  arith = [r for r in rows if "query" in r]
+  lines = [
+    f"Readouts of tiny MLM encoders' embeddings (pool {exp.readout.pool}, relative anchors {exp.readout.relative}, "
+    f"{exp.readout.steps} steps), {exp.programs} held-out programs each; intervals are 95% bootstrap over programs.",
+    "",
+    "| corpus | reader | embeddings from | alignment | BLEU | chrF | token F1 | exact match | cosine (re-embedded) |",
+    "|---|---|---|---|---:|---:|---:|---:|---:|",
+  ]
+  for r in feed:
+    lines.append(
+      f"| {r['corpus']} | {r['reader']} | {_who(r)} | {r['alignment']} | {r['bleu']:.1f} | {r['chrf']:.1f} | "
+      f"{_fmt(r, 'token_f1')} | {_fmt(r, 'exact_match')} | {_fmt(r, 'cosine')} |"
+    )
+  if arith:
+    lines += [
+      "",
+      f"Analogies from programs ({arith[0]['analogies']}, held-out operands): e(a) − e(b) + e(c) read back by the "
+      "reader (decoded exact match) and nearest the answer among every analogy text with a, b, c excluded (top-1, "
+      f"{arith[0]['candidates']} candidates). Oracle: the query is e(answer) itself.",
+      "",
+      "| corpus | reader | embeddings from | query | decoded exact match | nearest-neighbour top-1 |",
+      "|---|---|---|---|---:|---:|",
+    ]
+    for r in arith:
+      lines.append(
+        f"| {r['corpus']} | {r['reader']} | {_who(r)} ({r['alignment']}) | {r['query']} | "
+        f"{_fmt(r, 'decoded_exact_match')} | {_fmt(r, 'nn_top1')} |"
+      )
+  return "\n".join(lines) + "\n"
+
+
+def write_report(rows: list[dict], out: str, exp, seconds: float) -> None:
+  """results.jsonl (last: it marks the report finished) and languages.md."""
+  fs.makedirs(out)
+  fs.remove(fs.join(out, "results.jsonl"))
+  fs.write_text(fs.join(out, "languages.md"), markdown(rows, exp))
+  fs.write_text(fs.join(out, "experiment.json"), json.dumps({"config": exp.to_dict(), "seconds": round(seconds)}))
+  fs.write_text(fs.join(out, "results.jsonl"), "".join(json.dumps(r, default=str) + "\n" for r in rows))

@@ -1,0 +1,185 @@
+"""Embedding languages: a decoder that reads one embedding of encoder A and writes back the program it came from
+(wikivec2text done properly), then fed the embeddings of other encoders.
+
+The readout is an encoder-decoder with A's encoder frozen inside it (``ModelConfig.encoder_config``) and
+``pool=k``: A's embedding of a program (the mean of its final states, ``Encoder.embed_pooled``'s definition) is
+projected to k vectors the decoder cross-attends to; with ``relative=K`` the embedding is first read as its cosines to
+the embeddings of K anchor programs (Moschella et al. 2023). It trains through the one loop on the ``reconstruct``
+objective (target = the input), only the projection, decoder and its table trainable.
+
+``feed`` gives the readout embeddings from elsewhere: another encoder as is (``none``), mapped into A's space by an
+orthogonal map fitted on parallel anchors (``procrustes``: the same training programs embedded by both), read
+relatively (the relative readout with the other encoder's own anchor embeddings: no fitting at all), and the seed's
+control, raw token ids zero-padded to the embedding width (``ids``). ``reconstruction`` scores what comes back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import nnx
+
+from llmcpu import checkpoints, fs, models, toolchain, trainer
+from llmcpu.compilers import Compiler
+from llmcpu.config import base_config
+from llmcpu.crosseval import intervals
+from llmcpu.errors import UserError
+from llmcpu.models.models import Encoder
+from llmcpu.specials import EOS_ID, PAD_ID
+from llmcpu.stitching import closed_form, text_metrics
+from llmcpu.stitching.swap import encoder_config_of
+
+TRAINABLE = r"^prefix/,^decoder/,^embed/,^head/"  # the readout learns; A's encoder (encoder_embed, encoder) is frozen
+ALIGNMENTS = ("none", "procrustes", "relative")
+
+
+def readout_config(config: ml_collections.ConfigDict, meta: dict) -> ml_collections.ConfigDict:
+  """The training config of a readout of ``config.encoder`` (its ISA, corpus and compile dir)."""
+  c = base_config("encoder_decoder", config.preset)
+  d = meta["config"]["data"]
+  c.data.update(corpus=d["corpus"], isa=d["isa"], compile_dir=config.compile_dir or d["compile_dir"])
+  c.data.update(objective="reconstruct", input_length=config.length, target_length=config.length, truncate=True)
+  c.model.encoder_config = encoder_config_of(meta, config.encoder)
+  shape = ("d_model", "num_heads", "d_ff", "max_len", "mlp", "norm", "positions", "dtype", "attention_impl")
+  c.model.update({k: meta["model_config"][k] for k in shape})  # the decoder as wide as the embedding it reads
+  c.model.update(pool=config.pool, relative=config.relative)
+  c.seed = config.seed
+  c.train.update(steps=config.steps, batch_size=config.batch_size, trainable=TRAINABLE, eval_every=0)
+  c.train.warmup_steps = max(1, config.steps // 20)
+  c.checkpoint.every = max(1, config.steps // 4)
+  return c
+
+
+def train(
+  config: ml_collections.ConfigDict,
+  workdir: str,
+  *,
+  should_stop: Callable[[int], bool] | None = None,
+  log: Callable[[str], None] = print,
+) -> trainer.TrainResult:
+  """Trains (or resumes) a readout of ``config.encoder`` (an encoder or encoder-decoder checkpoint) into workdir."""
+  if not config.encoder:
+    raise UserError("no --config.encoder: pass the CPU whose embeddings the readout learns to read")
+  meta = checkpoints.load_meta(config.encoder)
+  train_config = readout_config(config, meta)
+  provenance = {
+    "encoder": {"checkpoint": fs.abspath(config.encoder), "isa": meta["isa_name"], "step": meta["step"]},
+    "readout": {"pool": config.pool, "relative": config.relative},
+  }
+  provenance["encoder"]["isa_fingerprint"] = meta["isa_fingerprint"]
+
+  def initialize(model, setup: trainer.Setup) -> None:
+    source, _, _ = checkpoints.load_model(config.encoder)
+    nnx.update(model.encoder_embed, nnx.state(source.embed, nnx.Param))
+    nnx.update(model.encoder, nnx.state(source.encoder, nnx.Param))
+    if config.relative:  # the anchors: the embeddings of the first K training programs, by the encoder read
+      docs = programs(setup.config.data.compile_dir, setup.config.data.corpus, setup.compiler, "train")
+      model.prefix.anchors[...] = jnp.asarray(embed(model, docs[: config.relative], config.length))
+
+  log(f"training a readout of {meta['isa_name']} ({meta['arch']}) embeddings: pool {config.pool}, relative "
+      f"{config.relative}")  # fmt: skip
+  return trainer.train(
+    train_config, workdir, should_stop=should_stop, initialize=initialize, provenance=provenance, log=log
+  )
+
+
+def programs(compile_dir: str, corpus: str, compiler: Compiler, split: str) -> list[np.ndarray]:
+  """Every program input of a split, compiled by ``compiler`` (ids)."""
+  compile_dir = fs.abspath(compile_dir)
+  cmd = f"python scripts/compile.py --config.corpus={corpus} --config.compilers={compiler.spec} --workdir={compile_dir}"
+  name = toolchain.find_corpus_name(compile_dir, corpus, compiler, cmd)
+  field = toolchain.load_split(compile_dir, name, compiler, split).fields["input"]
+  return [np.asarray(field.doc(i)) for i in range(len(field))]
+
+
+def embed(model, docs: Sequence[np.ndarray], length: int, batch: int = 64) -> np.ndarray:
+  """Embeddings [N, D] (float32) of programs, laid out as the readout trains (ids + EOS, padded to ``length``):
+  an Encoder's ``embed_pooled``, a readout's (or any pooled encoder-decoder's) ``embedding``, or an encoder-decoder's
+  encoder states averaged the same way."""
+  graphdef, state = nnx.split(model)
+
+  @jax.jit
+  def pooled(state, ids, seg):
+    m = nnx.merge(graphdef, state, copy=True)
+    if isinstance(m, Encoder):
+      return m.embed_pooled(ids, segment_ids=seg)
+    if m.config.pool:
+      return m.embedding(ids, segment_ids=seg)
+    h = m.encode(ids, segment_ids=seg).astype(jnp.float32)
+    w = (seg != 0).astype(jnp.float32)
+    return jnp.einsum("bld,bl->bd", h, w) / jnp.maximum(w.sum(1, keepdims=True), 1.0)
+
+  out = []
+  for start in range(0, len(docs), batch):
+    chunk = docs[start : start + batch]
+    ids = np.full((batch, length), PAD_ID, np.int32)
+    for i, d in enumerate(chunk):
+      d = np.asarray(d)[: length - 1]
+      ids[i, : len(d)], ids[i, len(d)] = d, EOS_ID
+    out.append(np.asarray(pooled(state, ids, (ids != PAD_ID).astype(np.int32)))[: len(chunk)])
+  return np.concatenate(out) if out else np.zeros((0, model.config.d_model), np.float32)
+
+
+def read(readout, vectors: np.ndarray, compiler: Compiler, max_new: int, batch: int = 64) -> list[str]:
+  """The texts a readout writes (greedy) from embeddings [N, D], decoded by its ISA's compiler."""
+  texts = []
+  for start in range(0, len(vectors), batch):
+    v = np.zeros((batch, vectors.shape[1]), np.float32)
+    chunk = vectors[start : start + batch]
+    v[: len(chunk)] = chunk
+    out = np.asarray(models.generate_from_embedding(readout, v, max_new))[: len(chunk)]
+    for row in out:
+      ids = [int(t) for t in row.tolist()]
+      ids = ids[: ids.index(EOS_ID)] if EOS_ID in ids else ids
+      texts.append(compiler.decode([t for t in ids if t != PAD_ID]))
+  return texts
+
+
+def with_anchors(readout, anchors: np.ndarray):
+  """A copy of a relative readout reading another encoder: its anchors replaced by that encoder's embeddings of the
+  same anchor programs."""
+  graphdef, state = nnx.split(readout)
+  copy = nnx.merge(graphdef, state, copy=True)
+  copy.prefix.anchors[...] = jnp.asarray(anchors, jnp.float32)
+  return copy
+
+
+def procrustes_map(x_train: np.ndarray, y_train: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+  """Another encoder's embeddings → A's space: orthogonal Procrustes (+ translation) on parallel training anchors."""
+  rotation, bias = closed_form.fit_procrustes(x_train, y_train)
+  return lambda x: closed_form.apply(x, rotation, bias).astype(np.float32)
+
+
+def _ci(items: np.ndarray, seed: int) -> tuple[float, float] | None:
+  return intervals.bootstrap(np.stack([items, np.ones_like(items)], 1), intervals.ratio(0, 1), seed=seed)
+
+
+def reconstruction(texts: Sequence[str], references: Sequence[str], cosines: np.ndarray, seed: int = 0) -> dict:
+  """vec2text's figures of reconstructions against the originals: corpus BLEU and chrF, token F1 and exact match
+  (each with a 95% bootstrap interval over programs), and the cosine between the original's embedding and the
+  re-embedded reconstruction's (mean, interval)."""
+  f1 = text_metrics.token_f1_items(texts, references)
+  em = text_metrics.exact_match_items(texts, references)
+  cos = np.asarray(cosines, np.float64)
+  return {
+    "bleu": text_metrics.bleu(texts, references),
+    "chrf": text_metrics.chrf(texts, references),
+    "token_f1": float(f1.mean()),
+    "token_f1_ci": _ci(f1, seed),
+    "exact_match": float(em.mean()),
+    "exact_match_ci": _ci(em, seed),
+    "cosine": float(cos.mean()),
+    "cosine_ci": _ci(cos, seed),
+    "programs": len(texts),
+    "samples": [{"reference": r, "read": t} for r, t in list(zip(references, texts, strict=True))[:3]],
+  }
+
+
+def reembed_cosines(encoder, compiler: Compiler, texts: Sequence[str], originals: np.ndarray, length: int):
+  """Cosine between each original embedding and the embedding (by the same encoder) of what was read back."""
+  docs = [np.asarray(compiler.encode(t), np.int32) for t in texts]
+  return text_metrics.cosine_rows(originals, embed(encoder, docs, length))
