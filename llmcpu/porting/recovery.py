@@ -45,6 +45,9 @@ def porting_config(preset: str = "tiny") -> ml_collections.ConfigDict:
   c.report = "report-porting"
   c.crosseval.coherence = False  # True: curves also carry relevance (exact match on programs), at ~5 s a checkpoint
   c.crosseval.shuffled_prompts = False  # the calibration belongs to cross_eval; every port here is "native"
+  # Relevance is judged for these architectures only: a tiny encoder-decoder's continuation ignores its prompt on
+  # prose (README, headline), so its relevance curve would be flat at 0 whatever the port.
+  c.relevance_archs = "decoder"
   return c
 
 
@@ -145,6 +148,8 @@ def _score(exp, workdir: str, curve: Curve, budgets: list[int], refs: dict, log:
   """A curve's row: bits per byte (interval) at every saved budget, the zero-shot and native references."""
   compile_dir = fs.join(workdir, "compiled")
   options = crosseval.CrossEvalOptions.from_config(exp.crosseval)
+  if curve.arch not in experiment.split_list(exp.get("relevance_archs", "") or curve.arch, "relevance_archs"):
+    options = dataclasses.replace(options, coherence=False)
   cpu = lambda spec: experiment.cpu_dir(workdir, curve.corpus.name, curve.arch, spec.name, curve.seed)  # noqa: E731
   key = (curve.corpus.name, curve.arch, curve.source.name, curve.target.name, curve.seed)
   if key not in refs:
@@ -289,7 +294,7 @@ def _tokens(per_seed: list[int | None]) -> str:
   return f"{round(sum(reached) / len(reached)):,} ({min(reached):,}–{max(reached):,})"
 
 
-def _port(curve: dict) -> str:
+def _label(curve: dict) -> str:
   return f"| {curve['corpus']} | {curve['arch']} | {curve['source']} → {curve['target']} | {curve['method']} |"
 
 
@@ -308,7 +313,7 @@ def markdown(curves: list[dict]) -> str:
     first, last = c["points"][0], c["points"][-1]
     zero_col = _fmt(first) + (f" · {c['ms_per_1k_tokens']:.2f} ms/1k ids" if c["method"] == "translate" else "")
     lines.append(
-      f"{_port(c)} {_ref(c, 'zero_shot_bpb')} | {zero_col} | {_fmt(last)} | {last['tokens']:,} | "
+      f"{_label(c)} {_ref(c, 'zero_shot_bpb')} | {zero_col} | {_fmt(last)} | {last['tokens']:,} | "
       f"{_ref(c, 'native_bpb')} | " + " | ".join(_tokens(c["closes"][k]) for k in ("50%", "90%", "99%")) + " |"
     )
   judged = [c for c in curves if any(p.get("relevance") is not None for p in c["points"])]
@@ -324,7 +329,7 @@ def markdown(curves: list[dict]) -> str:
     for c in judged:
       at = {p["step"]: p for p in c["points"]}
       cols = [_fmt(at[s], "relevance") if s in at else "" for s in steps]
-      row = f"{_port(c)} {_ref(c, 'zero_shot_relevance')} | " + " | ".join(cols)
+      row = f"{_label(c)} {_ref(c, 'zero_shot_relevance')} | " + " | ".join(cols)
       lines.append(f"{row} | {_ref(c, 'native_relevance')} |")
   return "\n".join(lines) + "\n"
 
