@@ -211,7 +211,7 @@ def readouts(cpus, tmp_path_factory):
 
 
 def test_a_readout_reads_its_encoder_frozen_and_exactly(cpus, readouts):
-  from llmcpu.stitching import readout
+  from llmcpu.stitching import readout, states
 
   compile_dir, a, _, _ = cpus
   model, meta, comp = checkpoints.load_model(readouts[0])
@@ -222,8 +222,8 @@ def test_a_readout_reads_its_encoder_frozen_and_exactly(cpus, readouts):
     np.testing.assert_array_equal(params[name], src[name], err_msg=name)
   assert meta["config"]["data"]["objective"] == "reconstruct" and meta["provenance"]["encoder"]["isa"] == "bpe600"
   docs = readout.programs(compile_dir, "pairs", comp, "test")[:8]
-  own = readout.embed(model, docs, 24)
-  np.testing.assert_array_equal(own, readout.embed(source, docs, 24))  # the readout's embedding is A's, exactly
+  own = states.embeddings(model, docs, 24)
+  np.testing.assert_array_equal(own, states.embeddings(source, docs, 24))  # the readout's embedding is A's, exactly
   ids = np.full((8, 24), 0, np.int32)
   for i, d in enumerate(docs):
     ids[i, : len(d)], ids[i, len(d)] = d, 3
@@ -236,12 +236,12 @@ def test_a_readout_reads_its_encoder_frozen_and_exactly(cpus, readouts):
 
 def test_a_relative_readout_cannot_tell_a_rotated_encoder(cpus, readouts):
   """Relative representations are invariant to an orthogonal map applied to embeddings and anchors alike."""
-  from llmcpu.stitching import readout
+  from llmcpu.stitching import readout, states
 
   compile_dir, _, _, _ = cpus
   model, _, comp = checkpoints.load_model(readouts[1])
   docs = readout.programs(compile_dir, "pairs", comp, "test")[:8]
-  own, anchors = readout.embed(model, docs, 24), np.asarray(model.prefix.anchors[...])
+  own, anchors = states.embeddings(model, docs, 24), np.asarray(model.prefix.anchors[...])
   q, _ = np.linalg.qr(np.random.default_rng(0).normal(size=(32, 32)))
   rotated = readout.with_anchors(model, anchors @ q)
   np.testing.assert_allclose(

@@ -28,7 +28,7 @@ import numpy as np
 
 from llmcpu import checkpoints, compilers, experiment, fs
 from llmcpu.errors import Stopped, UserError
-from llmcpu.stitching import analogies, closed_form, readout
+from llmcpu.stitching import analogies, closed_form, readout, states
 
 
 def languages_config(preset: str = "tiny") -> ml_collections.ConfigDict:
@@ -116,7 +116,7 @@ class _World:
     key = (source, which)
     if key not in self._embedded:
       docs = self.docs[source[0]][0 if which == "test" else 1]
-      self._embedded[key] = readout.embed(self.encoders[source][0], docs, self.length)
+      self._embedded[key] = states.embeddings(self.encoders[source][0], docs, self.length)
     return self._embedded[key]
 
   def _row(self, reader: str, source: tuple[str, int] | None, alignment: str) -> dict:
@@ -208,7 +208,7 @@ class _World:
   def _embed_texts(self, source: tuple[str, int], texts: list[str]) -> np.ndarray:
     comp = self.compilers[source[0]]
     docs = [np.asarray(comp.encode(t), np.int32) for t in texts]
-    return readout.embed(self.encoders[source][0], docs, self.length)
+    return states.embeddings(self.encoders[source][0], docs, self.length)
 
 
 # ------------------------------------------------------------------------------------------------- report

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -28,9 +27,8 @@ from llmcpu.compilers import Compiler
 from llmcpu.config import base_config
 from llmcpu.crosseval import intervals
 from llmcpu.errors import UserError
-from llmcpu.models.models import Encoder
 from llmcpu.specials import EOS_ID, PAD_ID
-from llmcpu.stitching import closed_form, text_metrics
+from llmcpu.stitching import closed_form, states, text_metrics
 from llmcpu.stitching.swap import encoder_config_of
 
 TRAINABLE = r"^prefix/,^decoder/,^embed/,^head/"  # the readout learns; A's encoder (encoder_embed, encoder) is frozen
@@ -78,7 +76,7 @@ def train(
     nnx.update(model.encoder, nnx.state(source.encoder, nnx.Param))
     if config.relative:  # the anchors: the embeddings of the first K training programs, by the encoder read
       docs = programs(setup.config.data.compile_dir, setup.config.data.corpus, setup.compiler, "train")
-      model.prefix.anchors[...] = jnp.asarray(embed(model, docs[: config.relative], config.length))
+      model.prefix.anchors[...] = jnp.asarray(states.embeddings(model, docs[: config.relative], config.length))
 
   log(f"training a readout of {meta['isa_name']} ({meta['arch']}) embeddings: pool {config.pool}, relative "
       f"{config.relative}")  # fmt: skip
@@ -94,34 +92,6 @@ def programs(compile_dir: str, corpus: str, compiler: Compiler, split: str) -> l
   name = toolchain.find_corpus_name(compile_dir, corpus, compiler, cmd)
   field = toolchain.load_split(compile_dir, name, compiler, split).fields["input"]
   return [np.asarray(field.doc(i)) for i in range(len(field))]
-
-
-def embed(model, docs: Sequence[np.ndarray], length: int, batch: int = 64) -> np.ndarray:
-  """Embeddings [N, D] (float32) of programs, laid out as the readout trains (ids + EOS, padded to ``length``):
-  an Encoder's ``embed_pooled``, a readout's (or any pooled encoder-decoder's) ``embedding``, or an encoder-decoder's
-  encoder states averaged the same way."""
-  graphdef, state = nnx.split(model)
-
-  @jax.jit
-  def pooled(state, ids, seg):
-    m = nnx.merge(graphdef, state, copy=True)
-    if isinstance(m, Encoder):
-      return m.embed_pooled(ids, segment_ids=seg)
-    if m.config.pool:
-      return m.embedding(ids, segment_ids=seg)
-    h = m.encode(ids, segment_ids=seg).astype(jnp.float32)
-    w = (seg != 0).astype(jnp.float32)
-    return jnp.einsum("bld,bl->bd", h, w) / jnp.maximum(w.sum(1, keepdims=True), 1.0)
-
-  out = []
-  for start in range(0, len(docs), batch):
-    chunk = docs[start : start + batch]
-    ids = np.full((batch, length), PAD_ID, np.int32)
-    for i, d in enumerate(chunk):
-      d = np.asarray(d)[: length - 1]
-      ids[i, : len(d)], ids[i, len(d)] = d, EOS_ID
-    out.append(np.asarray(pooled(state, ids, (ids != PAD_ID).astype(np.int32)))[: len(chunk)])
-  return np.concatenate(out) if out else np.zeros((0, model.config.d_model), np.float32)
 
 
 def read(readout, vectors: np.ndarray, compiler: Compiler, max_new: int, batch: int = 64) -> list[str]:
@@ -182,4 +152,4 @@ def reconstruction(texts: Sequence[str], references: Sequence[str], cosines: np.
 def reembed_cosines(encoder, compiler: Compiler, texts: Sequence[str], originals: np.ndarray, length: int):
   """Cosine between each original embedding and the embedding (by the same encoder) of what was read back."""
   docs = [np.asarray(compiler.encode(t), np.int32) for t in texts]
-  return text_metrics.cosine_rows(originals, embed(encoder, docs, length))
+  return text_metrics.cosine_rows(originals, states.embeddings(encoder, docs, length))

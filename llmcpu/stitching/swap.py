@@ -22,7 +22,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -31,8 +30,7 @@ from flax import nnx
 from llmcpu import checkpoints, fs, toolchain, trainer
 from llmcpu.config import checkpoint_config
 from llmcpu.errors import UserError
-from llmcpu.specials import EOS_ID, PAD_ID
-from llmcpu.stitching import anchors, closed_form
+from llmcpu.stitching import anchors, closed_form, states
 
 CLOSED_FORM = ("lstsq", "procrustes")
 TRAINED = ("stitch", "stitch_xattn")
@@ -169,27 +167,6 @@ def anchor_states(model_a, model_b, setup: trainer.Setup, docs: int, max_pairs: 
   fits = [i for i in range(len(field_a)) if max(len(field_a.doc(i)), len(field_b.doc(i))) < length][:docs]
   ids_a = [field_a.doc(i) for i in fits]
   ids_b = [field_b.doc(i) for i in fits]
-  h_a = encoded(model_a, ids_a, length)
-  h_b = encoded(model_b, ids_b, length)
+  h_a = states.token_states(model_a, ids_a, length)
+  h_b = states.token_states(model_b, ids_b, length)
   return anchors.pairs(h_b, h_a, ids_b, ids_a, comp_b.piece_bytes, comp_a.piece_bytes, max_pairs=max_pairs, seed=seed)
-
-
-def encoded(model, docs: list[np.ndarray], length: int, batch: int = 64) -> list[np.ndarray]:
-  """Each document's encoded states [len(doc), D] (float32), laid out as in training: ids + EOS, padded."""
-  graphdef, state = nnx.split(model)
-
-  @jax.jit
-  def encode(state, ids, seg):
-    m = nnx.merge(graphdef, state, copy=True)
-    fn = m.encode if hasattr(m, "encode") else m.hidden
-    return fn(ids, segment_ids=seg).astype(jnp.float32)
-
-  out = []
-  for start in range(0, len(docs), batch):
-    chunk = docs[start : start + batch]
-    ids = np.full((batch, length), PAD_ID, np.int32)
-    for i, d in enumerate(chunk):
-      ids[i, : len(d)], ids[i, len(d)] = d, EOS_ID  # callers pass documents shorter than ``length``
-    h = np.asarray(encode(state, ids, (ids != PAD_ID).astype(np.int32)))
-    out += [h[i, : len(d)] for i, d in enumerate(chunk)]
-  return out
