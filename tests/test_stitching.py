@@ -65,6 +65,10 @@ def test_a_swap_of_an_encoder_for_itself_is_the_native_cpu(cpus, tmp_path):
   np.testing.assert_array_equal(np.asarray(swapped(ids, dec)), np.asarray(native(ids, dec)))
   mine, theirs = score_of(str(tmp_path), compile_dir), score_of(a, compile_dir)
   assert mine["bits_per_byte"] == theirs["bits_per_byte"] and mine["samples"] == theirs["samples"]
+  from llmcpu import crosseval  # the matrix feeds one ISA to both stacks: a stitched CPU's row fails, saying why
+
+  (row,) = crosseval.evaluate([str(tmp_path)], ["bpe:600"], compile_dir, log=lambda _: None)
+  assert row["status"] == "failed" and "stitched encoder-decoder: it reads ISA bpe600 and writes bpe600" in row["error"]
 
 
 def test_closed_form_stitches_equal_numpy_on_the_same_anchors(cpus, tmp_path):

@@ -29,6 +29,7 @@ from llmcpu.crosseval.library import Library, one_line
 from llmcpu.data import objectives as obj
 from llmcpu.data.compiled import CompiledSplit
 from llmcpu.data.pipeline import Pipeline, bytes_per_token
+from llmcpu.errors import UserError
 
 
 @dataclasses.dataclass
@@ -340,6 +341,11 @@ def _load(entry: str | LoadedModel) -> LoadedModel:
   if isinstance(entry, LoadedModel):
     return entry
   model, meta, compiler = checkpoints.load_model(entry)
+  if meta.get("input_isa_fingerprint"):  # a matrix cell feeds one ISA to both stacks; this CPU reads another
+    raise UserError(
+      f"{entry} is a stitched encoder-decoder: it reads ISA {meta['input_isa_name']} and writes {meta['isa_name']}; "
+      "score it with llmcpu.stitching.score (as configs/experiments/swap.py does), not the cross-ISA matrix"
+    )
   return LoadedModel(model, meta, compiler, str(entry))
 
 
