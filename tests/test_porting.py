@@ -327,3 +327,23 @@ def test_porting_report_is_committed_last(tmp_path, monkeypatch):
   assert written[-1] == "results.jsonl" and (tmp_path / "recovery_c_decoder_a-to-b.png").stat().st_size > 0
   table = (tmp_path / "porting.md").read_text()
   assert "| c | decoder | a → b | translate | 6.000 | 5.000 (4.900–5.100) · 0.50 ms/1k ids |" in table
+
+
+def test_porting_curves_over_seeds_by_hand():
+  from llmcpu.porting import recovery
+
+  def row(seed, bpb, closes90):
+    points = [{"step": 0, "tokens": 0, "bpb": bpb, "bpb_lo": None, "bpb_hi": None, "relevance": 0.1 * (seed + 1)}]
+    return {"corpus": "c", "arch": "decoder", "source": "a", "target": "b", "method": "relearn", "seed": seed,
+            "zero_shot_bpb": 6.0, "native_bpb": 4.0, "source_native_bpb": 3.9, "zero_shot_relevance": 0.0,
+            "native_relevance": 0.5, "points": points, "closes": {"50%": 0, "90%": closes90, "99%": None}}  # fmt: skip
+
+  (curve,) = recovery.aggregate([row(0, 3.0, 100), row(1, 3.2, 300)])
+  assert curve["seeds"] == [0, 1] and curve["points"][0]["bpb"] == pytest.approx(3.1)
+  assert curve["points"][0]["bpb_std"] == pytest.approx(np.std([3.0, 3.2], ddof=1))
+  text = recovery.markdown([curve])
+  assert "| c | decoder | a → b | relearn | 6.000 ± 0.000 | 3.100 ± 0.141 | 3.100 ± 0.141 | 0 |" in text
+  assert "| 0 | 200 (100–300) | — |" in text
+  assert "| c | decoder | a → b | relearn | 0.000 ± 0.000 | 0.150 ± 0.071 | 0.500 ± 0.000 |" in text
+  (curve,) = recovery.aggregate([row(0, 3.0, 100), row(1, 3.2, None)])
+  assert "— (1/2 seeds)" in recovery.markdown([curve])

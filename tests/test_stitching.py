@@ -281,3 +281,46 @@ def test_readout_of_a_decoder_is_refused(cpus, tmp_path):
   with pytest.raises(UserError, match="holds a decoder-only CPU"):
     readout.train(readout_config(dec), str(tmp_path), log=lambda _: None)
   assert not (tmp_path / "checkpoints").exists()
+
+
+def test_swap_report_penalties_by_hand(tmp_path):
+  from llmcpu.stitching import experiment as swaps
+
+  def row(a, b, variant, step, em, seed=0):
+    return {"corpus": "p", "decoder": a, "encoder": b, "variant": variant, "seed": seed, "step": step,
+            "exact_match": em, "exact_match_ci": (em - 0.01, em + 0.01), "bits_per_byte": 2.0 - em,
+            "bits_per_byte_ci": None}  # fmt: skip
+
+  rows = [row(a, a, "native", 1000, em, s) for a, em, s in (("x", 0.5, 0), ("y", 0.3, 0), ("x", 0.4, 1), ("y", 0.2, 1))]
+  rows += [row("x", "y", "stitch", 0, 0.0), row("x", "y", "stitch", 30, 0.2), row("y", "x", "stitch", 30, 0.25)]
+  rows += [row("x", "x", "stitch", 30, 0.45), row("y", "y", "stitch", 30, 0.1)]
+  exp = ml_collections.ConfigDict(dict(prompts=10, decoder_seed=0, encoder_seed=1))
+  swaps.write_report(rows, str(tmp_path), exp, 1.0)
+  text = (tmp_path / "swap.md").read_text()
+  # penalty = row A's native exact match (decoder seed) − the cell's last step: x←y 0.5 − 0.2, y←x 0.3 − 0.25, …
+  assert "| x | +0.050 | +0.300 |" in text and "| y | +0.050 | +0.200 |" in text
+  assert "| x ← y | stitch | 0.000 (-0.010–0.010) | 0.200 (0.190–0.210) | 0.500 (0.490–0.510) |" in text
+  assert (tmp_path / "swap_p.png").stat().st_size > 0 and (tmp_path / "swap_recovery_p.png").stat().st_size > 0
+  assert (tmp_path / "results.jsonl").read_text().count("\n") == len(rows)
+
+
+def test_languages_report_from_rows(tmp_path):
+  from llmcpu.stitching import languages
+
+  base = {"corpus": "p", "reader": "x", "bleu": 10.0, "chrf": 40.0, "token_f1": 0.5, "token_f1_ci": (0.4, 0.6),
+          "exact_match": 0.1, "exact_match_ci": (0.05, 0.15), "cosine": 0.9, "cosine_ci": None}  # fmt: skip
+  rows = [
+    base | {"source": "x", "source_seed": 0, "kind": "native", "alignment": "none"},
+    base | {"source": "y", "source_seed": 0, "kind": "isa", "alignment": "procrustes", "exact_match": 0.0},
+    base | {"source": "ids", "source_seed": None, "alignment": "none"},
+    {"corpus": "p", "reader": "x", "source": "y", "source_seed": 0, "kind": "isa", "alignment": "procrustes",
+     "query": "analogy", "analogies": 200, "candidates": 700, "decoded_exact_match": 0.02,
+     "decoded_exact_match_ci": (0.0, 0.05), "nn_top1": 0.3, "nn_top1_ci": (0.25, 0.35)},
+  ]  # fmt: skip
+  exp = ml_collections.ConfigDict(dict(programs=200, readout=dict(pool=4, relative=64, steps=800)))
+  languages.write_report(rows, str(tmp_path), exp, 1.0)
+  text = (tmp_path / "languages.md").read_text()
+  assert "| p | x | own encoder | none | 10.0 | 40.0 | 0.500 (0.400–0.600) | 0.100 (0.050–0.150) | 0.900 |" in text
+  assert "| p | x | y | procrustes | 10.0 | 40.0 | 0.500 (0.400–0.600) | 0.000 (0.050–0.150) |" in text
+  assert "| p | x | token ids, zero-padded (control) | none |" in text
+  assert "| p | x | y (procrustes) | analogy | 0.020 (0.000–0.050) | 0.300 (0.250–0.350) |" in text

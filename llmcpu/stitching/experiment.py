@@ -262,11 +262,50 @@ def heatmaps(rows: list[dict], out: str, exp) -> None:
     plt.close(fig)
 
 
+def recovery_figure(rows: list[dict], out: str, exp) -> None:
+  """Exact match against stitch-training steps, one line per (A reads B, trained variant), natives dashed."""
+  from llmcpu.crosseval.report import plt
+
+  last = final_rows(rows)
+  for corpus in sorted({r["corpus"] for r in rows}):
+    trained = [r for r in rows if r["corpus"] == corpus and r["variant"] in swap.TRAINED]
+    if not trained:
+      continue
+    isas = list(dict.fromkeys(r["decoder"] for r in rows if r["corpus"] == corpus))
+    fig, axes = plt.subplots(1, len(isas), figsize=(4.2 * len(isas), 3.6), squeeze=False, sharey=True)
+    floor = min((r["step"] for r in trained if r["step"] > 0), default=1) / 3
+    for ax, a in zip(axes[0], isas, strict=True):
+      for b in isas:
+        for variant, style in zip(swap.TRAINED, ("-", ":"), strict=True):
+          pts = sorted(
+            (r["step"], r["exact_match"])
+            for r in trained
+            if (r["decoder"], r["encoder"], r["variant"]) == (a, b, variant)
+          )
+          if pts:
+            ax.plot(
+              [max(s, floor) for s, _ in pts], [e for _, e in pts], style, marker="o", ms=3, label=f"← {b} ({variant})"
+            )
+      native = last.get((corpus, a, a, "native", exp.decoder_seed))
+      if native is not None:
+        ax.axhline(native["exact_match"], ls="--", c="k", lw=1, label="native")
+      ax.set_xscale("log")
+      ax.set_title(f"decoder {a}", fontsize=9)
+      ax.set_xlabel(f"stitch-training steps (0 drawn at {floor:g})", fontsize=8)
+      ax.legend(fontsize=6)
+    axes[0][0].set_ylabel("exact match, held-out programs")
+    fig.tight_layout()
+    with fs.open(fs.join(out, f"swap_recovery_{corpus}.png"), "wb") as f:
+      fig.savefig(f, dpi=120)
+    plt.close(fig)
+
+
 def write_report(rows: list[dict], out: str, exp, seconds: float) -> None:
-  """results.jsonl (every scored checkpoint; last: it marks the report finished), swap.md and the heatmaps."""
+  """results.jsonl (every scored checkpoint; last: it marks the report finished), swap.md and the figures."""
   fs.makedirs(out)
   fs.remove(fs.join(out, "results.jsonl"))
   fs.write_text(fs.join(out, "swap.md"), markdown(rows, exp))
   heatmaps(rows, out, exp)
+  recovery_figure(rows, out, exp)
   fs.write_text(fs.join(out, "experiment.json"), json.dumps({"config": exp.to_dict(), "seconds": round(seconds)}))
   fs.write_text(fs.join(out, "results.jsonl"), "".join(json.dumps(r, default=str) + "\n" for r in rows))
