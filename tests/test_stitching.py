@@ -17,7 +17,8 @@ from llmcpu.errors import UserError
 
 @pytest.fixture(scope="module")
 def cpus(compile_dir, tmp_path_factory):
-  """Two tiny encoder-decoders on the pairs corpus, one on bpe:600 (A) and one on byte (B), and a decoder."""
+  """Two tiny encoder-decoders on the pairs corpus, one on bpe:600 (A) and one on byte (B), a decoder on prose and an
+  MLM encoder on the pairs (bpe:600)."""
   from conftest import tiny_config
 
   from llmcpu import trainer
@@ -28,7 +29,8 @@ def cpus(compile_dir, tmp_path_factory):
   trainer.train(tiny_config("encoder_decoder", compile_dir, **lengths), str(root / "a"), **quiet)
   trainer.train(tiny_config("encoder_decoder", compile_dir, data__isa="byte", **lengths), str(root / "b"), **quiet)
   trainer.train(tiny_config("decoder", compile_dir, train__steps=0), str(root / "dec"), **quiet)
-  return compile_dir, str(root / "a"), str(root / "b"), str(root / "dec")
+  trainer.train(tiny_config("encoder", compile_dir, data__corpus="pairs"), str(root / "mlm"), **quiet)
+  return compile_dir, str(root / "a"), str(root / "b"), str(root / "dec"), str(root / "mlm")
 
 
 def swap_config(decoder: str, encoder: str, **overrides) -> ml_collections.ConfigDict:
@@ -55,7 +57,7 @@ def score_of(path: str, compile_dir: str) -> dict:
 def test_a_swap_of_an_encoder_for_itself_is_the_native_cpu(cpus, tmp_path):
   from llmcpu.stitching import swap
 
-  compile_dir, a, _, _ = cpus
+  compile_dir, a, *_ = cpus
   swap.run(swap_config(a, a, variant="zero_shot"), str(tmp_path), log=lambda _: None)
   swapped, meta, _ = checkpoints.load_model(str(tmp_path))
   native, _, _ = checkpoints.load_model(a)
@@ -75,7 +77,7 @@ def test_closed_form_stitches_equal_numpy_on_the_same_anchors(cpus, tmp_path):
   from llmcpu import trainer
   from llmcpu.stitching import swap
 
-  compile_dir, a, b, _ = cpus
+  compile_dir, a, b, *_ = cpus
   stitches = {}
   for variant in ("lstsq", "procrustes"):
     config = swap_config(a, b, variant=variant)
@@ -101,7 +103,7 @@ def test_closed_form_stitches_equal_numpy_on_the_same_anchors(cpus, tmp_path):
 def test_training_the_stitch_changes_nothing_else_and_resumes_bit_identically(cpus, tmp_path):
   from llmcpu.stitching import swap
 
-  compile_dir, a, b, _ = cpus
+  compile_dir, a, b, *_ = cpus
   config = swap_config(a, b, save_at="0,2")
   first = swap.run(config, str(tmp_path / "a"), should_stop=lambda step: step == 3, log=lambda _: None)
   assert first.stopped == "preempted"
@@ -123,10 +125,22 @@ def test_training_the_stitch_changes_nothing_else_and_resumes_bit_identically(cp
   assert score_of(str(tmp_path / "a"), compile_dir)["prompts"] == 16
 
 
+def test_an_mlm_encoder_swaps_in(cpus, tmp_path):
+  from llmcpu.stitching import swap
+
+  compile_dir, a, *_, mlm = cpus
+  swap.run(swap_config(a, mlm, variant="procrustes"), str(tmp_path), log=lambda _: None)
+  model, meta, _ = checkpoints.load_model(str(tmp_path))
+  assert meta["provenance"]["encoder"]["arch"] == "encoder" and model.config.encoder_config.arch == "encoder"
+  kernel = np.asarray(model.stitch.kernel[...])
+  np.testing.assert_allclose(kernel @ kernel.T, np.eye(32), atol=1e-5)  # an orthogonal map
+  assert score_of(str(tmp_path), compile_dir)["prompts"] == 16
+
+
 def test_stitch_and_cross_attention_train_together(cpus, tmp_path):
   from llmcpu.stitching import swap
 
-  _, a, b, _ = cpus
+  _, a, b, *_ = cpus
   swap.run(swap_config(a, b, variant="stitch_xattn", steps=2), str(tmp_path), log=lambda _: None)
   after, src_a = named_params(checkpoints.load_model(str(tmp_path))[0]), named_params(checkpoints.load_model(a)[0])
   changed = {
@@ -138,7 +152,7 @@ def test_stitch_and_cross_attention_train_together(cpus, tmp_path):
 def test_bad_swaps_are_one_line_and_write_nothing(cpus, tmp_path):
   from llmcpu.stitching import swap
 
-  compile_dir, a, b, dec = cpus
+  compile_dir, a, b, dec, _ = cpus
   other = tmp_path / "other-corpus"
   shutil.copytree(b, other)
   for meta_path in other.glob("checkpoints/*/meta/metadata"):
@@ -204,22 +218,22 @@ def readout_config(encoder: str, **overrides) -> ml_collections.ConfigDict:
 
 @pytest.fixture(scope="module")
 def readouts(cpus, tmp_path_factory):
-  """An absolute and a relative readout of A's encoder (3 steps each)."""
+  """An absolute and a relative readout of the MLM encoder's embeddings (3 steps each)."""
   from llmcpu.stitching import readout
 
-  _, a, _, _ = cpus
+  *_, mlm = cpus
   root = tmp_path_factory.mktemp("readouts")
-  readout.train(readout_config(a), str(root / "abs"), log=lambda _: None)
-  readout.train(readout_config(a, relative=6), str(root / "rel"), log=lambda _: None)
+  readout.train(readout_config(mlm), str(root / "abs"), log=lambda _: None)
+  readout.train(readout_config(mlm, relative=6), str(root / "rel"), log=lambda _: None)
   return str(root / "abs"), str(root / "rel")
 
 
 def test_a_readout_reads_its_encoder_frozen_and_exactly(cpus, readouts):
   from llmcpu.stitching import readout, states
 
-  compile_dir, a, _, _ = cpus
+  compile_dir, *_, mlm = cpus
   model, meta, comp = checkpoints.load_model(readouts[0])
-  source = checkpoints.load_model(a)[0]
+  source = checkpoints.load_model(mlm)[0]
   params, src = named_params(model), named_params(source)
   np.testing.assert_array_equal(params["encoder_embed/table"], src["embed/table"])  # frozen: bit-identical
   for name in (k for k in src if k.startswith("encoder/")):
@@ -242,7 +256,7 @@ def test_a_relative_readout_cannot_tell_a_rotated_encoder(cpus, readouts):
   """Relative representations are invariant to an orthogonal map applied to embeddings and anchors alike."""
   from llmcpu.stitching import readout, states
 
-  compile_dir, _, _, _ = cpus
+  compile_dir, *_ = cpus
   model, _, comp = checkpoints.load_model(readouts[1])
   docs = readout.programs(compile_dir, "pairs", comp, "test")[:8]
   own, anchors = states.embeddings(model, docs, 24), np.asarray(model.prefix.anchors[...])
@@ -277,7 +291,7 @@ def test_reconstruction_scores_known_answers():
 def test_readout_of_a_decoder_is_refused(cpus, tmp_path):
   from llmcpu.stitching import readout
 
-  *_, dec = cpus
+  *_, dec, _ = cpus
   with pytest.raises(UserError, match="holds a decoder-only CPU"):
     readout.train(readout_config(dec), str(tmp_path), log=lambda _: None)
   assert not (tmp_path / "checkpoints").exists()

@@ -124,7 +124,13 @@ class _World:
     if source is None:
       return row | {"source": "ids", "source_seed": None}
     kind = "native" if source == (reader, 0) else "seed" if source[0] == reader else "isa"
-    return row | {"source": source[0], "source_seed": source[1], "kind": kind}
+    _, path, meta = self.encoders[source]
+    provenance = {
+      "source_checkpoint": path,
+      "source_step": meta["step"],
+      "source_isa_fingerprint": meta["isa_fingerprint"],
+    }
+    return row | {"source": source[0], "source_seed": source[1], "kind": kind} | provenance
 
   def mapping(self, reader: str, source: tuple[str, int]) -> Callable[[np.ndarray], np.ndarray]:
     if source == (reader, 0):
