@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from llmcpu.data import objectives
 from llmcpu.data.compiled import CompiledField, CompiledSplit
 from llmcpu.data.objectives import NAMES as OBJECTIVES
+from llmcpu.data.objectives import PAIRS_ONLY
 from llmcpu.data.pipeline import Pipeline, bytes_per_token
 from llmcpu.errors import UserError
 from llmcpu.specials import (
@@ -200,7 +201,7 @@ def test_summary_and_bytes_per_token():
 
 
 def make(objective: str, seed: int = 0, **kw) -> Pipeline:
-  if objective in ("seq2seq", "lm_targets"):
+  if objective in PAIRS_ONLY:
     rng = np.random.default_rng(5)
     corpus = programs(rng.integers(0, 9, 40), rng.integers(0, 6, 40))
   else:
@@ -283,7 +284,7 @@ def test_target_docs_and_bytes_of_every_objective(objective):
   their own document; everything else says 0 bytes and document −1, also the padding rows of an eval pass."""
   assert "target_docs" not in make(objective).batch(0), "training batches carry no document ids"
   rng = np.random.default_rng(5)
-  if objective in ("seq2seq", "lm_targets"):
+  if objective in PAIRS_ONLY:
     corpus = programs(rng.integers(0, 9, 40), rng.integers(0, 6, 40))
   else:
     corpus = prose(rng.integers(0, 60, 40))
