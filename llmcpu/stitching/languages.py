@@ -137,9 +137,11 @@ class _World:
       return lambda x: x
     return readout.procrustes_map(self.embedded(source, "train"), self.embedded((reader, 0), "train"))
 
-  def feeds(self, reader: str) -> list[dict]:
-    exp, comp = self.exp, self.compilers[reader]
-    paths = {r: _readout_dir(self.workdir, self.corpus, compilers.parse(reader), r) for r in (0, exp.readout.relative)}
+  def feeds(self, spec: compilers.CompilerSpec) -> list[dict]:
+    """Reconstruction rows of the reader ISA ``spec``: every source encoder × alignment, and the ids control."""
+    exp, reader = self.exp, spec.name
+    comp = self.compilers[reader]
+    paths = {r: _readout_dir(self.workdir, self.corpus, spec, r) for r in (0, exp.readout.relative)}
     absolute, meta_abs, _ = checkpoints.load_model(paths[0])
     relative, meta_rel, _ = checkpoints.load_model(paths[exp.readout.relative])
     own = self.embedded((reader, 0), "test")
@@ -170,10 +172,11 @@ class _World:
     rows.append(self._row(reader, None, "none") | score(absolute, ids) | {"ids_truncated": truncated})
     return rows
 
-  def analogies(self, reader: str) -> list[dict]:
+  def analogies(self, spec: compilers.CompilerSpec) -> list[dict]:
     """Decoded exact match and nearest-neighbour top-1 of e(a) − e(b) + e(c), per source encoder."""
-    exp, comp = self.exp, self.compilers[reader]
-    absolute = checkpoints.load_model(_readout_dir(self.workdir, self.corpus, compilers.parse(reader), 0))[0]
+    exp, reader = self.exp, spec.name
+    comp = self.compilers[reader]
+    absolute = checkpoints.load_model(_readout_dir(self.workdir, self.corpus, spec, 0))[0]
     items = analogies.make(exp.analogies, seed=exp.crosseval.seed, split="test")
     texts = list(dict.fromkeys(t for a in items for t in (a.a, a.b, a.c, a.answer)))
     index = {t: i for i, t in enumerate(texts)}
