@@ -1,0 +1,41 @@
+"""The swap and embedding-languages experiments end to end on programs:small (their own file, so that a test worker
+runs it beside tests/test_stitching.py)."""
+
+import json
+
+
+def test_swap_and_languages_experiments_end_to_end(tmp_path):
+  """Both experiments on programs:small with tiny CPUs, sharing one workdir (its compiled data): every stage runs, the
+  reports hold every cell, and a rerun finds everything done."""
+  from llmcpu.stitching import experiment as swaps
+  from llmcpu.stitching import languages
+
+  def tiny(c):
+    c.corpus, c.compilers, c.steps, c.seeds = "programs:small", "char,byte", 4, "0,1"
+    c.model.update(d_model=32, num_heads=2, d_ff=64, max_len=64)
+    c.train.update(batch_size=8, eval_every=0, peak_tflops=1.0)
+    c.checkpoint.async_save = False
+    c.data.update(length=64, input_length=64, target_length=16, truncate=True)
+    return c
+
+  workdir, quiet = str(tmp_path / "exp"), {"log": lambda _: None}
+  s = tiny(swaps.swap_experiment_config())
+  s.update(variants="procrustes,stitch", budgets="0,2", prompts=8, anchor_docs=16, anchor_pairs=400)
+  s.update(seeds="0", encoder_seed=0)  # the diagonal is then the CPU itself (exactly native; tested above)
+  out = swaps.run(s, workdir, **quiet)
+  rows = [json.loads(line) for line in open(f"{out}/results.jsonl")]
+  cells = {(r["decoder"], r["encoder"], r["variant"], r["step"]) for r in rows}
+  assert {("char", "byte", "stitch", 2), ("byte", "char", "procrustes", 0), ("char", "char", "native", 4)} <= cells
+  assert all(r["exact_match_ci"] is None or r["exact_match_ci"][0] <= r["exact_match"] for r in rows)
+  g = tiny(languages.languages_config())
+  g.archs, g.readers = "encoder", "char"
+  g.readout.update(steps=2, relative=4, batch_size=8, length=48)
+  g.update(programs=8, analogies=13, anchor_docs=32)
+  out = languages.run(g, workdir, **quiet)
+  rows = [json.loads(line) for line in open(f"{out}/results.jsonl")]
+  feeds = {(r["reader"], r["source"], r.get("source_seed"), r["alignment"]) for r in rows if "bleu" in r}
+  assert ("char", "byte", 0, "procrustes") in feeds and ("char", "ids", None, "none") in feeds
+  assert {r["query"] for r in rows if "query" in r} == {"analogy", "oracle"}
+  logs = []
+  languages.run(g, workdir, log=logs.append)
+  assert not any(m.startswith("training") for m in logs)  # nothing retrains
