@@ -256,7 +256,7 @@ documents = corpora.Corpus.documents
 def slow(self, split, limit=None):  # held-out documents arrive slowly: a signal lands mid-split
   for doc in documents(self, split, limit):
     if split != "train":
-      time.sleep(0.5)  # slack for a loaded machine: the parent must signal before the split ends
+      time.sleep(2.0)  # slack for a loaded machine: the parent must signal before the split ends
     yield doc
 
 

@@ -1,7 +1,15 @@
-"""The swap and embedding-languages experiments end to end on programs:small (their own file, so that a test worker
-runs it beside tests/test_stitching.py)."""
+"""The swap and embedding-languages experiments end to end on programs:small. About 3 minutes of a 2-core machine:
+opt-in (LLMCPU_EXPERIMENT_TESTS=1) so that the default suite stays within its 10 minutes; their stages are tested one
+by one in tests/test_stitching.py."""
 
 import json
+import os
+
+import pytest
+
+pytestmark = pytest.mark.skipif(
+  not os.environ.get("LLMCPU_EXPERIMENT_TESTS"), reason="LLMCPU_EXPERIMENT_TESTS=1 runs the experiments end to end"
+)
 
 
 def test_swap_and_languages_experiments_end_to_end(tmp_path):
