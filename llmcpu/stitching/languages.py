@@ -159,10 +159,8 @@ class _World:
     sources = [(reader, 0), (reader, 1)] + [(s, 0) for s in self.docs if s != reader]
     for source in sources:
       vectors = self.embedded(source, "test")
-      if source == (reader, 0):
-        rows.append(self._row(reader, source, "none") | score(absolute, vectors))
-      else:
-        rows.append(self._row(reader, source, "none") | score(absolute, vectors))
+      rows.append(self._row(reader, source, "none") | score(absolute, vectors))
+      if source != (reader, 0):  # the reader's own encoder needs no map
         rows.append(self._row(reader, source, "procrustes") | score(absolute, self.mapping(reader, source)(vectors)))
       anchors = self.embedded(source, "train")[: exp.readout.relative]
       rows.append(self._row(reader, source, "relative") | score(readout.with_anchors(relative, anchors), vectors))
