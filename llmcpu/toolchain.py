@@ -19,7 +19,7 @@ import itertools
 import time
 from collections.abc import Callable, Iterable, Sequence
 
-from llmcpu import compilers, fs
+from llmcpu import compilers, fs, specials
 from llmcpu.compilers import Compiler, CompilerSpec
 from llmcpu.data import compiled
 from llmcpu.errors import UserError
@@ -103,11 +103,11 @@ class IsaStats:
 
 
 def training_texts(corpora: Sequence) -> Iterable[str]:
-  """Every text field of every corpus' train split, in a fixed order."""
+  """Every text field of every corpus' train split, in a fixed order (sentinel marks left out: they are no text)."""
   for corpus in corpora:
     for doc in corpus.documents("train"):
       for field in corpus.fields:
-        yield doc[field]
+        yield specials.strip_marks(doc[field]) if corpus.marked else doc[field]
 
 
 def corpora_fingerprint(corpora: Sequence) -> str:
@@ -199,16 +199,18 @@ def compile_split(
   manifest: dict,
   *,
   progress: Callable[[int], None] | None = None,
+  marked: bool = False,
 ) -> dict:
-  """Encodes every document's fields with ``compiler`` and commits the split at ``path``."""
+  """Encodes every document's fields with ``compiler`` and commits the split at ``path``. ``marked``: the texts
+  hold sentinel marks (``Compiler.encode_marked``); a document's bytes are then those of its text without them."""
   writer = compiled.SplitWriter(path, fields, label_fields)
   docs = iter(documents)
   n = 0
   while batch := list(itertools.islice(docs, ENCODE_BATCH)):
     for field in fields:
       texts = [d[field] for d in batch]
-      flat, lengths = compiler.encode_flat(texts)
-      writer.add(field, flat, lengths, texts)
+      flat, lengths = (compiler.encode_marked if marked else compiler.encode_flat)(texts)
+      writer.add(field, flat, lengths, [specials.strip_marks(t) for t in texts] if marked else texts)
     for name in label_fields:
       writer.add_labels(name, [d[name] for d in batch])
     n += len(batch)
@@ -275,6 +277,7 @@ def compile_corpora(
         path,
         {"corpus": corpus.spec, "corpus_name": corpus.name, "corpus_fingerprint": corpus.fingerprint, "split": split},
         progress=progress,
+        marked=corpus.marked,
       )
       toks = sum(f["tokens"] for f in m["stats"].values())
       log(f"{tag}: {m['num_docs']} docs, {toks} tokens in {time.time() - t0:.1f}s")

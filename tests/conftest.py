@@ -26,6 +26,7 @@ class InMemoryCorpus:
   fields: tuple[str, ...] = ("text",)
   label_fields: tuple[str, ...] = ()
   info: dict = dataclasses.field(default_factory=dict)
+  marked: bool = False
 
   @property
   def name(self) -> str:

@@ -308,14 +308,21 @@ def test_swap_report_penalties_by_hand(tmp_path):
   rows = [row(a, a, "native", 1000, em, s) for a, em, s in (("x", 0.5, 0), ("y", 0.3, 0), ("x", 0.4, 1), ("y", 0.2, 1))]
   rows += [row("x", "y", "stitch", 0, 0.0), row("x", "y", "stitch", 30, 0.2), row("y", "x", "stitch", 30, 0.25)]
   rows += [row("x", "x", "stitch", 30, 0.45), row("y", "y", "stitch", 30, 0.1)]
-  exp = ml_collections.ConfigDict(dict(prompts=10, decoder_seed=0, encoder_seed=1))
-  swaps.write_report(rows, str(tmp_path), exp, 1.0)
+  # prose (spans:): no exact answers, so the matrices and penalties are in bits per byte (added = worse)
+  prose = [dict(r, corpus="q", exact_match=None, exact_match_ci=None) for r in rows]
+  exp = ml_collections.ConfigDict(dict(prompts=10, decoder_seed=0, encoder_seed=1, eval_docs=0))
+  swaps.write_report(rows + prose, str(tmp_path), exp, 1.0)
   text = (tmp_path / "swap.md").read_text()
   # penalty = row A's native exact match (decoder seed) − the cell's last step: x←y 0.5 − 0.2, y←x 0.3 − 0.25, …
   assert "| x | +0.050 | +0.300 |" in text and "| y | +0.050 | +0.200 |" in text
+  q = text[text.index("## q:") :]
+  assert "### q: stitch — penalty (bits per byte)" in q and "exact match" not in q
+  # bits per byte 2 − em: x←y 1.8 − native 1.5 = +0.300 added, y←x 1.75 − 1.7 = +0.050
+  assert "| x | +0.050 | +0.300 |" in q and "| y | +0.050 | +0.200 |" in q
   assert "| x ← y | stitch | 0.000 (-0.010–0.010) | 0.200 (0.190–0.210) | 0.500 (0.490–0.510) |" in text
   assert (tmp_path / "swap_p.png").stat().st_size > 0 and (tmp_path / "swap_recovery_p.png").stat().st_size > 0
-  assert (tmp_path / "results.jsonl").read_text().count("\n") == len(rows)
+  assert (tmp_path / "swap_q.png").stat().st_size > 0
+  assert (tmp_path / "results.jsonl").read_text().count("\n") == len(rows + prose)
 
 
 def test_languages_report_from_rows(tmp_path):

@@ -6,10 +6,20 @@ import json
 import os
 
 import pytest
+from conftest import write_docs
 
 pytestmark = pytest.mark.skipif(
   not os.environ.get("LLMCPU_EXPERIMENT_TESTS"), reason="LLMCPU_EXPERIMENT_TESTS=1 runs the experiments end to end"
 )
+
+
+def tiny(c):
+  c.corpus, c.compilers, c.steps, c.seeds = "programs:small", "char,byte", 4, "0,1"
+  c.model.update(d_model=32, num_heads=2, d_ff=64, max_len=64)
+  c.train.update(batch_size=8, eval_every=0, peak_tflops=1.0)
+  c.checkpoint.async_save = False
+  c.data.update(length=64, input_length=64, target_length=16, truncate=True)
+  return c
 
 
 def test_swap_and_languages_experiments_end_to_end(tmp_path):
@@ -17,14 +27,6 @@ def test_swap_and_languages_experiments_end_to_end(tmp_path):
   reports hold every cell, and a rerun finds everything done."""
   from llmcpu.stitching import experiment as swaps
   from llmcpu.stitching import languages
-
-  def tiny(c):
-    c.corpus, c.compilers, c.steps, c.seeds = "programs:small", "char,byte", 4, "0,1"
-    c.model.update(d_model=32, num_heads=2, d_ff=64, max_len=64)
-    c.train.update(batch_size=8, eval_every=0, peak_tflops=1.0)
-    c.checkpoint.async_save = False
-    c.data.update(length=64, input_length=64, target_length=16, truncate=True)
-    return c
 
   workdir, quiet = str(tmp_path / "exp"), {"log": lambda _: None}
   s = tiny(swaps.swap_experiment_config())
@@ -47,3 +49,21 @@ def test_swap_and_languages_experiments_end_to_end(tmp_path):
   logs = []
   languages.run(g, workdir, log=logs.append)
   assert not any(m.startswith("training") for m in logs)  # nothing retrains
+
+
+def test_prose_swap_experiment_end_to_end(tmp_path):
+  """The swap experiment on span filling of prose (spans:text:…): bits per byte in every cell, no exact match."""
+  from llmcpu.stitching import experiment as swaps
+
+  s = tiny(swaps.swap_experiment_config())
+  s.update(corpus=f"spans:text:{write_docs(tmp_path)}", variants="zero_shot,lstsq,stitch_xattn", budgets="0,2")
+  s.update(prompts=0, eval_docs=16, anchor_docs=16, anchor_pairs=400)
+  s.model.max_len = 160
+  s.data.update(input_length=160, target_length=48)
+  out = swaps.run(s, str(tmp_path / "exp"), log=lambda _: None)
+  rows = [json.loads(line) for line in open(f"{out}/results.jsonl")]
+  assert {(r["decoder"], r["encoder"], r["variant"]) for r in rows if r["step"] == 2} == {
+    (a, b, "stitch_xattn") for a in ("char", "byte") for b in ("char", "byte")
+  }
+  assert all(r["exact_match"] is None and r["bits_per_byte"] > 0 and r["programs"] == 16 for r in rows)
+  assert "penalty (bits per byte)" in open(f"{out}/swap.md").read()

@@ -80,6 +80,24 @@ class Compiler:
       flat = self.perm[flat]
     return flat, lengths
 
+  def encode_marked(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """``encode_flat`` of texts holding sentinel marks (``specials.sentinel_mark``): mark i compiles to sentinel i
+    whatever the ISA, and each run of text between marks is encoded on its own (segmentation never crosses a mark;
+    compiling is lossless, so the runs' ids decode back to the text without its marks)."""
+    runs, sentinels = zip(*(specials.split_marks(t) for t in texts), strict=True) if texts else ((), ())
+    flat, lengths = self.encode_flat([r for rs in runs for r in rs])
+    pieces = np.split(flat, np.cumsum(lengths)[:-1]) if len(lengths) else []
+    out, out_lengths, k = [], [], 0
+    for rs, ss in zip(runs, sentinels, strict=True):
+      doc = [pieces[k]]
+      for j, s in enumerate(ss):
+        doc += [np.array([s], np.int32), pieces[k + 1 + j]]
+      k += len(rs)
+      out += doc
+      out_lengths.append(sum(len(p) for p in doc))
+    joined = np.concatenate(out).astype(np.int32) if out else np.zeros(0, np.int32)
+    return joined, np.asarray(out_lengths, np.int64)
+
   def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
     flat, lengths = self.encode_flat(texts)
     return [a.tolist() for a in np.split(flat, np.cumsum(lengths)[:-1])] if len(texts) else []

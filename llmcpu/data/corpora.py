@@ -6,6 +6,7 @@ Accepted corpus strings (``load_corpus(spec)``):
   programs[:small]         synthetic computations with ground truth (fields input/target, label task); TFDS builder
   tfds:NAME[:TEXT_KEY]     any prepared TFDS text dataset, e.g. tfds:lm1b or tfds:wiki40b/en:text (key default text)
   text:GLOB                your own UTF-8 files: one document per file; files over 64 KiB split at blank lines
+  spans:CORPUS             span corruption done on a prose CORPUS's text (seq2seq; see ``llmcpu.data.spans``)
 
 The two embedded corpora are prepared offline into the TFDS ``data_dir`` on first use (seconds) and then read back
 through TFDS like any other dataset. Splits come from a hash of a stable key, so a document's split never depends
@@ -27,11 +28,11 @@ import re
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from llmcpu.data import programs, python_docs
+from llmcpu.data import programs, python_docs, spans
 from llmcpu.data.sources import SPLITS, digest, import_tfds, split_for, tf_cpu_only
 from llmcpu.errors import UserError
 
-FORMS = "python_docs, programs, programs:small, tfds:NAME[:TEXT_KEY], text:GLOB"
+FORMS = "python_docs, programs, programs:small, tfds:NAME[:TEXT_KEY], text:GLOB, spans:CORPUS"
 # The embedded builders by TFDS name: looking one up defines (so registers) its class, which TFDS needs first.
 _BUILDERS = {"python_docs": python_docs.builder_class, "programs": programs.builder_class}
 TEXT_CHUNK_BYTES = 64 * 1024  # text: files larger than this are split at blank lines into documents up to this size
@@ -51,6 +52,7 @@ class Corpus:
   fingerprint: str  # hex digest; changes whenever the documents would change
   info: dict  # provenance (python_version, num_docs, data_dir, ...)
   reader: Reader | None = dataclasses.field(default=None, repr=False, compare=False)
+  marked: bool = False  # its texts hold sentinel marks (spans:CORPUS): compiled by Compiler.encode_marked
 
   def documents(self, split: str, limit: int | None = None) -> Iterator[dict[str, str]]:
     """Yields ``{field: str}`` for every field and label field of each document of ``split``, in a fixed order."""
@@ -74,6 +76,8 @@ def load_corpus(spec: str, *, data_dir: str | None = None) -> Corpus:
     return _load_tfds(spec, rest, data_dir)
   if kind == "text" and rest:
     return _load_text(spec, rest)
+  if kind == "spans" and rest:
+    return spans.span_corpus(spec, load_corpus(rest, data_dir=data_dir))
   raise UserError(f"unknown corpus {spec!r}; use one of: {FORMS}")
 
 

@@ -25,7 +25,16 @@ import numpy as np
 
 from llmcpu.data.compiled import CompiledField, CompiledSplit
 from llmcpu.errors import UserError
-from llmcpu.specials import BOS_ID, EOS_ID, FIRST_REGULAR_ID, FIRST_SENTINEL_ID, MASK_ID, NUM_SENTINELS, PAD_ID
+from llmcpu.specials import (
+  BOS_ID,
+  EOS_ID,
+  FIRST_REGULAR_ID,
+  FIRST_SENTINEL_ID,
+  MASK_ID,
+  NUM_SENTINELS,
+  PAD_ID,
+  UNK_ID,
+)
 
 _ROW_TAG = 1  # seeds of in-row randomness: (seed, _ROW_TAG, global row); epoch orders use tag 0.
 
@@ -90,6 +99,11 @@ def content_bytes(piece_bytes: np.ndarray, targets: np.ndarray, content: np.ndar
 def content_docs(doc: np.ndarray, content: np.ndarray) -> np.ndarray:
   """``target_docs``: the split index of each content target's document, −1 elsewhere (int32)."""
   return np.where(content, doc, -1).astype(np.int32)
+
+
+def own_ids(ids: np.ndarray) -> np.ndarray:
+  """A document's own ids (regular ids and UNK; as ``loss.is_content``, in numpy)."""
+  return (ids == UNK_ID) | (ids >= FIRST_REGULAR_ID)
 
 
 def row_rng(seed: int, global_row: int) -> np.random.Generator:
@@ -274,7 +288,8 @@ class MaskedLM(Packed):
 class Seq2Seq(Objective):
   """``seq2seq``: one (input, target) pair per row; ``input+EOS`` → ``target+EOS``, truncation counted up front.
 
-  Content targets are the target's ids (not its EOS); a truncated target counts only the bytes of the ids it keeps.
+  Content targets are the target's own ids (not its EOS, nor the sentinels of a ``spans:`` target); a truncated
+  target counts only the bytes of the ids it keeps.
   """
 
   def __init__(self, split: CompiledSplit, input_length: int, target_length: int, truncate: bool = False):
@@ -308,7 +323,7 @@ class Seq2Seq(Objective):
     n_tg = np.minimum(self.target.lengths[doc], self.target_length - 1)
     dec_tgt = _gather(self.target, self.target.offsets[doc], n_tg, self.target_length)
     dec_tgt[rows, n_tg] = EOS_ID
-    content = np.arange(self.target_length)[None, :] < n_tg[:, None]
+    content = (np.arange(self.target_length)[None, :] < n_tg[:, None]) & own_ids(dec_tgt)  # not spans: sentinels
     batch = encoder_decoder_batch(enc, n_in + 1, dec_tgt, n_tg + 1)
     batch["target_bytes"] = content_bytes(self.piece_bytes, dec_tgt, content)
     batch["target_docs"] = content_docs(np.broadcast_to(doc[:, None], content.shape), content)

@@ -37,7 +37,8 @@ def swap_experiment_config(preset: str = "tiny") -> ml_collections.ConfigDict:
   c.anchor_docs = 512
   c.anchor_pairs = 20000
   c.swap_learning_rate = 0.0  # 0 = the decoder CPU's
-  c.prompts = 200  # held-out programs whose greedy answers are checked (exact match)
+  c.prompts = 200  # held-out programs whose greedy answers are checked (exact match); 0: bits per byte only
+  c.eval_docs = 0  # held-out documents scored for bits per byte (the first N; 0 = all)
   c.report = "report-swap"
   return c
 
@@ -74,7 +75,7 @@ def run(exp: ml_collections.ConfigDict, workdir: str, *, log: Callable[[str], No
   cells = [Cell(corpus, a, b, v) for corpus in plan.corpora for a in isas for b in isas for v in variants]
   for cell in cells:
     _swap(exp, workdir, cell, budgets, log)
-  lib = Library(fs.join(workdir, "compiled"))
+  lib = Library(fs.join(workdir, "compiled"), max_docs=exp.eval_docs)
   rows = [_native(exp, workdir, lib, corpus, a, s, log) for corpus in plan.corpora for a in isas for s in seeds]
   rows += [r for cell in cells for r in _score_cell(exp, workdir, lib, cell, log)]
   out = fs.join(workdir, exp.report)
@@ -137,7 +138,7 @@ def _evaluate(exp, lib: Library, path: str) -> dict:
 def _native(exp, workdir: str, lib: Library, corpus, spec, seed: int, log: Callable) -> dict:
   row = {"corpus": corpus.name, "decoder": spec.name, "encoder": spec.name, "variant": "native", "seed": seed}
   row |= _evaluate(exp, lib, _cpu(exp, workdir, corpus, spec, seed))
-  log(f"native {spec.name} (seed {seed}): exact match {row['exact_match']:.3f}, bpb {row['bits_per_byte']:.3f}")
+  log(f"native {spec.name} (seed {seed}): {_figures(row)}")
   return row
 
 
@@ -148,12 +149,14 @@ def _score_cell(exp, workdir: str, lib: Library, cell: Cell, log: Callable) -> l
     row = {"corpus": cell.corpus.name, "decoder": cell.decoder.name, "encoder": cell.encoder.name}
     row |= {"variant": cell.variant, "seed": exp.decoder_seed, "encoder_seed": exp.encoder_seed}
     row |= _evaluate(exp, lib, fs.join(ckpts, str(step)))
-    log(
-      f"{cell.decoder.name} reads {cell.encoder.name} by {cell.variant} at step {step}: exact match "
-      f"{row['exact_match']:.3f}, bpb {row['bits_per_byte']:.3f}"
-    )
+    log(f"{cell.decoder.name} reads {cell.encoder.name} by {cell.variant} at step {step}: {_figures(row)}")
     rows.append(row)
   return rows
+
+
+def _figures(row: dict) -> str:
+  em = "" if row["exact_match"] is None else f"exact match {row['exact_match']:.3f}, "
+  return em + f"bpb {row['bits_per_byte']:.3f}"
 
 
 # ------------------------------------------------------------------------------------------------- report
@@ -178,46 +181,69 @@ def final_rows(rows: list[dict]) -> dict[tuple, dict]:
   return out
 
 
+NAMES = {"exact_match": "exact match", "bits_per_byte": "bits per byte"}
+
+
+def metric_of(rows: list[dict], corpus: str) -> str:
+  """What a corpus' matrices show: exact match where answers were checked (programs), else bits per byte of the
+  answers (the spans of ``spans:`` prose)."""
+  checked = any(r.get("exact_match") is not None for r in rows if r["corpus"] == corpus)
+  return "exact_match" if checked else "bits_per_byte"
+
+
+def penalty(native: dict | None, cell: dict | None, metric: str) -> float | None:
+  """How much worse the swapped cell is than its decoder's native CPU (positive = worse, in the metric's units)."""
+  if native is None or cell is None or native.get(metric) is None or cell.get(metric) is None:
+    return None
+  worse = native[metric] - cell[metric]
+  return worse if metric == "exact_match" else -worse
+
+
 def markdown(rows: list[dict], exp) -> str:
-  """Per variant: the exact-match and bits-per-byte matrices (rows: decoder ISA A, columns: encoder ISA B) and the
-  stitching penalty; then recovery against stitch-training steps."""
+  """Per corpus and variant: the matrices of its metric and of bits per byte (rows: decoder ISA A, columns: encoder
+  ISA B) and the stitching penalty; then recovery against stitch-training steps."""
   last = final_rows(rows)
   lines = [
-    f"Held-out programs, {exp.prompts} greedy answers per cell (exact match) and every test program (bits per byte "
-    "of the answers); 95% bootstrap intervals over programs. Rows: the CPU whose decoder is kept (seed "
-    f"{exp.decoder_seed}; ISA A, what the answer is written in); columns: the CPU whose encoder is swapped in (seed "
-    f"{exp.encoder_seed}; ISA B, what the program is read in). Penalty = row A's native exact match − the cell's.",
+    f"Held-out documents: bits per byte of the answers (every test program, or the first {exp.eval_docs or 'all'} "
+    f"test documents) and, on programs, the exact match of {exp.prompts} greedy answers; 95% bootstrap intervals "
+    f"over documents. Rows: the CPU whose decoder is kept (seed {exp.decoder_seed}; ISA A, what the answer is "
+    f"written in); columns: the CPU whose encoder is swapped in (seed {exp.encoder_seed}; ISA B, what the input is "
+    "read in). Penalty: how much worse the cell is than row A's native CPU (exact match lost, or bits per byte "
+    "added).",
     "",
   ]
   for corpus in sorted({r["corpus"] for r in rows}):
+    metric = metric_of(rows, corpus)
     isas = list(dict.fromkeys(r["decoder"] for r in rows if r["corpus"] == corpus))
     natives = {a: last.get((corpus, a, a, "native", exp.decoder_seed)) for a in isas}
     other = {a: last.get((corpus, a, a, "native", exp.encoder_seed)) for a in isas}
-    lines += [f"## {corpus}: natives", "", "| ISA | exact match (decoder seed) | bpb | exact match (encoder seed) |"]
-    lines += ["|---|---:|---:|---:|"]
+    lines += [f"## {corpus}: natives", ""]
+    name = NAMES[metric]
+    lines += [f"| ISA | {name} (decoder seed) | bpb | {name} (encoder seed) |", "|---|---:|---:|---:|"]
     for a in isas:
-      lines.append(f"| {a} | {_fmt(natives[a], 'exact_match')} | {_fmt(natives[a], 'bits_per_byte')} | "
-                   f"{_fmt(other[a], 'exact_match')} |")  # fmt: skip
+      lines.append(f"| {a} | {_fmt(natives[a], metric)} | {_fmt(natives[a], 'bits_per_byte')} | "
+                   f"{_fmt(other[a], metric)} |")  # fmt: skip
+    keys = dict.fromkeys((metric, "bits_per_byte", "penalty"))
     for variant in dict.fromkeys(r["variant"] for r in rows if r["variant"] != "native"):
       head = "| A \\ B | " + " | ".join(isas) + " |"
       rule = "|---|" + "---:|" * len(isas)
-      for key, title in (("exact_match", "exact match"), ("bits_per_byte", "bits per byte"), ("penalty", "penalty")):
+      for key in keys:
+        title = f"penalty ({NAMES[metric]})" if key == "penalty" else NAMES[key]
         lines += ["", f"### {corpus}: {variant} — {title}", "", head, rule]
         for a in isas:
           cells = []
           for b in isas:
             r = last.get((corpus, a, b, variant))
             if key == "penalty":
-              n = natives[a]
-              ok = r is not None and n is not None and r.get("exact_match") is not None
-              cells.append(f"{n['exact_match'] - r['exact_match']:+.3f}" if ok else "—")
+              p = penalty(natives[a], r, metric)
+              cells.append("—" if p is None else f"{p:+.3f}")
             else:
               cells.append(_fmt(r, key))
           lines.append(f"| {a} | " + " | ".join(cells) + " |")
     trained = [r for r in rows if r["corpus"] == corpus and r["variant"] in swap.TRAINED]
     steps = sorted({r["step"] for r in trained})
     if trained:
-      lines += ["", f"### {corpus}: recovery (exact match) against stitch-training steps", ""]
+      lines += ["", f"### {corpus}: recovery ({NAMES[metric]}) against stitch-training steps", ""]
       lines += ["| A reads B | variant | " + " | ".join(f"step {s}" for s in steps) + " | native A |"]
       lines += ["|---|---|" + "---:|" * (len(steps) + 1)]
       for a in isas:
@@ -225,28 +251,34 @@ def markdown(rows: list[dict], exp) -> str:
           for variant in swap.TRAINED:
             at = {r["step"]: r for r in trained if (r["decoder"], r["encoder"], r["variant"]) == (a, b, variant)}
             if at:
-              cols = [_fmt(at.get(s), "exact_match") for s in steps]
-              lines.append(f"| {a} ← {b} | {variant} | " + " | ".join(cols) + f" | {_fmt(natives[a], 'exact_match')} |")
+              cols = [_fmt(at.get(s), metric) for s in steps]
+              lines.append(f"| {a} ← {b} | {variant} | " + " | ".join(cols) + f" | {_fmt(natives[a], metric)} |")
   return "\n".join(lines) + "\n"
 
 
 def heatmaps(rows: list[dict], out: str, exp) -> None:
-  """One figure per corpus: the exact-match matrix of every variant beside the natives."""
+  """One figure per corpus: its metric's matrix for every variant (brighter = better)."""
   from llmcpu.crosseval.report import plt
 
   last = final_rows(rows)
   for corpus in sorted({r["corpus"] for r in rows}):
+    metric = metric_of(rows, corpus)
     isas = list(dict.fromkeys(r["decoder"] for r in rows if r["corpus"] == corpus))
     variants = list(dict.fromkeys(r["variant"] for r in rows if r["variant"] != "native"))
+    values = [r[metric] for r in last.values() if r["corpus"] == corpus and r.get(metric) is not None]
+    if metric == "exact_match":
+      vmin, vmax, cmap = 0.0, max([0.05, *values]), "viridis"
+    else:
+      vmin, vmax, cmap = min(values, default=0.0), max(values, default=1.0), "viridis_r"
     fig, axes = plt.subplots(1, len(variants), figsize=(3.2 * len(variants), 3.4), squeeze=False)
     for ax, variant in zip(axes[0], variants, strict=True):
       m = np.full((len(isas), len(isas)), np.nan)
       for i, a in enumerate(isas):
         for j, b in enumerate(isas):
           r = last.get((corpus, a, b, variant))
-          if r is not None and r.get("exact_match") is not None:
-            m[i, j] = r["exact_match"]
-      ax.imshow(m, vmin=0, vmax=max(0.05, np.nanmax([n["exact_match"] for n in last.values()])), cmap="viridis")
+          if r is not None and r.get(metric) is not None:
+            m[i, j] = r[metric]
+      ax.imshow(m, vmin=vmin, vmax=vmax, cmap=cmap)
       for i in range(len(isas)):
         for j in range(len(isas)):
           ax.text(j, i, "—" if np.isnan(m[i, j]) else f"{m[i, j]:.2f}", ha="center", va="center", fontsize=7, c="w")
@@ -255,7 +287,7 @@ def heatmaps(rows: list[dict], out: str, exp) -> None:
       ax.set_title(variant, fontsize=9)
       ax.set_xlabel("encoder ISA B (reads)", fontsize=7)
     axes[0][0].set_ylabel("decoder ISA A (writes)", fontsize=7)
-    fig.suptitle(f"exact match of swapped encoders ({corpus})", fontsize=9)
+    fig.suptitle(f"{NAMES[metric]} of swapped encoders ({corpus})", fontsize=9)
     fig.tight_layout()
     with fs.open(fs.join(out, f"swap_{corpus}.png"), "wb") as f:
       fig.savefig(f, dpi=120)
@@ -263,11 +295,12 @@ def heatmaps(rows: list[dict], out: str, exp) -> None:
 
 
 def recovery_figure(rows: list[dict], out: str, exp) -> None:
-  """Exact match against stitch-training steps, one line per (A reads B, trained variant), natives dashed."""
+  """The metric against stitch-training steps, one line per (A reads B, trained variant), natives dashed."""
   from llmcpu.crosseval.report import plt
 
   last = final_rows(rows)
   for corpus in sorted({r["corpus"] for r in rows}):
+    metric = metric_of(rows, corpus)
     trained = [r for r in rows if r["corpus"] == corpus and r["variant"] in swap.TRAINED]
     if not trained:
       continue
@@ -278,9 +311,7 @@ def recovery_figure(rows: list[dict], out: str, exp) -> None:
       for b in isas:
         for variant, style in zip(swap.TRAINED, ("-", ":"), strict=True):
           pts = sorted(
-            (r["step"], r["exact_match"])
-            for r in trained
-            if (r["decoder"], r["encoder"], r["variant"]) == (a, b, variant)
+            (r["step"], r[metric]) for r in trained if (r["decoder"], r["encoder"], r["variant"]) == (a, b, variant)
           )
           if pts:
             ax.plot(
@@ -288,12 +319,12 @@ def recovery_figure(rows: list[dict], out: str, exp) -> None:
             )
       native = last.get((corpus, a, a, "native", exp.decoder_seed))
       if native is not None:
-        ax.axhline(native["exact_match"], ls="--", c="k", lw=1, label="native")
+        ax.axhline(native[metric], ls="--", c="k", lw=1, label="native")
       ax.set_xscale("log")
       ax.set_title(f"decoder {a}", fontsize=9)
       ax.set_xlabel(f"stitch-training steps (0 drawn at {floor:g})", fontsize=8)
       ax.legend(fontsize=6)
-    axes[0][0].set_ylabel("exact match, held-out programs")
+    axes[0][0].set_ylabel(f"{NAMES[metric]}, held-out documents")
     fig.tight_layout()
     with fs.open(fs.join(out, f"swap_recovery_{corpus}.png"), "wb") as f:
       fig.savefig(f, dpi=120)

@@ -1,7 +1,8 @@
 """An encoder-decoder's own task on programs it reads in one ISA and answers in another (its output ISA).
 
 ``score`` gives, on the held-out split, teacher-forced bits per byte of the answers (95% bootstrap interval over
-programs) and the exact match of greedy answers (interval over programs). A native CPU reads its own ISA; a swapped
+programs) and the exact match of greedy answers (interval over programs; none with ``prompts=0``, as for the
+spans of ``spans:`` prose, whose task is their bits per byte). A native CPU reads its own ISA; a swapped
 one (``stitching.swap``) reads the ISA its encoder was trained on. Both are scored by these same lines, so a
 swap's penalty is a difference of like figures.
 """
@@ -68,6 +69,18 @@ def score(
   table = np.stack([docs["nll"], docs["bytes"]], axis=1)
   bpb_ci = intervals.bootstrap(table, intervals.ratio(0, 1, 1.0 / math.log(2)), seed=seed)
 
+  figures = {
+    "bits_per_byte": scoring.bits_per_byte(total["nll"], total["bytes"]),
+    "bits_per_byte_ci": bpb_ci,
+    "token_accuracy": total["correct"] / total["tokens"] if total["tokens"] else None,
+    "exact_match": None,
+    "exact_match_ci": None,
+    "programs": test.num_docs,
+    "prompts": 0,
+    "illegal_inputs": int(total["illegal_inputs"]),
+  }
+  if prompts <= 0:  # bits per byte only (span filling on prose: an exact answer is not the task)
+    return figures
   raw = lib.raw_texts(name, writes, split)
   chosen = list(range(min(prompts, test.num_docs)))
   batch = generation.program_prompts(test, raw["input"], raw["target"], chosen)
@@ -77,16 +90,11 @@ def score(
   )
   hits = np.array([a.strip() == r.strip() for a, r in zip(answers, batch.references, strict=True)], np.float64)
   em_ci = intervals.bootstrap(np.stack([hits, np.ones_like(hits)], 1), intervals.ratio(0, 1), seed=seed)
-  return {
-    "bits_per_byte": scoring.bits_per_byte(total["nll"], total["bytes"]),
-    "bits_per_byte_ci": bpb_ci,
-    "token_accuracy": total["correct"] / total["tokens"] if total["tokens"] else None,
+  return figures | {
     "exact_match": float(hits.mean()) if len(hits) else None,
     "exact_match_ci": em_ci,
-    "programs": test.num_docs,
     "prompts": len(hits),
     "prompts_truncated": truncated,
-    "illegal_inputs": int(total["illegal_inputs"]),
     "samples": [
       {"input": t, "reference": r, "answer": a}
       for t, r, a in list(zip(batch.texts, batch.references, answers, strict=True))[:3]
