@@ -300,29 +300,45 @@ def test_readout_of_a_decoder_is_refused(cpus, tmp_path):
 def test_swap_report_penalties_by_hand(tmp_path):
   from llmcpu.stitching import experiment as swaps
 
-  def row(a, b, variant, step, em, seed=0):
+  def row(a, b, variant, step, em, seed=0, enc=1):
     return {"corpus": "p", "decoder": a, "encoder": b, "variant": variant, "seed": seed, "step": step,
-            "exact_match": em, "exact_match_ci": (em - 0.01, em + 0.01), "bits_per_byte": 2.0 - em,
-            "bits_per_byte_ci": None}  # fmt: skip
+            "encoder_seed": enc, "exact_match": em, "exact_match_ci": (em - 0.01, em + 0.01),
+            "bits_per_byte": 2.0 - em, "bits_per_byte_ci": None}  # fmt: skip
 
-  rows = [row(a, a, "native", 1000, em, s) for a, em, s in (("x", 0.5, 0), ("y", 0.3, 0), ("x", 0.4, 1), ("y", 0.2, 1))]
+  rows = [
+    row(a, a, "native", 1000, em, s, s) for a, em, s in (("x", 0.5, 0), ("y", 0.3, 0), ("x", 0.4, 1), ("y", 0.2, 1))
+  ]
   rows += [row("x", "y", "stitch", 0, 0.0), row("x", "y", "stitch", 30, 0.2), row("y", "x", "stitch", 30, 0.25)]
   rows += [row("x", "x", "stitch", 30, 0.45), row("y", "y", "stitch", 30, 0.1)]
   # prose (spans:): no exact answers, so the matrices and penalties are in bits per byte (added = worse)
   prose = [dict(r, corpus="q", exact_match=None, exact_match_ci=None) for r in rows]
-  exp = ml_collections.ConfigDict(dict(prompts=10, decoder_seed=0, encoder_seed=1, eval_docs=0))
-  swaps.write_report(rows + prose, str(tmp_path), exp, 1.0)
+  # two seed pairs (0:1 and 1:0): every cell is the mean ± std over them, each penalty against its own decoder seed
+  pairs = [dict(r, corpus="r") for r in rows]
+  pairs += [row(a, b, "stitch", 30, em, 1, 0) | {"corpus": "r"} for a, b, em in (("x", "y", 0.1), ("y", "x", 0.15))]
+  pairs += [row(a, a, "stitch", 30, em, 1, 0) | {"corpus": "r"} for a, em in (("x", 0.35), ("y", 0.2))]
+  exp = ml_collections.ConfigDict(dict(prompts=10, eval_docs=0))
+  swaps.write_report(rows + prose + pairs, str(tmp_path), exp, 1.0)
   text = (tmp_path / "swap.md").read_text()
+  p, q, r = (
+    text[text.index("## p:") : text.index("## q:")],
+    text[text.index("## q:") : text.index("## r:")],
+    text[text.index("## r:") :],
+  )
   # penalty = row A's native exact match (decoder seed) − the cell's last step: x←y 0.5 − 0.2, y←x 0.3 − 0.25, …
-  assert "| x | +0.050 | +0.300 |" in text and "| y | +0.050 | +0.200 |" in text
-  q = text[text.index("## q:") :]
+  assert "| x | +0.050 | +0.300 |" in p and "| y | +0.050 | +0.200 |" in p
+  assert "| x ← y | stitch | 0.000 (-0.010–0.010) | 0.200 (0.190–0.210) | 0.500 |" in p
   assert "### q: stitch — penalty (bits per byte)" in q and "exact match" not in q
   # bits per byte 2 − em: x←y 1.8 − native 1.5 = +0.300 added, y←x 1.75 − 1.7 = +0.050
   assert "| x | +0.050 | +0.300 |" in q and "| y | +0.050 | +0.200 |" in q
-  assert "| x ← y | stitch | 0.000 (-0.010–0.010) | 0.200 (0.190–0.210) | 0.500 (0.490–0.510) |" in text
-  assert (tmp_path / "swap_p.png").stat().st_size > 0 and (tmp_path / "swap_recovery_p.png").stat().st_size > 0
-  assert (tmp_path / "swap_q.png").stat().st_size > 0
-  assert (tmp_path / "results.jsonl").read_text().count("\n") == len(rows + prose)
+  # x←y: pair 0:1 0.2 (native x seed 0: 0.5, penalty 0.3), pair 1:0 0.1 (native x seed 1: 0.4, penalty 0.3)
+  sd = np.std([0.2, 0.1], ddof=1)
+  assert f"| x | {np.mean([0.45, 0.35]):.3f} ± {sd:.3f} | 0.150 ± {sd:.3f} |" in r
+  assert "| x | +0.050 ± 0.000 | +0.300 ± 0.000 |" in r
+  # step 0 only pair 0:1 saved: no figure; native A: the mean over the decoder seeds
+  assert f"| x ← y | stitch | — | 0.150 ± {sd:.3f} | 0.450 |" in r
+  for name in ("swap_p.png", "swap_recovery_p.png", "swap_q.png", "swap_r.png"):
+    assert (tmp_path / name).stat().st_size > 0
+  assert (tmp_path / "results.jsonl").read_text().count("\n") == len(rows + prose + pairs)
 
 
 def test_languages_report_from_rows(tmp_path):

@@ -31,7 +31,7 @@ def test_swap_and_languages_experiments_end_to_end(tmp_path):
   workdir, quiet = str(tmp_path / "exp"), {"log": lambda _: None}
   s = tiny(swaps.swap_experiment_config())
   s.update(variants="procrustes,stitch", budgets="0,2", prompts=8, anchor_docs=16, anchor_pairs=400)
-  s.update(seeds="0", encoder_seed=0)  # the diagonal is then the CPU itself (exactly native; tested above)
+  s.update(seeds="0", seed_pairs="0:0")  # the diagonal is then the CPU itself (exactly native; tested above)
   out = swaps.run(s, workdir, **quiet)
   rows = [json.loads(line) for line in open(f"{out}/results.jsonl")]
   cells = {(r["decoder"], r["encoder"], r["variant"], r["step"]) for r in rows}

@@ -1,11 +1,12 @@
 """The encoder-swap experiment: every (decoder ISA A, encoder ISA B) pair, every stitching variant, with numbers.
 
 Stages, each resumable like ``experiment.run``: compile every ISA; train native encoder-decoders on each ISA with
-two seeds (``decoder_seed``'s CPUs keep their decoders, ``encoder_seed``'s lend their encoders, so the diagonal is
-"the same ISA, another CPU"); swap every pair by every variant (``stitching.swap``; trained variants saved at every
-budget); score natives and swaps on the held-out programs (``stitching.score``: exact match and bits per byte of
-the answers, 95% bootstrap intervals over programs); write the report: a matrix per variant, the stitching penalty
-(native exact match of row A − the swapped cell's), recovery against stitch-training steps, and a figure of each.
+two seeds (in each of ``seed_pairs``, the first seed's CPUs keep their decoders and the second's lend their
+encoders, so the diagonal is "the same ISA, another CPU"); swap every pair by every variant (``stitching.swap``;
+trained variants saved at every budget); score natives and swaps on the held-out documents (``stitching.score``:
+exact match of programs and bits per byte of the answers, 95% bootstrap intervals over documents); write the
+report: a matrix per variant (exact match on programs, bits per byte of the spans on ``spans:`` prose), the
+stitching penalty, recovery against stitch-training steps and a figure of each, over the seed pairs.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import ml_collections
 import numpy as np
 
 from llmcpu import checkpoints, compilers, experiment, fs
+from llmcpu.crosseval import intervals
 from llmcpu.crosseval.library import Library
 from llmcpu.errors import Stopped, UserError
 from llmcpu.stitching import score, swap
@@ -30,8 +32,9 @@ def swap_experiment_config(preset: str = "tiny") -> ml_collections.ConfigDict:
   c.corpus = "programs"
   c.archs = "encoder_decoder"
   c.seeds = "0,1"
-  c.decoder_seed = 0  # whose decoders are kept (rows)
-  c.encoder_seed = 1  # whose encoders are swapped in (columns; the diagonal is another CPU of the same ISA)
+  # DECODER:ENCODER seeds: whose decoders are kept (rows) and whose encoders are swapped in (columns), so the
+  # diagonal is another CPU of the same ISA. More pairs (0:1,1:0) give every cell an interval over seed pairs.
+  c.seed_pairs = "0:1"
   c.variants = ",".join(swap.VARIANTS)
   c.budgets = "0,30,100,300"  # stitch-training steps at which every trained swap is saved and scored
   c.anchor_docs = 512
@@ -49,10 +52,24 @@ class Cell:
   decoder: compilers.CompilerSpec  # ISA A: what the swapped CPU writes
   encoder: compilers.CompilerSpec  # ISA B: what it reads
   variant: str
+  seeds: tuple[int, int]  # (the decoder's CPU seed, the encoder's)
 
   def path(self, workdir: str) -> str:
-    where = f"{self.decoder.name}-reads-{self.encoder.name}"
-    return fs.join(workdir, "swaps", self.corpus.name, where, self.variant)
+    (d, e), a, b = self.seeds, self.decoder.name, self.encoder.name
+    return fs.join(workdir, "swaps", self.corpus.name, f"{a}.s{d}-reads-{b}.s{e}", self.variant)
+
+
+def seed_pairs(exp: ml_collections.ConfigDict) -> list[tuple[int, int]]:
+  """``seed_pairs`` as (decoder seed, encoder seed), each seed among ``seeds``."""
+  seeds, pairs = experiment.seed_list(exp.seeds), []
+  for item in experiment.split_list(exp.seed_pairs, "seed_pairs"):
+    d, sep, e = (x.strip() for x in item.partition(":"))
+    if not (sep and d.isdigit() and e.isdigit()):
+      raise UserError(f"bad seed pair {item!r} in --config.seed_pairs: write DECODER:ENCODER seeds, e.g. 0:1,1:0")
+    if int(d) not in seeds or int(e) not in seeds:
+      raise UserError(f"seed pair {item} uses a seed outside --config.seeds={exp.seeds}; add it there")
+    pairs.append((int(d), int(e)))
+  return list(dict.fromkeys(pairs))
 
 
 def run(exp: ml_collections.ConfigDict, workdir: str, *, log: Callable[[str], None] = print) -> str:
@@ -64,15 +81,13 @@ def run(exp: ml_collections.ConfigDict, workdir: str, *, log: Callable[[str], No
     raise UserError(f"unknown swap variant {bad[0]!r}; choose from {', '.join(swap.VARIANTS)}")
   if "encoder_decoder" not in experiment.split_list(exp.archs, "archs"):
     raise UserError("the swap experiment swaps encoder_decoder CPUs' encoders: set --config.archs=encoder_decoder")
-  seeds = experiment.seed_list(exp.seeds)
-  if exp.decoder_seed not in seeds or exp.encoder_seed not in seeds:
-    raise UserError(f"decoder_seed and encoder_seed must be among --config.seeds={exp.seeds}")
+  seeds, pairs = experiment.seed_list(exp.seeds), seed_pairs(exp)
   budgets = sorted({int(b) for b in experiment.split_list(str(exp.budgets), "budgets")})
   plan = experiment.prepare(exp, workdir, log=log)  # compile, and train the native encoder-decoders
   if not plan.leader:
     return ""
   isas = [compilers.parse(s) for s in experiment.split_list(exp.compilers, "compilers")]
-  cells = [Cell(corpus, a, b, v) for corpus in plan.corpora for a in isas for b in isas for v in variants]
+  cells = [Cell(c, a, b, v, p) for c in plan.corpora for p in pairs for a in isas for b in isas for v in variants]
   for cell in cells:
     _swap(exp, workdir, cell, budgets, log)
   lib = Library(fs.join(workdir, "compiled"), max_docs=exp.eval_docs)
@@ -95,19 +110,19 @@ def _swap(exp, workdir: str, cell: Cell, budgets: list[int], log: Callable) -> N
     return
   config = ml_collections.ConfigDict(
     dict(
-      decoder=_cpu(exp, workdir, cell.corpus, cell.decoder, exp.decoder_seed),
-      encoder=_cpu(exp, workdir, cell.corpus, cell.encoder, exp.encoder_seed),
+      decoder=_cpu(exp, workdir, cell.corpus, cell.decoder, cell.seeds[0]),
+      encoder=_cpu(exp, workdir, cell.corpus, cell.encoder, cell.seeds[1]),
       variant=cell.variant,
       steps=steps,
       save_at=",".join(map(str, budgets)),
       anchor_docs=exp.anchor_docs,
       anchor_pairs=exp.anchor_pairs,
       compile_dir="",
-      seed=exp.decoder_seed,
+      seed=cell.seeds[0],
       learning_rate=exp.swap_learning_rate,
     )
   )
-  log(f"== swap: {cell.decoder.name} reads {cell.encoder.name} by {cell.variant}")
+  log(f"== swap: {_tag(cell)} by {cell.variant}")
   fs.makedirs(path)
   result = swap.run(config, path, log=log)
   if result.stopped != "done":
@@ -147,11 +162,15 @@ def _score_cell(exp, workdir: str, lib: Library, cell: Cell, log: Callable) -> l
   rows = []
   for step in sorted(int(s) for s in fs.listdir(ckpts) if s.isdigit()):
     row = {"corpus": cell.corpus.name, "decoder": cell.decoder.name, "encoder": cell.encoder.name}
-    row |= {"variant": cell.variant, "seed": exp.decoder_seed, "encoder_seed": exp.encoder_seed}
+    row |= {"variant": cell.variant, "seed": cell.seeds[0], "encoder_seed": cell.seeds[1]}
     row |= _evaluate(exp, lib, fs.join(ckpts, str(step)))
-    log(f"{cell.decoder.name} reads {cell.encoder.name} by {cell.variant} at step {step}: {_figures(row)}")
+    log(f"{_tag(cell)} by {cell.variant} at step {step}: {_figures(row)}")
     rows.append(row)
   return rows
+
+
+def _tag(cell: Cell) -> str:
+  return f"{cell.decoder.name} (seed {cell.seeds[0]}) reads {cell.encoder.name} (seed {cell.seeds[1]})"
 
 
 def _figures(row: dict) -> str:
@@ -170,12 +189,11 @@ def _fmt(r: dict | None, key: str) -> str:
 
 
 def final_rows(rows: list[dict]) -> dict[tuple, dict]:
-  """(corpus, decoder, encoder, variant) → the row of its last saved step (the natives by decoder seed)."""
+  """(corpus, decoder, encoder, variant, decoder seed, encoder seed) → the row of its last saved step (a native's
+  encoder seed is its own)."""
   out: dict[tuple, dict] = {}
   for r in rows:
-    key = (r["corpus"], r["decoder"], r["encoder"], r["variant"])
-    if r["variant"] == "native":
-      key += (r["seed"],)
+    key = (r["corpus"], r["decoder"], r["encoder"], r["variant"], r["seed"], r.get("encoder_seed", r["seed"]))
     if key not in out or r["step"] >= out[key]["step"]:
       out[key] = r
   return out
@@ -199,85 +217,124 @@ def penalty(native: dict | None, cell: dict | None, metric: str) -> float | None
   return worse if metric == "exact_match" else -worse
 
 
+def pairs_of(rows: list[dict]) -> list[tuple[int, int]]:
+  """The (decoder seed, encoder seed) pairs the swapped rows hold."""
+  return sorted({(r["seed"], r["encoder_seed"]) for r in rows if r["variant"] != "native"})
+
+
+class Cells:
+  """A corpus' scored rows, read per cell over the seed pairs: one pair shows its figure and 95% bootstrap interval
+  over documents, more show mean ± std over the pairs (sample std); a cell some pair lacks shows nothing."""
+
+  def __init__(self, rows: list[dict], corpus: str):
+    mine = [r for r in rows if r["corpus"] == corpus]
+    self.corpus, self.metric, self.pairs = corpus, metric_of(rows, corpus), pairs_of(mine)
+    self.isas = list(dict.fromkeys(r["decoder"] for r in mine))
+    self.seeds = sorted({r["seed"] for r in mine if r["variant"] == "native"})
+    self.last = final_rows(mine)
+    self.at: dict[tuple, dict] = {}  # (decoder, encoder, variant, seed pair, step) → row
+    for r in mine:
+      if r["variant"] in swap.TRAINED:
+        self.at[(r["decoder"], r["encoder"], r["variant"], (r["seed"], r["encoder_seed"]), r["step"])] = r
+    self.steps = sorted({k[-1] for k in self.at})
+    self.variants = list(dict.fromkeys(r["variant"] for r in mine if r["variant"] != "native"))
+
+  def native(self, a: str, seed: int) -> dict | None:
+    return self.last.get((self.corpus, a, a, "native", seed, seed))
+
+  def rows(self, a: str, b: str, variant: str, step: int | None = None) -> list[tuple[tuple, dict | None]]:
+    """(seed pair, its row: the last step's, or ``step``'s) for every pair."""
+    if step is None:
+      return [(p, self.last.get((self.corpus, a, b, variant, *p))) for p in self.pairs]
+    return [(p, self.at.get((a, b, variant, p, step))) for p in self.pairs]
+
+  def value(self, a: str, b: str, variant: str, key: str, step: int | None = None) -> tuple[float | None, str]:
+    """(the mean over pairs, the cell's text) of ``key``, or of the penalty."""
+    got = self.rows(a, b, variant, step)
+    if key == "penalty":
+      vals = [penalty(self.native(a, p[0]), r, self.metric) for p, r in got]
+      mean, std = intervals.mean_std(vals) if None not in vals else (None, None)
+      text = "—" if mean is None else f"{mean:+.3f}" + ("" if std is None else f" ± {std:.3f}")
+      return mean, text
+    found = [r for _, r in got if r is not None and r.get(key) is not None]
+    if len(found) < len(got):  # a figure some pair lacks would mix pairs: none
+      return None, "—"
+    if len(found) == 1:
+      return found[0][key], _fmt(found[0], key)
+    mean, std = intervals.mean_std([r[key] for r in found])
+    return mean, ("—" if mean is None else f"{mean:.3f} ± {std:.3f}")
+
+  def native_mean(self, a: str) -> float | None:
+    """Row A's native figure: over the decoder seeds of the pairs."""
+    return intervals.mean_std([(self.native(a, d) or {}).get(self.metric) for d, _ in self.pairs])[0]
+
+
 def markdown(rows: list[dict], exp) -> str:
   """Per corpus and variant: the matrices of its metric and of bits per byte (rows: decoder ISA A, columns: encoder
   ISA B) and the stitching penalty; then recovery against stitch-training steps."""
-  last = final_rows(rows)
   lines = [
     f"Held-out documents: bits per byte of the answers (every test program, or the first {exp.eval_docs or 'all'} "
-    f"test documents) and, on programs, the exact match of {exp.prompts} greedy answers; 95% bootstrap intervals "
-    f"over documents. Rows: the CPU whose decoder is kept (seed {exp.decoder_seed}; ISA A, what the answer is "
-    f"written in); columns: the CPU whose encoder is swapped in (seed {exp.encoder_seed}; ISA B, what the input is "
-    "read in). Penalty: how much worse the cell is than row A's native CPU (exact match lost, or bits per byte "
-    "added).",
+    f"test documents) and, on programs, the exact match of {exp.prompts} greedy answers. Rows: the CPU whose "
+    "decoder is kept (ISA A, what the answer is written in); columns: the CPU whose encoder is swapped in (ISA B, "
+    "what the input is read in), for each (decoder seed, encoder seed) pair, so the diagonal is another CPU of the "
+    "same ISA. One pair: the figure and its 95% bootstrap interval over documents; more: mean ± std over the pairs. "
+    "Penalty: how much worse the cell is than row A's native CPU of the same decoder seed (exact match lost, or "
+    "bits per byte added).",
     "",
   ]
   for corpus in sorted({r["corpus"] for r in rows}):
-    metric = metric_of(rows, corpus)
-    isas = list(dict.fromkeys(r["decoder"] for r in rows if r["corpus"] == corpus))
-    natives = {a: last.get((corpus, a, a, "native", exp.decoder_seed)) for a in isas}
-    other = {a: last.get((corpus, a, a, "native", exp.encoder_seed)) for a in isas}
-    lines += [f"## {corpus}: natives", ""]
-    name = NAMES[metric]
-    lines += [f"| ISA | {name} (decoder seed) | bpb | {name} (encoder seed) |", "|---|---:|---:|---:|"]
+    cells = Cells(rows, corpus)
+    metric, isas, name = cells.metric, cells.isas, NAMES[cells.metric]
+    pairs = ", ".join(f"{d}:{e}" for d, e in cells.pairs)
+    lines += [f"## {corpus}: natives (seed pairs, decoder:encoder: {pairs})", ""]
+    heads = [f"{name}, seed {s}" for s in cells.seeds] + [f"bpb, seed {s}" for s in cells.seeds]
+    lines += ["| ISA | " + " | ".join(heads) + " |", "|---|" + "---:|" * len(heads)]
     for a in isas:
-      lines.append(f"| {a} | {_fmt(natives[a], metric)} | {_fmt(natives[a], 'bits_per_byte')} | "
-                   f"{_fmt(other[a], metric)} |")  # fmt: skip
-    keys = dict.fromkeys((metric, "bits_per_byte", "penalty"))
-    for variant in dict.fromkeys(r["variant"] for r in rows if r["variant"] != "native"):
-      head = "| A \\ B | " + " | ".join(isas) + " |"
-      rule = "|---|" + "---:|" * len(isas)
-      for key in keys:
-        title = f"penalty ({NAMES[metric]})" if key == "penalty" else NAMES[key]
+      figs = [_fmt(cells.native(a, s), metric) for s in cells.seeds]
+      figs += [_fmt(cells.native(a, s), "bits_per_byte") for s in cells.seeds]
+      lines.append(f"| {a} | " + " | ".join(figs) + " |")
+    head = "| A \\ B | " + " | ".join(isas) + " |"
+    rule = "|---|" + "---:|" * len(isas)
+    for variant in cells.variants:
+      for key in dict.fromkeys((metric, "bits_per_byte", "penalty")):
+        title = f"penalty ({name})" if key == "penalty" else NAMES[key]
         lines += ["", f"### {corpus}: {variant} — {title}", "", head, rule]
         for a in isas:
-          cells = []
-          for b in isas:
-            r = last.get((corpus, a, b, variant))
-            if key == "penalty":
-              p = penalty(natives[a], r, metric)
-              cells.append("—" if p is None else f"{p:+.3f}")
-            else:
-              cells.append(_fmt(r, key))
-          lines.append(f"| {a} | " + " | ".join(cells) + " |")
-    trained = [r for r in rows if r["corpus"] == corpus and r["variant"] in swap.TRAINED]
-    steps = sorted({r["step"] for r in trained})
-    if trained:
-      lines += ["", f"### {corpus}: recovery ({NAMES[metric]}) against stitch-training steps", ""]
-      lines += ["| A reads B | variant | " + " | ".join(f"step {s}" for s in steps) + " | native A |"]
-      lines += ["|---|---|" + "---:|" * (len(steps) + 1)]
+          lines.append(f"| {a} | " + " | ".join(cells.value(a, b, variant, key)[1] for b in isas) + " |")
+    if cells.steps:
+      lines += ["", f"### {corpus}: recovery ({name}) against stitch-training steps", ""]
+      lines += ["| A reads B | variant | " + " | ".join(f"step {s}" for s in cells.steps) + " | native A |"]
+      lines += ["|---|---|" + "---:|" * (len(cells.steps) + 1)]
       for a in isas:
+        native = cells.native_mean(a)
         for b in isas:
           for variant in swap.TRAINED:
-            at = {r["step"]: r for r in trained if (r["decoder"], r["encoder"], r["variant"]) == (a, b, variant)}
-            if at:
-              cols = [_fmt(at.get(s), metric) for s in steps]
-              lines.append(f"| {a} ← {b} | {variant} | " + " | ".join(cols) + f" | {_fmt(natives[a], metric)} |")
+            if variant in cells.variants:
+              cols = [cells.value(a, b, variant, metric, s)[1] for s in cells.steps]
+              ref = "—" if native is None else f"{native:.3f}"
+              lines.append(f"| {a} ← {b} | {variant} | " + " | ".join(cols) + f" | {ref} |")
   return "\n".join(lines) + "\n"
 
 
 def heatmaps(rows: list[dict], out: str, exp) -> None:
-  """One figure per corpus: its metric's matrix for every variant (brighter = better)."""
+  """One figure per corpus: its metric's matrix for every variant, the mean over seed pairs (brighter = better)."""
   from llmcpu.crosseval.report import plt
 
-  last = final_rows(rows)
   for corpus in sorted({r["corpus"] for r in rows}):
-    metric = metric_of(rows, corpus)
-    isas = list(dict.fromkeys(r["decoder"] for r in rows if r["corpus"] == corpus))
-    variants = list(dict.fromkeys(r["variant"] for r in rows if r["variant"] != "native"))
-    values = [r[metric] for r in last.values() if r["corpus"] == corpus and r.get(metric) is not None]
+    cells = Cells(rows, corpus)
+    metric, isas = cells.metric, cells.isas
+    values = [r[metric] for r in cells.last.values() if r.get(metric) is not None]
     if metric == "exact_match":
       vmin, vmax, cmap = 0.0, max([0.05, *values]), "viridis"
     else:
       vmin, vmax, cmap = min(values, default=0.0), max(values, default=1.0), "viridis_r"
-    fig, axes = plt.subplots(1, len(variants), figsize=(3.2 * len(variants), 3.4), squeeze=False)
-    for ax, variant in zip(axes[0], variants, strict=True):
+    fig, axes = plt.subplots(1, len(cells.variants), figsize=(3.2 * len(cells.variants), 3.4), squeeze=False)
+    for ax, variant in zip(axes[0], cells.variants, strict=True):
       m = np.full((len(isas), len(isas)), np.nan)
       for i, a in enumerate(isas):
         for j, b in enumerate(isas):
-          r = last.get((corpus, a, b, variant))
-          if r is not None and r.get(metric) is not None:
-            m[i, j] = r[metric]
+          mean = cells.value(a, b, variant, metric)[0]
+          m[i, j] = np.nan if mean is None else mean
       ax.imshow(m, vmin=vmin, vmax=vmax, cmap=cmap)
       for i in range(len(isas)):
         for j in range(len(isas)):
@@ -295,31 +352,28 @@ def heatmaps(rows: list[dict], out: str, exp) -> None:
 
 
 def recovery_figure(rows: list[dict], out: str, exp) -> None:
-  """The metric against stitch-training steps, one line per (A reads B, trained variant), natives dashed."""
+  """The metric against stitch-training steps (mean over seed pairs), one line per (A reads B, trained variant),
+  natives dashed."""
   from llmcpu.crosseval.report import plt
 
-  last = final_rows(rows)
   for corpus in sorted({r["corpus"] for r in rows}):
-    metric = metric_of(rows, corpus)
-    trained = [r for r in rows if r["corpus"] == corpus and r["variant"] in swap.TRAINED]
-    if not trained:
+    cells = Cells(rows, corpus)
+    if not cells.steps:
       continue
-    isas = list(dict.fromkeys(r["decoder"] for r in rows if r["corpus"] == corpus))
+    metric, isas = cells.metric, cells.isas
     fig, axes = plt.subplots(1, len(isas), figsize=(4.2 * len(isas), 3.6), squeeze=False, sharey=True)
-    floor = min((r["step"] for r in trained if r["step"] > 0), default=1) / 3
+    floor = min((s for s in cells.steps if s > 0), default=1) / 3
     for ax, a in zip(axes[0], isas, strict=True):
       for b in isas:
         for variant, style in zip(swap.TRAINED, ("-", ":"), strict=True):
-          pts = sorted(
-            (r["step"], r[metric]) for r in trained if (r["decoder"], r["encoder"], r["variant"]) == (a, b, variant)
-          )
+          pts = [(s, cells.value(a, b, variant, metric, s)[0]) for s in cells.steps]
+          pts = [(s, v) for s, v in pts if v is not None]
           if pts:
-            ax.plot(
-              [max(s, floor) for s, _ in pts], [e for _, e in pts], style, marker="o", ms=3, label=f"← {b} ({variant})"
-            )
-      native = last.get((corpus, a, a, "native", exp.decoder_seed))
+            xs, ys = [max(s, floor) for s, _ in pts], [v for _, v in pts]
+            ax.plot(xs, ys, style, marker="o", ms=3, label=f"← {b} ({variant})")
+      native = cells.native_mean(a)
       if native is not None:
-        ax.axhline(native[metric], ls="--", c="k", lw=1, label="native")
+        ax.axhline(native, ls="--", c="k", lw=1, label="native")
       ax.set_xscale("log")
       ax.set_title(f"decoder {a}", fontsize=9)
       ax.set_xlabel(f"stitch-training steps (0 drawn at {floor:g})", fontsize=8)
