@@ -41,6 +41,14 @@ def test_marks_compile_to_sentinels_between_runs_encoded_alone(isas):
       assert int(k.piece_bytes[d].sum()) == len(specials.strip_marks(t).encode("utf-8"))
 
 
+def test_words_keep_their_whitespace_and_long_ones_are_cut_at_characters():
+  text = "  lead " + "é" * 100 + " tail\n\n"  # a 200-byte word: cut into pieces of ≤ 128 bytes, whole characters
+  units = spans.words(text)
+  assert "".join(units) == text and units[0] == "  lead "
+  assert max(len(u.encode("utf-8")) for u in units) <= spans.WINDOW_BYTES and len(units) == 4
+  assert spans.words("   ") == ["   "] and spans.words("") == []
+
+
 def test_every_example_holds_every_byte_of_its_window():
   text = "\n".join(sorted(pydoc_data.topics.topics.values())[:40])
   windows = spans.windows(text)
