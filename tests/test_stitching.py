@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from llmcpu import checkpoints, models
+from llmcpu import checkpoints, compilers, models, toolchain
 from llmcpu.errors import UserError
 
 
@@ -297,6 +297,19 @@ def test_readout_of_a_decoder_is_refused(cpus, tmp_path):
   assert not (tmp_path / "checkpoints").exists()
 
 
+def test_shuffled_inputs_give_every_document_another_documents_input(compile_dir):
+  from llmcpu.stitching import score
+
+  bpe = compilers.load(toolchain.compiler_dir(compile_dir, "bpe600"))
+  test = toolchain.load_split(compile_dir, "pairs", bpe, "test")
+  shuffled, source = score.shuffled_inputs(test, seed=3)
+  assert sorted(source) == list(range(test.num_docs)) and not np.any(source == np.arange(test.num_docs))
+  for i, j in enumerate(source):
+    assert shuffled.fields["input"].doc(i).tolist() == test.fields["input"].doc(int(j)).tolist()
+    assert shuffled.fields["target"].doc(i).tolist() == test.fields["target"].doc(i).tolist()
+  assert np.array_equal(score.shuffled_inputs(test, seed=3)[1], source)
+
+
 def test_swap_report_penalties_by_hand(tmp_path):
   from llmcpu.stitching import experiment as swaps
 
@@ -310,6 +323,7 @@ def test_swap_report_penalties_by_hand(tmp_path):
   ]
   rows += [row("x", "y", "stitch", 0, 0.0), row("x", "y", "stitch", 30, 0.2), row("y", "x", "stitch", 30, 0.25)]
   rows += [row("x", "x", "stitch", 30, 0.45), row("y", "y", "stitch", 30, 0.1)]
+  rows += [row(a, a, "shuffled", 1000, em, s, s) for a, em, s in (("x", 0.0, 0), ("y", 0.1, 0))]  # the calibration
   # prose (spans:): no exact answers, so the matrices and penalties are in bits per byte (added = worse)
   prose = [dict(r, corpus="q", exact_match=None, exact_match_ci=None) for r in rows]
   # two seed pairs (0:1 and 1:0): every cell is the mean ± std over them, each penalty against its own decoder seed
@@ -326,6 +340,9 @@ def test_swap_report_penalties_by_hand(tmp_path):
   )
   # penalty = row A's native exact match (decoder seed) − the cell's last step: x←y 0.5 − 0.2, y←x 0.3 − 0.25, …
   assert "| x | +0.050 | +0.300 |" in p and "| y | +0.050 | +0.200 |" in p
+  # share of the input's worth lost: penalty / (native − shuffled): x←y 0.3 / 0.5, y←x 0.05 / 0.2, y←y 0.2 / 0.2
+  assert "| x | +0.100 | +0.600 |" in p and "| y | +0.250 | +1.000 |" in p
+  assert "| x | 0 | 0.500 (0.490–0.510) | 1.500 | 0.000 (-0.010–0.010) | 2.000 |" in p
   assert "| x ← y | stitch | 0.000 (-0.010–0.010) | 0.200 (0.190–0.210) | 0.500 |" in p
   assert "### q: stitch — penalty (bits per byte)" in q and "exact match" not in q
   # bits per byte 2 − em: x←y 1.8 − native 1.5 = +0.300 added, y←x 1.75 − 1.7 = +0.050

@@ -98,8 +98,8 @@ def pair(target: CompiledSplit, source: CompiledSplit) -> CompiledSplit:
   counts, task labels and input bytes per document, or this is one UserError."""
   if target.kind != "seq2seq" or source.kind != "seq2seq":
     raise UserError(
-      "data.input_isa needs a seq2seq corpus (input/target pairs, e.g. programs): a prose objective draws its input "
-      "and target from one stream of ids, so they cannot come from two ISAs"
+      "data.input_isa needs a seq2seq corpus (input/target pairs: programs, or prose as spans:CORPUS): a prose "
+      "objective draws its input and target from one stream of ids, so they cannot come from two ISAs"
     )
   a, b = target.fields["input"], source.fields["input"]
   same = len(a) == len(b) and target.labels == source.labels and np.array_equal(a.nbytes, b.nbytes)

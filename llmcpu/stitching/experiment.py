@@ -91,7 +91,8 @@ def run(exp: ml_collections.ConfigDict, workdir: str, *, log: Callable[[str], No
   for cell in cells:
     _swap(exp, workdir, cell, budgets, log)
   lib = Library(fs.join(workdir, "compiled"), max_docs=exp.eval_docs)
-  rows = [_native(exp, workdir, lib, corpus, a, s, log) for corpus in plan.corpora for a in isas for s in seeds]
+  natives = [(corpus, a, s, v) for corpus in plan.corpora for a in isas for s in seeds for v in REFERENCES]
+  rows = [_native(exp, workdir, lib, corpus, a, s, v, log) for corpus, a, s, v in natives]
   rows += [r for cell in cells for r in _score_cell(exp, workdir, lib, cell, log)]
   out = fs.join(workdir, exp.report)
   write_report(rows, out, exp, time.time() - t0)
@@ -129,7 +130,7 @@ def _swap(exp, workdir: str, cell: Cell, budgets: list[int], log: Callable) -> N
     raise Stopped(f"stopped at step {result.step} of a swap; rerun the same command to continue")
 
 
-def _evaluate(exp, lib: Library, path: str) -> dict:
+def _evaluate(exp, lib: Library, path: str, shuffle: bool = False) -> dict:
   model, meta, writes = checkpoints.load_model(path)
   reads = compilers.from_blob(meta["input_compiler_files"]) if "input_compiler_files" in meta else writes
   d = meta["config"]["data"]
@@ -144,16 +145,17 @@ def _evaluate(exp, lib: Library, path: str) -> dict:
     target_length=d["target_length"],
     answer_tokens=d["target_length"],
     seed=exp.crosseval.seed,
+    shuffle=shuffle,
   )
   provenance = {"checkpoint": path, "step": meta["step"], "isa_fingerprint": meta["isa_fingerprint"]}
   provenance["input_isa_fingerprint"] = meta.get("input_isa_fingerprint", meta["isa_fingerprint"])
   return figures | provenance | {"tokens_seen": meta["tokens_seen"], "swap": meta.get("provenance", {})}
 
 
-def _native(exp, workdir: str, lib: Library, corpus, spec, seed: int, log: Callable) -> dict:
-  row = {"corpus": corpus.name, "decoder": spec.name, "encoder": spec.name, "variant": "native", "seed": seed}
-  row |= _evaluate(exp, lib, _cpu(exp, workdir, corpus, spec, seed))
-  log(f"native {spec.name} (seed {seed}): {_figures(row)}")
+def _native(exp, workdir: str, lib: Library, corpus, spec, seed: int, variant: str, log: Callable) -> dict:
+  row = {"corpus": corpus.name, "decoder": spec.name, "encoder": spec.name, "variant": variant, "seed": seed}
+  row |= _evaluate(exp, lib, _cpu(exp, workdir, corpus, spec, seed), shuffle=variant == "shuffled")
+  log(f"{variant} {spec.name} (seed {seed}): {_figures(row)}")
   return row
 
 
@@ -200,6 +202,9 @@ def final_rows(rows: list[dict]) -> dict[tuple, dict]:
 
 
 NAMES = {"exact_match": "exact match", "bits_per_byte": "bits per byte"}
+# Rows of the natives, not swaps: each CPU reading its own inputs, and the same CPU reading another document's input
+# (``score.shuffled_inputs``): the calibration of what reading the input is worth.
+REFERENCES = ("native", "shuffled")
 
 
 def metric_of(rows: list[dict], corpus: str) -> str:
@@ -219,7 +224,7 @@ def penalty(native: dict | None, cell: dict | None, metric: str) -> float | None
 
 def pairs_of(rows: list[dict]) -> list[tuple[int, int]]:
   """The (decoder seed, encoder seed) pairs the swapped rows hold."""
-  return sorted({(r["seed"], r["encoder_seed"]) for r in rows if r["variant"] != "native"})
+  return sorted({(r["seed"], r["encoder_seed"]) for r in rows if r["variant"] not in REFERENCES})
 
 
 class Cells:
@@ -237,10 +242,10 @@ class Cells:
       if r["variant"] in swap.TRAINED:
         self.at[(r["decoder"], r["encoder"], r["variant"], (r["seed"], r["encoder_seed"]), r["step"])] = r
     self.steps = sorted({k[-1] for k in self.at})
-    self.variants = list(dict.fromkeys(r["variant"] for r in mine if r["variant"] != "native"))
+    self.variants = list(dict.fromkeys(r["variant"] for r in mine if r["variant"] not in REFERENCES))
 
-  def native(self, a: str, seed: int) -> dict | None:
-    return self.last.get((self.corpus, a, a, "native", seed, seed))
+  def native(self, a: str, seed: int, variant: str = "native") -> dict | None:
+    return self.last.get((self.corpus, a, a, variant, seed, seed))
 
   def rows(self, a: str, b: str, variant: str, step: int | None = None) -> list[tuple[tuple, dict | None]]:
     """(seed pair, its row: the last step's, or ``step``'s) for every pair."""
@@ -251,8 +256,11 @@ class Cells:
   def value(self, a: str, b: str, variant: str, key: str, step: int | None = None) -> tuple[float | None, str]:
     """(the mean over pairs, the cell's text) of ``key``, or of the penalty."""
     got = self.rows(a, b, variant, step)
-    if key == "penalty":
+    if key in ("penalty", "lost"):
       vals = [penalty(self.native(a, p[0]), r, self.metric) for p, r in got]
+      if key == "lost":  # the penalty over the input's worth (shuffled inputs' penalty) of the same CPU
+        worth = [penalty(self.native(a, p[0]), self.native(a, p[0], "shuffled"), self.metric) for p, _ in got]
+        vals = [v / w if v is not None and w else None for v, w in zip(vals, worth, strict=True)]
       mean, std = intervals.mean_std(vals) if None not in vals else (None, None)
       text = "—" if mean is None else f"{mean:+.3f}" + ("" if std is None else f" ± {std:.3f}")
       return mean, text
@@ -264,9 +272,9 @@ class Cells:
     mean, std = intervals.mean_std([r[key] for r in found])
     return mean, ("—" if mean is None else f"{mean:.3f} ± {std:.3f}")
 
-  def native_mean(self, a: str) -> float | None:
-    """Row A's native figure: over the decoder seeds of the pairs."""
-    return intervals.mean_std([(self.native(a, d) or {}).get(self.metric) for d, _ in self.pairs])[0]
+  def native_mean(self, a: str, variant: str = "native") -> float | None:
+    """Row A's native figure (or its shuffled-inputs figure): over the decoder seeds of the pairs."""
+    return intervals.mean_std([(self.native(a, d, variant) or {}).get(self.metric) for d, _ in self.pairs])[0]
 
 
 def markdown(rows: list[dict], exp) -> str:
@@ -279,7 +287,9 @@ def markdown(rows: list[dict], exp) -> str:
     "what the input is read in), for each (decoder seed, encoder seed) pair, so the diagonal is another CPU of the "
     "same ISA. One pair: the figure and its 95% bootstrap interval over documents; more: mean ± std over the pairs. "
     "Penalty: how much worse the cell is than row A's native CPU of the same decoder seed (exact match lost, or "
-    "bits per byte added).",
+    "bits per byte added). Calibration: each native CPU also reads *another document's* input (shuffled inputs), "
+    "which costs it everything its input is worth; share lost = penalty / that cost (0: the swap loses nothing, 1: "
+    "as if it read another document).",
     "",
   ]
   for corpus in sorted({r["corpus"] for r in rows}):
@@ -287,17 +297,19 @@ def markdown(rows: list[dict], exp) -> str:
     metric, isas, name = cells.metric, cells.isas, NAMES[cells.metric]
     pairs = ", ".join(f"{d}:{e}" for d, e in cells.pairs)
     lines += [f"## {corpus}: natives (seed pairs, decoder:encoder: {pairs})", ""]
-    heads = [f"{name}, seed {s}" for s in cells.seeds] + [f"bpb, seed {s}" for s in cells.seeds]
+    heads = ["seed", name, "bpb", f"{name}, shuffled inputs", "bpb, shuffled inputs"]
     lines += ["| ISA | " + " | ".join(heads) + " |", "|---|" + "---:|" * len(heads)]
     for a in isas:
-      figs = [_fmt(cells.native(a, s), metric) for s in cells.seeds]
-      figs += [_fmt(cells.native(a, s), "bits_per_byte") for s in cells.seeds]
-      lines.append(f"| {a} | " + " | ".join(figs) + " |")
+      for seed in cells.seeds:
+        own, other = cells.native(a, seed), cells.native(a, seed, "shuffled")
+        figs = [_fmt(own, metric), _fmt(own, "bits_per_byte"), _fmt(other, metric), _fmt(other, "bits_per_byte")]
+        lines.append(f"| {a} | {seed} | " + " | ".join(figs) + " |")
     head = "| A \\ B | " + " | ".join(isas) + " |"
     rule = "|---|" + "---:|" * len(isas)
     for variant in cells.variants:
-      for key in dict.fromkeys((metric, "bits_per_byte", "penalty")):
-        title = f"penalty ({name})" if key == "penalty" else NAMES[key]
+      for key in dict.fromkeys((metric, "bits_per_byte", "penalty", "lost")):
+        title = {"penalty": f"penalty ({name})", "lost": f"share of the input's worth lost ({name})"}.get(key)
+        title = title or NAMES[key]
         lines += ["", f"### {corpus}: {variant} — {title}", "", head, rule]
         for a in isas:
           lines.append(f"| {a} | " + " | ".join(cells.value(a, b, variant, key)[1] for b in isas) + " |")
@@ -371,9 +383,10 @@ def recovery_figure(rows: list[dict], out: str, exp) -> None:
           if pts:
             xs, ys = [max(s, floor) for s, _ in pts], [v for _, v in pts]
             ax.plot(xs, ys, style, marker="o", ms=3, label=f"← {b} ({variant})")
-      native = cells.native_mean(a)
-      if native is not None:
-        ax.axhline(native, ls="--", c="k", lw=1, label="native")
+      for variant, style, label in (("native", "--", "native"), ("shuffled", ":", "native, shuffled inputs")):
+        ref = cells.native_mean(a, variant)
+        if ref is not None:
+          ax.axhline(ref, ls=style, c="k", lw=1, label=label)
       ax.set_xscale("log")
       ax.set_title(f"decoder {a}", fontsize=9)
       ax.set_xlabel(f"stitch-training steps (0 drawn at {floor:g})", fontsize=8)

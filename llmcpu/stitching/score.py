@@ -9,6 +9,7 @@ swap's penalty is a difference of like figures.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -26,6 +27,25 @@ def _round_up(n: int, k: int = 8) -> int:
   return -(-n // k) * k
 
 
+def shuffled_inputs(split: compiled.CompiledSplit, seed: int) -> tuple[compiled.CompiledSplit, np.ndarray]:
+  """(the split with every document's input replaced by another document's, the index of that document): a random
+  derangement from ``seed``.
+
+  The calibration of what reading the input is worth: a CPU scores its own answers after another document's input
+  no better than a CPU that ignores its input, so (shuffled − native) is the input's worth, and a swap's penalty is
+  read against it."""
+  n = split.num_docs
+  if n < 2:
+    raise UserError("shuffled inputs need at least two documents")
+  rng = np.random.default_rng(seed)
+  order, shift = rng.permutation(n), int(rng.integers(1, n))
+  source = np.empty(n, np.int64)
+  source[order] = order[(np.arange(n) + shift) % n]  # a shift of 1…n−1 along a random cycle: no document keeps its own
+  field = split.fields["input"]
+  shuffled = compiled.CompiledField.from_docs([field.doc(int(j)) for j in source], field.nbytes[source])
+  return dataclasses.replace(split, fields=dict(split.fields, input=shuffled)), source
+
+
 def score(
   model,
   writes: Compiler,
@@ -40,15 +60,20 @@ def score(
   answer_tokens: int = 16,
   batch_size: int = 64,
   seed: int = 0,
+  shuffle: bool = False,
 ) -> dict:
   """Bits per byte and exact match (each with its interval) of ``model`` reading ``reads``' compile of ``corpus``
-  and answering in ``writes``' ISA (the model's own)."""
+  and answering in ``writes``' ISA (the model's own); with ``shuffle``, after another document's input
+  (``shuffled_inputs``)."""
   if model.config.arch != "encoder_decoder":
     raise UserError(f"the stitching score is an encoder_decoder's task; this CPU is a {model.config.arch}")
   name = lib.corpus_name(corpus, writes)
   test = lib.split(name, writes, split)
   if reads.fingerprint != writes.fingerprint:
     test = compiled.pair(test, lib.split(name, reads, split))
+  source = np.arange(test.num_docs)
+  if shuffle:
+    test, source = shuffled_inputs(test, seed)
   pipe = Pipeline(
     test,
     objective="seq2seq",
@@ -83,7 +108,7 @@ def score(
     return figures
   raw = lib.raw_texts(name, writes, split)
   chosen = list(range(min(prompts, test.num_docs)))
-  batch = generation.program_prompts(test, raw["input"], raw["target"], chosen)
+  batch = generation.program_prompts(test, [raw["input"][j] for j in source], raw["target"], chosen)
   width = _round_up(max(len(ids) for ids in batch.ids) + 2)
   answers, _, truncated = generation.generate_texts(
     model, batch, "encoder_decoder", width, answer_tokens, writes, writes, temperature=0.0
