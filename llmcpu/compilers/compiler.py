@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import functools
 import hashlib
+import itertools
 import json
 import os
 import pathlib
@@ -84,19 +85,16 @@ class Compiler:
     """``encode_flat`` of texts holding sentinel marks (``specials.sentinel_mark``): mark i compiles to sentinel i
     whatever the ISA, and each run of text between marks is encoded on its own (segmentation never crosses a mark;
     compiling is lossless, so the runs' ids decode back to the text without its marks)."""
-    runs, sentinels = zip(*(specials.split_marks(t) for t in texts), strict=True) if texts else ((), ())
-    flat, lengths = self.encode_flat([r for rs in runs for r in rs])
-    pieces = np.split(flat, np.cumsum(lengths)[:-1]) if len(lengths) else []
-    out, out_lengths, k = [], [], 0
-    for rs, ss in zip(runs, sentinels, strict=True):
-      doc = [pieces[k]]
-      for j, s in enumerate(ss):
-        doc += [np.array([s], np.int32), pieces[k + 1 + j]]
-      k += len(rs)
-      out += doc
-      out_lengths.append(sum(len(p) for p in doc))
-    joined = np.concatenate(out).astype(np.int32) if out else np.zeros(0, np.int32)
-    return joined, np.asarray(out_lengths, np.int64)
+    split = [specials.split_marks(t) for t in texts]
+    encoded = iter(self.encode_batch([run for runs, _ in split for run in runs]))
+    docs = []
+    for _, sentinels in split:
+      ids = list(next(encoded))
+      for s in sentinels:  # n marks separate n + 1 runs
+        ids += [s, *next(encoded)]
+      docs.append(ids)
+    lengths = np.array([len(d) for d in docs], np.int64)
+    return np.fromiter(itertools.chain.from_iterable(docs), np.int32, count=int(lengths.sum())), lengths
 
   def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
     flat, lengths = self.encode_flat(texts)
