@@ -1,6 +1,6 @@
 """swap: swap the encoders of tiny encoder-decoders across ISAs on `programs`, by every stitching variant.
 
-Natives: char, bpe:1000 and unigram:1000 encoder-decoders, two seeds each, 1200 steps of 64 programs (inputs up to 64
+Natives: char, bpe:1000 and unigram:1000 encoder-decoders, two seeds each, 1500 steps of 64 programs (inputs up to 64
 ids, answers up to 48). Every (decoder ISA A, encoder ISA B) pair: seed 0's decoder reads seed 1's encoder (the
 diagonal: the same ISA, another CPU) through zero-shot, least-squares and Procrustes stitches (512 programs of
 parallel anchors), and stitches trained 300 steps alone or with the cross-attention (saved at 0, 30, 100, 300).
@@ -15,7 +15,7 @@ from llmcpu.stitching.experiment import swap_experiment_config
 def get_config():
   c = swap_experiment_config("tiny")
   c.compilers = "char,bpe:1000,unigram:1000"
-  c.steps = 1200
+  c.steps = 1500
   c.train.batch_size = 64
   c.data.input_length = 64
   c.data.target_length = 48
