@@ -310,6 +310,26 @@ def test_shuffled_inputs_give_every_document_another_documents_input(compile_dir
   assert np.array_equal(score.shuffled_inputs(test, seed=3)[1], source)
 
 
+def test_paired_penalty_sees_a_small_shift_that_document_difficulty_hides():
+  from llmcpu.crosseval import intervals
+  from llmcpu.stitching import score
+
+  rng = np.random.default_rng(0)
+  nbytes = rng.integers(20, 200, 300).astype(float)
+  nll = nbytes * rng.uniform(0.5, 3.0, 300)  # documents of very different difficulty
+  native = {"docs_nll": nll.tolist(), "docs_bytes": nbytes.tolist()}
+  cell = {"docs_nll": (nll + 0.01 * nbytes).tolist(), "docs_bytes": nbytes.tolist()}  # 0.01 nats more every byte
+  value, (lo, hi) = score.paired_penalty(native, cell, "bits_per_byte")
+  assert value == pytest.approx(0.01 / np.log(2)) and hi - lo < 1e-9  # the same shift on every document
+  unpaired = intervals.bootstrap(np.stack([nll, nbytes], 1), intervals.ratio(0, 1, 1 / np.log(2)))
+  assert unpaired[1] - unpaired[0] > 10 * value  # either figure's own interval cannot see it
+  hits_n, hits_c = [1, 1, 0, 1, 0] * 20, [1, 0, 0, 1, 0] * 20
+  value, ci = score.paired_penalty({"hits": hits_n}, {"hits": hits_c}, "exact_match")
+  assert value == pytest.approx(0.2) and ci[0] < 0.2 < ci[1]
+  with pytest.raises(UserError, match="same documents"):
+    score.paired_penalty({"hits": hits_n}, {"hits": hits_c[:-1]}, "exact_match")
+
+
 def test_swap_report_penalties_by_hand(tmp_path):
   from llmcpu.stitching import experiment as swaps
 
@@ -322,6 +342,7 @@ def test_swap_report_penalties_by_hand(tmp_path):
     row(a, a, "native", 1000, em, s, s) for a, em, s in (("x", 0.5, 0), ("y", 0.3, 0), ("x", 0.4, 1), ("y", 0.2, 1))
   ]
   rows += [row("x", "y", "stitch", 0, 0.0), row("x", "y", "stitch", 30, 0.2), row("y", "x", "stitch", 30, 0.25)]
+  rows[1]["hits"], rows[6]["hits"] = [1, 0, 0] * 10, [1, 0, 0] * 9 + [0, 0, 0]  # y's native, y←x: paired answers
   rows += [row("x", "x", "stitch", 30, 0.45), row("y", "y", "stitch", 30, 0.1)]
   rows += [row(a, a, "shuffled", 1000, em, s, s) for a, em, s in (("x", 0.0, 0), ("y", 0.1, 0))]  # the calibration
   # prose (spans:): no exact answers, so the matrices and penalties are in bits per byte (added = worse)
@@ -339,7 +360,10 @@ def test_swap_report_penalties_by_hand(tmp_path):
     text[text.index("## r:") :],
   )
   # penalty = row A's native exact match (decoder seed) − the cell's last step: x←y 0.5 − 0.2, y←x 0.3 − 0.25, …
-  assert "| x | +0.050 | +0.300 |" in p and "| y | +0.050 | +0.200 |" in p
+  assert "| x | +0.050 | +0.300 |" in p
+  # y←x with answers: the paired penalty of its hits (0.333 − 0.300 = 0.033); it loses 1 of 30 answers and gains
+  # none, so no resample can show a negative penalty: the interval starts at exactly 0
+  assert "| y | +0.033 (+0.000–+0.1" in p
   # share of the input's worth lost: penalty / (native − shuffled): x←y 0.3 / 0.5, y←x 0.05 / 0.2, y←y 0.2 / 0.2
   assert "| x | +0.100 | +0.600 |" in p and "| y | +0.250 | +1.000 |" in p
   assert "| x | 0 | 0.500 (0.490–0.510) | 1.500 | 0.000 (-0.010–0.010) | 2.000 |" in p

@@ -222,6 +222,12 @@ def penalty(native: dict | None, cell: dict | None, metric: str) -> float | None
   return worse if metric == "exact_match" else -worse
 
 
+def _paired(native: dict | None, cell: dict | None, metric: str) -> bool:
+  """Whether both rows carry what a paired interval resamples (rows of reports before it did not)."""
+  key = "hits" if metric == "exact_match" else "docs_nll"
+  return native is not None and cell is not None and key in native and key in cell
+
+
 def pairs_of(rows: list[dict]) -> list[tuple[int, int]]:
   """The (decoder seed, encoder seed) pairs the swapped rows hold."""
   return sorted({(r["seed"], r["encoder_seed"]) for r in rows if r["variant"] not in REFERENCES})
@@ -256,6 +262,9 @@ class Cells:
   def value(self, a: str, b: str, variant: str, key: str, step: int | None = None) -> tuple[float | None, str]:
     """(the mean over pairs, the cell's text) of ``key``, or of the penalty."""
     got = self.rows(a, b, variant, step)
+    if key == "penalty" and len(got) == 1 and _paired(self.native(a, got[0][0][0]), got[0][1], self.metric):
+      value, ci = score.paired_penalty(self.native(a, got[0][0][0]), got[0][1], self.metric)
+      return value, f"{value:+.3f}" + ("" if ci is None else f" ({ci[0]:+.3f}–{ci[1]:+.3f})")
     if key in ("penalty", "lost"):
       vals = [penalty(self.native(a, p[0]), r, self.metric) for p, r in got]
       if key == "lost":  # the penalty over the input's worth (shuffled inputs' penalty) of the same CPU
@@ -280,16 +289,20 @@ class Cells:
 def markdown(rows: list[dict], exp) -> str:
   """Per corpus and variant: the matrices of its metric and of bits per byte (rows: decoder ISA A, columns: encoder
   ISA B) and the stitching penalty; then recovery against stitch-training steps."""
+  docs = f"the first {exp.eval_docs} test documents" if exp.eval_docs else "every test document"
   lines = [
-    f"Held-out documents: bits per byte of the answers (every test program, or the first {exp.eval_docs or 'all'} "
-    f"test documents) and, on programs, the exact match of {exp.prompts} greedy answers. Rows: the CPU whose "
-    "decoder is kept (ISA A, what the answer is written in); columns: the CPU whose encoder is swapped in (ISA B, "
-    "what the input is read in), for each (decoder seed, encoder seed) pair, so the diagonal is another CPU of the "
-    "same ISA. One pair: the figure and its 95% bootstrap interval over documents; more: mean ± std over the pairs. "
-    "Penalty: how much worse the cell is than row A's native CPU of the same decoder seed (exact match lost, or "
-    "bits per byte added). Calibration: each native CPU also reads *another document's* input (shuffled inputs), "
-    "which costs it everything its input is worth; share lost = penalty / that cost (0: the swap loses nothing, 1: "
-    "as if it read another document).",
+    f"Bits per byte of the answers on {docs} and, on programs, the exact match of {exp.prompts} greedy answers. "
+    "Rows: the CPU whose decoder is kept (ISA A, what the answer is written in); columns: the CPU whose encoder is "
+    "swapped in (ISA B, what the input is read in), for each (decoder seed, encoder seed) pair, so the diagonal is "
+    "another CPU of the same ISA. One pair: the figure and its 95% bootstrap interval over documents; more: mean ± "
+    "std over the pairs.",
+    "",
+    "Penalty: how much worse the cell is than row A's native CPU of the same decoder seed (exact match lost, or bits "
+    "per byte added); with one pair, its 95% bootstrap interval paired by document (both were scored on the same "
+    "documents, so a difference is surer than either figure's own interval, which is mostly how hard the documents "
+    "are). Calibration: each native CPU also reads *another document's* input (shuffled inputs), which costs it all "
+    "its input is worth; share lost = penalty / that cost (0: the swap loses nothing; 1: as if it read another "
+    "document; above 1: worse than that).",
     "",
   ]
   for corpus in sorted({r["corpus"] for r in rows}):
@@ -297,12 +310,13 @@ def markdown(rows: list[dict], exp) -> str:
     metric, isas, name = cells.metric, cells.isas, NAMES[cells.metric]
     pairs = ", ".join(f"{d}:{e}" for d, e in cells.pairs)
     lines += [f"## {corpus}: natives (seed pairs, decoder:encoder: {pairs})", ""]
-    heads = ["seed", name, "bpb", f"{name}, shuffled inputs", "bpb, shuffled inputs"]
+    keys = list(dict.fromkeys((metric, "bits_per_byte")))
+    heads = ["seed"] + [NAMES[k] for k in keys] + [f"{NAMES[k]}, shuffled inputs" for k in keys]
     lines += ["| ISA | " + " | ".join(heads) + " |", "|---|" + "---:|" * len(heads)]
     for a in isas:
       for seed in cells.seeds:
         own, other = cells.native(a, seed), cells.native(a, seed, "shuffled")
-        figs = [_fmt(own, metric), _fmt(own, "bits_per_byte"), _fmt(other, metric), _fmt(other, "bits_per_byte")]
+        figs = [_fmt(own, k) for k in keys] + [_fmt(other, k) for k in keys]
         lines.append(f"| {a} | {seed} | " + " | ".join(figs) + " |")
     head = "| A \\ B | " + " | ".join(isas) + " |"
     rule = "|---|" + "---:|" * len(isas)

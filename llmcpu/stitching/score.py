@@ -103,6 +103,9 @@ def score(
     "programs": test.num_docs,
     "prompts": 0,
     "illegal_inputs": int(total["illegal_inputs"]),
+    # per document, for intervals of differences paired by document (``paired_penalty``)
+    "docs_nll": docs["nll"].tolist(),
+    "docs_bytes": docs["bytes"].tolist(),
   }
   if prompts <= 0:  # bits per byte only (span filling on prose: an exact answer is not the task)
     return figures
@@ -118,6 +121,7 @@ def score(
   return figures | {
     "exact_match": float(hits.mean()) if len(hits) else None,
     "exact_match_ci": em_ci,
+    "hits": hits.tolist(),
     "prompts": len(hits),
     "prompts_truncated": truncated,
     "samples": [
@@ -125,3 +129,25 @@ def score(
       for t, r, a in list(zip(batch.texts, batch.references, answers, strict=True))[:3]
     ],
   }
+
+
+def paired_penalty(native: dict, cell: dict, metric: str, seed: int = 0) -> tuple[float, tuple[float, float] | None]:
+  """How much worse ``cell`` is than ``native`` (exact match lost, or bits per byte added) and its 95% bootstrap
+  interval resampling the documents both were scored on, paired: a difference is far surer than either figure's
+  own interval says, which is mostly how hard the documents are."""
+  if metric == "exact_match":
+    columns = [native["hits"], cell["hits"]]
+
+    def stat(x):
+      return (x[..., 0] - x[..., 1]) / x[..., 2]
+  else:
+    columns = [cell["docs_nll"], cell["docs_bytes"], native["docs_nll"], native["docs_bytes"]]
+
+    def stat(x):
+      with np.errstate(divide="ignore", invalid="ignore"):
+        return (x[..., 0] / x[..., 1] - x[..., 2] / x[..., 3]) / math.log(2)
+
+  if len({len(c) for c in columns}) != 1:
+    raise UserError("a paired penalty needs both rows scored on the same documents")
+  table = np.stack([np.asarray(c, np.float64) for c in columns] + [np.ones(len(columns[0]))], 1)
+  return float(stat(table.sum(0))), intervals.bootstrap(table, stat, seed=seed)
