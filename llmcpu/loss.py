@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 from jax.custom_derivatives import SymbolicZero
 
-from llmcpu.specials import FIRST_REGULAR_ID, UNK_ID
+from llmcpu.specials import is_content
 
 # The additive statistics of ``metric_sums``, in one place for everything that accumulates them.
 SUM_KEYS = ("nll", "weight", "bpb_nll", "bytes", "correct")
@@ -56,11 +56,6 @@ def forward(model, batch: dict) -> tuple[jax.Array, jax.Array, jax.Array]:
   """(logits [B, L, V] float32, targets [B, L], weights [B, L]) for any objective's batch."""
   h, targets, weights = forward_hidden(model, batch)
   return model.logits(h), targets, weights
-
-
-def is_content(targets: jax.Array) -> jax.Array:
-  """True for a document's own ids (regular ids and UNK), False for PAD/BOS/EOS/MASK/sentinels."""
-  return (targets == UNK_ID) | (targets >= FIRST_REGULAR_ID)
 
 
 def token_nll(logits: jax.Array, targets: jax.Array) -> jax.Array:

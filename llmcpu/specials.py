@@ -25,6 +25,12 @@ def sentinel_id(i: int) -> int:
   return FIRST_SENTINEL_ID + i
 
 
+def is_content(ids):
+  """True for a document's own ids (regular ids and UNK), False for PAD/BOS/EOS/MASK/sentinels: what bits per byte
+  counts. Elementwise on numpy or JAX arrays alike."""
+  return (ids == UNK_ID) | (ids >= FIRST_REGULAR_ID)
+
+
 def sentinel_piece(i: int) -> str:
   return f"<extra_id_{i}>"
 

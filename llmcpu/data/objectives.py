@@ -33,7 +33,7 @@ from llmcpu.specials import (
   MASK_ID,
   NUM_SENTINELS,
   PAD_ID,
-  UNK_ID,
+  is_content,
 )
 
 _ROW_TAG = 1  # seeds of in-row randomness: (seed, _ROW_TAG, global row); epoch orders use tag 0.
@@ -99,11 +99,6 @@ def content_bytes(piece_bytes: np.ndarray, targets: np.ndarray, content: np.ndar
 def content_docs(doc: np.ndarray, content: np.ndarray) -> np.ndarray:
   """``target_docs``: the split index of each content target's document, −1 elsewhere (int32)."""
   return np.where(content, doc, -1).astype(np.int32)
-
-
-def own_ids(ids: np.ndarray) -> np.ndarray:
-  """A document's own ids (regular ids and UNK; as ``loss.is_content``, in numpy)."""
-  return (ids == UNK_ID) | (ids >= FIRST_REGULAR_ID)
 
 
 def row_rng(seed: int, global_row: int) -> np.random.Generator:
@@ -323,7 +318,7 @@ class Seq2Seq(Objective):
     n_tg = np.minimum(self.target.lengths[doc], self.target_length - 1)
     dec_tgt = _gather(self.target, self.target.offsets[doc], n_tg, self.target_length)
     dec_tgt[rows, n_tg] = EOS_ID
-    content = (np.arange(self.target_length)[None, :] < n_tg[:, None]) & own_ids(dec_tgt)  # not spans: sentinels
+    content = (np.arange(self.target_length)[None, :] < n_tg[:, None]) & is_content(dec_tgt)  # not spans: sentinels
     batch = encoder_decoder_batch(enc, n_in + 1, dec_tgt, n_tg + 1)
     batch["target_bytes"] = content_bytes(self.piece_bytes, dec_tgt, content)
     batch["target_docs"] = content_docs(np.broadcast_to(doc[:, None], content.shape), content)
