@@ -14,9 +14,10 @@ import time
 
 from absl import flags
 
-from llmcpu import cli, compilers, data, toolchain
+from llmcpu import compilers, data, toolchain
 from llmcpu.compilers import backends
 from llmcpu.data import compiled
+from llmcpu.ops import cli
 
 _CORPUS = flags.DEFINE_string("corpus", "python_docs", "Corpus to compile.")
 _COMPILER = flags.DEFINE_string("compiler", "bpe:4000", "Compiler spec.")

@@ -30,11 +30,13 @@ import time
 
 from absl import flags
 
-from llmcpu import checkpoints, cli, compilers, config, data, toolchain, trainer
+from llmcpu import compilers, data, toolchain
 from llmcpu.crosseval import scoring
 from llmcpu.crosseval.evaluate import CrossEvalOptions, LoadedModel, ModelEvaluator
 from llmcpu.crosseval.library import Library
 from llmcpu.data import objectives as obj
+from llmcpu.ops import cli
+from llmcpu.training import checkpoints, run_config, trainer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _WORKDIR = flags.DEFINE_string("workdir", None, "Reuse compiled data and the model here (default: a temp dir).")
@@ -53,7 +55,7 @@ def prepare(workdir: str, specs: list[str], steps: int) -> str:
   built = toolchain.build_compilers(compilers.parse_list(specs), [corpus], compile_dir, log=cli.log)
   toolchain.compile_corpora([corpus], built, compile_dir, log=lambda _: None)
   run = os.path.join(workdir, "model")
-  c = config.base_config("decoder", "tiny")
+  c = run_config.base_config("decoder", "tiny")
   c.data.compile_dir, c.data.isa, c.data.corpus = compile_dir, specs[0], "python_docs"
   c.train.steps, c.train.eval_every, c.train.peak_tflops, c.checkpoint.every = steps, 0, 1.0, steps
   trainer.train(c, run, log=cli.log)

@@ -28,8 +28,8 @@ import optax
 from flax import nnx
 
 import llmcpu.models as models
-from llmcpu import loss
 from llmcpu.models import decoding
+from llmcpu.training import loss
 
 
 def log(*args) -> None:

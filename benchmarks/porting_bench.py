@@ -43,9 +43,10 @@ import time
 import numpy as np
 from absl import flags
 
-from llmcpu import cli, compilers, data, models, porting, specials, toolchain
+from llmcpu import compilers, data, models, porting, specials, toolchain
 from llmcpu.compilers import backends
 from llmcpu.errors import UserError
+from llmcpu.ops import cli
 
 _CORPUS = flags.DEFINE_string("corpus", "python_docs", "Training corpus (comma-separated corpus strings).")
 _SOURCE = flags.DEFINE_string("source", "unigram:32000", "Compiler spec of ISA A (the port's source).")

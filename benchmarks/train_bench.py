@@ -20,9 +20,11 @@ import numpy as np
 from absl import flags
 from flax import nnx
 
-from llmcpu import cli, compilers, data, models, toolchain, trainer
-from llmcpu.config import base_config
-from llmcpu.optim import make_optimizer
+from llmcpu import compilers, data, models, toolchain
+from llmcpu.ops import cli
+from llmcpu.training import trainer
+from llmcpu.training.optim import make_optimizer
+from llmcpu.training.run_config import base_config
 
 _PRESET = flags.DEFINE_string("preset", "small", "Model/training preset.")
 _STEPS = flags.DEFINE_integer("steps", 20, "Training steps (the first logging window is excluded).")

@@ -1,6 +1,6 @@
 """encoder training config: `--config=configs/encoder.py[:tiny|small|base]`."""
 
-from llmcpu.config import base_config
+from llmcpu.training.run_config import base_config
 
 
 def get_config(preset: str = "tiny"):

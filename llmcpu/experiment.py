@@ -27,9 +27,10 @@ from collections.abc import Callable
 
 import ml_collections
 
-from llmcpu import checkpoints, compilers, crosseval, data, fs, parallel, toolchain
-from llmcpu.config import base_config, check_ranges
+from llmcpu import compilers, crosseval, data, fs, toolchain
 from llmcpu.errors import Stopped, UserError
+from llmcpu.training import checkpoints, parallel
+from llmcpu.training.run_config import base_config, check_ranges
 
 ARCHS = ("encoder", "decoder", "encoder_decoder")
 
@@ -203,7 +204,7 @@ def _plan(exp: ml_collections.ConfigDict, workdir: str) -> Plan:
 def _train_cpus(exp: ml_collections.ConfigDict, plan: Plan, workdir: str, t_start: float, log: Callable) -> None:
   """Trains every CPU not already at its final step. Seeds outermost: an experiment stopped part-way has every cell
   of its first seeds, not every seed of a few cells."""
-  from llmcpu import trainer  # jax/flax only when training is asked for
+  from llmcpu.training import trainer  # jax/flax only when training is asked for
 
   jobs = [(c, a, s, seed) for seed in plan.seeds for c in plan.corpora for a in plan.archs for s in plan.trained]
   for i, (corpus, arch, spec, seed) in enumerate(jobs, 1):

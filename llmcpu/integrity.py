@@ -16,9 +16,10 @@ import dataclasses
 import json
 from collections.abc import Callable, Iterator
 
-from llmcpu import checkpoints, compilers, fs
+from llmcpu import compilers, fs
 from llmcpu.data import compiled
 from llmcpu.errors import UserError
+from llmcpu.training import checkpoints
 
 
 @dataclasses.dataclass(frozen=True)

@@ -9,8 +9,9 @@ import os
 
 from absl import app, flags
 
-from llmcpu import cli, compilers, data, toolchain
+from llmcpu import compilers, data, toolchain
 from llmcpu.errors import UserError
+from llmcpu.ops import cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _CONFIG = cli.define_config(os.path.join(ROOT, "configs", "compile.py"), "Compile config file.")

@@ -13,8 +13,9 @@ import sys
 
 from absl import app
 
-from llmcpu import cli, crosseval, fs
+from llmcpu import crosseval, fs
 from llmcpu.errors import UserError
+from llmcpu.ops import cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _CONFIG = cli.define_config(os.path.join(ROOT, "configs", "cross_eval.py"), "Cross-evaluation config file.")

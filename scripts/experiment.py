@@ -14,7 +14,7 @@ import os
 from absl import app, flags
 from ml_collections import config_flags
 
-from llmcpu import cli
+from llmcpu.ops import cli
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config (configs/experiments/<name>.py).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Experiment directory (compiled/, runs/, report/).")
@@ -25,7 +25,8 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  from llmcpu import crosseval, experiment, fs, parallel
+  from llmcpu import crosseval, experiment, fs
+  from llmcpu.training import parallel
 
   parallel.initialize(None, None, None, _DISTRIBUTED.value)
   if "ports" in _CONFIG.value:  # configs/experiments/porting.py: recovery curves of ported CPUs

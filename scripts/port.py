@@ -12,7 +12,7 @@ import os
 
 from absl import app, flags
 
-from llmcpu import cli
+from llmcpu.ops import cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _CONFIG = cli.define_config(os.path.join(ROOT, "configs", "port.py"), "Porting config file.")

@@ -30,8 +30,8 @@ import tempfile
 
 from absl import app, flags
 
-from llmcpu import cli, launch
 from llmcpu.errors import UserError
+from llmcpu.ops import cli, launch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -11,7 +11,8 @@ process stops them all: every process saves the same step and exits 0.
 from absl import app, flags
 from ml_collections import config_flags
 
-from llmcpu import cli, parallel
+from llmcpu.ops import cli
+from llmcpu.training import parallel
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file (configs/<arch>.py[:preset]).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: checkpoints, metrics.jsonl, TensorBoard events.")
@@ -26,7 +27,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   parallel.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, _DISTRIBUTED.value)
-  from llmcpu import trainer  # after jax.distributed is up
+  from llmcpu.training import trainer  # after jax.distributed is up
 
   trainer.train(_CONFIG.value, cli.workdir_path(_WORKDIR.value), log=cli.log)  # preempted runs also exit 0
 

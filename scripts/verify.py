@@ -8,8 +8,9 @@ anything is damaged (each damaged line says what and how to rebuild it).
 
 from absl import app
 
-from llmcpu import cli, integrity
+from llmcpu import integrity
 from llmcpu.errors import UserError
+from llmcpu.ops import cli
 
 
 def main(argv):

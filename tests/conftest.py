@@ -14,7 +14,7 @@ import pydoc_data.topics  # noqa: E402
 import pytest  # noqa: E402
 
 from llmcpu import compilers, toolchain  # noqa: E402
-from llmcpu.config import base_config  # noqa: E402
+from llmcpu.training.run_config import base_config  # noqa: E402
 
 
 @dataclasses.dataclass(frozen=True)

@@ -22,12 +22,13 @@ import numpy as np
 import pytest
 from conftest import held_out_corpus
 
-from llmcpu import checkpoints, compilers, config, loss, specials, toolchain, trainer
+from llmcpu import compilers, specials, toolchain
 from llmcpu.crosseval import calibration, coherence, generation, report, scoring, summary
 from llmcpu.crosseval.evaluate import CrossEvalOptions, LoadedModel, ModelEvaluator, evaluate
 from llmcpu.crosseval.judge import ByteJudge
 from llmcpu.crosseval.library import Library
 from llmcpu.data import programs
+from llmcpu.training import checkpoints, loss, run_config, trainer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ISAS = ["bpe:500", "bpe:1000", "bpe:500+perm:1"]
@@ -59,7 +60,7 @@ def compile_world(workdir: str, corpus, specs: list[str]) -> None:
 
 
 def train_cpu(compile_dir: str, workdir: str, arch: str, isa: str, corpus: str, steps: int, **data) -> str:
-  c = config.base_config(arch, "tiny")
+  c = run_config.base_config(arch, "tiny")
   c.data.compile_dir, c.data.isa, c.data.corpus, c.data.eval_split = compile_dir, isa, corpus, "test"
   c.data.length = 64
   for k, v in data.items():

@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 from conftest import write_docs
 
-from llmcpu import cli, experiment, fs
+from llmcpu import experiment, fs
 from llmcpu.crosseval import report
 from llmcpu.errors import UserError
+from llmcpu.ops import cli
 
 
 def test_seeds_calibration_and_resume_in_a_bucket(tmp_path, fake_gcs):
@@ -78,8 +79,8 @@ def test_bucket_workdir_checked_with_one_line(fake_gcs, monkeypatch):
 
 def test_a_preempted_experiment_exits_zero(tmp_path, monkeypatch, capsys):
   """Preemption is not failure: experiment.py exits 0 like train.py, and says how to continue."""
-  from llmcpu import trainer
   from llmcpu.errors import Stopped
+  from llmcpu.training import trainer
 
   c = experiment.experiment_config("tiny")
   c.corpus, c.compilers, c.steps = "text:" + write_docs(tmp_path), "char", 5

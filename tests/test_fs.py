@@ -146,7 +146,8 @@ _POD_WORKER = """
 import json, sys
 sys.path.insert(0, {tests!r})
 from conftest import InMemoryCorpus
-from llmcpu import compilers, parallel, toolchain
+from llmcpu import compilers, toolchain
+from llmcpu.training import parallel
 parallel.initialize({coordinator!r}, 2, {index}, auto=False)
 import jax
 toolchain.WAIT_POLL_S, toolchain.WAIT_LOG_S = 0.1, 0.5

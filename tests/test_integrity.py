@@ -18,8 +18,9 @@ import numpy as np
 import pytest
 from conftest import tiny_config, write_docs
 
-from llmcpu import checkpoints, compilers, data, integrity, toolchain, trainer
+from llmcpu import compilers, data, integrity, toolchain
 from llmcpu.errors import UserError
+from llmcpu.training import checkpoints, trainer
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 SCRIPTS = os.path.join(ROOT, "scripts")

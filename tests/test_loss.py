@@ -1,5 +1,5 @@
-"""Tests of llmcpu.loss: the chunked cross-entropy against a float64 numpy recompute and against the full-logits
-path (values and gradients), ``batch_sums`` on real models, ``finalize`` on hand-made sums.
+"""Tests of llmcpu.training.loss: the chunked cross-entropy against a float64 numpy recompute and against the
+full-logits path (values and gradients), ``batch_sums`` on real models, ``finalize`` on hand-made sums.
 
 Shapes are tiny (compile time dominates); chunk 3 does not divide the length 7, so every pass has a short last chunk.
 """
@@ -15,8 +15,8 @@ import pytest
 from flax import nnx
 
 import llmcpu.models as models
-from llmcpu import loss
 from llmcpu.specials import EOS_ID, FIRST_REGULAR_ID, PAD_ID, UNK_ID
+from llmcpu.training import loss
 
 B, L, D, V = 2, 7, 8, 50
 CHUNK = 3  # does not divide L

@@ -1,5 +1,5 @@
 """notebooks/llmcpu_colab.ipynb executed headless on CPU (a tiny run: tables and heatmaps must come out), and the
-helpers it calls (llmcpu/notebook.py): runtime detection from faked environments, the commands it builds, its
+helpers it calls (llmcpu/ops/notebook.py): runtime detection from faked environments, the commands it builds, its
 streaming, and the report files it shows."""
 
 import base64
@@ -14,7 +14,7 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from llmcpu import notebook
+from llmcpu.ops import notebook
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTEBOOK = os.path.join(ROOT, "notebooks", "llmcpu_colab.ipynb")
@@ -74,7 +74,9 @@ def test_notebook_shape():
   for name in ("RUNTIME", "WORKDIR", "CONFIG", "OVERRIDES", "INSTALL", "REPO_URL"):
     assert re.search(rf"^{name} = .*# @param", code[0], re.M), name  # a Colab form field
   assert text.count("github.com") == 1 and code[0].count(REPO_URL) == 1  # a fork changes one line
-  assert not re.search(r"^\s*(import|from) jax", text, re.M)  # the kernel never imports jax (see llmcpu/notebook.py)
+  assert not re.search(
+    r"^\s*(import|from) jax", text, re.M
+  )  # the kernel never imports jax (llmcpu/ops/notebook.py)
   assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code")  # committed without outputs
   readme = open(os.path.join(ROOT, "README.md")).read()
   (badge,) = re.findall(r"https://colab\.research\.google\.com/github/llmcpu/llmcpu/blob/main/(\S+?\.ipynb)", readme)
@@ -91,7 +93,7 @@ def test_requirements_pin_the_notebook_stack():
 
 
 # ------------------------------------------------------------------------------------------------------------------
-# llmcpu/notebook.py
+# llmcpu/ops/notebook.py
 # ------------------------------------------------------------------------------------------------------------------
 
 

@@ -1,4 +1,5 @@
-"""llmcpu/optim.py: the learning-rate schedule's shape, which parameters decay, and AdamW with global-norm clipping.
+"""llmcpu/training/optim.py: the learning-rate schedule's shape, which parameters decay, and AdamW with global-norm
+clipping.
 
 Every expected value is derived here by hand from the config (or recomputed in float64 numpy), never taken from
 optax or from the module under test.
@@ -13,9 +14,9 @@ import pytest
 from flax import nnx
 
 from llmcpu import models
-from llmcpu.config import base_config
 from llmcpu.models.trainable import path_name
-from llmcpu.optim import decay_mask, make_optimizer
+from llmcpu.training.optim import decay_mask, make_optimizer
+from llmcpu.training.run_config import base_config
 
 
 def train_config(**overrides):

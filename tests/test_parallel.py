@@ -1,5 +1,6 @@
-"""llmcpu/parallel.py: the (data, fsdp, tensor) mesh and the batch-size checks, on this process' CPU device(s) and, for
-real multi-device meshes, in one subprocess with 4 forced host devices (the device count is fixed when jax starts).
+"""llmcpu/training/parallel.py: the (data, fsdp, tensor) mesh and the batch-size checks, on this process' CPU
+device(s) and, for real multi-device meshes, in one subprocess with 4 forced host devices
+(the device count is fixed when jax starts).
 """
 
 import json
@@ -12,8 +13,8 @@ import types
 import jax
 import pytest
 
-from llmcpu import parallel
 from llmcpu.errors import UserError
+from llmcpu.training import parallel
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -112,7 +113,7 @@ def test_check_batch_on_this_process_mesh():
 SCRIPT = """
 import json
 import jax
-from llmcpu import parallel
+from llmcpu.training import parallel
 from llmcpu.errors import UserError
 
 out = {"devices": [d.id for d in jax.devices()], "meshes": {}, "errors": {}, "batches": {}}

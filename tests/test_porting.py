@@ -205,7 +205,8 @@ def source(tmp_path_factory):
   """Prose compiled by bpe:600, its full permutation and byte; a tiny decoder trained 12 steps on bpe:600."""
   from conftest import prose_corpus, tiny_config
 
-  from llmcpu import toolchain, trainer
+  from llmcpu import toolchain
+  from llmcpu.training import trainer
 
   root = tmp_path_factory.mktemp("porting")
   built = toolchain.build_compilers(
@@ -230,8 +231,9 @@ def named_params(model) -> dict[str, np.ndarray]:
 
 
 def test_align_onto_a_permuted_copy_runs_as_the_source_with_zero_tokens(source, tmp_path):
-  from llmcpu import checkpoints, crosseval
+  from llmcpu import crosseval
   from llmcpu.porting import runner
+  from llmcpu.training import checkpoints
 
   compile_dir, src = source
   result = runner.run(port_config(src, to_isa="bpe:600+perm:1", method="align"), str(tmp_path), log=lambda _: None)
@@ -247,8 +249,8 @@ def test_align_onto_a_permuted_copy_runs_as_the_source_with_zero_tokens(source, 
 
 
 def test_relearn_changes_only_the_vocabulary_and_resumes_bit_identically(source, tmp_path):
-  from llmcpu import checkpoints
   from llmcpu.porting import runner
+  from llmcpu.training import checkpoints
 
   _, src = source
   config = port_config(src, save_at="0,2")

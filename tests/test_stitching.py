@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from llmcpu import checkpoints, compilers, models, toolchain
+from llmcpu import compilers, models, toolchain
 from llmcpu.errors import UserError
+from llmcpu.training import checkpoints
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +22,7 @@ def cpus(compile_dir, tmp_path_factory):
   MLM encoder on the pairs (bpe:600)."""
   from conftest import tiny_config
 
-  from llmcpu import trainer
+  from llmcpu.training import trainer
 
   root = tmp_path_factory.mktemp("stitching")
   quiet = {"log": lambda _: None}
@@ -74,8 +75,8 @@ def test_a_swap_of_an_encoder_for_itself_is_the_native_cpu(cpus, tmp_path):
 
 
 def test_closed_form_stitches_equal_numpy_on_the_same_anchors(cpus, tmp_path):
-  from llmcpu import trainer
   from llmcpu.stitching import swap
+  from llmcpu.training import trainer
 
   compile_dir, a, b, *_ = cpus
   stitches = {}

@@ -19,8 +19,9 @@ import numpy as np
 import pytest
 from conftest import write_docs
 
-from llmcpu import checkpoints, compilers, experiment
+from llmcpu import compilers, experiment
 from llmcpu.crosseval import report
+from llmcpu.training import checkpoints
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 TPU_CONFIG = ROOT / "configs" / "experiments" / "tpu.py"

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 from conftest import tiny_config
 
-from llmcpu import checkpoints, trainer
 from llmcpu.errors import UserError
+from llmcpu.training import checkpoints, trainer
 
 WORKER = os.path.join(os.path.dirname(__file__), "train_worker.py")
 

@@ -16,7 +16,7 @@ import time
 
 from conftest import tiny_config  # noqa: E402  (tests/ is this script's directory)
 
-from llmcpu import parallel
+from llmcpu.training import parallel
 
 
 def should_stop_hook(process_index: int):
@@ -44,10 +44,10 @@ def main(argv):
     parallel.initialize(argv[5], int(argv[6]), int(argv[7]), auto=False)
   import jax
 
-  from llmcpu import metrics, trainer
+  from llmcpu.training import trainer, writer
 
   # Importing TensorFlow for TensorBoard would take most of a tiny run's time; the tests read metrics.jsonl.
-  metrics.MetricWriter = functools.partial(metrics.MetricWriter, tensorboard=False)
+  writer.MetricWriter = functools.partial(writer.MetricWriter, tensorboard=False)
   result = trainer.train(
     tiny_config(arch, compile_dir, **overrides),
     workdir,

@@ -22,7 +22,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from llmcpu import checkpoints, compilers, specials
+from llmcpu import compilers, specials
 from llmcpu.compilers import Compiler
 from llmcpu.crosseval import calibration, coherence, generation, scoring
 from llmcpu.crosseval.library import Library, one_line
@@ -30,6 +30,7 @@ from llmcpu.data import objectives as obj
 from llmcpu.data.compiled import CompiledSplit
 from llmcpu.data.pipeline import Pipeline, bytes_per_token
 from llmcpu.errors import UserError
+from llmcpu.training import checkpoints
 
 
 @dataclasses.dataclass

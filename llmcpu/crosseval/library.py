@@ -12,12 +12,13 @@ import re
 
 import numpy as np
 
-from llmcpu import compilers, fs, loss, toolchain
+from llmcpu import compilers, fs, toolchain
 from llmcpu.compilers import Compiler
 from llmcpu.crosseval import scoring
 from llmcpu.crosseval.judge import ByteJudge
 from llmcpu.data.compiled import CompiledField, CompiledSplit
 from llmcpu.errors import UserError
+from llmcpu.training import loss
 
 _WORD = re.compile(r"\w+")
 

@@ -40,9 +40,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from llmcpu import compilers, loss, models, specials
+from llmcpu import compilers, models, specials
 from llmcpu.crosseval import intervals
 from llmcpu.data.compiled import CompiledSplit
+from llmcpu.training import loss
 
 SUM_KEYS = ("nll", "tokens", "bytes", "correct", "unigram_bits", "illegal_targets", "illegal_inputs")
 DOC_KEYS = ("nll", "bytes", "unigram_bits")  # per-document sums, for intervals over documents

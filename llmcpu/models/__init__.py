@@ -15,6 +15,7 @@ import jax
 from flax import nnx
 
 from llmcpu.errors import UserError
+from llmcpu.models.architectures import ARCH_CLASSES, Decoder, Encoder, EncoderDecoder
 from llmcpu.models.config import (
   ARCHS,
   PRESETS,
@@ -25,7 +26,6 @@ from llmcpu.models.config import (
   presets,
 )
 from llmcpu.models.decoding import filter_logits, generate, generate_from_embedding
-from llmcpu.models.models import ARCH_CLASSES, Decoder, Encoder, EncoderDecoder
 from llmcpu.models.opcodes import IllegalOpcodes, illegal_count, reset_illegal_count, sanitize_ids
 from llmcpu.models.sharding import batch_sharding, logical_axis_rules, param_shardings
 from llmcpu.models.trainable import split as split_trainable

@@ -17,7 +17,7 @@ import numpy as np
 from flax import nnx
 
 from llmcpu.errors import UserError
-from llmcpu.models.models import Decoder, EncoderDecoder
+from llmcpu.models.architectures import Decoder, EncoderDecoder
 from llmcpu.models.opcodes import IllegalOpcodes, check_eager
 from llmcpu.specials import BOS_ID, EOS_ID, PAD_ID, UNK_ID
 

@@ -24,12 +24,13 @@ from collections.abc import Callable
 
 import ml_collections
 
-from llmcpu import checkpoints, compilers, crosseval, experiment, fs, toolchain
+from llmcpu import compilers, crosseval, experiment, fs, toolchain
 from llmcpu.crosseval.intervals import mean_std
 from llmcpu.crosseval.library import Library
 from llmcpu.errors import Stopped, UserError
 from llmcpu.porting import runner
 from llmcpu.porting.transplant import translation_cost
+from llmcpu.training import checkpoints
 
 ALL_METHODS = ("translate", *runner.METHODS)  # translate: evaluated, never written
 CLOSES = (0.5, 0.9, 0.99)

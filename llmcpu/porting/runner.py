@@ -18,10 +18,11 @@ from collections.abc import Callable
 import ml_collections
 from flax import nnx
 
-from llmcpu import checkpoints, compilers, fs, models, trainer
-from llmcpu.config import checkpoint_config
+from llmcpu import compilers, fs, models
 from llmcpu.errors import UserError
 from llmcpu.porting.transplant import transplant, vocab_params
+from llmcpu.training import checkpoints, trainer
+from llmcpu.training.run_config import checkpoint_config
 
 TRAINED = ("relearn", "finetune", "scratch")
 METHODS = ("align", "fvt", *TRAINED)  # what writes a checkpoint; "translate" is evaluated, not written

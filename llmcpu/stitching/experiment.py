@@ -19,11 +19,12 @@ from collections.abc import Callable
 import ml_collections
 import numpy as np
 
-from llmcpu import checkpoints, compilers, experiment, fs
+from llmcpu import compilers, experiment, fs
 from llmcpu.crosseval import intervals
 from llmcpu.crosseval.library import Library
 from llmcpu.errors import Stopped, UserError
 from llmcpu.stitching import score, swap
+from llmcpu.training import checkpoints
 
 
 def swap_experiment_config(preset: str = "tiny") -> ml_collections.ConfigDict:

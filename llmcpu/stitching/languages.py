@@ -26,9 +26,10 @@ from collections.abc import Callable
 import ml_collections
 import numpy as np
 
-from llmcpu import checkpoints, compilers, experiment, fs
+from llmcpu import compilers, experiment, fs
 from llmcpu.errors import Stopped, UserError
 from llmcpu.stitching import analogies, closed_form, readout, states
+from llmcpu.training import checkpoints
 
 
 def languages_config(preset: str = "tiny") -> ml_collections.ConfigDict:

@@ -22,14 +22,15 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from llmcpu import checkpoints, fs, models, toolchain, trainer
+from llmcpu import fs, models, toolchain
 from llmcpu.compilers import Compiler
-from llmcpu.config import base_config
 from llmcpu.crosseval import intervals
 from llmcpu.errors import UserError
 from llmcpu.specials import EOS_ID, PAD_ID
 from llmcpu.stitching import closed_form, states, text_metrics
 from llmcpu.stitching.swap import encoder_config_of
+from llmcpu.training import checkpoints, trainer
+from llmcpu.training.run_config import base_config
 
 TRAINABLE = r"^prefix/,^decoder/,^embed/,^head/"  # the readout learns; A's encoder (encoder_embed, encoder) is frozen
 ALIGNMENTS = ("none", "procrustes", "relative")

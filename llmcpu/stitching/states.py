@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from llmcpu.models.models import Encoder
+from llmcpu.models.architectures import Encoder
 from llmcpu.specials import EOS_ID, PAD_ID
 
 

@@ -27,10 +27,11 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from llmcpu import checkpoints, fs, toolchain, trainer
-from llmcpu.config import checkpoint_config
+from llmcpu import fs, toolchain
 from llmcpu.errors import UserError
 from llmcpu.stitching import anchors, closed_form, states
+from llmcpu.training import checkpoints, trainer
+from llmcpu.training.run_config import checkpoint_config
 
 CLOSED_FORM = ("lstsq", "procrustes")
 TRAINED = ("stitch", "stitch_xattn")

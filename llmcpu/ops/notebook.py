@@ -18,7 +18,7 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import IO
 
-from llmcpu.launch import LIBTPU_RELEASES, jax_pin
+from llmcpu.ops.launch import LIBTPU_RELEASES, jax_pin
 
 RUNTIMES = ("cpu", "gpu", "tpu")
 # The experiment each runtime runs when the notebook names none: the quickstart takes ~4 min on 2 host cores (a Colab

@@ -17,11 +17,12 @@ import numpy as np
 import pytest
 from conftest import prose_corpus, tiny_config
 
-from llmcpu import compilers, loss, toolchain, trainer
+from llmcpu import compilers, toolchain
 from llmcpu.data import compiled
 from llmcpu.data.pipeline import Pipeline
 from llmcpu.errors import UserError
 from llmcpu.specials import EOS_ID, FIRST_REGULAR_ID
+from llmcpu.training import loss, trainer
 
 BYTE_PIECE = re.compile(r"<0x[0-9A-F]{2}>")
 

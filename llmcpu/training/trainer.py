@@ -1,10 +1,10 @@
 """One trainer for all three CPUs: compiled data → objective → jitted step over a mesh (or pmap) → checkpoints.
 
-``train(config, workdir)`` runs (or resumes) a run described by a config from ``llmcpu.config``. The step is a
-pure function of ``(state, batch)`` where ``state = {params, opt_state, rest, step}`` holds NNX ``State``s; the
-model's graph definition is split off once. Step n+1 is dispatched before step n's metrics are read, so the host
-(data, logging) overlaps the device. SIGTERM/SIGINT (or a caller's ``should_stop``) save a checkpoint and return;
-rerunning resumes with the data position restored, giving the same bits as an uninterrupted run. With several
+``train(config, workdir)`` runs (or resumes) a run described by a config from ``llmcpu.training.run_config``.
+The step is a pure function of ``(state, batch)`` where ``state = {params, opt_state, rest, step}`` holds NNX
+``State``s; the model's graph definition is split off once. Step n+1 is dispatched before step n's metrics are read, so
+the host (data, logging) overlaps the device. SIGTERM/SIGINT (or a caller's ``should_stop``) save a checkpoint and
+return; rerunning resumes with the data position restored, giving the same bits as an uninterrupted run. With several
 processes a signal may reach only one of them: each process's stop request rides in its rows of the next batch, the
 step sums it in the all-reduce it already does for the gradients, and every process reads the answer with that
 step's figures, so all save the same step (one or two steps after the request) and return.
@@ -29,13 +29,14 @@ import numpy as np
 import optax
 from flax import nnx
 
-from llmcpu import checkpoints, compilers, fs, loss, metrics, models, parallel, placement, toolchain
-from llmcpu.config import check_ranges
+from llmcpu import compilers, fs, models, toolchain
 from llmcpu.data import compiled
 from llmcpu.data import objectives as obj
 from llmcpu.data.pipeline import Pipeline
 from llmcpu.errors import UserError
-from llmcpu.optim import make_optimizer
+from llmcpu.training import checkpoints, loss, parallel, placement, writer
+from llmcpu.training.optim import make_optimizer
+from llmcpu.training.run_config import check_ranges
 
 # ------------------------------------------------------------------------------------------------- configuration
 
@@ -391,7 +392,7 @@ class Trainer:
     self.state = self.placement.to_devices(state)
     self._train_step, self._eval_step = self.placement.compile(train_step, eval_step, self.state)
     self.saved = self.mngr.latest_step()  # the step on disk (or being written): saving it again would raise
-    self.writer = metrics.MetricWriter(setup.workdir, enabled=self.lead)
+    self.writer = writer.MetricWriter(setup.workdir, enabled=self.lead)
     peak = t.peak_tflops * 1e12 or parallel.measure_matmul_peak(setup.model_config.compute_dtype) * len(jax.devices())
     self.meter = _Meter(setup.tokens_per_step, _flops_per_step(setup), peak)
     self.profile = _Profile(t.profile_start, t.profile_steps, fs.join(setup.workdir, "tensorboard"), self.lead)
@@ -400,7 +401,7 @@ class Trainer:
     self.stop_rows = {a: self.placement.batch({"stop": np.full((rows, 1), a, np.float32)})["stop"] for a in (0, 1)}
     self.agreed = False  # some process asked to stop: read from a step's figures, hence the same on every process
     self.window: list[dict] = []
-    self.progress = metrics.Progress(t.steps, self.start)
+    self.progress = writer.Progress(t.steps, self.start)
 
   # ------------------------------------------------------------------------------------------- state
 

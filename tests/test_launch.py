@@ -12,8 +12,8 @@ import tempfile
 
 import pytest
 
-from llmcpu import launch
 from llmcpu.errors import UserError
+from llmcpu.ops import launch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "scripts", "tpu_vm.py")

@@ -1,10 +1,10 @@
 """Where a training run's state, batches and step live: ``jit`` over a device mesh, or ``pmap``, behind one interface,
 so the training loop has no parallelism branches.
 
-``Mesh``: parameters (trainable and frozen) laid out by the models' logical axes, optimizer moments like their
+``MeshPlacement``: parameters (trainable and frozen) laid out by the models' logical axes, optimizer moments like their
 parameters, counters replicated; batches sharded over (data, fsdp); one jitted step with the state donated.
-``Pmap``: the same step under ``jax.pmap``, the state replicated per local device, batches split per device; the
-state is saved and returned as one copy.
+``PmapPlacement``: the same step under ``jax.pmap``, the state replicated per local device, batches split per
+device; the state is saved and returned as one copy.
 """
 
 from __future__ import annotations
@@ -15,13 +15,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.sharding import Mesh as DeviceMesh
+from jax.sharding import Mesh
 
-from llmcpu import models, parallel
+from llmcpu import models
+from llmcpu.training import parallel
 
 
 class Placement:
-  """The interface; see ``Mesh`` and ``Pmap``."""
+  """The interface; see ``MeshPlacement`` and ``PmapPlacement``."""
 
   axis_name: str | None = None  # the step's collective axis (pmap), None where XLA inserts the collectives (jit)
 
@@ -64,8 +65,8 @@ def host_state(params, frozen, rest, tx: optax.GradientTransformation) -> dict:
   return _state(params, frozen, rest, tx.init(params), jnp.zeros((), jnp.int32))
 
 
-class Mesh(Placement):
-  def __init__(self, mesh: DeviceMesh, *, fsdp: bool):
+class MeshPlacement(Placement):
+  def __init__(self, mesh: Mesh, *, fsdp: bool):
     self.mesh = mesh
     self.rules = models.logical_axis_rules(fsdp=fsdp)
     self.replicated = parallel.replicated(mesh)
@@ -100,7 +101,7 @@ class Mesh(Placement):
     return "jit, mesh " + " × ".join(f"{name} {size}" for name, size in self.mesh.shape.items())
 
 
-class Pmap(Placement):
+class PmapPlacement(Placement):
   axis_name = "batch"
 
   def init(self, params, frozen, rest, tx):
@@ -126,5 +127,5 @@ class Pmap(Placement):
     return "pmap"
 
 
-def create(parallelism: str, mesh: DeviceMesh, *, fsdp: bool) -> Placement:
-  return Mesh(mesh, fsdp=fsdp) if parallelism == "jit" else Pmap()
+def create(parallelism: str, mesh: Mesh, *, fsdp: bool) -> Placement:
+  return MeshPlacement(mesh, fsdp=fsdp) if parallelism == "jit" else PmapPlacement()

@@ -254,8 +254,9 @@ def load_model(path: str):
   import ml_collections
   from flax import nnx
 
-  from llmcpu import models, placement
-  from llmcpu.optim import make_optimizer
+  from llmcpu import models
+  from llmcpu.training import placement
+  from llmcpu.training.optim import make_optimizer
 
   meta = load_meta(path)
   compiler = load_compiler(meta)

@@ -10,7 +10,7 @@ Attribute names other code relies on (porting, swapping, sharding):
   ``illegal_opcodes``  the ``IllegalOpcodes`` counter.
 Logits are float32 whatever the compute dtype. ``hidden(...)`` (same arguments as ``__call__``) gives the final
 hidden states and ``head_kernel()`` the output projection, so a loss can apply the head a chunk at a time
-(``llmcpu.loss.chunked_sums``) instead of materialising the [B, L, V] logits.
+(``llmcpu.training.loss.chunked_sums``) instead of materialising the [B, L, V] logits.
 """
 
 from __future__ import annotations
