@@ -74,9 +74,7 @@ def test_notebook_shape():
   for name in ("RUNTIME", "WORKDIR", "CONFIG", "OVERRIDES", "INSTALL", "REPO_URL"):
     assert re.search(rf"^{name} = .*# @param", code[0], re.M), name  # a Colab form field
   assert text.count("github.com") == 1 and code[0].count(REPO_URL) == 1  # a fork changes one line
-  assert not re.search(
-    r"^\s*(import|from) jax", text, re.M
-  )  # the kernel never imports jax (llmcpu/ops/notebook.py)
+  assert not re.search(r"^\s*(import|from) jax", text, re.M)  # the kernel never imports jax (llmcpu/ops/notebook.py)
   assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code")  # committed without outputs
   readme = open(os.path.join(ROOT, "README.md")).read()
   (badge,) = re.findall(r"https://colab\.research\.google\.com/github/llmcpu/llmcpu/blob/main/(\S+?\.ipynb)", readme)
