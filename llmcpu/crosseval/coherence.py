@@ -36,10 +36,10 @@ import re
 from collections.abc import Sequence
 
 import numpy as np
-from sacrebleu.metrics import CHRF
 
 from llmcpu.crosseval import intervals
 from llmcpu.crosseval.judge import ByteJudge
+from llmcpu.metrics import text as text_metrics
 
 UNIFORM_BITS = 8.0  # bits per byte of the uniform distribution over bytes
 MIN_REFERENCE_CHARS = 32
@@ -92,19 +92,6 @@ def lexical_validity(texts: Sequence[str], lexicon: set[str]) -> float:
   """Share of all words of ``texts`` found in ``lexicon`` (0 when there are no words)."""
   ws = [w for t in texts for w in words(t)]
   return sum(w in lexicon for w in ws) / len(ws) if ws else 0.0
-
-
-def chrf(hypotheses: Sequence[str], references: Sequence[str]) -> float:
-  """Corpus chrF (sacrebleu, 0–100)."""
-  if not hypotheses:
-    return 0.0
-  return float(CHRF().corpus_score(list(hypotheses), [list(references)]).score)
-
-
-def exact_match(answers: Sequence[str], targets: Sequence[str]) -> float:
-  if not answers:
-    return 0.0
-  return sum(a.strip() == t.strip() for a, t in zip(answers, targets, strict=True)) / len(answers)
 
 
 _NUMBER_WORD = r"(?:zero|one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|thirteen|fourteen|fifteen|"
@@ -260,13 +247,9 @@ PROGRAM_COLUMNS = ("exact", "well_formed", "answers")
 
 def program_table(answers: Sequence[str], targets: Sequence[str], tasks: Sequence[str | None]) -> np.ndarray:
   """Per prompt: exact match, well-formed, 1."""
-  return np.array(
-    [
-      [float(a.strip() == t.strip()), float(well_formed(task, a)), 1.0]
-      for a, t, task in zip(answers, targets, tasks, strict=True)
-    ],
-    np.float64,
-  ).reshape(-1, 3)
+  formed = [float(well_formed(task, a)) for a, task in zip(answers, tasks, strict=True)]
+  columns = [text_metrics.exact_match_items(answers, targets), np.array(formed, np.float64), np.ones(len(formed))]
+  return np.stack(columns, axis=1).reshape(-1, 3)
 
 
 def program_figures(sums: np.ndarray) -> dict[str, np.ndarray]:

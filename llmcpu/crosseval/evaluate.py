@@ -30,6 +30,7 @@ from llmcpu.data import objectives as obj
 from llmcpu.data.compiled import CompiledSplit
 from llmcpu.data.pipeline import Pipeline, bytes_per_token
 from llmcpu.errors import UserError
+from llmcpu.metrics import text as text_metrics
 from llmcpu.training import checkpoints
 
 
@@ -268,9 +269,9 @@ class ModelEvaluator:
     out: dict = {"prompts": len(prompts.ids), "prompts_truncated": truncated}
     out.update(self.judge(prompts, corpus_name, comp, greedy, sampled))
     if prompts.kind == "programs":
-      out["exact_match_eval_reading"] = coherence.exact_match(greedy_foreign, prompts.references)
+      out["exact_match_eval_reading"] = text_metrics.exact_match(greedy_foreign, prompts.references)
     else:
-      out["chrf_eval_reading"] = coherence.chrf(greedy_foreign, coherence.references(greedy, prompts.references))
+      out["chrf_eval_reading"] = text_metrics.chrf(greedy_foreign, coherence.references(greedy, prompts.references))
     if native and opt.shuffled_prompts:
       shuffled = prompts.shuffled(opt.seed)
       s_greedy, s_sampled, _, _ = generate(shuffled)
@@ -288,19 +289,19 @@ class ModelEvaluator:
     if prompts.kind == "programs":
       table = coherence.program_table(greedy, prompts.references, prompts.tasks)
       out = coherence.assess(table, "programs", seed=self.opt.seed, keys=_SUMMARY_FIGURES)
-      by_task: dict[str, list[bool]] = {}
-      for task, a, t in zip(prompts.tasks, greedy, prompts.references, strict=True):
-        by_task.setdefault(task or "all", []).append(a.strip() == t.strip())
-      out["exact_match_sampled"] = coherence.exact_match(sampled, prompts.references)
+      by_task: dict[str, list[float]] = {}
+      for task, hit in zip(prompts.tasks, text_metrics.exact_match_items(greedy, prompts.references), strict=True):
+        by_task.setdefault(task or "all", []).append(hit)
+      out["exact_match_sampled"] = text_metrics.exact_match(sampled, prompts.references)
       out["exact_match_by_task"] = {k: float(np.mean(v)) for k, v in sorted(by_task.items())}
       out["exact_match_ci"] = out["relevance_ci"]
-      out["chrf"] = coherence.chrf(greedy, prompts.references)
+      out["chrf"] = text_metrics.chrf(greedy, prompts.references)
       return out
     judge, lexicon = self.lib.judge(corpus_name, comp, self.opt.train_split)
     table = coherence.prose_table(judge, lexicon, prompts.texts, [greedy, sampled], prompts.references)
     out = coherence.assess(table, "prose", seed=self.opt.seed)
     gens = [*greedy, *sampled]
-    out["chrf"] = coherence.chrf(gens, coherence.references(gens, prompts.references * 2))
+    out["chrf"] = text_metrics.chrf(gens, coherence.references(gens, prompts.references * 2))
     out["empty_generations"] = sum(not g for g in gens)
     return out
 

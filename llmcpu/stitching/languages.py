@@ -28,6 +28,7 @@ import numpy as np
 
 from llmcpu import compilers, experiment, fs
 from llmcpu.errors import Stopped, UserError
+from llmcpu.metrics import text as text_metrics
 from llmcpu.stitching import analogies, closed_form, readout, states
 from llmcpu.training import checkpoints
 
@@ -190,7 +191,7 @@ class _World:
       }
       for query, vectors in queries.items():
         read = readout.read(absolute, vectors.astype(np.float32), comp, self.length)
-        decoded = np.array([r.strip() == a.answer.strip() for r, a in zip(read, items, strict=True)], np.float64)
+        decoded = text_metrics.exact_match_items(read, [a.answer for a in items])
         top1 = np.array(
           [
             analogies.nearest(v, reader_space, [index[a.a], index[a.b], index[a.c]]) == index[a.answer]

@@ -26,8 +26,9 @@ from llmcpu import fs, models, toolchain
 from llmcpu.compilers import Compiler
 from llmcpu.crosseval import intervals
 from llmcpu.errors import UserError
+from llmcpu.metrics import text as text_metrics
 from llmcpu.specials import EOS_ID, PAD_ID
-from llmcpu.stitching import closed_form, states, text_metrics
+from llmcpu.stitching import closed_form, states
 from llmcpu.stitching.swap import encoder_config_of
 from llmcpu.training import checkpoints, trainer
 from llmcpu.training.run_config import base_config

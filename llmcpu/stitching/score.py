@@ -21,6 +21,7 @@ from llmcpu.crosseval.library import Library
 from llmcpu.data import compiled
 from llmcpu.data.pipeline import Pipeline
 from llmcpu.errors import UserError
+from llmcpu.metrics import text as text_metrics
 
 
 def _round_up(n: int, k: int = 8) -> int:
@@ -116,7 +117,7 @@ def score(
   answers, _, truncated = generation.generate_texts(
     model, batch, "encoder_decoder", width, answer_tokens, writes, writes, temperature=0.0
   )
-  hits = np.array([a.strip() == r.strip() for a, r in zip(answers, batch.references, strict=True)], np.float64)
+  hits = text_metrics.exact_match_items(answers, batch.references)
   em_ci = intervals.bootstrap(np.stack([hits, np.ones_like(hits)], 1), intervals.ratio(0, 1), seed=seed)
   return figures | {
     "exact_match": float(hits.mean()) if len(hits) else None,

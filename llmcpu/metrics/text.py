@@ -1,12 +1,14 @@
-"""How well a decoder reconstructs text from one embedding, in the figures vec2text (Morris et al. 2023) reports.
+"""Text metrics over paired hypotheses and references: the one implementation of each (exact match, chrF, BLEU, token
+F1), read by the cross-evaluation (``llmcpu.crosseval``) and the stitching scores (``llmcpu.stitching``).
 
-vec2text reports, per evaluation set: BLEU as the *mean of per-pair* sacrebleu scores (``bleu_items``; its
+They include the figures vec2text (Morris et al. 2023) reports for a decoder reconstructing text from one embedding,
+per evaluation set: BLEU as the *mean of per-pair* sacrebleu scores (``bleu_items``; its
 ``bleu_score``), token-set F1 over nltk word tokens, exact match, and the cosine between the embeddings of the
 reconstruction and of the original. Here:
 
 * ``bleu``         corpus BLEU (sacrebleu defaults, one reference per hypothesis); ``bleu_items`` the per-pair scores,
                    each a one-pair corpus BLEU exactly as vec2text computes them (no effective order).
-* ``chrf``         corpus chrF, ``llmcpu.crosseval.coherence.chrf`` (the cross-evaluation's own).
+* ``chrf``         corpus chrF (sacrebleu defaults, 0–100).
 * ``token_f1``     mean over pairs of the F1 of whitespace tokens counted as multisets (a repeated word must be
                    reconstructed as often as it occurs); ``sets=True`` gives vec2text's set version, on whitespace
                    tokens rather than nltk's.
@@ -24,7 +26,7 @@ from collections import Counter
 from collections.abc import Sequence
 
 import numpy as np
-from sacrebleu.metrics import BLEU
+from sacrebleu.metrics import BLEU, CHRF
 
 EPS = 1e-12  # norm floor: a zero row has cosine 0
 
@@ -48,11 +50,10 @@ def bleu_items(hyps: Sequence[str], refs: Sequence[str]) -> np.ndarray:
   return np.array([metric.corpus_score([h], [[r]]).score for h, r in zip(hyps, refs, strict=True)], np.float64)
 
 
-def chrf(hyps: Sequence[str], references: Sequence[str]) -> float:
-  """Corpus chrF (0–100): ``llmcpu.crosseval.coherence.chrf``, imported on call (that package loads JAX)."""
-  from llmcpu.crosseval.coherence import chrf as coherence_chrf
-
-  return coherence_chrf(*_checked(hyps, references))
+def chrf(hyps: Sequence[str], refs: Sequence[str]) -> float:
+  """Corpus chrF (sacrebleu, 0–100; 0 for an empty corpus)."""
+  hyps, refs = _checked(hyps, refs)
+  return float(CHRF().corpus_score(hyps, [refs]).score) if hyps else 0.0
 
 
 def _f1(hyp: str, ref: str, sets: bool) -> float:
