@@ -24,8 +24,8 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   from llmcpu.porting import runner
 
-  runner.run(_CONFIG.value, cli.workdir_path(_WORKDIR.value), log=cli.log)
+  runner.port_checkpoint(_CONFIG.value, cli.workdir_path(_WORKDIR.value), log=cli.log)
 
 
 if __name__ == "__main__":
-  cli.run(main)
+  cli.run_script(main)

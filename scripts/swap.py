@@ -26,8 +26,8 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   from llmcpu.stitching import swap
 
-  swap.run(_CONFIG.value, cli.workdir_path(_WORKDIR.value), log=cli.log)
+  swap.swap_encoder(_CONFIG.value, cli.workdir_path(_WORKDIR.value), log=cli.log)
 
 
 if __name__ == "__main__":
-  cli.run(main)
+  cli.run_script(main)

@@ -73,9 +73,9 @@ def test_chunked_sums_match_float64_numpy(chunk):
   x["weights"] = x["weights"].at[1, 2].set(1.0)
   got = jax.device_get(jax.jit(lambda x: chunked(x, chunk))(x))
   want = numpy_sums(x)
-  assert set(got) == set(loss.SUM_KEYS)
+  assert set(got) == set(loss.METRIC_SUM_KEYS)
   assert want["correct"] >= 1 and want["bpb_nll"] > 0
-  for key in loss.SUM_KEYS:
+  for key in loss.METRIC_SUM_KEYS:
     assert float(got[key]) == pytest.approx(want[key], rel=1e-5), key
 
 
@@ -185,7 +185,7 @@ def test_batch_sums_match_the_full_logits_path(arch, overrides):
 
   step = jax.jit(jax.grad(loss_fn, has_aux=True), static_argnums=1)
   (g_chunked, s_chunked), (g_full, s_full) = step(params, "chunked"), step(params, "full")
-  for key in loss.SUM_KEYS:
+  for key in loss.METRIC_SUM_KEYS:
     assert float(s_chunked[key]) == pytest.approx(float(s_full[key]), rel=1e-5), key
   flat_c, flat_f = nnx.to_flat_state(g_chunked), nnx.to_flat_state(g_full)
   for (path, gc), (_, gf) in zip(flat_c, flat_f, strict=True):
@@ -197,4 +197,4 @@ def test_finalize_on_hand_made_sums():
   assert loss.finalize(sums) == pytest.approx({"loss": 1.5, "accuracy": 0.75, "bits_per_byte": 2.0})
   # No bytes (e.g. an objective without content targets): no bits per byte; no weight: no division by zero.
   assert loss.finalize(dict(sums, bytes=0.0)) == pytest.approx({"loss": 1.5, "accuracy": 0.75})
-  assert loss.finalize({k: 0.0 for k in loss.SUM_KEYS}) == {"loss": 0.0, "accuracy": 0.0}
+  assert loss.finalize({k: 0.0 for k in loss.METRIC_SUM_KEYS}) == {"loss": 0.0, "accuracy": 0.0}

@@ -236,7 +236,9 @@ def test_align_onto_a_permuted_copy_runs_as_the_source_with_zero_tokens(source, 
   from llmcpu.training import checkpoints
 
   compile_dir, src = source
-  result = runner.run(port_config(src, to_isa="bpe:600+perm:1", method="align"), str(tmp_path), log=lambda _: None)
+  result = runner.port_checkpoint(
+    port_config(src, to_isa="bpe:600+perm:1", method="align"), str(tmp_path), log=lambda _: None
+  )
   assert result.step == 0
   meta = checkpoints.load_meta(str(tmp_path))
   assert meta["isa_name"] == "bpe600-perm1" and meta["provenance"]["method"] == "align"
@@ -254,10 +256,10 @@ def test_relearn_changes_only_the_vocabulary_and_resumes_bit_identically(source,
 
   _, src = source
   config = port_config(src, save_at="0,2")
-  first = runner.run(config, str(tmp_path / "a"), should_stop=lambda step: step == 3, log=lambda _: None)
+  first = runner.port_checkpoint(config, str(tmp_path / "a"), should_stop=lambda step: step == 3, log=lambda _: None)
   assert first.stopped == "preempted" and first.step == 3
-  runner.run(config, str(tmp_path / "a"), log=lambda _: None)
-  runner.run(config, str(tmp_path / "b"), log=lambda _: None)
+  runner.port_checkpoint(config, str(tmp_path / "a"), log=lambda _: None)
+  runner.port_checkpoint(config, str(tmp_path / "b"), log=lambda _: None)
   before = named_params(checkpoints.load_model(src)[0])
   resumed, meta, compiler = checkpoints.load_model(str(tmp_path / "a"))
   after, whole = named_params(resumed), named_params(checkpoints.load_model(str(tmp_path / "b"))[0])
@@ -285,7 +287,7 @@ def test_bad_ports_are_one_line_and_write_nothing(source, tmp_path, overrides, p
   from llmcpu.porting import runner
 
   with pytest.raises(UserError, match=pattern):
-    runner.run(port_config(source[1], **overrides), str(tmp_path / "out"), log=lambda _: None)
+    runner.port_checkpoint(port_config(source[1], **overrides), str(tmp_path / "out"), log=lambda _: None)
   assert not (tmp_path / "out" / "checkpoints").exists()
 
 

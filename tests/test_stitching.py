@@ -59,7 +59,7 @@ def test_a_swap_of_an_encoder_for_itself_is_the_native_cpu(cpus, tmp_path):
   from llmcpu.stitching import swap
 
   compile_dir, a, *_ = cpus
-  swap.run(swap_config(a, a, variant="zero_shot"), str(tmp_path), log=lambda _: None)
+  swap.swap_encoder(swap_config(a, a, variant="zero_shot"), str(tmp_path), log=lambda _: None)
   swapped, meta, _ = checkpoints.load_model(str(tmp_path))
   native, _, _ = checkpoints.load_model(a)
   assert meta["input_isa_name"] == "bpe600" and meta["provenance"]["variant"] == "zero_shot"
@@ -82,7 +82,7 @@ def test_closed_form_stitches_equal_numpy_on_the_same_anchors(cpus, tmp_path):
   stitches = {}
   for variant in ("lstsq", "procrustes"):
     config = swap_config(a, b, variant=variant)
-    swap.run(config, str(tmp_path / variant), log=lambda _: None)
+    swap.swap_encoder(config, str(tmp_path / variant), log=lambda _: None)
     model, meta, _ = checkpoints.load_model(str(tmp_path / variant))
     stitches[variant] = (np.asarray(model.stitch.kernel[...]), np.asarray(model.stitch.bias[...]))
     assert meta["provenance"]["anchors"]["pairs"] > 64
@@ -106,10 +106,10 @@ def test_training_the_stitch_changes_nothing_else_and_resumes_bit_identically(cp
 
   compile_dir, a, b, *_ = cpus
   config = swap_config(a, b, save_at="0,2")
-  first = swap.run(config, str(tmp_path / "a"), should_stop=lambda step: step == 3, log=lambda _: None)
+  first = swap.swap_encoder(config, str(tmp_path / "a"), should_stop=lambda step: step == 3, log=lambda _: None)
   assert first.stopped == "preempted"
-  swap.run(config, str(tmp_path / "a"), log=lambda _: None)
-  swap.run(config, str(tmp_path / "b"), log=lambda _: None)
+  swap.swap_encoder(config, str(tmp_path / "a"), log=lambda _: None)
+  swap.swap_encoder(config, str(tmp_path / "b"), log=lambda _: None)
   resumed, whole = (named_params(checkpoints.load_model(str(tmp_path / d))[0]) for d in ("a", "b"))
   src_a, src_b = named_params(checkpoints.load_model(a)[0]), named_params(checkpoints.load_model(b)[0])
   expected = {
@@ -130,7 +130,7 @@ def test_an_mlm_encoder_swaps_in(cpus, tmp_path):
   from llmcpu.stitching import swap
 
   compile_dir, a, *_, mlm = cpus
-  swap.run(swap_config(a, mlm, variant="procrustes"), str(tmp_path), log=lambda _: None)
+  swap.swap_encoder(swap_config(a, mlm, variant="procrustes"), str(tmp_path), log=lambda _: None)
   model, meta, _ = checkpoints.load_model(str(tmp_path))
   assert meta["provenance"]["encoder"]["arch"] == "encoder" and model.config.encoder_config.arch == "encoder"
   kernel = np.asarray(model.stitch.kernel[...])
@@ -142,7 +142,7 @@ def test_stitch_and_cross_attention_train_together(cpus, tmp_path):
   from llmcpu.stitching import swap
 
   _, a, b, *_ = cpus
-  swap.run(swap_config(a, b, variant="stitch_xattn", steps=2), str(tmp_path), log=lambda _: None)
+  swap.swap_encoder(swap_config(a, b, variant="stitch_xattn", steps=2), str(tmp_path), log=lambda _: None)
   after, src_a = named_params(checkpoints.load_model(str(tmp_path))[0]), named_params(checkpoints.load_model(a)[0])
   changed = {
     k for k, v in after.items() if k in src_a and not k.startswith("encoder") and not np.array_equal(v, src_a[k])
@@ -172,7 +172,7 @@ def test_bad_swaps_are_one_line_and_write_nothing(cpus, tmp_path):
   ]
   for i, (config, pattern) in enumerate(cases):
     with pytest.raises(UserError, match=pattern):
-      swap.run(config, str(tmp_path / f"out{i}"), log=lambda _: None)
+      swap.swap_encoder(config, str(tmp_path / f"out{i}"), log=lambda _: None)
     assert not (tmp_path / f"out{i}" / "checkpoints").exists()
 
 

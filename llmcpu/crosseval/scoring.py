@@ -45,7 +45,7 @@ from llmcpu.crosseval import intervals
 from llmcpu.data.compiled import CompiledSplit
 from llmcpu.training import loss
 
-SUM_KEYS = ("nll", "tokens", "bytes", "correct", "unigram_bits", "illegal_targets", "illegal_inputs")
+PASS_SUM_KEYS = ("nll", "tokens", "bytes", "correct", "unigram_bits", "illegal_targets", "illegal_inputs")
 DOC_KEYS = ("nll", "bytes", "unigram_bits")  # per-document sums, for intervals over documents
 
 
@@ -100,7 +100,7 @@ def run_pass(sums_fn, params, rest, batches, unk_share: float, unigram_bits: np.
     targets = b["decoder_targets"] if "decoder_targets" in b else b["targets"]
     host.append((docs, tbytes, targets))
     outs.append(sums_fn(params, rest, b, share))
-  total = dict.fromkeys(SUM_KEYS, 0.0)
+  total = dict.fromkeys(PASS_SUM_KEYS, 0.0)
   per_doc = {k: np.zeros(num_docs) for k in DOC_KEYS}
   for (docs, tbytes, targets), out in zip(host, jax.device_get(outs), strict=True):
     scored = docs >= 0

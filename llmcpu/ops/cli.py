@@ -120,7 +120,7 @@ def define_config(default: str, help_string: str) -> flags.FlagHolder:
   """``config_flags.DEFINE_config_file("config", default)``: ``--config`` may be left out.
 
   config_flags loads a default file, and defines its ``--config.key`` overrides, as the flag is defined (on import,
-  before ``run``): a bad override there is the same one ``error:`` line and exit status 2 as in ``parse_flags``.
+  before ``run_script``): a bad override there is the same one ``error:`` line and exit status 2 as in ``parse_flags``.
   """
   try:
     return config_flags.DEFINE_config_file("config", default, help_string)
@@ -148,6 +148,6 @@ def _bad_flags(e: Exception) -> NoReturn:
   sys.exit(2)
 
 
-def run(main: Callable) -> None:
+def run_script(main: Callable) -> None:
   """``app.run`` with one-line errors for bad flags and UserErrors."""
   app.run(user_errors(main), flags_parser=parse_flags)

@@ -11,7 +11,7 @@
 
 from llmcpu.porting.transplant import (
   COUNT_KEYS,
-  METHODS,
+  ROW_METHODS,
   RowPlan,
   align_rows,
   check_portable,
@@ -26,7 +26,7 @@ from llmcpu.porting.transplant import (
 
 __all__ = [
   "COUNT_KEYS",
-  "METHODS",
+  "ROW_METHODS",
   "RowPlan",
   "align_rows",
   "check_portable",

@@ -32,7 +32,7 @@ from llmcpu.porting import runner
 from llmcpu.porting.transplant import translation_cost
 from llmcpu.training import checkpoints
 
-ALL_METHODS = ("translate", *runner.METHODS)  # translate: evaluated, never written
+ALL_METHODS = ("translate", *runner.PORT_METHODS)  # translate: evaluated, never written
 CLOSES = (0.5, 0.9, 0.99)
 
 
@@ -140,7 +140,7 @@ def _port(exp, workdir: str, curve: Curve, budgets: list[int], log: Callable) ->
   config.update(save_at=",".join(map(str, budgets)), compile_dir="", learning_rate=exp.port_learning_rate)
   log(f"== port {curve.arch} {curve.source.name} → {curve.target.name} by {curve.method} (seed {curve.seed})")
   fs.makedirs(path)
-  result = runner.run(config, path, log=log)
+  result = runner.port_checkpoint(config, path, log=log)
   if result.stopped != "done":
     raise Stopped(f"stopped at step {result.step} of a port; rerun the same command to continue")
 

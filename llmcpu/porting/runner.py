@@ -25,7 +25,7 @@ from llmcpu.training import checkpoints, trainer
 from llmcpu.training.run_config import checkpoint_config
 
 TRAINED = ("relearn", "finetune", "scratch")
-METHODS = ("align", "fvt", *TRAINED)  # what writes a checkpoint; "translate" is evaluated, not written
+PORT_METHODS = ("align", "fvt", *TRAINED)  # what writes a checkpoint; "translate" is evaluated, not written
 
 
 def port_config(config: ml_collections.ConfigDict, source_meta: dict) -> ml_collections.ConfigDict:
@@ -40,14 +40,14 @@ def port_config(config: ml_collections.ConfigDict, source_meta: dict) -> ml_coll
   c.train.learning_rate = config.learning_rate or c.train.learning_rate
   c.train.eval_every = 0  # a recovery curve evaluates the saved steps on ISA B's test split
   c.train.init_from = ""
-  c.train.trainable = ""  # relearn's pattern is set from the model (see run)
+  c.train.trainable = ""  # relearn's pattern is set from the model (see port_checkpoint)
   c.checkpoint.every = max(1, c.train.steps)
   c.checkpoint.at = config.save_at if config.method in TRAINED else ""  # align/fvt: step 0 is all there is
   c.checkpoint.keep = 0 if c.checkpoint.at else c.checkpoint.keep
   return c
 
 
-def run(
+def port_checkpoint(
   config: ml_collections.ConfigDict,
   workdir: str,
   *,
@@ -61,8 +61,8 @@ def run(
       "method translate changes no weights: it is the source CPU fed translated machine code; the porting "
       "experiment (configs/experiments/porting.py) evaluates it beside the others"
     )
-  if config.method not in METHODS:
-    raise UserError(f"unknown porting method {config.method!r}; choose one of translate, {', '.join(METHODS)}")
+  if config.method not in PORT_METHODS:
+    raise UserError(f"unknown porting method {config.method!r}; choose one of translate, {', '.join(PORT_METHODS)}")
   if not config.checkpoint:
     raise UserError("no source CPU: pass --config.checkpoint=RUN (a training workdir or checkpoint directory)")
   meta = checkpoints.load_meta(config.checkpoint)  # refuses a checkpoint that carries no ISA

@@ -1,6 +1,6 @@
 """Porting a CPU from ISA A to ISA B: rebuild its vocabulary-indexed parameters, copy the rest bit-exactly.
 
-Methods (``METHODS``), each a rule giving every id of B its row from A's table (embedding rows, head columns):
+Methods (``ROW_METHODS``), each a rule giving every id of B its row from A's table (embedding rows, head columns):
   ``fvt``    Fast Vocabulary Transfer (Gee et al. 2022): a piece of B gets the mean of A's rows of the ids A's
              compiler encodes the piece's text into.
   ``align``  a piece present in both ISAs (same piece string) keeps A's row bit-exactly; the rest get FVT. A pure
@@ -31,7 +31,7 @@ from llmcpu.compilers import Compiler
 from llmcpu.errors import UserError
 from llmcpu.models.trainable import path_name as _path_name
 
-METHODS = ("align", "fvt")
+ROW_METHODS = ("align", "fvt")
 META = "\u2581"  # SentencePiece's space marker: a piece "▁the" is the text " the"
 COUNT_KEYS = ("special", "copied", "byte", "fvt", "fallback")
 _BYTE_PIECE = re.compile(r"<0x([0-9A-F]{2})>")
@@ -72,8 +72,8 @@ class RowPlan:
 
 def plan_rows(compiler_a: Compiler, compiler_b: Compiler, method: str) -> RowPlan:
   """The ``RowPlan`` of ``method`` (``fvt`` or ``align``) from ISA A to ISA B."""
-  if method not in METHODS:
-    raise UserError(f"unknown porting method {method!r}; choose one of {', '.join(METHODS)}")
+  if method not in ROW_METHODS:
+    raise UserError(f"unknown porting method {method!r}; choose one of {', '.join(ROW_METHODS)}")
   first = specials.FIRST_REGULAR_ID
   sources: list[tuple[int, ...] | None] = [(i,) for i in range(first)] + [None] * (compiler_b.vocab_size - first)
   counts = dict.fromkeys(COUNT_KEYS, 0)

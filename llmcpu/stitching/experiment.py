@@ -126,7 +126,7 @@ def _swap(exp, workdir: str, cell: Cell, budgets: list[int], log: Callable) -> N
   )
   log(f"== swap: {_tag(cell)} by {cell.variant}")
   fs.makedirs(path)
-  result = swap.run(config, path, log=log)
+  result = swap.swap_encoder(config, path, log=log)
   if result.stopped != "done":
     raise Stopped(f"stopped at step {result.step} of a swap; rerun the same command to continue")
 

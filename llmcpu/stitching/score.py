@@ -75,6 +75,38 @@ def score(
   source = np.arange(test.num_docs)
   if shuffle:
     test, source = shuffled_inputs(test, seed)
+  figures = _bits_per_byte(
+    model,
+    writes,
+    lib,
+    name,
+    test,
+    input_length=input_length,
+    target_length=target_length,
+    batch_size=batch_size,
+    seed=seed,
+  )
+  if prompts <= 0:  # bits per byte only (span filling on prose: an exact answer is not the task)
+    return figures
+  raw = lib.raw_texts(name, writes, split)
+  inputs = [raw["input"][j] for j in source]
+  return figures | _exact_match(model, writes, test, inputs, raw["target"], prompts, answer_tokens, seed)
+
+
+def _bits_per_byte(
+  model,
+  writes: Compiler,
+  lib: Library,
+  name: str,
+  test: compiled.CompiledSplit,
+  *,
+  input_length: int,
+  target_length: int,
+  batch_size: int,
+  seed: int,
+) -> dict:
+  """Teacher-forced figures of ``model``'s answers on ``test`` (bits per byte and its interval, token accuracy),
+  and the per-document sums a paired penalty resamples."""
   pipe = Pipeline(
     test,
     objective="seq2seq",
@@ -94,8 +126,7 @@ def score(
   total, docs = scored["total"], scored["docs"]
   table = np.stack([docs["nll"], docs["bytes"]], axis=1)
   bpb_ci = intervals.bootstrap(table, intervals.ratio(0, 1, 1.0 / math.log(2)), seed=seed)
-
-  figures = {
+  return {
     "bits_per_byte": scoring.bits_per_byte(total["nll"], total["bytes"]),
     "bits_per_byte_ci": bpb_ci,
     "token_accuracy": total["correct"] / total["tokens"] if total["tokens"] else None,
@@ -108,18 +139,29 @@ def score(
     "docs_nll": docs["nll"].tolist(),
     "docs_bytes": docs["bytes"].tolist(),
   }
-  if prompts <= 0:  # bits per byte only (span filling on prose: an exact answer is not the task)
-    return figures
-  raw = lib.raw_texts(name, writes, split)
+
+
+def _exact_match(
+  model,
+  writes: Compiler,
+  test: compiled.CompiledSplit,
+  inputs: list[str],
+  targets: list[str],
+  prompts: int,
+  answer_tokens: int,
+  seed: int,
+) -> dict:
+  """Exact match of ``model``'s greedy answers to the first ``prompts`` documents of ``test`` (``inputs``: the raw
+  text each document is read after), with its interval over programs and three samples."""
   chosen = list(range(min(prompts, test.num_docs)))
-  batch = generation.program_prompts(test, [raw["input"][j] for j in source], raw["target"], chosen)
+  batch = generation.program_prompts(test, inputs, targets, chosen)
   width = _round_up(max(len(ids) for ids in batch.ids) + 2)
   answers, _, truncated = generation.generate_texts(
     model, batch, "encoder_decoder", width, answer_tokens, writes, writes, temperature=0.0
   )
   hits = text_metrics.exact_match_items(answers, batch.references)
   em_ci = intervals.bootstrap(np.stack([hits, np.ones_like(hits)], 1), intervals.ratio(0, 1), seed=seed)
-  return figures | {
+  return {
     "exact_match": float(hits.mean()) if len(hits) else None,
     "exact_match_ci": em_ci,
     "hits": hits.tolist(),

@@ -83,7 +83,7 @@ def _source(meta: dict, path: str) -> dict:
   }
 
 
-def run(
+def swap_encoder(
   config: ml_collections.ConfigDict,
   workdir: str,
   *,
@@ -120,7 +120,7 @@ def run(
   def initialize(model, setup: trainer.Setup) -> None:  # a fresh run only: a resumed one holds its stitch
     model_a, _, _ = checkpoints.load_model(config.decoder)
     model_b, _, _ = checkpoints.load_model(config.encoder)
-    transplant(model, model_a, model_b)
+    transplant_stacks(model, model_a, model_b)
     if config.variant in CLOSED_FORM:
       x, y = anchor_states(model_a, model_b, setup, config.anchor_docs, config.anchor_pairs, config.seed)
       fit = closed_form.fit_linear if config.variant == "lstsq" else closed_form.fit_procrustes
@@ -141,7 +141,7 @@ def run(
   )
 
 
-def transplant(model, model_a, model_b) -> None:
+def transplant_stacks(model, model_a, model_b) -> None:
   """A's token table, decoder (and untied head) and B's table and encoder stack, copied bit-exactly into ``model``."""
   for dst, src in (
     (model.embed, model_a.embed),

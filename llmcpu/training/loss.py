@@ -26,8 +26,9 @@ from jax.custom_derivatives import SymbolicZero
 
 from llmcpu.specials import is_content
 
-# The additive statistics of ``metric_sums``, in one place for everything that accumulates them.
-SUM_KEYS = ("nll", "weight", "bpb_nll", "bytes", "correct")
+# The additive statistics of ``metric_sums`` (weighted by the loss weights), in one place for everything that
+# accumulates them.
+METRIC_SUM_KEYS = ("nll", "weight", "bpb_nll", "bytes", "correct")
 
 
 # Float32 logits held per chunk by ``chunked_sums`` (8M = 32 MiB). Measured on the 2-core CPU (`small`'s training

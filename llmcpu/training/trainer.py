@@ -113,7 +113,7 @@ def make_steps(graphdef, tx, schedule, grad_accum: int, axis_name: str | None = 
         return (jax.tree.map(jnp.add, g_acc, g), jax.tree.map(jnp.add, s_acc, s), rest), None
 
       zeros = jax.tree.map(jnp.zeros_like, state["params"])
-      sums0 = {k: jnp.zeros((), jnp.float32) for k in loss.SUM_KEYS}
+      sums0 = {k: jnp.zeros((), jnp.float32) for k in loss.METRIC_SUM_KEYS}
       (grads, sums, rest), _ = jax.lax.scan(body, (zeros, sums0, state["rest"]), micro)
     if axis_name:
       grads = reduce(grads)
@@ -595,7 +595,7 @@ class _Meter:
   def window(self, window: list[dict]) -> dict:
     """A logging window's figures: loss/bpb/accuracy from summed statistics, throughput and MFU from wall time."""
     seconds, self.t0 = time.time() - self.t0, time.time()
-    sums = {k: sum(float(m[k]) for m in window) for k in loss.SUM_KEYS}
+    sums = {k: sum(float(m[k]) for m in window) for k in loss.METRIC_SUM_KEYS}
     steps_per_s = len(window) / max(seconds, 1e-9)
     return loss.finalize(sums) | {
       "grad_norm": float(np.mean([float(m["grad_norm"]) for m in window])),
