@@ -5,6 +5,12 @@ Layout under a workdir ``DIR``::
   DIR/compilers/<compiler name>/          a saved compiler (see llmcpu.compilers)
   DIR/data/<corpus name>/<compiler name>/<split>/   a compiled split (see llmcpu.data.compiled)
 
+``Toolchain`` is what every reader of a compile directory holds (the trainer, the cross-evaluation's ``Library``,
+the stitching scores): its compilers and compiled splits, and the one ``compile_hint`` that says how to build
+what is missing. An ISA travels as its spec (``bpe:4000+perm:1``, ``str(CompilerSpec)``; the ``data.isa`` of a
+training config); its name (``bpe4000-perm1``) is a directory and a table label, derived from the spec. A user may
+name a saved compiler either way (``Toolchain.resolve`` is the one place that reads a name back to its spec).
+
 Compilers are trained on the train split of every corpus given. A rerun reuses what is current and rebuilds
 what is stale: a compiler whose spec, training corpus or trainer options changed, a split whose compiler
 fingerprint, model or corpus fingerprint changed. Everything is written to a temporary directory and renamed
@@ -16,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import itertools
+import json
 import time
 from collections.abc import Callable, Iterable, Sequence
 
@@ -64,6 +71,13 @@ def await_current(what: str, current: Callable[[], object], log: Callable[[str],
     time.sleep(WAIT_POLL_S)
 
 
+def compile_hint(compile_dir: str, corpus: str = "<corpus>", isa: CompilerSpec | str | None = None) -> str:
+  """How to build what is missing from ``compile_dir``: "build it with: python scripts/compile.py …" (every message
+  that sends a user to scripts/compile.py ends with this)."""
+  isa_flag = f" --config.compilers={isa}" if isa else ""
+  return f"build it with: python scripts/compile.py --config.corpus={corpus}{isa_flag} --workdir={compile_dir}"
+
+
 def load_split(workdir: str, corpus_name: str, compiler: Compiler, split: str) -> compiled.CompiledSplit:
   """Reads one compiled split and checks it was built by ``compiler``; says how to build it if missing.
 
@@ -72,9 +86,8 @@ def load_split(workdir: str, corpus_name: str, compiler: Compiler, split: str) -
   path = split_dir(workdir, corpus_name, compiler.name, split)
   if compiled.read_manifest(path) is None:
     raise UserError(
-      f"no compiled data for corpus {corpus_name!r}, ISA {compiler.name}, split {split!r} under {workdir}; build it "
-      f"with: python scripts/compile.py --config.corpus=<that corpus> --config.compilers={compiler.spec} "
-      f"--workdir={workdir}"
+      f"no compiled data for corpus {corpus_name!r}, ISA {compiler.name}, split {split!r} under {workdir}; "
+      + compile_hint(workdir, "<that corpus>", compiler.spec)
     )
   loaded = compiled.load(path, expect_fingerprint=compiler.fingerprint)
   return dataclasses.replace(loaded, piece_bytes=compiler.piece_bytes)
@@ -322,7 +335,7 @@ def format_overlap_matrix(compiler_list: Sequence[Compiler]) -> str:
   return "\n".join(lines)
 
 
-def find_corpus_name(compile_dir: str, corpus_spec: str, compiler: Compiler, compile_cmd: str) -> str:
+def find_corpus_name(compile_dir: str, corpus_spec: str, compiler: Compiler) -> str:
   """The cache key of ``corpus_spec`` in ``compile_dir``, read from the compiled splits' manifests (no TFDS needed)."""
   root = fs.join(compile_dir, "data")
   for name in fs.listdir(root):
@@ -333,5 +346,54 @@ def find_corpus_name(compile_dir: str, corpus_spec: str, compiler: Compiler, com
         return name
   raise UserError(
     f"no data compiled from corpus {corpus_spec!r} with ISA {compiler.name} in {compile_dir}; "
-    f"build it with: {compile_cmd}"
+    + compile_hint(compile_dir, corpus_spec, compiler.spec)
   )
+
+
+class Toolchain:
+  """The compilers and compiled splits of one compile directory (``scripts/compile.py``'s workdir), for the code that
+  reads them; every missing piece is one ``UserError`` ending in ``compile_hint``."""
+
+  def __init__(self, compile_dir: str):
+    self.compile_dir = fs.abspath(compile_dir)
+
+  def names(self) -> list[str]:
+    """The names of the saved compilers, sorted."""
+    root = fs.join(self.compile_dir, "compilers")
+    return [n for n in fs.listdir(root) if fs.exists(fs.join(root, n, compilers.MANIFEST))]
+
+  def resolve(self, isa: CompilerSpec | str) -> CompilerSpec:
+    """The spec of ``isa``: a spec, or the name of a compiler saved here (read back from its manifest)."""
+    if isinstance(isa, CompilerSpec):
+      return isa
+    isa = isa.strip()
+    manifest = fs.join(compiler_dir(self.compile_dir, isa), compilers.MANIFEST)
+    if isa and fs.exists(manifest):
+      try:
+        return compilers.parse(json.loads(fs.read_text(manifest))["spec"])
+      except (ValueError, KeyError) as e:
+        raise UserError(f"corrupt compiler manifest {manifest} ({e}); rebuild it with scripts/compile.py") from e
+    return compilers.parse(isa)
+
+  def compiler(self, isa: CompilerSpec | str, *, corpus: str = "<corpus>", role: str = "") -> Compiler:
+    """The saved compiler of ``isa`` (a spec or a saved name; see ``resolve``); ``corpus`` and ``role`` (the config
+    key that asked for it) complete the message when it is missing."""
+    try:
+      spec = self.resolve(isa)
+    except UserError as e:
+      raise UserError(f"{e}; saved ISAs in {self.compile_dir}: {', '.join(self.names()) or 'none'}") from e
+    path = compiler_dir(self.compile_dir, spec.name)
+    if not fs.exists(fs.join(path, compilers.MANIFEST)):
+      raise UserError(
+        f"no compiler {spec}{f' ({role})' if role else ''} under {self.compile_dir} (have: "
+        f"{', '.join(self.names()) or 'none'}); " + compile_hint(self.compile_dir, corpus, spec)
+      )
+    return compilers.load(path)
+
+  def corpus_name(self, corpus_spec: str, compiler: Compiler) -> str:
+    """The cache key of ``corpus_spec`` here (see ``find_corpus_name``)."""
+    return find_corpus_name(self.compile_dir, corpus_spec, compiler)
+
+  def split(self, corpus_name: str, compiler: Compiler, split: str) -> compiled.CompiledSplit:
+    """One compiled split, checked against ``compiler`` (see ``load_split``)."""
+    return load_split(self.compile_dir, corpus_name, compiler, split)

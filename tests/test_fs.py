@@ -72,7 +72,7 @@ def test_compile_cache_in_a_bucket(monkeypatch):
     split = toolchain.load_split(root, "fake", c, "test")
     assert [c.decode(split.fields["text"].doc(i)) for i in range(split.num_docs)] == DOCS[::4]
     assert compilers.load(toolchain.compiler_dir(root, c.name)).fingerprint == c.fingerprint
-  assert toolchain.find_corpus_name(root, "fake", built[0], "compile it") == "fake"
+  assert toolchain.find_corpus_name(root, "fake", built[0]) == "fake"
   logs: list[str] = []
   again = toolchain.build_compilers(specs, [corpus], root, log=logs.append)
   toolchain.compile_corpora([corpus], again, root, log=logs.append)

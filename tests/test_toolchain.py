@@ -134,3 +134,41 @@ def test_overlap_and_isa_tables(built):
   assert "| bpe500 | 1.00 |" in matrix
   ids = np.asarray(toolchain.load_split(str(built[0]), "fake", comps[0], "test").fields["text"].tokens)
   assert ids.dtype == np.int32
+
+
+# ------------------------------------------------------------------------------------------------- Toolchain
+
+
+def test_toolchain_reads_an_isa_by_spec_or_saved_name(built):
+  workdir, comps, _, _ = built
+  tools = toolchain.Toolchain(str(workdir))
+  assert tools.names() == ["bpe500", "bpe500-perm1", "byte"]
+  perm = compilers.parse("bpe:500+perm:1")
+  assert tools.resolve("bpe500-perm1") == perm and tools.resolve(" bpe:500+perm:1 ") == perm
+  assert tools.resolve(perm) is perm
+  by_name = {c.name: c.fingerprint for c in comps}
+  for isa in ("bpe500-perm1", "bpe:500+perm:1", perm):
+    assert tools.compiler(isa).fingerprint == by_name["bpe500-perm1"]
+  assert tools.corpus_name("fake", comps[0]) == "fake"
+  split = tools.split("fake", comps[0], "test")
+  assert [comps[0].decode(split.fields["text"].doc(i)) for i in range(split.num_docs)] == list(DOCS[::3])
+
+
+def test_every_missing_piece_ends_in_the_one_compile_hint(built):
+  workdir, comps, _, _ = built
+  tools = toolchain.Toolchain(str(workdir))
+  hint = (
+    f"build it with: python scripts/compile.py --config.corpus=prose --config.compilers=bpe:700 --workdir={workdir}"
+  )
+  assert toolchain.compile_hint(str(workdir), "prose", compilers.parse("bpe:700")) == hint
+  have = "(have: bpe500, bpe500-perm1, byte)"
+  with pytest.raises(UserError) as e:
+    tools.compiler("bpe:700", corpus="prose", role="data.input_isa")
+  assert str(e.value) == f"no compiler bpe:700 (data.input_isa) under {workdir} {have}; {hint}"
+  with pytest.raises(UserError, match=r"; saved ISAs in \S+: bpe500, bpe500-perm1, byte$"):
+    tools.compiler("bpe9999")  # neither a spec nor a saved name
+  with pytest.raises(UserError) as e:
+    tools.corpus_name("other", comps[0])
+  assert str(e.value).endswith(
+    f"build it with: python scripts/compile.py --config.corpus=other --config.compilers=bpe:500 --workdir={workdir}"
+  )

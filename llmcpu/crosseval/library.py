@@ -1,8 +1,8 @@
 """What a cross-evaluation reads from the compile cache, loaded once and shared by every model.
 
-Evaluation ISAs (compilers under ``compile_dir/compilers``), compiled splits, the raw text of a split (decoded from
-any ISA's compiled split: compiling is lossless, so no corpus or TFDS is needed), unigram tables, and per corpus the
-byte judge and the lexicon of its train split.
+Evaluation ISAs and compiled splits (through the compile directory's ``llmcpu.toolchain.Toolchain``), the raw text
+of a split (decoded from any ISA's compiled split: compiling is lossless, so no corpus or TFDS is needed), unigram
+tables, and per corpus the byte judge and the lexicon of its train split.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import re
 
 import numpy as np
 
-from llmcpu import compilers, fs, toolchain
+from llmcpu import compilers, toolchain
 from llmcpu.compilers import Compiler
 from llmcpu.crosseval import scoring
 from llmcpu.crosseval.judge import ByteJudge
@@ -39,7 +39,8 @@ class Library:
   """Caches over one compile directory; every lookup failure is a one-line ``UserError``."""
 
   def __init__(self, compile_dir: str, *, max_docs: int = 0, judge_order: int = 5, judge_max_bytes: int = 0):
-    self.compile_dir = fs.abspath(compile_dir)
+    self.toolchain = toolchain.Toolchain(compile_dir)
+    self.compile_dir = self.toolchain.compile_dir
     self.max_docs, self.judge_order, self.judge_max_bytes = max_docs, judge_order, judge_max_bytes
     self._splits: dict[tuple, CompiledSplit] = {}
     self._raw: dict[tuple, dict[str, list[str]]] = {}
@@ -49,25 +50,12 @@ class Library:
   # --- ISAs -------------------------------------------------------------------------------------------------------
 
   def available(self) -> list[str]:
-    root = fs.join(self.compile_dir, "compilers")
-    return [n for n in fs.listdir(root) if fs.exists(fs.join(root, n, "isa.json"))]
+    """The names of the compilers saved in the compile directory."""
+    return self.toolchain.names()
 
   def compiler(self, isa: str) -> Compiler:
-    """An evaluation ISA by directory name (``bpe4000``) or spec (``bpe:4000``)."""
-    isa = isa.strip()
-    path = toolchain.compiler_dir(self.compile_dir, isa)
-    if not fs.exists(fs.join(path, "isa.json")):
-      try:
-        path = toolchain.compiler_dir(self.compile_dir, compilers.parse(isa).name)
-      except UserError:
-        pass
-    if not fs.exists(fs.join(path, "isa.json")):
-      have = ", ".join(self.available()) or "none"
-      raise UserError(
-        f"ISA {isa!r} is not in {self.compile_dir}/compilers (have: {have}); build it with: python scripts/compile.py "
-        f"--config.corpus=<corpus> --config.compilers={isa} --workdir={self.compile_dir}"
-      )
-    return compilers.load(path)
+    """An evaluation ISA by spec (``bpe:4000``) or saved name (``bpe4000``): ``Toolchain.compiler``."""
+    return self.toolchain.compiler(isa)
 
   @staticmethod
   def label(isa: str) -> str:
@@ -80,15 +68,13 @@ class Library:
   # --- compiled data ----------------------------------------------------------------------------------------------
 
   def corpus_name(self, corpus_spec: str, compiler: Compiler) -> str:
-    cmd = "python scripts/compile.py "
-    cmd += f"--config.corpus={corpus_spec} --config.compilers={compiler.spec} --workdir={self.compile_dir}"
-    return toolchain.find_corpus_name(self.compile_dir, corpus_spec, compiler, cmd)
+    return self.toolchain.corpus_name(corpus_spec, compiler)
 
   def split(self, corpus_name: str, compiler: Compiler, split: str, *, limit: bool = True) -> CompiledSplit:
     """A compiled split (its first ``max_docs`` documents when ``limit``)."""
     key = (corpus_name, compiler.name, compiler.fingerprint, split)
     if key not in self._splits:
-      self._splits[key] = toolchain.load_split(self.compile_dir, corpus_name, compiler, split)
+      self._splits[key] = self.toolchain.split(corpus_name, compiler, split)
     s = self._splits[key]
     return head(s, self.max_docs) if limit else s
 

@@ -89,10 +89,8 @@ def train(
 
 def programs(compile_dir: str, corpus: str, compiler: Compiler, split: str) -> list[np.ndarray]:
   """Every program input of a split, compiled by ``compiler`` (ids)."""
-  compile_dir = fs.abspath(compile_dir)
-  cmd = f"python scripts/compile.py --config.corpus={corpus} --config.compilers={compiler.spec} --workdir={compile_dir}"
-  name = toolchain.find_corpus_name(compile_dir, corpus, compiler, cmd)
-  field = toolchain.load_split(compile_dir, name, compiler, split).fields["input"]
+  tools = toolchain.Toolchain(compile_dir)
+  field = tools.split(tools.corpus_name(corpus, compiler), compiler, split).fields["input"]
   return [np.asarray(field.doc(i)) for i in range(len(field))]
 
 

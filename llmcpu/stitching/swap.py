@@ -160,10 +160,10 @@ def anchor_states(model_a, model_b, setup: trainer.Setup, docs: int, max_pairs: 
   corpus = setup.config.data.corpus
   split = setup.config.data.train_split
   comp_a, comp_b = setup.compiler, setup.input_compiler or setup.compiler
-  cmd = f"python scripts/compile.py --config.corpus={corpus} --workdir={compile_dir}"
-  name = toolchain.find_corpus_name(compile_dir, corpus, comp_a, cmd)
-  field_a = toolchain.load_split(compile_dir, name, comp_a, split).fields["input"]
-  field_b = toolchain.load_split(compile_dir, name, comp_b, split).fields["input"]
+  tools = toolchain.Toolchain(compile_dir)
+  name = tools.corpus_name(corpus, comp_a)
+  field_a = tools.split(name, comp_a, split).fields["input"]
+  field_b = tools.split(name, comp_b, split).fields["input"]
   length = setup.config.data.input_length
   fits = [i for i in range(len(field_a)) if max(len(field_a.doc(i)), len(field_b.doc(i))) < length][:docs]
   ids_a = [field_a.doc(i) for i in fits]

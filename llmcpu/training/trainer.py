@@ -167,31 +167,19 @@ def resolve(config: ml_collections.ConfigDict, workdir: str) -> Setup:
   if config.parallelism not in ("jit", "pmap"):
     raise UserError(f"parallelism={config.parallelism!r} is not one of jit, pmap")
   check_ranges(config)
-  compile_dir = fs.abspath(d.compile_dir)
-  spec = compilers.parse(d.isa)
-  compile_cmd = (
-    f"python scripts/compile.py --config.corpus={d.corpus} --config.compilers={spec} --workdir={compile_dir}"
-  )
-  compiler_path = toolchain.compiler_dir(compile_dir, spec.name)
-  if not fs.exists(fs.join(compiler_path, "isa.json")):
-    raise UserError(f"no compiler {spec} under {compile_dir}; build it with: {compile_cmd}")
-  compiler = compilers.load(compiler_path)
-  corpus_name = toolchain.find_corpus_name(compile_dir, d.corpus, compiler, compile_cmd)
-  train_split = toolchain.load_split(compile_dir, corpus_name, compiler, d.train_split)
+  tools = toolchain.Toolchain(d.compile_dir)
+  compiler = tools.compiler(compilers.parse(d.isa), corpus=d.corpus)
+  corpus_name = tools.corpus_name(d.corpus, compiler)
+  train_split = tools.split(corpus_name, compiler, d.train_split)
   eval_split = None
   if t.eval_every and t.eval_batches:
-    eval_split = toolchain.load_split(compile_dir, corpus_name, compiler, d.eval_split)
+    eval_split = tools.split(corpus_name, compiler, d.eval_split)
   input_compiler = None
   if d.get("input_isa"):  # a stitched encoder-decoder: the encoder reads another ISA's compile of the same programs
-    input_spec = compilers.parse(d.input_isa)
-    input_path = toolchain.compiler_dir(compile_dir, input_spec.name)
-    if not fs.exists(fs.join(input_path, "isa.json")):
-      raise UserError(f"no compiler {input_spec} (data.input_isa) under {compile_dir}; build it with: {compile_cmd}")
-    input_compiler = compilers.load(input_path)
+    input_compiler = tools.compiler(compilers.parse(d.input_isa), corpus=d.corpus, role="data.input_isa")
 
     def paired(split_name, split):
-      source = toolchain.load_split(compile_dir, corpus_name, input_compiler, split_name)
-      return compiled.pair(split, source)
+      return compiled.pair(split, tools.split(corpus_name, input_compiler, split_name))
 
     train_split = paired(d.train_split, train_split)
     eval_split = paired(d.eval_split, eval_split) if eval_split is not None else None
