@@ -306,7 +306,7 @@ def test_failed_cells_are_recorded_and_the_rest_computed(world):
   errors = {r["checkpoint"]: r.get("error") for r in out if r["eval_isa"] == "bpe500"}
   assert "no checkpoint" in errors[bogus[0]]
   assert "no ISA metadata" in errors[bogus[1]]
-  assert "ISA 'bpe:777' is not in" in _cell(out, world["a"], "bpe777")["error"]
+  assert "no compiler bpe:777 under" in _cell(out, world["a"], "bpe777")["error"]
   assert errors[bogus[2]]  # the corrupt one: orbax's error, on one line
   assert len(logs) >= 4
   paths = report.write_report(out, str(root / "failed-report"))
