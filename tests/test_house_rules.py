@@ -12,11 +12,11 @@ MAX_FUNCTION_LINES = 80
 PENDING_MOVE = {"experiment.py": ["llmcpu/experiment.py", "llmcpu/stitching/experiment.py"]}
 
 
-def modules() -> list[pathlib.Path]:
-  return sorted(PACKAGE.rglob("*.py"))
+def modules(package: pathlib.Path = PACKAGE) -> list[pathlib.Path]:
+  return sorted(package.rglob("*.py"))
 
 
-def long_functions(path: pathlib.Path, limit: int = MAX_FUNCTION_LINES) -> list[str]:
+def long_functions(path: pathlib.Path, package: pathlib.Path = PACKAGE, limit: int = MAX_FUNCTION_LINES) -> list[str]:
   """``module:function (n lines)`` for every function or method of ``path`` longer than ``limit`` lines, counted
   from its ``def`` (decorators excluded) to its last line, docstring included."""
   found = []
@@ -24,16 +24,16 @@ def long_functions(path: pathlib.Path, limit: int = MAX_FUNCTION_LINES) -> list[
     if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
       n = node.end_lineno - node.lineno + 1
       if n > limit:
-        found.append(f"{path.relative_to(PACKAGE.parent)}:{node.name} ({n} lines)")
+        found.append(f"{path.relative_to(package.parent)}:{node.name} ({n} lines)")
   return found
 
 
-def repeated_base_names(paths: list[pathlib.Path]) -> dict[str, list[str]]:
+def repeated_base_names(paths: list[pathlib.Path], package: pathlib.Path = PACKAGE) -> dict[str, list[str]]:
   """Base names that more than one module has (``__init__.py`` aside), with the modules that have them."""
   by_name = collections.defaultdict(list)
   for p in paths:
     if p.name != "__init__.py":
-      by_name[p.name].append(str(p.relative_to(PACKAGE.parent)))
+      by_name[p.name].append(str(p.relative_to(package.parent)))
   return {name: found for name, found in sorted(by_name.items()) if len(found) > 1}
 
 
@@ -49,18 +49,12 @@ def test_no_two_modules_share_a_base_name():
 
 
 def test_the_checkers_catch_what_they_look_for(tmp_path):
-  # The checks themselves can fail: a planted 81-line function and a planted repeated name are found.
-  long = tmp_path / "llmcpu" / "long.py"
-  long.parent.mkdir()
+  # The checks themselves can fail: a planted 81-line function (beside an 80-line one) and a repeated name.
+  package = tmp_path / "llmcpu"
+  (package / "sub").mkdir(parents=True)
+  long = package / "long.py"
   long.write_text("def f():\n" + "  x = 1\n" * 79 + "  return x\n\n\ndef g():\n" + "  pass\n" * 79)
-  global PACKAGE
-  saved, PACKAGE = PACKAGE, long.parent
-  try:
-    assert long_functions(long) == ["llmcpu/long.py:f (81 lines)"]
-    (long.parent / "sub").mkdir()
-    (long.parent / "sub" / "long.py").write_text("")
-    (long.parent / "sub" / "__init__.py").write_text("")
-    (long.parent / "__init__.py").write_text("")
-    assert repeated_base_names(modules()) == {"long.py": ["llmcpu/long.py", "llmcpu/sub/long.py"]}
-  finally:
-    PACKAGE = saved
+  for name in ("__init__.py", "sub/__init__.py", "sub/long.py"):
+    (package / name).write_text("")
+  assert long_functions(long, package) == ["llmcpu/long.py:f (81 lines)"]
+  assert repeated_base_names(modules(package), package) == {"long.py": ["llmcpu/long.py", "llmcpu/sub/long.py"]}
