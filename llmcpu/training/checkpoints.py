@@ -213,6 +213,28 @@ def find(path: str) -> tuple[str, int]:
   raise UserError(f"no checkpoint under {path}; pass a training workdir or a checkpoint step directory")
 
 
+def find_runs(path: str) -> list[str]:
+  """Every run at or below ``path``, at any depth, sorted: ``path`` itself when ``find`` accepts it, else each
+  directory below it holding checkpoint steps (in it or in its ``checkpoints/``); a run's own tree is not searched."""
+  path = fs.abspath(path).rstrip("/")
+  try:
+    find(path)
+    return [path]
+  except UserError:
+    pass
+  out: list[str] = []
+  for name in fs.listdir(path):
+    child = fs.join(path, name)
+    if name.startswith(".") or name.endswith(".orbax-checkpoint-tmp") or not fs.isdir(child):
+      continue
+    out += [child] if _holds_steps(fs.join(child, "checkpoints")) or _holds_steps(child) else find_runs(child)
+  return out
+
+
+def _holds_steps(directory: str) -> bool:
+  return any(name.isdigit() and fs.isdir(fs.join(directory, name)) for name in fs.listdir(directory))
+
+
 def saved_ns(path: str) -> int:
   """When the newest checkpoint at ``path`` was written, in ns; unknown = the far future (whatever was computed
   from it counts as stale)."""
