@@ -214,20 +214,16 @@ def find(path: str) -> tuple[str, int]:
 
 
 def find_runs(path: str) -> list[str]:
-  """Every run at or below ``path``, at any depth, sorted: ``path`` itself when ``find`` accepts it, else each
-  directory below it holding checkpoint steps (in it or in its ``checkpoints/``); a run's own tree is not searched."""
+  """Every run at or below ``path``, at any depth, sorted: each directory holding checkpoint steps (step directories
+  named by their number), in it or in its ``checkpoints/``; a run's own tree is not searched."""
   path = fs.abspath(path).rstrip("/")
-  try:
-    find(path)
+  if _holds_steps(fs.join(path, "checkpoints")) or _holds_steps(path):
     return [path]
-  except UserError:
-    pass
   out: list[str] = []
   for name in fs.listdir(path):
     child = fs.join(path, name)
-    if name.startswith(".") or name.endswith(".orbax-checkpoint-tmp") or not fs.isdir(child):
-      continue
-    out += [child] if _holds_steps(fs.join(child, "checkpoints")) or _holds_steps(child) else find_runs(child)
+    if not name.startswith(".") and not name.endswith(".orbax-checkpoint-tmp") and fs.isdir(child):
+      out += find_runs(child)
   return out
 
 
