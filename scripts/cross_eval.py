@@ -50,7 +50,10 @@ def footprint(config) -> list[cli.Access]:
   """What the command reads and writes (``--check``)."""
   isas = [s for s in config.isas.split(",") if s.strip()]
   compile_dir = fs.abspath(config.compile_dir)
-  out = [cli.read("runs", fs.abspath(s.strip())) for s in config.checkpoints.split(",") if s.strip()]
+  out = []
+  for item in (fs.abspath(s.strip()) for s in config.checkpoints.split(",") if s.strip()):
+    matches = fs.glob(item) if any(ch in item for ch in "*?[") else [item]
+    out.append(cli.read("runs", item, f"{sum(len(checkpoints.find_runs(m)) for m in matches)} runs there now"))
   out += [cli.read("isa", toolchain.compiler_dir(compile_dir, Library.label(isa))) for isa in isas]
   out += [] if isas else [cli.read("dir", compile_dir)]  # every ISA in it
   return [*out, cli.write("dir", cli.resolve_workdir(config.out))]

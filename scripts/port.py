@@ -21,10 +21,8 @@ _CONFIG = cli.define_config(os.path.join(ROOT, "configs", "port.py"), "Porting c
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory of the ported CPU (checkpoints, metrics).")
 
 
-def footprint(config, workdir: str, methods) -> list[cli.Access]:
+def footprint(config, workdir: str) -> list[cli.Access]:
   """What the port reads (the source run, ISA B's compiler) and writes (its workdir), for ``--check``."""
-  if config.method not in methods:
-    raise UserError(f"unknown porting method {config.method!r}; choose one of {', '.join(methods)}")
   if not config.checkpoint or not config.to_isa:
     raise UserError("--config.checkpoint and --config.to_isa are required")
   source, name = fs.abspath(config.checkpoint), compilers.parse(config.to_isa).name
@@ -42,7 +40,8 @@ def main(argv):
   from llmcpu.porting import runner
 
   if cli.CHECK.value:
-    return cli.check(footprint(_CONFIG.value, _WORKDIR.value, runner.METHODS))
+    runner.check_method(_CONFIG.value.method)
+    return cli.check(footprint(_CONFIG.value, _WORKDIR.value))
   runner.run(_CONFIG.value, cli.workdir_path(_WORKDIR.value), log=cli.log)
 
 

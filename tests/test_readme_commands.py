@@ -148,8 +148,15 @@ def _at_or_below(path: str, root: str) -> bool:
 
 
 def tracked_files() -> set[str]:
-  out = subprocess.run(["git", "-C", ROOT, "ls-files"], capture_output=True, text=True, check=True)
-  return set(out.stdout.split())
+  """The repository's files: git's, or outside a git checkout every file but those in runs/ (the README's outputs)."""
+  try:
+    out = subprocess.run(["git", "-C", ROOT, "ls-files"], capture_output=True, text=True, check=True)
+    return set(out.stdout.split())
+  except (OSError, subprocess.CalledProcessError):
+    found = set()
+    for dirpath, _, files in os.walk(ROOT):
+      found |= {os.path.relpath(os.path.join(dirpath, f), ROOT) for f in files}
+    return {f for f in found if not f.startswith("runs" + os.sep)}
 
 
 def _in_repo(path: str, tracked: set[str]) -> bool:
