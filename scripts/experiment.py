@@ -28,6 +28,7 @@ def footprint(exp, workdir: str) -> list[cli.Access]:
   ``runs/`` (the corpus directory is its name, known once it is loaded: ``*`` here) and its report. A porting
   experiment compiles and trains a native CPU for every ISA of its ports; ports and swaps are not listed."""
   from llmcpu import compilers, experiment, fs, toolchain
+  from llmcpu.training import run_config
 
   if "ports" in exp:
     pairs = [item.split(">") for item in experiment.split_list(exp.ports, "ports")]
@@ -43,14 +44,12 @@ def footprint(exp, workdir: str) -> list[cli.Access]:
   if unknown:
     raise UserError(f"unknown arch {unknown[0]!r} in --config.archs; choose from {', '.join(experiment.ARCHS)}")
   experiment.split_list(exp.corpus, "corpus")
+  seeds = experiment.seed_list(exp.seeds)
+  for arch in archs:  # the numbers every run gets, as the experiment checks them before it starts
+    run_config.check_ranges(experiment.cpu_config(exp, exp.corpus, arch, str(trained[0]), "", seeds[0]))
   compile_dir = fs.join(workdir, "compiled")
   out = [cli.write("isa", toolchain.compiler_dir(compile_dir, s.name)) for s in specs]
-  runs = [
-    experiment.cpu_dir(workdir, "*", a, s.name, k)
-    for k in experiment.seed_list(exp.seeds)
-    for a in archs
-    for s in trained
-  ]
+  runs = [experiment.cpu_dir(workdir, "*", a, s.name, k) for k in seeds for a in archs for s in trained]
   out += [cli.write("run", path, compile_dir) for path in runs]
   return [*out, cli.write("dir", fs.join(workdir, exp.report or "report"))]
 

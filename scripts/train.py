@@ -13,7 +13,7 @@ from ml_collections import config_flags
 
 from llmcpu import compilers, fs, toolchain
 from llmcpu.ops import cli
-from llmcpu.training import parallel
+from llmcpu.training import parallel, run_config
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file (configs/<arch>.py[:preset]).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: checkpoints, metrics.jsonl, TensorBoard events.")
@@ -26,6 +26,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def footprint(config, workdir: str) -> list[cli.Access]:
   """What the run reads (its ISAs' compilers in data.compile_dir) and writes (its workdir), for ``--check``."""
+  run_config.check_ranges(config)
   d = config.data
   compile_dir = fs.abspath(d.compile_dir)
   isas = [d.isa] + ([d.input_isa] if d.get("input_isa") else [])

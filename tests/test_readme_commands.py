@@ -243,6 +243,10 @@ BROKEN = {
     "```bash\npython scripts/compile.py --config.vocab=4000 --workdir=runs/compiled\n```\n",
     "exits 2: error: bad --config override",
   ),
+  "value_out_of_range": (
+    "```bash\npython scripts/train.py --config=configs/decoder.py:tiny --workdir=runs/d --config.train.steps=-3\n```\n",
+    "exits 1: error: --config.train.steps=-3 must be at least 0",
+  ),
   "wrong_path_shape": (  # the arch level left out
     f"```bash\n{QUICKSTART}\npython scripts/port.py --config.checkpoint=runs/quickstart/runs/python_docs-py3.11/"
     "bpe1000/seed0 --config.to_isa=char --workdir=runs/port\n```\n",
