@@ -15,6 +15,7 @@ from absl import app, flags
 from llmcpu import compilers, fs, toolchain
 from llmcpu.errors import UserError
 from llmcpu.ops import cli
+from llmcpu.training import checkpoints
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _CONFIG = cli.define_config(os.path.join(ROOT, "configs", "port.py"), "Porting config file.")
@@ -26,11 +27,17 @@ def footprint(config, workdir: str) -> list[cli.Access]:
   if not config.checkpoint or not config.to_isa:
     raise UserError("--config.checkpoint and --config.to_isa are required")
   source, name = fs.abspath(config.checkpoint), compilers.parse(config.to_isa).name
-  if config.compile_dir:
-    compile_dir = fs.abspath(config.compile_dir)
+  compile_dir = config.compile_dir
+  if not compile_dir:  # the source's: its checkpoint says which, once it exists
+    try:
+      compile_dir = checkpoints.load_meta(source)["config"]["data"]["compile_dir"]
+    except UserError:
+      pass
+  compile_dir = fs.abspath(compile_dir) if compile_dir else ""
+  if compile_dir:
     isa = cli.read("isa", toolchain.compiler_dir(compile_dir, name))
-  else:  # the source's, read from its checkpoint
-    compile_dir, isa = "", cli.read("isa_of_run", source, name)
+  else:
+    isa = cli.read("isa_of_run", source, name)
   return [cli.read("run", source), isa, cli.write("run", cli.resolve_workdir(workdir), compile_dir)]
 
 
