@@ -1,6 +1,7 @@
 """Compile corpora with compilers: train every compiler once and cache every split encoded by every ISA.
 
-python scripts/compile.py --config.corpus=python_docs --config.compilers=bpe:1000,bpe:4000,char,byte --workdir=runs/q
+python scripts/compile.py --config.corpus=python_docs --config.compilers=bpe:1000,bpe:4000,char,byte \
+    --workdir=runs/compiled
 
 --config defaults to configs/compile.py, which lists every key (corpus, compilers, data_dir, rebuild) and its default.
 """
@@ -22,8 +23,11 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   config = _CONFIG.value
-  workdir = cli.workdir_path(_WORKDIR.value)
   specs = compilers.parse_list(config.compilers)
+  if cli.CHECK.value:
+    workdir = cli.resolve_workdir(_WORKDIR.value)
+    return cli.check([cli.write("isa", toolchain.compiler_dir(workdir, s.name)) for s in specs])
+  workdir = cli.workdir_path(_WORKDIR.value)
   corpora = [
     data.load_corpus(c.strip(), data_dir=config.data_dir or None) for c in config.corpus.split(",") if c.strip()
   ]

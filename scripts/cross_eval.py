@@ -1,7 +1,9 @@
 """Cross-ISA evaluation: every checkpoint × every evaluation ISA, machine code fed as is; writes the report.
 
-python scripts/cross_eval.py --config.checkpoints='runs/q/*' --config.isas=bpe:1000,bpe:4000,bpe:4000+perm:1 \
-    --config.compile_dir=runs/q/compiled --config.out=runs/q/crosseval [--config.max_docs=100 ...]
+python scripts/cross_eval.py --config.checkpoints=runs/quickstart/runs --config.isas=char,bpe:1000,byte \
+    --config.compile_dir=runs/quickstart/compiled --config.out=runs/quickstart/crosseval [--config.max_docs=100 ...]
+
+--config.checkpoints: runs, or directories (an experiment's runs/) whose runs at any depth are all evaluated.
 
 --config defaults to configs/cross_eval.py, which lists every key and its default.
 Each failed cell (unreadable checkpoint, ISA missing from the compile dir, …) prints one ``error:`` line and is
@@ -13,16 +15,20 @@ import sys
 
 from absl import app
 
-from llmcpu import crosseval, fs
+from llmcpu import crosseval, fs, toolchain
+from llmcpu.crosseval.library import Library
 from llmcpu.errors import UserError
 from llmcpu.ops import cli
+from llmcpu.training import checkpoints
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _CONFIG = cli.define_config(os.path.join(ROOT, "configs", "cross_eval.py"), "Cross-evaluation config file.")
 
 
 def expand(spec: str) -> list[str]:
-  """Paths from a comma-separated list of paths and globs; a glob that matches nothing is an error."""
+  """Runs from a comma-separated list of paths and globs: each path or match is a run, or a directory (an
+  experiment's ``runs/``, a whole workdir) whose runs at any depth are all taken. A glob that matches nothing is an
+  error; a path with no run below it is kept, and its row fails saying so."""
   out: list[str] = []
   for item in (s.strip() for s in spec.split(",")):
     if not item:
@@ -31,12 +37,26 @@ def expand(spec: str) -> list[str]:
       matches = [p for p in fs.glob(fs.abspath(item)) if fs.isdir(p)]
       if not matches:
         raise UserError(f"--config.checkpoints pattern {item!r} matches no directory")
-      out.extend(matches)
     else:
-      out.append(fs.abspath(item))  # a missing path becomes a failed row, not a crash
+      matches = [fs.abspath(item)]
+    for match in matches:
+      out.extend(checkpoints.find_runs(match) or [match])
   if not out:
-    raise UserError("no checkpoints given; pass e.g. --config.checkpoints='runs/quickstart/*'")
+    raise UserError("no checkpoints given; pass e.g. --config.checkpoints=runs/quickstart/runs")
   return list(dict.fromkeys(out))
+
+
+def footprint(config) -> list[cli.Access]:
+  """What the command reads and writes (``--check``)."""
+  isas = [s for s in config.isas.split(",") if s.strip()]
+  compile_dir = fs.abspath(config.compile_dir)
+  out = []
+  for item in (fs.abspath(s.strip()) for s in config.checkpoints.split(",") if s.strip()):
+    matches = fs.glob(item) if any(ch in item for ch in "*?[") else [item]
+    out.append(cli.read("runs", item, f"{sum(len(checkpoints.find_runs(m)) for m in matches)} runs there now"))
+  out += [cli.read("isa", toolchain.compiler_dir(compile_dir, Library.label(isa))) for isa in isas]
+  out += [] if isas else [cli.read("dir", compile_dir)]  # every ISA in it
+  return [*out, cli.write("dir", cli.resolve_workdir(config.out))]
 
 
 def main(argv):
@@ -45,6 +65,8 @@ def main(argv):
   config = _CONFIG.value
   if not config.checkpoints or not config.compile_dir or not config.out:
     raise UserError("--config.checkpoints, --config.compile_dir and --config.out are required")
+  if cli.CHECK.value:
+    return cli.check(footprint(config))
   if not fs.isdir(config.compile_dir):
     raise UserError(f"--config.compile_dir {config.compile_dir} does not exist; build it with scripts/compile.py")
   options = crosseval.CrossEvalOptions.from_config(config)

@@ -14,6 +14,7 @@ import os
 from absl import app, flags
 from ml_collections import config_flags
 
+from llmcpu.errors import UserError
 from llmcpu.ops import cli
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config (configs/experiments/<name>.py).")
@@ -22,12 +23,45 @@ _DISTRIBUTED = flags.DEFINE_bool("distributed", False, "Call jax.distributed.ini
 flags.mark_flags_as_required(["config", "workdir"])
 
 
+def footprint(exp, workdir: str) -> list[cli.Access]:
+  """What the experiment writes, for ``--check``: the compile dir's ISAs, one run per (corpus, arch, ISA, seed) under
+  ``runs/`` (the corpus directory is its name, known once it is loaded: ``*`` here) and its report. A porting
+  experiment compiles and trains a native CPU for every ISA of its ports; ports and swaps are not listed."""
+  from llmcpu import compilers, experiment, fs, toolchain
+  from llmcpu.training import run_config
+
+  if "ports" in exp:
+    pairs = [item.split(">") for item in experiment.split_list(exp.ports, "ports")]
+    if any(len(pair) != 2 for pair in pairs):
+      raise UserError(f"--config.ports={exp.ports!r}: write SOURCE>TARGET pairs, e.g. bpe:4000>unigram:4000")
+    specs = list(dict.fromkeys(compilers.parse(s.strip()) for pair in pairs for s in pair))
+    trained = specs
+  else:
+    specs = compilers.parse_list(exp.compilers)
+    trained = compilers.parse_list(exp.train_compilers) if exp.train_compilers else specs
+  archs = experiment.split_list(exp.archs, "archs")
+  unknown = [a for a in archs if a not in experiment.ARCHS]
+  if unknown:
+    raise UserError(f"unknown arch {unknown[0]!r} in --config.archs; choose from {', '.join(experiment.ARCHS)}")
+  experiment.split_list(exp.corpus, "corpus")
+  seeds = experiment.seed_list(exp.seeds)
+  for arch in archs:  # the numbers every run gets, as the experiment checks them before it starts
+    run_config.check_ranges(experiment.cpu_config(exp, exp.corpus, arch, str(trained[0]), "", seeds[0]))
+  compile_dir = fs.join(workdir, "compiled")
+  out = [cli.write("isa", toolchain.compiler_dir(compile_dir, s.name)) for s in specs]
+  runs = [experiment.cpu_dir(workdir, "*", a, s.name, k) for k in seeds for a in archs for s in trained]
+  out += [cli.write("run", path, compile_dir) for path in runs]
+  return [*out, cli.write("dir", fs.join(workdir, exp.report or "report"))]
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   from llmcpu import crosseval, experiment, fs
   from llmcpu.training import parallel
 
+  if cli.CHECK.value:
+    return cli.check(footprint(_CONFIG.value, cli.resolve_workdir(_WORKDIR.value)))
   parallel.initialize(None, None, None, _DISTRIBUTED.value)
   if "ports" in _CONFIG.value:  # configs/experiments/porting.py: recovery curves of ported CPUs
     from llmcpu.porting import recovery

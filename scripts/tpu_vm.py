@@ -138,6 +138,8 @@ def main(argv):
     python=_PYTHON.value,
   )
   steps = launch.plan(options)
+  if cli.CHECK.value:
+    return cli.check([cli.read("file", os.path.join(repo, config)), cli.write("dir", _WORKDIR.value)])
   if _DRY_RUN.value:
     for step in steps:
       print(shlex.join(step.argv))

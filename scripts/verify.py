@@ -8,7 +8,7 @@ anything is damaged (each damaged line says what and how to rebuild it).
 
 from absl import app
 
-from llmcpu import integrity
+from llmcpu import fs, integrity
 from llmcpu.errors import UserError
 from llmcpu.ops import cli
 
@@ -17,6 +17,8 @@ def main(argv):
   roots = argv[1:]
   if not roots:
     raise app.UsageError("pass one or more workdirs: python scripts/verify.py DIR [DIR ...]")
+  if cli.CHECK.value:
+    return cli.check([cli.read("dir", fs.abspath(root)) for root in roots])
   counts = {"ok": 0, "damaged": 0}
   for root in roots:
     found = 0

@@ -335,6 +335,33 @@ def test_script_exit_status(world, tmp_path):
   assert "error:" in good.stderr and os.path.exists(tmp_path / "out" / "summary.md")
 
 
+def test_script_takes_a_directory_of_runs_at_any_depth(world, tmp_path):
+  """--config.checkpoints=<an experiment's runs/> evaluates every run below it, whatever its depth, and nothing else
+  (the compile dir beside it holds no run)."""
+  exp = tmp_path / "exp"
+  exp.mkdir()
+  os.symlink(world["compile_dir"], exp / "compiled")
+  runs = {world["a"]: exp / "runs" / "fake" / "decoder" / "bpe500" / "seed0", world["b"]: exp / "runs" / "b" / "seed0"}
+  for target, link in runs.items():
+    link.parent.mkdir(parents=True)
+    os.symlink(target, link)
+  cmd = [
+    sys.executable,
+    os.path.join(ROOT, "scripts", "cross_eval.py"),
+    f"--config.checkpoints={exp / 'runs'}",
+    "--config.isas=bpe:500",
+    f"--config.compile_dir={exp / 'compiled'}",
+    f"--config.out={tmp_path / 'out'}",
+    "--config.coherence=false",
+    "--config.max_docs=2",
+  ]
+  out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  assert out.returncode == 0, out.stderr
+  rows = report.load_rows(str(tmp_path / "out"))
+  assert sorted(r["checkpoint"] for r in rows) == sorted(str(p) for p in runs.values())
+  assert all(r["status"] == "ok" for r in rows)
+
+
 # ------------------------------------------------------------------------------------------------- the report
 
 

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import functools
 import os
 import sys
 import traceback
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import NoReturn
 
 from absl import app, flags, logging
@@ -20,6 +21,14 @@ from llmcpu.errors import Stopped, UserError
 # TensorFlow is only a data library here: keep its C++ logging quiet (must be set before it is imported).
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")  # its start-up notice is printed before any log level applies
+
+
+CHECK = flags.DEFINE_bool(
+  "check",
+  False,
+  "Check the command and run nothing: load the config with its overrides, resolve the paths it would read and "
+  "write, print one line each (mode, kind, path, detail, whether it is there) and exit 0.",
+)
 
 
 def user_errors(main: Callable) -> Callable:
@@ -83,11 +92,17 @@ def _quiet_closed_loop(unraisable) -> None:
   sys.__unraisablehook__(unraisable)
 
 
+def resolve_workdir(path: str) -> str:
+  """The absolute, user-expanded workdir (or gs:// URI) ``workdir_path`` would create; creates nothing."""
+  if not path:
+    raise UserError("--workdir is required, e.g. --workdir=runs/quickstart")
+  return path if fs.is_uri(path) else os.path.abspath(os.path.expanduser(path))
+
+
 def workdir_path(path: str) -> str:
   """Absolute, user-expanded workdir (orbax rejects relative paths) or a bucket URI (gs://); checks it can be
   written."""
-  if not path:
-    raise UserError("--workdir is required, e.g. --workdir=runs/quickstart")
+  path = resolve_workdir(path)
   if fs.is_uri(path):
     try:
       fs.makedirs(path)
@@ -97,7 +112,6 @@ def workdir_path(path: str) -> str:
       first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
       raise UserError(f"cannot write to workdir {path} ({first}); check the bucket name and your credentials") from e
     return path
-  path = os.path.abspath(os.path.expanduser(path))
   try:
     os.makedirs(path, exist_ok=True)
   except OSError as e:
@@ -105,6 +119,51 @@ def workdir_path(path: str) -> str:
   if not os.access(path, os.W_OK):
     raise UserError(f"workdir {path} is not writable; choose a writable --workdir")
   return path
+
+
+@dataclasses.dataclass(frozen=True)
+class Access:
+  """One path a command would read or write, as ``--check`` prints it.
+
+  Kinds: ``dir`` (any directory), ``file``, ``run`` (a training workdir: ``detail`` is the compile dir it trains on,
+  when known), ``runs`` (a directory or glob with runs at any depth below it, as scripts/cross_eval.py reads them),
+  ``isa`` (a compiler directory ``<compile dir>/compilers/<name>``) and ``isa_of_run`` (the ISA named ``detail`` in
+  the compile dir of the run at ``path``, known only once that run exists).
+  """
+
+  mode: str  # read | write
+  kind: str
+  path: str
+  detail: str = ""
+
+  def line(self) -> str:
+    return "\t".join([self.mode, self.kind, self.path, self.detail or "-", self._state()])
+
+  def _state(self) -> str:
+    if self.mode != "read":
+      return "-"
+    if self.kind == "runs" and any(ch in self.path for ch in "*?["):
+      return f"{len(fs.glob(self.path))} matches"
+    if self.kind == "isa":
+      return "found" if fs.exists(fs.join(self.path, "isa.json")) else "missing"
+    if self.kind == "isa_of_run":
+      return "unknown"
+    return "found" if fs.exists(self.path) else "missing"
+
+
+def read(kind: str, path: str, detail: str = "") -> Access:
+  return Access("read", kind, path, detail)
+
+
+def write(kind: str, path: str, detail: str = "") -> Access:
+  return Access("write", kind, path, detail)
+
+
+def check(accesses: Sequence[Access]) -> None:
+  """``--check``: the command parsed; print what it would read and write, one tab-separated line each."""
+  print("check: the flags and config parse; the command would (mode, kind, path, detail, state):", flush=True)
+  for access in accesses:
+    print(access.line(), flush=True)
 
 
 def log(message: str) -> None:

@@ -47,6 +47,17 @@ def port_config(config: ml_collections.ConfigDict, source_meta: dict) -> ml_coll
   return c
 
 
+def check_method(method: str) -> None:
+  """A UserError unless ``method`` writes a ported checkpoint."""
+  if method == "translate":
+    raise UserError(
+      "method translate changes no weights: it is the source CPU fed translated machine code; the porting "
+      "experiment (configs/experiments/porting.py) evaluates it beside the others"
+    )
+  if method not in PORT_METHODS:
+    raise UserError(f"unknown porting method {method!r}; choose one of translate, {', '.join(PORT_METHODS)}")
+
+
 def port_checkpoint(
   config: ml_collections.ConfigDict,
   workdir: str,
@@ -56,13 +67,7 @@ def port_checkpoint(
 ) -> trainer.TrainResult:
   """Ports ``config.checkpoint`` to ``config.to_isa`` with ``config.method`` into ``workdir``; resumable (see
   ``trainer.train`` for ``should_stop``)."""
-  if config.method == "translate":
-    raise UserError(
-      "method translate changes no weights: it is the source CPU fed translated machine code; the porting "
-      "experiment (configs/experiments/porting.py) evaluates it beside the others"
-    )
-  if config.method not in PORT_METHODS:
-    raise UserError(f"unknown porting method {config.method!r}; choose one of translate, {', '.join(PORT_METHODS)}")
+  check_method(config.method)
   if not config.checkpoint:
     raise UserError("no source CPU: pass --config.checkpoint=RUN (a training workdir or checkpoint directory)")
   meta = checkpoints.load_meta(config.checkpoint)  # refuses a checkpoint that carries no ISA

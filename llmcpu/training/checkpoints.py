@@ -213,6 +213,24 @@ def find(path: str) -> tuple[str, int]:
   raise UserError(f"no checkpoint under {path}; pass a training workdir or a checkpoint step directory")
 
 
+def find_runs(path: str) -> list[str]:
+  """Every run at or below ``path``, at any depth, sorted: each directory holding checkpoint steps (step directories
+  named by their number), in it or in its ``checkpoints/``; a run's own tree is not searched."""
+  path = fs.abspath(path).rstrip("/")
+  if _holds_steps(fs.join(path, "checkpoints")) or _holds_steps(path):
+    return [path]
+  out: list[str] = []
+  for name in fs.listdir(path):
+    child = fs.join(path, name)
+    if not name.startswith(".") and not name.endswith(".orbax-checkpoint-tmp") and fs.isdir(child):
+      out += find_runs(child)
+  return out
+
+
+def _holds_steps(directory: str) -> bool:
+  return any(name.isdigit() and fs.isdir(fs.join(directory, name)) for name in fs.listdir(directory))
+
+
 def saved_ns(path: str) -> int:
   """When the newest checkpoint at ``path`` was written, in ns; unknown = the far future (whatever was computed
   from it counts as stale)."""
