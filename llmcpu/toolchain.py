@@ -357,6 +357,6 @@ def format_split_stats(spec: str, stats: dict[str, dict]) -> str:
   """One line: documents, bytes (and files) per split."""
   parts = []
   for split, row in stats.items():
-    files = f"{row['files']} files, " if "files" in row else ""
+    files = f"{row['files']} file{'s' * (row['files'] != 1)}, " if "files" in row else ""
     parts.append(f"{split} {files}{row['docs']} docs, {row['bytes'] / 1000:.1f} KB")
   return f"corpus {spec}: " + "; ".join(parts)

@@ -76,16 +76,23 @@ def shortfall(stats: dict, coherence: bool = True) -> tuple[str, bool] | None:
     return None
   test = stats["splits"].get(stats["held_out"], {})
   half = stats["prompts_at_half_prompt_bytes"]
+  fixes = [f"give more text (about {_more_kb(stats)} KB more)"]
+  if not fatal:
+    fixes.append(f"ask for fewer (--config.crosseval.prompts={have})")
+  if half["prompts"] > have:
+    fixes.append(
+      f"shorten the prompts (--config.crosseval.prompt_bytes={half['prompt_bytes']} gives {half['prompts']})"
+    )
+  if fatal:
+    fixes.append("turn coherence off (--config.crosseval.coherence=False)")
   line = (
     f"corpus {stats['corpus']}: its {stats['held_out']} split ({test.get('docs', '?')} docs, "
     f"{test.get('bytes', 0) / 1000:.1f} KB) supports {have} prompts of ≥ {stats['prompt_doc_bytes']} bytes, "
-    f"{want} asked for; give more text (about {_more_kb(stats)} KB more), ask for fewer "
-    f"(--config.crosseval.prompts={max(have, MIN_PROMPTS)}) or shorten the prompts "
-    f"(--config.crosseval.prompt_bytes={half['prompt_bytes']} gives {half['prompts']})"
+    f"{want} asked for"
   )
   if fatal:
-    return f"{line}; coherence needs at least {MIN_PROMPTS} (or turn it off: --config.crosseval.coherence=False)", True
-  return f"{line}; going on with {have}", False
+    line += f", and coherence needs at least {MIN_PROMPTS}"
+  return f"{line}; {', '.join(fixes[:-1])} or {fixes[-1]}" + ("" if fatal else f"; going on with {have}"), fatal
 
 
 def _more_kb(stats: dict) -> int:
