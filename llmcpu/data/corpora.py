@@ -78,6 +78,7 @@ def load_corpus(spec: str, *, data_dir: str | None = None, doc_bytes: int = DOC_
   if kind == "programs" and rest in ("", "small"):
     return _load_programs(spec, rest or "default", data_dir)
   if kind == "tfds" and rest:
+    files.check_doc_bytes(doc_bytes)
     return _load_tfds(spec, rest, data_dir, doc_bytes)
   if kind in files.FORMATS and rest:
     return _load_files(spec, doc_bytes)

@@ -253,6 +253,11 @@ def _stat(path: str) -> tuple[int, int]:
   return st.st_size, st.st_mtime_ns
 
 
+def check_doc_bytes(doc_bytes: int) -> None:
+  if not isinstance(doc_bytes, int) or doc_bytes < MIN_DOC_BYTES:
+    raise UserError(f"doc_bytes={doc_bytes!r} is too small to hold a sentence; use at least {MIN_DOC_BYTES}")
+
+
 def matching_files(spec: str, pattern: str) -> list[str]:
   full = os.path.abspath(os.path.expanduser(pattern))
   files = sorted(p for p in glob.glob(full, recursive=True) if os.path.isfile(p))
@@ -265,19 +270,20 @@ def matching_files(spec: str, pattern: str) -> list[str]:
 def load_files(spec: str, doc_bytes: int = DOC_BYTES) -> dict:
   """The ``Corpus`` fields (name, fingerprint, info, reader) of a ``text:``/``jsonl:``/``csv:``/``tsv:`` spec."""
   kind, pattern, field = parse_spec(spec)
-  if doc_bytes < MIN_DOC_BYTES:
-    raise UserError(f"doc_bytes={doc_bytes} is too small to hold a sentence; use at least {MIN_DOC_BYTES}")
+  check_doc_bytes(doc_bytes)
   files = matching_files(spec, pattern)
+  base = os.path.commonpath([os.path.dirname(p) for p in files])
   stats = tuple(_stat(p) for p in files)  # before reading: a file changed while being read is caught on the next pass
   h = hashlib.sha256()
-  docs_of: list[list[str]] = []
+  sizes: list[list[int]] = []
+  digests: list[list[bytes]] = []  # per document: a unit's key hashes these, not its text (memory: 32 bytes a doc)
   for path in files:
     docs = _file_documents(path, kind, field, doc_bytes)
-    h.update(json.dumps([os.path.basename(path), len(docs)]).encode() + b"\0" + "\0".join(docs).encode("utf-8"))
-    docs_of.append(docs)
-  sizes = [[_nbytes(d) for d in docs] for docs in docs_of]
+    h.update(json.dumps([os.path.relpath(path, base), len(docs)]).encode() + b"\0" + "\0".join(docs).encode("utf-8"))
+    sizes.append([_nbytes(d) for d in docs])
+    digests.append([hashlib.sha256(d.encode("utf-8")).digest() for d in docs])
   units = units_of(sizes)
-  keys = [hashlib.sha256("".join(docs_of[f][a:b]).encode("utf-8")).digest() for f, a, b in units]
+  keys = [hashlib.sha256(b"".join(digests[f][a:b])).digest() for f, a, b in units]  # same text, same key
   if not any(sizes):
     raise UserError(f"corpus {spec!r} is empty: the {len(files)} matched file(s) hold no text")
   if len(set(keys)) < len(SPLITS):
@@ -290,7 +296,7 @@ def load_files(spec: str, doc_bytes: int = DOC_BYTES) -> dict:
   flat_sizes = [n for s in sizes for n in s]
   info = {
     "glob": os.path.abspath(os.path.expanduser(pattern)),
-    "base": os.path.commonpath([os.path.dirname(p) for p in files]),
+    "base": base,
     "format": kind,
     "field": field,
     "doc_bytes": doc_bytes,
