@@ -3,6 +3,7 @@ and a calibration that could not run is "not measured", never "DOES NOT HOLD".""
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
@@ -101,3 +102,10 @@ def test_calibration_with_too_few_prompts_is_not_measured():
   assert "DOES NOT HOLD" in lines and "not measured" not in lines
   lines = "\n".join(summary.calibration_table([calibration_row(40, 1.0) | {"fluency": 0.99}], []))
   assert "| holds |" in lines
+
+
+def test_bad_line_refused_before_anything_is_written(tmp_path):
+  (tmp_path / "data.jsonl").write_text(json.dumps({"text": words_text(2_000, 1)}) + "\n{oops\n")
+  with pytest.raises(UserError, match=rf"^{tmp_path}/data.jsonl:2: not a JSON line \(.*\); fix or remove it$"):
+    experiment.run(config(f"jsonl:{tmp_path}/data.jsonl"), str(tmp_path / "exp"), log=lambda m: None)
+  assert not (tmp_path / "exp").exists()
