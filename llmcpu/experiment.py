@@ -176,7 +176,7 @@ def prepare(
   stats = toolchain.compile_corpora(plan.corpora, built, plan.compile_dir, leader=plan.leader, log=log)
   log("\n" + toolchain.format_isa_table(stats) + "\n\n" + toolchain.format_overlap_matrix(built) + "\n")
   if check_prompts:
-    options, generates = crosseval.CrossEvalOptions(**exp.crosseval.to_dict()), plan.archs != ["encoder"]
+    options, generates = crosseval.CrossEvalOptions(**exp.crosseval.to_dict()), any(a != "encoder" for a in plan.archs)
     capacity.check_corpora(plan.corpora, built[0], plan.compile_dir, options, generates=generates, log=log)
   timing["compile"] = time.time() - t_start
   _train_cpus(exp, plan, workdir, t_start, log)
