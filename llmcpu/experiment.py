@@ -28,6 +28,7 @@ from collections.abc import Callable
 import ml_collections
 
 from llmcpu import compilers, crosseval, data, fs, toolchain
+from llmcpu.crosseval import capacity
 from llmcpu.errors import Stopped, UserError
 from llmcpu.training import checkpoints, parallel
 from llmcpu.training.run_config import base_config, check_ranges
@@ -61,6 +62,7 @@ def experiment_config(preset: str = "tiny") -> ml_collections.ConfigDict:
   c.seeds = "0"  # comma-separated: every CPU is trained once per seed (tables: mean ± std over seeds)
   c.report = "report"  # report directory under the workdir: another name lets two experiments share the same runs
   c.data_dir = ""  # TFDS data_dir ('' = TFDS default)
+  c.doc_bytes = data.DOC_BYTES  # most bytes of a document cut from your own files (text:, jsonl:, ...) or tfds: records
   for block in ("data", "model", "train", "checkpoint"):
     c[block] = base[block]
   del c.model["arch"]
@@ -138,7 +140,7 @@ def run(exp: ml_collections.ConfigDict, workdir: str, *, log: Callable[[str], No
   t_start = time.time()
   workdir = fs.abspath(workdir)
   timing: dict[str, float] = {}
-  plan = prepare(exp, workdir, log=log, timing=timing)
+  plan = prepare(exp, workdir, log=log, timing=timing, check_prompts=True)
   if not plan.leader:  # one report per workdir: process 0 cross-evaluates on its own devices and writes it
     log("== cross-eval: left to process 0, which writes the reports into the shared workdir")
     return {}
@@ -155,9 +157,15 @@ def run(exp: ml_collections.ConfigDict, workdir: str, *, log: Callable[[str], No
 
 
 def prepare(
-  exp: ml_collections.ConfigDict, workdir: str, *, log: Callable[[str], None] = print, timing: dict | None = None
+  exp: ml_collections.ConfigDict,
+  workdir: str,
+  *,
+  log: Callable[[str], None] = print,
+  timing: dict | None = None,
+  check_prompts: bool = False,
 ) -> Plan:
-  """The first two stages: compile every ISA, train every CPU (what is done already is skipped); the plan."""
+  """The first two stages: compile every ISA, train every CPU (what is done already is skipped); the plan. With
+  ``check_prompts``, what each corpus' held-out split can measure is said (or refused) before any training."""
   t_start, timing = time.time(), {} if timing is None else timing
   plan = _plan(exp, workdir)
   log(
@@ -167,6 +175,9 @@ def prepare(
   built = toolchain.build_compilers(plan.specs, plan.sources, plan.compile_dir, leader=plan.leader, log=log)
   stats = toolchain.compile_corpora(plan.corpora, built, plan.compile_dir, leader=plan.leader, log=log)
   log("\n" + toolchain.format_isa_table(stats) + "\n\n" + toolchain.format_overlap_matrix(built) + "\n")
+  if check_prompts:
+    options, generates = crosseval.CrossEvalOptions(**exp.crosseval.to_dict()), any(a != "encoder" for a in plan.archs)
+    capacity.check_corpora(plan.corpora, built[0], plan.compile_dir, options, generates=generates, log=log)
   timing["compile"] = time.time() - t_start
   _train_cpus(exp, plan, workdir, t_start, log)
   timing["train"] = time.time() - t_start - timing["compile"]
@@ -190,10 +201,11 @@ def _plan(exp: ml_collections.ConfigDict, workdir: str) -> Plan:
   seeds = seed_list(exp.seeds)
   for arch in archs:
     check_ranges(cpu_config(exp, exp.corpus, arch, str(trained[0]), "", seeds[0]))
-  corpora = [data.load_corpus(c, data_dir=exp.data_dir or None) for c in split_list(exp.corpus, "corpus")]
+  load = dict(data_dir=exp.data_dir or None, doc_bytes=exp.get("doc_bytes", data.DOC_BYTES))
+  corpora = [data.load_corpus(c, **load) for c in split_list(exp.corpus, "corpus")]
   sources = corpora
   if exp.compiler_corpora:
-    sources = [data.load_corpus(c, data_dir=exp.data_dir or None) for c in split_list(exp.compiler_corpora, "corpus")]
+    sources = [data.load_corpus(c, **load) for c in split_list(exp.compiler_corpora, "corpus")]
   _check_isas_kept(workdir, compile_dir, specs, sources)
   # Processes sharing the compile directory (a pod slice on a bucket): process 0 compiles, the others wait for what
   # it commits. Processes each on its own disk compile their own copy.
@@ -233,7 +245,8 @@ def _cross_evaluate(exp, plan: Plan, workdir: str, report_root: str, corpus, t_s
   specs = [str(s) for s in plan.specs]
   rows = crosseval.evaluate(cpus, specs, plan.compile_dir, corpus=corpus.spec, options=options, log=log)
   calibration = crosseval.calibrate(plan.compile_dir, corpus.spec, specs[0], options) if options.coherence else []
-  crosseval.write_report(rows, out, calibration)
+  stats = capacity.corpus_stats(plan.compile_dir, corpus, plan.specs[0], options)
+  crosseval.write_report(rows, out, calibration, corpus_stats=stats)
   return out
 
 

@@ -350,6 +350,31 @@ def find_corpus_name(compile_dir: str, corpus_spec: str, compiler: Compiler) -> 
   )
 
 
+def split_stats(workdir: str, corpus, compiler: Compiler) -> dict[str, dict]:
+  """``{split: {docs, bytes[, files]}}`` of a compiled corpus, from its manifests (raw bytes: the same for every
+  ISA); ``files`` where the corpus is made of files (``text:``, ``jsonl:``, ...)."""
+  files = corpus.info.get("files_per_split", {})
+  out = {}
+  for split in corpus.splits:
+    m = compiled.read_manifest(split_dir(workdir, corpus.name, compiler.name, split))
+    if m is None:
+      raise UserError(f"corpus {corpus.spec!r} split {split!r} is not compiled with {compiler.name} in {workdir}")
+    row = {"docs": int(m["num_docs"]), "bytes": sum(int(f["bytes"]) for f in m["stats"].values())}
+    if split in files:
+      row["files"] = int(files[split])
+    out[split] = row
+  return out
+
+
+def format_split_stats(spec: str, stats: dict[str, dict]) -> str:
+  """One line: documents, bytes (and files) per split."""
+  parts = []
+  for split, row in stats.items():
+    files = f"{row['files']} file{'s' * (row['files'] != 1)}, " if "files" in row else ""
+    parts.append(f"{split} {files}{row['docs']} docs, {row['bytes'] / 1000:.1f} KB")
+  return f"corpus {spec}: " + "; ".join(parts)
+
+
 class Toolchain:
   """The compilers and compiled splits of one compile directory (``scripts/compile.py``'s workdir), for the code that
   reads them; every missing piece is one ``UserError`` ending in ``compile_hint``."""

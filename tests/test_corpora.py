@@ -17,7 +17,9 @@ import time
 import pytest
 
 from llmcpu.data import Corpus, load_corpus
-from llmcpu.data.corpora import TEXT_CHUNK_BYTES, import_tfds, split_for, text_documents
+from llmcpu.data.corpora import import_tfds
+from llmcpu.data.files import DOC_BYTES, cut_documents
+from llmcpu.data.sources import split_for
 from llmcpu.errors import UserError
 
 
@@ -403,6 +405,19 @@ def test_tfds_reads_our_prepared_builders_like_any_dataset(docs, progs, data_dir
     load_corpus("tfds:programs/small:nope", data_dir=data_dir)
 
 
+def test_tfds_long_records_cut_into_documents(docs, data_dir):
+  """A tfds: record over doc_bytes becomes documents of at most that many bytes that concatenate back to it."""
+  records = [d["text"] for d in docs.documents("test", limit=12)]
+  corpus = load_corpus("tfds:python_docs", data_dir=data_dir, doc_bytes=256)
+  cut = [d["text"] for d in corpus.documents("test", limit=400)]
+  assert all(0 < len(t.encode()) <= 256 for t in cut) and len(cut) == 400
+  joined, i = "".join(cut), 0
+  for record in records:  # the documents, read in order, are the records' bytes in order
+    assert joined.startswith(record, i)
+    i += len(record)
+  assert corpus.fingerprint != load_corpus("tfds:python_docs", data_dir=data_dir).fingerprint
+
+
 def test_tfds_unprepared_fails_fast_naming_data_dir(tmp_path):
   start = time.monotonic()
   with no_network(), pytest.raises(UserError, match=f"not prepared under data_dir={tmp_path}.*--data_dir"):
@@ -435,7 +450,7 @@ def write(path, content: str | bytes):
 
 def test_text_glob(tmp_path):
   big = "".join(f"Paragraph {i}: " + "lorem ipsum dolor " * 40 + "\n\n" for i in range(200))
-  assert len(big.encode()) > 2 * TEXT_CHUNK_BYTES
+  assert len(big.encode()) > 100 * DOC_BYTES
   write(tmp_path / "a.txt", "first file\n")
   write(tmp_path / "sub" / "b.txt", "second file, été\n")
   write(tmp_path / "big.txt", big)
@@ -445,9 +460,9 @@ def test_text_glob(tmp_path):
   assert all(data.values()), "every split has a document"
   texts = [d["text"] for split in data.values() for d in split]
   assert "first file\n" in texts and "second file, été\n" in texts and "not matched\n" not in texts
-  chunks = text_documents(big)
-  assert "".join(chunks) == big and len(chunks) > 2
-  assert all(len(c.encode()) <= TEXT_CHUNK_BYTES for c in chunks)
+  chunks = cut_documents(big)
+  assert "".join(chunks) == big and len(chunks) > 100
+  assert all(len(c.encode()) <= DOC_BYTES and c.endswith("\n\n") for c in chunks)  # whole paragraphs
   assert sorted(texts) == sorted(["first file\n", "second file, été\n", *chunks])
   assert corpus.name.startswith("text-") and re.fullmatch(r"text-[0-9a-f]{8}", corpus.name)
   assert sum(corpus.info["num_bytes"].values()) == sum(len(t.encode()) for t in texts)
@@ -467,7 +482,7 @@ def test_text_errors(tmp_path):
     load_corpus(f"text:{tmp_path}/lit/notes[1].txt")
   write(tmp_path / "bad" / "a.txt", "fine\n")
   write(tmp_path / "bad" / "b.txt", b"caf\xe9\n")
-  with pytest.raises(UserError, match=r"b\.txt is not UTF-8 text"):
+  with pytest.raises(UserError, match=r"b\.txt:1: not UTF-8 \(bad byte at offset 3\)"):
     load_corpus(f"text:{tmp_path}/bad/*.txt")
   write(tmp_path / "empty" / "a.txt", "")
   write(tmp_path / "empty" / "b.txt", " \n\n")
@@ -475,7 +490,7 @@ def test_text_errors(tmp_path):
     load_corpus(f"text:{tmp_path}/empty/*")
   write(tmp_path / "two" / "a.txt", "one\n")
   write(tmp_path / "two" / "b.txt", "two\n")
-  with pytest.raises(UserError, match="has 2 document"):
+  with pytest.raises(UserError, match="is too small: 2 document"):
     load_corpus(f"text:{tmp_path}/two/*")
 
 

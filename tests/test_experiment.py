@@ -45,6 +45,10 @@ def test_seeds_calibration_and_resume_in_a_bucket(tmp_path, fake_gcs):
   assert [r["reference"] for r in calibration][:2] == ["true continuation", "another document's continuation"]
   summary = fs.read_text(f"{out}/summary.md")
   assert "## Calibration" in summary and "shuffled" in summary and "seeds 0, 1" in summary
+  stats = json.loads(fs.read_text(f"{out}/corpus_stats.json"))  # what the held-out split supports, said in summary
+  assert stats["prompts_used"] == rows[0]["prompts"] == min(12, stats["prompts_available"])
+  assert f"test {stats['splits']['test']['files']} files, {stats['splits']['test']['docs']} docs" in summary
+  assert f"Prompts: {stats['prompts_used']} used of {stats['prompts_available']} available." in summary
   provenance = json.loads(fs.read_text(f"{workdir}/report/experiment.json"))
   assert provenance["config"]["seeds"] == "0,1" and provenance["seconds"]["total"] > 0
 

@@ -29,7 +29,7 @@ import numpy as np  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 
 from llmcpu import fs  # noqa: E402
-from llmcpu.crosseval import summary  # noqa: E402
+from llmcpu.crosseval import capacity, summary  # noqa: E402
 from llmcpu.crosseval.intervals import mean_std  # noqa: E402
 
 
@@ -380,9 +380,12 @@ def _write_jsonl(rows: Sequence[dict], path: str) -> None:
   fs.write_text(path, "".join(lines))
 
 
-def write_report(rows: Sequence[dict], out_dir: str, calibration: Sequence[dict] | None = None) -> dict:
+def write_report(
+  rows: Sequence[dict], out_dir: str, calibration: Sequence[dict] | None = None, corpus_stats: dict | None = None
+) -> dict:
   """Writes every file of the report; returns their paths. ``results.jsonl`` is written last: a report directory
-  holding it is complete."""
+  holding it is complete. ``corpus_stats`` (``capacity.corpus_stats``) goes to corpus_stats.json and a line of
+  summary.md."""
   out_dir = fs.abspath(out_dir)
   for sub in ("tables", "heatmaps"):
     fs.makedirs(fs.join(out_dir, sub))
@@ -404,13 +407,15 @@ def write_report(rows: Sequence[dict], out_dir: str, calibration: Sequence[dict]
   damage = fs.join(out_dir, "heatmaps", "damage_curves.png")
   if damage_figure(rows, damage):
     paths["damage_curves"] = damage
+  if corpus_stats is not None:
+    paths["corpus_stats"] = capacity.write_stats(out_dir, corpus_stats)
   paths["summary"] = fs.join(out_dir, "summary.md")
   tables = {k: markdown_table(rows, k) for k in HEADLINE if k in metrics_present(rows)}
   if any(_number(r.get("exact_match")) is not None for r in rows):
     tables["exact_match"] = markdown_table(rows, "exact_match")
   if "damage_curves" in paths:
     tables["damage curve (share of opcodes permuted; heatmaps/damage_curves.png)"] = damage_markdown(rows)
-  fs.write_text(paths["summary"], summary.summarize(rows, tables, calibration or []))
+  fs.write_text(paths["summary"], summary.summarize(rows, tables, calibration or [], corpus_stats))
   _write_jsonl(rows, paths["results"])
   return paths
 

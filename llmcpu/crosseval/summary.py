@@ -23,7 +23,9 @@ from collections.abc import Sequence
 import numpy as np
 
 from llmcpu import compilers, specials
+from llmcpu.crosseval import capacity
 from llmcpu.crosseval import coherence as coherence_doc
+from llmcpu.crosseval.capacity import MIN_PROMPTS
 from llmcpu.crosseval.intervals import mean_std
 from llmcpu.errors import UserError
 
@@ -259,10 +261,13 @@ def calibration_table(calibration: Sequence[dict], ok: Sequence[dict]) -> list[s
     want = EXPECTED.get(r["reference"], ())
     ok_ = all(_num(r.get(k)) is not None and lo <= r[k] <= hi for k, lo, hi in want)
     expected = ", ".join(f"{k} in [{lo:g}, {hi:g}]" for k, lo, hi in want) or "—"
+    verdict = _verdict(ok_) if want else "—"
+    if want and (r.get("prompts") or 0) < MIN_PROMPTS:  # too few prompts to run it: no verdict either way
+      verdict = f"not measured: {r.get('prompts') or 0} prompts (needs ≥ {MIN_PROMPTS})"
     out.append(
       f"| {r['corpus']} | {r['reference']} | {r['prompts']} | "
       + " | ".join(_figure(r, k) for k in FIGURES)
-      + f" | {expected} | {_verdict(ok_) if want else '—'} |"
+      + f" | {expected} | {verdict} |"
     )
   shuffled = [r for r in ok if r.get("native") and r.get("shuffled_prompt")]
   if shuffled:
@@ -284,7 +289,9 @@ def calibration_table(calibration: Sequence[dict], ok: Sequence[dict]) -> list[s
   return [*out, ""]
 
 
-def summarize(rows: Sequence[dict], tables: dict[str, str], calibration: Sequence[dict] = ()) -> str:
+def summarize(
+  rows: Sequence[dict], tables: dict[str, str], calibration: Sequence[dict] = (), corpus_stats: dict | None = None
+) -> str:
   ok = [r for r in rows if r.get("status") == "ok"]
   failed = [r for r in rows if r.get("status") != "ok"]
   models = {r["checkpoint"] for r in rows}
@@ -300,6 +307,7 @@ def summarize(rows: Sequence[dict], tables: dict[str, str], calibration: Sequenc
     f"`{rows[0]['split'] if rows else 'test'}` split as is (no re-tokenization). Tables: mean ± std over seeds, or "
     "with one seed the figure and its 95% bootstrap interval over documents.",
     "",
+    *([capacity.summary_line(corpus_stats), ""] if corpus_stats else []),
     "## What the matrix shows",
     "",
     *native_best(ok, "bits_per_byte", "bits per byte (lowest)", lower_is_better=True),

@@ -5,13 +5,17 @@ Accepted corpus strings (``load_corpus(spec)``):
   python_docs              English prose shipped with this Python (pydoc topics, stdlib docstrings); TFDS builder
   programs[:small]         synthetic computations with ground truth (fields input/target, label task); TFDS builder
   tfds:NAME[:TEXT_KEY]     any prepared TFDS text dataset, e.g. tfds:lm1b or tfds:wiki40b/en:text (key default text)
-  text:GLOB                your own UTF-8 files: one document per file; files over 64 KiB split at blank lines
+  text:GLOB                your own UTF-8 files, cut into documents of at most doc_bytes (see llmcpu.data.files)
+  jsonl:GLOB[:FIELD]       one text per JSON line (field default text), cut the same way
+  csv:GLOB[:COLUMN]        one text per row of the named column (header row; default text); tsv:GLOB[:COLUMN] too
   spans:CORPUS             span corruption done on a prose CORPUS's text (seq2seq; see ``llmcpu.data.spans``)
 
 The two embedded corpora are prepared offline into the TFDS ``data_dir`` on first use (seconds) and then read back
 through TFDS like any other dataset. Splits come from a hash of a stable key, so a document's split never depends
-on the others: ``text:`` documents and ``programs`` operands 90/5/5 into train/validation/test, ``python_docs``
-75/5/20 by source module/topic (see ``llmcpu.data.python_docs``).
+on the others: ``programs`` operands 90/5/5 into train/validation/test, ``python_docs`` 75/5/20 by source
+module/topic (see ``llmcpu.data.python_docs``). Your own files go 75/5/20 *by bytes*, whole files or contiguous
+regions of a file (see ``llmcpu.data.files``). ``tfds:`` keeps the dataset's own splits; its records over
+``doc_bytes`` are cut like a text file.
 
 TensorFlow Datasets is imported lazily: importing this module stays cheap.
 """
@@ -19,23 +23,23 @@ TensorFlow Datasets is imported lazily: importing this module stays cheap.
 from __future__ import annotations
 
 import dataclasses
-import glob
-import hashlib
 import importlib
-import json
 import os
 import re
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from llmcpu.data import programs, python_docs, spans
-from llmcpu.data.sources import SPLITS, digest, import_tfds, split_for, tf_cpu_only
+from llmcpu.data import files, programs, python_docs, spans
+from llmcpu.data.sources import SPLITS, digest, import_tfds, tf_cpu_only
 from llmcpu.errors import UserError
 
-FORMS = "python_docs, programs, programs:small, tfds:NAME[:TEXT_KEY], text:GLOB, spans:CORPUS"
+FORMS = (
+  "python_docs, programs, programs:small, tfds:NAME[:TEXT_KEY], text:GLOB, jsonl:GLOB[:FIELD], csv:GLOB[:COLUMN], "
+  "tsv:GLOB[:COLUMN], spans:CORPUS"
+)
 # The embedded builders by TFDS name: looking one up defines (so registers) its class, which TFDS needs first.
 _BUILDERS = {"python_docs": python_docs.builder_class, "programs": programs.builder_class}
-TEXT_CHUNK_BYTES = 64 * 1024  # text: files larger than this are split at blank lines into documents up to this size
+DOC_BYTES = files.DOC_BYTES  # documents of your own files and long tfds: records: at most this many bytes
 
 Reader = Callable[[str, "int | None"], Iterator[dict[str, str]]]
 
@@ -65,19 +69,21 @@ class Corpus:
     return self.reader(split, limit)
 
 
-def load_corpus(spec: str, *, data_dir: str | None = None) -> Corpus:
-  """Resolves a corpus string; ``data_dir`` is the TFDS data dir (None: TFDS default or $TFDS_DATA_DIR)."""
+def load_corpus(spec: str, *, data_dir: str | None = None, doc_bytes: int = DOC_BYTES) -> Corpus:
+  """Resolves a corpus string; ``data_dir`` is the TFDS data dir (None: TFDS default or $TFDS_DATA_DIR);
+  ``doc_bytes`` the most bytes of a document cut from your own files or a long ``tfds:`` record."""
   kind, _, rest = spec.partition(":")
   if kind == "python_docs" and not rest:
     return _load_python_docs(spec, data_dir)
   if kind == "programs" and rest in ("", "small"):
     return _load_programs(spec, rest or "default", data_dir)
   if kind == "tfds" and rest:
-    return _load_tfds(spec, rest, data_dir)
-  if kind == "text" and rest:
-    return _load_text(spec, rest)
+    files.check_doc_bytes(doc_bytes)
+    return _load_tfds(spec, rest, data_dir, doc_bytes)
+  if kind in files.FORMATS and rest:
+    return _load_files(spec, doc_bytes)
   if kind == "spans" and rest:
-    return spans.span_corpus(spec, load_corpus(rest, data_dir=data_dir))
+    return spans.span_corpus(spec, load_corpus(rest, data_dir=data_dir, doc_bytes=doc_bytes))
   raise UserError(f"unknown corpus {spec!r}; use one of: {FORMS}")
 
 
@@ -92,6 +98,7 @@ class _TfdsReader:
   data_dir: str | None
   keys: tuple[tuple[str, str], ...]  # (corpus field, TFDS feature key)
   module: str | None = None  # its builder_class() is called first so the builder class is registered
+  doc_bytes: int = 0  # > 0: a record's single text field is cut into documents of at most this many bytes
 
   def __call__(self, split: str, limit: int | None) -> Iterator[dict[str, str]]:
     tfds = import_tfds()
@@ -102,14 +109,22 @@ class _TfdsReader:
     # No autocache: a partial read (limit, an early stop) would warn that the cache was discarded.
     read_config = tfds.ReadConfig(try_autocache=False)
     ds = builder.as_dataset(split=split, shuffle_files=False, read_config=read_config)
-    if limit is not None:
+    if limit is not None and not self.doc_bytes:  # cut records make several documents: counted below instead
       ds = ds.take(limit)
     # Batches cross the TF/Python boundary ~100x faster than single examples.
     ds = ds.map(lambda ex: {key: ex[key] for _, key in self.keys}).batch(512)
+    n = 0
     for batch in tfds.as_numpy(ds):
       columns = [(field, batch[key]) for field, key in self.keys]
       for i in range(len(columns[0][1])):
-        yield {field: _as_str(col[i]) for field, col in columns}
+        docs = [{f: _as_str(col[i]) for f, col in columns}]
+        if self.doc_bytes:
+          docs = [{"text": d} for d in files.cut_documents(docs[0]["text"], self.doc_bytes)]
+        for doc in docs:
+          if limit is not None and n >= limit:
+            return
+          n += 1
+          yield doc
 
 
 def _as_str(value: Any) -> str:
@@ -181,7 +196,7 @@ def _load_programs(spec: str, config: str, data_dir: str | None) -> Corpus:
 # --- tfds:NAME[:TEXT_KEY] -----------------------------------------------------------------------------------------
 
 
-def _load_tfds(spec: str, rest: str, data_dir: str | None) -> Corpus:
+def _load_tfds(spec: str, rest: str, data_dir: str | None, doc_bytes: int) -> Corpus:
   parts = rest.split(":")
   if len(parts) > 2 or not all(parts):
     raise UserError(f"bad corpus {spec!r}; write tfds:NAME or tfds:NAME:TEXT_KEY, e.g. tfds:lm1b:text")
@@ -217,7 +232,8 @@ def _load_tfds(spec: str, rest: str, data_dir: str | None) -> Corpus:
     "tfds_name": builder.info.full_name,
     "data_dir": root,
     "text_key": key,
-    "num_docs": num_docs,
+    "doc_bytes": doc_bytes,
+    "num_records": num_docs,  # a record over doc_bytes makes several documents
     "tfds_num_bytes": {s: split_sig[s][1] for s in splits},
   }
   return Corpus(
@@ -226,9 +242,9 @@ def _load_tfds(spec: str, rest: str, data_dir: str | None) -> Corpus:
     fields=("text",),
     label_fields=(),
     splits=splits,
-    fingerprint=digest({"tfds_name": builder.info.full_name, "key": key, "splits": split_sig}),
+    fingerprint=digest({"tfds_name": builder.info.full_name, "key": key, "splits": split_sig, "doc_bytes": doc_bytes}),
     info=info,
-    reader=_TfdsReader(name, data_dir, (("text", key),)),
+    reader=_TfdsReader(name, data_dir, (("text", key),), doc_bytes=doc_bytes),
   )
 
 
@@ -237,113 +253,9 @@ def _ordered_splits(names: Any) -> tuple[str, ...]:
   return tuple([s for s in SPLITS if s in names] + sorted(s for s in names if s not in SPLITS))
 
 
-# --- text:GLOB ----------------------------------------------------------------------------------------------------
+# --- text:, jsonl:, csv:, tsv: -----------------------------------------------------------------------------------
 
 
-def _load_text(spec: str, pattern: str) -> Corpus:
-  full = os.path.abspath(os.path.expanduser(pattern))
-  files = sorted(p for p in glob.glob(full, recursive=True) if os.path.isfile(p))
-  if not files:
-    hint = " ('[' starts a glob character class: write [[] for a literal '[')" if "[" in pattern else ""
-    raise UserError(f"no files match {spec!r}{hint}; check the path or quote the glob so your shell does not expand it")
-  base = os.path.commonpath([os.path.dirname(p) for p in files])
-  rels = tuple(os.path.relpath(p, base) for p in files)
-  h = hashlib.sha256()
-  keys: list[bytes] = []
-  sizes: list[int] = []
-  for rel, text in zip(rels, _read_texts(files, spec), strict=True):
-    h.update(json.dumps([rel, len(text)]).encode() + b"\0" + text.encode("utf-8"))
-    for doc in text_documents(text):
-      data = doc.encode("utf-8")
-      keys.append(hashlib.sha256(data).digest())  # by content: duplicate documents share a split
-      sizes.append(len(data))
-  if not keys:
-    raise UserError(f"corpus {spec!r} is empty: the {len(files)} matched file(s) hold no text")
-  if len(keys) < 3:
-    raise UserError(f"corpus {spec!r} has {len(keys)} document(s); need at least 3 for train/validation/test")
-  assign = _assign_splits(keys)
-  reader = _TextReader(tuple(files), tuple(_stat(p) for p in files), assign, spec)
-  num_docs = {s: assign.count(i) for i, s in enumerate(SPLITS)}
-  num_bytes = {s: sum(n for n, a in zip(sizes, assign, strict=True) if a == i) for i, s in enumerate(SPLITS)}
-  info = {"glob": full, "base": base, "num_files": len(files), "num_docs": num_docs, "num_bytes": num_bytes}
-  return Corpus(
-    spec=spec,
-    name=f"text-{hashlib.sha256(full.encode()).hexdigest()[:8]}",
-    fields=("text",),
-    label_fields=(),
-    splits=SPLITS,
-    fingerprint=digest({"text_format": 1, "chunk": TEXT_CHUNK_BYTES, "files": h.hexdigest()}),
-    info=info,
-    reader=reader,
-  )
-
-
-def text_documents(text: str) -> list[str]:
-  """A file's documents: the whole text, or chunks cut at blank lines when large; they concatenate back to it."""
-  if len(text.encode("utf-8")) <= TEXT_CHUNK_BYTES:
-    return [text] if text.strip() else []
-  parts = re.split(r"(\n[ \t]*\n(?:[ \t]*\n)*)", text)  # odd items are the blank-line separators
-  units = ["".join(parts[i : i + 2]) for i in range(0, len(parts), 2)]
-  chunks, cur, size = [], [], 0
-  for unit in units:
-    n = len(unit.encode("utf-8"))
-    if cur and size + n > TEXT_CHUNK_BYTES:
-      chunks.append("".join(cur))
-      cur, size = [], 0
-    cur.append(unit)
-    size += n
-  if cur:
-    chunks.append("".join(cur))
-  return [c for c in chunks if c.strip()]
-
-
-def _read_texts(files: list[str] | tuple[str, ...], spec: str) -> Iterator[str]:
-  for path in files:
-    with open(path, "rb") as f:
-      data = f.read()
-    try:
-      yield data.decode("utf-8")
-    except UnicodeDecodeError as e:
-      raise UserError(
-        f"{path} is not UTF-8 text (bad byte at offset {e.start}); convert it or leave it out of {spec!r}"
-      ) from None
-
-
-def _assign_splits(keys: list[bytes]) -> bytes:
-  """Split index per document by hash; with few documents an empty split borrows one from the largest."""
-  assign = bytearray(SPLITS.index(split_for(k)) for k in keys)
-  for want in range(len(SPLITS)):
-    if want in assign:
-      continue
-    donor = max(range(len(SPLITS)), key=lambda s: assign.count(s))
-    i = min((i for i, s in enumerate(assign) if s == donor), key=lambda i: keys[i])
-    assign[i] = want
-  return bytes(assign)
-
-
-def _stat(path: str) -> tuple[int, int]:
-  st = os.stat(path)
-  return st.st_size, st.st_mtime_ns
-
-
-@dataclasses.dataclass(frozen=True)
-class _TextReader:
-  """Re-reads the files on each pass (no corpus held in memory), refusing files changed since loading."""
-
-  files: tuple[str, ...]
-  stats: tuple[tuple[int, int], ...]
-  assign: bytes  # split index of each document in file order
-  spec: str
-
-  def __call__(self, split: str, limit: int | None) -> Iterator[dict[str, str]]:
-    want, i, n = SPLITS.index(split), 0, 0
-    for path, stat, text in zip(self.files, self.stats, _read_texts(self.files, self.spec), strict=True):
-      if _stat(path) != stat:
-        raise UserError(f"{path} changed after corpus {self.spec!r} was loaded; load it again")
-      for doc in text_documents(text):
-        if limit is not None and n >= limit:
-          return
-        if self.assign[i] == want:
-          n += 1
-          yield {"text": doc}
-        i += 1
+def _load_files(spec: str, doc_bytes: int) -> Corpus:
+  loaded = files.load_files(spec, doc_bytes)
+  return Corpus(spec=spec, fields=("text",), label_fields=(), splits=SPLITS, **loaded)
