@@ -97,30 +97,26 @@ def drop_events_after(logdir: str, step: int) -> int:
 
   tf.config.set_visible_devices([], "GPU")
   dropped = 0
-  for path in paths:
-    records, complete = [], True
-    try:
-      for record in tf.data.TFRecordDataset(path).as_numpy_iterator():
-        records.append(record)
-    except tf.errors.DataLossError:  # a record cut short by a killed process: the records before it are good
-      complete = False
-    keep = [r for r in records if event_pb2.Event.FromString(r).step <= step]
-    if len(keep) == len(records) and complete:
-      continue
-    dropped += len(records) - len(keep)
-    fs.write_bytes(path, _tfrecords(keep, tf))
-  return dropped
-
-
-def _tfrecords(records: list[bytes], tf) -> bytes:
-  """The bytes of a TFRecord file of ``records`` (TFRecordWriter writes files only: through a local temp file)."""
   with tempfile.TemporaryDirectory() as tmp:
-    path = os.path.join(tmp, "events")
-    with tf.io.TFRecordWriter(path) as w:
-      for r in records:
-        w.write(r)
-    with open(path, "rb") as f:
-      return f.read()
+    local = os.path.join(tmp, "events")
+    for path in paths:
+      with open(local, "wb") as f:  # read through llmcpu.fs (a bucket too), parsed by TensorFlow's reader
+        f.write(fs.read_bytes(path))
+      records, complete = [], True
+      try:
+        records.extend(tf.data.TFRecordDataset(local).as_numpy_iterator())
+      except tf.errors.DataLossError:  # a record cut short by a killed process: the records before it are good
+        complete = False
+      keep = [r for r in records if event_pb2.Event.FromString(r).step <= step]
+      if len(keep) == len(records) and complete:
+        continue
+      dropped += len(records) - len(keep)
+      with tf.io.TFRecordWriter(local) as w:
+        for r in keep:
+          w.write(r)
+      with open(local, "rb") as f:
+        fs.write_bytes(path, f.read())
+  return dropped
 
 
 def _plain(v):
