@@ -307,7 +307,7 @@ from llmcpu.compilers import backends
 
 rng = random.Random(0)
 words = ["".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(3, 12))) for _ in range(20000)]
-texts = [" ".join(rng.choice(words) for _ in range(40)) for _ in range(20000)]  # unigram:8000: ~15 s on 2 cores
+texts = [" ".join(rng.choice(words) for _ in range(40)) for _ in range(60000)]  # unigram:8000 trains for > 10 s
 print("training", flush=True)
 backends.train_sentencepiece("unigram", 8000, texts, {})
 print("finished", flush=True)
@@ -345,7 +345,7 @@ def test_a_signal_stops_compiler_training_at_once(signame):
       assert time.monotonic() < deadline and proc.poll() is None, proc.stderr.read()
       time.sleep(0.05)
     (trainer,) = _children(proc.pid)
-    time.sleep(2.0)  # texts sent; SentencePiece is in its C++ trainer
+    time.sleep(1.0)  # the texts are sent (~0.2 s): SentencePiece is in its C++ trainer
     assert _running(trainer)
     t0 = time.monotonic()
     proc.send_signal(getattr(signal, signame))
