@@ -16,15 +16,18 @@ class MetricWriter:
   """Appends one JSON row per report to ``<workdir>/metrics.jsonl`` and scalars to TensorBoard events.
 
   Only process 0 writes. TensorFlow is imported lazily (it is a data library here) and never sees a GPU.
-  ``start_step``: the step the run starts (or resumes) from. Figures of later steps already on disk were written by
-  an interrupted run after its last checkpoint; the resumed run writes them again, so they are dropped first
-  (``dropped`` counts them: rows of metrics.jsonl, TensorBoard events), and every step keeps one row.
+  ``start_step`` (the trainer's): the step the run starts (or resumes) from. Figures of later steps already on disk
+  were written by an interrupted run after its last checkpoint; the resumed run writes them again, so they are
+  dropped first (``dropped`` counts them: rows of metrics.jsonl, TensorBoard events), and every step keeps one row.
+  None: rows are appended to whatever is there.
   """
 
-  def __init__(self, workdir: str, *, enabled: bool = True, tensorboard: bool = True, start_step: int = 0):
+  def __init__(
+    self, workdir: str, *, enabled: bool = True, tensorboard: bool = True, start_step: int | None = None
+  ) -> None:
     self.enabled = enabled
     self.dropped = (0, 0)
-    if enabled:
+    if enabled and start_step is not None:
       events = drop_events_after(fs.join(workdir, "tensorboard"), start_step) if tensorboard else 0
       self.dropped = (drop_rows_after(fs.join(workdir, "metrics.jsonl"), start_step), events)
     self._jsonl = fs.open(fs.join(workdir, "metrics.jsonl"), "a") if enabled else None
