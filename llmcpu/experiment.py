@@ -243,10 +243,12 @@ def _cross_evaluate(exp, plan: Plan, workdir: str, report_root: str, corpus, t_s
     return out
   log(f"== cross-eval {corpus.name}: {len(cpus)} models × {len(plan.specs)} ISAs ({time.time() - t_start:.0f}s in)")
   specs = [str(s) for s in plan.specs]
-  rows = crosseval.evaluate(cpus, specs, plan.compile_dir, corpus=corpus.spec, options=options, log=log)
+  cells = fs.join(out, "cells")  # finished cells: a preempted matrix continues from them (SIGTERM raises Stopped)
+  rows = crosseval.evaluate(cpus, specs, plan.compile_dir, corpus=corpus.spec, options=options, log=log, cells=cells)
   calibration = crosseval.calibrate(plan.compile_dir, corpus.spec, specs[0], options) if options.coherence else []
   stats = capacity.corpus_stats(plan.compile_dir, corpus, plan.specs[0], options)
   crosseval.write_report(rows, out, calibration, corpus_stats=stats)
+  fs.rmtree(cells)
   return out
 
 

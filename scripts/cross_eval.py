@@ -8,6 +8,10 @@ python scripts/cross_eval.py --config.checkpoints=runs/quickstart/runs --config.
 --config defaults to configs/cross_eval.py, which lists every key and its default.
 Each failed cell (unreadable checkpoint, ISA missing from the compile dir, …) prints one ``error:`` line and is
 recorded as failed in the report; the exit status is non-zero only when every cell failed.
+SIGTERM (a preemption) stops the matrix, dropping only the cell in progress: finished cells are kept under
+``OUT/cells/`` until the report is written, the process prints "stopped by SIGTERM after N of M cells; rerun the same
+command to continue" and exits 0; the rerun computes only the missing cells and writes the report an uninterrupted
+run writes. Ctrl-C keeps the finished cells too (exit status 130).
 """
 
 import os
@@ -71,8 +75,16 @@ def main(argv):
     raise UserError(f"--config.compile_dir {config.compile_dir} does not exist; build it with scripts/compile.py")
   options = crosseval.CrossEvalOptions.from_config(config)
   isas = [s for s in config.isas.split(",") if s.strip()]
+  out = cli.workdir_path(config.out)
+  cells = fs.join(out, "cells")  # each finished cell, until the report is written: a rerun continues from them
   rows = crosseval.evaluate(
-    expand(config.checkpoints), isas, config.compile_dir, corpus=config.corpus or None, options=options, log=cli.log
+    expand(config.checkpoints),
+    isas,
+    config.compile_dir,
+    corpus=config.corpus or None,
+    options=options,
+    log=cli.log,
+    cells=cells,
   )
   calibration = []
   if options.coherence and isas:
@@ -81,8 +93,8 @@ def main(argv):
         calibration += crosseval.calibrate(config.compile_dir, corpus, isas[0], options)
       except UserError as e:
         print(f"error: calibration of {corpus}: {e}", file=sys.stderr, flush=True)
-  out = cli.workdir_path(config.out)
   paths = crosseval.write_report(rows, out, calibration)
+  fs.rmtree(cells)
   failed = [r for r in rows if r["status"] != "ok"]
   for r in failed:
     print(f"error: {r['checkpoint']} on {r['eval_isa']}: {r['error']}", file=sys.stderr, flush=True)

@@ -274,3 +274,91 @@ def test_canonical_layout_only_renames(zoo):
     for text in TEXTS[:5]:
       assert shuffled.encode(text, out_type=str) == canonical.encode(text, out_type=str), spec
     assert backends.canonical_layout(c.backend.model_proto()) == c.backend.model_proto()  # idempotent
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# SentencePiece trains in a child process: the same bytes as in this process, and Ctrl-C stops it at once.
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("family,vocab", [("bpe", 600), ("unigram", 600), ("word", 400), ("char", None)])
+def test_child_process_training_gives_the_in_process_bytes(family, vocab):
+  from llmcpu.compilers import backends
+
+  child, used = backends.train_sentencepiece(family, vocab, TEXTS, {})
+  here, used_here = backends.train_sentencepiece(family, vocab, TEXTS, {}, in_process=True)
+  assert child == here and used == used_here
+  assert compilers.train(f"{family}:{vocab}" if vocab else family, TEXTS).backend.model_proto() == here
+
+
+def test_child_process_training_errors_are_the_in_process_ones():
+  from llmcpu.compilers import backends
+
+  for in_process in (False, True):
+    with pytest.raises(UserError, match="vocab 50 is too small for bpe on this corpus"):
+      backends.train_sentencepiece("bpe", 50, TEXTS, {}, in_process=in_process)
+    with pytest.raises(ValueError, match='cannot parse "x" as int'):
+      backends.train_sentencepiece("bpe", 600, TEXTS, {"input_sentence_size": "x"}, in_process=in_process)
+
+
+LONG_TRAINING = """
+import random, sys
+from llmcpu.compilers import backends
+
+rng = random.Random(0)
+words = ["".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(3, 12))) for _ in range(20000)]
+texts = [" ".join(rng.choice(words) for _ in range(40)) for _ in range(60000)]  # unigram:8000 trains for > 10 s
+print("training", flush=True)
+backends.train_sentencepiece("unigram", 8000, texts, {})
+print("finished", flush=True)
+"""
+
+
+def _children(pid: int) -> list[int]:
+  with open(f"/proc/{pid}/task/{pid}/children") as f:
+    return [int(c) for c in f.read().split()]
+
+
+def _running(pid: int) -> bool:
+  try:
+    with open(f"/proc/{pid}/stat") as f:
+      return f.read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has stopped; only reaping is left
+  except FileNotFoundError:
+    return False
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/task"), reason="reads the process tree from Linux's /proc")
+@pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM"])
+def test_a_signal_stops_compiler_training_at_once(signame):
+  """SIGINT: KeyboardInterrupt in the parent, which kills the trainer; SIGTERM (default action) kills the parent and
+  the kernel the trainer (PR_SET_PDEATHSIG). Either way within ~2 s, while SentencePiece is still training."""
+  import signal
+  import subprocess
+  import sys
+  import time
+
+  proc = subprocess.Popen([sys.executable, "-c", LONG_TRAINING], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+  try:
+    assert proc.stdout.readline() == b"training\n"
+    deadline = time.monotonic() + 60
+    while not _children(proc.pid):
+      assert time.monotonic() < deadline and proc.poll() is None, proc.stderr.read()
+      time.sleep(0.05)
+    (trainer,) = _children(proc.pid)
+    time.sleep(1.0)  # the texts are sent (~0.2 s): SentencePiece is in its C++ trainer
+    assert _running(trainer)
+    t0 = time.monotonic()
+    proc.send_signal(getattr(signal, signame))
+    proc.wait(timeout=30)
+    while _running(trainer) and time.monotonic() - t0 < 30:
+      time.sleep(0.02)
+    elapsed = time.monotonic() - t0
+  finally:
+    proc.kill()
+    proc.wait()
+  out, err = proc.stdout.read(), proc.stderr.read().decode()
+  assert b"finished" not in out
+  assert proc.returncode == -getattr(signal, signame), err
+  if signame == "SIGINT":
+    assert "KeyboardInterrupt" in err
+  assert not _running(trainer) and elapsed < 3.0, elapsed

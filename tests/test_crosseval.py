@@ -24,7 +24,7 @@ from conftest import held_out_corpus
 
 from llmcpu import compilers, specials, toolchain
 from llmcpu.crosseval import calibration, coherence, generation, report, scoring, summary
-from llmcpu.crosseval.evaluate import CrossEvalOptions, LoadedModel, ModelEvaluator, evaluate
+from llmcpu.crosseval.evaluate import CrossEvalOptions, LoadedModel, ModelEvaluator, calibrate, evaluate
 from llmcpu.crosseval.judge import ByteJudge
 from llmcpu.crosseval.library import Library
 from llmcpu.data import programs
@@ -360,6 +360,88 @@ def test_script_takes_a_directory_of_runs_at_any_depth(world, tmp_path):
   rows = report.load_rows(str(tmp_path / "out"))
   assert sorted(r["checkpoint"] for r in rows) == sorted(str(p) for p in runs.values())
   assert all(r["status"] == "ok" for r in rows)
+
+
+def _cross_eval_command(world, out, options: CrossEvalOptions) -> list[str]:
+  flags = [f"--config.{f.name}={getattr(options, f.name)}" for f in dataclasses.fields(options)]
+  return [
+    sys.executable,
+    os.path.join(ROOT, "scripts", "cross_eval.py"),
+    f"--config.checkpoints={world['a']}",
+    f"--config.isas={','.join(ISAS)}",
+    f"--config.compile_dir={world['compile_dir']}",
+    f"--config.out={out}",
+    *flags,
+  ]
+
+
+def test_sigterm_mid_matrix_keeps_finished_cells_and_the_rerun_gives_the_same_report(world, tmp_path):
+  """SIGTERM while cell 2 of 3 runs: exit 0, one line, the finished cells kept; the rerun computes only the others,
+  and its report (generation and calibration included) is the one an uninterrupted in-process run writes (all but
+  wall times)."""
+  import signal
+
+  options = dataclasses.replace(FAST, max_docs=16, prompts=4, new_tokens=8)
+  out = tmp_path / "out"
+  cmd = _cross_eval_command(world, out, options)
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+  try:
+    for line in proc.stdout:
+      if ": bpb " in line:  # the first cell is finished and kept; the second one is under way
+        proc.send_signal(signal.SIGTERM)
+        break
+    stdout, stderr = proc.communicate(timeout=300)
+  finally:
+    proc.kill()
+  assert proc.returncode == 0, stderr
+  (stopped,) = [line for line in stdout.splitlines() if line.startswith("stopped by SIGTERM")]
+  done = int(stopped.split("after ")[1].split(" of")[0])
+  assert stopped == f"stopped by SIGTERM after {done} of 3 cells; rerun the same command to continue"
+  assert 1 <= done < 3 and len(os.listdir(out / "cells")) == done
+  assert not os.path.exists(out / "results.jsonl")
+  again = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+  assert again.returncode == 0, again.stderr
+  assert f"{done} cells kept from an earlier run" in again.stdout
+  assert not os.path.exists(out / "cells")  # the report is written: nothing left to continue
+  whole = evaluate([world["a"]], ISAS, world["compile_dir"], options=options, log=lambda _: None)
+  reference = calibrate(world["compile_dir"], whole[0]["corpus"], ISAS[0], options)
+  report.write_report(whole, str(tmp_path / "whole"), reference)
+
+  def files(d):
+    found = {}
+    for root, _, names in os.walk(d):
+      for n in names:
+        if not n.endswith(".png") and n != "results.jsonl":
+          found[os.path.relpath(os.path.join(root, n), d)] = open(os.path.join(root, n), encoding="utf-8").read()
+    return found
+
+  def results(d):
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in report.load_rows(str(d))]
+
+  assert results(out) == results(tmp_path / "whole")
+  assert files(out) == files(tmp_path / "whole")
+
+
+def test_cell_store_gives_back_exactly_what_it_kept_and_only_for_its_key(tmp_path):
+  from llmcpu.crosseval import resume
+
+  store = resume.CellStore(str(tmp_path / "cells"))
+  key = resume.CellStore.key("ckpt", (12, 34), "bpe500", "f" * 16, isas=["a", "b"], options={"seed": 0})
+  docs = np.random.default_rng(0).random(5) * 1e3
+  row = {"status": "ok", "bits_per_byte": 1 / 3, "ci": (0.1, 0.2), "_docs": {"nll": docs}, "n": np.int64(7)}
+  assert store.load(key) is None
+  store.save(key, row)
+  back = store.load(key)
+  assert back["_docs"]["nll"].dtype == np.float64 and back["_docs"]["nll"].tobytes() == docs.tobytes()
+  assert back["bits_per_byte"] == 1 / 3 and back["ci"] == [0.1, 0.2] and back["n"] == 7
+  other = resume.CellStore.key("ckpt", (13, 34), "bpe500", "f" * 16, isas=["a", "b"], options={"seed": 0})
+  assert store.load(other) is None  # another checkpoint step: computed again
+  assert resume.CellStore.key("ckpt", None, "bpe500", "f" * 16) is None  # an unidentified checkpoint is not kept
+  (path,) = [os.path.join(tmp_path / "cells", n) for n in os.listdir(tmp_path / "cells")]
+  with open(path, "r+") as f:
+    f.truncate(10)
+  assert store.load(key) is None  # damaged: computed again
 
 
 # ------------------------------------------------------------------------------------------------- the report

@@ -250,6 +250,53 @@ def test_segments_isolate_packed_documents(name, request):
   np.testing.assert_allclose(packed[1], apply(model, ids[1:])[0], atol=1e-5)  # all-ones segments = no mask
 
 
+def np_segment_positions(seg: np.ndarray) -> np.ndarray:
+  """Loop reference: a token's position is how many tokens of its row's document (equal nonzero id) precede it."""
+  pos = np.zeros(seg.shape, np.float64)
+  for b in range(seg.shape[0]):
+    seen: dict[int, float] = {}
+    for i, s in enumerate(seg[b].tolist()):
+      if s != 0:
+        pos[b, i] = seen.get(s, 0.0)
+        seen[s] = pos[b, i] + 1.0
+  return pos
+
+
+def test_segment_positions_match_a_loop_reference():
+  from llmcpu.models.transformer import segment_positions
+
+  rng = np.random.default_rng(0)
+  runs = rng.integers(0, 4, (6, 40))  # runs of ids 0-3: repeated ids (gaps), padding anywhere, all-pad rows
+  seg = np.repeat(runs, rng.integers(1, 4, runs.shape[1]), axis=1)[:, :64]
+  seg[0] = 0
+  got = np.asarray(segment_positions(jnp.asarray(seg)))
+  assert got.dtype == np.int32
+  np.testing.assert_array_equal(got.astype(np.float64), np_segment_positions(seg))
+  ids, packed_seg, pos = _packed()
+  np.testing.assert_array_equal(np.asarray(segment_positions(packed_seg)), np.asarray(pos))
+
+
+@pytest.mark.parametrize("name", ["dec", "dec_learned", "enc"])
+def test_packed_documents_without_positions_run_as_if_alone(name, request):
+  """Learned and sinusoidal positions (and rotary) must restart per document when only segment_ids are given."""
+  model = request.getfixturevalue(name)
+  ids, seg, _ = _packed()
+  packed = apply(model, ids, segment_ids=seg)
+  doc1, doc2 = apply(model, ids[:1, :6]), apply(model, ids[:1, 6:13])
+  np.testing.assert_allclose(packed[0, :6], doc1[0], atol=1e-5)
+  np.testing.assert_allclose(packed[0, 6:13], doc2[0], atol=1e-5)
+
+
+def test_encoder_decoder_packed_pairs_without_positions():
+  model = models.create("encoder_decoder", "tiny", V, seed=3, tie_embeddings=False, positions="learned")
+  ids, seg, _ = _packed()
+  tgt = random_ids(4)
+  tseg = jnp.asarray([[1] * 8 + [2] * 5 + [0] * 3, [1] * L])
+  packed = apply(model, ids, tgt, encoder_segment_ids=seg, decoder_segment_ids=tseg)
+  pair2 = apply(model, ids[:1, 6:13], tgt[:1, 8:13])
+  np.testing.assert_allclose(packed[0, 8:13], pair2[0], atol=1e-5)
+
+
 def test_encoder_decoder_padding_and_segments(encdec):
   ids, seg, pos = _packed()
   tgt = random_ids(4)

@@ -122,6 +122,78 @@ def test_sigterm_saves_and_exits_zero_then_resumes(compile_dir, tmp_path):
     np.testing.assert_array_equal(a, b)
 
 
+def test_sigkill_then_resume_keeps_one_metrics_row_per_step(compile_dir, tmp_path, reference):
+  """kill -9 at a random step after a checkpoint, a write cut short, rerun: the rows the killed run wrote after its
+  checkpoint are dropped (one log line), every step has one row, equal to the uninterrupted run's (log_every=1: every
+  logging window coincides; throughput is wall time)."""
+  kill_at = int(np.random.default_rng().choice([6, 7, 9, 10, 11]))  # checkpoints at 4 and 8, rows at every step
+  workdir = str(tmp_path)
+  proc = run_worker("decoder", compile_dir, workdir, {}, wait=False, env={"TRAIN_WORKER_STEP_SECONDS": "1"})
+  try:
+    for line in proc.stdout:
+      if line.strip() == f"at step {kill_at}":
+        break
+    proc.send_signal(signal.SIGKILL)
+  finally:
+    proc.wait(timeout=60)
+  saved = checkpoints.find(workdir)[1]
+  path = os.path.join(workdir, "metrics.jsonl")
+  with open(path) as f:
+    killed = [json.loads(line)["step"] for line in f]
+  with open(path, "a") as f:
+    f.write('{"step": 3, "train/lo')  # a write cut short by the kill
+  after = sum(step > saved for step in killed) + 1
+  assert saved < kill_at and after > 1, (kill_at, saved, killed)
+  logs = []
+  trainer.train(tiny_config("decoder", compile_dir), workdir, log=logs.append)
+  assert f"dropped the figures of steps after {saved} that the interrupted run wrote ({after} metrics.jsonl" in (
+    "\n".join(logs)
+  ), (kill_at, logs)
+  timing = ("train/tokens_per_s", "train/mfu")
+  rows, want = (
+    [{k: v for k, v in r.items() if k not in timing} for r in map(json.loads, open(p))]
+    for p in (
+      path,
+      os.path.join(reference[0], "metrics.jsonl"),
+    )
+  )
+  assert [r["step"] for r in rows] == list(range(1, 13)), (kill_at, rows)
+  assert rows == want, kill_at
+
+
+def test_metric_writer_drops_rows_and_events_after_the_start_step(tmp_path):
+  """metrics.jsonl and TensorBoard event files (read back with TensorFlow's own reader) keep steps ≤ the start."""
+  import tensorflow as tf
+  from tensorflow.core.util import event_pb2
+
+  from llmcpu.training import writer
+
+  def steps_on_disk():
+    events = [
+      (v.tag, e.step)
+      for p in tf.io.gfile.glob(str(tmp_path / "tensorboard" / "events.out.tfevents.*"))
+      for e in map(event_pb2.Event.FromString, tf.data.TFRecordDataset(p).as_numpy_iterator())
+      for v in e.summary.value
+    ]
+    with open(tmp_path / "metrics.jsonl") as f:
+      return [json.loads(line)["step"] for line in f], sorted(events)
+
+  first = writer.MetricWriter(str(tmp_path))
+  for step in range(1, 7):
+    first.write(step, {"loss": float(step)}, "train/")
+  first.close()
+  (events_file,) = tf.io.gfile.glob(str(tmp_path / "tensorboard" / "events.out.tfevents.*"))
+  os.truncate(events_file, os.path.getsize(events_file) - 5)  # step 6's record cut short by a kill
+  again = writer.MetricWriter(str(tmp_path), start_step=3)
+  assert again.dropped == (3, 2)  # rows 4-6; events 4 and 5 (the cut record is not an event)
+  for step in range(4, 6):
+    again.write(step, {"loss": float(step)}, "train/")
+  again.close()
+  rows, events = steps_on_disk()
+  assert rows == [1, 2, 3, 4, 5]
+  assert events == [("train/loss", s) for s in range(1, 6)]
+
+
 def _free_port() -> int:
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))

@@ -9,10 +9,13 @@ Both are lossless for any Unicode string. SentencePiece needs two repairs for th
 
 from __future__ import annotations
 
-import io
+import contextlib
 import itertools
+import json
 import os
 import re
+import subprocess
+import sys
 from collections.abc import Iterable, Sequence
 
 import numpy as np
@@ -20,6 +23,7 @@ import sentencepiece as spm
 from sentencepiece import sentencepiece_model_pb2 as sp_model
 
 from llmcpu import specials
+from llmcpu.compilers import spm_child
 from llmcpu.errors import UserError
 
 META = "\u2581"
@@ -150,8 +154,13 @@ def _space_for_meta_bytes(flat: np.ndarray, lengths: np.ndarray) -> tuple[np.nda
   return flat[keep], lengths - dropped
 
 
-def train_sentencepiece(family: str, vocab: int | None, texts: Iterable[str], options: dict) -> tuple[bytes, dict]:
-  """Trains a SentencePiece model in memory; returns (model proto, the trainer options used)."""
+def train_sentencepiece(
+  family: str, vocab: int | None, texts: Iterable[str], options: dict, *, in_process: bool = False
+) -> tuple[bytes, dict]:
+  """Trains a SentencePiece model in memory; returns (model proto, the trainer options used).
+
+  The trainer runs in a child process (``spm_child``) so that Ctrl-C stops at once instead of when SentencePiece
+  returns; ``in_process=True`` runs it here. Both give the same bytes."""
   opts = dict(
     model_type=family,
     vocab_size=vocab if vocab is not None else 1 << 20,  # char without a size: every required character
@@ -173,14 +182,47 @@ def train_sentencepiece(family: str, vocab: int | None, texts: Iterable[str], op
     num_threads=1,  # one thread: the trained model is the same on every machine
   )
   opts.update(options)
-  spm.set_random_generator_seed(0)
-  writer = io.BytesIO()
   try:
-    spm.SentencePieceTrainer.train(sentence_iterator=iter(texts), model_writer=writer, minloglevel=2, **opts)
+    proto = spm_child.train_proto(texts, opts) if in_process else _train_in_child(texts, opts)
   except RuntimeError as e:
     raise UserError(_training_error(family, vocab, str(e))) from e
   used = {k: v for k, v in opts.items() if k != "control_symbols"}
-  return canonical_layout(writer.getvalue()), dict(used, id_layout="specials,bytes,characters,learned")
+  return canonical_layout(proto), dict(used, id_layout="specials,bytes,characters,learned")
+
+
+def _train_in_child(texts: Iterable[str], options: dict) -> bytes:
+  """``spm_child.train_proto`` in a child process; any exception here (KeyboardInterrupt included) kills it first.
+  SentencePiece's own failures come back as RuntimeError, like in process."""
+  flags = ["-P"] if sys.version_info >= (3, 11) else []  # not its own directory first on sys.path
+  cmd = [sys.executable, *flags, spm_child.__file__, str(os.getpid())]
+  proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+  try:
+    try:
+      proc.stdin.write((json.dumps(options) + "\n").encode())
+      spm_child.write_texts(texts, proc.stdin)
+      proc.stdin.close()
+    except BrokenPipeError:  # the child is gone: its status says why
+      pass
+    header = proc.stdout.readline()
+    reply = json.loads(header) if header.strip() else {}
+    proto = proc.stdout.read(reply.get("size", 0))
+    status = proc.wait()
+  except BaseException:
+    proc.kill()
+    proc.wait()
+    raise
+  finally:
+    for pipe in (proc.stdin, proc.stdout):
+      with contextlib.suppress(OSError):
+        pipe.close()
+  if "error" in reply:
+    raise {"ValueError": ValueError}.get(reply["error"], RuntimeError)(reply["message"])  # as SentencePiece raised
+  if status != 0 or "size" not in reply or len(proto) != reply["size"]:
+    raise UserError(
+      f"the SentencePiece trainer process ended with status {status} without a model (killed, or out of memory?); "
+      "rerun the same command, or train on fewer texts (input_sentence_size)"
+    )
+  return proto
 
 
 def canonical_layout(model_proto: bytes) -> bytes:

@@ -24,12 +24,12 @@ from flax import nnx
 
 from llmcpu import compilers, specials
 from llmcpu.compilers import Compiler
-from llmcpu.crosseval import calibration, coherence, generation, scoring
+from llmcpu.crosseval import calibration, coherence, generation, resume, scoring
 from llmcpu.crosseval.library import Library, one_line
 from llmcpu.data import objectives as obj
 from llmcpu.data.compiled import CompiledSplit
 from llmcpu.data.pipeline import Pipeline, bytes_per_token
-from llmcpu.errors import UserError
+from llmcpu.errors import Stopped, UserError
 from llmcpu.metrics import text as text_metrics
 from llmcpu.training import checkpoints
 
@@ -359,11 +359,14 @@ def evaluate(
   corpus: str | None = None,
   options: CrossEvalOptions | None = None,
   log: Callable[[str], None] = print,
+  cells: str | None = None,
 ) -> list[dict]:
   """Rows of the matrix (one per checkpoint × ISA, failed cells included); see the package docstring for keys.
 
   ``isas``: compiler specs or names under ``compile_dir/compilers`` (empty: all of them). ``corpus``: evaluate
-  every checkpoint on this corpus instead of its training corpus.
+  every checkpoint on this corpus instead of its training corpus. ``cells``: a directory where each finished cell is
+  kept (``resume.CellStore``): a rerun after an interruption continues from there, and SIGTERM stops the matrix
+  (the cell in progress dropped) by raising ``Stopped``; the caller removes the directory once it has the report.
   """
   opt = options or CrossEvalOptions()
   lib = Library(compile_dir, max_docs=opt.max_docs, judge_order=opt.judge_order, judge_max_bytes=opt.judge_max_bytes)
@@ -376,37 +379,92 @@ def evaluate(
     except Exception as e:  # noqa: BLE001 - recorded as failed cells in this column
       columns.append((Library.label(isa), e))
       log(f"ISA {isa}: {one_line(e)}")
+  matrix = _Matrix(lib, opt, corpus, columns, resume.CellStore(cells) if cells else None, log)
   rows: list[dict] = []
-  for entry in checkpoints:
-    name = entry.name if isinstance(entry, LoadedModel) else str(entry)
+  with resume.Sigterm(enabled=cells is not None) as sigterm:
     try:
-      loaded = _load(entry)
-      evaluator = ModelEvaluator(loaded, lib, opt, corpus)
-      evaluator.plan([c for _, c in columns if isinstance(c, Compiler)])
-    except Exception as e:  # noqa: BLE001 - a bad checkpoint fails its row, not the matrix
-      log(f"checkpoint {name}: {one_line(e)}")
-      rows.extend(_failed(name, label, e, opt.split) for label, _ in columns)
-      continue
-    for label, comp in columns:
-      tag = f"{evaluator.arch}/{loaded.compiler.name} on {label}"
-      if not isinstance(comp, Compiler):
-        rows.append(_failed(name, label, comp, opt.split, evaluator.identity(label)))
-        continue
-      try:
-        row = evaluator.cell(comp, label)
-      except Exception as e:  # noqa: BLE001 - one bad cell must not stop the others
-        log(f"{tag}: failed: {one_line(e)}")
-        rows.append(_failed(name, label, e, opt.split, evaluator.identity(label)))
-        continue
-      rows.append(row)
-      extra = f", coherence {row['coherence']:.3f}" if row.get("coherence") is not None else ""
-      log(
-        f"{tag}: bpb {row['bits_per_byte']:.3f} (unigram {row['bpb_unigram']:.3f}), acc {row['token_accuracy']:.3f}, "
-        f"illegal {row['illegal_rate']:.3f}{extra} [{row['seconds']:.1f}s]"
-      )
-    del evaluator, loaded
+      for entry in checkpoints:
+        matrix.checkpoint_rows(entry, rows, sigterm)
+      if sigterm.requested:  # arrived while the last cell was being stored: the report is the rerun's to write
+        raise resume.Dropped
+    except resume.Dropped:
+      total = len(checkpoints) * len(columns)
+      message = f"stopped by SIGTERM after {len(rows)} of {total} cells; rerun the same command to continue"
+      raise Stopped(message) from None
   scoring.add_baselines(rows)
   return rows
+
+
+@dataclasses.dataclass
+class _Matrix:
+  """What every checkpoint's row of cells shares: the library, options, columns and the store of finished cells."""
+
+  lib: Library
+  opt: CrossEvalOptions
+  corpus: str | None
+  columns: list[tuple[str, Compiler | BaseException]]
+  store: resume.CellStore | None
+  log: Callable[[str], None]
+
+  def keys(self, entry: str | LoadedModel) -> list[dict | None]:
+    """Each column's cell key for ``entry`` (None: not kept, e.g. a model in memory or a failed column)."""
+    if self.store is None or isinstance(entry, LoadedModel):
+      return [None] * len(self.columns)
+    stamp = resume.checkpoint_stamp(str(entry))
+    every = [c.fingerprint if isinstance(c, Compiler) else label for label, c in self.columns]
+    matrix = dict(
+      isas=every, corpus=self.corpus, compile_dir=self.lib.compile_dir, options=dataclasses.asdict(self.opt)
+    )
+    return [
+      resume.CellStore.key(str(entry), stamp, label, comp.fingerprint, **matrix) if isinstance(comp, Compiler) else None
+      for label, comp in self.columns
+    ]
+
+  def checkpoint_rows(self, entry: str | LoadedModel, rows: list[dict], sigterm: resume.Sigterm) -> None:
+    """Appends ``entry``'s row of cells to ``rows``: kept ones read back, the others computed (and kept)."""
+    name = entry.name if isinstance(entry, LoadedModel) else str(entry)
+    keys = self.keys(entry)
+    done = [self.store.load(k) if self.store else None for k in keys]
+    if any(done):
+      self.log(f"checkpoint {name}: {sum(d is not None for d in done)} cells kept from an earlier run")
+    if all(d is not None for d in done):  # nothing to compute: the model is not even loaded
+      rows.extend(done)
+      return
+    try:
+      with sigterm.interruptible():
+        loaded = _load(entry)
+        evaluator = ModelEvaluator(loaded, self.lib, self.opt, self.corpus)
+        evaluator.plan([c for _, c in self.columns if isinstance(c, Compiler)])
+    except Exception as e:  # noqa: BLE001 - a bad checkpoint fails its row, not the matrix
+      self.log(f"checkpoint {name}: {one_line(e)}")
+      rows.extend(_failed(name, label, e, self.opt.split) for label, _ in self.columns)
+      return
+    for (label, comp), key, kept in zip(self.columns, keys, done, strict=True):
+      tag = f"{evaluator.arch}/{loaded.compiler.name} on {label}"
+      if kept is not None:
+        rows.append(kept)
+      elif not isinstance(comp, Compiler):
+        rows.append(_failed(name, label, comp, self.opt.split, evaluator.identity(label)))
+      else:
+        try:
+          with sigterm.interruptible():
+            row = evaluator.cell(comp, label)
+        except Exception as e:  # noqa: BLE001 - one bad cell must not stop the others
+          self.log(f"{tag}: failed: {one_line(e)}")
+          rows.append(_failed(name, label, e, self.opt.split, evaluator.identity(label)))
+          continue
+        if self.store:
+          self.store.save(key, row)  # a SIGTERM meanwhile is remembered: the cell is kept, the next one stops
+        rows.append(row)
+        _log_cell(self.log, tag, row)
+
+
+def _log_cell(log: Callable[[str], None], tag: str, row: dict) -> None:
+  extra = f", coherence {row['coherence']:.3f}" if row.get("coherence") is not None else ""
+  log(
+    f"{tag}: bpb {row['bits_per_byte']:.3f} (unigram {row['bpb_unigram']:.3f}), acc {row['token_accuracy']:.3f}, "
+    f"illegal {row['illegal_rate']:.3f}{extra} [{row['seconds']:.1f}s]"
+  )
 
 
 def calibrate(compile_dir: str, corpus: str, isa: str, options: CrossEvalOptions | None = None) -> list[dict]:

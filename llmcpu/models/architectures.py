@@ -84,7 +84,8 @@ class Decoder(_LanguageModel):
     self, ids_BxL: jax.Array, *, segment_ids: jax.Array | None = None, positions: jax.Array | None = None
   ) -> jax.Array:
     """segment_ids [B, L]: 0 = padding, tokens attend only within equal nonzero ids (packed documents);
-    positions [B, L]: position within the segment (default 0 … L-1). None → one unpadded document per row."""
+    positions [B, L]: position within the segment (default: counted within each segment, or 0 … L-1 without
+    ``segment_ids``). None → one unpadded document per row."""
     return self.logits(self.hidden(ids_BxL, segment_ids=segment_ids, positions=positions))
 
   def hidden(

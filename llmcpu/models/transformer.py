@@ -20,6 +20,18 @@ from llmcpu.models.layers import LearnedPositions, Mlp, Norm, sinusoidal
 Cache = dict[str, Any]
 
 
+def segment_positions(segment_ids_BxL: jax.Array) -> jax.Array:
+  """[B, L] int32: each token's position within its segment, the number of earlier tokens of the row with the same
+  id (0 at a document's first token, 0 on padding). The position a document would have run alone, also when its
+  tokens are not contiguous (attention treats equal ids as one document). O(L²) like the segment mask itself."""
+  seg_BxL = jnp.asarray(segment_ids_BxL)
+  length = seg_BxL.shape[1]
+  earlier_LxL = jnp.arange(length)[None, :] < jnp.arange(length)[:, None]  # [i, j]: j before i
+  same_BxLxL = seg_BxL[:, :, None] == seg_BxL[:, None, :]
+  count_BxL = jnp.sum(same_BxLxL & earlier_LxL[None], axis=-1, dtype=jnp.int32)
+  return jnp.where(seg_BxL != 0, count_BxL, 0)
+
+
 class Block(nnx.Module):
   """x + SelfAttn(norm(x)) [+ CrossAttn(norm(x), encoded)] + Mlp(norm(x))."""
 
@@ -91,9 +103,12 @@ class TransformerStack(nnx.Module):
   ) -> jax.Array:
     """Full-sequence pass. segment_ids [B, L]: 0 = padding, attention stays within equal ids. Cross-attention
     sees encoder tokens with nonzero ``encoder_segment_ids``, and only the matching segment when ``segment_ids``
-    is given too (packed source/target pairs)."""
+    is given too (packed source/target pairs). Without ``positions``: 0 … L-1, or, with ``segment_ids``, restarting
+    at every segment (``segment_positions``), so a packed document is positioned as if it ran alone."""
     batch, length = x_BxLxD.shape[:2]
-    if positions is None:
+    if positions is None and segment_ids is not None:
+      positions = segment_positions(segment_ids)
+    elif positions is None:
       positions = jnp.broadcast_to(jnp.arange(length), (batch, length))
     mask = None if segment_ids is None else attention.segment_mask(segment_ids, segment_ids)
     cross_mask = None

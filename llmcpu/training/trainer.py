@@ -380,7 +380,13 @@ class Trainer:
     self.state = self.placement.to_devices(state)
     self._train_step, self._eval_step = self.placement.compile(train_step, eval_step, self.state)
     self.saved = self.mngr.latest_step()  # the step on disk (or being written): saving it again would raise
-    self.writer = writer.MetricWriter(setup.workdir, enabled=self.lead)
+    self.writer = writer.MetricWriter(setup.workdir, enabled=self.lead, start_step=self.start)
+    if any(self.writer.dropped):
+      rows, events = self.writer.dropped
+      self.log(
+        f"dropped the figures of steps after {self.start} that the interrupted run wrote ({rows} metrics.jsonl "
+        f"rows, {events} TensorBoard events): this run writes them again"
+      )
     peak = t.peak_tflops * 1e12 or parallel.measure_matmul_peak(setup.model_config.compute_dtype) * len(jax.devices())
     self.meter = _Meter(setup.tokens_per_step, _flops_per_step(setup), peak)
     self.profile = _Profile(t.profile_start, t.profile_steps, fs.join(setup.workdir, "tensorboard"), self.lead)
