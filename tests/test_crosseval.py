@@ -369,10 +369,12 @@ def test_report_files_hold_the_numbers_of_results(rows, world, tmp_path):
   for r in back:
     v = f"{r['bits_per_byte']:.3f}"
     lo, hi = r["bits_per_byte_ci"]
-    cell = f"{v} ({lo:.3f}–{hi:.3f})"  # one seed: the figure and its interval over documents
+    k = r["bits_per_byte_ci_info"]["clusters"]
+    assert k == r["documents"]  # a corpus with no known structure: one cluster per document
+    cell = f"{v} ({lo:.3f}–{hi:.3f}, {k} clusters)"  # one seed: the figure and its interval over documents
     assert (f"**{cell}**" if r["native"] else cell) in md
     assert (f"{v}*" if r["native"] else v) in csv_text
-    assert (f"\\textbf{{{v} ({lo:.3f}--{hi:.3f})}}" if r["native"] else v) in tex
+    assert (f"\\textbf{{{v} ({lo:.3f}--{hi:.3f}, {k} clusters)}}" if r["native"] else v) in tex
     assert "_docs" not in r  # per-document arrays stay in memory
   text = open(paths["summary"]).read()
   assert "Native bits per byte (lowest) best of its row in 3/3 (CPU, seed) pairs: holds" in text
@@ -390,6 +392,32 @@ def test_seeds_are_one_row_with_mean_and_std(rows):
     assert f"{pair.mean():.3f} ± {pair.std(ddof=1):.3f}" in md
   text = summary.summarize(base + again, {})
   assert "in 2/2 (CPU, seed) pairs" in text and "(seeds)" in text
+
+
+def test_relevance_verdicts_are_equivalence_tests_not_an_interval_holding_0():
+  def cell(model, isa, ci90, prompts=64):
+    info = {"clusters": 23, "undefined": 0, "resamples": 4999}
+    return {
+      **dict(status="ok", checkpoint=model, arch="decoder", model_isa=model, model_isa_spec=model, seed=0),
+      **dict(eval_isa=isa, eval_isa_spec=isa, native=model == isa, prompts=prompts, equivalence_margin=0.1),
+      **dict(relevance=sum(ci90) / 2, relevance_ci=[ci90[0] - 0.01, ci90[1] + 0.01], relevance_ci_info=info),
+      "relevance_ci90": list(ci90),
+    }
+
+  rows = [
+    cell("bpe:500", "bpe:500", (0.25, 0.45)),  # executes
+    cell("bpe:1000", "bpe:1000", (-0.05, 0.30), prompts=12),  # wide: undecided
+    cell("bpe:500", "bpe:500+perm:1", (-0.04, 0.06)),  # inside ±0.1: equivalent to 0
+    cell("bpe:1000", "bpe:1000+perm:1", (-0.15, 0.12)),  # holds 0, but is not shown to be 0
+  ]
+  lines = "\n".join(summary.relevance_claims(rows))
+  assert "Native CPUs execute their prompt (TOST at ±0.1" in lines
+  assert "in 1/2 (CPU, seed) pairs: DOES NOT HOLD" in lines
+  want = "bpe:1000 · decoder (seed 0): relevance 0.125 (-0.060–0.310, 23 clusters), 90% -0.050–0.300: undecided at 12"
+  assert want in lines
+  assert "Fully permuted code does not execute (relevance equivalent to 0" in lines and "in 1/2 cells" in lines
+  assert "on bpe:1000+perm:1: relevance -0.015" in lines and "undecided at 64 prompts" in lines
+  assert "interval includes 0" not in lines
 
 
 # ------------------------------------------------------------------------------------------------- judge & text

@@ -178,12 +178,32 @@ def bootstrap_info(
   d = draws(table, statistic, clusters=clusters, resamples=resamples, seed=seed)
   if d is None:
     k = int(cluster_index(clusters, len(np.atleast_1d(table))).max(initial=-1)) + 1
-    return {"ci": None, "ci90": None, "info": {"clusters": k, "undefined": None, "resamples": 0}}
-  ci, ci90 = d.interval(CONFIDENCE), d.interval(1.0 - 2.0 * EQUIVALENCE_ALPHA)
-  out = {"ci": list(ci) if ci else None, "ci90": list(ci90) if ci90 else None, "info": d.info()}
+    out = {"ci": None, "ci90": None, "info": {"clusters": k, "undefined": None, "resamples": 0}}
+  else:
+    ci, ci90 = d.interval(CONFIDENCE), d.interval(1.0 - 2.0 * EQUIVALENCE_ALPHA)
+    out = {"ci": list(ci) if ci else None, "ci90": list(ci90) if ci90 else None, "info": d.info()}
   if margin is not None:
-    out["verdict"] = tost(ci90, margin)
+    out["verdict"] = tost(out["ci90"], margin)
   return out
+
+
+def store(
+  row: dict,
+  key: str,
+  table: np.ndarray,
+  statistic: Statistic,
+  *,
+  clusters: Sequence | np.ndarray | None = None,
+  seed: int = 0,
+  margin: float | None = None,
+) -> None:
+  """Writes one figure's interval into ``row``: ``<key>_ci`` ([lo, hi] or None) and ``<key>_ci_info`` (clusters,
+  undefined resamples); with an equivalence ``margin`` also ``<key>_ci90``, ``<key>_verdict`` (``tost``) and
+  ``equivalence_margin``."""
+  b = bootstrap_info(table, statistic, clusters=clusters, seed=seed, margin=margin)
+  row[f"{key}_ci"], row[f"{key}_ci_info"] = b["ci"], b["info"]
+  if margin is not None:
+    row[f"{key}_ci90"], row[f"{key}_verdict"], row["equivalence_margin"] = b["ci90"], b["verdict"], margin
 
 
 def _bca_levels(theta, theta_b, jack, alpha) -> tuple[float, float] | None:
