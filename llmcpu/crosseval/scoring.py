@@ -4,7 +4,9 @@ Bits per byte is Σ NLL over *content* targets / (ln 2 · Σ UTF-8 bytes of the 
 means the document's own ids (regular ids and UNK), so EOS, BOS, PAD, MASK and span sentinels never count, whatever
 the objective. Compilers are lossless, so over one ``Pipeline.eval_batches()`` pass of ``lm`` every content id is a
 target exactly once and the bytes sum to the split's raw bytes; for ``mlm`` and ``span_corruption`` the bytes are
-those of the masked pieces, exactly. Either way the figure is comparable across ISAs.
+those of the masked pieces, exactly. ``mlm`` chooses whole words per document over byte spans and ``prefix_lm`` cuts
+at words (``llmcpu.data.units``), so every ISA scores the same bytes and the figure is comparable across ISAs;
+``span_corruption`` on prose draws its spans over one ISA's tokens, so its columns score different bytes.
 
 Illegal opcodes: an input id ≥ the model's vocabulary goes through the model's policy (mapped to UNK and counted by
 its ``IllegalOpcodes`` counter). An illegal *target* cannot be named by the model; it is scored from the model's

@@ -343,8 +343,14 @@ def summarize(rows: Sequence[dict], tables: dict[str, str], calibration: Sequenc
   out += [
     "## How to read it",
     "",
-    "- Bits per byte: Σ NLL over the document's own ids / (ln 2 · UTF-8 bytes of the pieces they name = the raw "
-    "bytes of the same documents); EOS, BOS, PAD and sentinels excluded; exact for every objective.",
+    "- Bits per byte: Σ NLL over the scored ids of the documents / (ln 2 · UTF-8 bytes of the pieces they name); "
+    "EOS, BOS, PAD and sentinels excluded; exact for every objective. Every column of a row scores the same bytes "
+    "of the same documents: a decoder every byte; masked LM the words chosen per document from (seed, document) "
+    "over byte spans that start before a space — a token boundary in every ISA — so every ISA masks exactly those "
+    "bytes and hides the same words; prefix LM cuts each document at the same word boundaries, in bytes, so every "
+    "ISA reads the same prefix and scores the same continuation; programs score each answer's bytes. Not "
+    "span_corruption on prose, whose spans are drawn over one ISA's tokens: its columns score different bytes "
+    "(spans:CORPUS is the comparable form).",
     "- Baselines: `bpb_uniform` = log2(model vocab) per token; `bpb_unigram` = the evaluation ISA's add-one unigram "
     "(train split counts) on the same targets; `bpb_matched` = the native cell of the same architecture and seed. "
     "normalized_score = (unigram − cell) / (unigram − matched): 1 native, 0 no better than counting opcodes, < 0 "

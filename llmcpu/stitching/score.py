@@ -1,8 +1,9 @@
 """An encoder-decoder's own task on programs it reads in one ISA and answers in another (its output ISA).
 
 ``score`` gives, on the held-out split, teacher-forced bits per byte of the answers (95% bootstrap interval over
-programs) and the exact match of greedy answers (interval over programs; none with ``prompts=0``, as for the
-spans of ``spans:`` prose, whose task is their bits per byte). A native CPU reads its own ISA; a swapped
+programs, resampled by cluster: the windows of ``spans:`` prose by the document they were cut from, see
+``llmcpu.data.clusters``) and the exact match of greedy answers (interval over programs; none with ``prompts=0``, as
+for the spans of ``spans:`` prose, whose task is their bits per byte). A native CPU reads its own ISA; a swapped
 one (``stitching.swap``) reads the ISA its encoder was trained on. Both are scored by these same lines, so a
 swap's penalty is a difference of like figures.
 """
@@ -92,11 +93,10 @@ def score(
   scored = scoring.run_pass(sums_fn, params, rest, pipe.eval_batches(), 0.0, unigram, test.num_docs)
   total, docs = scored["total"], scored["docs"]
   table = np.stack([docs["nll"], docs["bytes"]], axis=1)
-  bpb_ci = intervals.bootstrap(table, intervals.ratio(0, 1, 1.0 / math.log(2)), seed=seed)
+  clusters = lib.clusters(corpus, name, writes, split)
 
   figures = {
     "bits_per_byte": scoring.bits_per_byte(total["nll"], total["bytes"]),
-    "bits_per_byte_ci": bpb_ci,
     "token_accuracy": total["correct"] / total["tokens"] if total["tokens"] else None,
     "exact_match": None,
     "exact_match_ci": None,
@@ -106,7 +106,11 @@ def score(
     # per document, for intervals of differences paired by document (``paired_penalty``)
     "docs_nll": docs["nll"].tolist(),
     "docs_bytes": docs["bytes"].tolist(),
+    "docs_clusters": clusters,
   }
+  intervals.store(
+    figures, "bits_per_byte", table, intervals.ratio(0, 1, 1.0 / math.log(2)), clusters=clusters, seed=seed
+  )
   if prompts <= 0:  # bits per byte only (span filling on prose: an exact answer is not the task)
     return figures
   raw = lib.raw_texts(name, writes, split)
@@ -117,10 +121,13 @@ def score(
     model, batch, "encoder_decoder", width, answer_tokens, writes, writes, temperature=0.0
   )
   hits = np.array([a.strip() == r.strip() for a, r in zip(answers, batch.references, strict=True)], np.float64)
-  em_ci = intervals.bootstrap(np.stack([hits, np.ones_like(hits)], 1), intervals.ratio(0, 1), seed=seed)
+  table = np.stack([hits, np.ones_like(hits)], 1)
+  figures["exact_match_clusters"] = [clusters[d] for d in chosen]
+  intervals.store(
+    figures, "exact_match", table, intervals.ratio(0, 1), clusters=[clusters[d] for d in chosen], seed=seed
+  )
   return figures | {
     "exact_match": float(hits.mean()) if len(hits) else None,
-    "exact_match_ci": em_ci,
     "hits": hits.tolist(),
     "prompts": len(hits),
     "prompts_truncated": truncated,
@@ -133,15 +140,17 @@ def score(
 
 def paired_penalty(native: dict, cell: dict, metric: str, seed: int = 0) -> tuple[float, tuple[float, float] | None]:
   """How much worse ``cell`` is than ``native`` (exact match lost, or bits per byte added) and its 95% bootstrap
-  interval resampling the documents both were scored on, paired: a difference is far surer than either figure's
-  own interval says, which is mostly how hard the documents are."""
+  interval resampling the documents both were scored on (by cluster, as ``score`` does), paired: a difference is far
+  surer than either figure's own interval says, which is mostly how hard the documents are."""
   if metric == "exact_match":
     columns = [native["hits"], cell["hits"]]
+    clusters = native.get("exact_match_clusters")
 
     def stat(x):
       return (x[..., 0] - x[..., 1]) / x[..., 2]
   else:
     columns = [cell["docs_nll"], cell["docs_bytes"], native["docs_nll"], native["docs_bytes"]]
+    clusters = native.get("docs_clusters")
 
     def stat(x):
       with np.errstate(divide="ignore", invalid="ignore"):
@@ -150,4 +159,4 @@ def paired_penalty(native: dict, cell: dict, metric: str, seed: int = 0) -> tupl
   if len({len(c) for c in columns}) != 1:
     raise UserError("a paired penalty needs both rows scored on the same documents")
   table = np.stack([np.asarray(c, np.float64) for c in columns] + [np.ones(len(columns[0]))], 1)
-  return float(stat(table.sum(0))), intervals.bootstrap(table, stat, seed=seed)
+  return float(stat(table.sum(0))), intervals.bootstrap(table, stat, clusters=clusters, seed=seed)
