@@ -23,7 +23,7 @@ import pytest
 from conftest import held_out_corpus
 
 from llmcpu import compilers, specials, toolchain
-from llmcpu.crosseval import calibration, coherence, generation, report, scoring, summary
+from llmcpu.crosseval import calibration, coherence, generation, intervals, report, scoring, summary
 from llmcpu.crosseval.evaluate import CrossEvalOptions, LoadedModel, ModelEvaluator, evaluate
 from llmcpu.crosseval.judge import ByteJudge
 from llmcpu.crosseval.library import Library
@@ -507,6 +507,27 @@ def test_coherence_axes_on_hand_made_generations():
   assert 0.1 < half["relevance"] < 0.9
   lo, hi = half["relevance_ci"]
   assert lo < half["relevance"] < hi and lo > other["relevance_ci"][0]
+
+
+def test_output_that_ignores_its_prompt_is_equivalent_to_0_given_enough_prompts():
+  """Another document's continuation ignores its prompt by construction: with every held-out prompt (179) its
+  relevance is shown equivalent to 0 at ±0.1 (TOST); with 40 the test cannot tell, and says so instead of reading
+  "interval includes 0" as "not executed". The true continuation executes at either size."""
+  docs = [d["text"] for d in prose_docs()]
+  judge = ByteJudge(5).fit(docs[::2])
+  lexicon = {w for t in docs[::2] for w in coherence.words(t)}
+  held = [t for t in docs[1::2] if len(t) > 400]
+  assert len(held) == 179
+  for n, verdict in ((len(held), intervals.EQUIVALENT), (40, intervals.UNDECIDED)):
+    prompts, conts = [t[:100] for t in held[:n]], [t[100:] for t in held[:n]]
+
+    def judged(gens, prompts=prompts, conts=conts):
+      return coherence.assess(coherence.prose_table(judge, lexicon, prompts, [gens], conts), "prose", margin=0.1)
+
+    other = judged([conts[(i + n // 2) % n][:120] for i in range(n)])
+    assert other["relevance_verdict"] == verdict, other["relevance_ci90"]
+    assert other["relevance_ci"][0] < 0 < other["relevance_ci"][1]  # both hold 0: only the test tells them apart
+    assert judged([c[:120] for c in conts])["relevance_verdict"] == intervals.EXECUTES
 
 
 def test_calibration_table_holds_on_the_world(world):
