@@ -509,6 +509,15 @@ def test_coherence_axes_on_hand_made_generations():
   assert lo < half["relevance"] < hi and lo > other["relevance_ci"][0]
 
 
+def test_tables_show_each_intervals_clusters_and_undefined_resamples():
+  base = dict(status="ok", model_isa="char", arch="decoder", eval_isa="char", native=True, corpus="x", seed=0)
+  info = {"clusters": 23, "undefined": 12, "resamples": 4999}
+  rows = [base | dict(checkpoint="a", relevance=0.3, relevance_ci=[0.2, 0.4], relevance_ci_info=info)]
+  assert "**0.300 (0.200–0.400, 23 clusters, 12/4999 resamples undefined)**" in report.markdown_table(rows, "relevance")
+  rows[0]["relevance_ci_info"] = dict(info, undefined=0)
+  assert "**0.300 (0.200–0.400, 23 clusters)**" in report.markdown_table(rows, "relevance")
+
+
 def test_output_that_ignores_its_prompt_is_equivalent_to_0_given_enough_prompts():
   """Another document's continuation ignores its prompt by construction: with every held-out prompt (179) its
   relevance is shown equivalent to 0 at ±0.1 (TOST); with 40 the test cannot tell, and says so instead of reading

@@ -78,6 +78,7 @@ class Cell:
   ci: tuple[float, float] | None = None
   seeds: int = 1
   clusters: int | None = None  # the interval's resampled clusters (documents or prompts grouped by source)
+  undefined: str = ""  # "k/N": resamples where the figure was undefined, when any were
 
 
 @dataclasses.dataclass
@@ -146,8 +147,9 @@ def _cell(cell_rows: list[dict], metric: str) -> Cell | str | None:
   if mean is None:
     return None
   ci = cell_rows[0].get(f"{metric}_ci") if len(cell_rows) == 1 else None
-  clusters = (cell_rows[0].get(f"{metric}_ci_info") or {}).get("clusters") if ci else None
-  return Cell(mean, std, tuple(ci) if ci else None, len(cell_rows), clusters)
+  info = (cell_rows[0].get(f"{metric}_ci_info") or {}) if ci else {}
+  undefined = f"{info['undefined']}/{info.get('resamples')}" if info.get("undefined") else ""
+  return Cell(mean, std, tuple(ci) if ci else None, len(cell_rows), info.get("clusters"), undefined)
 
 
 def _number(v) -> float | None:
@@ -164,6 +166,7 @@ def _fmt(v, digits: int, *, spread: bool = True, pm: str = "Â±", dash: str = "â€
     text += f" {pm} {v.std:.{digits}f}"
   elif spread and v.ci is not None:
     clusters = f", {v.clusters} clusters" if v.clusters else ""
+    clusters += f", {v.undefined} resamples undefined" if v.undefined else ""
     text += f" ({v.ci[0]:.{digits}f}{dash}{v.ci[1]:.{digits}f}{clusters})"
   return text
 
