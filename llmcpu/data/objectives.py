@@ -446,7 +446,7 @@ def corrupt(tokens: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarra
 
 class Windowed(Objective):
   """Prose cut into windows of ``window`` tokens per document (its last one shorter), one window per row, so no
-  example crosses a document (the encoder-decoder objectives on prose)."""
+  example crosses a document (span corruption on prose; prefix LM cuts its windows in bytes, see ``PrefixLM``)."""
 
   def __init__(self, split: CompiledSplit, window: int):
     self.text = split.fields["text"]
