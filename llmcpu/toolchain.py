@@ -81,7 +81,8 @@ def compile_hint(compile_dir: str, corpus: str = "<corpus>", isa: CompilerSpec |
 def load_split(workdir: str, corpus_name: str, compiler: Compiler, split: str) -> compiled.CompiledSplit:
   """Reads one compiled split and checks it was built by ``compiler``; says how to build it if missing.
 
-  The split carries the compiler's ``piece_bytes`` (what a ``Pipeline`` needs for bits per byte).
+  The split carries the compiler's ``piece_bytes`` (what a ``Pipeline`` needs for bits per byte) and
+  ``piece_spaces`` (where words start, for objectives that choose words).
   """
   path = split_dir(workdir, corpus_name, compiler.name, split)
   if compiled.read_manifest(path) is None:
@@ -90,7 +91,7 @@ def load_split(workdir: str, corpus_name: str, compiler: Compiler, split: str) -
       + compile_hint(workdir, "<that corpus>", compiler.spec)
     )
   loaded = compiled.load(path, expect_fingerprint=compiler.fingerprint)
-  return dataclasses.replace(loaded, piece_bytes=compiler.piece_bytes)
+  return dataclasses.replace(loaded, piece_bytes=compiler.piece_bytes, piece_spaces=compiler.piece_spaces)
 
 
 @dataclasses.dataclass

@@ -23,7 +23,7 @@ import pytest
 from conftest import held_out_corpus
 
 from llmcpu import compilers, specials, toolchain
-from llmcpu.crosseval import calibration, coherence, generation, report, scoring, summary
+from llmcpu.crosseval import calibration, coherence, generation, intervals, report, scoring, summary
 from llmcpu.crosseval.evaluate import CrossEvalOptions, LoadedModel, ModelEvaluator, calibrate, evaluate
 from llmcpu.crosseval.judge import ByteJudge
 from llmcpu.crosseval.library import Library
@@ -479,10 +479,12 @@ def test_report_files_hold_the_numbers_of_results(rows, world, tmp_path):
   for r in back:
     v = f"{r['bits_per_byte']:.3f}"
     lo, hi = r["bits_per_byte_ci"]
-    cell = f"{v} ({lo:.3f}–{hi:.3f})"  # one seed: the figure and its interval over documents
+    k = r["bits_per_byte_ci_info"]["clusters"]
+    assert k == r["documents"]  # a corpus with no known structure: one cluster per document
+    cell = f"{v} ({lo:.3f}–{hi:.3f}, {k} clusters)"  # one seed: the figure and its interval over documents
     assert (f"**{cell}**" if r["native"] else cell) in md
     assert (f"{v}*" if r["native"] else v) in csv_text
-    assert (f"\\textbf{{{v} ({lo:.3f}--{hi:.3f})}}" if r["native"] else v) in tex
+    assert (f"\\textbf{{{v} ({lo:.3f}--{hi:.3f}, {k} clusters)}}" if r["native"] else v) in tex
     assert "_docs" not in r  # per-document arrays stay in memory
   text = open(paths["summary"]).read()
   assert "Native bits per byte (lowest) best of its row in 3/3 (CPU, seed) pairs: holds" in text
@@ -500,6 +502,32 @@ def test_seeds_are_one_row_with_mean_and_std(rows):
     assert f"{pair.mean():.3f} ± {pair.std(ddof=1):.3f}" in md
   text = summary.summarize(base + again, {})
   assert "in 2/2 (CPU, seed) pairs" in text and "(seeds)" in text
+
+
+def test_relevance_verdicts_are_equivalence_tests_not_an_interval_holding_0():
+  def cell(model, isa, ci90, prompts=64):
+    info = {"clusters": 23, "undefined": 0, "resamples": 4999}
+    return {
+      **dict(status="ok", checkpoint=model, arch="decoder", model_isa=model, model_isa_spec=model, seed=0),
+      **dict(eval_isa=isa, eval_isa_spec=isa, native=model == isa, prompts=prompts, equivalence_margin=0.1),
+      **dict(relevance=sum(ci90) / 2, relevance_ci=[ci90[0] - 0.01, ci90[1] + 0.01], relevance_ci_info=info),
+      "relevance_ci90": list(ci90),
+    }
+
+  rows = [
+    cell("bpe:500", "bpe:500", (0.25, 0.45)),  # executes
+    cell("bpe:1000", "bpe:1000", (-0.05, 0.30), prompts=12),  # wide: undecided
+    cell("bpe:500", "bpe:500+perm:1", (-0.04, 0.06)),  # inside ±0.1: equivalent to 0
+    cell("bpe:1000", "bpe:1000+perm:1", (-0.15, 0.12)),  # holds 0, but is not shown to be 0
+  ]
+  lines = "\n".join(summary.relevance_claims(rows))
+  assert "Native CPUs execute their prompt (TOST at ±0.1" in lines
+  assert "in 1/2 (CPU, seed) pairs: DOES NOT HOLD" in lines
+  want = "bpe:1000 · decoder (seed 0): relevance 0.125 (-0.060–0.310, 23 clusters), 90% -0.050–0.300: undecided at 12"
+  assert want in lines
+  assert "Fully permuted code does not execute (relevance equivalent to 0" in lines and "in 1/2 cells" in lines
+  assert "on bpe:1000+perm:1: relevance -0.015" in lines and "undecided at 64 prompts" in lines
+  assert "interval includes 0" not in lines
 
 
 # ------------------------------------------------------------------------------------------------- judge & text
@@ -589,6 +617,36 @@ def test_coherence_axes_on_hand_made_generations():
   assert 0.1 < half["relevance"] < 0.9
   lo, hi = half["relevance_ci"]
   assert lo < half["relevance"] < hi and lo > other["relevance_ci"][0]
+
+
+def test_tables_show_each_intervals_clusters_and_undefined_resamples():
+  base = dict(status="ok", model_isa="char", arch="decoder", eval_isa="char", native=True, corpus="x", seed=0)
+  info = {"clusters": 23, "undefined": 12, "resamples": 4999}
+  rows = [base | dict(checkpoint="a", relevance=0.3, relevance_ci=[0.2, 0.4], relevance_ci_info=info)]
+  assert "**0.300 (0.200–0.400, 23 clusters, 12/4999 resamples undefined)**" in report.markdown_table(rows, "relevance")
+  rows[0]["relevance_ci_info"] = dict(info, undefined=0)
+  assert "**0.300 (0.200–0.400, 23 clusters)**" in report.markdown_table(rows, "relevance")
+
+
+def test_output_that_ignores_its_prompt_is_equivalent_to_0_given_enough_prompts():
+  """Another document's continuation ignores its prompt by construction: with every held-out prompt (179) its
+  relevance is shown equivalent to 0 at ±0.1 (TOST); with 40 the test cannot tell, and says so instead of reading
+  "interval includes 0" as "not executed". The true continuation executes at either size."""
+  docs = [d["text"] for d in prose_docs()]
+  judge = ByteJudge(5).fit(docs[::2])
+  lexicon = {w for t in docs[::2] for w in coherence.words(t)}
+  held = [t for t in docs[1::2] if len(t) > 400]
+  assert len(held) == 179
+  for n, verdict in ((len(held), intervals.EQUIVALENT), (40, intervals.UNDECIDED)):
+    prompts, conts = [t[:100] for t in held[:n]], [t[100:] for t in held[:n]]
+
+    def judged(gens, prompts=prompts, conts=conts):
+      return coherence.assess(coherence.prose_table(judge, lexicon, prompts, [gens], conts), "prose", margin=0.1)
+
+    other = judged([conts[(i + n // 2) % n][:120] for i in range(n)])
+    assert other["relevance_verdict"] == verdict, other["relevance_ci90"]
+    assert other["relevance_ci"][0] < 0 < other["relevance_ci"][1]  # both hold 0: only the test tells them apart
+    assert judged([c[:120] for c in conts])["relevance_verdict"] == intervals.EXECUTES
 
 
 def test_calibration_table_holds_on_the_world(world):

@@ -267,8 +267,14 @@ def test_mlm_rates_and_specials():
   regular = targets >= FIRST_REGULAR_ID
   assert not np.any(chosen & ~regular), "specials and padding are never chosen"
   assert np.array_equal(inputs[~chosen], targets[~chosen])
-  n_regular = regular.sum(1)
-  assert np.array_equal(chosen.sum(1), np.where(n_regular > 0, np.maximum(np.rint(0.15 * n_regular), 1), 0))
+  # Chosen per document (a hand-made split has no spaces: every token is its own word), exactly round(15%).
+  per_doc = np.bincount([corpus.at[int(t)][0] for t in targets[chosen]], minlength=corpus.split.num_docs)
+  lengths = corpus.split.fields["text"].lengths
+  assert np.array_equal(per_doc, np.where(lengths > 0, np.maximum(np.rint(0.15 * lengths), 1), 0))
+  assert np.array_equal(epoch_rows(p)["weights"], rows["weights"])  # the same epoch: the same choice
+  again = epoch_rows(p, 1)  # another epoch (ids are unique: a chosen id names its word): as many words, others
+  chosen_again = set(again["targets"][again["weights"] > 0].tolist())
+  assert len(chosen_again) == chosen.sum() and chosen_again != set(targets[chosen].tolist())
   masked = np.mean(inputs[chosen] == MASK_ID)
   kept = np.mean(inputs[chosen] == targets[chosen])
   randomized = np.mean((inputs[chosen] != MASK_ID) & (inputs[chosen] != targets[chosen]))
@@ -391,7 +397,10 @@ def test_span_corruption_reconstructs_every_window(lengths, input_length, target
 
 @settings(max_examples=50, deadline=None)
 @given(doc_lengths, st.integers(2, 40), st.integers(2, 20), st.integers(0, 2))
-def test_prefix_lm_cuts_every_window_once_into_prefix_and_continuation(lengths, input_length, target_length, seed):
+def test_prefix_lm_cuts_windows_of_whole_words_within_byte_budgets(lengths, input_length, target_length, seed):
+  """Every row: a prefix and its continuation, consecutive in one document, within input_length − 1 and
+  target_length − 1 *bytes* (so they fit in any ISA); windows in document order, never overlapping; the bytes no
+  window holds are the ones ``stats()`` says were skipped, and each skipped run had a reason."""
   corpus = prose(lengths, seed)
   kw = dict(global_batch=3, seed=seed, input_length=input_length, target_length=target_length)
   try:
@@ -399,12 +408,31 @@ def test_prefix_lm_cuts_every_window_once_into_prefix_and_continuation(lengths, 
   except UserError as e:
     assert "no tokens" in str(e)
     return
-
-  def example(enc, tgt, n_enc, n_tgt):
-    assert 2 <= n_enc <= input_length and n_tgt <= target_length  # a non-empty prefix; both fit
-    return [*enc[: n_enc - 1].tolist(), *tgt[: n_tgt - 1].tolist()], np.arange(len(tgt)) < n_tgt - 1
-
-  check_windows(corpus, p, example)
+  rows, pb = epoch_rows(p), corpus.piece_bytes
+  covered: dict[int, list[int]] = {}
+  for i in range(p.rows_per_epoch):
+    enc, tgt = rows["encoder_inputs"][i], rows["decoder_targets"][i]
+    n_enc, n_tgt = rows["encoder_segment_ids"][i].sum(), rows["decoder_segment_ids"][i].sum()
+    assert enc[n_enc - 1] == EOS_ID and tgt[n_tgt - 1] == EOS_ID and not enc[n_enc:].any() and not tgt[n_tgt:].any()
+    assert np.array_equal(rows["decoder_inputs"][i][:n_tgt], np.concatenate([[BOS_ID], tgt[: n_tgt - 1]]))
+    prefix, rest = enc[: n_enc - 1].tolist(), tgt[: n_tgt - 1].tolist()
+    assert prefix and rest and pb[prefix].sum() <= input_length - 1 and pb[rest].sum() <= target_length - 1
+    at = [corpus.where[t][1:] for t in prefix + rest]
+    (doc,) = {d for d, _ in at}
+    assert [j for _, j in at] == list(range(at[0][1], at[0][1] + len(at))), "one run of consecutive ids"
+    assert not covered.get(doc) or covered[doc][-1] < at[0][1], "windows in order, never overlapping"
+    covered.setdefault(doc, []).extend(j for _, j in at)
+    assert np.array_equal(rows["target_bytes"][i][: n_tgt - 1], pb[rest]) and rows["target_bytes"][i][n_tgt - 1] == 0
+  skipped = 0
+  for d, doc in enumerate(corpus.docs["text"]):
+    kept = set(covered.get(d, []))
+    gap = [j for j in range(len(doc)) if j not in kept]
+    skipped += int(pb[doc[gap]].sum())
+    for j in gap:  # a token left out was too long for a prefix, or sat where no continuation could follow it
+      assert pb[doc[j]] > input_length - 1 or pb[doc[j]] > target_length - 1 or j + 1 in gap or j + 1 == len(doc) or \
+        pb[doc[j + 1]] > target_length - 1  # fmt: skip
+  total = corpus.split.fields["text"].nbytes.sum()
+  assert p.summary()["skipped_bytes_share"] == pytest.approx(skipped / total if total else 0.0)
 
 
 @pytest.mark.parametrize("input_length,target_length", [(8, 4), (64, 16), (114, 30), (512, 114), (4096, 2048)])

@@ -76,6 +76,10 @@ def test_a_spans_corpus_compiles_to_pairs_that_score_only_the_spans(tmp_path, is
   a, b = (toolchain.load_split(workdir, corpus.name, k, "test") for k in isas)
   paired = compiled.pair(a, b)  # the same documents in both ISAs: B's input under A's target
   assert paired.num_docs == a.num_docs > 0
+  # Each window is labelled with the document it was cut from (its cluster for intervals): recount them here.
+  inner = corpora.load_corpus(f"text:{write_docs(tmp_path / 'again')}")
+  want = [f"doc:{i}" for i, d in enumerate(inner.documents("test")) for _ in spans.examples(d["text"])]
+  assert a.labels["source"] == b.labels["source"] == want and len(set(want)) < len(want)
   for f in ("input", "target"):
     assert np.array_equal(a.fields[f].nbytes, b.fields[f].nbytes)
   batch = Seq2Seq(b, 160, 160).rows(np.arange(b.num_docs), np.arange(8), np.arange(8))

@@ -13,6 +13,7 @@ import itertools
 import json
 import os
 import pathlib
+import re
 import tempfile
 from collections.abc import Iterable, Sequence
 
@@ -28,6 +29,9 @@ MANIFEST = "isa.json"
 MODEL = "spm.model"
 PERM = "perm.npy"
 FORMAT_VERSION = 1
+# ``Compiler.piece_spaces`` flags: the piece's text starts with, ends with, or holds inside a space (U+0020).
+SPACE_FIRST, SPACE_LAST, SPACE_INSIDE = 1, 2, 4
+_BYTE_PIECE = re.compile(r"<0x([0-9A-F]{2})>")
 
 
 class Compiler:
@@ -68,6 +72,22 @@ class Compiler:
     """
     base = self.backend.piece_bytes()
     out = base if self._inv is None else base[self._inv]  # permuted: id perm[i] names backend piece i
+    out.setflags(write=False)
+    return out
+
+  @functools.cached_property
+  def piece_spaces(self) -> np.ndarray:
+    """int8 [vocab_size]: where each id's text has a space (``SPACE_FIRST`` | ``SPACE_LAST`` | ``SPACE_INSIDE``); 0
+    for special ids. What objectives need to find the starts of words (a space after a
+    non-space) in any ISA without its text (``llmcpu.data.units``). Read-only."""
+    out = np.zeros(self.vocab_size, np.int8)
+    for i, piece in enumerate(self.pieces):
+      if i < specials.FIRST_REGULAR_ID or self.piece_bytes[i] == 0:
+        continue
+      byte = _BYTE_PIECE.fullmatch(piece)
+      text = chr(int(byte[1], 16)) if byte else piece.replace(backends.META, " ")
+      flags = (text[0] == " ") * SPACE_FIRST | (text[-1] == " ") * SPACE_LAST
+      out[i] = flags | (" " in text[1:-1]) * SPACE_INSIDE
     out.setflags(write=False)
     return out
 

@@ -15,8 +15,11 @@ distinct_2 repetition pmi_per_byte pmi_per_byte_real fluency_plausibility fluenc
 fluency_novel chrf chrf_eval_reading empty_generations``; programs: ``exact_match exact_match_sampled
 exact_match_by_task exact_match_eval_reading``), ``prompts`` and ``samples``, and on native cells
 ``shuffled_prompt`` (the same figures with the prompt's ids shuffled); encoders ``representation_agreement``.
-Intervals: ``<metric>_ci`` = [lo, hi], 95% bootstrap over documents, for bits per byte, normalized score, fluency,
-relevance, coherence and exact match. Failed cells: ``status == "failed"`` and a one-line ``error``.
+Intervals: ``<metric>_ci`` = [lo, hi], 95% bootstrap over documents resampled by cluster (``intervals.py``), for bits
+per byte, normalized score, fluency, relevance, coherence and exact match, with ``<metric>_ci_info`` (``clusters``,
+``undefined`` resamples of ``resamples``; ``clusters`` alone: the cell's documents' clusters); relevance also has
+``relevance_ci90`` and its equivalence-test verdict ``relevance_verdict`` at ``equivalence_margin``. Failed cells:
+``status == "failed"`` and a one-line ``error``.
 """
 
 from llmcpu.crosseval.evaluate import CrossEvalOptions, LoadedModel, ModelEvaluator, calibrate, evaluate

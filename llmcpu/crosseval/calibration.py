@@ -5,7 +5,8 @@ cells: the true continuation (fluency 1, relevance 1), another document's contin
 relevance ≈ 0), random bytes and a repeated piece (fluency ≈ 0), and the prompt echoed back (relevance ≫ 1, so
 coherence must not reward it). Programs: the true answer, another program's answer of the same task, random bytes, a
 repeated piece. The native CPUs' shuffled-prompt runs (relevance far below their native figure) are read from the
-cells' rows by the report. Every figure carries its 95% bootstrap interval over prompts.
+cells' rows by the report. Every figure carries its 95% bootstrap interval over prompts, resampled by cluster
+(``llmcpu.data.clusters``) as the cells' are.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ def calibrate(lib: Library, corpus_spec: str, compiler: Compiler, options) -> li
   test = lib.split(corpus_name, compiler, options.split)
   raw = lib.raw_texts(corpus_name, compiler, options.split)
   base = {"corpus": corpus_spec, "corpus_name": corpus_name, "split": options.split}
+  every = lib.clusters(corpus_spec, corpus_name, compiler, options.split)
   rows = []
   if test.kind == "seq2seq":
     docs = range(min(options.program_prompts, test.num_docs))
@@ -30,7 +32,8 @@ def calibrate(lib: Library, corpus_spec: str, compiler: Compiler, options) -> li
     tasks = [(test.labels.get("task") or [None] * test.num_docs)[d] for d in docs]
     for name, answers in coherence.program_references(targets, tasks, options.seed).items():
       table = coherence.program_table(answers, targets, tasks)
-      rows.append(base | {"reference": name, "prompts": len(targets)} | _figures(table, "programs", options.seed))
+      figures = _figures(table, "programs", options, [every[d] for d in docs])
+      rows.append(base | {"reference": name, "prompts": len(targets)} | figures)
     return rows
   lengths = [len(t.encode("utf-8")) for t in raw["text"]]
   docs = generation.select_docs(lengths, options.prompts, options.prompt_bytes + coherence.MIN_REFERENCE_CHARS * 4)
@@ -40,11 +43,13 @@ def calibrate(lib: Library, corpus_spec: str, compiler: Compiler, options) -> li
   refs = coherence.prose_references(continuations, prompts, REFERENCE_CHARS, options.seed)
   for name, texts in refs.items():
     table = coherence.prose_table(judge, lexicon, prompts, [texts], continuations)
-    rows.append(base | {"reference": name, "prompts": len(prompts)} | _figures(table, "prose", options.seed))
+    figures = _figures(table, "prose", options, [every[d] for d in docs])
+    rows.append(base | {"reference": name, "prompts": len(prompts)} | figures)
   return rows
 
 
-def _figures(table, kind: str, seed: int) -> dict:
-  out = coherence.assess(table, kind, seed=seed)
-  keep = [*coherence.FIGURES, *(f"{k}_ci" for k in coherence.FIGURES)]
+def _figures(table, kind: str, options, clusters: list[str]) -> dict:
+  out = coherence.assess(table, kind, seed=options.seed, clusters=clusters, margin=options.equivalence_margin)
+  keep = [*coherence.FIGURES, *(f"{k}_ci{x}" for k in coherence.FIGURES for x in ("", "_info"))]
+  keep += ["relevance_ci90", "relevance_verdict"]
   return {k: out.get(k) for k in keep}

@@ -260,14 +260,24 @@ def program_figures(sums: np.ndarray) -> dict[str, np.ndarray]:
 # ------------------------------------------------------------------------------------------------- assessment
 
 
-def assess(table: np.ndarray, kind: str, *, seed: int = 0, keys: Sequence[str] = FIGURES) -> dict:
-  """Point figures of a per-prompt table (every key of ``*_figures``) and 95% bootstrap intervals (``<key>_ci``)
-  for ``keys``."""
+def assess(
+  table: np.ndarray,
+  kind: str,
+  *,
+  seed: int = 0,
+  keys: Sequence[str] = FIGURES,
+  clusters: Sequence | None = None,
+  margin: float | None = None,
+) -> dict:
+  """Point figures of a per-prompt table (every key of ``*_figures``) and, for ``keys``, 95% cluster-bootstrap
+  intervals (``<key>_ci``, ``<key>_ci_info``: ``clusters`` gives each prompt's cluster; None = one per prompt).
+  With an equivalence ``margin``, relevance also gets its TOST verdict (``intervals.tost``)."""
   figures = prose_figures if kind == "prose" else program_figures
   point = {k: _plain(v) for k, v in figures(table.sum(0)).items()}
   for k in keys:
     if point.get(k) is not None:
-      point[f"{k}_ci"] = intervals.bootstrap(table, lambda s, k=k: figures(s)[k], seed=seed)
+      m = margin if k == "relevance" else None
+      intervals.store(point, k, table, lambda s, k=k: figures(s)[k], clusters=clusters, seed=seed, margin=m)
   return point
 
 

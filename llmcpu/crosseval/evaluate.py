@@ -24,7 +24,7 @@ from flax import nnx
 
 from llmcpu import compilers, specials
 from llmcpu.compilers import Compiler
-from llmcpu.crosseval import calibration, coherence, generation, resume, scoring
+from llmcpu.crosseval import calibration, coherence, generation, intervals, resume, scoring
 from llmcpu.crosseval.library import Library, one_line
 from llmcpu.data import objectives as obj
 from llmcpu.data.compiled import CompiledSplit
@@ -58,6 +58,13 @@ class CrossEvalOptions:
   judge_max_bytes: int = 16 << 20
   representation_docs: int = 32  # encoders: documents embedded natively and foreign
   samples: int = 3  # generations kept per cell in results.jsonl
+  equivalence_margin: float = intervals.EQUIVALENCE_MARGIN  # TOST: |relevance| below this is "does not execute"
+
+  def __post_init__(self):
+    if not self.equivalence_margin > 0:
+      raise UserError(
+        f"equivalence_margin must be > 0 (|relevance| below it counts as 0), got {self.equivalence_margin}"
+      )
 
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict) -> CrossEvalOptions:
@@ -188,8 +195,10 @@ class ModelEvaluator:
       "truncated_examples": int(pipe.summary().get("truncated_examples", 0)),
       "xla_compiles": self.xla_compiles,
       "_docs": scored["docs"],
+      "_clusters": self.lib.clusters(self.corpus, corpus_name, comp, self.opt.split),
     }
-    row["bits_per_byte_ci"] = scoring.bpb_interval(row, seed=self.opt.seed)
+    row["clusters"] = len(set(row["_clusters"]))
+    scoring.store_bpb_interval(row, seed=self.opt.seed)
     return row
 
   def cell(self, comp: Compiler, eval_label: str) -> dict:
@@ -276,7 +285,8 @@ class ModelEvaluator:
       shuffled = prompts.shuffled(opt.seed)
       s_greedy, s_sampled, _, _ = generate(shuffled)
       judged = self.judge(prompts, corpus_name, comp, s_greedy, s_sampled)  # judged against the real prompts
-      out["shuffled_prompt"] = {k: judged.get(k) for k in (*_SUMMARY_FIGURES, *(f"{f}_ci" for f in _SUMMARY_FIGURES))}
+      keep = [*_SUMMARY_FIGURES, *(f"{f}_ci{x}" for f in _SUMMARY_FIGURES for x in ("", "_info"))]
+      out["shuffled_prompt"] = {k: judged.get(k) for k in [*keep, "relevance_ci90", "relevance_verdict"]}
     rows = zip(prompts.texts, prompts.references, greedy, sampled, greedy_foreign, strict=True)
     out["samples"] = [
       {"prompt": p, "reference": r[:200], "greedy": g, "sampled": s, "greedy_eval_reading": f}
@@ -285,21 +295,24 @@ class ModelEvaluator:
     return out
 
   def judge(self, prompts: generation.Prompts, corpus_name: str, comp: Compiler, greedy, sampled) -> dict:
-    """Fluency, relevance, coherence (+ intervals) and their parts for one set of generations."""
+    """Fluency, relevance, coherence (+ intervals over clusters of prompts, relevance's TOST verdict) and their
+    parts for one set of generations."""
+    every = self.lib.clusters(self.corpus, corpus_name, comp, self.opt.split)
+    stats = dict(seed=self.opt.seed, clusters=[every[d] for d in prompts.docs], margin=self.opt.equivalence_margin)
     if prompts.kind == "programs":
       table = coherence.program_table(greedy, prompts.references, prompts.tasks)
-      out = coherence.assess(table, "programs", seed=self.opt.seed, keys=_SUMMARY_FIGURES)
+      out = coherence.assess(table, "programs", keys=_SUMMARY_FIGURES, **stats)
       by_task: dict[str, list[float]] = {}
       for task, hit in zip(prompts.tasks, text_metrics.exact_match_items(greedy, prompts.references), strict=True):
         by_task.setdefault(task or "all", []).append(hit)
       out["exact_match_sampled"] = text_metrics.exact_match(sampled, prompts.references)
       out["exact_match_by_task"] = {k: float(np.mean(v)) for k, v in sorted(by_task.items())}
-      out["exact_match_ci"] = out["relevance_ci"]
+      out["exact_match_ci"], out["exact_match_ci_info"] = out["relevance_ci"], out["relevance_ci_info"]
       out["chrf"] = text_metrics.chrf(greedy, prompts.references)
       return out
     judge, lexicon = self.lib.judge(corpus_name, comp, self.opt.train_split)
     table = coherence.prose_table(judge, lexicon, prompts.texts, [greedy, sampled], prompts.references)
-    out = coherence.assess(table, "prose", seed=self.opt.seed)
+    out = coherence.assess(table, "prose", **stats)
     gens = [*greedy, *sampled]
     out["chrf"] = text_metrics.chrf(gens, coherence.references(gens, prompts.references * 2))
     out["empty_generations"] = sum(not g for g in gens)

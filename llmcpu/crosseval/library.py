@@ -16,6 +16,7 @@ from llmcpu import compilers, toolchain
 from llmcpu.compilers import Compiler
 from llmcpu.crosseval import scoring
 from llmcpu.crosseval.judge import ByteJudge
+from llmcpu.data import clusters
 from llmcpu.data.compiled import CompiledField, CompiledSplit
 from llmcpu.errors import UserError
 from llmcpu.training import loss
@@ -93,6 +94,12 @@ class Library:
     raw = self._raw[key]
     n = self.max_docs
     return {k: v[:n] for k, v in raw.items()} if limit and n > 0 else raw
+
+  def clusters(self, corpus_spec: str, corpus_name: str, compiler: Compiler, split: str) -> list[str]:
+    """Each document's cluster (``llmcpu.data.clusters``), for intervals that resample clusters of documents."""
+    s = self.split(corpus_name, compiler, split)
+    texts = self.raw_texts(corpus_name, compiler, split).get("text") if s.kind == "text" else None
+    return clusters.document_clusters(corpus_spec, s.labels, texts, s.num_docs)
 
   def unigram_bits(self, corpus_name: str, compiler: Compiler, fields: list[str], train: str) -> np.ndarray:
     """−log2 p(id) of the evaluation ISA's unigram model (``scoring.unigram_log2_probs`` on the train split)."""

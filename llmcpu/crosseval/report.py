@@ -2,11 +2,12 @@
 
 Matrices: rows are the CPUs (``model ISA · arch``, with the corpus when there are several), columns the evaluation
 ISAs. A CPU trained with several seeds is one row: its cell shows the mean over seeds ± their standard deviation;
-with one seed the cell shows the figure and its 95% bootstrap interval over documents (``(lo–hi)``), when the row
-has one. Native cells (the evaluation ISA is the model's own, by fingerprint) are bold in Markdown and LaTeX, carry a
-trailing ``*`` in CSV (which holds the means; ``results.jsonl`` has every per-seed figure and interval) and are
-outlined in heatmaps; failed cells read ``failed``; cells with no figure are empty. ``matrix(rows, metric)`` and
-``markdown_table(rows, metric)`` rebuild any table from the rows (e.g. for a README).
+with one seed the cell shows the figure and its 95% bootstrap interval over documents, resampled by cluster
+(``(lo–hi, K clusters)``), when the row has one. Native cells (the evaluation ISA is the model's own, by fingerprint)
+are bold in Markdown and LaTeX, carry a trailing ``*`` in CSV (which holds the means; ``results.jsonl`` has every
+per-seed figure and interval) and are outlined in heatmaps; failed cells read ``failed``; cells with no figure are
+empty. ``matrix(rows, metric)`` and ``markdown_table(rows, metric)`` rebuild any table from the rows (e.g. for a
+README).
 """
 
 from __future__ import annotations
@@ -76,6 +77,8 @@ class Cell:
   std: float | None = None
   ci: tuple[float, float] | None = None
   seeds: int = 1
+  clusters: int | None = None  # the interval's resampled clusters (documents or prompts grouped by source)
+  undefined: str = ""  # "k/N": resamples where the figure was undefined, when any were
 
 
 @dataclasses.dataclass
@@ -144,7 +147,9 @@ def _cell(cell_rows: list[dict], metric: str) -> Cell | str | None:
   if mean is None:
     return None
   ci = cell_rows[0].get(f"{metric}_ci") if len(cell_rows) == 1 else None
-  return Cell(mean, std, tuple(ci) if ci else None, len(cell_rows))
+  info = (cell_rows[0].get(f"{metric}_ci_info") or {}) if ci else {}
+  undefined = f"{info['undefined']}/{info.get('resamples')}" if info.get("undefined") else ""
+  return Cell(mean, std, tuple(ci) if ci else None, len(cell_rows), info.get("clusters"), undefined)
 
 
 def _number(v) -> float | None:
@@ -160,7 +165,9 @@ def _fmt(v, digits: int, *, spread: bool = True, pm: str = "±", dash: str = "�
   if spread and v.std is not None:
     text += f" {pm} {v.std:.{digits}f}"
   elif spread and v.ci is not None:
-    text += f" ({v.ci[0]:.{digits}f}{dash}{v.ci[1]:.{digits}f})"
+    clusters = f", {v.clusters} clusters" if v.clusters else ""
+    clusters += f", {v.undefined} resamples undefined" if v.undefined else ""
+    text += f" ({v.ci[0]:.{digits}f}{dash}{v.ci[1]:.{digits}f}{clusters})"
   return text
 
 
@@ -218,7 +225,7 @@ def latex_table(m: Matrix, title: str, digits: int) -> str:
       text = r"\textit{failed}" if v == "failed" else "--" if v is None else _fmt(v, digits, pm="$\\pm$", dash="--")
       cells.append(f"\\textbf{{{text}}}" if m.native[i, j] and isinstance(v, Cell) else text)
     lines.append(_tex(name) + " & " + " & ".join(cells) + r" \\")
-  note = "mean $\\pm$ std over seeds, or (95\\% bootstrap interval over documents)"
+  note = "mean $\\pm$ std over seeds, or (95\\% bootstrap interval over clusters of documents)"
   lines += [r"\bottomrule", r"\end{tabular}", f"\\caption{{{_tex(title)}; {note}; native cells in bold.}}"]
   lines.append(r"\end{table}")
   return "\n".join(lines) + "\n"

@@ -4,7 +4,9 @@ Bits per byte is Σ NLL over *content* targets / (ln 2 · Σ UTF-8 bytes of the 
 means the document's own ids (regular ids and UNK), so EOS, BOS, PAD, MASK and span sentinels never count, whatever
 the objective. Compilers are lossless, so over one ``Pipeline.eval_batches()`` pass of ``lm`` every content id is a
 target exactly once and the bytes sum to the split's raw bytes; for ``mlm`` and ``span_corruption`` the bytes are
-those of the masked pieces, exactly. Either way the figure is comparable across ISAs.
+those of the masked pieces, exactly. ``mlm`` chooses whole words per document over byte spans and ``prefix_lm`` cuts
+at words (``llmcpu.data.units``), so every ISA scores the same bytes and the figure is comparable across ISAs;
+``span_corruption`` on prose draws its spans over one ISA's tokens, so its columns score different bytes.
 
 Illegal opcodes: an input id ≥ the model's vocabulary goes through the model's policy (mapped to UNK and counted by
 its ``IllegalOpcodes`` counter). An illegal *target* cannot be named by the model; it is scored from the model's
@@ -25,9 +27,10 @@ Baselines, per cell, over the same scored fields (``scored_fields``):
 better than counting opcodes, < 0 = confidently wrong. Null when there is no matched cell or it does not beat the
 unigram model (the scale would be meaningless). The matched cell is the native cell *of the same seed*.
 
-Intervals: a cell keeps its per-document sums (NLL, bytes, unigram bits) under the private key ``_docs`` (never
-written out); ``bits_per_byte_ci`` and ``normalized_score_ci`` are 95% bootstrap intervals over documents, the
-latter resampling the cell, the unigram baseline and the matched cell on the same documents.
+Intervals: a cell keeps its per-document sums (NLL, bytes, unigram bits) under the private key ``_docs`` and each
+document's cluster under ``_clusters`` (``llmcpu.data.clusters``; neither is written out); ``bits_per_byte_ci`` and
+``normalized_score_ci`` are 95% cluster-bootstrap intervals over documents (``intervals.py``; ``<key>_ci_info`` says
+how many clusters), the latter resampling the cell, the unigram baseline and the matched cell on the same documents.
 """
 
 from __future__ import annotations
@@ -167,10 +170,11 @@ def _doc_table(r: dict, *keys: str) -> np.ndarray:
   return np.stack([r["_docs"][k] for k in keys], axis=1)
 
 
-def bpb_interval(r: dict, seed: int = 0) -> tuple[float, float] | None:
-  """95% bootstrap interval of a cell's bits per byte over documents."""
+def store_bpb_interval(r: dict, seed: int = 0) -> None:
+  """``bits_per_byte_ci`` (and ``_ci_info``): the 95% cluster-bootstrap interval of a cell's bits per byte."""
   table = _doc_table(r, "nll", "bytes")
-  return intervals.bootstrap(table, intervals.ratio(0, 1, 1.0 / math.log(2)), seed=seed)
+  ratio = intervals.ratio(0, 1, 1.0 / math.log(2))
+  intervals.store(r, "bits_per_byte", table, ratio, clusters=r.get("_clusters"), seed=seed)
 
 
 def _normalized(sums: np.ndarray) -> np.ndarray:
@@ -207,4 +211,5 @@ def add_baselines(rows: list[dict]) -> None:
     r["normalized_score_ci"] = None
     if r["normalized_score"] is not None and "_docs" in r and "_docs" in matched:
       table = np.stack([r["_docs"]["nll"], r["_docs"]["unigram_bits"], matched["_docs"]["nll"]], axis=1)
-      r["normalized_score_ci"] = intervals.bootstrap(table, _normalized, seed=r.get("seed") or 0)
+      seed = r.get("seed") or 0
+      intervals.store(r, "normalized_score", table, _normalized, clusters=r.get("_clusters"), seed=seed)

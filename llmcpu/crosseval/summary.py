@@ -2,15 +2,18 @@
 
 A row of the matrix is one CPU (ISA × architecture × corpus); with several seeds every claim is checked per seed
 (``k/K`` counts (CPU, seed) pairs) and margins are reported as mean ± std over seeds. Intervals are 95% bootstrap
-intervals over documents (prompts for the coherence axes). Claims checked when the matrix has the cells for them:
+intervals over documents (prompts for the coherence axes), resampled by cluster (a python_docs module, the document
+a window was cut from), each shown with its number of clusters. Claims checked when the matrix has the cells for them:
   1. the native cell has the lowest bits per byte of its row (and its interval is clear of every other cell's);
   2. a fully permuted ISA (same segmentation, every regular opcode moved) scores at or below the unigram baseline
      (``normalized_score`` ≤ 0);
   3. prefix-compatible pairs (the smaller ISA's regular ids decode to the same pieces in the larger one, e.g. BPE
      1000 vs 4000 merges on one corpus, or char vs any learned ISA) score above unrelated ISAs (neither native,
      permuted nor prefix pairs);
-  4. native CPUs use their prompt (relevance interval above 0) and the fully permuted cells do not (interval
-     includes 0); native relevance and coherence are the highest of their rows, with disjoint intervals;
+  4. native CPUs execute their prompt and the fully permuted cells do not, each read by an equivalence test (TOST at
+     the stated margin, ``intervals.tost``): "executes", "does not execute (equivalent to 0)" or "undecided at N
+     prompts" — an interval that merely includes 0 is not evidence of 0; native relevance and coherence are the
+     highest of their rows, with disjoint intervals;
   5. on programs, exact match is high natively and collapses under mismatch;
   6. calibration: the coherence axes score the references whose answer is known as they must.
 """
@@ -23,7 +26,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from llmcpu import compilers, specials
-from llmcpu.crosseval import capacity
+from llmcpu.crosseval import capacity, intervals
 from llmcpu.crosseval import coherence as coherence_doc
 from llmcpu.crosseval.capacity import MIN_PROMPTS
 from llmcpu.crosseval.intervals import mean_std
@@ -78,12 +81,18 @@ def _verdict(ok: bool) -> str:
 
 
 def _ci(r: dict, metric: str) -> tuple[float, float] | None:
-  ci = r.get(f"{metric}_ci")
-  return (float(ci[0]), float(ci[1])) if ci else None
+  """The interval, carrying its clusters and undefined resamples (``intervals.Interval``) when the row says them."""
+  ci, info = r.get(f"{metric}_ci"), r.get(f"{metric}_ci_info")
+  if not ci:
+    return None
+  if info and info.get("clusters"):
+    return intervals.Interval(ci[0], ci[1], **{k: info.get(k) or 0 for k in ("clusters", "undefined", "resamples")})
+  return float(ci[0]), float(ci[1])
 
 
 def _fmt_ci(ci, digits: int = 3) -> str:
-  return "" if ci is None else f" ({ci[0]:.{digits}f}–{ci[1]:.{digits}f})"
+  """`` (lo–hi, K clusters)`` (and the undefined resamples, if any); '' without an interval."""
+  return "" if ci is None else intervals.describe(ci, ci.info() if isinstance(ci, intervals.Interval) else None, digits)
 
 
 def _by_checkpoint(ok: Sequence[dict]) -> dict[str, list[dict]]:
@@ -178,35 +187,47 @@ def prefix_above_unrelated(ok: Sequence[dict]) -> list[str]:
   return lines
 
 
+def _verdict_of(r: dict) -> str:
+  """A cell's relevance verdict (``intervals.tost``), with the number of prompts when undecided."""
+  margin = r.get("equivalence_margin") or intervals.EQUIVALENCE_MARGIN
+  verdict = r.get("relevance_verdict") or intervals.tost(r.get("relevance_ci90"), margin)
+  return f"{verdict} at {r.get('prompts') or '?'} prompts" if verdict == intervals.UNDECIDED else verdict
+
+
 def relevance_claims(ok: Sequence[dict]) -> list[str]:
-  """Native CPUs use their prompt; fully permuted code does not."""
-  cells = [r for r in ok if _num(r.get("relevance")) is not None and r.get("relevance_ci")]
+  """Native CPUs execute their prompt; fully permuted code does not: each by an equivalence test (TOST), never by
+  "the interval includes 0"."""
+  cells = [r for r in ok if _num(r.get("relevance")) is not None]
   nat = [r for r in cells if r.get("native")]
   perm = [r for r in cells if pair_kind(r) == "permuted"]
+  margins = sorted({r.get("equivalence_margin") or intervals.EQUIVALENCE_MARGIN for r in cells})
+  test = (
+    f"TOST at ±{'/'.join(f'{m:g}' for m in margins)}: executes = 90% interval above 0 and not inside the margin; "
+    "equivalent to 0 = 90% interval inside it"
+  )
   lines = []
+
+  def detail(r: dict) -> str:
+    on = "" if r.get("native") else f" on {r['eval_isa']}"
+    ci90 = r.get("relevance_ci90")
+    ci90 = f", 90% {ci90[0]:.3f}–{ci90[1]:.3f}" if ci90 else ""
+    figure = f"relevance {r['relevance']:.3f}{_fmt_ci(_ci(r, 'relevance'))}{ci90}"
+    return f"  - {_cpu(r)} (seed {r.get('seed')}){on}: {figure}: {_verdict_of(r)}"
+
   if nat:
-    above = [r for r in nat if r["relevance_ci"][0] > 0]
+    yes = [r for r in nat if _verdict_of(r) == intervals.EXECUTES]
     lines.append(
-      f"- Native CPUs use their prompt (relevance interval above 0) in {len(above)}/{len(nat)} (CPU, seed) pairs: "
-      f"{_verdict(len(above) == len(nat))}."
+      f"- Native CPUs execute their prompt ({test}) in {len(yes)}/{len(nat)} (CPU, seed) pairs: "
+      f"{_verdict(len(yes) == len(nat))}."
     )
-    lines += [
-      f"  - {_cpu(r)} (seed {r.get('seed')}): relevance {r['relevance']:.3f}{_fmt_ci(_ci(r, 'relevance'))}"
-      for r in nat
-      if r not in above
-    ]
+    lines += [detail(r) for r in nat if r not in yes]
   if perm:
-    zero = [r for r in perm if r["relevance_ci"][0] <= 0 <= r["relevance_ci"][1]]
+    zero = [r for r in perm if _verdict_of(r) == intervals.EQUIVALENT]
     lines.append(
-      f"- Fully permuted code is not executed (relevance interval includes 0) in {len(zero)}/{len(perm)} cells: "
+      f"- Fully permuted code does not execute (relevance equivalent to 0, {test}) in {len(zero)}/{len(perm)} cells: "
       f"{_verdict(len(zero) == len(perm))}."
     )
-    lines += [
-      f"  - {_cpu(r)} (seed {r.get('seed')}) on {r['eval_isa']}: relevance {r['relevance']:.3f}"
-      f"{_fmt_ci(_ci(r, 'relevance'))}"
-      for r in perm
-      if r not in zero
-    ]
+    lines += [detail(r) for r in perm if r not in zero]
   return lines
 
 
@@ -329,8 +350,14 @@ def summarize(
   out += [
     "## How to read it",
     "",
-    "- Bits per byte: Σ NLL over the document's own ids / (ln 2 · UTF-8 bytes of the pieces they name = the raw "
-    "bytes of the same documents); EOS, BOS, PAD and sentinels excluded; exact for every objective.",
+    "- Bits per byte: Σ NLL over the scored ids of the documents / (ln 2 · UTF-8 bytes of the pieces they name); "
+    "EOS, BOS, PAD and sentinels excluded; exact for every objective. Every column of a row scores the same bytes "
+    "of the same documents: a decoder every byte; masked LM the words chosen per document from (seed, document) "
+    "over byte spans that start before a space — a token boundary in every ISA — so every ISA masks exactly those "
+    "bytes and hides the same words; prefix LM cuts each document at the same word boundaries, in bytes, so every "
+    "ISA reads the same prefix and scores the same continuation; programs score each answer's bytes. Not "
+    "span_corruption on prose, whose spans are drawn over one ISA's tokens: its columns score different bytes "
+    "(spans:CORPUS is the comparable form).",
     "- Baselines: `bpb_uniform` = log2(model vocab) per token; `bpb_unigram` = the evaluation ISA's add-one unigram "
     "(train split counts) on the same targets; `bpb_matched` = the native cell of the same architecture and seed. "
     "normalized_score = (unigram − cell) / (unigram − matched): 1 native, 0 no better than counting opcodes, < 0 "
@@ -342,7 +369,14 @@ def summarize(
     "- Coherence (prose): " + coherence_doc.PROSE_FORMULA,
     "- Coherence (programs): " + coherence_doc.PROGRAMS_FORMULA,
     "- Intervals: 95% BCa bootstrap over documents (bits per byte, normalized score: test documents; fluency, "
-    "relevance, coherence, exact match: prompts), seeded; across seeds the tables show mean ± std.",
+    "relevance, coherence, exact match: prompts), seeded, two-stage by cluster (clusters with replacement, then "
+    "documents within them; BCa's acceleration from the jackknife over clusters): a python_docs document clusters "
+    "with the other parts of its module or topic, a spans window with the other windows of its document, a program "
+    "or another corpus' document is its own cluster. `(lo–hi, K clusters)`; resamples where a figure is undefined "
+    "are counted next to it. Across seeds the tables show mean ± std.",
+    "- Relevance verdicts: an equivalence test (TOST, two one-sided tests at 5% on the 90% interval) at the stated "
+    "margin (`equivalence_margin`, default 0.1): executes = the 90% interval above 0 and not inside ±margin; does "
+    "not execute (equivalent to 0) = inside ±margin; otherwise undecided at that many prompts.",
     "- Tables: native cells bold (Markdown, LaTeX), `*` suffix (CSV), outlined (heatmaps); `failed` = the cell "
     "could not be computed (see results.jsonl `error`).",
     "",

@@ -62,13 +62,16 @@ class CompiledSplit:
   """A corpus split compiled for one ISA: ``fields['text']`` for prose, ``input``/``target`` for programs.
 
   ``piece_bytes`` (int64 [vocab_size], the ISA's ``Compiler.piece_bytes``) gives every id's UTF-8 bytes, which
-  pipelines need for bits per byte; ``llmcpu.toolchain.load_split`` fills it from the compiler, ``load`` alone cannot.
+  pipelines need for bits per byte; ``piece_spaces`` (int8 [vocab_size], ``Compiler.piece_spaces``) where each id's
+  text has a space, which objectives that choose words (mlm, prefix_lm) need to find them in any ISA;
+  ``llmcpu.toolchain.load_split`` fills both from the compiler, ``load`` alone cannot.
   """
 
   fields: dict[str, CompiledField]
   labels: dict[str, list[str]]
   manifest: dict
   piece_bytes: np.ndarray | None = None
+  piece_spaces: np.ndarray | None = None
 
   @property
   def num_docs(self) -> int:

@@ -2,8 +2,9 @@
 
 Each objective maps an epoch's document order and row indices to the arrays of those rows, with no state
 between calls, so any row of any epoch can be built directly (the pipeline's random access by step).
-Randomness inside a row (MLM masks, noise spans) comes from a generator seeded by (seed, global row), so a row
-is the same bits whichever process builds it and whenever.
+Randomness inside a row (noise spans, MLM's random ids) comes from a generator seeded by (seed, global row), so a row
+is the same bits whichever process builds it and whenever. What MLM masks is chosen per document over words
+(``llmcpu.data.units``) from (seed, epoch, document), and prefix LM cuts at words: so every ISA scores the same bytes.
 
 Packed objectives (``lm``, ``lm_targets``, ``mlm``) concatenate documents ``[BOS] + ids + [EOS]`` and cut the
 stream into windows; segment ids mark the documents inside a row (1-based, 0 = pad) so attention never crosses
@@ -23,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from llmcpu.data import units
 from llmcpu.data.compiled import CompiledField, CompiledSplit
 from llmcpu.errors import UserError
 from llmcpu.specials import (
@@ -37,6 +39,7 @@ from llmcpu.specials import (
 )
 
 _ROW_TAG = 1  # seeds of in-row randomness: (seed, _ROW_TAG, global row); epoch orders use tag 0.
+_UNIT_TAG = 2  # seeds of a document's chosen words: (seed, _UNIT_TAG, epoch, document), never the ISA
 
 Batch = dict[str, np.ndarray]
 
@@ -225,10 +228,17 @@ class CausalLM(Packed):
 
 
 class MaskedLM(Packed):
-  """``mlm``: BERT masking of ``mask_rate`` of the regular tokens of each row (80% MASK, 10% random, 10% kept).
+  """``mlm``: BERT masking over words: ``mask_rate`` of each document's units (``llmcpu.data.units``: a word with
+  the spaces before it) are chosen, and every token of a chosen unit is a target; each chosen unit is replaced
+  whole — 80% MASK, 10% random ids, 10% kept.
 
-  The chosen tokens are the content targets: ``target_bytes`` holds each one's own piece bytes, so
-  Σ NLL / (ln 2 · Σ target_bytes) is the exact bits per byte of the chosen tokens' text.
+  The choice is a function of (seed, epoch, document index) and the document's units only, never of the ISA or the
+  row: every ISA of a corpus masks exactly the same bytes of each document and hides the same words, so the columns
+  of an encoder's row score the same bytes (a fresh choice each epoch when training, as RoBERTa's dynamic masking).
+  Exactly ``max(1, round(mask_rate · units))`` units per document are chosen. The context a masked word is read in
+  is its row: ``length`` tokens, which covers more bytes in a coarser ISA (cross-evaluation reports it as
+  ``byte_context``). ``target_bytes`` holds each target's own piece bytes, so Σ NLL / (ln 2 · Σ target_bytes) is the
+  exact bits per byte of the chosen words.
   """
 
   def __init__(
@@ -250,23 +260,52 @@ class MaskedLM(Packed):
     if random_token_rate > 0 and self.vocab_size <= FIRST_REGULAR_ID:
       raise UserError(f"mlm: vocab_size={self.vocab_size} has no regular ids to draw random tokens from")
     self.rates = (mask_rate, mask_token_rate, random_token_rate)
+    # Each field's tokens' unit within their document; a later field's units follow the earlier fields' ones.
+    self.unit_F, self.units_N = [], np.zeros(self.num_docs, np.int64)
+    for f in self.fields:
+      index, per_doc = units.unit_index(units.unit_starts(f.tokens, f.offsets, split.piece_spaces), f.offsets)
+      self.unit_F.append(index + np.repeat(self.units_N, f.lengths))
+      self.units_N = self.units_N + per_doc
+
+  def chosen_units(self, epoch: int, doc: int) -> tuple[np.ndarray, np.ndarray]:
+    """(bool [units] chosen, float [units] the draw deciding MASK / random / kept) of one document."""
+    rng = np.random.default_rng([self.seed, _UNIT_TAG, epoch, doc])
+    n = int(self.units_N[doc])
+    keys, action = rng.random(n), rng.random(n)
+    chosen = np.zeros(n, bool)
+    chosen[np.argsort(keys, kind="stable")[: max(1, int(np.rint(self.rates[0] * n))) if n else 0]] = True
+    return chosen, action
+
+  def units_under(self, w: dict[str, np.ndarray]) -> np.ndarray:
+    """int64 [R, L]: the unit within its document of each document token of the window, −1 elsewhere."""
+    doc, pos = w["doc"], w["offset"] - 1
+    unit = np.full(doc.shape, -1, np.int64)
+    prev_end = 0
+    for i, field in enumerate(self.fields):
+      end = self.field_ends_FxN[i][doc]
+      inside = w["valid"] & (pos >= prev_end) & (pos < end)
+      if len(field.tokens):
+        unit = np.where(inside, self.unit_F[i][np.where(inside, field.offsets[doc] + pos - prev_end, 0)], unit)
+      prev_end = end
+    return unit
 
   def rows(self, state: Any, r_R: np.ndarray, g_R: np.ndarray) -> Batch:
     w = self.window(state, r_R)
-    tok = w["tok"]
-    mask_rate, mask_token_rate, random_token_rate = self.rates
-    regular = w["valid"] & (tok >= FIRST_REGULAR_ID)
-    u_3xRxL = np.stack([row_rng(self.seed, g).random((3, self.length)) for g in g_R], axis=1)
-    # Exactly round(rate * regular) chosen per row (at least one): the lowest random keys among regular tokens.
-    keys = np.where(regular, u_3xRxL[0], 2.0)
-    rank = np.argsort(np.argsort(keys, axis=1, kind="stable"), axis=1, kind="stable")
-    n_regular = regular.sum(axis=1)
-    n_chosen = np.where(n_regular > 0, np.maximum(np.rint(mask_rate * n_regular), 1), 0)
-    chosen = regular & (rank < n_chosen[:, None])
-    masked = chosen & (u_3xRxL[1] < mask_token_rate)
-    randomized = chosen & ~masked & (u_3xRxL[1] < mask_token_rate + random_token_rate)
+    tok, doc = w["tok"], w["doc"]
+    _, mask_token_rate, random_token_rate = self.rates
+    unit = self.units_under(w)
+    epoch = int(g_R[0] // self.rows_per_epoch) if len(g_R) else 0  # one call holds rows of one epoch
+    chosen, action = np.zeros(tok.shape, bool), np.zeros(tok.shape)
+    for d in np.unique(doc[unit >= 0]):
+      picked, draw = self.chosen_units(epoch, int(d))
+      at = (doc == d) & (unit >= 0)
+      chosen[at], action[at] = picked[unit[at]], draw[unit[at]]
+    chosen &= is_content(tok)
+    masked = chosen & (action < mask_token_rate)
+    randomized = chosen & ~masked & (action < mask_token_rate + random_token_rate)
+    u_RxL = np.stack([row_rng(self.seed, g).random(self.length) for g in g_R]) if len(g_R) else np.zeros(tok.shape)
     span = max(self.vocab_size - FIRST_REGULAR_ID, 1)
-    random_ids = (FIRST_REGULAR_ID + np.floor(u_3xRxL[2] * span)).astype(np.int32)
+    random_ids = (FIRST_REGULAR_ID + np.floor(u_RxL * span)).astype(np.int32)
     inputs = np.where(masked, MASK_ID, np.where(randomized, random_ids, tok)).astype(np.int32)
     seg, pos = self.segments(w, slice(None))
     return {
@@ -276,7 +315,7 @@ class MaskedLM(Packed):
       "segment_ids": seg,
       "positions": pos,
       "target_bytes": content_bytes(self.piece_bytes, tok, chosen),
-      "target_docs": content_docs(w["doc"], chosen),
+      "target_docs": content_docs(doc, chosen),
     }
 
 
@@ -407,7 +446,7 @@ def corrupt(tokens: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarra
 
 class Windowed(Objective):
   """Prose cut into windows of ``window`` tokens per document (its last one shorter), one window per row, so no
-  example crosses a document (the encoder-decoder objectives on prose)."""
+  example crosses a document (span corruption on prose; prefix LM cuts its windows in bytes, see ``PrefixLM``)."""
 
   def __init__(self, split: CompiledSplit, window: int):
     self.text = split.fields["text"]
@@ -491,31 +530,95 @@ class SpanCorruption(Windowed):
     return corrupt(tokens, noise_mask(len(tokens), rng, *self.noise))
 
 
-class PrefixLM(Windowed):
-  """``prefix_lm`` (T5's prefix language modelling) on prose: each window of ``input_length − 1 + target_length −
-  1`` tokens is cut at a random point; the encoder reads the prefix (+ EOS), the decoder writes the rest (+ EOS).
+class PrefixLM(Objective):
+  """``prefix_lm`` (T5's prefix language modelling) on prose: each window of a document is cut between words; the
+  encoder reads the prefix (+ EOS), the decoder writes the rest (+ EOS). The encoder-decoder then learns to
+  *continue* a text from its prompt, which is what cross-evaluation asks of it (span corruption only ever fills
+  ~3-token holes, so its "continuation" of a prompt is a fragment). Content targets: the continuation's ids.
 
-  The encoder-decoder then learns to *continue* a text from its prompt, which is what cross-evaluation asks of it
-  (span corruption only ever fills ~3-token holes, so its "continuation" of a prompt is a fragment). The cut is drawn
-  uniformly among the points that fit both lengths, from (seed, global row). Content targets: the suffix's ids.
-
-  Known limit: in a full window the only cut that fits both lengths is ``input_length − 1``, so the encoder reads
-  prompts of one length (a document's last window aside), longer than cross-evaluation's 64-byte prompts. Drawing
-  prompt lengths uniformly did not help tiny CPUs continue a prompt (README, "Encoder-decoders do not separate"):
-  their decoder ignores the encoder whatever the prompt length, so the simpler cut is kept.
+  Windows and cuts are chosen over the document's units (``llmcpu.data.units``: words with the spaces before them) and
+  their *bytes*, never its tokens: a prefix is the longest run of whole units of at most ``input_length − 1`` bytes,
+  its continuation the longest run after it of at most ``target_length − 1`` bytes (the next window starts after
+  it; in a document's last window the last unit is the continuation). A token is at least one byte, so both fit
+  their lengths in any ISA, and every ISA reads the same prefix bytes and scores the same continuation bytes, window
+  by window. A unit too long for either side is skipped, neither read nor scored (counted in ``stats()``: e.g. a
+  table border with no space), and so is a prefix no continuation fits after. No randomness: a window's cut is
+  its words'. The cost: a coarse ISA (~4 bytes per token) fills a quarter of its rows, the price of reading the
+  same text as a char ISA does.
   """
 
   def __init__(self, split: CompiledSplit, input_length: int, target_length: int, seed: int):
     if input_length < 2 or target_length < 2:
       raise UserError(f"prefix_lm needs input_length and target_length >= 2 (got {input_length}, {target_length})")
     self.input_length, self.target_length, self.seed = input_length, target_length, seed
-    super().__init__(split, input_length - 1 + target_length - 1)
+    self.text = split.fields["text"]
+    self.num_docs = split.num_docs
+    self.piece_bytes = piece_bytes_of(split)
+    tokens, offsets = np.asarray(self.text.tokens), np.asarray(self.text.offsets)
+    first = np.flatnonzero(units.unit_starts(tokens, offsets, split.piece_spaces))  # each unit's first token
+    # A unit's size in bytes (+ one per 0-byte id, UNK: so that its tokens always fit as many slots).
+    per_token = self.piece_bytes[tokens] + (self.piece_bytes[tokens] == 0)
+    sizes = np.add.reduceat(per_token, first).astype(np.int64) if len(first) else np.zeros(0, np.int64)
+    doc_units = np.searchsorted(first, offsets)  # documents start units: doc d holds units [doc_units[d], [d+1])
+    windows, self.skipped_bytes = [], 0
+    for d in range(self.num_docs):
+      u0, u1 = int(doc_units[d]), int(doc_units[d + 1])
+      cuts, skipped = byte_windows(sizes[u0:u1].tolist(), input_length - 1, target_length - 1)
+      self.skipped_bytes += skipped
+      bounds = np.append(first[u0:u1], offsets[d + 1])
+      windows += [(d, bounds[i], bounds[j], bounds[k]) for i, j, k in cuts]
+    self.windows = np.array(windows, np.int64).reshape(-1, 4)  # doc, prefix start, cut, end (token indices)
+    self.per_doc = np.bincount(self.windows[:, 0], minlength=self.num_docs)
+    self.first_window = np.concatenate([[0], np.cumsum(self.per_doc)])
+    self.rows_per_epoch = len(self.windows)
 
-  def example(self, tokens, rng):
-    n = len(tokens)
-    lo, hi = max(1, n - (self.target_length - 1)), min(max(n - 1, 1), self.input_length - 1)
-    k = int(rng.integers(lo, hi + 1))
-    target = np.append(tokens[k:], EOS_ID).astype(np.int32)
-    is_content = np.ones(len(target), bool)
-    is_content[-1] = False
-    return np.append(tokens[:k], EOS_ID).astype(np.int32), target, is_content
+  def epoch_state(self, order_N: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    starts = np.zeros(self.num_docs + 1, np.int64)
+    np.cumsum(self.per_doc[order_N], out=starts[1:])
+    return order_N, starts
+
+  def rows(self, state: Any, r_R: np.ndarray, g_R: np.ndarray) -> Batch:
+    order, starts = state
+    slot = np.searchsorted(starts, r_R, side="right") - 1
+    doc = order[slot]
+    _, begin, cut, end = self.windows[self.first_window[doc] + r_R - starts[slot]].T
+    rows = np.arange(len(r_R))
+    enc = _gather(self.text, begin, cut - begin, self.input_length)
+    enc[rows, cut - begin] = EOS_ID
+    tgt = _gather(self.text, cut, end - cut, self.target_length)
+    tgt[rows, end - cut] = EOS_ID
+    content = np.arange(self.target_length)[None, :] < (end - cut)[:, None]
+    batch = encoder_decoder_batch(enc, cut - begin + 1, tgt, end - cut + 1)
+    batch["target_bytes"] = content_bytes(self.piece_bytes, tgt, content)
+    batch["target_docs"] = content_docs(np.broadcast_to(doc[:, None], content.shape), content)
+    return batch
+
+  def stats(self) -> dict:
+    total = float(self.text.nbytes.sum())
+    return {"windows": self.rows_per_epoch, "skipped_bytes_share": self.skipped_bytes / total if total else 0.0}
+
+
+def byte_windows(sizes: Sequence[int], prefix_bytes: int, target_bytes: int) -> tuple[list[tuple[int, int, int]], int]:
+  """``PrefixLM``'s windows over one document's units of ``sizes`` bytes: ``(i, j, k)`` = prefix units [i, j),
+  continuation [j, k); and the bytes of the units left out (too long for either side, or a prefix with no
+  continuation)."""
+  out, skipped, i, n = [], 0, 0, len(sizes)
+  while i < n:
+    if sizes[i] > prefix_bytes:
+      skipped, i = skipped + sizes[i], i + 1
+      continue
+    j, size = i, 0
+    while j < n and size + sizes[j] <= prefix_bytes:
+      size, j = size + sizes[j], j + 1
+    if j < n and sizes[j] <= target_bytes:
+      k, size = j, 0
+      while k < n and size + sizes[k] <= target_bytes:
+        size, k = size + sizes[k], k + 1
+      out.append((i, j, k))
+      i = k
+    elif j - i >= 2 and sizes[j - 1] <= target_bytes:  # the last unit of the prefix continues it
+      out.append((i, j - 1, j))
+      i = j
+    else:
+      skipped, i = skipped + sum(sizes[i:j]), j
+  return out, skipped

@@ -17,7 +17,9 @@ input to a CPU of another, and the targets are the same bytes in every ISA, so t
 across ISAs. Words keep the whitespace after them, so input and target together hold every byte of the window.
 
 Unlike T5 (a fresh draw each epoch), each window is corrupted once, at compile time, as everything else in the
-compile cache. Windows with fewer than two words have no noise and are left out.
+compile cache. Windows with fewer than two words have no noise and are left out. Every example carries the label
+``source``: the cluster of the document it was cut from (``llmcpu.data.clusters``), since windows of one document are
+not independent.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from llmcpu import specials
+from llmcpu.data.clusters import SOURCE_LABEL, source_key
 from llmcpu.data.objectives import noise_mask
 from llmcpu.data.sources import digest
 from llmcpu.errors import UserError
@@ -37,7 +40,9 @@ from llmcpu.errors import UserError
 WINDOW_BYTES = 128  # per example: a char CPU reads ~0.85 × this + sentinels (input_length 128 fits)
 NOISE_DENSITY = 0.15  # T5's defaults, over words
 MEAN_SPAN = 3.0
-FORMAT = 1  # bump when the examples built from the same text change
+FORMAT = (
+  2  # 2: examples carry their document's cluster (label source); bump when the examples built from the same text change
+)
 
 _WORD = re.compile(r"\s*\S+\s*")  # a word with the whitespace after it (and before it, at the start of a text)
 
@@ -103,12 +108,13 @@ class _SpansReader:
 
   def __call__(self, split: str, limit: int | None) -> Iterator[dict[str, str]]:
     n = 0
-    for doc in self.inner.documents(split):
+    for i, doc in enumerate(self.inner.documents(split)):
+      source = source_key(self.inner.spec, doc["text"], i)
       for ex in examples(doc["text"]):
         if limit is not None and n >= limit:
           return
         n += 1
-        yield ex
+        yield ex | {SOURCE_LABEL: source}
 
 
 def span_corpus(spec: str, inner):
@@ -124,7 +130,7 @@ def span_corpus(spec: str, inner):
     spec=spec,
     name=f"spans-{inner.name}",
     fields=("input", "target"),
-    label_fields=(),
+    label_fields=(SOURCE_LABEL,),
     fingerprint=digest({"spans": params, "inner": inner.fingerprint}),
     info={"spans_of": inner.spec, **params, "inner": inner.info},
     reader=_SpansReader(inner),

@@ -187,7 +187,8 @@ def _point(step: int, tokens: int, r: dict) -> dict:
   p = {"step": step, "tokens": tokens}
   for name, key in (("bpb", "bits_per_byte"), ("relevance", "relevance")):
     lo, hi = r.get(f"{key}_ci") or (None, None)
-    p |= {name: r.get(key), f"{name}_lo": lo, f"{name}_hi": hi}
+    clusters = (r.get(f"{key}_ci_info") or {}).get("clusters")
+    p |= {name: r.get(key), f"{name}_lo": lo, f"{name}_hi": hi, f"{name}_clusters": clusters}
   return p
 
 
@@ -277,7 +278,8 @@ def _fmt(p: dict, m: str = "bpb") -> str:
   if p.get(f"{m}_std") is not None:
     return f"{p[m]:.3f} ± {p[f'{m}_std']:.3f}"
   if p.get(f"{m}_lo") is not None:
-    return f"{p[m]:.3f} ({p[f'{m}_lo']:.3f}–{p[f'{m}_hi']:.3f})"
+    clusters = f", {p[f'{m}_clusters']} clusters" if p.get(f"{m}_clusters") else ""
+    return f"{p[m]:.3f} ({p[f'{m}_lo']:.3f}–{p[f'{m}_hi']:.3f}{clusters})"
   return f"{p[m]:.3f}"
 
 

@@ -188,7 +188,7 @@ def _fmt(r: dict | None, key: str) -> str:
   if r is None or r.get(key) is None:
     return "—"
   ci = r.get(f"{key}_ci")
-  return f"{r[key]:.3f} ({ci[0]:.3f}–{ci[1]:.3f})" if ci else f"{r[key]:.3f}"
+  return f"{r[key]:.3f}{intervals.describe(ci, r.get(f'{key}_ci_info'))}" if ci else f"{r[key]:.3f}"
 
 
 def final_rows(rows: list[dict]) -> dict[tuple, dict]:
@@ -265,7 +265,8 @@ class Cells:
     got = self.rows(a, b, variant, step)
     if key == "penalty" and len(got) == 1 and _paired(self.native(a, got[0][0][0]), got[0][1], self.metric):
       value, ci = score.paired_penalty(self.native(a, got[0][0][0]), got[0][1], self.metric)
-      return value, f"{value:+.3f}" + ("" if ci is None else f" ({ci[0]:+.3f}–{ci[1]:+.3f})")
+      clusters = "" if ci is None else f", {ci.clusters} clusters"
+      return value, f"{value:+.3f}" + ("" if ci is None else f" ({ci[0]:+.3f}–{ci[1]:+.3f}{clusters})")
     if key in ("penalty", "lost"):
       vals = [penalty(self.native(a, p[0]), r, self.metric) for p, r in got]
       if key == "lost":  # the penalty over the input's worth (shuffled inputs' penalty) of the same CPU
@@ -295,8 +296,9 @@ def markdown(rows: list[dict], exp) -> str:
     f"Bits per byte of the answers on {docs} and, on programs, the exact match of {exp.prompts} greedy answers. "
     "Rows: the CPU whose decoder is kept (ISA A, what the answer is written in); columns: the CPU whose encoder is "
     "swapped in (ISA B, what the input is read in), for each (decoder seed, encoder seed) pair, so the diagonal is "
-    "another CPU of the same ISA. One pair: the figure and its 95% bootstrap interval over documents; more: mean ± "
-    "std over the pairs.",
+    "another CPU of the same ISA. One pair: the figure and its 95% bootstrap interval over documents, resampled by "
+    "cluster (a prose window with the other windows of its document; a program alone), with the number of "
+    "clusters; more: mean ± std over the pairs.",
     "",
     "Penalty: how much worse the cell is than row A's native CPU of the same decoder seed (exact match lost, or bits "
     "per byte added); with one pair, its 95% bootstrap interval paired by document (both were scored on the same "

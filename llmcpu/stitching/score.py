@@ -1,8 +1,9 @@
 """An encoder-decoder's own task on programs it reads in one ISA and answers in another (its output ISA).
 
 ``score`` gives, on the held-out split, teacher-forced bits per byte of the answers (95% bootstrap interval over
-programs) and the exact match of greedy answers (interval over programs; none with ``prompts=0``, as for the
-spans of ``spans:`` prose, whose task is their bits per byte). A native CPU reads its own ISA; a swapped
+programs, resampled by cluster: the windows of ``spans:`` prose by the document they were cut from, see
+``llmcpu.data.clusters``) and the exact match of greedy answers (interval over programs; none with ``prompts=0``, as
+for the spans of ``spans:`` prose, whose task is their bits per byte). A native CPU reads its own ISA; a swapped
 one (``stitching.swap``) reads the ISA its encoder was trained on. Both are scored by these same lines, so a
 swap's penalty is a difference of like figures.
 """
@@ -75,12 +76,14 @@ def score(
   source = np.arange(test.num_docs)
   if shuffle:
     test, source = shuffled_inputs(test, seed)
+  clusters = lib.clusters(corpus, name, writes, split)  # the source of each document (``llmcpu.data.clusters``)
   figures = _bits_per_byte(
     model,
     writes,
     lib,
     name,
     test,
+    clusters=clusters,
     input_length=input_length,
     target_length=target_length,
     batch_size=batch_size,
@@ -90,7 +93,7 @@ def score(
     return figures
   raw = lib.raw_texts(name, writes, split)
   inputs = [raw["input"][j] for j in source]
-  return figures | _exact_match(model, writes, test, inputs, raw["target"], prompts, answer_tokens, seed)
+  return figures | _exact_match(model, writes, test, inputs, raw["target"], prompts, answer_tokens, clusters, seed)
 
 
 def _bits_per_byte(
@@ -100,6 +103,7 @@ def _bits_per_byte(
   name: str,
   test: compiled.CompiledSplit,
   *,
+  clusters: list,
   input_length: int,
   target_length: int,
   batch_size: int,
@@ -125,10 +129,8 @@ def _bits_per_byte(
   scored = scoring.run_pass(sums_fn, params, rest, pipe.eval_batches(), 0.0, unigram, test.num_docs)
   total, docs = scored["total"], scored["docs"]
   table = np.stack([docs["nll"], docs["bytes"]], axis=1)
-  bpb_ci = intervals.bootstrap(table, intervals.ratio(0, 1, 1.0 / math.log(2)), seed=seed)
-  return {
+  figures = {
     "bits_per_byte": scoring.bits_per_byte(total["nll"], total["bytes"]),
-    "bits_per_byte_ci": bpb_ci,
     "token_accuracy": total["correct"] / total["tokens"] if total["tokens"] else None,
     "exact_match": None,
     "exact_match_ci": None,
@@ -138,7 +140,12 @@ def _bits_per_byte(
     # per document, for intervals of differences paired by document (``paired_penalty``)
     "docs_nll": docs["nll"].tolist(),
     "docs_bytes": docs["bytes"].tolist(),
+    "docs_clusters": clusters,
   }
+  intervals.store(
+    figures, "bits_per_byte", table, intervals.ratio(0, 1, 1.0 / math.log(2)), clusters=clusters, seed=seed
+  )
+  return figures
 
 
 def _exact_match(
@@ -149,6 +156,7 @@ def _exact_match(
   targets: list[str],
   prompts: int,
   answer_tokens: int,
+  clusters: list,
   seed: int,
 ) -> dict:
   """Exact match of ``model``'s greedy answers to the first ``prompts`` documents of ``test`` (``inputs``: the raw
@@ -160,10 +168,13 @@ def _exact_match(
     model, batch, "encoder_decoder", width, answer_tokens, writes, writes, temperature=0.0
   )
   hits = text_metrics.exact_match_items(answers, batch.references)
-  em_ci = intervals.bootstrap(np.stack([hits, np.ones_like(hits)], 1), intervals.ratio(0, 1), seed=seed)
-  return {
+  figures = {"exact_match_clusters": [clusters[d] for d in chosen]}
+  table = np.stack([hits, np.ones_like(hits)], 1)
+  intervals.store(
+    figures, "exact_match", table, intervals.ratio(0, 1), clusters=figures["exact_match_clusters"], seed=seed
+  )
+  return figures | {
     "exact_match": float(hits.mean()) if len(hits) else None,
-    "exact_match_ci": em_ci,
     "hits": hits.tolist(),
     "prompts": len(hits),
     "prompts_truncated": truncated,
@@ -176,15 +187,17 @@ def _exact_match(
 
 def paired_penalty(native: dict, cell: dict, metric: str, seed: int = 0) -> tuple[float, tuple[float, float] | None]:
   """How much worse ``cell`` is than ``native`` (exact match lost, or bits per byte added) and its 95% bootstrap
-  interval resampling the documents both were scored on, paired: a difference is far surer than either figure's
-  own interval says, which is mostly how hard the documents are."""
+  interval resampling the documents both were scored on (by cluster, as ``score`` does), paired: a difference is far
+  surer than either figure's own interval says, which is mostly how hard the documents are."""
   if metric == "exact_match":
     columns = [native["hits"], cell["hits"]]
+    clusters = native.get("exact_match_clusters")
 
     def stat(x):
       return (x[..., 0] - x[..., 1]) / x[..., 2]
   else:
     columns = [cell["docs_nll"], cell["docs_bytes"], native["docs_nll"], native["docs_bytes"]]
+    clusters = native.get("docs_clusters")
 
     def stat(x):
       with np.errstate(divide="ignore", invalid="ignore"):
@@ -193,4 +206,4 @@ def paired_penalty(native: dict, cell: dict, metric: str, seed: int = 0) -> tupl
   if len({len(c) for c in columns}) != 1:
     raise UserError("a paired penalty needs both rows scored on the same documents")
   table = np.stack([np.asarray(c, np.float64) for c in columns] + [np.ones(len(columns[0]))], 1)
-  return float(stat(table.sum(0))), intervals.bootstrap(table, stat, seed=seed)
+  return float(stat(table.sum(0))), intervals.bootstrap(table, stat, clusters=clusters, seed=seed)
