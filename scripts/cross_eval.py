@@ -15,6 +15,7 @@ from absl import app
 
 from llmcpu import crosseval, fs
 from llmcpu.errors import UserError
+from llmcpu.experiments import damage
 from llmcpu.ops import cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -60,7 +61,7 @@ def main(argv):
       except UserError as e:
         print(f"error: calibration of {corpus}: {e}", file=sys.stderr, flush=True)
   out = cli.workdir_path(config.out)
-  paths = crosseval.write_report(rows, out, calibration)
+  paths = crosseval.write_report(rows, out, calibration, views=(damage.view,))
   failed = [r for r in rows if r["status"] != "ok"]
   for r in failed:
     print(f"error: {r['checkpoint']} on {r['eval_isa']}: {r['error']}", file=sys.stderr, flush=True)

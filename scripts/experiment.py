@@ -3,13 +3,12 @@
   python scripts/experiment.py --config=configs/experiments/quickstart.py --workdir=runs/quickstart \
       [--config.compilers=bpe:500,bpe:2000,char,bpe:2000+perm:3] [--config.archs=decoder,encoder] [--config.steps=500]
 
-Rerunning continues where a crash or preemption stopped; finished stages are skipped. A porting config
-(configs/experiments/porting.py) ports the CPUs it trains and writes recovery curves instead of the matrix; a swap
-config (configs/experiments/swap.py) swaps their encoders and writes the stitching matrices; a languages config
-(configs/experiments/languages.py) trains readouts of their embeddings and feeds them foreign ones.
+Rerunning continues where a crash or preemption stopped; finished stages are skipped. The config's ``kind`` picks
+the experiment (llmcpu/experiments/): ``matrix`` and ``damage`` cross-evaluate the CPUs; ``porting``
+(configs/experiments/porting.py) ports them and writes recovery curves; ``swap`` (configs/experiments/swap.py) swaps
+their encoders and writes the stitching matrices; ``languages`` (configs/experiments/languages.py) trains readouts of
+their embeddings and feeds them foreign ones.
 """
-
-import os
 
 from absl import app, flags
 from ml_collections import config_flags
@@ -25,39 +24,14 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  from llmcpu import crosseval, experiment, fs
+  from llmcpu import experiments
   from llmcpu.training import parallel
 
   parallel.initialize(None, None, None, _DISTRIBUTED.value)
-  if "ports" in _CONFIG.value:  # configs/experiments/porting.py: recovery curves of ported CPUs
-    from llmcpu.porting import recovery
-
-    out = recovery.run(_CONFIG.value, cli.workdir_path(_WORKDIR.value), log=cli.log)
-    if out:
-      print("\n" + fs.read_text(fs.join(out, "porting.md")) + f"\nReport: {out} (porting.md, recovery_*.png)")
-    return
-  if "variants" in _CONFIG.value:  # configs/experiments/swap.py: encoders swapped across ISAs
-    from llmcpu.stitching import experiment as swaps
-
-    out = swaps.run(_CONFIG.value, cli.workdir_path(_WORKDIR.value), log=cli.log)
-    if out:
-      print("\n" + fs.read_text(fs.join(out, "swap.md")) + f"\nReport: {out} (swap.md, swap_*.png)")
-    return
-  if "readout" in _CONFIG.value:  # configs/experiments/languages.py: embedding readouts fed other encoders
-    from llmcpu.stitching import languages
-
-    out = languages.run(_CONFIG.value, cli.workdir_path(_WORKDIR.value), log=cli.log)
-    if out:
-      print("\n" + fs.read_text(fs.join(out, "languages.md")) + f"\nReport: {out} (languages.md)")
-    return
-  reports = experiment.run(_CONFIG.value, cli.workdir_path(_WORKDIR.value), log=cli.log)
-  for name, out in reports.items():
-    rows = crosseval.load_rows(os.path.join(out, "results.jsonl"))
-    print(f"\n## {name}: bits per byte (rows: model ISA, columns: evaluation ISA; ** = native)\n")
-    print(crosseval.markdown_table(rows, "bits_per_byte"))
-    print(f"\n## {name}: normalized score (1 = native, 0 = unigram baseline, < 0 = confidently wrong)\n")
-    print(crosseval.markdown_table(rows, "normalized_score"))
-    print(f"\nReport: {out} (summary.md, tables, heatmaps)", flush=True)
+  experiment = experiments.lookup(_CONFIG.value)(_CONFIG.value, cli.workdir_path(_WORKDIR.value), log=cli.log)
+  reports = experiment.run()
+  if reports:  # none on a process that left the report to process 0
+    print(experiment.printout(reports), flush=True)
 
 
 if __name__ == "__main__":

@@ -25,8 +25,8 @@ def tiny(c):
 def test_swap_and_languages_experiments_end_to_end(tmp_path):
   """Both experiments on programs:small with tiny CPUs, sharing one workdir (its compiled data): every stage runs, the
   reports hold every cell, and a rerun finds everything done."""
-  from llmcpu.stitching import experiment as swaps
-  from llmcpu.stitching import languages
+  from llmcpu.experiments import languages
+  from llmcpu.experiments import swapping as swaps
 
   workdir, quiet = str(tmp_path / "exp"), {"log": lambda _: None}
   s = tiny(swaps.swap_experiment_config())
@@ -53,7 +53,7 @@ def test_swap_and_languages_experiments_end_to_end(tmp_path):
 
 def test_prose_swap_experiment_end_to_end(tmp_path):
   """The swap experiment on span filling of prose (spans:text:…): bits per byte in every cell, no exact match."""
-  from llmcpu.stitching import experiment as swaps
+  from llmcpu.experiments import swapping as swaps
 
   s = tiny(swaps.swap_experiment_config())
   s.update(corpus=f"spans:text:{write_docs(tmp_path)}", variants="zero_shot,lstsq,stitch_xattn", budgets="0,2")
