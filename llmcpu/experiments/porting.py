@@ -319,8 +319,8 @@ def markdown(curves: list[dict]) -> str:
       "",
       f"Relevance (exact match on programs) of greedy continuations of ISA-B prompts, {spread}, by training step.",
       "",
-      "| corpus | arch | port | method | zero-shot | " + " | ".join(f"step {s}" for s in steps) + " | native |",
-      "|---|---|---|---|---:|" + "---:|" * len(steps) + "---:|",
+      tables.row(["corpus", "arch", "port", "method", "zero-shot", *(f"step {s}" for s in steps), "native"]),
+      tables.rule(4, len(steps) + 2),
     ]
     for c in judged:
       at = {p["step"]: p for p in c["points"]}

@@ -328,25 +328,24 @@ def markdown(rows: list[dict], exp) -> str:
     lines += [f"## {corpus}: natives (seed pairs, decoder:encoder: {pairs})", ""]
     keys = list(dict.fromkeys((metric, "bits_per_byte")))
     heads = ["seed"] + [NAMES[k] for k in keys] + [f"{NAMES[k]}, shuffled inputs" for k in keys]
-    lines += ["| ISA | " + " | ".join(heads) + " |", "|---|" + "---:|" * len(heads)]
+    lines += [tables.row(["ISA", *heads]), tables.rule(1, len(heads))]
     for a in isas:
       for seed in cells.seeds:
         own, other = cells.native(a, seed), cells.native(a, seed, "shuffled")
         figs = [tables.fmt_key(own, k) for k in keys] + [tables.fmt_key(other, k) for k in keys]
-        lines.append(f"| {a} | {seed} | " + " | ".join(figs) + " |")
-    head = "| A \\ B | " + " | ".join(isas) + " |"
-    rule = "|---|" + "---:|" * len(isas)
+        lines.append(tables.row([a, str(seed), *figs]))
+    head, rule = tables.row(["A \\ B", *isas]), tables.rule(1, len(isas))
     for variant in cells.variants:
       for key in dict.fromkeys((metric, "bits_per_byte", "penalty", "lost")):
         title = {"penalty": f"penalty ({name})", "lost": f"share of the input's worth lost ({name})"}.get(key)
         title = title or NAMES[key]
         lines += ["", f"### {corpus}: {variant} — {title}", "", head, rule]
         for a in isas:
-          lines.append(f"| {a} | " + " | ".join(cells.value(a, b, variant, key)[1] for b in isas) + " |")
+          lines.append(tables.row([a, *(cells.value(a, b, variant, key)[1] for b in isas)]))
     if cells.steps:
       lines += ["", f"### {corpus}: recovery ({name}) against stitch-training steps", ""]
-      lines += ["| A reads B | variant | " + " | ".join(f"step {s}" for s in cells.steps) + " | native A |"]
-      lines += ["|---|---|" + "---:|" * (len(cells.steps) + 1)]
+      lines += [tables.row(["A reads B", "variant", *(f"step {s}" for s in cells.steps), "native A"])]
+      lines += [tables.rule(2, len(cells.steps) + 1)]
       for a in isas:
         native = cells.native_mean(a)
         for b in isas:
@@ -354,7 +353,7 @@ def markdown(rows: list[dict], exp) -> str:
             if variant in cells.variants:
               cols = [cells.value(a, b, variant, metric, s)[1] for s in cells.steps]
               ref = "—" if native is None else f"{native:.3f}"
-              lines.append(f"| {a} ← {b} | {variant} | " + " | ".join(cols) + f" | {ref} |")
+              lines.append(tables.row([f"{a} ← {b}", variant, *cols, ref]))
   return "\n".join(lines) + "\n"
 
 
