@@ -8,6 +8,8 @@ import os
 import pytest
 from conftest import write_docs
 
+from llmcpu import experiments
+
 pytestmark = pytest.mark.skipif(
   not os.environ.get("LLMCPU_EXPERIMENT_TESTS"), reason="LLMCPU_EXPERIMENT_TESTS=1 runs the experiments end to end"
 )
@@ -32,7 +34,7 @@ def test_swap_and_languages_experiments_end_to_end(tmp_path):
   s = tiny(swaps.swap_experiment_config())
   s.update(variants="procrustes,stitch", budgets="0,2", prompts=8, anchor_docs=16, anchor_pairs=400)
   s.update(seeds="0", seed_pairs="0:0")  # the diagonal is then the CPU itself (exactly native; tested above)
-  out = swaps.run(s, workdir, **quiet)
+  (out,) = experiments.run(s, workdir, **quiet).values()
   rows = [json.loads(line) for line in open(f"{out}/results.jsonl")]
   cells = {(r["decoder"], r["encoder"], r["variant"], r["step"]) for r in rows}
   assert {("char", "byte", "stitch", 2), ("byte", "char", "procrustes", 0), ("char", "char", "native", 4)} <= cells
@@ -41,13 +43,13 @@ def test_swap_and_languages_experiments_end_to_end(tmp_path):
   g.archs, g.readers = "encoder", "char"
   g.readout.update(steps=2, relative=4, batch_size=8, length=48)
   g.update(programs=8, analogies=13, anchor_docs=32)
-  out = languages.run(g, workdir, **quiet)
+  (out,) = experiments.run(g, workdir, **quiet).values()
   rows = [json.loads(line) for line in open(f"{out}/results.jsonl")]
   feeds = {(r["reader"], r["source"], r.get("source_seed"), r["alignment"]) for r in rows if "bleu" in r}
   assert ("char", "byte", 0, "procrustes") in feeds and ("char", "ids", None, "none") in feeds
   assert {r["query"] for r in rows if "query" in r} == {"analogy", "oracle"}
   logs = []
-  languages.run(g, workdir, log=logs.append)
+  experiments.run(g, workdir, log=logs.append)
   assert not any(m.startswith("training") for m in logs)  # nothing retrains
 
 
@@ -60,7 +62,7 @@ def test_prose_swap_experiment_end_to_end(tmp_path):
   s.update(prompts=0, eval_docs=16, anchor_docs=16, anchor_pairs=400)
   s.model.max_len = 160
   s.data.update(input_length=160, target_length=48)
-  out = swaps.run(s, str(tmp_path / "exp"), log=lambda _: None)
+  (out,) = experiments.run(s, str(tmp_path / "exp"), log=lambda _: None).values()
   rows = [json.loads(line) for line in open(f"{out}/results.jsonl")]
   assert {(r["decoder"], r["encoder"], r["variant"]) for r in rows if r["step"] == 2} == {
     (a, b, "stitch_xattn") for a in ("char", "byte") for b in ("char", "byte")
