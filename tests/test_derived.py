@@ -4,6 +4,7 @@ provenance it records. Their training is tested through ports (tests/test_portin
 
 import os
 
+import ml_collections
 import pytest
 
 from llmcpu.errors import UserError
@@ -22,17 +23,17 @@ def source_meta(**train) -> dict:
 
 def test_a_continued_config_keeps_the_source_and_sets_the_run():
   meta = source_meta()
-  c = derived.continued_config(meta, steps=300, seed=1, learning_rate=0.0, save_at="0,30,300", compile_dir="")
+  run = ml_collections.ConfigDict(dict(steps=300, seed=1, learning_rate=0.0, save_at="0,30,300", compile_dir=""))
+  c = derived.continued_config(meta, run, trained=True)
   assert c.model.to_dict() == meta["config"]["model"] and c.data.to_dict() == meta["config"]["data"]
   assert c.train.learning_rate == 3e-3 and c.train.batch_size == meta["config"]["train"]["batch_size"]
   assert (c.seed, c.train.steps, c.train.warmup_steps, c.train.eval_every, c.train.init_from) == (1, 300, 15, 0, "")
   assert (c.checkpoint.at, c.checkpoint.every, c.checkpoint.keep) == ("0,30,300", 300, 0)  # every saved step kept
-  c = derived.continued_config(meta, steps=0, seed=0, learning_rate=1e-4, save_at="", compile_dir="/elsewhere")
+  run.update(seed=0, learning_rate=1e-4, compile_dir="/elsewhere")
+  c = derived.continued_config(meta, run, trained=False)  # its initial state only, whatever run.steps says
   assert (c.train.steps, c.train.warmup_steps, c.train.learning_rate) == (0, 1, 1e-4)
   assert (c.checkpoint.at, c.checkpoint.every, c.checkpoint.keep) == ("", 1, 3) and c.data.compile_dir == "/elsewhere"
-  short = derived.continued_config(
-    source_meta(warmup_steps=5), steps=300, seed=0, learning_rate=0, save_at="", compile_dir=""
-  )
+  short = derived.continued_config(source_meta(warmup_steps=5), run, trained=True)
   assert short.train.warmup_steps == 5  # never more warmup than the source had
 
 

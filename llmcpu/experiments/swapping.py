@@ -295,7 +295,7 @@ class Cells:
     if len(found) == 1:
       return found[0][key], tables.fmt_key(found[0], key)
     mean, std = intervals.mean_std([r[key] for r in found])
-    return mean, ("—" if mean is None else f"{mean:.3f} ± {std:.3f}")
+    return mean, tables.fmt(mean, std=std)
 
   def native_mean(self, a: str, variant: str = "native") -> float | None:
     """Row A's native figure (or its shuffled-inputs figure): over the decoder seeds of the pairs."""

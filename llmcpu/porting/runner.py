@@ -29,15 +29,7 @@ METHODS = ("align", "fvt", *TRAINED)  # what writes a checkpoint; "translate" is
 
 def port_config(config: ml_collections.ConfigDict, source_meta: dict) -> ml_collections.ConfigDict:
   """The training config of the ported CPU: the source's, on ISA B, for ``config.steps`` steps."""
-  trained = config.method in TRAINED
-  c = derived.continued_config(
-    source_meta,
-    steps=config.steps if trained else 0,
-    seed=config.seed,
-    learning_rate=config.learning_rate,
-    save_at=config.save_at if trained else "",  # align/fvt: step 0 is all there is
-    compile_dir=config.compile_dir,
-  )
+  c = derived.continued_config(source_meta, config, trained=config.method in TRAINED)  # align/fvt: step 0 only
   c.data.isa = str(compilers.parse(config.to_isa))
   c.model.vocab_size = 0  # ISA B's
   c.train.trainable = ""  # relearn's pattern is set from the model (see run)

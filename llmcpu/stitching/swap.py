@@ -55,15 +55,7 @@ def swap_config(
   config: ml_collections.ConfigDict, meta_a: dict, meta_b: dict, path_b: str
 ) -> ml_collections.ConfigDict:
   """The training config of the swapped CPU: A's, reading ISA B through B's encoder, for ``config.steps`` steps."""
-  trained = config.variant in TRAINED
-  c = derived.continued_config(
-    meta_a,
-    steps=config.steps if trained else 0,
-    seed=config.seed,
-    learning_rate=config.learning_rate,
-    save_at=config.save_at if trained else "",
-    compile_dir=config.compile_dir,
-  )
+  c = derived.continued_config(meta_a, config, trained=config.variant in TRAINED)
   c.data.input_isa = meta_b["config"]["data"]["isa"]
   c.model.encoder_config = encoder_config_of(meta_b, path_b)
   c.model.stitch = "linear"

@@ -1,7 +1,7 @@
 """Derived runs: a CPU trained from other CPUs' checkpoints (a port, an encoder swap, a readout) through the one loop.
 
   source = Source.load(path)                        # its metadata now (one line if it is no CPU), its weights later
-  c = continued_config(source.meta, steps=..., ...)  # the source's training config, continued as a derived run
+  c = continued_config(source.meta, config, trained=True)  # the source's training config, continued
   return train(c, workdir, provenance={"source": source.record("isa", "step")}, initialize=..., log=log)
 
 ``initialize(model, setup)`` fills a fresh run's parameters from its sources (a resumed run already holds them), so a
@@ -46,13 +46,14 @@ class Source:
     return checkpoints.load_model(self.path)
 
 
-def continued_config(
-  meta: dict, *, steps: int, seed: int, learning_rate: float, save_at: str, compile_dir: str
-) -> ml_collections.ConfigDict:
-  """The source's training config (on today's keys) continued for ``steps`` steps (0: its initial state, saved and
-  stopped), warmup at most a twentieth of them, saved at ``save_at`` (comma-separated steps; every one kept) or at
-  the end. ``learning_rate`` 0 and ``compile_dir`` '' keep the source's. No evaluation during training: a derived
-  run is scored afterwards on its saved steps."""
+def continued_config(meta: dict, run: ml_collections.ConfigDict, *, trained: bool) -> ml_collections.ConfigDict:
+  """The source's training config (on today's keys) continued as the derived run ``run`` asks (the keys every
+  derived run's config has: configs/port.py, configs/swap.py): ``steps`` steps when ``trained`` (else 0: its initial
+  state, saved and stopped), warmup at most a twentieth of them, saved at ``save_at`` (comma-separated steps, every
+  one kept; trained runs only) or at the end, with ``seed``; ``learning_rate`` 0 and ``compile_dir`` '' keep the
+  source's. No evaluation during training: a derived run is scored afterwards on its saved steps."""
+  steps, save_at = (run.steps, run.save_at) if trained else (0, "")
+  seed, learning_rate, compile_dir = run.seed, run.learning_rate, run.compile_dir
   c = checkpoint_config(meta["config"])
   c.data.compile_dir = compile_dir or c.data.compile_dir
   c.seed = seed
