@@ -7,6 +7,7 @@ Adding an experiment = one module here (a subclass of ``Experiment`` under ``@re
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import json
 import time
@@ -45,7 +46,7 @@ def lookup(config: ml_collections.ConfigDict) -> type[Experiment]:
   return REGISTRY[kind]
 
 
-class Experiment:
+class Experiment(abc.ABC):
   """One experiment run on one workdir. ``run`` = ``plan`` (check every value of the config before anything is
   computed) → ``stages`` (compile, train, derive: resumable, each skipping what is done) → ``report`` (write it;
   returns {name: report directory}). ``stages`` returns False on a process that leaves the report to process 0."""
@@ -56,18 +57,18 @@ class Experiment:
     self.config, self.workdir, self.log = config, fs.abspath(workdir), log
     self.t0 = time.time()
 
-  def plan(self) -> None:
-    raise NotImplementedError
+  @abc.abstractmethod
+  def plan(self) -> None: ...
 
-  def stages(self) -> bool:
-    raise NotImplementedError
+  @abc.abstractmethod
+  def stages(self) -> bool: ...
 
-  def report(self) -> dict[str, str]:
-    raise NotImplementedError
+  @abc.abstractmethod
+  def report(self) -> dict[str, str]: ...
 
+  @abc.abstractmethod
   def printout(self, reports: dict[str, str]) -> str:
     """What scripts/experiment.py prints once the reports are written."""
-    raise NotImplementedError
 
   def run(self) -> dict[str, str]:
     self.plan()
