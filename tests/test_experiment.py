@@ -13,7 +13,6 @@ from llmcpu.errors import UserError
 from llmcpu.ops import cli
 
 
-@pytest.mark.slow
 def test_seeds_calibration_and_resume_in_a_bucket(tmp_path, fake_gcs):
   """The whole experiment with a gs:// workdir (compile cache, runs, checkpoints, metrics, reports)."""
   c = experiments.matrix.experiment_config("tiny")

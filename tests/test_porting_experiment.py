@@ -4,12 +4,9 @@ by one in tests/test_porting.py; the report's arithmetic by hand there too."""
 
 import json
 
-import pytest
 from conftest import write_docs
 
 from llmcpu import experiments
-
-pytestmark = pytest.mark.slow  # pytest -m "not slow" skips it
 
 
 def test_porting_experiment_end_to_end(tmp_path):

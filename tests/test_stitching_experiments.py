@@ -1,6 +1,7 @@
 """The swap and embedding-languages experiments end to end with tiny CPUs, one seed of natives where the experiment
 allows it: every stage runs and every cell reaches the report. Their stages are tested one by one in
-tests/test_stitching.py; the reports' arithmetic by hand there too. Marked slow (pytest -m "not slow" skips them)."""
+tests/test_stitching.py, the reports' arithmetic by hand there too. The languages experiment (~4 CPU-minutes: four
+encoders, two readouts, every feed decoded) is marked slow: `pytest -m slow` runs it, the default suite does not."""
 
 import json
 
@@ -8,8 +9,6 @@ import pytest
 from conftest import write_docs
 
 from llmcpu import experiments
-
-pytestmark = pytest.mark.slow
 
 
 def tiny(c):
@@ -21,21 +20,32 @@ def tiny(c):
   return c
 
 
-def test_swap_and_languages_experiments_end_to_end(tmp_path):
-  """Both experiments on programs:small with tiny CPUs, sharing one workdir (its compiled data): every stage runs, the
-  reports hold every cell, and a rerun finds everything done."""
-  from llmcpu.experiments import languages
+def test_swap_experiment_end_to_end(tmp_path):
+  """Every (decoder ISA, encoder ISA) cell of a trained stitch on programs, saved at every budget, scored with exact
+  match and intervals."""
   from llmcpu.experiments import swapping as swaps
 
-  workdir, quiet = str(tmp_path / "exp"), {"log": lambda _: None}
   s = tiny(swaps.swap_experiment_config())
-  s.update(variants="procrustes,stitch", budgets="0,2", prompts=8, anchor_docs=16, anchor_pairs=400)
-  s.update(seeds="0", seed_pairs="0:0")  # the diagonal is then the CPU itself (exactly native; tested above)
-  (out,) = experiments.run(s, workdir, **quiet).values()
+  s.update(variants="stitch", budgets="0,2", prompts=8, anchor_docs=16, anchor_pairs=400)
+  s.update(seeds="0", seed_pairs="0:0")  # the diagonal is then the CPU itself
+  (out,) = experiments.run(s, str(tmp_path / "exp"), log=lambda _: None).values()
   rows = [json.loads(line) for line in open(f"{out}/results.jsonl")]
   cells = {(r["decoder"], r["encoder"], r["variant"], r["step"]) for r in rows}
-  assert {("char", "byte", "stitch", 2), ("byte", "char", "procrustes", 0), ("char", "char", "native", 4)} <= cells
+  assert cells == {(a, a, v, 4) for a in ("char", "byte") for v in ("native", "shuffled")} | {
+    (a, b, "stitch", step) for a in ("char", "byte") for b in ("char", "byte") for step in (0, 2)
+  }
+  assert all(r["exact_match"] is not None and r["corpus"] == rows[0]["corpus"] for r in rows)
   assert all(r["exact_match_ci"] is None or r["exact_match_ci"][0] <= r["exact_match"] for r in rows)
+  assert f"### {rows[0]['corpus']}: stitch — penalty (exact match)" in open(f"{out}/swap.md").read()
+
+
+@pytest.mark.slow
+def test_languages_experiment_end_to_end(tmp_path):
+  """Readouts of the char encoder fed every encoder's embeddings, the ids control and the analogies; a rerun finds
+  every run done."""
+  from llmcpu.experiments import languages
+
+  workdir, quiet = str(tmp_path / "exp"), {"log": lambda _: None}
   g = tiny(languages.languages_config())
   g.archs, g.readers = "encoder", "char"
   g.readout.update(steps=2, relative=4, batch_size=8, length=48)

@@ -16,7 +16,6 @@ import subprocess
 import sys
 
 import numpy as np
-import pytest
 from conftest import write_docs
 
 from llmcpu import compilers
@@ -130,7 +129,6 @@ def test_tpu_config_fits_meshes_and_pod_slices():
   ]
 
 
-@pytest.mark.slow
 def test_tpu_shape_on_8_devices_jit_mesh_and_pmap(tmp_path):
   c = tpu_config()
   overrides = shrink(c, "text:" + write_docs(tmp_path))
