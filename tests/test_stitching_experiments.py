@@ -1,7 +1,8 @@
 """The swap and embedding-languages experiments end to end with tiny CPUs, one seed of natives where the experiment
 allows it: every stage runs and every cell reaches the report. Their stages are tested one by one in
-tests/test_stitching.py, the reports' arithmetic by hand there too. The languages experiment (~4 CPU-minutes: four
-encoders, two readouts, every feed decoded) is marked slow: `pytest -m slow` runs it, the default suite does not."""
+tests/test_stitching.py, the reports' arithmetic by hand there too. The swap on programs runs by default (~100 CPU-s
+on a loaded 2-core machine); the swap on prose (~90 CPU-s) and the languages experiment (four encoders, two readouts,
+every feed decoded) are marked slow, to keep the default suite within 10 minutes: `pytest -m slow` runs them."""
 
 import json
 
@@ -60,6 +61,7 @@ def test_languages_experiment_end_to_end(tmp_path):
   assert not any(m.startswith("training") for m in logs)  # nothing retrains
 
 
+@pytest.mark.slow
 def test_prose_swap_experiment_end_to_end(tmp_path):
   """The swap experiment on span filling of prose (spans:text:…): bits per byte in every cell, no exact match."""
   from llmcpu.experiments import swapping as swaps
