@@ -22,6 +22,7 @@ from absl import app
 from llmcpu import crosseval, fs, toolchain
 from llmcpu.crosseval.library import Library
 from llmcpu.errors import UserError
+from llmcpu.experiments import damage
 from llmcpu.ops import cli
 from llmcpu.training import checkpoints
 
@@ -93,7 +94,7 @@ def main(argv):
         calibration += crosseval.calibrate(config.compile_dir, corpus, isas[0], options)
       except UserError as e:
         print(f"error: calibration of {corpus}: {e}", file=sys.stderr, flush=True)
-  paths = crosseval.write_report(rows, out, calibration)
+  paths = crosseval.write_report(rows, out, calibration, views=(damage.view,))
   fs.rmtree(cells)
   failed = [r for r in rows if r["status"] != "ok"]
   for r in failed:

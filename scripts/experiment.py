@@ -3,13 +3,12 @@
   python scripts/experiment.py --config=configs/experiments/quickstart.py --workdir=runs/quickstart \
       [--config.compilers=bpe:500,bpe:2000,char,bpe:2000+perm:3] [--config.archs=decoder,encoder] [--config.steps=500]
 
-Rerunning continues where a crash or preemption stopped; finished stages are skipped. A porting config
-(configs/experiments/porting.py) ports the CPUs it trains and writes recovery curves instead of the matrix; a swap
-config (configs/experiments/swap.py) swaps their encoders and writes the stitching matrices; a languages config
-(configs/experiments/languages.py) trains readouts of their embeddings and feeds them foreign ones.
+Rerunning continues where a crash or preemption stopped; finished stages are skipped. The config's ``kind`` picks
+the experiment (llmcpu/experiments/): ``matrix`` and ``damage`` cross-evaluate the CPUs; ``porting``
+(configs/experiments/porting.py) ports them and writes recovery curves; ``swap`` (configs/experiments/swap.py) swaps
+their encoders and writes the stitching matrices; ``languages`` (configs/experiments/languages.py) trains readouts of
+their embeddings and feeds them foreign ones.
 """
-
-import os
 
 from absl import app, flags
 from ml_collections import config_flags
@@ -27,11 +26,12 @@ def footprint(exp, workdir: str) -> list[cli.Access]:
   """What the experiment writes, for ``--check``: the compile dir's ISAs, one run per (corpus, arch, ISA, seed) under
   ``runs/`` (the corpus directory is its name, known once it is loaded: ``*`` here) and its report. A porting
   experiment compiles and trains a native CPU for every ISA of its ports; ports and swaps are not listed."""
-  from llmcpu import compilers, experiment, fs, toolchain
+  from llmcpu import compilers, fs, toolchain
+  from llmcpu.experiments import base, matrix
   from llmcpu.training import run_config
 
-  if "ports" in exp:
-    pairs = [item.split(">") for item in experiment.split_list(exp.ports, "ports")]
+  if exp.get("kind") == "porting":
+    pairs = [item.split(">") for item in base.split_list(exp.ports, "ports")]
     if any(len(pair) != 2 for pair in pairs):
       raise UserError(f"--config.ports={exp.ports!r}: write SOURCE>TARGET pairs, e.g. bpe:4000>unigram:4000")
     specs = list(dict.fromkeys(compilers.parse(s.strip()) for pair in pairs for s in pair))
@@ -39,17 +39,17 @@ def footprint(exp, workdir: str) -> list[cli.Access]:
   else:
     specs = compilers.parse_list(exp.compilers)
     trained = compilers.parse_list(exp.train_compilers) if exp.train_compilers else specs
-  archs = experiment.split_list(exp.archs, "archs")
-  unknown = [a for a in archs if a not in experiment.ARCHS]
+  archs = base.split_list(exp.archs, "archs")
+  unknown = [a for a in archs if a not in matrix.ARCHS]
   if unknown:
-    raise UserError(f"unknown arch {unknown[0]!r} in --config.archs; choose from {', '.join(experiment.ARCHS)}")
-  experiment.split_list(exp.corpus, "corpus")
-  seeds = experiment.seed_list(exp.seeds)
+    raise UserError(f"unknown arch {unknown[0]!r} in --config.archs; choose from {', '.join(matrix.ARCHS)}")
+  base.split_list(exp.corpus, "corpus")
+  seeds = base.seed_list(exp.seeds)
   for arch in archs:  # the numbers every run gets, as the experiment checks them before it starts
-    run_config.check_ranges(experiment.cpu_config(exp, exp.corpus, arch, str(trained[0]), "", seeds[0]))
+    run_config.check_ranges(matrix.cpu_config(exp, exp.corpus, arch, str(trained[0]), "", seeds[0]))
   compile_dir = fs.join(workdir, "compiled")
   out = [cli.write("isa", toolchain.compiler_dir(compile_dir, s.name)) for s in specs]
-  runs = [experiment.cpu_dir(workdir, "*", a, s.name, k) for k in seeds for a in archs for s in trained]
+  runs = [matrix.cpu_dir(workdir, "*", a, s.name, k) for k in seeds for a in archs for s in trained]
   out += [cli.write("run", path, compile_dir) for path in runs]
   return [*out, cli.write("dir", fs.join(workdir, exp.report or "report"))]
 
@@ -57,41 +57,16 @@ def footprint(exp, workdir: str) -> list[cli.Access]:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  from llmcpu import crosseval, experiment, fs
+  from llmcpu import experiments
   from llmcpu.training import parallel
 
   if cli.CHECK.value:
     return cli.check(footprint(_CONFIG.value, cli.resolve_workdir(_WORKDIR.value)))
   parallel.initialize(None, None, None, _DISTRIBUTED.value)
-  if "ports" in _CONFIG.value:  # configs/experiments/porting.py: recovery curves of ported CPUs
-    from llmcpu.porting import recovery
-
-    out = recovery.run(_CONFIG.value, cli.workdir_path(_WORKDIR.value), log=cli.log)
-    if out:
-      print("\n" + fs.read_text(fs.join(out, "porting.md")) + f"\nReport: {out} (porting.md, recovery_*.png)")
-    return
-  if "variants" in _CONFIG.value:  # configs/experiments/swap.py: encoders swapped across ISAs
-    from llmcpu.stitching import experiment as swaps
-
-    out = swaps.run(_CONFIG.value, cli.workdir_path(_WORKDIR.value), log=cli.log)
-    if out:
-      print("\n" + fs.read_text(fs.join(out, "swap.md")) + f"\nReport: {out} (swap.md, swap_*.png)")
-    return
-  if "readout" in _CONFIG.value:  # configs/experiments/languages.py: embedding readouts fed other encoders
-    from llmcpu.stitching import languages
-
-    out = languages.run(_CONFIG.value, cli.workdir_path(_WORKDIR.value), log=cli.log)
-    if out:
-      print("\n" + fs.read_text(fs.join(out, "languages.md")) + f"\nReport: {out} (languages.md)")
-    return
-  reports = experiment.run(_CONFIG.value, cli.workdir_path(_WORKDIR.value), log=cli.log)
-  for name, out in reports.items():
-    rows = crosseval.load_rows(os.path.join(out, "results.jsonl"))
-    print(f"\n## {name}: bits per byte (rows: model ISA, columns: evaluation ISA; ** = native)\n")
-    print(crosseval.markdown_table(rows, "bits_per_byte"))
-    print(f"\n## {name}: normalized score (1 = native, 0 = unigram baseline, < 0 = confidently wrong)\n")
-    print(crosseval.markdown_table(rows, "normalized_score"))
-    print(f"\nReport: {out} (summary.md, tables, heatmaps)", flush=True)
+  experiment = experiments.lookup(_CONFIG.value)(_CONFIG.value, cli.workdir_path(_WORKDIR.value), log=cli.log)
+  reports = experiment.run()
+  if reports:  # none on a process that left the report to process 0
+    print(experiment.printout(reports), flush=True)
 
 
 if __name__ == "__main__":

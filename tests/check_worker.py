@@ -14,10 +14,7 @@ import sys
 
 # What the scripts and configs/ import, so that a forked child finds them loaded.
 import llmcpu.crosseval  # noqa: F401
-import llmcpu.experiment  # noqa: F401
-import llmcpu.porting.recovery  # noqa: F401
-import llmcpu.stitching.experiment  # noqa: F401
-import llmcpu.stitching.languages  # noqa: F401
+import llmcpu.experiments  # noqa: F401
 import llmcpu.stitching.swap  # noqa: F401
 from llmcpu.ops import cli, launch  # noqa: F401
 

@@ -8,10 +8,11 @@ import re
 
 import pytest
 
-from llmcpu import experiment
+from llmcpu import experiments
 from llmcpu.crosseval import summary
 from llmcpu.data import load_corpus
 from llmcpu.errors import UserError
+from llmcpu.experiments import matrix
 
 
 class TrainingStarted(Exception):
@@ -40,7 +41,7 @@ def held_out_prompts(spec: str) -> tuple[int, int]:
 
 
 def config(spec: str):
-  c = experiment.experiment_config("tiny")
+  c = matrix.experiment_config("tiny")
   c.corpus, c.compilers, c.steps = spec, "char", 2
   return c
 
@@ -63,7 +64,7 @@ def test_too_small_corpus_refused_before_training(tmp_path, no_training):
   prompts, test_bytes = held_out_prompts(spec)
   assert 0 < prompts < 16
   with pytest.raises(UserError) as e:
-    experiment.run(config(spec), str(tmp_path / "exp"), log=lambda m: None)
+    experiments.run(config(spec), str(tmp_path / "exp"), log=lambda m: None)
   msg = str(e.value)
   assert "\n" not in msg and not (tmp_path / "exp" / "runs").exists()  # no CPU was started
   assert f"supports {prompts} prompts of ≥ 192 bytes, 64 asked for" in msg, msg
@@ -73,7 +74,7 @@ def test_too_small_corpus_refused_before_training(tmp_path, no_training):
   off = config(spec)
   off.crosseval.coherence = False  # nothing to generate: bits per byte alone needs no prompts
   with pytest.raises(TrainingStarted):
-    experiment.run(off, str(tmp_path / "exp"), log=lambda m: None)
+    experiments.run(off, str(tmp_path / "exp"), log=lambda m: None)
 
 
 def test_fewer_prompts_than_asked_is_a_warning(tmp_path, no_training):
@@ -83,7 +84,7 @@ def test_fewer_prompts_than_asked_is_a_warning(tmp_path, no_training):
   assert 16 <= prompts < 64
   logs: list[str] = []
   with pytest.raises(TrainingStarted):
-    experiment.run(config(spec), str(tmp_path / "exp"), log=logs.append)
+    experiments.run(config(spec), str(tmp_path / "exp"), log=logs.append)
   (warning,) = [line for line in logs if line.startswith("warning:")]
   assert f"supports {prompts} prompts of ≥ 192 bytes, 64 asked for" in warning and f"going on with {prompts}" in warning
   assert f"ask for fewer (--config.crosseval.prompts={prompts})" in warning
@@ -107,5 +108,5 @@ def test_calibration_with_too_few_prompts_is_not_measured():
 def test_bad_line_refused_before_anything_is_written(tmp_path):
   (tmp_path / "data.jsonl").write_text(json.dumps({"text": words_text(2_000, 1)}) + "\n{oops\n")
   with pytest.raises(UserError, match=rf"^{tmp_path}/data.jsonl:2: not a JSON line \(.*\); fix or remove it$"):
-    experiment.run(config(f"jsonl:{tmp_path}/data.jsonl"), str(tmp_path / "exp"), log=lambda m: None)
+    experiments.run(config(f"jsonl:{tmp_path}/data.jsonl"), str(tmp_path / "exp"), log=lambda m: None)
   assert not (tmp_path / "exp").exists()

@@ -28,6 +28,7 @@ from llmcpu.crosseval.evaluate import CrossEvalOptions, LoadedModel, ModelEvalua
 from llmcpu.crosseval.judge import ByteJudge
 from llmcpu.crosseval.library import Library
 from llmcpu.data import programs
+from llmcpu.experiments import damage
 from llmcpu.metrics import text as text_metrics
 from llmcpu.training import checkpoints, loss, run_config, trainer
 
@@ -223,14 +224,14 @@ def test_damage_curves_table_and_figure(tmp_path):
             normalized_score=v,
           )
         )
-  table = report.damage_markdown(rows)
+  table = damage.damage_markdown(rows)
   for arch in ("decoder", "encoder"):
     line = next(x for x in table.splitlines() if x.startswith(f"| bpe1000 · {arch} · c | normalized_score"))
     for f in (0.0, 0.1, 1.0):
       v = np.array(values[arch, f])
       assert f"{v.mean():.2f} ± {v.std(ddof=1):.2f}" in line
-  assert report.damage_figure(rows, str(tmp_path / "d.png")) and (tmp_path / "d.png").stat().st_size > 0
-  assert not report.damage_figure(rows[:4], str(tmp_path / "none.png"))  # two points are not a curve
+  assert damage.damage_figure(rows, str(tmp_path / "d.png")) and (tmp_path / "d.png").stat().st_size > 0
+  assert not damage.damage_figure(rows[:4], str(tmp_path / "none.png"))  # two points are not a curve
 
 
 def test_native_cell_is_best_of_its_row(rows, world):
@@ -447,20 +448,18 @@ def test_cell_store_gives_back_exactly_what_it_kept_and_only_for_its_key(tmp_pat
 # ------------------------------------------------------------------------------------------------- the report
 
 
-def test_a_report_cut_short_is_not_finished(rows, tmp_path, monkeypatch):
+def test_a_report_cut_short_is_not_finished(rows, tmp_path):
   """results.jsonl is the report's marker: written last, removed first, so a rewrite killed in the middle (here: at
-  the damage figure, after the tables) leaves no finished-looking report for experiment.py to skip."""
+  an experiment's figure, after the tables) leaves no finished-looking report for experiment.py to skip."""
   report.write_report(rows, str(tmp_path))
   assert report.load_rows(str(tmp_path))
 
   def killed(*args, **kwargs):
     raise KeyboardInterrupt
 
-  monkeypatch.setattr(report, "damage_figure", killed)
   with pytest.raises(KeyboardInterrupt):
-    report.write_report(rows, str(tmp_path))
+    report.write_report(rows, str(tmp_path), views=(killed,))
   assert not os.path.exists(tmp_path / "results.jsonl") and report.load_rows(str(tmp_path)) == []
-  monkeypatch.undo()
   paths = report.write_report(rows, str(tmp_path))  # the rerun writes it all again
   assert os.path.exists(paths["summary"]) and len(report.load_rows(str(tmp_path))) == len(rows)
 

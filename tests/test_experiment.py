@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from conftest import write_docs
 
-from llmcpu import experiment, fs
+from llmcpu import experiments, fs
 from llmcpu.crosseval import report
 from llmcpu.errors import UserError
 from llmcpu.ops import cli
@@ -15,7 +15,7 @@ from llmcpu.ops import cli
 
 def test_seeds_calibration_and_resume_in_a_bucket(tmp_path, fake_gcs):
   """The whole experiment with a gs:// workdir (compile cache, runs, checkpoints, metrics, reports)."""
-  c = experiment.experiment_config("tiny")
+  c = experiments.matrix.experiment_config("tiny")
   c.corpus = "text:" + write_docs(tmp_path)
   c.compilers = "char,char+perm:1"
   c.train_compilers = "char"  # the permuted ISA is only read (a damage point), never trained on
@@ -28,7 +28,7 @@ def test_seeds_calibration_and_resume_in_a_bucket(tmp_path, fake_gcs):
   c.crosseval.prompts, c.crosseval.new_tokens, c.crosseval.prompt_bytes = 12, 8, 32
   logs: list[str] = []
   workdir = cli.workdir_path(f"{fake_gcs.PREFIX}/exp")
-  (out,) = experiment.run(c, workdir, log=logs.append).values()
+  (out,) = experiments.run(c, workdir, log=logs.append).values()
   assert out == f"{fake_gcs.PREFIX}/exp/report/{out.rsplit('/', 1)[-1]}"
 
   rows = report.load_rows(out)
@@ -53,7 +53,7 @@ def test_seeds_calibration_and_resume_in_a_bucket(tmp_path, fake_gcs):
   assert provenance["config"]["seeds"] == "0,1" and provenance["seconds"]["total"] > 0
 
   logs.clear()
-  experiment.run(c, workdir, log=logs.append)  # everything is done: nothing retrains or re-evaluates
+  experiments.run(c, workdir, log=logs.append)  # everything is done: nothing retrains or re-evaluates
   assert sum("done" in line for line in logs if line.startswith("== ")) == 6, logs
 
   # Another corpus set would retrain the compilers these CPUs were built with: refused, and nothing is touched.
@@ -61,7 +61,7 @@ def test_seeds_calibration_and_resume_in_a_bucket(tmp_path, fake_gcs):
   before = isa.read_bytes()
   c.corpus = "text:" + str(tmp_path / "docs" / "00*.txt")
   with pytest.raises(UserError, match="compiler_corpora=text:"):
-    experiment.run(c, workdir, log=logs.append)
+    experiments.run(c, workdir, log=logs.append)
   assert isa.read_bytes() == before
   # Every stage went through the bucket; nothing landed in a local ./gs: directory.
   served = "\n".join(sorted(fake_gcs.served))
@@ -86,12 +86,12 @@ def test_a_preempted_experiment_exits_zero(tmp_path, monkeypatch, capsys):
   from llmcpu.errors import Stopped
   from llmcpu.training import trainer
 
-  c = experiment.experiment_config("tiny")
+  c = experiments.matrix.experiment_config("tiny")
   c.corpus, c.compilers, c.steps = "text:" + write_docs(tmp_path), "char", 5
   stopped = trainer.TrainResult(step=3, stopped="preempted", train={}, eval={}, state={}, illegal_opcodes=0)
   monkeypatch.setattr(trainer, "train", lambda config, workdir, log: stopped)
   with pytest.raises(Stopped, match=r"stopped at step 3 of \[1/1\] .* \(preempted\); rerun the same command"):
-    experiment.run(c, str(tmp_path / "exp"), log=lambda m: None)
+    experiments.run(c, str(tmp_path / "exp"), log=lambda m: None)
 
   def preempted_main(argv):
     raise Stopped("stopped at step 3; rerun the same command to continue")
@@ -102,9 +102,9 @@ def test_a_preempted_experiment_exits_zero(tmp_path, monkeypatch, capsys):
 
 
 def test_numbers_out_of_range_refused_before_compiling(tmp_path):
-  c = experiment.experiment_config("tiny")
+  c = experiments.matrix.experiment_config("tiny")
   c.corpus, c.compilers = "text:" + write_docs(tmp_path), "char"
   c.train.learning_rate = -1.0
   with pytest.raises(UserError, match=r"^--config.train.learning_rate=-1.0 must be a positive finite number$"):
-    experiment.run(c, str(tmp_path / "exp"), log=lambda m: None)
+    experiments.run(c, str(tmp_path / "exp"), log=lambda m: None)
   assert not (tmp_path / "exp" / "compiled").exists()

@@ -7,9 +7,6 @@ import pathlib
 
 PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "llmcpu"
 MAX_FUNCTION_LINES = 80
-# Collisions another branch removes: the experiment drivers move into llmcpu/experiments/ (issue 21.1). Each entry
-# must still collide (else the test says to delete it), so the list cannot outlive its reason.
-PENDING_MOVE = {"experiment.py": ["llmcpu/experiment.py", "llmcpu/stitching/experiment.py"]}
 
 
 def modules(package: pathlib.Path = PACKAGE) -> list[pathlib.Path]:
@@ -42,10 +39,7 @@ def test_no_function_over_80_lines():
 
 
 def test_no_two_modules_share_a_base_name():
-  repeated = repeated_base_names(modules())
-  assert {k: v for k, v in repeated.items() if PENDING_MOVE.get(k) != v} == {}
-  stale = sorted(set(PENDING_MOVE) - set(repeated))
-  assert not stale, f"{stale} no longer collide: delete them from PENDING_MOVE"
+  assert repeated_base_names(modules()) == {}
 
 
 def test_the_checkers_catch_what_they_look_for(tmp_path):

@@ -24,8 +24,9 @@ LAYERS = [
   ("llmcpu.training.placement",),
   ("llmcpu.training.checkpoints",),
   ("llmcpu.training.trainer", "llmcpu.crosseval", "llmcpu.integrity"),
-  ("llmcpu.experiment",),
-  ("llmcpu.porting", "llmcpu.stitching"),  # port / stitch trained CPUs through the trainer; reuse the experiment
+  ("llmcpu.training.derived",),  # a run started from other CPUs' checkpoints: a port, a swap, a readout
+  ("llmcpu.porting", "llmcpu.stitching"),  # port / stitch trained CPUs through the trainer
+  ("llmcpu.experiments",),  # every experiment: plan → stages → report over all of the above
 ]
 
 
@@ -108,4 +109,4 @@ def test_no_cycles():
 def test_evaluation_never_imports_the_trainer():
   for module, deps in graph().items():
     if module.startswith("llmcpu.crosseval"):
-      assert not {d for d in deps if top(d) in ("llmcpu.training.trainer", "llmcpu.experiment")}, module
+      assert not {d for d in deps if d.startswith(("llmcpu.training.trainer", "llmcpu.experiments"))}, module

@@ -303,7 +303,7 @@ def test_bad_ports_are_one_line_and_write_nothing(source, tmp_path, overrides, p
 
 
 def test_tokens_to_close_the_gap_by_hand():
-  from llmcpu.porting import recovery
+  from llmcpu.experiments import porting as recovery
 
   def point(tokens, bpb):
     return {"step": tokens // 10, "tokens": tokens, "bpb": bpb, "bpb_lo": bpb - 0.1, "bpb_hi": bpb + 0.1}
@@ -326,7 +326,7 @@ def test_tokens_to_close_the_gap_by_hand():
 def test_porting_report_is_committed_last(tmp_path, monkeypatch):
   import ml_collections
 
-  from llmcpu.porting import recovery
+  from llmcpu.experiments import porting as recovery
 
   rows = [
     {"corpus": "c", "arch": "decoder", "source": "a", "target": "b", "method": m, "seed": 0, "zero_shot_bpb": 6.0,
@@ -345,7 +345,7 @@ def test_porting_report_is_committed_last(tmp_path, monkeypatch):
 
 
 def test_porting_curves_over_seeds_by_hand():
-  from llmcpu.porting import recovery
+  from llmcpu.experiments import porting as recovery
 
   def row(seed, bpb, closes90):
     points = [{"step": 0, "tokens": 0, "bpb": bpb, "bpb_lo": None, "bpb_hi": None, "relevance": 0.1 * (seed + 1)}]

@@ -332,7 +332,7 @@ def test_paired_penalty_sees_a_small_shift_that_document_difficulty_hides():
 
 
 def test_swap_report_penalties_by_hand(tmp_path):
-  from llmcpu.stitching import experiment as swaps
+  from llmcpu.experiments import swapping as swaps
 
   def row(a, b, variant, step, em, seed=0, enc=1):
     return {"corpus": "p", "decoder": a, "encoder": b, "variant": variant, "seed": seed, "step": step,
@@ -384,7 +384,7 @@ def test_swap_report_penalties_by_hand(tmp_path):
 
 
 def test_languages_report_from_rows(tmp_path):
-  from llmcpu.stitching import languages
+  from llmcpu.experiments import languages
 
   base = {"corpus": "p", "reader": "x", "bleu": 10.0, "chrf": 40.0, "token_f1": 0.5, "token_f1_ci": (0.4, 0.6),
           "exact_match": 0.1, "exact_match_ci": (0.05, 0.15), "cosine": 0.9, "cosine_ci": None}  # fmt: skip

@@ -16,11 +16,11 @@ import subprocess
 import sys
 
 import numpy as np
-import pytest
 from conftest import write_docs
 
-from llmcpu import compilers, experiment
+from llmcpu import compilers
 from llmcpu.crosseval import report
+from llmcpu.experiments import base, matrix
 from llmcpu.training import checkpoints
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -111,8 +111,8 @@ def test_tpu_config_fits_meshes_and_pod_slices():
   specs = compilers.parse_list(c.compilers)
   assert {s.family for s in specs} >= {"bpe", "unigram", "byte"}
   assert any(s.permuted and s.perm_fraction == 1 for s in specs) and any(s.perm_fraction < 1 for s in specs)
-  archs = experiment.split_list(c.archs, "archs")
-  assert sorted(archs) == sorted(experiment.ARCHS)
+  archs = base.split_list(c.archs, "archs")
+  assert sorted(archs) == sorted(matrix.ARCHS)
   shards = c.mesh.fsdp * c.mesh.tensor
   for devices in (DEVICES, *POD_DEVICES.values()):
     assert devices % shards == 0, devices
@@ -120,7 +120,7 @@ def test_tpu_config_fits_meshes_and_pod_slices():
     assert c.train.batch_size % devices == 0, devices  # and under pmap (every device a data shard)
   assert c.train.batch_size % (2 * 2) == 0  # this test's 2 × 2 × 2 mesh: data × fsdp = 4
   for arch in archs:  # parallelism and the mesh reach every run
-    run = experiment.cpu_config(c, c.corpus, arch, str(specs[0]), "/tmp/compiled")
+    run = matrix.cpu_config(c, c.corpus, arch, str(specs[0]), "/tmp/compiled")
     assert run.parallelism == c.parallelism and run.mesh.to_dict() == c.mesh.to_dict()
     assert run.model.num_heads % c.mesh.tensor == 0 and run.model.d_ff % c.mesh.tensor == 0
   shrunk = compilers.parse_list(shrink_compilers(c.compilers))
@@ -129,11 +129,10 @@ def test_tpu_config_fits_meshes_and_pod_slices():
   ]
 
 
-@pytest.mark.slow
 def test_tpu_shape_on_8_devices_jit_mesh_and_pmap(tmp_path):
   c = tpu_config()
   overrides = shrink(c, "text:" + write_docs(tmp_path))
-  archs = experiment.split_list(c.archs, "archs")
+  archs = base.split_list(c.archs, "archs")
   isas = [s.name for s in compilers.parse_list(overrides["compilers"])]
   trained = compilers.parse(overrides["train_compilers"]).name
   # One after the other: two processes of 8 CPU devices each on 2 cores starve each other's collectives (pmap's
@@ -150,7 +149,7 @@ def test_tpu_shape_on_8_devices_jit_mesh_and_pmap(tmp_path):
     (out_dir,) = re.findall(r"^Report: (\S+) ", out, re.M)
     losses[name] = []
     for arch in archs:  # every run logged every step
-      run = pathlib.Path(experiment.cpu_dir(str(workdir), pathlib.Path(out_dir).name, arch, trained))
+      run = pathlib.Path(matrix.cpu_dir(str(workdir), pathlib.Path(out_dir).name, arch, trained))
       logged = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
       assert [m["step"] for m in logged] == list(range(1, overrides["steps"] + 1)), (arch, logged)
       losses[name] += [m["train/loss"] for m in logged]

@@ -7,11 +7,12 @@ tokens, which tiny CPUs need to use their prompt on BPE ISAs (README: "How much 
 The batch divides the 8 cores of a v2-8. The judge of the cross-evaluation runs on the host's cores either way.
 """
 
-from llmcpu.experiment import experiment_config
+from llmcpu.experiments.matrix import experiment_config
 
 
 def get_config():
   c = experiment_config("small")
+  c.kind = "matrix"
   c.corpus = "python_docs"
   c.compilers = "char,bpe:1000,bpe:4000,byte,char+perm:1"
   c.archs = "decoder"

@@ -18,6 +18,7 @@ FRACTIONS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0)
 
 def get_config():
   c = headline.get_config()
+  c.kind = "damage"
   c.compilers = ",".join(["bpe:1000", *(f"bpe:1000+perm:1:{f:g}" for f in FRACTIONS)])
   c.train_compilers = "bpe:1000"
   c.report = "report-damage"

@@ -6,11 +6,12 @@ byte. The step budget is the smallest at which native CPUs measurably use their 
 makes a CPU execute"). On 2 CPU cores: see report/experiment.json for the wall time of each stage.
 """
 
-from llmcpu.experiment import experiment_config
+from llmcpu.experiments.matrix import experiment_config
 
 
 def get_config():
   c = experiment_config("tiny")
+  c.kind = "matrix"
   c.corpus = "python_docs,programs"
   c.compiler_corpora = "python_docs,programs"  # kept when one corpus is run alone (--config.corpus=programs)
   c.compilers = "bpe:1000,bpe:4000,unigram:4000,bpe:4000+perm:1,char,byte"

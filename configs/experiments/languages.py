@@ -7,11 +7,12 @@ encoder, by another seed and by the other ISAs (as is, Procrustes-mapped, relati
   python scripts/experiment.py --config=configs/experiments/languages.py --workdir=runs/languages
 """
 
-from llmcpu.stitching.languages import languages_config
+from llmcpu.experiments.languages import languages_config
 
 
 def get_config():
   c = languages_config("tiny")
+  c.kind = "languages"
   c.compilers = "char,bpe:1000,unigram:1000"
   c.steps = 1000
   c.train.batch_size = 16

@@ -9,11 +9,12 @@ on 2 host cores: ``--config.seeds=0`` is the ≤ 45-minute run (intervals then o
   python scripts/experiment.py --config=configs/experiments/porting.py --workdir=runs/porting
 """
 
-from llmcpu.porting.recovery import porting_config
+from llmcpu.experiments.porting import porting_config
 
 
 def get_config():
   c = porting_config("tiny")
+  c.kind = "porting"
   c.corpus = "python_docs"
   c.ports = "bpe:4000>unigram:4000,bpe:1000>bpe:4000,bpe:4000>bpe:4000+perm:1,char>bpe:1000"
   c.archs = "decoder,encoder_decoder"

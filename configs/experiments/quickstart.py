@@ -5,11 +5,12 @@ one (byte: the same text as raw UTF-8 bytes) and a fully permuted copy of char (
 Character-level CPUs learn to use their prompt within a few hundred steps, so even this run shows execution.
 """
 
-from llmcpu.experiment import experiment_config
+from llmcpu.experiments.matrix import experiment_config
 
 
 def get_config():
   c = experiment_config("tiny")
+  c.kind = "matrix"
   c.corpus = "python_docs"
   c.compilers = "char,bpe:1000,byte,char+perm:1"
   c.archs = "decoder"

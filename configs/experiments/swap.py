@@ -9,11 +9,12 @@ Exact match on 200 held-out programs, bits per byte of the answers on all of the
   python scripts/experiment.py --config=configs/experiments/swap.py --workdir=runs/swap
 """
 
-from llmcpu.stitching.experiment import swap_experiment_config
+from llmcpu.experiments.swapping import swap_experiment_config
 
 
 def get_config():
   c = swap_experiment_config("tiny")
+  c.kind = "swap"
   c.compilers = "char,bpe:1000,unigram:1000"
   c.steps = 1500
   c.train.batch_size = 64

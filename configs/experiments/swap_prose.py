@@ -11,11 +11,12 @@ intervals over windows.
   python scripts/experiment.py --config=configs/experiments/swap_prose.py --workdir=runs/swap_prose
 """
 
-from llmcpu.stitching.experiment import swap_experiment_config
+from llmcpu.experiments.swapping import swap_experiment_config
 
 
 def get_config():
   c = swap_experiment_config("tiny")
+  c.kind = "swap"
   c.corpus = "spans:python_docs"
   c.compilers = "char,bpe:1000,unigram:1000"
   c.steps = 1000

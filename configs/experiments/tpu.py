@@ -5,11 +5,12 @@ Prepare the data where there is network first, e.g. into a bucket (README, "On a
 (`tfds build` would need apache_beam), then pass --config.data_dir=gs://BUCKET/tfds.
 """
 
-from llmcpu.experiment import experiment_config
+from llmcpu.experiments.matrix import experiment_config
 
 
 def get_config():
   c = experiment_config("base")
+  c.kind = "matrix"
   c.corpus = "tfds:lm1b:text"
   c.compilers = "bpe:8000,bpe:32000,unigram:32000,byte,bpe:32000+perm:1,bpe:32000+perm:2:0.25"
   c.archs = "decoder,encoder,encoder_decoder"

@@ -19,7 +19,7 @@ import json
 import math
 import os
 import textwrap
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import matplotlib
 
@@ -269,101 +269,6 @@ def heatmap(m: Matrix, spec: Metric, path: str) -> None:
   _save_figure(fig, path)
 
 
-# ------------------------------------------------------------------------------------------------- damage curves
-
-DAMAGE_METRICS = ("normalized_score", "relevance", "exact_match")
-
-
-def damage_points(rows: Sequence[dict]) -> dict[tuple[str, str, str], dict[str, list]]:
-  """Cells of CPUs trained on an unpermuted ISA, read on that ISA with a share of its opcodes permuted, by
-  (corpus, model ISA, arch): ``{"fraction": [...], metric: [Cell | None, ...]}`` sorted by fraction (0 = native)."""
-  from llmcpu import compilers
-
-  groups: dict[tuple, dict[float, list[dict]]] = {}
-  for r in rows:
-    if r.get("status") != "ok":
-      continue
-    try:
-      a, b = compilers.parse(r["model_isa_spec"]), compilers.parse(r["eval_isa_spec"])
-    except Exception:  # noqa: BLE001 - a spec from another version: not a damage point
-      continue
-    if a.permuted or a.base != b.base:
-      continue
-    fraction = 0.0 if b == a else b.perm_fraction
-    groups.setdefault((r["corpus"], r["model_isa"], r["arch"]), {}).setdefault(fraction, []).append(r)
-  out = {}
-  for key, by_fraction in groups.items():
-    if len(by_fraction) < 3:  # a curve needs the native point and at least two damaged ones
-      continue
-    fractions = sorted(by_fraction)
-    out[key] = {"fraction": fractions}
-    for metric in DAMAGE_METRICS:
-      out[key][metric] = [_cell(by_fraction[f], metric) for f in fractions]
-  return out
-
-
-def damage_markdown(rows: Sequence[dict]) -> str:
-  """The damage curves as a table: one line per (CPU, metric), one column per permuted share."""
-  curves = damage_points(rows)
-  fractions = sorted({f for v in curves.values() for f in v["fraction"]})
-  if not curves:
-    return ""
-  lines = [
-    "| CPU | metric | " + " | ".join(f"{f:g}" for f in fractions) + " |",
-    "|---|---|" + "---:|" * len(fractions),
-  ]
-  for (corpus, isa, arch), v in sorted(curves.items()):
-    for metric in DAMAGE_METRICS:
-      if not any(isinstance(c, Cell) for c in v[metric]):
-        continue
-      by_f = dict(zip(v["fraction"], v[metric], strict=True))
-      cells = [_fmt(by_f.get(f), METRICS[metric].digits) or "–" for f in fractions]
-      lines.append(f"| {isa} · {arch} · {corpus} | {metric} | " + " | ".join(cells) + " |")
-  return "\n".join(lines)
-
-
-def damage_figure(rows: Sequence[dict], path: str) -> bool:
-  """One panel per metric: each CPU's figure against the share of its ISA's opcodes permuted (symlog axis), with
-  error bars (± std over seeds, or the 95% interval with one seed). False when the rows hold no damage curve."""
-  curves = damage_points(rows)
-  metrics = [m for m in DAMAGE_METRICS if any(isinstance(c, Cell) for v in curves.values() for c in v[m])]
-  if not curves or not metrics:
-    return False
-  fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.4), dpi=120, squeeze=False)
-  color = {key: f"C{i % 10}" for i, key in enumerate(sorted(curves))}  # one colour per CPU in every panel
-  for ax, metric in zip(axes[0], metrics, strict=True):
-    for (corpus, isa, arch), v in sorted(curves.items()):
-      pts = [(f, c) for f, c in zip(v["fraction"], v[metric], strict=True) if isinstance(c, Cell)]
-      if not pts:
-        continue
-      x = np.array([f for f, _ in pts])
-      y = np.array([c.mean for _, c in pts])
-      lo = np.array([c.mean - (c.std if c.std is not None else c.mean - c.ci[0] if c.ci else 0.0) for _, c in pts])
-      hi = np.array([c.mean + (c.std if c.std is not None else c.ci[1] - c.mean if c.ci else 0.0) for _, c in pts])
-      ax.errorbar(
-        x,
-        y,
-        yerr=[y - lo, hi - y],
-        marker="o",
-        ms=3,
-        capsize=2,
-        lw=1.2,
-        color=color[corpus, isa, arch],
-        label=f"{isa} · {arch} · {corpus}",
-      )
-    ax.set_xscale("symlog", linthresh=0.01)
-    ax.set_xlim(-0.001, 1.1)
-    ax.set_xlabel("share of opcodes permuted")
-    ax.set_title(METRICS[metric].title, fontsize=8)
-    ax.axhline(0.0, color="#999999", lw=0.8)
-    ax.grid(alpha=0.3)
-  axes[0][0].legend(fontsize=6, loc="best")
-  fig.suptitle("Graded ISA drift: a CPU reading its own ISA with a share of the opcodes renamed", fontsize=9)
-  fig.tight_layout()
-  _save_figure(fig, path)
-  return True
-
-
 def metrics_present(rows: Sequence[dict]) -> list[str]:
   """The always-reported metrics plus any other metric with at least one figure."""
   return [k for k in METRICS if k in ALWAYS or any(_number(r.get(k)) is not None for r in rows)]
@@ -387,12 +292,28 @@ def _write_jsonl(rows: Sequence[dict], path: str) -> None:
   fs.write_text(path, "".join(lines))
 
 
+@dataclasses.dataclass(frozen=True)
+class View:
+  """A figure an experiment adds to the report, and its table in summary.md."""
+
+  name: str  # its key in write_report's paths
+  path: str
+  title: str
+  table: str
+
+
 def write_report(
-  rows: Sequence[dict], out_dir: str, calibration: Sequence[dict] | None = None, corpus_stats: dict | None = None
+  rows: Sequence[dict],
+  out_dir: str,
+  calibration: Sequence[dict] | None = None,
+  *,
+  views: Sequence[Callable[[Sequence[dict], str], View | None]] = (),
+  corpus_stats: dict | None = None,
 ) -> dict:
-  """Writes every file of the report; returns their paths. ``results.jsonl`` is written last: a report directory
-  holding it is complete. ``corpus_stats`` (``capacity.corpus_stats``) goes to corpus_stats.json and a line of
-  summary.md."""
+  """Writes every file of the report; returns their paths. ``views`` (rows, out_dir) draw an experiment's own
+  figures (None: nothing to draw), their tables last in summary.md. ``corpus_stats`` (``capacity.corpus_stats``)
+  goes to corpus_stats.json and a line of summary.md. ``results.jsonl`` is written last: a report directory holding
+  it is complete."""
   out_dir = fs.abspath(out_dir)
   for sub in ("tables", "heatmaps"):
     fs.makedirs(fs.join(out_dir, sub))
@@ -411,17 +332,15 @@ def write_report(
   if calibration is not None:
     paths["calibration"] = fs.join(out_dir, "calibration.jsonl")
     _write_jsonl(calibration, paths["calibration"])
-  damage = fs.join(out_dir, "heatmaps", "damage_curves.png")
-  if damage_figure(rows, damage):
-    paths["damage_curves"] = damage
+  drawn = [v for v in (view(rows, out_dir) for view in views) if v is not None]
+  paths |= {v.name: v.path for v in drawn}
   if corpus_stats is not None:
     paths["corpus_stats"] = capacity.write_stats(out_dir, corpus_stats)
   paths["summary"] = fs.join(out_dir, "summary.md")
   tables = {k: markdown_table(rows, k) for k in HEADLINE if k in metrics_present(rows)}
   if any(_number(r.get("exact_match")) is not None for r in rows):
     tables["exact_match"] = markdown_table(rows, "exact_match")
-  if "damage_curves" in paths:
-    tables["damage curve (share of opcodes permuted; heatmaps/damage_curves.png)"] = damage_markdown(rows)
+  tables |= {v.title: v.table for v in drawn}
   fs.write_text(paths["summary"], summary.summarize(rows, tables, calibration or [], corpus_stats))
   _write_jsonl(rows, paths["results"])
   return paths

@@ -4,7 +4,7 @@
   relearn       align, then train only the vocabulary-indexed parameters (embedding, untied head); the rest frozen
   finetune      align, then train everything
   scratch       a new CPU on ISA B from random init with the same token budget: the reference curve
-  translate     binary translation, no weights change: an evaluation of the source CPU (see porting.recovery)
+  translate     binary translation, no weights change: an evaluation of the source CPU (see experiments.porting)
 
 The checkpoint's metadata carries ISA B, its compiler files, and the porting provenance (source checkpoint and
 fingerprint, method, steps, tokens, row counts), so cross_eval and load_model read it like any other CPU. Preemption,
@@ -18,11 +18,10 @@ from collections.abc import Callable
 import ml_collections
 from flax import nnx
 
-from llmcpu import compilers, fs, models
+from llmcpu import compilers, models
 from llmcpu.errors import UserError
 from llmcpu.porting.transplant import transplant, vocab_params
-from llmcpu.training import checkpoints, trainer
-from llmcpu.training.run_config import checkpoint_config
+from llmcpu.training import derived, trainer
 
 TRAINED = ("relearn", "finetune", "scratch")
 PORT_METHODS = ("align", "fvt", *TRAINED)  # what writes a checkpoint; "translate" is evaluated, not written
@@ -30,20 +29,10 @@ PORT_METHODS = ("align", "fvt", *TRAINED)  # what writes a checkpoint; "translat
 
 def port_config(config: ml_collections.ConfigDict, source_meta: dict) -> ml_collections.ConfigDict:
   """The training config of the ported CPU: the source's, on ISA B, for ``config.steps`` steps."""
-  c = checkpoint_config(source_meta["config"])
+  c = derived.continued_config(source_meta, config, trained=config.method in TRAINED)  # align/fvt: step 0 only
   c.data.isa = str(compilers.parse(config.to_isa))
-  c.data.compile_dir = config.compile_dir or c.data.compile_dir
   c.model.vocab_size = 0  # ISA B's
-  c.seed = config.seed
-  c.train.steps = config.steps if config.method in TRAINED else 0
-  c.train.warmup_steps = min(c.train.warmup_steps, max(1, c.train.steps // 20))
-  c.train.learning_rate = config.learning_rate or c.train.learning_rate
-  c.train.eval_every = 0  # a recovery curve evaluates the saved steps on ISA B's test split
-  c.train.init_from = ""
   c.train.trainable = ""  # relearn's pattern is set from the model (see port_checkpoint)
-  c.checkpoint.every = max(1, c.train.steps)
-  c.checkpoint.at = config.save_at if config.method in TRAINED else ""  # align/fvt: step 0 is all there is
-  c.checkpoint.keep = 0 if c.checkpoint.at else c.checkpoint.keep
   return c
 
 
@@ -70,11 +59,11 @@ def port_checkpoint(
   check_method(config.method)
   if not config.checkpoint:
     raise UserError("no source CPU: pass --config.checkpoint=RUN (a training workdir or checkpoint directory)")
-  meta = checkpoints.load_meta(config.checkpoint)  # refuses a checkpoint that carries no ISA
-  source_corpus = meta["config"]["data"]["corpus"]
-  if config.corpus and config.corpus != source_corpus:
+  source = derived.Source.load(config.checkpoint)  # refuses a checkpoint that carries no ISA
+  meta = source.meta
+  if config.corpus and config.corpus != source.corpus:
     raise UserError(
-      f"the source CPU was trained on corpus {source_corpus!r}, not {config.corpus!r}: a port changes the ISA, not "
+      f"the source CPU was trained on corpus {source.corpus!r}, not {config.corpus!r}: a port changes the ISA, not "
       "the data; leave --config.corpus empty"
     )
   train_config = port_config(config, meta)
@@ -83,26 +72,25 @@ def port_checkpoint(
     abstract = nnx.eval_shape(lambda: models.create_from_config(source_config))  # shapes only: nothing is read
     train_config.train.trainable = ",".join(f"^{p}$" for p in vocab_params(abstract))
   provenance = {
-    "source": {
-      "checkpoint": fs.abspath(config.checkpoint),
-      "isa": meta["isa_name"],
-      "isa_fingerprint": meta["isa_fingerprint"],
-      "step": meta["step"],
-      "tokens_seen": meta["tokens_seen"],
-    },
+    "source": source.record("isa", "isa_fingerprint", "step", "tokens_seen"),
     "method": config.method,
     "steps": train_config.train.steps,
   }
 
-  def initialize(model, setup: trainer.Setup) -> None:  # a fresh run only: a resumed one holds the ported weights
-    provenance["tokens"] = train_config.train.steps * setup.tokens_per_step
-    if config.method != "scratch":  # the source's parameters are read here, once, and only when they are used
-      source_model, _, compiler_a = checkpoints.load_model(config.checkpoint)
+  def initialize(model, setup: trainer.Setup) -> None:
+    if config.method != "scratch":  # scratch: random init, the reference curve
+      source_model, _, compiler_a = source.load_model()
       how = "fvt" if config.method == "fvt" else "align"
       provenance["transplant"] = transplant(source_model, model, compiler_a, setup.compiler, how)
 
   # trainer.train checks ISA B's compiled data and the shapes before anything is written (one line if not).
   log(f"porting {meta['arch']} on {meta['isa_name']} → {config.to_isa} by {config.method}")
-  return trainer.train(
-    train_config, workdir, should_stop=should_stop, initialize=initialize, provenance=provenance, log=log
+  return derived.train(
+    train_config,
+    workdir,
+    provenance=provenance,
+    initialize=initialize,
+    count_tokens=True,
+    should_stop=should_stop,
+    log=log,
   )

@@ -22,7 +22,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from llmcpu import fs, models, toolchain
+from llmcpu import models, toolchain
 from llmcpu.compilers import Compiler
 from llmcpu.crosseval import intervals
 from llmcpu.errors import UserError
@@ -30,7 +30,7 @@ from llmcpu.metrics import text as text_metrics
 from llmcpu.specials import EOS_ID, PAD_ID
 from llmcpu.stitching import closed_form, states
 from llmcpu.stitching.swap import encoder_config_of
-from llmcpu.training import checkpoints, trainer
+from llmcpu.training import derived, trainer
 from llmcpu.training.run_config import base_config
 
 TRAINABLE = r"^prefix/,^decoder/,^embed/,^head/"  # the readout learns; A's encoder (encoder_embed, encoder) is frozen
@@ -64,16 +64,16 @@ def train(
   """Trains (or resumes) a readout of ``config.encoder`` (an encoder or encoder-decoder checkpoint) into workdir."""
   if not config.encoder:
     raise UserError("no --config.encoder: pass the CPU whose embeddings the readout learns to read")
-  meta = checkpoints.load_meta(config.encoder)
+  encoder = derived.Source.load(config.encoder)
+  meta = encoder.meta
   train_config = readout_config(config, meta)
   provenance = {
-    "encoder": {"checkpoint": fs.abspath(config.encoder), "isa": meta["isa_name"], "step": meta["step"]},
+    "encoder": encoder.record("isa", "step", "isa_fingerprint"),
     "readout": {"pool": config.pool, "relative": config.relative},
   }
-  provenance["encoder"]["isa_fingerprint"] = meta["isa_fingerprint"]
 
   def initialize(model, setup: trainer.Setup) -> None:
-    source, _, _ = checkpoints.load_model(config.encoder)
+    source, _, _ = encoder.load_model()
     nnx.update(model.encoder_embed, nnx.state(source.embed, nnx.Param))
     nnx.update(model.encoder, nnx.state(source.encoder, nnx.Param))
     if config.relative:  # the anchors: the embeddings of the first K training programs, by the encoder read
@@ -82,8 +82,8 @@ def train(
 
   log(f"training a readout of {meta['isa_name']} ({meta['arch']}) embeddings: pool {config.pool}, relative "
       f"{config.relative}")  # fmt: skip
-  return trainer.train(
-    train_config, workdir, should_stop=should_stop, initialize=initialize, provenance=provenance, log=log
+  return derived.train(
+    train_config, workdir, provenance=provenance, initialize=initialize, should_stop=should_stop, log=log
   )
 
 

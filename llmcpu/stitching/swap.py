@@ -30,13 +30,13 @@ from flax import nnx
 from llmcpu import fs, toolchain
 from llmcpu.errors import UserError
 from llmcpu.stitching import anchors, closed_form, states
-from llmcpu.training import checkpoints, trainer
-from llmcpu.training.run_config import checkpoint_config
+from llmcpu.training import derived, trainer
 
 CLOSED_FORM = ("lstsq", "procrustes")
 TRAINED = ("stitch", "stitch_xattn")
 VARIANTS = ("zero_shot", *CLOSED_FORM, *TRAINED)
 TRAINABLE = {"stitch": r"^stitch/", "stitch_xattn": r"^stitch/,/cross/,/cross_norm/"}
+SOURCE_FIELDS = ("arch", "isa", "isa_fingerprint", "step")  # each source's provenance
 
 
 def encoder_config_of(meta: dict, path: str) -> dict:
@@ -55,32 +55,12 @@ def swap_config(
   config: ml_collections.ConfigDict, meta_a: dict, meta_b: dict, path_b: str
 ) -> ml_collections.ConfigDict:
   """The training config of the swapped CPU: A's, reading ISA B through B's encoder, for ``config.steps`` steps."""
-  c = checkpoint_config(meta_a["config"])
+  c = derived.continued_config(meta_a, config, trained=config.variant in TRAINED)
   c.data.input_isa = meta_b["config"]["data"]["isa"]
-  c.data.compile_dir = config.compile_dir or c.data.compile_dir
   c.model.encoder_config = encoder_config_of(meta_b, path_b)
   c.model.stitch = "linear"
-  c.seed = config.seed
-  c.train.steps = config.steps if config.variant in TRAINED else 0
-  c.train.warmup_steps = min(c.train.warmup_steps, max(1, c.train.steps // 20))
-  c.train.learning_rate = config.learning_rate or c.train.learning_rate
   c.train.trainable = TRAINABLE.get(config.variant, "")
-  c.train.eval_every = 0  # a recovery curve scores the saved steps (stitching.score)
-  c.train.init_from = ""
-  c.checkpoint.every = max(1, c.train.steps)
-  c.checkpoint.at = config.save_at if config.variant in TRAINED else ""
-  c.checkpoint.keep = 0 if c.checkpoint.at else c.checkpoint.keep
   return c
-
-
-def _source(meta: dict, path: str) -> dict:
-  return {
-    "checkpoint": fs.abspath(path),
-    "arch": meta["arch"],
-    "isa": meta["isa_name"],
-    "isa_fingerprint": meta["isa_fingerprint"],
-    "step": meta["step"],
-  }
 
 
 def swap_encoder(
@@ -96,14 +76,15 @@ def swap_encoder(
   for key, what in (("decoder", "the encoder-decoder whose decoder is kept"), ("encoder", "the CPU whose encoder")):
     if not config[key]:
       raise UserError(f"no --config.{key}: pass {what} (a training workdir or checkpoint directory)")
-  meta_a, meta_b = checkpoints.load_meta(config.decoder), checkpoints.load_meta(config.encoder)
+  source_a, source_b = derived.Source.load(config.decoder), derived.Source.load(config.encoder)
+  meta_a, meta_b = source_a.meta, source_b.meta
   if meta_a["arch"] != "encoder_decoder" or meta_a["model_config"].get("encoder_config"):
     what = "a stitched encoder_decoder" if meta_a["arch"] == "encoder_decoder" else f"a {meta_a['arch']}"
     raise UserError(
       f"--config.decoder={config.decoder} holds {what}; the decoder side of a swap is an encoder_decoder trained as one"
     )
   encoder_config_of(meta_b, config.encoder)  # refuses a CPU without an encoder before anything else
-  corpus_a, corpus_b = meta_a["config"]["data"]["corpus"], meta_b["config"]["data"]["corpus"]
+  corpus_a, corpus_b = source_a.corpus, source_b.corpus
   if corpus_a != corpus_b:
     raise UserError(
       f"the decoder's CPU was trained on corpus {corpus_a!r} and the encoder's on {corpus_b!r}: a swap needs one "
@@ -111,15 +92,15 @@ def swap_encoder(
     )
   train_config = swap_config(config, meta_a, meta_b, config.encoder)
   provenance = {
-    "decoder": _source(meta_a, config.decoder),
-    "encoder": _source(meta_b, config.encoder),
+    "decoder": source_a.record(*SOURCE_FIELDS),
+    "encoder": source_b.record(*SOURCE_FIELDS),
     "variant": config.variant,
     "steps": train_config.train.steps,
   }
 
   def initialize(model, setup: trainer.Setup) -> None:  # a fresh run only: a resumed one holds its stitch
-    model_a, _, _ = checkpoints.load_model(config.decoder)
-    model_b, _, _ = checkpoints.load_model(config.encoder)
+    model_a, _, _ = source_a.load_model()
+    model_b, _, _ = source_b.load_model()
     transplant_stacks(model, model_a, model_b)
     if config.variant in CLOSED_FORM:
       x, y = anchor_states(model_a, model_b, setup, config.anchor_docs, config.anchor_pairs, config.seed)
@@ -133,11 +114,16 @@ def swap_encoder(
         "pairs": len(x),
         "relative_residual": float(np.sum(residual**2) / np.sum((y - y.mean(0)) ** 2)),
       }
-    provenance["tokens"] = train_config.train.steps * setup.tokens_per_step
 
   log(f"swapping the encoder of {meta_b['isa_name']} ({meta_b['arch']}) into {meta_a['isa_name']} by {config.variant}")
-  return trainer.train(
-    train_config, workdir, should_stop=should_stop, initialize=initialize, provenance=provenance, log=log
+  return derived.train(
+    train_config,
+    workdir,
+    provenance=provenance,
+    initialize=initialize,
+    count_tokens=True,
+    should_stop=should_stop,
+    log=log,
   )
 
 

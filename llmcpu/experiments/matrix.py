@@ -1,5 +1,5 @@
-"""The whole experiment as one resumable job: compile → train every (corpus × architecture × ISA) → cross-evaluate
-→ report.
+"""The cross-ISA matrix experiment (``kind = "matrix"``) as one resumable job: compile → train every (corpus ×
+architecture × ISA) → cross-evaluate → report.
 
 Layout under the experiment workdir::
 
@@ -21,6 +21,7 @@ workdir (and so their runs) if they write different ``report`` directories.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import time
 from collections.abc import Callable
@@ -29,18 +30,13 @@ import ml_collections
 
 from llmcpu import compilers, crosseval, data, fs, toolchain
 from llmcpu.crosseval import capacity
-from llmcpu.errors import Stopped, UserError
+from llmcpu.errors import UserError
+from llmcpu.experiments import base, damage
+from llmcpu.experiments.base import seed_list, split_list
 from llmcpu.training import checkpoints, parallel
 from llmcpu.training.run_config import base_config, check_ranges
 
 ARCHS = ("encoder", "decoder", "encoder_decoder")
-
-
-def split_list(value: str, what: str) -> list[str]:
-  items = [x.strip() for x in value.split(",") if x.strip()]
-  if not items:
-    raise UserError(f"experiment {what} is empty; give a comma-separated list")
-  return items
 
 
 def experiment_config(preset: str = "tiny") -> ml_collections.ConfigDict:
@@ -50,36 +46,27 @@ def experiment_config(preset: str = "tiny") -> ml_collections.ConfigDict:
   there (``--config.train.learning_rate=1e-3``) is applied to every run, and so are ``parallelism`` and ``mesh``.
   ``steps`` sets every run's length.
   """
-  base = base_config("decoder", preset)
+  defaults = base_config("decoder", preset)
   c = ml_collections.ConfigDict()
+  c.kind = "matrix"  # which experiment (llmcpu.experiments.REGISTRY): matrix, damage, porting, swap, languages
   c.corpus = "python_docs"  # comma-separated corpora: CPUs are trained and cross-evaluated on each
   c.compiler_corpora = ""  # corpora whose train splits train the compilers ('' = `corpus`)
   c.compilers = "bpe:1000,bpe:4000,unigram:4000,bpe:4000+perm:1"  # evaluation ISAs (the matrix columns)
   c.train_compilers = ""  # ISAs that get CPUs, comma-separated ('' = every one of `compilers`)
   c.archs = "decoder"  # comma-separated: encoder, decoder, encoder_decoder
   c.preset = preset
-  c.steps = base.train.steps
+  c.steps = defaults.train.steps
   c.seeds = "0"  # comma-separated: every CPU is trained once per seed (tables: mean ± std over seeds)
   c.report = "report"  # report directory under the workdir: another name lets two experiments share the same runs
   c.data_dir = ""  # TFDS data_dir ('' = TFDS default)
   c.doc_bytes = data.DOC_BYTES  # most bytes of a document cut from your own files (text:, jsonl:, ...) or tfds: records
   for block in ("data", "model", "train", "checkpoint"):
-    c[block] = base[block]
+    c[block] = defaults[block]
   del c.model["arch"]
-  c.parallelism = base.parallelism  # jit (over a mesh) or pmap, for every run
-  c.mesh = base.mesh
+  c.parallelism = defaults.parallelism  # jit (over a mesh) or pmap, for every run
+  c.mesh = defaults.mesh
   c.crosseval = ml_collections.ConfigDict(dataclasses.asdict(crosseval.CrossEvalOptions()))
   return c
-
-
-def seed_list(value) -> list[int]:
-  try:
-    seeds = [int(x) for x in split_list(str(value), "seeds")]
-  except ValueError as e:
-    raise UserError(f"experiment seeds {value!r} must be comma-separated integers, e.g. --config.seeds=0,1,2") from e
-  if any(x < 0 for x in seeds) or len(set(seeds)) != len(seeds):
-    raise UserError(f"experiment seeds {value!r} must be distinct non-negative integers")
-  return seeds
 
 
 def cpu_config(exp: ml_collections.ConfigDict, corpus: str, arch: str, isa: str, compile_dir: str, seed: int = 0):
@@ -108,14 +95,6 @@ def cpu_dir(workdir: str, corpus_name: str, arch: str, isa_name: str, seed: int 
   return fs.join(workdir, "runs", corpus_name, arch, isa_name, f"seed{seed}")
 
 
-def finished(path: str, steps: int) -> bool:
-  """Whether the run at ``path`` has a checkpoint at ``steps`` or later."""
-  try:
-    return checkpoints.find(path)[1] >= steps
-  except UserError:
-    return False
-
-
 @dataclasses.dataclass(frozen=True)
 class Plan:
   """What an experiment config asks for, checked before anything runs."""
@@ -135,53 +114,62 @@ class Plan:
     ]
 
 
-def run(exp: ml_collections.ConfigDict, workdir: str, *, log: Callable[[str], None] = print) -> dict[str, str]:
-  """Runs (or continues) the experiment; returns {corpus name: report directory}."""
-  t_start = time.time()
-  workdir = fs.abspath(workdir)
-  timing: dict[str, float] = {}
-  plan = prepare(exp, workdir, log=log, timing=timing, check_prompts=True)
-  if not plan.leader:  # one report per workdir: process 0 cross-evaluates on its own devices and writes it
-    log("== cross-eval: left to process 0, which writes the reports into the shared workdir")
-    return {}
-  report_root = fs.join(workdir, exp.report or "report")
-  reports = {}
-  for corpus in plan.corpora:
-    t0 = time.time()
-    reports[corpus.name] = _cross_evaluate(exp, plan, workdir, report_root, corpus, t_start, log)
-    timing[f"crosseval {corpus.name}"] = time.time() - t0
-  timing["total"] = time.time() - t_start
-  _write_provenance(report_root, exp, timing)
-  log(f"== done in {timing['total']:.0f}s")
-  return reports
+@base.register("matrix", "damage")
+class Matrix(base.Experiment):
+  """The cross-ISA matrix: compile every ISA, train every CPU, cross-evaluate each corpus; {corpus: report dir}.
 
+  The damage experiment (configs/experiments/damage.py) is this one on graded permutations of one ISA: its report
+  adds the damage curves (``damage.view``), as does any matrix whose rows hold one."""
 
-def prepare(
-  exp: ml_collections.ConfigDict,
-  workdir: str,
-  *,
-  log: Callable[[str], None] = print,
-  timing: dict | None = None,
-  check_prompts: bool = False,
-) -> Plan:
-  """The first two stages: compile every ISA, train every CPU (what is done already is skipped); the plan. With
-  ``check_prompts``, what each corpus' held-out split can measure is said (or refused) before any training."""
-  t_start, timing = time.time(), {} if timing is None else timing
-  plan = _plan(exp, workdir)
-  log(
-    f"== compile: {len(plan.corpora)} corpora × {len(plan.specs)} compilers "
-    f"(trained on {', '.join(c.name for c in plan.sources)})"
-  )
-  built = toolchain.build_compilers(plan.specs, plan.sources, plan.compile_dir, leader=plan.leader, log=log)
-  stats = toolchain.compile_corpora(plan.corpora, built, plan.compile_dir, leader=plan.leader, log=log)
-  log("\n" + toolchain.format_isa_table(stats) + "\n\n" + toolchain.format_overlap_matrix(built) + "\n")
-  if check_prompts:
-    options, generates = crosseval.CrossEvalOptions(**exp.crosseval.to_dict()), any(a != "encoder" for a in plan.archs)
-    capacity.check_corpora(plan.corpora, built[0], plan.compile_dir, options, generates=generates, log=log)
-  timing["compile"] = time.time() - t_start
-  _train_cpus(exp, plan, workdir, t_start, log)
-  timing["train"] = time.time() - t_start - timing["compile"]
-  return plan
+  checks_prompts = True  # the cross-evaluation generates from the test split: say up front what it supports
+
+  def plan(self) -> None:
+    self.timing: dict[str, float] = {}
+    self.planned = _plan(self.config, self.workdir)
+
+  def stages(self) -> bool:
+    """Compile every ISA, train every CPU (what is done already is skipped); False off the leader."""
+    exp, plan, log = self.config, self.planned, self.log
+    log(
+      f"== compile: {len(plan.corpora)} corpora × {len(plan.specs)} compilers "
+      f"(trained on {', '.join(c.name for c in plan.sources)})"
+    )
+    built = toolchain.build_compilers(plan.specs, plan.sources, plan.compile_dir, leader=plan.leader, log=log)
+    stats = toolchain.compile_corpora(plan.corpora, built, plan.compile_dir, leader=plan.leader, log=log)
+    log("\n" + toolchain.format_isa_table(stats) + "\n\n" + toolchain.format_overlap_matrix(built) + "\n")
+    if self.checks_prompts:  # what each corpus' held-out split can measure, said (or refused) before any training
+      options = crosseval.CrossEvalOptions(**exp.crosseval.to_dict())
+      generates = any(a != "encoder" for a in plan.archs)
+      capacity.check_corpora(plan.corpora, built[0], plan.compile_dir, options, generates=generates, log=log)
+    self.timing["compile"] = time.time() - self.t0
+    base.run_stages("train", _cpu_stages(exp, plan, self.workdir, log), log)
+    self.timing["train"] = time.time() - self.t0 - self.timing["compile"]
+    if not plan.leader:  # one report per workdir: process 0 cross-evaluates on its own devices and writes it
+      log("== report: left to process 0, which writes it into the shared workdir")
+    return plan.leader
+
+  def report(self) -> dict[str, str]:
+    exp, plan, timing = self.config, self.planned, self.timing
+    report_root = fs.join(self.workdir, exp.report or "report")
+    reports = {}
+    for corpus in plan.corpora:
+      t0 = time.time()
+      reports[corpus.name] = _cross_evaluate(exp, plan, self.workdir, report_root, corpus, self.t0, self.log)
+      timing[f"crosseval {corpus.name}"] = time.time() - t0
+    timing["total"] = time.time() - self.t0
+    _write_provenance(report_root, exp, timing)
+    self.log(f"== done in {timing['total']:.0f}s")
+    return reports
+
+  def printout(self, reports: dict[str, str]) -> str:
+    lines = []
+    for name, out in reports.items():
+      rows = crosseval.load_rows(fs.join(out, "results.jsonl"))
+      lines += [f"\n## {name}: bits per byte (rows: model ISA, columns: evaluation ISA; ** = native)\n"]
+      lines += [crosseval.markdown_table(rows, "bits_per_byte")]
+      lines += [f"\n## {name}: normalized score (1 = native, 0 = unigram baseline, < 0 = confidently wrong)\n"]
+      lines += [crosseval.markdown_table(rows, "normalized_score"), f"\nReport: {out} (summary.md, tables, heatmaps)"]
+    return "\n".join(lines)
 
 
 def _plan(exp: ml_collections.ConfigDict, workdir: str) -> Plan:
@@ -213,23 +201,26 @@ def _plan(exp: ml_collections.ConfigDict, workdir: str) -> Plan:
   return Plan(specs, trained, archs, seeds, corpora, sources, compile_dir, leader)
 
 
-def _train_cpus(exp: ml_collections.ConfigDict, plan: Plan, workdir: str, t_start: float, log: Callable) -> None:
-  """Trains every CPU not already at its final step. Seeds outermost: an experiment stopped part-way has every cell
-  of its first seeds, not every seed of a few cells."""
+def _cpu_stages(exp: ml_collections.ConfigDict, plan: Plan, workdir: str, log: Callable) -> list[base.Stage]:
+  """Every CPU's training run. Seeds outermost: an experiment stopped part-way has every cell of its first seeds,
+  not every seed of a few cells."""
   from llmcpu.training import trainer  # jax/flax only when training is asked for
 
   jobs = [(c, a, s, seed) for seed in plan.seeds for c in plan.corpora for a in plan.archs for s in plan.trained]
-  for i, (corpus, arch, spec, seed) in enumerate(jobs, 1):
-    path = cpu_dir(workdir, corpus.name, arch, spec.name, seed)
-    tag = f"[{i}/{len(jobs)}] {corpus.name} {arch} {spec.name} seed {seed}"
-    if finished(path, exp.steps):
-      log(f"== train {tag}: done")
-      continue
-    log(f"== train {tag} (elapsed {time.time() - t_start:.0f}s)")
-    fs.makedirs(path)
-    result = trainer.train(cpu_config(exp, corpus.spec, arch, str(spec), plan.compile_dir, seed), path, log=log)
-    if result.stopped != "done":
-      raise Stopped(f"stopped at step {result.step} of {tag} ({result.stopped}); rerun the same command to continue")
+  return [
+    base.Stage(
+      cpu_dir(workdir, corpus.name, arch, spec.name, seed),
+      exp.steps,
+      f"{corpus.name} {arch} {spec.name} seed {seed}",
+      functools.partial(
+        trainer.train,
+        cpu_config(exp, corpus.spec, arch, str(spec), plan.compile_dir, seed),
+        cpu_dir(workdir, corpus.name, arch, spec.name, seed),
+        log=log,
+      ),
+    )
+    for corpus, arch, spec, seed in jobs
+  ]
 
 
 def _cross_evaluate(exp, plan: Plan, workdir: str, report_root: str, corpus, t_start: float, log: Callable) -> str:
@@ -247,7 +238,7 @@ def _cross_evaluate(exp, plan: Plan, workdir: str, report_root: str, corpus, t_s
   rows = crosseval.evaluate(cpus, specs, plan.compile_dir, corpus=corpus.spec, options=options, log=log, cells=cells)
   calibration = crosseval.calibrate(plan.compile_dir, corpus.spec, specs[0], options) if options.coherence else []
   stats = capacity.corpus_stats(plan.compile_dir, corpus, plan.specs[0], options)
-  crosseval.write_report(rows, out, calibration, corpus_stats=stats)
+  crosseval.write_report(rows, out, calibration, views=(damage.view,), corpus_stats=stats)
   fs.rmtree(cells)
   return out
 

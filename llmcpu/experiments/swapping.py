@@ -1,6 +1,7 @@
-"""The encoder-swap experiment: every (decoder ISA A, encoder ISA B) pair, every stitching variant, with numbers.
+"""The encoder-swap experiment (``kind = "swap"``): every (decoder ISA A, encoder ISA B) pair, every stitching
+variant, with numbers.
 
-Stages, each resumable like ``experiment.run``: compile every ISA; train native encoder-decoders on each ISA with
+Stages, each resumable like the matrix's: compile every ISA; train native encoder-decoders on each ISA with
 two seeds (in each of ``seed_pairs``, the first seed's CPUs keep their decoders and the second's lend their
 encoders, so the diagonal is "the same ISA, another CPU"); swap every pair by every variant (``stitching.swap``;
 trained variants saved at every budget); score natives and swaps on the held-out documents (``stitching.score``:
@@ -12,24 +13,26 @@ stitching penalty, recovery against stitch-training steps and a figure of each, 
 from __future__ import annotations
 
 import dataclasses
-import json
+import functools
 import time
 from collections.abc import Callable
 
 import ml_collections
 import numpy as np
 
-from llmcpu import compilers, experiment, fs
+from llmcpu import compilers, fs
 from llmcpu.crosseval import intervals
 from llmcpu.crosseval.library import Library
-from llmcpu.errors import Stopped, UserError
+from llmcpu.errors import UserError
+from llmcpu.experiments import base, matrix, tables
 from llmcpu.stitching import score, swap
 from llmcpu.training import checkpoints
 
 
 def swap_experiment_config(preset: str = "tiny") -> ml_collections.ConfigDict:
   """configs/experiments/swap.py's base: an experiment config (the native encoder-decoders) plus the swaps."""
-  c = experiment.experiment_config(preset)
+  c = matrix.experiment_config(preset)
+  c.kind = "swap"
   c.corpus = "programs"
   c.archs = "encoder_decoder"
   c.seeds = "0,1"
@@ -62,8 +65,8 @@ class Cell:
 
 def seed_pairs(exp: ml_collections.ConfigDict) -> list[tuple[int, int]]:
   """``seed_pairs`` as (decoder seed, encoder seed), each seed among ``seeds``."""
-  seeds, pairs = experiment.seed_list(exp.seeds), []
-  for item in experiment.split_list(exp.seed_pairs, "seed_pairs"):
+  seeds, pairs = base.seed_list(exp.seeds), []
+  for item in base.split_list(exp.seed_pairs, "seed_pairs"):
     d, sep, e = (x.strip() for x in item.partition(":"))
     if not (sep and d.isdigit() and e.isdigit()):
       raise UserError(f"bad seed pair {item!r} in --config.seed_pairs: write DECODER:ENCODER seeds, e.g. 0:1,1:0")
@@ -73,43 +76,66 @@ def seed_pairs(exp: ml_collections.ConfigDict) -> list[tuple[int, int]]:
   return list(dict.fromkeys(pairs))
 
 
-def run(exp: ml_collections.ConfigDict, workdir: str, *, log: Callable[[str], None] = print) -> str:
-  """Runs (or continues) the swap experiment; returns its report directory."""
-  t0, workdir = time.time(), fs.abspath(workdir)
-  variants = experiment.split_list(exp.variants, "variants")
-  bad = [v for v in variants if v not in swap.VARIANTS]
-  if bad:
-    raise UserError(f"unknown swap variant {bad[0]!r}; choose from {', '.join(swap.VARIANTS)}")
-  if "encoder_decoder" not in experiment.split_list(exp.archs, "archs"):
-    raise UserError("the swap experiment swaps encoder_decoder CPUs' encoders: set --config.archs=encoder_decoder")
-  seeds, pairs = experiment.seed_list(exp.seeds), seed_pairs(exp)
-  budgets = sorted({int(b) for b in experiment.split_list(str(exp.budgets), "budgets")})
-  plan = experiment.prepare(exp, workdir, log=log)  # compile, and train the native encoder-decoders
-  if not plan.leader:
-    return ""
-  isas = [compilers.parse(s) for s in experiment.split_list(exp.compilers, "compilers")]
-  cells = [Cell(c, a, b, v, p) for c in plan.corpora for p in pairs for a in isas for b in isas for v in variants]
-  for cell in cells:
-    _swap(exp, workdir, cell, budgets, log)
-  lib = Library(fs.join(workdir, "compiled"), max_docs=exp.eval_docs)
-  natives = [(corpus, a, s, v) for corpus in plan.corpora for a in isas for s in seeds for v in REFERENCES]
-  rows = [_native(exp, workdir, lib, corpus, a, s, v, log) for corpus, a, s, v in natives]
-  rows += [r for cell in cells for r in _score_cell(exp, workdir, lib, cell, log)]
-  out = fs.join(workdir, exp.report)
-  write_report(rows, out, exp, time.time() - t0)
-  log(f"== swap report: {out}")
-  return out
+@base.register("swap")
+class Swapping(matrix.Matrix):
+  """The native encoder-decoders (the matrix's stages, without its cross-evaluation), then every swap."""
+
+  def plan(self) -> None:
+    exp = self.config
+    self.variants = base.split_list(exp.variants, "variants")
+    bad = [v for v in self.variants if v not in swap.VARIANTS]
+    if bad:
+      raise UserError(f"unknown swap variant {bad[0]!r}; choose from {', '.join(swap.VARIANTS)}")
+    if "encoder_decoder" not in base.split_list(exp.archs, "archs"):
+      raise UserError("the swap experiment swaps encoder_decoder CPUs' encoders: set --config.archs=encoder_decoder")
+    self.seeds, self.pairs = base.seed_list(exp.seeds), seed_pairs(exp)
+    self.budgets = base.step_list(exp.budgets)
+    super().plan()
+
+  def stages(self) -> bool:
+    if not super().stages():  # compile, and train the native encoder-decoders
+      return False
+    self.isas = [compilers.parse(s) for s in base.split_list(self.config.compilers, "compilers")]
+    isas, pairs = self.isas, self.pairs
+    self.cells = [
+      Cell(c, a, b, v, p)
+      for c in self.planned.corpora
+      for p in pairs
+      for a in isas
+      for b in isas
+      for v in self.variants
+    ]
+    base.run_stages(
+      "swap", [_swap(self.config, self.workdir, cell, self.budgets, self.log) for cell in self.cells], self.log
+    )
+    return True
+
+  def report(self) -> dict[str, str]:
+    exp, workdir, log = self.config, self.workdir, self.log
+    lib = Library(fs.join(workdir, "compiled"), max_docs=exp.eval_docs)
+    natives = [
+      (corpus, a, s, v) for corpus in self.planned.corpora for a in self.isas for s in self.seeds for v in REFERENCES
+    ]
+    rows = [_native(exp, workdir, lib, corpus, a, s, v, log) for corpus, a, s, v in natives]
+    rows += [r for cell in self.cells for r in _score_cell(exp, workdir, lib, cell, log)]
+    out = fs.join(workdir, exp.report)
+    write_report(rows, out, exp, time.time() - self.t0)
+    log(f"== swap report: {out}")
+    return {exp.report: out}
+
+  def printout(self, reports: dict[str, str]) -> str:
+    (out,) = reports.values()
+    return "\n" + fs.read_text(fs.join(out, "swap.md")) + f"\nReport: {out} (swap.md, swap_*.png)"
 
 
 def _cpu(exp, workdir: str, corpus, spec, seed: int) -> str:
-  return experiment.cpu_dir(workdir, corpus.name, "encoder_decoder", spec.name, seed)
+  return matrix.cpu_dir(workdir, corpus.name, "encoder_decoder", spec.name, seed)
 
 
-def _swap(exp, workdir: str, cell: Cell, budgets: list[int], log: Callable) -> None:
+def _swap(exp, workdir: str, cell: Cell, budgets: list[int], log: Callable) -> base.Stage:
+  """The run that swaps one cell's encoder (trained variants: saved at every budget)."""
   path = cell.path(workdir)
   steps = max(budgets) if cell.variant in swap.TRAINED else 0
-  if experiment.finished(path, steps):
-    return
   config = ml_collections.ConfigDict(
     dict(
       decoder=_cpu(exp, workdir, cell.corpus, cell.decoder, cell.seeds[0]),
@@ -124,11 +150,9 @@ def _swap(exp, workdir: str, cell: Cell, budgets: list[int], log: Callable) -> N
       learning_rate=exp.swap_learning_rate,
     )
   )
-  log(f"== swap: {_tag(cell)} by {cell.variant}")
-  fs.makedirs(path)
-  result = swap.swap_encoder(config, path, log=log)
-  if result.stopped != "done":
-    raise Stopped(f"stopped at step {result.step} of a swap; rerun the same command to continue")
+  return base.Stage(
+    path, steps, f"{_tag(cell)} by {cell.variant}", functools.partial(swap.swap_encoder, config, path, log=log)
+  )
 
 
 def _evaluate(exp, lib: Library, path: str, shuffle: bool = False) -> dict:
@@ -182,13 +206,6 @@ def _figures(row: dict) -> str:
 
 
 # ------------------------------------------------------------------------------------------------- report
-
-
-def _fmt(r: dict | None, key: str) -> str:
-  if r is None or r.get(key) is None:
-    return "—"
-  ci = r.get(f"{key}_ci")
-  return f"{r[key]:.3f}{intervals.describe(ci, r.get(f'{key}_ci_info'))}" if ci else f"{r[key]:.3f}"
 
 
 def final_rows(rows: list[dict]) -> dict[tuple, dict]:
@@ -279,9 +296,9 @@ class Cells:
     if len(found) < len(got):  # a figure some pair lacks would mix pairs: none
       return None, "—"
     if len(found) == 1:
-      return found[0][key], _fmt(found[0], key)
+      return found[0][key], tables.fmt_key(found[0], key)
     mean, std = intervals.mean_std([r[key] for r in found])
-    return mean, ("—" if mean is None else f"{mean:.3f} ± {std:.3f}")
+    return mean, tables.fmt(mean, std=std)
 
   def native_mean(self, a: str, variant: str = "native") -> float | None:
     """Row A's native figure (or its shuffled-inputs figure): over the decoder seeds of the pairs."""
@@ -315,25 +332,24 @@ def markdown(rows: list[dict], exp) -> str:
     lines += [f"## {corpus}: natives (seed pairs, decoder:encoder: {pairs})", ""]
     keys = list(dict.fromkeys((metric, "bits_per_byte")))
     heads = ["seed"] + [NAMES[k] for k in keys] + [f"{NAMES[k]}, shuffled inputs" for k in keys]
-    lines += ["| ISA | " + " | ".join(heads) + " |", "|---|" + "---:|" * len(heads)]
+    lines += [tables.row(["ISA", *heads]), tables.rule(1, len(heads))]
     for a in isas:
       for seed in cells.seeds:
         own, other = cells.native(a, seed), cells.native(a, seed, "shuffled")
-        figs = [_fmt(own, k) for k in keys] + [_fmt(other, k) for k in keys]
-        lines.append(f"| {a} | {seed} | " + " | ".join(figs) + " |")
-    head = "| A \\ B | " + " | ".join(isas) + " |"
-    rule = "|---|" + "---:|" * len(isas)
+        figs = [tables.fmt_key(own, k) for k in keys] + [tables.fmt_key(other, k) for k in keys]
+        lines.append(tables.row([a, str(seed), *figs]))
+    head, rule = tables.row(["A \\ B", *isas]), tables.rule(1, len(isas))
     for variant in cells.variants:
       for key in dict.fromkeys((metric, "bits_per_byte", "penalty", "lost")):
         title = {"penalty": f"penalty ({name})", "lost": f"share of the input's worth lost ({name})"}.get(key)
         title = title or NAMES[key]
         lines += ["", f"### {corpus}: {variant} — {title}", "", head, rule]
         for a in isas:
-          lines.append(f"| {a} | " + " | ".join(cells.value(a, b, variant, key)[1] for b in isas) + " |")
+          lines.append(tables.row([a, *(cells.value(a, b, variant, key)[1] for b in isas)]))
     if cells.steps:
       lines += ["", f"### {corpus}: recovery ({name}) against stitch-training steps", ""]
-      lines += ["| A reads B | variant | " + " | ".join(f"step {s}" for s in cells.steps) + " | native A |"]
-      lines += ["|---|---|" + "---:|" * (len(cells.steps) + 1)]
+      lines += [tables.row(["A reads B", "variant", *(f"step {s}" for s in cells.steps), "native A"])]
+      lines += [tables.rule(2, len(cells.steps) + 1)]
       for a in isas:
         native = cells.native_mean(a)
         for b in isas:
@@ -341,7 +357,7 @@ def markdown(rows: list[dict], exp) -> str:
             if variant in cells.variants:
               cols = [cells.value(a, b, variant, metric, s)[1] for s in cells.steps]
               ref = "—" if native is None else f"{native:.3f}"
-              lines.append(f"| {a} ← {b} | {variant} | " + " | ".join(cols) + f" | {ref} |")
+              lines.append(tables.row([f"{a} ← {b}", variant, *cols, ref]))
   return "\n".join(lines) + "\n"
 
 
@@ -417,10 +433,9 @@ def recovery_figure(rows: list[dict], out: str, exp) -> None:
 
 def write_report(rows: list[dict], out: str, exp, seconds: float) -> None:
   """results.jsonl (every scored checkpoint; last: it marks the report finished), swap.md and the figures."""
-  fs.makedirs(out)
-  fs.remove(fs.join(out, "results.jsonl"))
-  fs.write_text(fs.join(out, "swap.md"), markdown(rows, exp))
-  heatmaps(rows, out, exp)
-  recovery_figure(rows, out, exp)
-  fs.write_text(fs.join(out, "experiment.json"), json.dumps({"config": exp.to_dict(), "seconds": round(seconds)}))
-  fs.write_text(fs.join(out, "results.jsonl"), "".join(json.dumps(r, default=str) + "\n" for r in rows))
+
+  def figures() -> None:
+    heatmaps(rows, out, exp)
+    recovery_figure(rows, out, exp)
+
+  base.write_report(out, rows, exp, seconds, texts={"swap.md": markdown(rows, exp)}, figures=figures)

@@ -1,6 +1,7 @@
-"""The porting experiment: recovery curves of every method, for every (source ISA → target ISA, architecture).
+"""The porting experiment (``kind = "porting"``): recovery curves of every method, for every (source ISA → target
+ISA, architecture).
 
-Stages, each resumable like ``experiment.run``: compile every ISA; train a native CPU on each (the sources, and
+Stages, each resumable like the matrix's: compile every ISA; train a native CPU on each (the sources, and
 the native ISA-B reference); port each source by each method with checkpoints at every budget; score every saved
 step on ISA B's test split (bits per byte with a bootstrap interval over documents); write the report.
 
@@ -17,17 +18,18 @@ byte are the source's native figure on the same text, at a host cost per call th
 from __future__ import annotations
 
 import dataclasses
-import json
+import functools
 import math
 import time
 from collections.abc import Callable
 
 import ml_collections
 
-from llmcpu import compilers, crosseval, experiment, fs, toolchain
+from llmcpu import compilers, crosseval, fs, toolchain
 from llmcpu.crosseval.intervals import mean_std
 from llmcpu.crosseval.library import Library
-from llmcpu.errors import Stopped, UserError
+from llmcpu.errors import UserError
+from llmcpu.experiments import base, matrix, tables
 from llmcpu.porting import runner
 from llmcpu.porting.transplant import translation_cost
 from llmcpu.training import checkpoints
@@ -38,7 +40,8 @@ CLOSES = (0.5, 0.9, 0.99)
 
 def porting_config(preset: str = "tiny") -> ml_collections.ConfigDict:
   """configs/experiments/porting.py's base: an experiment config (the natives) plus the ports."""
-  c = experiment.experiment_config(preset)
+  c = matrix.experiment_config(preset)
+  c.kind = "porting"
   c.ports = "bpe:4000>unigram:4000"  # comma-separated SOURCE>TARGET compiler specs
   c.methods = ",".join(ALL_METHODS)
   c.budgets = "0,10,30,100,300"  # training steps at which every trained port is saved and scored
@@ -67,40 +70,53 @@ class Curve:
     return fs.join(workdir, "ports", self.corpus.name, self.arch, where, self.method, f"seed{self.seed}")
 
 
-def run(exp: ml_collections.ConfigDict, workdir: str, *, log: Callable[[str], None] = print) -> str:
-  """Runs (or continues) the porting experiment; returns its report directory."""
-  t0, workdir = time.time(), fs.abspath(workdir)
-  pairs, methods, budgets = _pairs(exp.ports), _methods(exp.methods), _budgets(exp.budgets)
-  isas = []
-  for spec in [s for pair in pairs for s in pair]:
-    if spec not in isas:
-      isas.append(spec)
-  exp = ml_collections.ConfigDict(exp.to_dict())
-  exp.compilers, exp.train_compilers = ",".join(map(str, isas)), ""  # every ISA gets a native CPU
-  plan = experiment.prepare(exp, workdir, log=log)  # compile, and train the sources and the native references
-  if not plan.leader:
-    return ""
-  curves = [
-    Curve(corpus, arch, a, b, m, seed)
-    for corpus in plan.corpora
-    for arch in plan.archs
-    for a, b in pairs
-    for m in methods
-    for seed in plan.seeds
-  ]
-  for curve in curves:
-    _port(exp, workdir, curve, budgets, log)
-  out = fs.join(workdir, exp.report)
-  refs: dict = {}  # (corpus, arch, source, target, seed) → reference cells, shared by every method's curve
-  rows = [_score(exp, workdir, curve, budgets, refs, log) for curve in curves]
-  write_report(rows, out, exp, time.time() - t0)
-  log(f"== porting report: {out}")
-  return out
+@base.register("porting")
+class Porting(matrix.Matrix):
+  """A native CPU on every ISA of the ports (the matrix's stages, without its cross-evaluation), then every port."""
+
+  def plan(self) -> None:
+    exp = self.config
+    self.pairs, self.methods, self.budgets = _pairs(exp.ports), _methods(exp.methods), base.step_list(exp.budgets)
+    isas = list(dict.fromkeys(s for pair in self.pairs for s in pair))
+    self.config = exp = ml_collections.ConfigDict(exp.to_dict())
+    exp.compilers, exp.train_compilers = ",".join(map(str, isas)), ""  # every ISA gets a native CPU
+    super().plan()
+
+  def stages(self) -> bool:
+    if not super().stages():  # compile, and train the sources and the native references
+      return False
+    plan = self.planned
+    self.curves = [
+      Curve(corpus, arch, a, b, m, seed)
+      for corpus in plan.corpora
+      for arch in plan.archs
+      for a, b in self.pairs
+      for m in self.methods
+      for seed in plan.seeds
+    ]
+    ports = [
+      _port(self.config, self.workdir, c, self.budgets, self.log) for c in self.curves if c.method != "translate"
+    ]
+    base.run_stages("port", ports, self.log)
+    return True
+
+  def report(self) -> dict[str, str]:
+    exp = self.config
+    out = fs.join(self.workdir, exp.report)
+    refs: dict = {}  # (corpus, arch, source, target, seed) → reference cells, shared by every method's curve
+    rows = [_score(exp, self.workdir, curve, self.budgets, refs, self.log) for curve in self.curves]
+    write_report(rows, out, exp, time.time() - self.t0)
+    self.log(f"== porting report: {out}")
+    return {exp.report: out}
+
+  def printout(self, reports: dict[str, str]) -> str:
+    (out,) = reports.values()
+    return "\n" + fs.read_text(fs.join(out, "porting.md")) + f"\nReport: {out} (porting.md, recovery_*.png)"
 
 
 def _pairs(value: str) -> list[tuple[compilers.CompilerSpec, compilers.CompilerSpec]]:
   pairs = []
-  for item in experiment.split_list(value, "ports"):
+  for item in base.split_list(value, "ports"):
     if item.count(">") != 1:
       raise UserError(f"port {item!r} is not SOURCE>TARGET, e.g. --config.ports=bpe:4000>unigram:4000")
     a, b = (compilers.parse(x.strip()) for x in item.split(">"))
@@ -109,49 +125,33 @@ def _pairs(value: str) -> list[tuple[compilers.CompilerSpec, compilers.CompilerS
 
 
 def _methods(value: str) -> list[str]:
-  methods = experiment.split_list(value, "methods")
+  methods = base.split_list(value, "methods")
   bad = [m for m in methods if m not in ALL_METHODS]
   if bad:
     raise UserError(f"unknown porting method {bad[0]!r}; choose from {', '.join(ALL_METHODS)}")
   return methods
 
 
-def _budgets(value: str) -> list[int]:
-  try:
-    budgets = sorted({int(x) for x in experiment.split_list(str(value), "budgets")})
-  except ValueError:
-    raise UserError(f"--config.budgets={value!r} must be comma-separated step counts, e.g. 0,10,30,100") from None
-  if budgets[0] < 0:
-    raise UserError(f"--config.budgets={value!r} must be steps ≥ 0")
-  return budgets
-
-
-def _port(exp, workdir: str, curve: Curve, budgets: list[int], log: Callable) -> None:
-  if curve.method == "translate":
-    return
+def _port(exp, workdir: str, curve: Curve, budgets: list[int], log: Callable) -> base.Stage:
+  """The run that ports one curve's source CPU (trained methods: saved at every budget)."""
   path = curve.path(workdir)
   steps = max(budgets) if curve.method in runner.TRAINED else 0
-  if experiment.finished(path, steps):
-    return
-  source = experiment.cpu_dir(workdir, curve.corpus.name, curve.arch, curve.source.name, curve.seed)
+  source = matrix.cpu_dir(workdir, curve.corpus.name, curve.arch, curve.source.name, curve.seed)
   config = ml_collections.ConfigDict(
     dict(checkpoint=source, to_isa=str(curve.target), method=curve.method, steps=steps, corpus="", seed=curve.seed)
   )
   config.update(save_at=",".join(map(str, budgets)), compile_dir="", learning_rate=exp.port_learning_rate)
-  log(f"== port {curve.arch} {curve.source.name} → {curve.target.name} by {curve.method} (seed {curve.seed})")
-  fs.makedirs(path)
-  result = runner.port_checkpoint(config, path, log=log)
-  if result.stopped != "done":
-    raise Stopped(f"stopped at step {result.step} of a port; rerun the same command to continue")
+  tag = f"{curve.arch} {curve.source.name} → {curve.target.name} by {curve.method} (seed {curve.seed})"
+  return base.Stage(path, steps, tag, functools.partial(runner.port_checkpoint, config, path, log=log))
 
 
 def _score(exp, workdir: str, curve: Curve, budgets: list[int], refs: dict, log: Callable) -> dict:
   """A curve's row: bits per byte (interval) at every saved budget, the zero-shot and native references."""
   compile_dir = fs.join(workdir, "compiled")
   options = crosseval.CrossEvalOptions.from_config(exp.crosseval)
-  if curve.arch not in experiment.split_list(exp.get("relevance_archs", "") or curve.arch, "relevance_archs"):
+  if curve.arch not in base.split_list(exp.get("relevance_archs", "") or curve.arch, "relevance_archs"):
     options = dataclasses.replace(options, coherence=False)
-  cpu = lambda spec: experiment.cpu_dir(workdir, curve.corpus.name, curve.arch, spec.name, curve.seed)  # noqa: E731
+  cpu = lambda spec: matrix.cpu_dir(workdir, curve.corpus.name, curve.arch, spec.name, curve.seed)  # noqa: E731
   key = (curve.corpus.name, curve.arch, curve.source.name, curve.target.name, curve.seed)
   if key not in refs:
     isas = [str(curve.target), str(curve.source)]
@@ -261,26 +261,22 @@ def aggregate(rows: list[dict]) -> list[dict]:
 def write_report(rows: list[dict], out: str, exp, seconds: float) -> None:
   """results.jsonl (every seed's curve; last: it marks the report finished), porting.md (curves over seeds) and one
   figure per (pair, arch)."""
-  fs.makedirs(out)
-  fs.remove(fs.join(out, "results.jsonl"))
   curves = aggregate(rows)
-  fs.write_text(fs.join(out, "porting.md"), markdown(curves))
-  for key in sorted({(r["corpus"], r["arch"], r["source"], r["target"]) for r in curves}):
-    figure([r for r in curves if (r["corpus"], r["arch"], r["source"], r["target"]) == key], out)
-  fs.write_text(fs.join(out, "experiment.json"), json.dumps({"config": exp.to_dict(), "seconds": round(seconds)}))
-  fs.write_text(fs.join(out, "results.jsonl"), "".join(json.dumps(r) + "\n" for r in rows))
+
+  def figures() -> None:
+    for key in sorted({(r["corpus"], r["arch"], r["source"], r["target"]) for r in curves}):
+      figure([r for r in curves if (r["corpus"], r["arch"], r["source"], r["target"]) == key], out)
+
+  texts = {"porting.md": markdown(curves)}
+  base.write_report(out, rows, exp, seconds, texts=texts, figures=figures, default=None)
 
 
 def _fmt(p: dict, m: str = "bpb") -> str:
   """mean ± std over seeds, or the single seed's figure (95% bootstrap interval)."""
-  if p.get(m) is None:
-    return "n/a"
-  if p.get(f"{m}_std") is not None:
-    return f"{p[m]:.3f} ± {p[f'{m}_std']:.3f}"
-  if p.get(f"{m}_lo") is not None:
-    clusters = f", {p[f'{m}_clusters']} clusters" if p.get(f"{m}_clusters") else ""
-    return f"{p[m]:.3f} ({p[f'{m}_lo']:.3f}–{p[f'{m}_hi']:.3f}{clusters})"
-  return f"{p[m]:.3f}"
+  lo, clusters = p.get(f"{m}_lo"), p.get(f"{m}_clusters")
+  ci = None if lo is None else (lo, p[f"{m}_hi"])
+  info = {"clusters": clusters} if clusters else None
+  return tables.fmt(p.get(m), std=p.get(f"{m}_std"), ci=ci, info=info, missing="n/a")
 
 
 def _ref(curve: dict, key: str) -> str:
@@ -326,8 +322,8 @@ def markdown(curves: list[dict]) -> str:
       "",
       f"Relevance (exact match on programs) of greedy continuations of ISA-B prompts, {spread}, by training step.",
       "",
-      "| corpus | arch | port | method | zero-shot | " + " | ".join(f"step {s}" for s in steps) + " | native |",
-      "|---|---|---|---|---:|" + "---:|" * len(steps) + "---:|",
+      tables.row(["corpus", "arch", "port", "method", "zero-shot", *(f"step {s}" for s in steps), "native"]),
+      tables.rule(4, len(steps) + 2),
     ]
     for c in judged:
       at = {p["step"]: p for p in c["points"]}

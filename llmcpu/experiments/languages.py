@@ -1,7 +1,7 @@
-"""The embedding-languages experiment: readouts of every ISA's encoder, fed every other encoder's embeddings, and
-embedding arithmetic with a known answer.
+"""The embedding-languages experiment (``kind = "languages"``): readouts of every ISA's encoder, fed every other
+encoder's embeddings, and embedding arithmetic with a known answer.
 
-Stages, each resumable: compile every ISA; train MLM encoders on each, two seeds (``experiment.prepare``); train
+Stages, each resumable: compile every ISA; train MLM encoders on each, two seeds (the matrix's stages); train
 two readouts of each ``readers`` ISA's seed-0 encoder (absolute: ``pool`` vectors from the embedding; relative: from
 its cosines to ``relative`` anchor programs); read held-out programs back from
 
@@ -19,15 +19,16 @@ the oracle rows (query = e(answer)) calibrate both readouts on a known answer.
 
 from __future__ import annotations
 
-import json
+import functools
 import time
 from collections.abc import Callable
 
 import ml_collections
 import numpy as np
 
-from llmcpu import compilers, experiment, fs
-from llmcpu.errors import Stopped, UserError
+from llmcpu import compilers, fs
+from llmcpu.errors import UserError
+from llmcpu.experiments import base, matrix, tables
 from llmcpu.metrics import text as text_metrics
 from llmcpu.stitching import analogies, closed_form, readout, states
 from llmcpu.training import checkpoints
@@ -35,7 +36,8 @@ from llmcpu.training import checkpoints
 
 def languages_config(preset: str = "tiny") -> ml_collections.ConfigDict:
   """configs/experiments/languages.py's base: MLM encoders (the natives) plus their readouts."""
-  c = experiment.experiment_config(preset)
+  c = matrix.experiment_config(preset)
+  c.kind = "languages"
   c.corpus = "programs"
   c.archs = "encoder"
   c.seeds = "0,1"  # seed 0: the readers' encoders; seed 1: "another seed of the same ISA"
@@ -48,49 +50,62 @@ def languages_config(preset: str = "tiny") -> ml_collections.ConfigDict:
   return c
 
 
-def run(exp: ml_collections.ConfigDict, workdir: str, *, log: Callable[[str], None] = print) -> str:
-  """Runs (or continues) the experiment; returns its report directory."""
-  t0, workdir = time.time(), fs.abspath(workdir)
-  if experiment.split_list(exp.archs, "archs") != ["encoder"]:
-    raise UserError("the embedding-languages experiment reads MLM encoders' embeddings: set --config.archs=encoder")
-  seeds = experiment.seed_list(exp.seeds)
-  if seeds[:2] != [0, 1]:
-    raise UserError("--config.seeds must start with 0,1 (the readers' encoders and another seed of the same ISA)")
-  plan = experiment.prepare(exp, workdir, log=log)
-  if not plan.leader:
-    return ""
-  isas = [compilers.parse(s) for s in experiment.split_list(exp.compilers, "compilers")]
-  readers = [compilers.parse(s) for s in experiment.split_list(exp.readers, "readers")] if exp.readers else isas
-  rows = []
-  for corpus in plan.corpora:
-    for reader in readers:
-      for relative in (0, exp.readout.relative):
-        _train_readout(exp, workdir, corpus, reader, relative, log)
-    world = _World(exp, workdir, corpus, isas, log)
-    for reader in readers:
-      rows += world.feeds(reader)
-      rows += world.analogies(reader)
-  out = fs.join(workdir, exp.report)
-  write_report(rows, out, exp, time.time() - t0)
-  log(f"== embedding-languages report: {out}")
-  return out
+@base.register("languages")
+class Languages(matrix.Matrix):
+  """The MLM encoders (the matrix's stages, without its cross-evaluation), then the readouts and what they read."""
+
+  def plan(self) -> None:
+    exp = self.config
+    if base.split_list(exp.archs, "archs") != ["encoder"]:
+      raise UserError("the embedding-languages experiment reads MLM encoders' embeddings: set --config.archs=encoder")
+    if base.seed_list(exp.seeds)[:2] != [0, 1]:
+      raise UserError("--config.seeds must start with 0,1 (the readers' encoders and another seed of the same ISA)")
+    super().plan()
+
+  def stages(self) -> bool:
+    if not super().stages():  # compile, and train the encoders
+      return False
+    exp = self.config
+    self.isas = [compilers.parse(s) for s in base.split_list(exp.compilers, "compilers")]
+    self.readers = [compilers.parse(s) for s in base.split_list(exp.readers, "readers")] if exp.readers else self.isas
+    jobs = [
+      _readout(exp, self.workdir, corpus, reader, relative, self.log)
+      for corpus in self.planned.corpora
+      for reader in self.readers
+      for relative in (0, exp.readout.relative)
+    ]
+    base.run_stages("readout", jobs, self.log)
+    return True
+
+  def report(self) -> dict[str, str]:
+    exp, rows = self.config, []
+    for corpus in self.planned.corpora:
+      world = _World(exp, self.workdir, corpus, self.isas, self.log)
+      for reader in self.readers:
+        rows += world.feeds(reader)
+        rows += world.analogies(reader)
+    out = fs.join(self.workdir, exp.report)
+    write_report(rows, out, exp, time.time() - self.t0)
+    self.log(f"== embedding-languages report: {out}")
+    return {exp.report: out}
+
+  def printout(self, reports: dict[str, str]) -> str:
+    (out,) = reports.values()
+    return "\n" + fs.read_text(fs.join(out, "languages.md")) + f"\nReport: {out} (languages.md)"
 
 
 def _readout_dir(workdir: str, corpus, spec, relative: int) -> str:
   return fs.join(workdir, "readouts", corpus.name, spec.name, f"relative{relative}" if relative else "absolute")
 
 
-def _train_readout(exp, workdir: str, corpus, spec, relative: int, log: Callable) -> None:
+def _readout(exp, workdir: str, corpus, spec, relative: int, log: Callable) -> base.Stage:
+  """The run that trains one readout of ``spec``'s seed-0 encoder (absolute, or relative to anchors)."""
   path = _readout_dir(workdir, corpus, spec, relative)
-  if experiment.finished(path, exp.readout.steps):
-    return
   config = ml_collections.ConfigDict(exp.readout.to_dict())
   config.update(relative=relative, preset=exp.preset, compile_dir="", seed=0)
-  config.encoder = experiment.cpu_dir(workdir, corpus.name, "encoder", spec.name, 0)
-  fs.makedirs(path)
-  result = readout.train(config, path, log=log)
-  if result.stopped != "done":
-    raise Stopped(f"stopped at step {result.step} of a readout; rerun the same command to continue")
+  config.encoder = matrix.cpu_dir(workdir, corpus.name, "encoder", spec.name, 0)
+  tag = f"{corpus.name} {spec.name} " + (f"relative {relative}" if relative else "absolute")
+  return base.Stage(path, exp.readout.steps, tag, functools.partial(readout.train, config, path, log=log))
 
 
 class _World:
@@ -103,7 +118,7 @@ class _World:
     self.encoders, self.compilers, self.docs = {}, {}, {}
     for spec in isas:
       for seed in (0, 1):
-        path = experiment.cpu_dir(workdir, corpus.name, "encoder", spec.name, seed)
+        path = matrix.cpu_dir(workdir, corpus.name, "encoder", spec.name, seed)
         model, meta, comp = checkpoints.load_model(path)
         self.encoders[(spec.name, seed)] = (model, path, meta)
         self.compilers[spec.name] = comp
@@ -223,13 +238,6 @@ class _World:
 # ------------------------------------------------------------------------------------------------- report
 
 
-def _fmt(r: dict, key: str, digits: int = 3) -> str:
-  if r.get(key) is None:
-    return "—"
-  ci = r.get(f"{key}_ci")
-  return f"{r[key]:.{digits}f} ({ci[0]:.{digits}f}–{ci[1]:.{digits}f})" if ci else f"{r[key]:.{digits}f}"
-
-
 def _who(r: dict) -> str:
   if r["source"] == "ids":
     return "token ids, zero-padded (control)"
@@ -250,7 +258,7 @@ def markdown(rows: list[dict], exp) -> str:
   for r in feed:
     lines.append(
       f"| {r['corpus']} | {r['reader']} | {_who(r)} | {r['alignment']} | {r['bleu']:.1f} | {r['chrf']:.1f} | "
-      f"{_fmt(r, 'token_f1')} | {_fmt(r, 'exact_match')} | {_fmt(r, 'cosine')} |"
+      f"{tables.fmt_key(r, 'token_f1')} | {tables.fmt_key(r, 'exact_match')} | {tables.fmt_key(r, 'cosine')} |"
     )
   if arith:
     lines += [
@@ -265,15 +273,11 @@ def markdown(rows: list[dict], exp) -> str:
     for r in arith:
       lines.append(
         f"| {r['corpus']} | {r['reader']} | {_who(r)} ({r['alignment']}) | {r['query']} | "
-        f"{_fmt(r, 'decoded_exact_match')} | {_fmt(r, 'nn_top1')} |"
+        f"{tables.fmt_key(r, 'decoded_exact_match')} | {tables.fmt_key(r, 'nn_top1')} |"
       )
   return "\n".join(lines) + "\n"
 
 
 def write_report(rows: list[dict], out: str, exp, seconds: float) -> None:
   """results.jsonl (last: it marks the report finished) and languages.md."""
-  fs.makedirs(out)
-  fs.remove(fs.join(out, "results.jsonl"))
-  fs.write_text(fs.join(out, "languages.md"), markdown(rows, exp))
-  fs.write_text(fs.join(out, "experiment.json"), json.dumps({"config": exp.to_dict(), "seconds": round(seconds)}))
-  fs.write_text(fs.join(out, "results.jsonl"), "".join(json.dumps(r, default=str) + "\n" for r in rows))
+  base.write_report(out, rows, exp, seconds, texts={"languages.md": markdown(rows, exp)})

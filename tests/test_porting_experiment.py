@@ -1,0 +1,39 @@
+"""The porting experiment (configs/experiments/porting.py's kind) end to end with tiny CPUs: natives, ports saved at
+every budget, scored recovery curves, and a rerun that finds everything done. The methods themselves are tested one
+by one in tests/test_porting.py; the report's arithmetic by hand there too."""
+
+import json
+
+from conftest import write_docs
+
+from llmcpu import experiments
+
+
+def test_porting_experiment_end_to_end(tmp_path):
+  c = experiments.porting.porting_config("tiny")
+  c.update(corpus="text:" + write_docs(tmp_path), ports="char>byte", archs="decoder", steps=4, seeds="0")
+  c.update(methods="translate,align,relearn", budgets="0,2")
+  c.model.update(d_model=32, num_heads=2, d_ff=64, max_len=64)
+  c.train.update(batch_size=8, peak_tflops=1.0)
+  c.checkpoint.async_save = False
+  c.data.length = 64
+  c.crosseval.max_docs = 16
+  workdir, logs = str(tmp_path / "exp"), []
+  (out,) = experiments.run(c, workdir, log=logs.append).values()
+  rows = [json.loads(line) for line in open(f"{out}/results.jsonl")]
+  assert [r["method"] for r in rows] == ["translate", "align", "relearn"]
+  steps = {r["method"]: [p["step"] for p in r["points"]] for r in rows}
+  assert steps == {"translate": [0], "align": [0], "relearn": [0, 2]}
+  by = {r["method"]: r for r in rows}
+  # Every curve of one (source, target) shares its reference cells; translate is the source read in its own ISA.
+  assert len({(r["zero_shot_bpb"], r["native_bpb"]) for r in rows}) == 1
+  assert by["translate"]["points"][0]["bpb"] == by["translate"]["source_native_bpb"]
+  # relearn's step 0 is align's port (the same rows, nothing trained yet): the same bits per byte.
+  assert by["relearn"]["points"][0]["bpb"] == by["align"]["points"][0]["bpb"]
+  assert by["relearn"]["points"][1]["tokens"] == 2 * 8 * 64
+  assert "| decoder | char → byte | relearn |" in open(f"{out}/porting.md").read()
+  assert any(line.startswith("== port [2/2] decoder char → byte by relearn") for line in logs)
+  logs.clear()
+  experiments.run(c, workdir, log=logs.append)  # a rerun: nothing trains again
+  assert not any(line.startswith("training ") or line.startswith("porting ") for line in logs), logs
+  assert sum(line.endswith(": done") for line in logs) == 4  # two natives, two ports
