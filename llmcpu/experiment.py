@@ -232,7 +232,7 @@ def _cross_evaluate(exp, plan: Plan, workdir: str, report_root: str, corpus, t_s
   log(f"== cross-eval {corpus.name}: {len(cpus)} models × {len(plan.specs)} ISAs ({time.time() - t_start:.0f}s in)")
   specs = [str(s) for s in plan.specs]
   rows = crosseval.evaluate(cpus, specs, plan.compile_dir, corpus=corpus.spec, options=options, log=log)
-  calibration = crosseval.calibrate(plan.compile_dir, corpus.spec, specs[0], options) if options.coherence else []
+  calibration = crosseval.calibrate(plan.compile_dir, corpus.spec, specs, options) if options.coherence else []
   crosseval.write_report(rows, out, calibration)
   return out
 
