@@ -32,7 +32,6 @@ from llmcpu.data.pipeline import Pipeline, bytes_per_token
 from llmcpu.errors import UserError
 from llmcpu.training import checkpoints
 
-
 _NEW_BYTES, _TAIL_BYTES = coherence.NEW_BYTES, coherence.TAIL_BYTES  # the field `coherence` hides the module below
 
 
