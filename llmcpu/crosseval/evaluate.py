@@ -276,6 +276,10 @@ class ModelEvaluator:
     if prompts.kind == "prose":
       out["prompt_bytes_mean"] = float(np.mean([len(t.encode("utf-8")) for t in prompts.texts]))
       out["outputs_short"] = sum(len(g.encode("utf-8")) < opt.new_bytes for g in [*greedy, *sampled])
+      # Positions a decoder's longest prompt + output reaches, next to the row length it was trained on: past it a
+      # fine-grained ISA (a byte per token) runs on positions it never saw.
+      out["positions_needed"] = int(max(len(ids) for ids in prompts.ids)) + 1 + new
+      out["trained_length"] = int(self.length)
       greedy, sampled, greedy_foreign = (
         [coherence.cut_bytes(t, opt.new_bytes) for t in x] for x in (greedy, sampled, greedy_foreign)
       )
