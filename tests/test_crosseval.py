@@ -468,11 +468,12 @@ def test_coherence_axes_on_hand_made_generations():
   conts = [t[100:] for t in held]
 
   def figures(gens):
-    return coherence.assess(coherence.prose_table(judge, lexicon, prompts, [gens], conts), "prose")
+    return coherence.assess(coherence.prose_table(judge, lexicon, prompts, [gens], conts, nbytes=120), "prose")
 
-  real = figures([c[:120] for c in conts])
+  cut = [coherence.cut_bytes(c, 120) for c in conts]  # the references: the true continuations' first 120 bytes
+  real = figures(cut)
   assert real["fluency"] == real["relevance"] == real["coherence"] == pytest.approx(1.0)
-  other = figures([conts[(i + 20) % 40][:120] for i in range(40)])
+  other = figures([cut[(i + 20) % 40] for i in range(40)])
   assert abs(other["relevance"]) < 0.1 and other["fluency"] > 0.9 and other["coherence"] < 0.15
   loop = figures(["the " * 30] * 40)
   assert loop["fluency"] < 0.1 and loop["coherence"] < 0.1

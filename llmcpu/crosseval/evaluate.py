@@ -303,9 +303,9 @@ class ModelEvaluator:
     return out
 
   def token_budget(self) -> int:
-    """Prose tokens to generate: ``new_tokens`` when set, else enough for ``new_bytes`` at the CPU's own ISA's bytes
-    per token on this corpus, with a quarter to spare (a CPU's own pieces run shorter than average on babble; rows
-    still short are counted in ``outputs_short``)."""
+    """Prose tokens to generate: ``new_tokens`` when set, else enough for ``new_bytes`` with pieces half as long as
+    the CPU's own ISA's average on this corpus (babble runs to short pieces: spaces, newlines), never more than
+    ``new_bytes`` + 4 (every regular piece is at least a byte); rows still short are counted in ``outputs_short``."""
     if self.opt.new_tokens:
       return self.opt.new_tokens
     try:
@@ -313,7 +313,7 @@ class ModelEvaluator:
       bpt = max(bytes_per_token(own, "text"), 1.0) if "text" in own.fields else 1.0
     except UserError:  # the CPU's own ISA has no compile of this corpus: assume its finest, a byte per token
       bpt = 1.0
-    return int(math.ceil(1.25 * self.opt.new_bytes / bpt)) + 4
+    return int(math.ceil(self.opt.new_bytes / max(bpt / 2.0, 1.0))) + 4
 
   def judge(self, prompts: generation.Prompts, corpus_name: str, comp: Compiler, greedy, sampled) -> dict:
     """Fluency, relevance, coherence (+ intervals) and their parts for one set of generations."""
