@@ -586,6 +586,36 @@ def test_greedy_judge_continuation_is_the_argmax_of_its_own_probabilities():
   assert out[0] == text and len(out[1]) == 12
 
 
+def test_local_baselines_earn_no_relevance_beyond_the_tail():
+  """On the embedded corpus, no CPU: the judge continuing each prompt greedily earns today's relevance (it finishes
+  what the prompt's last bytes start) but none beyond the tail; finishing the last word then babbling neither."""
+  docs = [d["text"] for d in prose_docs()]
+  train, held = docs[::2], docs[1::2]
+  judge = ByteJudge(5).fit(train)
+  counts = collections.Counter(w for t in train for w in coherence.words(t))
+  prompts, conts = [], []
+  for t in held:  # cut just before the first word-starting space past 64 bytes, 96 bytes left after it
+    b = t.encode()
+    cand = [k for k in generation.word_starts(b) if 64 <= k and k + 96 <= len(b)]
+    if cand:
+      prompts.append(b[: cand[0]].decode())
+      conts.append(b[cand[0] :].decode())
+  assert len(prompts) >= 64
+  prompts, conts = prompts[:64], conts[:64]
+  texts = coherence.prose_baselines(judge, counts, prompts, conts, 96)
+  texts["true"] = [coherence.cut_bytes(c, 96) for c in conts]
+  got = {
+    k: coherence.assess(coherence.prose_table(judge, set(counts), prompts, [v], conts, nbytes=96), "prose")
+    for k, v in texts.items()
+  }
+  assert all(len(t.encode()) == 96 for v in texts.values() for t in v if t.isascii())
+  assert got["true"]["pmi_beyond_tail_per_byte_real"] > 0.02  # real text uses its prompt beyond the last 8 bytes
+  assert got[coherence.NGRAM_BASELINE]["relevance"] > 0.3  # today's relevance rewards a purely local model
+  for name in coherence.BASELINES:
+    lo, hi = got[name]["relevance_beyond_tail_ci"]
+    assert abs(got[name]["relevance_beyond_tail"]) < 0.3 and lo < 0.0 < hi, (name, got[name])
+
+
 @pytest.fixture(scope="module")
 def quickstart_isas(tmp_path_factory):
   """The test corpus compiled by the quickstart's ISAs and by unigram:500 (no CPU trained)."""
