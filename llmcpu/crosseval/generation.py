@@ -107,25 +107,6 @@ def shared_cuts(
   return cuts
 
 
-def select_docs(raw_lengths: Sequence[int], n: int, min_bytes: int) -> list[int]:
-  """``n`` documents with at least ``min_bytes`` bytes, evenly spaced over the split in corpus order."""
-  eligible = [i for i, b in enumerate(raw_lengths) if b >= min_bytes]
-  if len(eligible) <= n:
-    return eligible
-  picks = np.unique(np.round(np.linspace(0, len(eligible) - 1, n)).astype(int))
-  return [eligible[k] for k in picks]
-
-
-def text_prefix(text: str, min_bytes: int) -> str:
-  """The shortest prefix of ``text`` (whole characters) with at least ``min_bytes`` UTF-8 bytes."""
-  size = 0
-  for k, ch in enumerate(text):
-    if size >= min_bytes:
-      return text[:k]
-    size += len(ch.encode("utf-8"))
-  return text
-
-
 def pick_cuts(cuts: dict[int, int], n: int) -> list[int]:
   """``n`` of the documents that have a cut, evenly spaced over the split in corpus order."""
   eligible = sorted(cuts)
