@@ -498,8 +498,9 @@ def test_calibration_table_holds_on_the_world(world):
   lo, hi = rows["another document's continuation"]["relevance_ci"]
   assert lo < 0.0 < hi
   assert rows["prompt echoed"]["relevance"] > 2 and rows["prompt echoed"]["copy_rate"] == 1.0
-  for name in coherence.BASELINES:
-    assert rows[name]["relevance_beyond_tail"] < 0.1, rows[name]
+  for name in coherence.BASELINES:  # 32 prompts of a tiny corpus: no evidence of any use beyond the tail
+    lo, hi = rows[name]["relevance_beyond_tail_ci"]
+    assert lo < 0.0 < hi, rows[name]
   text = summary.summarize([], {}, list(rows.values()))
   assert "## Calibration" in text and coherence.NGRAM_BASELINE in text
 
