@@ -288,8 +288,26 @@ def prose_table(
   refs = [cut_bytes(c, nbytes) for c in continuations]
   table = np.zeros((len(prompts), 2 * _K))
   np.add.at(table[:, :_K], owner, _text_stats(judge, lexicon, prompts, gens, owner, tail_bytes))
-  table[:, _K:] = len(generations) * _text_stats(judge, lexicon, prompts, refs, np.arange(len(prompts)), tail_bytes)
+  table[:, _K:] = len(generations) * _reference_stats(judge, lexicon, prompts, refs, tail_bytes)
   return table
+
+
+_REFERENCE_CACHE: dict[tuple, tuple] = {}  # every cell of a matrix judges the same references on the same prompts
+
+
+def _reference_stats(
+  judge: ByteJudge, lexicon: set[str], prompts: Sequence[str], refs: Sequence[str], tail_bytes: int
+) -> np.ndarray:
+  """``_text_stats`` of each prompt's reference, computed once per (judge, lexicon, prompts, references)."""
+  key = (id(judge), id(lexicon), tuple(prompts), tuple(refs), tail_bytes)
+  hit = _REFERENCE_CACHE.get(key)
+  if hit is not None and hit[0] is judge and hit[1] is lexicon:  # the cache holds them: their ids are not reused
+    return hit[2]
+  stats = _text_stats(judge, lexicon, prompts, refs, np.arange(len(prompts)), tail_bytes)
+  if len(_REFERENCE_CACHE) >= 8:
+    _REFERENCE_CACHE.pop(next(iter(_REFERENCE_CACHE)))
+  _REFERENCE_CACHE[key] = (judge, lexicon, stats)
+  return stats
 
 
 def _div(a, b):
