@@ -42,6 +42,8 @@ def calibrate(lib: Library, corpus_spec: str, comps: Compiler | Sequence[Compile
     return rows
   cuts = lib.prompt_cuts(corpus_spec, comps, options.split, options.prompt_bytes, options.new_bytes)
   docs = generation.pick_cuts(cuts, options.prompts)
+  if not docs:  # the cells say why (coherence_error); there is nothing to calibrate on
+    return rows
   prompts, continuations = generation.prose_texts(raw["text"], cuts, docs)
   judge, lexicon = lib.judge(corpus_name, compiler, options.train_split)
   counts = lib.word_counts(corpus_name, compiler, options.train_split)
