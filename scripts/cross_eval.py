@@ -91,7 +91,7 @@ def main(argv):
   if options.coherence and isas:
     for corpus in dict.fromkeys(r["corpus"] for r in rows if r.get("corpus")):
       try:
-        calibration += crosseval.calibrate(config.compile_dir, corpus, isas[0], options)
+        calibration += crosseval.calibrate(config.compile_dir, corpus, isas, options)
       except UserError as e:
         print(f"error: calibration of {corpus}: {e}", file=sys.stderr, flush=True)
   paths = crosseval.write_report(rows, out, calibration, views=(damage.view,))

@@ -25,7 +25,7 @@ def test_seeds_calibration_and_resume_in_a_bucket(tmp_path, fake_gcs):
   c.train.batch_size, c.data.length, c.train.log_every = 8, 64, 3
   c.data.input_length, c.data.target_length = 48, 24
   c.model.d_model, c.model.num_heads, c.model.d_ff = 32, 2, 64
-  c.crosseval.prompts, c.crosseval.new_tokens, c.crosseval.prompt_bytes = 12, 8, 32
+  c.crosseval.prompts, c.crosseval.new_tokens, c.crosseval.prompt_bytes, c.crosseval.new_bytes = 12, 8, 32, 32
   logs: list[str] = []
   workdir = cli.workdir_path(f"{fake_gcs.PREFIX}/exp")
   (out,) = experiments.run(c, workdir, log=logs.append).values()
@@ -37,7 +37,8 @@ def test_seeds_calibration_and_resume_in_a_bucket(tmp_path, fake_gcs):
   assert cells == [(a, s, i) for a in ("decoder", "encoder_decoder") for s in (0, 1) for i in ("char", "char-perm1")]
   # Encoder-decoders continue prose (prefix_lm), so their generations are judged like a decoder's.
   assert {r["objective"] for r in rows if r["arch"] == "encoder_decoder"} == {"prefix_lm"}
-  assert all(r["prompts"] == rows[0]["prompts"] >= 8 and r["relevance"] is not None for r in rows)
+  # 11 test documents, 5 of which open with a heading: no word boundary shared by both ISAs within 32–56 bytes.
+  assert all(r["prompts"] == rows[0]["prompts"] >= 6 and r["relevance"] is not None for r in rows)
   for isa in ("char", "char-perm1"):  # one table row for both seeds: mean ± std, recomputed here
     bpb = np.array([r["bits_per_byte"] for r in rows if r["eval_isa"] == isa and r["arch"] == "decoder"])
     assert f"{bpb.mean():.3f} ± {bpb.std(ddof=1):.3f}" in report.markdown_table(rows, "bits_per_byte")

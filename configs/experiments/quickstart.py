@@ -2,7 +2,8 @@
 
 ISAs: a prefix-compatible pair (char ⊂ bpe:1000: every BPE ISA starts with the char ISA's opcodes), an unrelated
 one (byte: the same text as raw UTF-8 bytes) and a fully permuted copy of char (same segmentation, other opcodes).
-Character-level CPUs learn to use their prompt within a few hundred steps, so even this run shows execution.
+Judged like for like (the same prompt bytes in every column, cut at a word boundary, 96 bytes of output), these
+500-step CPUs continue prose locally: their relevance does not beat the byte n-gram judge's own greedy continuation.
 """
 
 from llmcpu.experiments.matrix import experiment_config

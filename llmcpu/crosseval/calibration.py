@@ -1,25 +1,33 @@
 """Calibration: the coherence axes scored on references whose answer is known, before any CPU is read with them.
 
-Per corpus, on the same held-out prompts (evenly spread, ``prompt_bytes`` of raw text) and the same judge as the
-cells: the true continuation (fluency 1, relevance 1), another document's continuation (fluent, irrelevant:
-relevance ≈ 0), random bytes and a repeated piece (fluency ≈ 0), and the prompt echoed back (relevance ≫ 1, so
-coherence must not reward it). Programs: the true answer, another program's answer of the same task, random bytes, a
-repeated piece. The native CPUs' shuffled-prompt runs (relevance far below their native figure) are read from the
+Per corpus, on the same held-out prompts as the cells (the same documents cut at the same shared byte offset, see
+``generation.shared_cuts``), at the same output length (``new_bytes``) and with the same judge: the true
+continuation (fluency 1, relevance 1), another document's continuation (fluent, irrelevant: relevance ≈ 0), random
+bytes and a repeated piece (fluency ≈ 0), and the prompt echoed back (relevance ≫ 1, so coherence must not reward
+it); and two purely local baselines every CPU is read against: the byte n-gram judge continuing each prompt greedily,
+and the prompt's last word finished from the train lexicon followed by another document's text (both should score ≈
+0 on relevance beyond the tail). Programs: the true answer, another program's answer of the same task, random bytes,
+a repeated piece. The native CPUs' shuffled-prompt runs (relevance far below their native figure) are read from the
 cells' rows by the report. Every figure carries its 95% bootstrap interval over prompts, resampled by cluster
 (``llmcpu.data.clusters``) as the cells' are.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from llmcpu.compilers import Compiler
 from llmcpu.crosseval import coherence, generation
 from llmcpu.crosseval.library import Library
 
-REFERENCE_CHARS = 128  # length of the prose references (about what a CPU generates in 32 tokens of a 4k ISA)
 
+def calibrate(lib: Library, corpus_spec: str, comps: Compiler | Sequence[Compiler], options) -> list[dict]:
+  """One row per reference: ``corpus reference prompts`` and every figure of ``coherence.assess`` with ``*_ci``.
 
-def calibrate(lib: Library, corpus_spec: str, compiler: Compiler, options) -> list[dict]:
-  """One row per reference: ``corpus reference prompts fluency relevance coherence`` and ``*_ci``."""
+  ``comps``: the evaluation ISAs of the matrix (the prompts are cut where every one of them has a token boundary);
+  the first reads the corpus."""
+  comps = [comps] if isinstance(comps, Compiler) else list(comps)
+  compiler = comps[0]
   corpus_name = lib.corpus_name(corpus_spec, compiler)
   test = lib.split(corpus_name, compiler, options.split)
   raw = lib.raw_texts(corpus_name, compiler, options.split)
@@ -35,14 +43,19 @@ def calibrate(lib: Library, corpus_spec: str, compiler: Compiler, options) -> li
       figures = _figures(table, "programs", options, [every[d] for d in docs])
       rows.append(base | {"reference": name, "prompts": len(targets)} | figures)
     return rows
-  lengths = [len(t.encode("utf-8")) for t in raw["text"]]
-  docs = generation.select_docs(lengths, options.prompts, options.prompt_bytes + coherence.MIN_REFERENCE_CHARS * 4)
-  prompts = [generation.text_prefix(raw["text"][d], options.prompt_bytes) for d in docs]
-  continuations = [raw["text"][d][len(p) :] for d, p in zip(docs, prompts, strict=True)]
+  cuts = lib.prompt_cuts(corpus_spec, comps, options.split, options.prompt_bytes, options.new_bytes)
+  docs = generation.pick_cuts(cuts, options.prompts)
+  if not docs:  # the cells say why (coherence_error); there is nothing to calibrate on
+    return rows
+  prompts, continuations = generation.prose_texts(raw["text"], cuts, docs)
   judge, lexicon = lib.judge(corpus_name, compiler, options.train_split)
-  refs = coherence.prose_references(continuations, prompts, REFERENCE_CHARS, options.seed)
+  counts = lib.word_counts(corpus_name, compiler, options.train_split)
+  refs = coherence.prose_references(continuations, prompts, options.new_bytes, options.seed)
+  refs |= coherence.prose_baselines(judge, counts, prompts, continuations, options.new_bytes)
   for name, texts in refs.items():
-    table = coherence.prose_table(judge, lexicon, prompts, [texts], continuations)
+    table = coherence.prose_table(
+      judge, lexicon, prompts, [texts], continuations, nbytes=options.new_bytes, tail_bytes=options.tail_bytes
+    )
     figures = _figures(table, "prose", options, [every[d] for d in docs])
     rows.append(base | {"reference": name, "prompts": len(prompts)} | figures)
   return rows
@@ -50,6 +63,7 @@ def calibrate(lib: Library, corpus_spec: str, compiler: Compiler, options) -> li
 
 def _figures(table, kind: str, options, clusters: list[str]) -> dict:
   out = coherence.assess(table, kind, seed=options.seed, clusters=clusters, margin=options.equivalence_margin)
-  keep = [*coherence.FIGURES, *(f"{k}_ci{x}" for k in coherence.FIGURES for x in ("", "_info"))]
-  keep += ["relevance_ci90", "relevance_verdict"]
+  keys = (*coherence.FIGURES, *coherence.PROSE_EXTRA) if kind == "prose" else coherence.FIGURES
+  keep = [*keys, *(f"{k}_ci{x}" for k in keys for x in ("", "_info"))]
+  keep += [k for k in out if k.endswith(("_ci90", "_verdict"))]
   return {k: out.get(k) for k in keep}

@@ -16,6 +16,13 @@ twice, against held-out text, by the byte judge (``judge.py``), which never sees
   prompts and divided by the same figure for the true continuations. The true continuation scores 1; a text
   independent of its prompt (another document's continuation, babble) 0 in expectation; a text echoing its prompt
   far above 1.
+* **relevance beyond the tail** — the same PMI with the prompt's last ``tail_bytes`` bytes (8) held fixed: the
+  "other prompts" are other documents' prompt *heads* followed by this prompt's own last 8 bytes, so what finishing
+  the prompt's last word (or any model that reads only the last few bytes) earns cancels; divided by the same figure
+  of the true continuation. It measures use of the prompt before its last 8 bytes, which a local model cannot earn.
+* **copy rate** — the share of output bytes inside byte n-grams (≥ 8 bytes) that occur in the prompt, and
+  **relevance beyond copying**: relevance with those copied bytes deleted from every output and reference (``fit``
+  penalises only r > 1, so copying a quarter of the prompt into babble would otherwise read as relevant).
 * **coherence** = ``fluency · fit(relevance)``, ``fit(r) = r`` on [0, 1], ``1/r`` above 1 (depending on the prompt
   more than real text does is echoing, not continuing), 0 below 0: the share of the real continuation's prompt
   dependence the output shows, counted only as far as the output is fluent. A product, not a geometric mean, so
@@ -25,6 +32,9 @@ On ``programs`` the answer is known: relevance is exact match of the greedy answ
 fluency the share of answers well-formed for their task (an integer for add, lowercase letters for sort, number
 words for num2words …), and coherence is exact match (an exact answer is both).
 
+Prose outputs and references are judged on the same number of bytes (``new_bytes``, 96 by default, ``cut_bytes``): the
+output's first N bytes, the true continuation's first N.
+
 Every figure is a function of sums over prompts (documents): a cell keeps the per-prompt table and the intervals
 are bootstrapped over its rows (``intervals.py``).
 """
@@ -33,7 +43,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -42,15 +52,21 @@ from llmcpu.crosseval.judge import ByteJudge
 from llmcpu.metrics import text as text_metrics
 
 UNIFORM_BITS = 8.0  # bits per byte of the uniform distribution over bytes
-MIN_REFERENCE_CHARS = 32
+NEW_BYTES = 96  # prose: bytes of output (and of reference) judged
+TAIL_BYTES = 8  # relevance beyond the tail: the prompt's last bytes every "other prompt" keeps
+COPY_NGRAM = 8  # copy rate: output bytes inside byte n-grams of at least this length found in the prompt
 OTHER_PROMPTS = 16  # prompts each text is also read after, for bits(text | another prompt)
 FIGURES = ("fluency", "relevance", "coherence")
+PROSE_EXTRA = ("relevance_beyond_tail", "relevance_beyond_copying", "copy_rate")  # prose only, with intervals
 PROSE_FORMULA = (
   "fluency = the weakest of judge plausibility (8 − judge bpb), lexical validity, distinct-2 and 1 − repetition, "
   "each divided by the true continuation's (capped at 1); relevance = PMI per byte between prompt and output under "
   "the prompt-adapted byte judge (bits given every other prompt − bits given its own), over the same for the true "
-  "continuation (1 = as prompt-dependent as real text, 0 = independent of its prompt); coherence = "
-  "fluency · fit(relevance), fit(r) = r on [0, 1], 1/r above 1 (echoing the prompt), 0 below 0."
+  "continuation (1 = as prompt-dependent as real text, 0 = independent of its prompt); relevance beyond the tail = "
+  "the same with every other prompt ending in this prompt's last 8 bytes (other documents' heads + this tail), so "
+  "finishing the last word earns 0; copy rate = share of output bytes in ≥ 8-byte n-grams of the prompt, relevance "
+  "beyond copying = relevance with those bytes deleted; coherence = fluency · fit(relevance), fit(r) = r on [0, 1], "
+  "1/r above 1 (echoing the prompt), 0 below 0. Outputs and references are judged on their first N bytes."
 )
 PROGRAMS_FORMULA = (
   "relevance = coherence = exact match of the greedy answer (decoded by the CPU's own compiler); fluency = share of "
@@ -119,24 +135,53 @@ def well_formed(task: str | None, answer: str) -> bool:
   return re.fullmatch(pattern, answer) is not None
 
 
-def references(generated: Sequence[str], continuations: Sequence[str]) -> list[str]:
-  """Each true continuation cut to its generation's length (at least MIN_REFERENCE_CHARS)."""
-  return [c[: max(len(g), MIN_REFERENCE_CHARS)] for g, c in zip(generated, continuations, strict=True)]
+def cut_bytes(text: str, n: int) -> str:
+  """The longest prefix of ``text`` with at most ``n`` UTF-8 bytes that ends at a character boundary."""
+  return text.encode("utf-8")[:n].decode("utf-8", "ignore")
+
+
+def copied_mask(text: bytes, prompt: bytes, n: int = COPY_NGRAM) -> np.ndarray:
+  """bool per byte of ``text``: inside some n-byte window of ``text`` that also occurs in ``prompt``."""
+  mask = np.zeros(len(text), bool)
+  grams = {prompt[i : i + n] for i in range(len(prompt) - n + 1)}
+  for i in range(len(text) - n + 1):
+    if text[i : i + n] in grams:
+      mask[i : i + n] = True
+  return mask
 
 
 # ------------------------------------------------------------------------------------------------- prose tables
 
 # Additive per-text statistics, for a generation (first block) and for its reference (second block).
-TEXT_COLUMNS = ("bits", "bytes", "hits", "words", "distinct", "novel", "texts", "pmi")
+TEXT_COLUMNS = (
+  "bits",
+  "bytes",
+  "hits",
+  "words",
+  "distinct",
+  "novel",
+  "texts",
+  "pmi",
+  "pmi_tail",
+  "copied",
+  "pmi_nocopy",
+  "bytes_nocopy",
+)
 _K = len(TEXT_COLUMNS)
 _C = {name: i for i, name in enumerate(TEXT_COLUMNS)}
 
 
 def _text_stats(
-  judge: ByteJudge, lexicon: set[str], prompts: Sequence[str], texts: Sequence[str], owner: np.ndarray
+  judge: ByteJudge,
+  lexicon: set[str],
+  prompts: Sequence[str],
+  texts: Sequence[str],
+  owner: np.ndarray,
+  tail_bytes: int = TAIL_BYTES,
 ) -> np.ndarray:
   """``[len(texts), K]``: judge bits (static, after the prompt's last bytes), bytes, lexicon hits, words, distinct-2,
-  1 − repetition, 1, and PMI with the text's own prompt (bits; mean over every other prompt minus its own)."""
+  1 − repetition, 1, PMI with the text's own prompt (bits; mean over every other prompt minus its own), the same
+  with the prompt's tail held fixed, copied bytes, and PMI and bytes of the text with its copied bytes deleted."""
   out = np.zeros((len(texts), _K))
   if not len(texts):
     return out
@@ -152,17 +197,55 @@ def _text_stats(
     out[i, _C["distinct"]] = distinct_n(t)
     out[i, _C["novel"]] = 1.0 - repetition(t)
   out[:, _C["texts"]] = 1.0
+  encoded = [p.encode("utf-8") for p in prompts]
+  masks = [copied_mask(b, encoded[o]) for b, o in zip(raw, owner, strict=True)]
+  stripped = [bytes(np.frombuffer(b, np.uint8)[~m]) for b, m in zip(raw, masks, strict=True)]
+  out[:, _C["copied"]] = [m.sum() for m in masks]
+  out[:, _C["bytes_nocopy"]] = [len(b) for b in stripped]
   if len(prompts) > 1:
     others = other_prompts(len(prompts))[owner]  # [texts, K]
-    pairs = np.zeros((len(raw), len(prompts)), bool)
-    pairs[np.arange(len(raw)), owner] = True
-    pairs[np.arange(len(raw))[:, None], others] = True
-    bits = judge.prompt_bits(raw, prompts, pairs)
-    own = bits[np.arange(len(raw)), owner]
-    out[:, _C["pmi"]] = np.take_along_axis(bits, others, axis=1).mean(1) - own
+    pmi, own = _pmi(judge, raw, encoded, owner, others)
+    pmi_tail = _pmi_beyond_tail(judge, raw, encoded, owner, own, tail_bytes)
+    out[:, _C["pmi"]], out[:, _C["pmi_tail"]] = pmi, pmi_tail
+    changed = np.flatnonzero(out[:, _C["copied"]] > 0)
+    out[:, _C["pmi_nocopy"]] = pmi
+    if len(changed):
+      out[changed, _C["pmi_nocopy"]] = _pmi(
+        judge, [stripped[i] for i in changed], encoded, owner[changed], others[changed]
+      )[0]
   else:
-    out[:, _C["pmi"]] = np.nan
+    out[:, [_C["pmi"], _C["pmi_tail"], _C["pmi_nocopy"]]] = np.nan
   return out
+
+
+def _pmi(
+  judge: ByteJudge, raw: Sequence[bytes], prompts: Sequence[bytes], owner: np.ndarray, others: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+  """(PMI of each text with its own prompt: mean bits after the ``others`` − bits after its own; bits after its own)."""
+  rows = np.arange(len(raw))
+  pairs = np.zeros((len(raw), len(prompts)), bool)
+  pairs[rows, owner] = True
+  pairs[rows[:, None], others] = True
+  bits = judge.prompt_bits(raw, prompts, pairs)
+  own = bits[rows, owner]
+  return np.take_along_axis(bits, others, axis=1).mean(1) - own, own
+
+
+def _pmi_beyond_tail(
+  judge: ByteJudge, raw: Sequence[bytes], prompts: Sequence[bytes], owner: np.ndarray, own: np.ndarray, tail: int
+) -> np.ndarray:
+  """PMI of each text with its prompt's head given its tail: mean bits after (another prompt's head + this prompt's
+  last ``tail`` bytes) − bits after its own prompt (``own``). The other heads are those of ``other_prompts``."""
+  n = len(prompts)
+  others = other_prompts(n)  # [n, K]
+  k = others.shape[1]
+  heads = [p[: max(len(p) - tail, 0)] for p in prompts]
+  hybrid = [heads[j] + prompts[i][-tail:] for i in range(n) for j in others[i]]  # prompt i's k hybrids, in order
+  cols = owner[:, None] * k + np.arange(k)[None, :]
+  pairs = np.zeros((len(raw), len(hybrid)), bool)
+  pairs[np.arange(len(raw))[:, None], cols] = True
+  bits = judge.prompt_bits(raw, hybrid, pairs)
+  return np.take_along_axis(bits, cols, axis=1).mean(1) - own
 
 
 def other_prompts(n: int, k: int = OTHER_PROMPTS) -> np.ndarray:
@@ -180,16 +263,38 @@ def prose_table(
   prompts: Sequence[str],
   generations: Sequence[Sequence[str]],
   continuations: Sequence[str],
+  *,
+  nbytes: int = NEW_BYTES,
+  tail_bytes: int = TAIL_BYTES,
 ) -> np.ndarray:
   """Per prompt (row), the sums of every generation's statistics (``generations``: one list of texts per decoding,
-  each aligned with ``prompts``) and of its reference: the true continuation cut to the generation's length."""
+  each aligned with ``prompts`` and already cut to ``nbytes``) and of its reference: the true continuation's first
+  ``nbytes`` bytes, once per decoding."""
   gens = [g for texts in generations for g in texts]
   owner = np.tile(np.arange(len(prompts)), len(generations))
-  refs = references(gens, [continuations[o] for o in owner])
+  refs = [cut_bytes(c, nbytes) for c in continuations]
   table = np.zeros((len(prompts), 2 * _K))
-  np.add.at(table[:, :_K], owner, _text_stats(judge, lexicon, prompts, gens, owner))
-  np.add.at(table[:, _K:], owner, _text_stats(judge, lexicon, prompts, refs, owner))
+  np.add.at(table[:, :_K], owner, _text_stats(judge, lexicon, prompts, gens, owner, tail_bytes))
+  table[:, _K:] = len(generations) * _reference_stats(judge, lexicon, prompts, refs, tail_bytes)
   return table
+
+
+_REFERENCE_CACHE: dict[tuple, tuple] = {}  # every cell of a matrix judges the same references on the same prompts
+
+
+def _reference_stats(
+  judge: ByteJudge, lexicon: set[str], prompts: Sequence[str], refs: Sequence[str], tail_bytes: int
+) -> np.ndarray:
+  """``_text_stats`` of each prompt's reference, computed once per (judge, lexicon, prompts, references)."""
+  key = (id(judge), id(lexicon), tuple(prompts), tuple(refs), tail_bytes)
+  hit = _REFERENCE_CACHE.get(key)
+  if hit is not None and hit[0] is judge and hit[1] is lexicon:  # the cache holds them: their ids are not reused
+    return hit[2]
+  stats = _text_stats(judge, lexicon, prompts, refs, np.arange(len(prompts)), tail_bytes)
+  if len(_REFERENCE_CACHE) >= 8:
+    _REFERENCE_CACHE.pop(next(iter(_REFERENCE_CACHE)))
+  _REFERENCE_CACHE[key] = (judge, lexicon, stats)
+  return stats
 
 
 def _div(a, b):
@@ -224,6 +329,9 @@ def prose_figures(sums: np.ndarray) -> dict[str, np.ndarray]:
   # Nothing generated depends on nothing: an empty output has relevance 0 (and fluency 0), not "undefined".
   pmi_g, pmi_r = np.nan_to_num(_div(g["pmi"], g["bytes"]), nan=0.0), _div(r["pmi"], r["bytes"])
   relevance = np.where(pmi_r > 0, _div(pmi_g, pmi_r), np.nan)
+  tail_g, tail_r = np.nan_to_num(_div(g["pmi_tail"], g["bytes"]), nan=0.0), _div(r["pmi_tail"], r["bytes"])
+  nocopy_g = np.nan_to_num(_div(g["pmi_nocopy"], g["bytes_nocopy"]), nan=0.0)
+  nocopy_r = _div(r["pmi_nocopy"], r["bytes_nocopy"])
   coherence = fluency * fit(np.nan_to_num(relevance, nan=0.0))
   return {
     "fluency": fluency,
@@ -236,6 +344,12 @@ def prose_figures(sums: np.ndarray) -> dict[str, np.ndarray]:
     "repetition": 1.0 - _div(g["novel"], g["texts"]),
     "pmi_per_byte": pmi_g,
     "pmi_per_byte_real": pmi_r,
+    "relevance_beyond_tail": np.where(tail_r > 0, _div(tail_g, tail_r), np.nan),
+    "pmi_beyond_tail_per_byte": tail_g,
+    "pmi_beyond_tail_per_byte_real": tail_r,
+    "copy_rate": _div(g["copied"], g["bytes"]),
+    "copy_rate_real": _div(r["copied"], r["bytes"]),
+    "relevance_beyond_copying": np.where(nocopy_r > 0, _div(nocopy_g, nocopy_r), np.nan),
     **{f"fluency_{k}": v for k, v in parts.items()},
   }
 
@@ -265,18 +379,21 @@ def assess(
   kind: str,
   *,
   seed: int = 0,
-  keys: Sequence[str] = FIGURES,
+  keys: Sequence[str] | None = None,
   clusters: Sequence | None = None,
   margin: float | None = None,
 ) -> dict:
-  """Point figures of a per-prompt table (every key of ``*_figures``) and, for ``keys``, 95% cluster-bootstrap
-  intervals (``<key>_ci``, ``<key>_ci_info``: ``clusters`` gives each prompt's cluster; None = one per prompt).
-  With an equivalence ``margin``, relevance also gets its TOST verdict (``intervals.tost``)."""
+  """Point figures of a per-prompt table (every key of ``*_figures``) and, for ``keys`` (default: FIGURES, and
+  PROSE_EXTRA on prose), 95% cluster-bootstrap intervals (``<key>_ci``, ``<key>_ci_info``: ``clusters`` gives each
+  prompt's cluster; None = one per prompt). With an equivalence ``margin``, relevance and relevance beyond the tail
+  also get their TOST verdicts (``intervals.tost``)."""
   figures = prose_figures if kind == "prose" else program_figures
+  if keys is None:
+    keys = (*FIGURES, *PROSE_EXTRA) if kind == "prose" else FIGURES
   point = {k: _plain(v) for k, v in figures(table.sum(0)).items()}
   for k in keys:
     if point.get(k) is not None:
-      m = margin if k == "relevance" else None
+      m = margin if k in ("relevance", "relevance_beyond_tail") else None
       intervals.store(point, k, table, lambda s, k=k: figures(s)[k], clusters=clusters, seed=seed, margin=m)
   return point
 
@@ -289,23 +406,55 @@ def _plain(v) -> float | None:
 # ------------------------------------------------------------------------------------------------- calibration
 
 
-def prose_references(continuations: Sequence[str], prompts: Sequence[str], length: int, seed: int = 0) -> dict:
-  """Texts whose answer is known, one per prompt: the true continuation, another document's (far in corpus order,
-  fluent and irrelevant), random bytes, a repeated piece, and the prompt itself (an echo)."""
+def prose_references(continuations: Sequence[str], prompts: Sequence[str], nbytes: int, seed: int = 0) -> dict:
+  """Texts whose answer is known, one per prompt, ``nbytes`` long: the true continuation, another document's (far in
+  corpus order, fluent and irrelevant), random bytes, a repeated piece, and the prompt itself (an echo)."""
   n = len(continuations)
-  true = [c[:length] for c in continuations]
+  true = [cut_bytes(c, nbytes) for c in continuations]
   rng = np.random.default_rng([seed, 11])
   noise = [bytes(rng.integers(0, 256, len(t.encode("utf-8")), dtype=np.uint8)).decode("utf-8", "replace") for t in true]
   repeated = []
   for t in true:
     piece = (words(t) or ["the"])[0]
-    repeated.append(" ".join([piece] * max(1, len(t) // (len(piece) + 1))))
+    repeated.append(cut_bytes(" ".join([piece] * max(1, len(t) // (len(piece) + 1))), nbytes))
   return {
     "true continuation": true,
     "another document's continuation": [true[(i + n // 2) % n] for i in range(n)] if n > 1 else true,
-    "random bytes": noise,
+    "random bytes": [cut_bytes(t, nbytes) for t in noise],
     "repeated piece": repeated,
     "prompt echoed": list(prompts),
+  }
+
+
+NGRAM_BASELINE = "baseline: n-gram judge, greedy"
+WORD_BASELINE = "baseline: last word finished, then another document"
+BASELINES = (NGRAM_BASELINE, WORD_BASELINE)
+
+
+def finish_word(prompt: str, counts: Mapping[str, int]) -> str:
+  """What completes the prompt's last word (its trailing ``\\w+`` run, lowercased) into the most frequent word of
+  ``counts`` that starts with it (the alphabetically first on a tie); '' when the prompt does not end in a word or
+  no word extends it."""
+  m = re.search(r"\w+$", prompt)
+  if not m:
+    return ""
+  stem = m.group().lower()
+  best = min((w for w in counts if w.startswith(stem)), key=lambda w: (-counts[w], w), default=stem)
+  return best[len(stem) :]
+
+
+def prose_baselines(
+  judge: ByteJudge, counts: Mapping[str, int], prompts: Sequence[str], continuations: Sequence[str], nbytes: int
+) -> dict:
+  """Purely local generators on the same prompts, ``nbytes`` each: the byte n-gram judge continuing each prompt
+  greedily, and the prompt's last word finished from the train lexicon followed by another document's true
+  continuation (far in corpus order, as in ``prose_references``)."""
+  n = len(prompts)
+  greedy = [b.decode("utf-8", "replace") for b in judge.greedy_continuation(prompts, nbytes)]
+  other = [continuations[(i + n // 2) % n] if n > 1 else "" for i in range(n)]
+  return {
+    NGRAM_BASELINE: [cut_bytes(g, nbytes) for g in greedy],
+    WORD_BASELINE: [cut_bytes(finish_word(p, counts) + o, nbytes) for p, o in zip(prompts, other, strict=True)],
   }
 
 

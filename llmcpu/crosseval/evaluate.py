@@ -33,6 +33,8 @@ from llmcpu.errors import Stopped, UserError
 from llmcpu.metrics import text as text_metrics
 from llmcpu.training import checkpoints
 
+_NEW_BYTES, _TAIL_BYTES = coherence.NEW_BYTES, coherence.TAIL_BYTES  # the field `coherence` hides the module below
+
 
 @dataclasses.dataclass
 class CrossEvalOptions:
@@ -49,8 +51,10 @@ class CrossEvalOptions:
   coherence: bool = True  # generate and judge (decoders, encoder-decoders)
   prompts: int = 64  # prose prompts (held-out documents long enough, evenly spread over the split)
   program_prompts: int = 1000  # programs prompts
-  prompt_bytes: int = 64  # prose prompt: the shortest token prefix covering this many bytes
-  new_tokens: int = 32  # prose generation length
+  prompt_bytes: int = 64  # prose prompt: cut at the first shared word boundary at or past this many bytes
+  new_bytes: int = _NEW_BYTES  # prose: bytes of output (and of the true continuation) judged
+  new_tokens: int = 0  # prose token budget; 0 = enough for new_bytes in the CPU's own ISA (its bytes per token)
+  tail_bytes: int = _TAIL_BYTES  # relevance beyond the tail: the prompt's last bytes held fixed
   answer_tokens: int = 48  # programs: answer budget (generation stops at EOS)
   temperature: float = 0.8  # the sampled generation (the other is greedy)
   shuffled_prompts: bool = True  # calibration: native CPUs also run their prompts with the ids shuffled
@@ -82,7 +86,7 @@ class LoadedModel:
   name: str
 
 
-_SUMMARY_FIGURES = ("fluency", "relevance", "coherence")
+_SUMMARY_FIGURES = ("fluency", "relevance", "coherence", "relevance_beyond_tail")
 
 
 def _round_up(n: int, k: int = 8) -> int:
@@ -112,6 +116,7 @@ class ModelEvaluator:
     if self.arch == "encoder":
       self.embed_fn = jax.jit(lambda p, r, ids: nnx.merge(graphdef, p, r, copy=True).embed_pooled(ids))
     self.planned = False
+    self.evaluation: list[Compiler] = []  # the matrix's evaluation ISAs: prose prompts are cut where all agree
 
   @property
   def xla_compiles(self) -> int:
@@ -119,6 +124,7 @@ class ModelEvaluator:
 
   def plan(self, evaluation: Sequence[Compiler]) -> None:
     """Fixes every shape before the first cell: seq2seq lengths fitted over all evaluation ISAs' splits."""
+    self.evaluation = list(evaluation)
     splits = []
     for comp in evaluation:
       try:
@@ -258,13 +264,14 @@ class ModelEvaluator:
       longest = max((len(raw["input"][d].encode("utf-8")) for d in docs), default=1)
       width, new = _round_up(longest + 2), opt.answer_tokens
     else:
-      lengths = [len(t.encode("utf-8")) for t in raw["text"]]
-      docs = generation.select_docs(lengths, opt.prompts, opt.prompt_bytes + coherence.MIN_REFERENCE_CHARS * 4)
+      comps = [*self.evaluation, *([] if comp in self.evaluation else [comp])]
+      cuts = self.lib.prompt_cuts(self.corpus, comps, opt.split, opt.prompt_bytes, opt.new_bytes)
+      docs = generation.pick_cuts(cuts, opt.prompts)
       if not docs:
-        return {"coherence_error": f"no held-out document has {opt.prompt_bytes} bytes to prompt with"}
-      width = _round_up(opt.prompt_bytes + 6)  # ≥ 1 byte per token, + a cut character, BOS/sentinel/EOS
-      prompts = generation.prose_prompts(test, comp, raw["text"], docs, opt.prompt_bytes, width - 2)
-      new = opt.new_tokens + (1 if fill_span else 0)  # + the leading sentinel
+        return {"coherence_error": f"no held-out document has a shared word boundary past {opt.prompt_bytes} bytes"}
+      width = _round_up(opt.prompt_bytes + generation.CUT_SLACK + 2)  # ≥ 1 byte per token, + BOS/sentinel/EOS
+      prompts = generation.prose_prompts(comp, raw["text"], cuts, docs)
+      new = self.token_budget() + (1 if fill_span else 0)  # + the leading sentinel
     if self.mc.positions == "learned":
       new = min(new, self.mc.max_len - (width if self.arch == "decoder" else 0))
     run = dict(arch=self.arch, width=width, new_tokens=new, own=self.own, foreign=comp, fill_span=fill_span)
@@ -275,15 +282,27 @@ class ModelEvaluator:
       return greedy, sampled, greedy_foreign, truncated
 
     greedy, sampled, greedy_foreign, truncated = generate(prompts)
-    out: dict = {"prompts": len(prompts.ids), "prompts_truncated": truncated}
+    out: dict = {"prompts": len(prompts.ids), "prompts_truncated": truncated, "new_tokens": new}
+    if prompts.kind == "prose":
+      out["prompt_bytes_mean"] = float(np.mean([len(t.encode("utf-8")) for t in prompts.texts]))
+      out["outputs_short"] = sum(len(g.encode("utf-8")) < opt.new_bytes for g in [*greedy, *sampled])
+      # Positions a decoder's longest prompt + output reaches, next to the row length it was trained on: past it a
+      # fine-grained ISA (a byte per token) runs on positions it never saw.
+      out["positions_needed"] = int(max(len(ids) for ids in prompts.ids)) + 1 + new
+      out["trained_length"] = int(self.length)
+      greedy, sampled, greedy_foreign = (
+        [coherence.cut_bytes(t, opt.new_bytes) for t in x] for x in (greedy, sampled, greedy_foreign)
+      )
     out.update(self.judge(prompts, corpus_name, comp, greedy, sampled))
     if prompts.kind == "programs":
       out["exact_match_eval_reading"] = text_metrics.exact_match(greedy_foreign, prompts.references)
     else:
-      out["chrf_eval_reading"] = text_metrics.chrf(greedy_foreign, coherence.references(greedy, prompts.references))
+      refs = [coherence.cut_bytes(c, opt.new_bytes) for c in prompts.references]
+      out["chrf_eval_reading"] = text_metrics.chrf(greedy_foreign, refs)
     if native and opt.shuffled_prompts:
       shuffled = prompts.shuffled(opt.seed)
       s_greedy, s_sampled, _, _ = generate(shuffled)
+      s_greedy, s_sampled = ([coherence.cut_bytes(t, opt.new_bytes) for t in x] for x in (s_greedy, s_sampled))
       judged = self.judge(prompts, corpus_name, comp, s_greedy, s_sampled)  # judged against the real prompts
       keep = [*_SUMMARY_FIGURES, *(f"{f}_ci{x}" for f in _SUMMARY_FIGURES for x in ("", "_info"))]
       out["shuffled_prompt"] = {k: judged.get(k) for k in [*keep, "relevance_ci90", "relevance_verdict"]}
@@ -293,6 +312,19 @@ class ModelEvaluator:
       for p, r, g, s, f in list(rows)[: opt.samples]
     ]
     return out
+
+  def token_budget(self) -> int:
+    """Prose tokens to generate: ``new_tokens`` when set, else enough for ``new_bytes`` with pieces half as long as
+    the CPU's own ISA's average on this corpus (babble runs to short pieces: spaces, newlines), never more than
+    ``new_bytes`` + 4 (every regular piece is at least a byte); rows still short are counted in ``outputs_short``."""
+    if self.opt.new_tokens:
+      return self.opt.new_tokens
+    try:
+      own = self.lib.split(self.lib.corpus_name(self.corpus, self.own), self.own, self.opt.split)
+      bpt = max(bytes_per_token(own, "text"), 1.0) if "text" in own.fields else 1.0
+    except UserError:  # the CPU's own ISA has no compile of this corpus: assume its finest, a byte per token
+      bpt = 1.0
+    return int(math.ceil(self.opt.new_bytes / max(bpt / 2.0, 1.0))) + 4
 
   def judge(self, prompts: generation.Prompts, corpus_name: str, comp: Compiler, greedy, sampled) -> dict:
     """Fluency, relevance, coherence (+ intervals over clusters of prompts, relevance's TOST verdict) and their
@@ -310,11 +342,20 @@ class ModelEvaluator:
       out["exact_match_ci"], out["exact_match_ci_info"] = out["relevance_ci"], out["relevance_ci_info"]
       out["chrf"] = text_metrics.chrf(greedy, prompts.references)
       return out
-    judge, lexicon = self.lib.judge(corpus_name, comp, self.opt.train_split)
-    table = coherence.prose_table(judge, lexicon, prompts.texts, [greedy, sampled], prompts.references)
+    opt = self.opt
+    judge, lexicon = self.lib.judge(corpus_name, comp, opt.train_split)
+    table = coherence.prose_table(
+      judge,
+      lexicon,
+      prompts.texts,
+      [greedy, sampled],
+      prompts.references,
+      nbytes=opt.new_bytes,
+      tail_bytes=opt.tail_bytes,
+    )
     out = coherence.assess(table, "prose", **stats)
     gens = [*greedy, *sampled]
-    out["chrf"] = text_metrics.chrf(gens, coherence.references(gens, prompts.references * 2))
+    out["chrf"] = text_metrics.chrf(gens, [coherence.cut_bytes(c, opt.new_bytes) for c in prompts.references] * 2)
     out["empty_generations"] = sum(not g for g in gens)
     return out
 
@@ -480,8 +521,12 @@ def _log_cell(log: Callable[[str], None], tag: str, row: dict) -> None:
   )
 
 
-def calibrate(compile_dir: str, corpus: str, isa: str, options: CrossEvalOptions | None = None) -> list[dict]:
-  """The calibration rows of one corpus (see ``calibration.py``), read from ``compile_dir`` through ISA ``isa``."""
+def calibrate(
+  compile_dir: str, corpus: str, isas: str | Sequence[str], options: CrossEvalOptions | None = None
+) -> list[dict]:
+  """The calibration rows of one corpus (see ``calibration.py``), read from ``compile_dir``; ``isas``: the matrix's
+  evaluation ISAs (prose prompts are cut where all of them have a token boundary, as in the cells)."""
   opt = options or CrossEvalOptions()
   lib = Library(compile_dir, max_docs=opt.max_docs, judge_order=opt.judge_order, judge_max_bytes=opt.judge_max_bytes)
-  return calibration.calibrate(lib, corpus, lib.compiler(isa), opt)
+  isas = [isas] if isinstance(isas, str) else list(isas)
+  return calibration.calibrate(lib, corpus, [lib.compiler(isa) for isa in isas], opt)

@@ -1,10 +1,14 @@
 """Prompts from held-out documents, compiled by the evaluation ISA, and what a CPU generates from them.
 
-Prompts come from held-out documents *as compiled by the evaluation ISA* (no re-tokenization): a prose prompt is the
-shortest token prefix of a document covering ``prompt_bytes`` bytes (so every ISA gets the same text), a program
-prompt is the program's input. Documents are picked evenly across the split (corpus order, the same for every ISA),
-so prompts do not all come from one part of the corpus. The CPU's output is read with its *own* compiler (what the
-CPU means) and, for the record, with the evaluation compiler.
+A prose prompt is the same bytes for every evaluation ISA of a matrix: each document is cut at one byte offset
+(``shared_cuts``), the first at or past ``prompt_bytes`` that is just before a space starting a word *and* a token
+boundary of every evaluation compiler, checked on each compiler's own compile of the document (SentencePiece never
+joins a space to the word before it, but that is verified, not assumed). The prompt text is then compiled by each
+evaluation ISA, which, at a shared boundary, gives exactly the ids the compiled split holds. A program prompt is the
+program's input. Documents are picked evenly across the split (corpus order, the same for every ISA), so prompts do
+not all come from one part of the corpus. The CPU's output is read with its *own* compiler (what the CPU means) and,
+for the record, with the evaluation compiler; prose outputs are judged on their first ``new_bytes`` bytes
+(``coherence.cut_bytes``), the true continuation on the same number.
 """
 
 from __future__ import annotations
@@ -57,37 +61,70 @@ def token_prefix(compiler: Compiler, ids: np.ndarray, raw: str, min_bytes: int, 
   return 0
 
 
-def select_docs(raw_lengths: Sequence[int], n: int, min_bytes: int) -> list[int]:
-  """``n`` documents with at least ``min_bytes`` bytes, evenly spaced over the split in corpus order."""
-  eligible = [i for i, b in enumerate(raw_lengths) if b >= min_bytes]
+CUT_SLACK = 24  # a prompt ends at most this many bytes past prompt_bytes (documents without such a cut are skipped)
+
+
+def word_starts(raw: bytes) -> np.ndarray:
+  """Byte offsets ``p`` of a space that starts a word: ``raw[p]`` is ' ', the byte before is not whitespace and the
+  byte after begins a word character (ASCII letter, digit, ``_``, or a multi-byte character)."""
+  b = np.frombuffer(raw, np.uint8)
+  if len(b) < 3:
+    return np.zeros(0, np.int64)
+  prev, here, nxt = b[:-2], b[1:-1], b[2:]
+  alnum = (
+    ((nxt >= ord("a")) & (nxt <= ord("z")))
+    | ((nxt >= ord("A")) & (nxt <= ord("Z")))
+    | ((nxt >= ord("0")) & (nxt <= ord("9")))
+    | (nxt == ord("_"))
+    | (nxt >= 0xC0)
+  )
+  white = np.isin(prev, np.frombuffer(b" \t\n\r\x0b\x0c", np.uint8))
+  return np.flatnonzero((here == ord(" ")) & ~white & alnum) + 1
+
+
+def token_ends(compiler: Compiler, ids: np.ndarray) -> np.ndarray:
+  """Byte offsets (in the decoded text) at which each token of ``ids`` ends."""
+  return np.cumsum(compiler.piece_bytes[np.asarray(ids, np.int64)])
+
+
+def shared_cuts(
+  raw: Sequence[str], compiled: Sequence[tuple[Compiler, CompiledSplit]], prompt_bytes: int, after_bytes: int
+) -> dict[int, int]:
+  """Per document (index → byte offset): the first offset in [prompt_bytes, prompt_bytes + CUT_SLACK] just before a
+  space starting a word that is a token boundary in every ``(compiler, its compiled split)`` and leaves at least
+  ``after_bytes`` bytes after it. Documents without one are left out."""
+  cuts = {}
+  for d, text in enumerate(raw):
+    b = text.encode("utf-8")
+    cand = word_starts(b)
+    cand = cand[(cand >= prompt_bytes) & (cand <= prompt_bytes + CUT_SLACK) & (cand + after_bytes <= len(b))]
+    for comp, split in compiled:
+      if not len(cand):
+        break
+      cand = np.intersect1d(cand, token_ends(comp, split.fields["text"].doc(d)))
+    if len(cand):
+      cuts[d] = int(cand[0])
+  return cuts
+
+
+def pick_cuts(cuts: dict[int, int], n: int) -> list[int]:
+  """``n`` of the documents that have a cut, evenly spaced over the split in corpus order."""
+  eligible = sorted(cuts)
   if len(eligible) <= n:
     return eligible
-  picks = np.unique(np.round(np.linspace(0, len(eligible) - 1, n)).astype(int))
-  return [eligible[k] for k in picks]
+  return [eligible[k] for k in np.unique(np.round(np.linspace(0, len(eligible) - 1, n)).astype(int))]
 
 
-def text_prefix(text: str, min_bytes: int) -> str:
-  """The shortest prefix of ``text`` (whole characters) with at least ``min_bytes`` UTF-8 bytes."""
-  size = 0
-  for k, ch in enumerate(text):
-    if size >= min_bytes:
-      return text[:k]
-    size += len(ch.encode("utf-8"))
-  return text
+def prose_texts(raw: Sequence[str], cuts: dict[int, int], docs: Sequence[int]) -> tuple[list[str], list[str]]:
+  """(prompt texts, true continuations) of ``docs``, each document split at its byte offset."""
+  heads = [raw[d].encode("utf-8")[: cuts[d]].decode("utf-8") for d in docs]
+  return heads, [raw[d][len(h) :] for d, h in zip(docs, heads, strict=True)]
 
 
-def prose_prompts(
-  split: CompiledSplit, compiler: Compiler, raw: Sequence[str], docs: Sequence[int], prompt_bytes: int, width: int
-) -> Prompts:
-  field = split.fields["text"]
-  ids, texts, refs = [], [], []
-  for d in docs:
-    doc_ids = np.asarray(field.doc(d))
-    k = token_prefix(compiler, doc_ids, raw[d], prompt_bytes, width)
-    prefix = compiler.decode(doc_ids[:k])
-    ids.append(doc_ids[:k])
-    texts.append(prefix)
-    refs.append(raw[d][len(prefix) :])
+def prose_prompts(compiler: Compiler, raw: Sequence[str], cuts: dict[int, int], docs: Sequence[int]) -> Prompts:
+  """The prompts of ``docs`` (cut at their shared offsets) compiled by ``compiler``."""
+  texts, refs = prose_texts(raw, cuts, docs)
+  ids = [np.asarray(x, np.int32) for x in compiler.encode_batch(texts)]
   return Prompts(list(docs), ids, texts, refs, [None] * len(docs), "prose")
 
 
@@ -159,7 +196,8 @@ def generate_texts(
   fill_span: bool = False,
   **decoding,
 ) -> tuple[list[str], list[str], int]:
-  """(texts read by the CPU's compiler, texts read by the evaluation compiler, prompts truncated)."""
+  """(texts read by the CPU's compiler, texts read by the evaluation compiler, prompts truncated); prose outputs are
+  cut by the caller."""
   batch, lengths, truncated = prompt_batch(prompts, arch, width, fill_span)
   out = np.asarray(models.generate(model, batch, new_tokens, prompt_lengths=lengths, **decoding))
   own_texts, foreign_texts = [], []

@@ -82,29 +82,43 @@ def _joined(pairs: Sequence[tuple[bytes, bytes]], pad: int) -> tuple[np.ndarray,
   return stream, scored
 
 
-def _position_in_text(scored: np.ndarray) -> np.ndarray:
-  """For each position of a ``_joined`` stream, its index within its text's run of scored positions."""
-  idx = np.arange(len(scored))
-  run_start = np.maximum.accumulate(np.where(scored & ~np.concatenate([[False], scored[:-1]]), idx, 0))
-  return idx - run_start
+def _prompt_ngrams(prompts: Sequence[bytes], n: int) -> tuple[np.ndarray, np.ndarray]:
+  """(keys, prompt index) of every n-gram wholly inside one of the prompts."""
+  lengths = np.array([len(p) for p in prompts], np.int64)
+  stream = np.frombuffer(b"".join(prompts), np.uint8)
+  owner = np.repeat(np.arange(len(prompts)), lengths)
+  start = np.repeat(np.cumsum(lengths) - lengths, lengths)
+  keep = np.arange(len(stream)) - start >= n - 1
+  return _keys(stream, n)[keep], owner[keep]
 
 
-def _cache_tables(prompt: np.ndarray, n: int) -> tuple[_Table, _Table, _Table]:
-  """Counts of the prompt's own n-grams, of their contexts, and the contexts' distinct successors."""
-  grams, counts = np.unique(_keys(prompt, n)[n - 1 :], return_counts=True)  # n-grams wholly inside the prompt
-  ctx, first = np.unique(grams >> 8, return_index=True)
-  return (
-    _Table(grams, counts),
-    _Table(ctx, np.add.reduceat(counts, first)),
-    _Table(ctx, np.diff(np.append(first, len(grams)))),
-  )
+def _owned_counts(keys: np.ndarray, owner: np.ndarray) -> tuple[np.ndarray, _Table]:
+  """(the distinct keys, a table of how often each (owner, key) occurs, by ``owner · len(vocab) + key rank``)."""
+  vocab = np.unique(keys)
+  uniq, counts = np.unique(owner * len(vocab) + np.searchsorted(vocab, keys), return_counts=True)
+  return vocab, _Table(uniq, counts.astype(np.int64))
 
 
-def _adapt(q: np.ndarray, grams: np.ndarray, tables: tuple[_Table, _Table, _Table]) -> np.ndarray:
-  """One Witten–Bell step of the prompt cache on top of ``q`` (see the module docstring)."""
-  c_hw = tables[0].lookup(grams).astype(np.float64)
-  c_h = tables[1].lookup(grams >> 8).astype(np.float64)
-  t_h = tables[2].lookup(grams >> 8).astype(np.float64)
+def _lookup_owned(vocab: np.ndarray, table: _Table, query: np.ndarray, query_owner: np.ndarray) -> np.ndarray:
+  """Counts of (owner, key) for every query key [pairs, width] of its pair's owner [pairs] (0 when unseen)."""
+  if not len(vocab):
+    return np.zeros(query.shape, np.int64)
+  rank = np.minimum(np.searchsorted(vocab, query), len(vocab) - 1)
+  asked = np.where(vocab[rank] == query, query_owner[:, None] * len(vocab) + rank, -1)
+  return table.lookup(asked.ravel()).reshape(query.shape)
+
+
+def _adapt_pairs(q: np.ndarray, key: np.ndarray, pair_prompt: np.ndarray, grams: np.ndarray, owner: np.ndarray):
+  """One Witten–Bell step of the prompt cache on top of ``q`` [pairs, width] (see the module docstring): ``key`` the
+  text's n-gram at each position, ``pair_prompt`` each pair's prompt, ``grams``/``owner`` the prompts' n-grams."""
+  vocab, table = _owned_counts(grams, owner)
+  c_hw = _lookup_owned(vocab, table, key, pair_prompt).astype(np.float64)
+  ctx_vocab, ctx_table = _owned_counts(grams >> 8, owner)
+  c_h = _lookup_owned(ctx_vocab, ctx_table, key >> 8, pair_prompt).astype(np.float64)
+  # T_P(h): the distinct successors of h in the prompt = its distinct (prompt, n-gram) entries with context h.
+  distinct = table.keys
+  succ_vocab, succ_table = _owned_counts(vocab[distinct % len(vocab)] >> 8, distinct // max(len(vocab), 1))
+  t_h = _lookup_owned(succ_vocab, succ_table, key >> 8, pair_prompt).astype(np.float64)
   return np.where(c_h > 0, (c_hw + t_h * q) / np.maximum(c_h + t_h, 1.0), q)
 
 
@@ -181,38 +195,76 @@ class ByteJudge:
   ) -> np.ndarray:
     """Bits of texts under prompts, ``[len(texts), len(prompts)]``: each text read right after the prompt by the
     model adapted to that prompt (see the module docstring). ``pairs`` (bool, same shape): only those entries are
-    computed, the others are NaN."""
+    computed, the others are NaN. Vectorised over pairs: the prompt-cache counts of every (pair, text n-gram) are
+    looked up in one sorted table of (prompt, n-gram) counts per order."""
     if not self.grams:
       raise ValueError("the judge is not trained; call fit() first")
     raw = [_utf8(t) for t in texts]
-    pairs = np.ones((len(raw), len(prompts)), bool) if pairs is None else np.asarray(pairs, bool)
-    lo, hi = self.cache_orders
-    pad = max(self.order, hi) - 1  # the first `pad` bytes of a text see the prompt in their contexts; the rest do not
+    own = [_utf8(p) for p in prompts]
+    pairs = np.ones((len(raw), len(own)), bool) if pairs is None else np.asarray(pairs, bool)
+    out = np.full((len(raw), len(own)), np.nan)
+    ti, pj = np.nonzero(pairs)
+    if not len(ti):
+      return out
+    pad = max(self.order, self.cache_orders[1]) - 1
     lengths = np.array([len(t) for t in raw], np.int64)
-    rest_owner = np.repeat(np.arange(len(raw)), np.maximum(lengths - pad, 0))
+    width = max(int(lengths.max(initial=0)), 1)
+    inside = np.arange(width)[None, :] < lengths[ti][:, None]  # [pairs, width]: the text's own positions
+    # Static probability of every text byte with no prompt before it, then its first `pad` bytes per pair (they see
+    # the prompt's last bytes in their contexts; the rest do not).
     stream, scored = _joined([(b"", t) for t in raw], pad)
-    rest = scored & (_position_in_text(scored) >= pad)
-    rest_static = 2.0 ** self._static_log2(stream, rest)  # computed once: the same under every prompt
-    rest_keys = {n: _keys(stream, n)[rest] for n in range(lo, hi + 1)}
-    out = np.full((len(raw), len(prompts)), np.nan)
-    for j, prompt in enumerate(prompts):
-      chosen = np.flatnonzero(pairs[:, j])
-      if not len(chosen):
-        continue
-      p = _utf8(prompt)
-      h_stream, h_scored = _joined([(p[-pad:], raw[i][:pad]) for i in chosen], pad)
-      head_owner = np.repeat(np.arange(len(chosen)), np.minimum(lengths[chosen], pad))
-      in_rest = pairs[rest_owner, j]
-      q_head = 2.0 ** self._static_log2(h_stream, h_scored)
-      q_rest = rest_static[in_rest]
-      own = np.frombuffer(p, np.uint8)
-      for n in range(lo, min(hi, len(own)) + 1):
-        tables = _cache_tables(own, n)
-        q_head = _adapt(q_head, _keys(h_stream, n)[h_scored], tables)
-        q_rest = _adapt(q_rest, rest_keys[n][in_rest], tables)
-      bits = np.bincount(rest_owner[in_rest], weights=-np.log2(q_rest), minlength=len(raw))[chosen]
-      out[chosen, j] = bits + np.bincount(head_owner, weights=-np.log2(q_head), minlength=len(chosen))
+    static = np.ones((len(raw), width))
+    static[np.arange(width)[None, :] < lengths[:, None]] = 2.0 ** self._static_log2(stream, scored)
+    q = static[ti]
+    head_stream, head_scored = _joined([(own[j][-pad:], raw[i][:pad]) for i, j in zip(ti, pj, strict=True)], pad)
+    q[inside & (np.arange(width)[None, :] < pad)] = 2.0 ** self._static_log2(head_stream, head_scored)
+    z = np.zeros((len(ti), 2 * pad + width), np.int64)  # pad zeros, the prompt's last pad bytes, the text
+    for k, (i, j) in enumerate(zip(ti, pj, strict=True)):
+      tail = own[j][-pad:] if pad else b""
+      z[k, 2 * pad - len(tail) : 2 * pad] = np.frombuffer(tail, np.uint8)
+      z[k, 2 * pad : 2 * pad + lengths[i]] = np.frombuffer(raw[i], np.uint8)
+    for n in range(self.cache_orders[0], self.cache_orders[1] + 1):
+      key = np.zeros((len(ti), width), np.int64)
+      for k in range(n):  # byte k positions back goes to bits 8k, as in ``_keys``
+        key |= z[:, 2 * pad - k : 2 * pad - k + width] << (8 * k)
+      q = _adapt_pairs(q, key, pj, *_prompt_ngrams(own, n))
+    out[ti, pj] = -np.where(inside, np.log2(q), 0.0).sum(1)
     return out
+
+  def next_byte_log2(self, contexts: Sequence[str | bytes]) -> np.ndarray:
+    """``[len(contexts), 256]``: log2 p of every possible next byte after each context (the static model, which
+    reads the context's last order − 1 bytes, zeros before a shorter one as at a text's start)."""
+    if not self.grams:
+      raise ValueError("the judge is not trained; call fit() first")
+    pad = self.order - 1
+    ctx = np.zeros((len(contexts), pad), np.int64)
+    for i, c in enumerate(contexts):
+      tail = _utf8(c)[-pad:] if pad else b""
+      ctx[i, pad - len(tail) :] = np.frombuffer(tail, np.uint8)
+    p = np.full((len(contexts), 256), 1.0 / 256.0)
+    h = np.zeros(len(contexts), np.int64)  # the last n−1 bytes, the most recent at bits 0 (as ``_keys`` packs them)
+    for n in range(1, self.order + 1):
+      if n > 1:
+        h |= ctx[:, pad - (n - 1)] << (8 * (n - 2))
+      gram = (h[:, None] << 8) | np.arange(256, dtype=np.int64)[None, :]
+      c_hw = self.grams[n - 1].lookup(gram.ravel()).reshape(gram.shape).astype(np.float64)
+      if n == 1:
+        c_h, t_h = np.full((len(contexts), 1), float(self.total)), np.full((len(contexts), 1), float(self.types0))
+      else:
+        c_h = self.ctx_count[n - 1].lookup(h).astype(np.float64)[:, None]
+        t_h = self.ctx_types[n - 1].lookup(h).astype(np.float64)[:, None]
+      p = np.where(c_h > 0, (c_hw + t_h * p) / np.maximum(c_h + t_h, 1.0), p)
+    return np.log2(p)
+
+  def greedy_continuation(self, prompts: Sequence[str | bytes], nbytes: int) -> list[bytes]:
+    """Each prompt continued by ``nbytes`` bytes, always the static model's most probable next byte (the lowest on
+    a tie): a generator that only ever reads the last order − 1 bytes, i.e. a purely local model."""
+    out = [_utf8(p) for p in prompts]
+    start = [len(b) for b in out]
+    for _ in range(nbytes):
+      best = np.argmax(self.next_byte_log2(out), axis=1)
+      out = [b + bytes([int(x)]) for b, x in zip(out, best, strict=True)]
+    return [b[k:] for b, k in zip(out, start, strict=True)]
 
   def bits_per_byte(self, texts: Sequence[str | bytes], contexts: Sequence[str | bytes] | None = None) -> float:
     """Mean −log2 p over all bytes of ``texts`` (pooled); NaN when there are no bytes."""

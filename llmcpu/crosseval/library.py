@@ -7,14 +7,16 @@ tables, and per corpus the byte judge and the lexicon of its train split.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import re
+from collections.abc import Sequence
 
 import numpy as np
 
 from llmcpu import compilers, toolchain
 from llmcpu.compilers import Compiler
-from llmcpu.crosseval import scoring
+from llmcpu.crosseval import generation, scoring
 from llmcpu.crosseval.judge import ByteJudge
 from llmcpu.data import clusters
 from llmcpu.data.compiled import CompiledField, CompiledSplit
@@ -47,6 +49,8 @@ class Library:
     self._raw: dict[tuple, dict[str, list[str]]] = {}
     self._unigram: dict[tuple, np.ndarray] = {}
     self._judges: dict[str, tuple[ByteJudge, set[str]]] = {}
+    self._word_counts: dict[str, collections.Counter] = {}
+    self._cuts: dict[tuple, dict[int, int]] = {}
 
   # --- ISAs -------------------------------------------------------------------------------------------------------
 
@@ -101,6 +105,18 @@ class Library:
     texts = self.raw_texts(corpus_name, compiler, split).get("text") if s.kind == "text" else None
     return clusters.document_clusters(corpus_spec, s.labels, texts, s.num_docs)
 
+  def prompt_cuts(
+    self, corpus_spec: str, comps: Sequence[Compiler], split: str, prompt_bytes: int, after_bytes: int
+  ) -> dict[int, int]:
+    """The shared prompt cut of every prose document of ``split`` for the evaluation ISAs ``comps``
+    (``generation.shared_cuts``), computed once per set of ISAs."""
+    key = (corpus_spec, tuple(sorted({c.fingerprint for c in comps})), split, prompt_bytes, after_bytes)
+    if key not in self._cuts:
+      compiled = [(c, self.split(self.corpus_name(corpus_spec, c), c, split)) for c in comps]
+      raw = self.raw_texts(self.corpus_name(corpus_spec, comps[0]), comps[0], split)["text"]
+      self._cuts[key] = generation.shared_cuts(raw, compiled, prompt_bytes, after_bytes)
+    return self._cuts[key]
+
   def unigram_bits(self, corpus_name: str, compiler: Compiler, fields: list[str], train: str) -> np.ndarray:
     """−log2 p(id) of the evaluation ISA's unigram model (``scoring.unigram_log2_probs`` on the train split)."""
     key = (corpus_name, compiler.fingerprint, train, tuple(fields))
@@ -121,9 +137,15 @@ class Library:
     if corpus_name not in self._judges:
       texts = [t for field in self.raw_texts(corpus_name, compiler, train, limit=False).values() for t in field]
       judge = ByteJudge(self.judge_order).fit(texts, max_bytes=self.judge_max_bytes or None)
-      lexicon = {w.lower() for t in texts for w in _WORD.findall(t)}
-      self._judges[corpus_name] = (judge, lexicon)
+      counts = collections.Counter(w.lower() for t in texts for w in _WORD.findall(t))
+      self._word_counts[corpus_name] = counts
+      self._judges[corpus_name] = (judge, set(counts))
     return self._judges[corpus_name]
+
+  def word_counts(self, corpus_name: str, compiler: Compiler, train: str) -> collections.Counter:
+    """How often each (lowercased) word of the lexicon occurs in the train split."""
+    self.judge(corpus_name, compiler, train)
+    return self._word_counts[corpus_name]
 
 
 def one_line(error: BaseException) -> str:

@@ -46,6 +46,11 @@ METRICS: dict[str, Metric] = {
   "normalized_score": Metric("normalized score: 1 native, 0 unigram, <0 worse", digits=2),
   "coherence": Metric("coherence = fluency x fit(relevance), in [0, 1]"),
   "relevance": Metric("relevance: prompt dependence, 1 = true continuation, 0 = independent of the prompt"),
+  "relevance_beyond_tail": Metric(
+    "relevance beyond the tail: prompt use before its last 8 bytes, 1 = true continuation, 0 = none (local models)"
+  ),
+  "relevance_beyond_copying": Metric("relevance with bytes copied from the prompt (8-byte n-grams) deleted"),
+  "copy_rate": Metric("copy rate: share of output bytes in >= 8-byte n-grams of the prompt", lower_is_better=True),
   "fluency": Metric("fluency: well-formed text of the corpus, 1 = held-out text"),
   "token_accuracy": Metric("token accuracy"),
   "illegal_rate": Metric("illegal opcode rate (ids >= model vocab)", lower_is_better=True),
@@ -66,7 +71,7 @@ ALWAYS = (
   "misread_rate",
   "isa_overlap",
 )
-HEADLINE = ("bits_per_byte", "normalized_score", "fluency", "relevance", "coherence")
+HEADLINE = ("bits_per_byte", "normalized_score", "fluency", "relevance", "relevance_beyond_tail", "coherence")
 
 
 @dataclasses.dataclass

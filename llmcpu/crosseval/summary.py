@@ -246,10 +246,14 @@ def programs_exact_match(ok: Sequence[dict]) -> list[str]:
 
 # ------------------------------------------------------------------------------------------------- calibration
 
-FIGURES = ("fluency", "relevance", "coherence")
-# What each known reference must score: (figure, low, high) on the point estimate.
+FIGURES = ("fluency", "relevance", "coherence", "relevance_beyond_tail", "copy_rate")
+# What each known reference must score: (figure, low, high) on the point estimate. The local baselines must earn no
+# relevance beyond the tail (they read only the prompt's last bytes); below 0 is allowed: the judge, adapted to the
+# prompt's own head, charges generic text for ignoring the words that head shares with the tail.
 EXPECTED = {
-  "true continuation": (("fluency", 0.95, 1.0), ("relevance", 0.95, 1.05)),
+  "true continuation": (("fluency", 0.95, 1.0), ("relevance", 0.95, 1.05), ("relevance_beyond_tail", 0.95, 1.05)),
+  coherence_doc.NGRAM_BASELINE: (("relevance_beyond_tail", -1.0, 0.1),),
+  coherence_doc.WORD_BASELINE: (("relevance_beyond_tail", -1.0, 0.1),),
   "another document's continuation": (("relevance", -0.1, 0.1),),
   "random bytes": (("fluency", 0.0, 0.1),),
   "repeated piece": (("fluency", 0.0, 0.1),),
@@ -275,8 +279,9 @@ def calibration_table(calibration: Sequence[dict], ok: Sequence[dict]) -> list[s
     "The coherence axes on references whose answer is known (same prompts, same judge as the cells), with 95% "
     "bootstrap intervals over prompts:",
     "",
-    "| corpus | reference | prompts | fluency | relevance | coherence | expected | verdict |",
-    "|---|---|---:|---:|---:|---:|---|---|",
+    "| corpus | reference | prompts | fluency | relevance | coherence | relevance beyond tail | copy rate | expected "
+    "| verdict |",
+    "|---|---|---:|---:|---:|---:|---:|---:|---|---|",
   ]
   for r in calibration:
     want = EXPECTED.get(r["reference"], ())
@@ -310,6 +315,55 @@ def calibration_table(calibration: Sequence[dict], ok: Sequence[dict]) -> list[s
   return [*out, ""]
 
 
+def _baselines(calibration: Sequence[dict]) -> dict[str, dict[str, dict]]:
+  """corpus → baseline name → its calibration row."""
+  out: dict[str, dict[str, dict]] = {}
+  for r in calibration:
+    if r.get("reference") in coherence_doc.BASELINES:
+      out.setdefault(r["corpus"], {})[r["reference"]] = r
+  return out
+
+
+def _above(r: dict, base: dict, metric: str) -> tuple[bool, bool]:
+  """(point estimate above the baseline's, interval clear above the baseline's interval)."""
+  a, b = _num(r.get(metric)), _num(base.get(metric))
+  ci, base_ci = _ci(r, metric), _ci(base, metric)
+  return (a is not None and b is not None and a > b), bool(ci and base_ci and ci[0] > base_ci[1])
+
+
+def baseline_claims(ok: Sequence[dict], calibration: Sequence[dict]) -> list[str]:
+  """Every native CPU read against the purely local baselines on the same prompts: relevance (today's) above both,
+  and relevance beyond the tail (which they cannot earn) above 0, with intervals."""
+  bases = _baselines(calibration)
+  nat = [r for r in ok if r.get("native") and _num(r.get("relevance")) is not None and bases.get(r.get("corpus"))]
+  if not nat:
+    return []
+  lines, beats, clear, tail_pos = [], 0, 0, 0
+  for r in nat:
+    b = bases[r["corpus"]]
+    marks = [_above(r, b[name], "relevance") for name in coherence_doc.BASELINES if name in b]
+    beats += all(m[0] for m in marks)
+    clear += all(m[1] for m in marks)
+    verdict = r.get("relevance_beyond_tail_verdict")  # the equivalence test (intervals.tost), when it ran
+    t_ci = _ci(r, "relevance_beyond_tail")
+    tail_pos += verdict == "executes" if verdict else bool(t_ci and t_ci[0] > 0)
+    base_text = "; ".join(f"{name.split(': ', 1)[-1]} {_figure(b[name], 'relevance')}" for name in b)
+    lines.append(
+      f"  - {_cpu(r)} (seed {r.get('seed')}): relevance {_figure(r, 'relevance')} vs {base_text}; relevance beyond "
+      f"the tail {_figure(r, 'relevance_beyond_tail')} ({verdict or 'no verdict'}); copy rate "
+      f"{_f(_num(r.get('copy_rate')))}"
+    )
+  n = len(nat)
+  return [
+    f"- Native relevance above both local baselines (the n-gram judge continuing greedily; the last word finished, "
+    f"then another document) in {beats}/{n} (CPU, seed) pairs, interval clear of theirs in {clear}/{n}: "
+    f"{_verdict(beats == n)}. A CPU at or below them is not shown to execute its prompt.",
+    f"- Native relevance beyond the tail (prompt use before its last 8 bytes, which a local model cannot earn) "
+    f'shown above 0 (equivalence test: "executes") in {tail_pos}/{n}: {_verdict(tail_pos == n)}.',
+    *lines,
+  ]
+
+
 def summarize(
   rows: Sequence[dict], tables: dict[str, str], calibration: Sequence[dict] = (), corpus_stats: dict | None = None
 ) -> str:
@@ -336,6 +390,8 @@ def summarize(
     *prefix_above_unrelated(ok),
     *relevance_claims(ok),
     *native_best(ok, "relevance", "relevance", lower_is_better=False),
+    *baseline_claims(ok, calibration),
+    *native_best(ok, "relevance_beyond_tail", "relevance beyond the tail", lower_is_better=False),
     *native_best(ok, "coherence", "coherence", lower_is_better=False),
     *programs_exact_match(ok),
     "",
@@ -366,6 +422,11 @@ def summarize(
     "is scored as p(UNK) / (V_eval − V_model + 1), the UNK mass shared by every id the model cannot name (a proper "
     "distribution over the evaluation ISA). `misread_rate`: legal ids that name another piece in the model's ISA. "
     "`byte_context` = context tokens × bytes/token of the evaluation ISA.",
+    "- Prose prompts: the same bytes in every column (each document cut at one byte offset, just before a space "
+    "starting a word, that is a token boundary of every evaluation ISA; each ISA compiles that text); every output "
+    "and the true continuation are judged on the same number of bytes. Baselines (calibration table): the byte "
+    "n-gram judge continuing each prompt greedily, and the prompt's last word finished from the train lexicon "
+    "followed by another document's text.",
     "- Coherence (prose): " + coherence_doc.PROSE_FORMULA,
     "- Coherence (programs): " + coherence_doc.PROGRAMS_FORMULA,
     "- Intervals: 95% BCa bootstrap over documents (bits per byte, normalized score: test documents; fluency, "

@@ -236,7 +236,7 @@ def _cross_evaluate(exp, plan: Plan, workdir: str, report_root: str, corpus, t_s
   specs = [str(s) for s in plan.specs]
   cells = fs.join(out, "cells")  # finished cells: a preempted matrix continues from them (SIGTERM raises Stopped)
   rows = crosseval.evaluate(cpus, specs, plan.compile_dir, corpus=corpus.spec, options=options, log=log, cells=cells)
-  calibration = crosseval.calibrate(plan.compile_dir, corpus.spec, specs[0], options) if options.coherence else []
+  calibration = crosseval.calibrate(plan.compile_dir, corpus.spec, specs, options) if options.coherence else []
   stats = capacity.corpus_stats(plan.compile_dir, corpus, plan.specs[0], options)
   crosseval.write_report(rows, out, calibration, views=(damage.view,), corpus_stats=stats)
   fs.rmtree(cells)
