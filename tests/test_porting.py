@@ -181,8 +181,8 @@ def test_refusals(isas):
     porting.transplant(source, wider, a, b, "align")
   with pytest.raises(UserError, match="vocab_size 400 but ISA bpe600 has 600"):
     porting.transplant(source, source, a, b, "align")
-  with pytest.raises(UserError, match="unknown porting method 'omp'"):
-    porting.port(source, a, b, "omp")
+  with pytest.raises(UserError, match="unknown porting method 'nope'"):
+    porting.port(source, a, b, "nope")
 
 
 def test_translate_ids(isas):
