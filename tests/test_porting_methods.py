@@ -153,3 +153,75 @@ def test_donor_refusals(isas):
     porting.port(source, a, b, "omp", donor=native, atoms=0)
   with pytest.raises(UserError, match="unknown porting method 'nope'"):
     porting.port(source, a, b, "nope", donor=native)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# distill: only B's new rows train, to match the source's hidden states on the same text.
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def params(model) -> dict:
+  from flax import nnx
+
+  return {"/".join(map(str, p)): np.asarray(v[...]) for p, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_distill_moves_only_the_new_rows_and_lowers_its_loss(isas, tied):
+  from llmcpu.porting import distill
+
+  a, b = isas["small"], isas["big"]
+  cfg = {**TINY, "num_layers": 2}
+  source = models.create("decoder", "tiny", vocab_size=a.vocab_size, seed=0, tie_embeddings=tied, **cfg)
+  target, _ = porting.port(source, a, b, "align")
+  before = params(target)
+  docs = [np.asarray(b.encode(t), np.int64) for t in TEXTS[:10]]
+  report = distill.distill(source, target, a, b, docs, tokens=1000, length=32, batch=4, learning_rate=0.002)
+  after = params(target)
+  ids_b, _ = porting.shared_ids(a, b)
+  new = sorted(set(range(FIRST, b.vocab_size)) - set(ids_b.tolist()))
+  assert report["rows"] == len(new) == 200 and 1000 <= report["tokens"] < 1000 + 4 * 32
+  for name, value in before.items():
+    if name != "embed/table":
+      np.testing.assert_array_equal(after[name], value, err_msg=name)  # the body and an untied head: untouched
+  old = np.setdiff1d(np.arange(b.vocab_size), new)
+  np.testing.assert_array_equal(after["embed/table"][old], before["embed/table"][old])  # specials + shared rows
+  moved = np.abs(after["embed/table"][new] - before["embed/table"][new]).max(axis=1) > 0
+  assert moved.mean() > 0.3  # the new pieces that occur in the windows did train
+  assert report["loss_after"] < 0.9 * report["loss_before"]  # on the same windows (0.83 → 0.63 when written)
+  again, _ = porting.port(source, a, b, "align")
+  distill.distill(source, again, a, b, docs, tokens=1000, length=32, batch=4, learning_rate=0.002)
+  np.testing.assert_array_equal(params(again)["embed/table"], after["embed/table"])  # same seed → same bits
+
+
+def test_distill_pairs_positions_where_both_segmentations_end(isas):
+  from llmcpu.porting import distill
+
+  a, b = isas["small"], isas["big"]
+  window = np.asarray(b.encode(HELD_OUT[:200]), np.int64)
+  ids_a, pos_b, pos_a = distill.pair(window, a, b, 1000)
+  assert a.decode(ids_a.tolist()) == HELD_OUT[:200] and len(pos_b) == len(pos_a) > 10
+  for i, j in zip(pos_b, pos_a, strict=True):  # the same text read up to there, written out independently
+    assert b.decode(window[: i + 1].tolist()) == a.decode(ids_a[: j + 1].tolist())
+  every = {len(a.decode(ids_a[: j + 1].tolist())) for j in range(len(ids_a))}
+  assert len(pos_b) == len(every & {len(b.decode(window[: i + 1].tolist())) for i in range(len(window))})
+
+
+def test_tapped_final_states_are_the_decoders_hidden_states():
+  import jax.numpy as jnp
+
+  model = models.create("decoder", "tiny", vocab_size=64, seed=0, **{**TINY, "num_layers": 3})
+  ids = np.arange(40, 64)[None] % 64
+  middle, last = model.decoder.tapped(model.embed_ids(ids), 3)
+  np.testing.assert_allclose(np.asarray(last), np.asarray(model.hidden(ids)), rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(np.asarray(model.decoder.final_norm(middle)), np.asarray(last), rtol=1e-6, atol=1e-6)
+  assert not jnp.allclose(model.decoder.tapped(model.embed_ids(ids), 1)[0], middle)
+
+
+def test_distill_refuses_an_encoder(isas):
+  from llmcpu.porting import distill
+
+  a, b = isas["small"], isas["big"]
+  enc = models.create("encoder", "tiny", vocab_size=a.vocab_size, seed=0, **TINY)
+  with pytest.raises(UserError, match="method distill ports decoders only"):
+    distill.distill(enc, enc, a, b, [])
