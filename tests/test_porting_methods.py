@@ -107,14 +107,19 @@ def test_procrustes_rows_equal_numpys_svd_solution(isas):
   np.testing.assert_array_equal(rows[ids_b], src[ids_a])
 
 
-@pytest.mark.parametrize("method", porting.ROW_METHODS)
+@pytest.mark.parametrize("method", [*porting.ROW_METHODS, "distill"])
 @pytest.mark.parametrize("tied", [True, False])
 def test_every_method_ports_a_permuted_isa_exactly(isas, method, tied):
+  from llmcpu.porting import distill
+
   a, b = isas["small"], isas["perm"]
   source = models.create("decoder", "tiny", vocab_size=a.vocab_size, seed=0, tie_embeddings=tied, **TINY)
   target = models.create("decoder", "tiny", vocab_size=b.vocab_size, seed=1, tie_embeddings=tied, **TINY)
   native = models.create("decoder", "tiny", vocab_size=b.vocab_size, seed=2, tie_embeddings=tied, **TINY)
-  porting.transplant(source, target, a, b, method, donor=native)
+  porting.transplant(source, target, a, b, "align" if method == "distill" else method, donor=native)
+  if method == "distill":  # every piece is shared: nothing to fit, nothing moves
+    docs = [np.asarray(b.encode(t), np.int64) for t in TEXTS[:3]]
+    assert distill.distill(source, target, a, b, docs, tokens=500)["rows"] == 0
   ids_a = a.encode(HELD_OUT)[:48]
   ids_b = b.encode(HELD_OUT)[:48]
   assert ids_b == b.perm[ids_a].tolist()
