@@ -166,8 +166,9 @@ def port_checkpoint(
     provenance["transplant"] = transplant(
       source_model, model, compiler_a, setup.compiler, start, donor=donor, atoms=config.omp_atoms
     )
-    if distills:
+    if distills:  # distill's text counts in the port's budget like the trainer's steps
       provenance["distill"] = _distill(config, source_model, model, compiler_a, setup)
+      provenance["tokens"] += provenance["distill"]["tokens"]
 
   # trainer.train checks ISA B's compiled data and the shapes before anything is written (one line if not).
   log(f"porting {meta['arch']} on {meta['isa_name']} → {config.to_isa} by {config.method}")
