@@ -89,7 +89,13 @@ def distill(
   new = np.setdiff1d(np.arange(specials.FIRST_REGULAR_ID, compiler_b.vocab_size), ids_b)
   out = {"rows": len(new), "tokens": 0, "steps": 0, "loss_before": None, "loss_after": None}
   length = min(length, source.config.max_len)
-  found = [(w, p) for w in windows(docs_b, new, length, seed) if (p := pair(w, compiler_a, compiler_b, length))]
+  found, enough = [], 0  # A's segmentation only of the windows the budget reads (then they repeat)
+  for w in windows(docs_b, new, length, seed):
+    if enough >= tokens:
+      break
+    if (p := pair(w, compiler_a, compiler_b, length)) is not None:
+      found.append((w, p))
+      enough += len(w)
   if not len(new) or not found:
     return out
   tap = max(1, source.config.num_layers // 2)
