@@ -125,10 +125,9 @@ def _step_fn(source: Decoder, target: Decoder, new: np.ndarray, tap: int, learni
   graphdef, rest = nnx.split(target)
   src_graphdef, src_state = nnx.split(source)
 
-  def states(model, ids, pos):
+  def states(model, ids, pos):  # (middle, last) states at the aligned positions, float32
     middle, last = model.decoder.tapped(model.embed_ids(ids), tap)
-    take = lambda h: jnp.take_along_axis(h, pos[:, :, None], axis=1).astype(jnp.float32)  # noqa: E731
-    return take(middle), take(last)
+    return tuple(jnp.take_along_axis(h, pos[:, :, None], axis=1).astype(jnp.float32) for h in (middle, last))
 
   def loss_fn(table, rest, ids_b, pos_b, want, weight):
     model = nnx.merge(graphdef, rest, copy=True)

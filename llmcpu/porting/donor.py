@@ -82,8 +82,12 @@ def _split(table_a, table_donor, compiler_a: Compiler, compiler_b: Compiler, wha
   missing = np.setdiff1d(np.arange(first, compiler_b.vocab_size), ids_b)
   out = np.empty((compiler_b.vocab_size,) + table_a.shape[1:], table_a.dtype)
   out[:first], out[ids_b] = table_a[:first], table_a[ids_a]  # bit-exact copies, as align
-  flat = lambda t: t.reshape(len(t), -1).astype(np.float64)  # noqa: E731
-  return flat(table_a), flat(table_donor), ids_a, ids_b, missing, out
+  return _flat(table_a), _flat(table_donor), ids_a, ids_b, missing, out
+
+
+def _flat(table: np.ndarray) -> np.ndarray:
+  """[V, ...] → [V, F] float64: a row is a vector whatever the parameter's trailing shape."""
+  return table.reshape(len(table), -1).astype(np.float64)
 
 
 def omp_rows(table_a, table_donor, compiler_a: Compiler, compiler_b: Compiler, k: int = DEFAULT_ATOMS):
