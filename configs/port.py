@@ -7,7 +7,12 @@ def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.checkpoint = ""  # the source CPU: a training workdir or checkpoint directory
   c.to_isa = ""  # the target ISA spec (bpe:4000, unigram:4000, char, bpe:4000+perm:1, ...)
-  c.method = "relearn"  # align | fvt (0 steps) | relearn | finetune | scratch; translate: see the porting experiment
+  c.method = "relearn"  # align | fvt | omp | procrustes | distill (0 steps) | relearn | finetune | scratch
+  c.init = "align"  # the rows relearn / finetune / distill start from: align | fvt | omp | procrustes | distill
+  c.donor = ""  # omp / procrustes: a CPU trained natively on the target ISA (a training workdir or checkpoint)
+  c.omp_atoms = 8  # omp: k, the shared pieces each new piece is coded over
+  c.distill_tokens = 65_536  # distill: ISA-B tokens of train-split text read
+  c.distill_learning_rate = 1e-3  # distill: Adam on the new embedding rows
   c.steps = 300  # training steps (relearn, finetune, scratch)
   c.save_at = ""  # extra checkpoint steps for a recovery curve, e.g. '0,10,30,100' (then every one is kept)
   c.compile_dir = ""  # '' = the source's data.compile_dir (ISA B's compiled data must be there)

@@ -3,8 +3,11 @@
   python scripts/port.py --config.checkpoint=runs/porting/runs/python_docs-py3.11/decoder/bpe4000/seed0 \
       --config.to_isa=unigram:4000 --config.method=relearn --config.steps=300 --workdir=runs/port
 
-Methods: align, fvt (rebuild the vocabulary rows, no training), relearn (then train only those), finetune (then
-train everything), scratch (random init, the same budget). SIGTERM/SIGINT save and exit 0; the same command resumes.
+Methods: align, fvt, omp, procrustes (rebuild the vocabulary rows, no training; omp/procrustes take
+--config.donor=RUN, a CPU trained on the target ISA), distill (fit the new rows to the source's hidden states),
+relearn (then train only the vocabulary rows), finetune (then train everything), scratch (random init, the same
+budget); relearn/finetune/distill start from --config.init's rows. SIGTERM/SIGINT save and exit 0; the same
+command resumes.
 --config defaults to configs/port.py, which lists every key.
 """
 
@@ -38,7 +41,8 @@ def footprint(config, workdir: str) -> list[cli.Access]:
     isa = cli.read("isa", toolchain.compiler_dir(compile_dir, name))
   else:
     isa = cli.read("isa_of_run", source, name)
-  return [cli.read("run", source), isa, cli.write("run", cli.resolve_workdir(workdir), compile_dir)]
+  donor = [cli.read("run", fs.abspath(config.donor))] if config.donor else []
+  return [cli.read("run", source), isa, *donor, cli.write("run", cli.resolve_workdir(workdir), compile_dir)]
 
 
 def main(argv):

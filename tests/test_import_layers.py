@@ -11,7 +11,7 @@ PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "llmcpu"
 # Lowest first. A module may import from its own layer's package and from any layer below, never from above.
 LAYERS = [
   ("llmcpu.errors", "llmcpu.fs", "llmcpu.specials", "llmcpu.metrics"),
-  ("llmcpu.compilers", "llmcpu.ops"),
+  ("llmcpu.compilers", "llmcpu.ops", "llmcpu.linalg"),
   ("llmcpu.data", "llmcpu.models"),
   (
     "llmcpu.toolchain",

@@ -192,8 +192,8 @@ def test_refusals(isas):
     porting.transplant(source, wider, a, b, "align")
   with pytest.raises(UserError, match="vocab_size 400 but ISA bpe600 has 600"):
     porting.transplant(source, source, a, b, "align")
-  with pytest.raises(UserError, match="unknown porting method 'omp'"):
-    porting.port(source, a, b, "omp")
+  with pytest.raises(UserError, match="unknown porting method 'nope'"):
+    porting.port(source, a, b, "nope")
 
 
 def test_translate_ids(isas):
@@ -362,3 +362,96 @@ def test_porting_curves_over_seeds_by_hand():
   assert "| c | decoder | a → b | relearn | 0.000 ± 0.000 | 0.150 ± 0.071 | 0.500 ± 0.000 |" in text
   (curve,) = recovery.aggregate([row(0, 3.0, 100), row(1, 3.2, None)])
   assert "— (1/2 seeds)" in recovery.markdown([curve])
+
+
+@pytest.fixture(scope="module")
+def donor(source, tmp_path_factory):
+  """A tiny decoder trained natively on bpe:600+perm:1 (the donor of omp / procrustes ports to it)."""
+  from conftest import tiny_config
+
+  from llmcpu.training import trainer
+
+  path = str(tmp_path_factory.mktemp("donor"))
+  trainer.train(tiny_config("decoder", source[0], data__isa="bpe:600+perm:1", train__steps=2), path, log=lambda _: None)
+  return path
+
+
+@pytest.mark.parametrize("method, init", [("omp", "align"), ("procrustes", "align"), ("distill", "omp")])
+def test_donor_and_distill_ports_through_the_runner(source, donor, tmp_path, method, init):
+  from llmcpu.porting import runner
+  from llmcpu.training import checkpoints
+
+  _, src = source
+  config = port_config(src, to_isa="bpe:600+perm:1", method=method, init=init, donor=donor, omp_atoms=4)
+  assert runner.port_checkpoint(config, str(tmp_path), log=lambda _: None).step == 0
+  before = named_params(checkpoints.load_model(src)[0])
+  ported, meta, compiler = checkpoints.load_model(str(tmp_path))
+  after = named_params(ported)
+  np.testing.assert_array_equal(after["embed/table"][compiler.perm], before["embed/table"])  # a permutation: exact
+  for name, value in before.items():
+    if name != "embed/table":
+      np.testing.assert_array_equal(after[name], value, err_msg=name)
+  p = meta["provenance"]
+  assert p["method"] == method and p["tokens"] == 0 and p["donor"]["checkpoint"] == donor
+  assert p["transplant"]["method"] == (init if method == "distill" else method)
+  assert p["transplant"]["counts"] == {"special": FIRST, "copied": 600 - FIRST, p["transplant"]["method"]: 0}
+  if method == "distill":
+    assert p["init"] == "omp" and p["distill"]["rows"] == 0 and p["distill"]["tokens"] == 0  # nothing new to fit
+
+
+def test_relearn_starts_from_the_init_rows(source, donor, tmp_path):
+  from llmcpu.porting import runner
+  from llmcpu.training import checkpoints
+
+  _, src = source
+  config = port_config(src, to_isa="bpe:600+perm:1", init="procrustes", donor=donor, steps=2, save_at="0")
+  runner.port_checkpoint(config, str(tmp_path), log=lambda _: None)
+  meta = checkpoints.load_meta(str(tmp_path))
+  assert meta["provenance"]["init"] == "procrustes" and meta["provenance"]["transplant"]["method"] == "procrustes"
+  assert meta["step"] == 2 and meta["config"]["train"]["trainable"] == "^embed/table$"
+
+
+@pytest.mark.parametrize(
+  "overrides, pattern",
+  [
+    ({"method": "omp"}, r"method omp needs a donor CPU trained natively on ISA bpe600-perm1: pass --config.donor"),
+    ({"init": "procrustes"}, r"method procrustes needs a donor CPU .*--config.donor=RUN"),
+    ({"method": "omp", "donor": "SRC"}, "the donor CPU speaks ISA bpe600, not the target bpe600-perm1"),
+    ({"method": "omp", "donor": "/nonexistent/donor"}, "no checkpoint under /nonexistent/donor"),
+    ({"init": "nope"}, r"unknown --config.init='nope'; choose one of align, fvt, omp, procrustes, distill"),
+    ({"method": "distill", "init": "distill"}, "method distill starts from another method's rows"),
+  ],
+)
+def test_bad_donor_ports_are_one_line_and_write_nothing(source, tmp_path, overrides, pattern):
+  from llmcpu.porting import runner
+
+  overrides = {k: source[1] if v == "SRC" else v for k, v in overrides.items()}
+  config = port_config(source[1], to_isa="bpe:600+perm:1", **overrides)
+  with pytest.raises(UserError, match=pattern):
+    runner.port_checkpoint(config, str(tmp_path / "out"), log=lambda _: None)
+  assert not (tmp_path / "out" / "checkpoints").exists()
+
+
+def test_a_donor_of_another_width_is_refused(source, donor):
+  from llmcpu.porting import runner
+  from llmcpu.training import checkpoints
+
+  meta = checkpoints.load_meta(source[1])
+  meta["model_config"]["d_model"] = 64  # as if the source were twice as wide as the donor
+  config = port_config(source[1], to_isa="bpe:600+perm:1", method="procrustes", donor=donor)
+  with pytest.raises(UserError, match=r"the donor CPU differs from the source in d_model \(64 vs 32\)"):
+    runner.check_donor(config, meta)
+
+
+def test_port_config_lists_the_runners_defaults():
+  import importlib.util
+
+  from llmcpu.porting import runner
+
+  spec = importlib.util.spec_from_file_location(
+    "port_config", os.path.join(os.path.dirname(__file__), "..", "configs", "port.py")
+  )
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config()
+  assert {k: config[k] for k in runner.DEFAULTS} == runner.DEFAULTS

@@ -129,6 +129,20 @@ class TransformerStack(nnx.Module):
       )
     return self.final_norm(x_BxLxD)
 
+  def tapped(self, x_BxLxD: jax.Array, tap: int) -> tuple[jax.Array, jax.Array]:
+    """A causal stack without cross-attention on one unpadded sequence per row (``__call__`` with no segments):
+    (the residual stream after the first ``tap`` blocks, the final normed states), e.g. for a loss on a middle
+    layer (porting.distill)."""
+    if self.cross or not 0 < tap <= len(self.layers):
+      raise ValueError(f"tapped needs a stack without cross-attention and 1 ≤ tap ≤ {len(self.layers)}, got {tap}")
+    batch, length = x_BxLxD.shape[:2]
+    positions = jnp.broadcast_to(jnp.arange(length), (batch, length))
+    x_BxLxD, middle = self._add_positions(x_BxLxD, positions), None
+    for i, layer in enumerate(self.layers):
+      x_BxLxD, _ = layer(x_BxLxD, positions_BxL=positions, mask=None, is_causal=self.causal, cross_mask=None)
+      middle = x_BxLxD if i + 1 == tap else middle
+    return middle, self.final_norm(x_BxLxD)
+
   # -- decoding -----------------------------------------------------------------------------------------------
 
   def init_cache(

@@ -4,11 +4,13 @@
   rows, counts = align_rows(table_a, compiler_a, compiler_b)   # shared pieces copied bit-exactly, the rest FVT
   provenance = transplant(source, target, compiler_a, compiler_b, "align")   # in place on a model for ISA B
   target, provenance = port(source, compiler_a, compiler_b, "fvt")            # builds the model for ISA B too
+  rows, counts = omp_rows(table_a, table_donor, compiler_a, compiler_b, k=8)   # with a donor CPU of ISA B
   ids_b = translate_ids(ids_a, compiler_a, compiler_b)         # binary translation, the baseline
 
 ``plan_rows`` computes the per-id recipe once (``RowPlan.apply`` runs it on any [V_a, ...] table).
 """
 
+from llmcpu.porting.donor import DONOR_METHODS, omp_codes, omp_rows, procrustes_rows, shared_ids
 from llmcpu.porting.transplant import (
   COUNT_KEYS,
   ROW_METHODS,
@@ -26,13 +28,18 @@ from llmcpu.porting.transplant import (
 
 __all__ = [
   "COUNT_KEYS",
+  "DONOR_METHODS",
   "ROW_METHODS",
   "RowPlan",
   "align_rows",
   "check_portable",
   "fvt_rows",
+  "omp_codes",
+  "omp_rows",
   "plan_rows",
   "port",
+  "procrustes_rows",
+  "shared_ids",
   "translate_ids",
   "translation_cost",
   "transplant",

@@ -5,6 +5,7 @@ Methods (``ROW_METHODS``), each a rule giving every id of B its row from A's tab
              compiler encodes the piece's text into.
   ``align``  a piece present in both ISAs (same piece string) keeps A's row bit-exactly; the rest get FVT. A pure
              id permutation (``+perm``) is thus ported exactly: same logits, permuted, with no training.
+  ``omp``, ``procrustes``  align's copies; the rest from a donor CPU trained natively on ISA B (``porting.donor``).
 
 Whatever the method: the special ids 0 … FIRST_REGULAR_ID-1 are the same opcodes in every ISA, so they keep A's
 rows; a byte piece ``<0xNN>`` of B takes A's byte piece for the same byte. A piece A can only encode as UNK or as
@@ -30,8 +31,10 @@ from llmcpu import models, specials
 from llmcpu.compilers import Compiler
 from llmcpu.errors import UserError
 from llmcpu.models.trainable import path_name as _path_name
+from llmcpu.porting import donor as donor_lib
 
-ROW_METHODS = ("align", "fvt")
+PLAN_METHODS = ("align", "fvt")  # rows from the source alone (a ``RowPlan``)
+ROW_METHODS = (*PLAN_METHODS, *donor_lib.DONOR_METHODS)  # + rows that need a donor CPU of ISA B (porting.donor)
 META = "\u2581"  # SentencePiece's space marker: a piece "▁the" is the text " the"
 COUNT_KEYS = ("special", "copied", "byte", "fvt", "fallback")
 _BYTE_PIECE = re.compile(r"<0x([0-9A-F]{2})>")
@@ -72,7 +75,7 @@ class RowPlan:
 
 def plan_rows(compiler_a: Compiler, compiler_b: Compiler, method: str) -> RowPlan:
   """The ``RowPlan`` of ``method`` (``fvt`` or ``align``) from ISA A to ISA B."""
-  if method not in ROW_METHODS:
+  if method not in PLAN_METHODS:
     raise UserError(f"unknown porting method {method!r}; choose one of {', '.join(ROW_METHODS)}")
   first = specials.FIRST_REGULAR_ID
   sources: list[tuple[int, ...] | None] = [(i,) for i in range(first)] + [None] * (compiler_b.vocab_size - first)
@@ -159,30 +162,39 @@ def check_portable(
 
 
 def transplant(
-  source_model: nnx.Module, target_model: nnx.Module, compiler_a: Compiler, compiler_b: Compiler, method: str
+  source_model: nnx.Module,
+  target_model: nnx.Module,
+  compiler_a: Compiler,
+  compiler_b: Compiler,
+  method: str,
+  *,
+  donor: nnx.Module | None = None,
+  atoms: int = donor_lib.DEFAULT_ATOMS,
 ) -> dict[str, Any]:
   """Ports ``source_model`` (built for ISA A) into ``target_model`` (ISA B, same config but vocab_size), in place.
 
   Every parameter without a vocabulary axis is copied bit-exactly; each one with a vocabulary axis (logical name
-  'vocab': the embedding table's rows, an untied head's columns) is rebuilt along it with ``method`` (``align`` or
-  ``fvt``). Non-parameter state (the illegal-opcode counter) is left alone. Parameters pass through host memory and
-  land on the target's shardings. Returns the provenance: method, both ISAs and fingerprints, the row counts and
+  'vocab': the embedding table's rows, an untied head's columns) is rebuilt along it with ``method`` (``ROW_METHODS``;
+  ``omp`` and ``procrustes`` read the same parameter of ``donor``, a CPU of ISA B and the source's config; ``atoms``
+  is omp's k). Non-parameter state (the illegal-opcode counter) is left alone. Parameters pass through host memory
+  and land on the target's shardings. Returns the provenance: method, both ISAs and fingerprints, the row counts and
   the parameter paths ported and copied.
   """
   check_portable(source_model, target_model, compiler_a, compiler_b)
-  plan = plan_rows(compiler_a, compiler_b, method)
+  rows = _row_rule(method, donor, target_model, compiler_a, compiler_b, atoms)
   source = dict(nnx.to_flat_state(nnx.state(source_model, nnx.Param)))
   target = nnx.to_flat_state(nnx.state(target_model, nnx.Param))
   if set(source) != {path for path, _ in target}:  # equal configs build equal trees: a mismatch is a models bug
     raise RuntimeError("source and target models have different parameter trees despite equal configs")
-  new, ported, copied = [], [], []
+  new, ported, copied, counts = [], [], [], {}
   for path, var in target:
     value = np.array(source[path][...])  # a fresh host copy: the two models never share a buffer
     axis = _vocab_axis(var)
     if axis is None:
       copied.append(_path_name(path))
     else:
-      value = np.moveaxis(plan.apply(np.moveaxis(value, axis, 0)), 0, axis)
+      table, counts = rows(path, np.moveaxis(value, axis, 0))
+      value = np.moveaxis(table, 0, axis)
       ported.append(_path_name(path))
     if value.shape != var[...].shape:
       raise RuntimeError(f"ported {_path_name(path)} has shape {value.shape}, the target {var[...].shape}")
@@ -194,18 +206,48 @@ def transplant(
     "target_isa": compiler_b.name,
     "source_fingerprint": compiler_a.fingerprint,
     "target_fingerprint": compiler_b.fingerprint,
-    "counts": dict(plan.counts),
+    "counts": counts,
     "ported": ported,
     "copied": len(copied),
-  }
+  } | ({"atoms": atoms} if method == "omp" else {})
+
+
+def _row_rule(method: str, donor, target_model, compiler_a: Compiler, compiler_b: Compiler, atoms: int):
+  """(path, [V_a, ...] source table) → ([V_b, ...] table, counts) for ``method``; a donor method reads the donor's
+  parameter at the same path (vocabulary axis first). Refuses (one line) a donor method without a fitting donor."""
+  if method not in ROW_METHODS:
+    raise UserError(f"unknown porting method {method!r}; choose one of {', '.join(ROW_METHODS)}")
+  if method in PLAN_METHODS:
+    plan = plan_rows(compiler_a, compiler_b, method)
+    return lambda path, table: (plan.apply(table), dict(plan.counts))
+  if donor is None:
+    raise UserError(
+      f"method {method} needs a donor CPU trained natively on ISA {compiler_b.name}: pass --config.donor=RUN"
+    )
+  if donor.config.vocab_size != compiler_b.vocab_size:
+    raise UserError(f"the donor CPU has vocab_size {donor.config.vocab_size}, not ISA {compiler_b.name}'s "
+                    f"{compiler_b.vocab_size}: a donor must be trained on the target ISA")  # fmt: skip
+  try:
+    check_portable(target_model, donor, compiler_b, compiler_b)
+  except UserError as e:
+    raise UserError(f"unfit donor CPU: {e}".replace("source and target", "the target and the donor")) from None
+  theirs = dict(nnx.to_flat_state(nnx.state(donor, nnx.Param)))
+
+  def rows(path, table):
+    var = theirs[path]
+    donor_table = np.moveaxis(np.asarray(var[...]), _vocab_axis(var), 0)
+    return donor_lib.donor_rows(method, table, donor_table, compiler_a, compiler_b, atoms)
+
+  return rows
 
 
 def port(
-  source_model: nnx.Module, compiler_a: Compiler, compiler_b: Compiler, method: str
+  source_model: nnx.Module, compiler_a: Compiler, compiler_b: Compiler, method: str, **donor: Any
 ) -> tuple[nnx.Module, dict[str, Any]]:
-  """A new model for ISA B (the source's config with B's vocab_size), filled by ``transplant``: (model, provenance)."""
+  """A new model for ISA B (the source's config with B's vocab_size), filled by ``transplant`` (``donor``/``atoms``
+  passed on): (model, provenance)."""
   target = models.create_from_config(source_model.config.replace(vocab_size=compiler_b.vocab_size), seed=0)
-  return target, transplant(source_model, target, compiler_a, compiler_b, method)
+  return target, transplant(source_model, target, compiler_a, compiler_b, method, **donor)
 
 
 def _vocab_axis(var: nnx.Variable) -> int | None:

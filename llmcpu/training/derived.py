@@ -79,11 +79,12 @@ def train(
   log: Callable[[str], None] = print,
 ) -> trainer.TrainResult:
   """``trainer.train`` of a derived run (resumable like any run). With ``count_tokens`` the provenance also records
-  the tokens its steps will have seen (``tokens``), known once the trainer has set up the batch shape."""
+  the tokens its steps will have seen (``tokens``, known once the trainer has set up the batch shape), added to any
+  ``tokens`` that ``initialize`` recorded (text read before the first step, e.g. a distilled port's)."""
 
   def init(model, setup: trainer.Setup) -> None:  # a fresh run only
     initialize(model, setup)
     if count_tokens:
-      provenance["tokens"] = config.train.steps * setup.tokens_per_step
+      provenance["tokens"] = provenance.get("tokens", 0) + config.train.steps * setup.tokens_per_step
 
   return trainer.train(config, workdir, should_stop=should_stop, initialize=init, provenance=provenance, log=log)

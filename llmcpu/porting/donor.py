@@ -1,0 +1,123 @@
+"""Ports that borrow from a *donor*: a CPU trained natively on ISA B, whose table knows how B's pieces relate.
+
+Both methods keep align's rows where align copies (the specials and every piece A and B share, bit-exactly) and
+replace only the rows of the pieces A lacks:
+
+  ``omp``         each missing piece's donor row as a sparse code (``k`` atoms, orthogonal matching pursuit) over the
+                  donor's rows of the shared pieces; the code applied to the source's rows of the same pieces
+                  (tokensurgeon, mergekit 2025).
+  ``procrustes``  the donor's row mapped into the source's space by the orthogonal map (plus translation) fitted on
+                  the shared pieces (WECHSEL-style cross-space alignment).
+
+Tables are [V, ...] with the vocabulary first (a head's kernel is passed transposed); trailing axes are flattened.
+Everything is computed in float64 and rounded once to the source's dtype.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from llmcpu import linalg, specials
+from llmcpu.compilers import Compiler
+from llmcpu.errors import UserError
+
+DONOR_METHODS = ("omp", "procrustes")
+DEFAULT_ATOMS = 8
+
+
+def shared_ids(compiler_a: Compiler, compiler_b: Compiler) -> tuple[np.ndarray, np.ndarray]:
+  """(ids in B, ids in A) of the regular pieces both ISAs hold (the same piece string), in B's id order."""
+  a_ids = {piece: i for i, piece in enumerate(compiler_a.pieces) if i >= specials.FIRST_REGULAR_ID}
+  pairs = [(j, a_ids[p]) for j, p in enumerate(compiler_b.pieces) if j >= specials.FIRST_REGULAR_ID and p in a_ids]
+  ids_b, ids_a = zip(*pairs, strict=True) if pairs else ((), ())
+  return np.array(ids_b, np.int64), np.array(ids_a, np.int64)
+
+
+def omp_codes(atoms: np.ndarray, targets: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+  """Orthogonal matching pursuit of every target at once: atoms [N, D], targets [M, D] → (indices [M, k] into the
+  atoms, coefficients [M, k]) with ``targets ≈ Σ coef · atoms[index]``.
+
+  Each of ``k`` steps picks, per target, the unused atom of largest |correlation| with the residual (atoms compared
+  at unit norm), then refits the coefficients of all atoms picked so far by least squares (a pseudo-inverse, so a
+  target already matched exactly gets zero weight on later atoms) and recomputes the residual.
+  """
+  atoms, targets = np.asarray(atoms, np.float64), np.asarray(targets, np.float64)
+  if atoms.ndim != 2 or targets.ndim != 2 or atoms.shape[1] != targets.shape[1]:
+    raise ValueError(f"omp_codes needs atoms [N, D] and targets [M, D], got {atoms.shape} and {targets.shape}")
+  if not 1 <= k <= len(atoms):
+    raise UserError(f"omp needs 1 ≤ k ≤ the {len(atoms)} shared pieces, got k={k}; set --config.omp_atoms")
+  norms = np.linalg.norm(atoms, axis=1)
+  unit = atoms / np.where(norms > 0, norms, 1.0)[:, None]
+  m = len(targets)
+  chosen = np.zeros((m, k), np.int64)
+  coefs = np.zeros((m, 0))
+  residual = targets.copy()
+  taken = np.zeros((m, len(atoms)), bool)
+  rows = np.arange(m)
+  for step in range(k):
+    score = np.abs(residual @ unit.T)
+    score[taken] = -1.0  # never the same atom twice
+    chosen[:, step] = score.argmax(axis=1)
+    taken[rows, chosen[:, step]] = True
+    basis = np.swapaxes(atoms[chosen[:, : step + 1]], 1, 2)  # [M, D, s]: the picked atoms as columns
+    coefs = (np.linalg.pinv(basis) @ targets[:, :, None])[:, :, 0]  # [M, s]
+    residual = targets - (basis @ coefs[:, :, None])[:, :, 0]
+  return chosen, coefs
+
+
+def _split(table_a, table_donor, compiler_a: Compiler, compiler_b: Compiler, what: str):
+  """Checked float64 [V, F] views and the shared / missing ids; the output starts as align's specials + copies."""
+  table_a, table_donor = np.asarray(table_a), np.asarray(table_donor)
+  if table_a.shape[0] != compiler_a.vocab_size or table_donor.shape[0] != compiler_b.vocab_size:
+    raise ValueError(f"{what}: tables have {table_a.shape[0]} / {table_donor.shape[0]} rows, the ISAs "
+                     f"{compiler_a.vocab_size} / {compiler_b.vocab_size} ids")  # fmt: skip
+  if table_a.shape[1:] != table_donor.shape[1:]:
+    raise UserError(f"{what}: the donor's rows have shape {table_donor.shape[1:]}, the source's {table_a.shape[1:]}; "
+                    "use a donor CPU of the source's width")  # fmt: skip
+  ids_b, ids_a = shared_ids(compiler_a, compiler_b)
+  if len(ids_b) < 2:
+    raise UserError(f"{what}: ISAs {compiler_a.name} and {compiler_b.name} share {len(ids_b)} pieces; a donor "
+                    "method needs shared pieces to anchor on (use align or fvt)")  # fmt: skip
+  first = specials.FIRST_REGULAR_ID
+  missing = np.setdiff1d(np.arange(first, compiler_b.vocab_size), ids_b)
+  out = np.empty((compiler_b.vocab_size,) + table_a.shape[1:], table_a.dtype)
+  out[:first], out[ids_b] = table_a[:first], table_a[ids_a]  # bit-exact copies, as align
+  return _flat(table_a), _flat(table_donor), ids_a, ids_b, missing, out
+
+
+def _flat(table: np.ndarray) -> np.ndarray:
+  """[V, ...] → [V, F] float64: a row is a vector whatever the parameter's trailing shape."""
+  return table.reshape(len(table), -1).astype(np.float64)
+
+
+def omp_rows(table_a, table_donor, compiler_a: Compiler, compiler_b: Compiler, k: int = DEFAULT_ATOMS):
+  """``omp`` (module docstring): ([V_b, ...] rows in the source's dtype, counts)."""
+  src, donor, ids_a, ids_b, missing, out = _split(table_a, table_donor, compiler_a, compiler_b, "omp")
+  if len(missing):
+    index, coef = omp_codes(donor[ids_b], donor[missing], k)
+    rows = np.einsum("mk,mkf->mf", coef, src[ids_a][index])
+    out[missing] = rows.reshape((len(missing),) + out.shape[1:]).astype(out.dtype)
+  return out, _counts(compiler_b, ids_b, missing, "omp")
+
+
+def procrustes_rows(table_a, table_donor, compiler_a: Compiler, compiler_b: Compiler):
+  """``procrustes`` (module docstring): ([V_b, ...] rows in the source's dtype, counts)."""
+  src, donor, ids_a, ids_b, missing, out = _split(table_a, table_donor, compiler_a, compiler_b, "procrustes")
+  if len(missing):
+    rotation, bias = linalg.fit_procrustes(donor[ids_b], src[ids_a])
+    out[missing] = (donor[missing] @ rotation + bias).reshape((len(missing),) + out.shape[1:]).astype(out.dtype)
+  return out, _counts(compiler_b, ids_b, missing, "procrustes")
+
+
+def _counts(compiler_b: Compiler, ids_b: np.ndarray, missing: np.ndarray, method: str) -> dict[str, int]:
+  """How B's ids were filled (summing to B's vocab size: specials, shared pieces and missing ones partition it)."""
+  return {"special": specials.FIRST_REGULAR_ID, "copied": len(ids_b), method: len(missing)}
+
+
+def donor_rows(method: str, table_a, table_donor, compiler_a: Compiler, compiler_b: Compiler, k: int = DEFAULT_ATOMS):
+  """``omp_rows`` or ``procrustes_rows`` by name."""
+  if method == "omp":
+    return omp_rows(table_a, table_donor, compiler_a, compiler_b, k)
+  if method == "procrustes":
+    return procrustes_rows(table_a, table_donor, compiler_a, compiler_b)
+  raise UserError(f"unknown donor method {method!r}; choose one of {', '.join(DONOR_METHODS)}")

@@ -1,0 +1,232 @@
+"""Donor porting methods (omp, procrustes) against independent numpy: a naive OMP written out here, exact recovery
+of a k-sparse signal, numpy's SVD Procrustes; exact ports to a permuted ISA; one-line refusals."""
+
+import pydoc_data.topics
+
+import numpy as np
+import pytest
+
+from llmcpu import compilers, models, porting, specials
+from llmcpu.errors import UserError
+from llmcpu.porting import donor
+
+TEXTS = sorted(pydoc_data.topics.topics.values())[:40]
+HELD_OUT = sorted(pydoc_data.topics.topics.values())[-1]
+TINY = dict(d_model=32, num_heads=2, d_ff=64, num_layers=1, max_len=64, positions="learned")
+FIRST = specials.FIRST_REGULAR_ID
+
+
+@pytest.fixture(scope="module")
+def isas() -> dict[str, compilers.Compiler]:
+  small = compilers.train("bpe:400", TEXTS)
+  return {
+    "small": small,
+    "perm": compilers.train("bpe:400+perm:1", base=small),
+    "big": compilers.train("bpe:600", TEXTS),
+  }
+
+
+def naive_omp(atoms: np.ndarray, target: np.ndarray, k: int) -> tuple[list[int], np.ndarray]:
+  """OMP of one target, one python loop per step: argmax |<r, a/‖a‖>| over unused atoms, then lstsq on the picked."""
+  picked, residual, coef = [], target.copy(), np.zeros(0)
+  for _ in range(k):
+    best, best_score = -1, -1.0
+    for i, a in enumerate(atoms):
+      score = abs(float(residual @ a) / np.linalg.norm(a))
+      if i not in picked and score > best_score:
+        best, best_score = i, score
+    picked.append(best)
+    coef = np.linalg.lstsq(atoms[picked].T, target, rcond=None)[0]
+    residual = target - atoms[picked].T @ coef
+  return picked, coef
+
+
+def test_omp_codes_equal_a_naive_omp():
+  rng = np.random.default_rng(0)
+  atoms, targets = rng.normal(size=(60, 16)), rng.normal(size=(25, 16))
+  index, coef = donor.omp_codes(atoms, targets, 5)
+  assert index.shape == coef.shape == (25, 5)
+  for m in range(25):
+    picked, want = naive_omp(atoms, targets[m], 5)
+    assert index[m].tolist() == picked
+    np.testing.assert_allclose(coef[m], want, rtol=1e-9, atol=1e-12)
+
+
+def test_omp_recovers_a_k_sparse_signal_exactly():
+  rng = np.random.default_rng(1)
+  atoms = rng.normal(size=(80, 40))
+  support = np.array([[3, 17, 55], [0, 41, 79], [10, 11, 12]])
+  weights = rng.uniform(1.0, 2.0, size=(3, 3)) * rng.choice([-1, 1], size=(3, 3))
+  targets = np.einsum("mk,mkd->md", weights, atoms[support])
+  index, coef = donor.omp_codes(atoms, targets, 3)
+  for m in range(3):
+    order = np.argsort(index[m])
+    assert index[m][order].tolist() == sorted(support[m].tolist())
+    np.testing.assert_allclose(coef[m][order], weights[m][np.argsort(support[m])], rtol=1e-9)
+  index, coef = donor.omp_codes(atoms, targets, 6)  # more atoms than the signal needs: the extra ones get ~0
+  np.testing.assert_allclose(np.einsum("mk,mkd->md", coef, atoms[index]), targets, atol=1e-9)
+
+
+def split(a, b):
+  ids_b, ids_a = donor.shared_ids(a, b)
+  missing = [j for j in range(FIRST, b.vocab_size) if j not in set(ids_b.tolist())]
+  return ids_b, ids_a, missing
+
+
+def test_omp_rows_apply_the_donor_codes_to_the_source_rows(isas):
+  a, b = isas["small"], isas["big"]
+  rng = np.random.default_rng(2)
+  src, don = rng.normal(size=(a.vocab_size, 12)).astype(np.float32), rng.normal(size=(b.vocab_size, 12))
+  rows, counts = porting.omp_rows(src, don.astype(np.float32), a, b, k=4)
+  ids_b, ids_a, missing = split(a, b)
+  assert counts == {"special": FIRST, "copied": 400 - FIRST, "omp": 200} and len(missing) == 200
+  np.testing.assert_array_equal(rows[:FIRST], src[:FIRST])
+  np.testing.assert_array_equal(rows[ids_b], src[ids_a])  # shared pieces: bit-exact copies, as align
+  atoms = don.astype(np.float32).astype(np.float64)[ids_b]
+  for j in missing[:20]:
+    picked, coef = naive_omp(atoms, don.astype(np.float32).astype(np.float64)[j], 4)
+    want = (coef @ src.astype(np.float64)[ids_a][picked]).astype(np.float32)
+    np.testing.assert_allclose(rows[j], want, rtol=1e-5, atol=1e-6)
+
+
+def test_procrustes_rows_equal_numpys_svd_solution(isas):
+  a, b = isas["small"], isas["big"]
+  rng = np.random.default_rng(3)
+  src = rng.normal(size=(a.vocab_size, 12))
+  rotation = np.linalg.qr(rng.normal(size=(12, 12)))[0]
+  don = rng.normal(size=(b.vocab_size, 12))
+  ids_b, ids_a, missing = split(a, b)
+  don[ids_b] = (src[ids_a] - 0.5) @ rotation.T + 0.01 * rng.normal(size=(len(ids_b), 12))  # a rotated copy
+  rows, counts = porting.procrustes_rows(src, don, a, b)
+  assert counts == {"special": FIRST, "copied": 400 - FIRST, "procrustes": 200}
+  x, y = don[ids_b], src[ids_a]
+  u, _, vt = np.linalg.svd((x - x.mean(0)).T @ (y - y.mean(0)))  # Schönemann's solution written out
+  want = (don[missing] - x.mean(0)) @ (u @ vt) + y.mean(0)
+  np.testing.assert_allclose(rows[missing], want, rtol=1e-10, atol=1e-12)
+  np.testing.assert_allclose(u @ vt, rotation, atol=0.05)  # and it finds the rotation that made the donor
+  np.testing.assert_array_equal(rows[ids_b], src[ids_a])
+
+
+@pytest.mark.parametrize("method", [*porting.ROW_METHODS, "distill"])
+@pytest.mark.parametrize("tied", [True, False])
+def test_every_method_ports_a_permuted_isa_exactly(isas, method, tied):
+  from llmcpu.porting import distill
+
+  a, b = isas["small"], isas["perm"]
+  source = models.create("decoder", "tiny", vocab_size=a.vocab_size, seed=0, tie_embeddings=tied, **TINY)
+  target = models.create("decoder", "tiny", vocab_size=b.vocab_size, seed=1, tie_embeddings=tied, **TINY)
+  native = models.create("decoder", "tiny", vocab_size=b.vocab_size, seed=2, tie_embeddings=tied, **TINY)
+  porting.transplant(source, target, a, b, "align" if method == "distill" else method, donor=native)
+  if method == "distill":  # every piece is shared: nothing to fit, nothing moves
+    docs = [np.asarray(b.encode(t), np.int64) for t in TEXTS[:3]]
+    assert distill.distill(source, target, a, b, docs, tokens=500)["rows"] == 0
+  ids_a = a.encode(HELD_OUT)[:48]
+  ids_b = b.encode(HELD_OUT)[:48]
+  assert ids_b == b.perm[ids_a].tolist()
+  logits_a, logits_b = np.asarray(source(np.array([ids_a]))), np.asarray(target(np.array([ids_b])))
+  np.testing.assert_array_equal(logits_b[..., b.perm], logits_a)
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_donor_methods_port_every_vocabulary_parameter(isas, tied):
+  a, b = isas["small"], isas["big"]
+  source = models.create("decoder", "tiny", vocab_size=a.vocab_size, seed=0, tie_embeddings=tied, **TINY)
+  native = models.create("decoder", "tiny", vocab_size=b.vocab_size, seed=2, tie_embeddings=tied, **TINY)
+  target, provenance = porting.port(source, a, b, "omp", donor=native, atoms=3)
+  assert provenance["counts"] == {"special": FIRST, "copied": 400 - FIRST, "omp": 200} and provenance["atoms"] == 3
+  want, _ = porting.omp_rows(np.asarray(source.embed.table[...]), np.asarray(native.embed.table[...]), a, b, 3)
+  np.testing.assert_array_equal(np.asarray(target.embed.table[...]), want)
+  if not tied:
+    head = np.asarray(source.head.kernel[...]).T
+    want, _ = porting.omp_rows(head, np.asarray(native.head.kernel[...]).T, a, b, 3)
+    np.testing.assert_array_equal(np.asarray(target.head.kernel[...]).T, want)
+
+
+def test_donor_refusals(isas):
+  a, b = isas["small"], isas["big"]
+  source = models.create("decoder", "tiny", vocab_size=400, seed=0, **TINY)
+  for method in porting.DONOR_METHODS:
+    with pytest.raises(UserError, match=f"method {method} needs a donor CPU trained natively on ISA bpe600"):
+      porting.port(source, a, b, method)
+  with pytest.raises(UserError, match="donor CPU has vocab_size 400, not ISA bpe600's 600"):
+    porting.port(source, a, b, "omp", donor=source)
+  wide = models.create("decoder", "tiny", vocab_size=600, seed=0, **{**TINY, "d_model": 64})
+  with pytest.raises(UserError, match=r"unfit donor CPU: .*differ in d_model \(32 vs 64\)"):
+    porting.port(source, a, b, "procrustes", donor=wide)
+  native = models.create("decoder", "tiny", vocab_size=600, seed=0, **TINY)
+  with pytest.raises(UserError, match="1 ≤ k ≤ the 363 shared pieces, got k=0"):
+    porting.port(source, a, b, "omp", donor=native, atoms=0)
+  with pytest.raises(UserError, match="unknown porting method 'nope'"):
+    porting.port(source, a, b, "nope", donor=native)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# distill: only B's new rows train, to match the source's hidden states on the same text.
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def params(model) -> dict:
+  from flax import nnx
+
+  return {"/".join(map(str, p)): np.asarray(v[...]) for p, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_distill_moves_only_the_new_rows_and_lowers_its_loss(isas, tied):
+  from llmcpu.porting import distill
+
+  a, b = isas["small"], isas["big"]
+  cfg = {**TINY, "num_layers": 2}
+  source = models.create("decoder", "tiny", vocab_size=a.vocab_size, seed=0, tie_embeddings=tied, **cfg)
+  target, _ = porting.port(source, a, b, "align")
+  before = params(target)
+  docs = [np.asarray(b.encode(t), np.int64) for t in TEXTS[:10]]
+  report = distill.distill(source, target, a, b, docs, tokens=1000, length=32, batch=4, learning_rate=0.002)
+  after = params(target)
+  ids_b, _ = porting.shared_ids(a, b)
+  new = sorted(set(range(FIRST, b.vocab_size)) - set(ids_b.tolist()))
+  assert report["rows"] == len(new) == 200 and 1000 <= report["tokens"] < 1000 + 4 * 32
+  for name, value in before.items():
+    if name != "embed/table":
+      np.testing.assert_array_equal(after[name], value, err_msg=name)  # the body and an untied head: untouched
+  old = np.setdiff1d(np.arange(b.vocab_size), new)
+  np.testing.assert_array_equal(after["embed/table"][old], before["embed/table"][old])  # specials + shared rows
+  moved = np.abs(after["embed/table"][new] - before["embed/table"][new]).max(axis=1) > 0
+  assert moved.mean() > 0.3  # the new pieces that occur in the windows did train
+  assert report["loss_after"] < 0.9 * report["loss_before"]  # on the same windows (0.83 → 0.63 when written)
+  again, _ = porting.port(source, a, b, "align")
+  distill.distill(source, again, a, b, docs, tokens=1000, length=32, batch=4, learning_rate=0.002)
+  np.testing.assert_array_equal(params(again)["embed/table"], after["embed/table"])  # same seed → same bits
+
+
+def test_distill_pairs_positions_where_both_segmentations_end(isas):
+  from llmcpu.porting import distill
+
+  a, b = isas["small"], isas["big"]
+  window = np.asarray(b.encode(HELD_OUT[:200]), np.int64)
+  ids_a, pos_b, pos_a = distill.pair(window, a, b, 1000)
+  assert a.decode(ids_a.tolist()) == HELD_OUT[:200] and len(pos_b) == len(pos_a) > 10
+  for i, j in zip(pos_b, pos_a, strict=True):  # the same text read up to there, written out independently
+    assert b.decode(window[: i + 1].tolist()) == a.decode(ids_a[: j + 1].tolist())
+  every = {len(a.decode(ids_a[: j + 1].tolist())) for j in range(len(ids_a))}
+  assert len(pos_b) == len(every & {len(b.decode(window[: i + 1].tolist())) for i in range(len(window))})
+
+
+def test_tapped_final_states_are_the_decoders_hidden_states():
+  import jax.numpy as jnp
+
+  model = models.create("decoder", "tiny", vocab_size=64, seed=0, **{**TINY, "num_layers": 3})
+  ids = np.arange(40, 64)[None] % 64
+  middle, last = model.decoder.tapped(model.embed_ids(ids), 3)
+  np.testing.assert_allclose(np.asarray(last), np.asarray(model.hidden(ids)), rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(np.asarray(model.decoder.final_norm(middle)), np.asarray(last), rtol=1e-6, atol=1e-6)
+  assert not jnp.allclose(model.decoder.tapped(model.embed_ids(ids), 1)[0], middle)
+
+
+def test_distill_refuses_an_encoder(isas):
+  from llmcpu.porting import distill
+
+  a, b = isas["small"], isas["big"]
+  enc = models.create("encoder", "tiny", vocab_size=a.vocab_size, seed=0, **TINY)
+  with pytest.raises(UserError, match="method distill ports decoders only"):
+    distill.distill(enc, enc, a, b, [])
