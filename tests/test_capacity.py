@@ -14,6 +14,8 @@ from llmcpu.data import load_corpus
 from llmcpu.errors import UserError
 from llmcpu.experiments import matrix
 
+NEED = 64 + 96  # a prose prompt at the default prompt_bytes, and the default judged length (new_bytes)
+
 
 class TrainingStarted(Exception):
   pass
@@ -34,10 +36,10 @@ def words_text(n_bytes: int, seed: int) -> str:
 
 
 def held_out_prompts(spec: str) -> tuple[int, int]:
-  """(test documents able to give a prompt at the default 64 prompt bytes + 128 judged bytes, test bytes), counted
+  """(test documents able to give a prompt at the default 64 prompt bytes + 96 judged bytes, test bytes), counted
   from the corpus' own documents."""
   docs = [d["text"].encode() for d in load_corpus(spec).documents("test")]
-  return sum(len(d) >= 64 + 128 for d in docs), sum(map(len, docs))
+  return sum(len(d) >= NEED for d in docs), sum(map(len, docs))
 
 
 def config(spec: str):
@@ -67,7 +69,7 @@ def test_too_small_corpus_refused_before_training(tmp_path, no_training):
     experiments.run(config(spec), str(tmp_path / "exp"), log=lambda m: None)
   msg = str(e.value)
   assert "\n" not in msg and not (tmp_path / "exp" / "runs").exists()  # no CPU was started
-  assert f"supports {prompts} prompts of ≥ 192 bytes, 64 asked for" in msg, msg
+  assert f"supports {prompts} prompts of ≥ {NEED} bytes, 64 asked for" in msg, msg
   assert f"{test_bytes / 1000:.1f} KB" in msg and "asked for, and coherence needs at least 16; " in msg
   assert re.search(r"; give more text \(about \d+ KB more\),? .*or turn coherence off", msg)
   assert "ask for fewer" not in msg  # fewer than 16 is no way out
@@ -86,7 +88,9 @@ def test_fewer_prompts_than_asked_is_a_warning(tmp_path, no_training):
   with pytest.raises(TrainingStarted):
     experiments.run(config(spec), str(tmp_path / "exp"), log=logs.append)
   (warning,) = [line for line in logs if line.startswith("warning:")]
-  assert f"supports {prompts} prompts of ≥ 192 bytes, 64 asked for" in warning and f"going on with {prompts}" in warning
+  assert (
+    f"supports {prompts} prompts of ≥ {NEED} bytes, 64 asked for" in warning and f"going on with {prompts}" in warning
+  )
   assert f"ask for fewer (--config.crosseval.prompts={prompts})" in warning
   (stats,) = [line for line in logs if line.startswith(f"corpus {spec}: train 1 file, ")]
   assert f"{prompts} test prompts available, {prompts} used" in stats
@@ -101,7 +105,9 @@ def test_calibration_with_too_few_prompts_is_not_measured():
   assert "not measured: 3 prompts (needs ≥ 16)" in lines and "DOES NOT HOLD" not in lines
   lines = "\n".join(summary.calibration_table([calibration_row(40, 0.2)], []))  # enough prompts, a wrong figure
   assert "DOES NOT HOLD" in lines and "not measured" not in lines
-  lines = "\n".join(summary.calibration_table([calibration_row(40, 1.0) | {"fluency": 0.99}], []))
+  lines = "\n".join(
+    summary.calibration_table([calibration_row(40, 1.0) | {"fluency": 0.99, "relevance_beyond_tail": 1.0}], [])
+  )
   assert "| holds |" in lines
 
 

@@ -11,11 +11,14 @@ import random
 import pytest
 
 from llmcpu.crosseval.capacity import min_doc_bytes
+from llmcpu.crosseval.evaluate import CrossEvalOptions
 from llmcpu.data import load_corpus
 from llmcpu.data.files import UNITS, cut_documents
 from llmcpu.errors import UserError
 
-PROMPT_DOC_BYTES = min_doc_bytes(64)  # the default prompt_bytes: what a held-out document needs to give a prompt
+_DEFAULTS = CrossEvalOptions()
+# What a held-out document needs to give a prompt with the default prompt_bytes and judged length.
+PROMPT_DOC_BYTES = min_doc_bytes(_DEFAULTS.prompt_bytes, _DEFAULTS.new_bytes)
 
 
 def prose(n_bytes: int, seed: int) -> str:

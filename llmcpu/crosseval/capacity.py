@@ -1,11 +1,12 @@
 """What a corpus' held-out split can measure, said before any CPU is trained.
 
 Coherence (fluency, relevance) is judged on prompts drawn one per held-out document long enough to hold a prompt
-(``prompt_bytes``) and the judged continuation (``MIN_REFERENCE_CHARS`` characters, at most 4 bytes each) — the
-rule of ``generation.select_docs`` as the cells and the calibration call it. With fewer than ``MIN_PROMPTS`` prompts
-the bootstrap intervals are too wide to tell anything apart and the calibration is not run: the experiment refuses
-to start (unless coherence is off); with fewer than asked for but enough, it warns. Programs (seq2seq) prompt with
-every held-out program up to ``program_prompts`` (a cap, not a request).
+(``prompt_bytes``) and the judged continuation (``new_bytes``): an upper bound on the prompts
+``generation.shared_cuts`` finds, which also needs a word start shared as a token boundary by every ISA within
+``CUT_SLACK`` bytes of the cut. With fewer than ``MIN_PROMPTS`` prompts the bootstrap intervals are too wide to
+tell anything apart and the calibration is not run: the experiment refuses to start (unless coherence is off); with
+fewer than asked for but enough, it warns. Programs (seq2seq) prompt with every held-out program up to
+``program_prompts`` (a cap, not a request).
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ import numpy as np
 
 from llmcpu import compilers, fs, toolchain
 from llmcpu.compilers import Compiler
-from llmcpu.crosseval.coherence import MIN_REFERENCE_CHARS
 from llmcpu.data import compiled
 from llmcpu.errors import UserError
 
@@ -25,9 +25,9 @@ MIN_PROMPTS = 16  # fewer prompts: no interval separates anything, the calibrati
 STATS_FILE = "corpus_stats.json"
 
 
-def min_doc_bytes(prompt_bytes: int) -> int:
+def min_doc_bytes(prompt_bytes: int, new_bytes: int) -> int:
   """Bytes a held-out document needs to give a prose prompt: the prompt and the judged continuation."""
-  return prompt_bytes + MIN_REFERENCE_CHARS * 4
+  return prompt_bytes + new_bytes
 
 
 def corpus_stats(compile_dir: str, corpus, compiler: Compiler | compilers.CompilerSpec, options) -> dict:
@@ -44,7 +44,7 @@ def corpus_stats(compile_dir: str, corpus, compiler: Compiler | compilers.Compil
     out.update(kind="programs", prompts_available=available, prompts_requested=options.program_prompts)
   else:
     nbytes = np.asarray(held_out.fields["text"].nbytes)
-    need = min_doc_bytes(options.prompt_bytes)
+    need = min_doc_bytes(options.prompt_bytes, options.new_bytes)
     available = int(np.count_nonzero(nbytes >= need))
     half = max(1, options.prompt_bytes // 2)  # what a shorter prompt would give, for the advice
     out.update(
@@ -54,7 +54,7 @@ def corpus_stats(compile_dir: str, corpus, compiler: Compiler | compilers.Compil
       prompt_doc_bytes=need,
       prompts_at_half_prompt_bytes={
         "prompt_bytes": half,
-        "prompts": int(np.count_nonzero(nbytes >= min_doc_bytes(half))),
+        "prompts": int(np.count_nonzero(nbytes >= min_doc_bytes(half, options.new_bytes))),
       },
     )
   out["prompts_used"] = min(out["prompts_available"], out["prompts_requested"])
