@@ -33,8 +33,7 @@ def wsd_schedule(peak: float, steps: int, warmup: int, decay_fraction: float, en
   for a budget s can branch from a longer run's stable phase (Hägele et al. 2024)."""
   if not 0 < decay_fraction <= 1:
     raise UserError(f"--config.train.decay_fraction={decay_fraction} must be in (0, 1]: the share of steps decayed")
-  decay = max(1, round(decay_fraction * steps))
-  start = max(steps - decay, warmup)  # decay never eats into the warmup
+  start = wsd_decay_start(steps, warmup, decay_fraction)
 
   def schedule(step):
     step = jnp.asarray(step, jnp.float32)
@@ -43,6 +42,11 @@ def wsd_schedule(peak: float, steps: int, warmup: int, decay_fraction: float, en
     return jnp.where(step < warmup, up, down)
 
   return schedule
+
+
+def wsd_decay_start(steps: int, warmup: int, decay_fraction: float) -> int:
+  """The step at which a ``steps``-step warmup-stable-decay run leaves its stable phase (never inside the warmup)."""
+  return max(steps - max(1, round(decay_fraction * steps)), warmup)
 
 
 def make_optimizer(t: ml_collections.ConfigDict) -> tuple[optax.GradientTransformation, optax.Schedule]:
