@@ -24,7 +24,10 @@ LAYERS = [
   ("llmcpu.training.placement",),
   ("llmcpu.training.checkpoints",),
   ("llmcpu.training.trainer", "llmcpu.crosseval", "llmcpu.integrity"),
-  ("llmcpu.training.derived",),  # a run started from other CPUs' checkpoints: a port, a swap, a readout
+  (
+    "llmcpu.training.derived",
+    "llmcpu.training.cooldown",
+  ),  # a run started from other CPUs' checkpoints: a port, a swap, a readout
   ("llmcpu.porting", "llmcpu.stitching"),  # port / stitch trained CPUs through the trainer
   ("llmcpu.experiments",),  # every experiment: plan → stages → report over all of the above
 ]

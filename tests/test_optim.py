@@ -75,6 +75,32 @@ def test_schedule_without_warmup_starts_at_the_peak():
   np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-9)
 
 
+def test_wsd_schedule_warms_up_stays_flat_then_decays_linearly_to_the_end_value():
+  # 20 steps, 4 of warmup to 0.2, flat until the last 0.25 × 20 = 5 steps (from step 15), then linear to 0.02.
+  t = train_config(steps=20, warmup_steps=4, learning_rate=0.2, min_lr_ratio=0.1, schedule="wsd", decay_fraction=0.25)
+  _, schedule = make_optimizer(t)
+  expected = {0: 0.0, 1: 0.05, 2: 0.1, 4: 0.2, 5: 0.2, 10: 0.2, 15: 0.2}  # warmup, then the stable phase
+  expected |= {16: 0.2 - 0.18 / 5, 17: 0.2 - 2 * 0.18 / 5, 19: 0.2 - 4 * 0.18 / 5, 20: 0.02, 30: 0.02}  # decay
+  got = {step: float(schedule(step)) for step in expected}
+  np.testing.assert_allclose(list(got.values()), list(expected.values()), rtol=1e-6, atol=1e-9)
+
+
+def test_wsd_stable_phase_does_not_depend_on_the_budget():
+  # What a cooldown branch relies on: runs of 20 and 40 steps share their schedule until the shorter one decays.
+  c = dict(warmup_steps=2, learning_rate=0.5, min_lr_ratio=0.1, schedule="wsd", decay_fraction=0.2)
+  shorter, longer = (make_optimizer(train_config(steps=n, **c))[1] for n in (20, 40))
+  np.testing.assert_array_equal([float(shorter(s)) for s in range(17)], [float(longer(s)) for s in range(17)])
+  assert float(shorter(20)) == pytest.approx(0.05) and float(longer(20)) == float(longer(32)) == 0.5  # still flat
+
+
+@pytest.mark.parametrize(("key", "value"), [("schedule", "linear"), ("decay_fraction", 0.0)])
+def test_bad_schedule_is_one_line(key, value):
+  from llmcpu.errors import UserError
+
+  with pytest.raises(UserError, match=key):
+    make_optimizer(train_config(**{"steps": 10, "schedule": "wsd", key: value}))
+
+
 # --- weight-decay mask ----------------------------------------------------------------------------------------------
 
 

@@ -358,10 +358,69 @@ def test_porting_curves_over_seeds_by_hand():
   assert curve["points"][0]["bpb_std"] == pytest.approx(np.std([3.0, 3.2], ddof=1))
   text = recovery.markdown([curve])
   assert "| c | decoder | a → b | relearn | 6.000 ± 0.000 | 3.100 ± 0.141 | 3.100 ± 0.141 | 0 |" in text
-  assert "| 0 | 200 (100–300) | — |" in text
+  # native tokens, source tokens (unknown here: 0), zero-shot anchor 50/90/99 (the curve ends at 0 tokens: "> 0"),
+  # no align anchor on these rows (n/a), 90% in all.
+  assert "| relearn | 0 | 0 | 0 | 200 (100–300) | > 0 | n/a | n/a | n/a | 200 (100–300) | n/a |" in text
   assert "| c | decoder | a → b | relearn | 0.000 ± 0.000 | 0.150 ± 0.071 | 0.500 ± 0.000 |" in text
   (curve,) = recovery.aggregate([row(0, 3.0, 100), row(1, 3.2, None)])
-  assert "— (1/2 seeds)" in recovery.markdown([curve])
+  assert "> 0 (1/2 seeds)" in recovery.markdown([curve])
+
+
+def _curve_row(method, points, source_tokens):
+  rows = [{"step": t // 10, "tokens": t, "bpb": b, "bpb_lo": None, "bpb_hi": None} for t, b in points]
+  return {"corpus": "c", "arch": "decoder", "source": "a", "target": "b", "method": method, "seed": 0,
+          "zero_shot_bpb": 6.0, "native_bpb": 4.0, "source_native_bpb": 3.9, "source_tokens": source_tokens,
+          "native_tokens": 6400, "points": rows}  # fmt: skip
+
+
+def test_tokens_to_close_from_both_anchors_with_bounds_by_hand():
+  from llmcpu.experiments import porting as recovery
+
+  # zero-shot 6, align 5 (the align port's own point), native 4; the source CPU trained on 1,000 tokens of ISA A.
+  align = _curve_row("align", [(0, 5.0)], 1000)
+  relearn = _curve_row("relearn", [(0, 5.0), (100, 4.5), (10_000, 4.0)], 1000)
+  scratch = _curve_row("scratch", [(0, 8.0), (100, 5.5), (1000, 4.8)], 0)
+  recovery.attach_closes([scratch, relearn, align])
+  assert relearn["align_bpb"] == scratch["align_bpb"] == 5.0
+  # relearn from zero-shot: closed 0.5, 0.75, 1.0 → 50% at 0 tokens; 90%: 0.6 of 10^2 → 10^4; 99%: 0.96 of it.
+  assert relearn["closes"] == {"50%": 0, "90%": round(10**3.2), "99%": round(10**3.92)}
+  # relearn from align (gap 1): closed 0, 0.5, 1.0 → 50% at 100; 90%: 0.8 of 10^2 → 10^4; 99%: 0.98 of it.
+  assert relearn["closes_align"] == {"50%": 100, "90%": round(10**3.6), "99%": round(10**3.96)}
+  # scratch from zero-shot: closed −1, 0.25, 0.6 → 50% at 5/7 of 10^2 → 10^3, 90% never; from align never.
+  assert scratch["closes"] == {"50%": round(10 ** (2 + 5 / 7)), "90%": None, "99%": None}
+  assert scratch["closes_align"] == {"50%": None, "90%": None, "99%": None}
+  text = recovery.markdown(recovery.aggregate([align, relearn, scratch]))
+  # last tokens 10,000, in all + 1,000 of the source's; closes: native, source, zero-shot ×3, align ×3, 90% in all ×2.
+  assert "| relearn | 6.000 | 5.000 | 4.000 | 10,000 | 11,000 | 4.000 |" in text
+  assert "| relearn | 6,400 | 1,000 | 0 | 1,585 | 8,318 | 100 | 3,981 | 9,120 | 2,585 | 4,981 |" in text
+  # not reached: bounded by the curve's last tokens (1,000), in all by those plus the source's (none for scratch)
+  assert "| scratch | 6,400 | 0 | 518 | > 1,000 | > 1,000 | > 1,000 | > 1,000 | > 1,000 | > 1,000 | > 1,000 |" in text
+
+
+def test_align_anchor_falls_back_to_a_trained_port_at_zero_tokens_and_says_no_gap():
+  from llmcpu.experiments import porting as recovery
+
+  # No align curve: relearn's 0-token point is align's port. Here align (3.5) already beats the native (4.0).
+  finetune = _curve_row("finetune", [(0, 3.5), (100, 3.0)], 10)
+  translate = _curve_row("translate", [(0, 3.9)], 10)
+  recovery.attach_closes([translate, finetune])
+  assert translate["align_bpb"] == finetune["align_bpb"] == 3.5
+  assert finetune["closes_align"] == {"50%": None, "90%": None, "99%": None}
+  assert finetune["closes"] == {"50%": 0, "90%": 0, "99%": 0}  # from zero-shot: closed 1.25 at 0 tokens
+  text = recovery.markdown(recovery.aggregate([finetune]))
+  assert "| finetune | 6,400 | 10 | 0 | 0 | 0 | no gap | no gap | no gap | 10 | no gap |" in text
+
+
+def test_scratch_budgets_are_multiples_of_the_native_steps():
+  from llmcpu.experiments import porting as recovery
+
+  budgets = [0, 10, 30, 100, 300]
+  assert recovery.scratch_budgets(budgets, "1,2,4", 400) == [0, 10, 30, 100, 300, 400, 800, 1600]
+  assert recovery.scratch_budgets(budgets, "0.25", 400) == budgets  # 100: already a budget
+  assert recovery.scratch_budgets(budgets, "", 400) == budgets
+  for bad in ("x", "0", "-1"):
+    with pytest.raises(UserError, match="scratch_budgets"):
+      recovery.scratch_budgets(budgets, bad, 400)
 
 
 @pytest.fixture(scope="module")

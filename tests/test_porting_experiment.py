@@ -1,5 +1,6 @@
-"""The porting experiment (configs/experiments/porting.py's kind) end to end with tiny CPUs: natives, ports saved at
-every budget, scored recovery curves, and a rerun that finds everything done. The methods themselves are tested one
+"""The porting experiment (configs/experiments/porting.py's kind) end to end with tiny CPUs: natives, one port run per
+budget (scratch also at multiples of the native's steps), scored recovery curves, and a rerun that finds everything
+done. The methods themselves are tested one
 by one in tests/test_porting.py; the report's arithmetic by hand there too."""
 
 import json
@@ -12,7 +13,7 @@ from llmcpu import experiments
 def test_porting_experiment_end_to_end(tmp_path):
   c = experiments.porting.porting_config("tiny")
   c.update(corpus="text:" + write_docs(tmp_path), ports="char>byte", archs="decoder", steps=4, seeds="0")
-  c.update(methods="translate,align,relearn", budgets="0,2")
+  c.update(methods="translate,align,relearn,scratch", budgets="0,2", scratch_budgets="2")  # scratch: 0, 2, 2 × 4
   c.model.update(d_model=32, num_heads=2, d_ff=64, max_len=64)
   c.train.update(batch_size=8, peak_tflops=1.0)
   c.checkpoint.async_save = False
@@ -21,9 +22,9 @@ def test_porting_experiment_end_to_end(tmp_path):
   workdir, logs = str(tmp_path / "exp"), []
   (out,) = experiments.run(c, workdir, log=logs.append).values()
   rows = [json.loads(line) for line in open(f"{out}/results.jsonl")]
-  assert [r["method"] for r in rows] == ["translate", "align", "relearn"]
+  assert [r["method"] for r in rows] == ["translate", "align", "relearn", "scratch"]
   steps = {r["method"]: [p["step"] for p in r["points"]] for r in rows}
-  assert steps == {"translate": [0], "align": [0], "relearn": [0, 2]}
+  assert steps == {"translate": [0], "align": [0], "relearn": [0, 2], "scratch": [0, 2, 8]}
   by = {r["method"]: r for r in rows}
   # Every curve of one (source, target) shares its reference cells; translate is the source read in its own ISA.
   assert len({(r["zero_shot_bpb"], r["native_bpb"]) for r in rows}) == 1
@@ -31,9 +32,16 @@ def test_porting_experiment_end_to_end(tmp_path):
   # relearn's step 0 is align's port (the same rows, nothing trained yet): the same bits per byte.
   assert by["relearn"]["points"][0]["bpb"] == by["align"]["points"][0]["bpb"]
   assert by["relearn"]["points"][1]["tokens"] == 2 * 8 * 64
+  # Each budget is its own run whose schedule ends there: relearn's 2-step run is a separate checkpoint.
+  run2 = tmp_path / "exp" / "ports"
+  assert len(list(run2.glob("*/decoder/char-to-byte/relearn/seed0/budget2/checkpoints/2"))) == 1
+  # Both anchors: align's port is every row's align anchor; tokens in all add the source's own 4 × 8 × 64.
+  assert {r["align_bpb"] for r in rows} == {by["align"]["points"][0]["bpb"]}
+  assert by["relearn"]["source_tokens"] == by["relearn"]["native_tokens"] == 4 * 8 * 64
+  assert by["scratch"]["source_tokens"] == 0 and by["scratch"]["points"][-1]["tokens"] == 8 * 8 * 64
   assert "| decoder | char → byte | relearn |" in open(f"{out}/porting.md").read()
-  assert any(line.startswith("== port [2/2] decoder char → byte by relearn") for line in logs)
+  assert any(line.startswith("== port [6/6] decoder char → byte by scratch, 8 steps") for line in logs)
   logs.clear()
   experiments.run(c, workdir, log=logs.append)  # a rerun: nothing trains again
   assert not any(line.startswith("training ") or line.startswith("porting ") for line in logs), logs
-  assert sum(line.endswith(": done") for line in logs) == 4  # two natives, two ports
+  assert sum(line.endswith(": done") for line in logs) == 8  # two natives, six port runs

@@ -2,13 +2,18 @@
 ISA, architecture).
 
 Stages, each resumable like the matrix's: compile every ISA; train a native CPU on each (the sources, and
-the native ISA-B reference); port each source by each method with checkpoints at every budget; score every saved
-step on ISA B's test split (bits per byte with a bootstrap interval over documents); write the report.
+the native ISA-B reference); port each source by each method, *one run per budget*, each with its own schedule
+(warmup, cosine decay ending at that budget): a budget point is a run annealed for that budget, never a mid-decay
+checkpoint of a longer run; score every run's end on ISA B's test split (bits per byte with a bootstrap interval over
+documents); write the report. ``scratch`` also runs ``scratch_budgets``, multiples of the native's steps (default
+1, 2 and 4×): scratch is trained to the native's budget and past it, so its crossings are found or bounded.
 
 A curve is bits per byte (and, with ``crosseval.coherence``, relevance — exact match on ``programs``) against ISA-B
-tokens seen (0 = zero-shot). Its gap runs from the *zero-shot cell* (the source CPU fed ISA B's machine code as is)
-to the *native* ISA-B CPU: ``closed = (zero − bpb) / (zero − native)``. "tokens to close 50/90/99%" interpolates
-``closed`` on a log-token axis between saved steps (— if never reached), per seed. With several seeds a curve's
+tokens seen (0 = zero-shot). Its gap is anchored twice, at the *zero-shot cell* (the source CPU fed ISA B's machine
+code as is) and at *align* (the rows transplanted, 0 tokens), and runs to the *native* ISA-B CPU:
+``closed = (anchor − bpb) / (anchor − native)``. "tokens to close 50/90/99%" interpolates ``closed`` on a log-token
+axis between budget points, per seed and anchor; a share never reached is bounded, "> N" (N: the last budget's
+tokens). "in all" adds the source CPU's own training tokens (on ISA A) to the ISA-B tokens. With several seeds a curve's
 figures are the mean over seeds ± their standard deviation and the tokens to close are the mean (min–max) over
 seeds; with one seed, the figure and its 95% bootstrap interval over documents.
 ``translate`` is the source CPU fed ISA B's code translated back into its own ISA (decode, re-encode): its bits per
@@ -44,7 +49,8 @@ def porting_config(preset: str = "tiny") -> ml_collections.ConfigDict:
   c.kind = "porting"
   c.ports = "bpe:4000>unigram:4000"  # comma-separated SOURCE>TARGET compiler specs
   c.methods = ",".join(ALL_METHODS)
-  c.budgets = "0,10,30,100,300"  # training steps at which every trained port is saved and scored
+  c.budgets = "0,10,30,100,300"  # training steps of every trained port: one run per budget, annealed for it
+  c.scratch_budgets = "1,2,4"  # scratch also trains these multiples of the native's steps (found or bounded)
   c.port_learning_rate = 0.0  # 0 = the source's
   c.report = "report-porting"
   c.crosseval.coherence = False  # True: curves also carry relevance (exact match on programs), at ~5 s a checkpoint
@@ -77,6 +83,7 @@ class Porting(matrix.Matrix):
   def plan(self) -> None:
     exp = self.config
     self.pairs, self.methods, self.budgets = _pairs(exp.ports), _methods(exp.methods), base.step_list(exp.budgets)
+    self.scratch_budgets = scratch_budgets(self.budgets, exp.get("scratch_budgets", ""), exp.steps)
     isas = list(dict.fromkeys(s for pair in self.pairs for s in pair))
     self.config = exp = ml_collections.ConfigDict(exp.to_dict())
     exp.compilers, exp.train_compilers = ",".join(map(str, isas)), ""  # every ISA gets a native CPU
@@ -95,16 +102,26 @@ class Porting(matrix.Matrix):
       for seed in plan.seeds
     ]
     ports = [
-      _port(self.config, self.workdir, c, self.budgets, self.log) for c in self.curves if c.method != "translate"
+      _port(self.config, self.workdir, c, budget, self.log)
+      for c in self.curves
+      if c.method != "translate"
+      for budget in self.curve_budgets(c)
     ]
     base.run_stages("port", ports, self.log)
     return True
+
+  def curve_budgets(self, curve: Curve) -> list[int]:
+    """The budgets a curve's runs train: align/fvt none but 0; scratch its own list; the rest ``budgets``."""
+    if curve.method not in runner.TRAINED:
+      return [0]
+    return self.scratch_budgets if curve.method == "scratch" else self.budgets
 
   def report(self) -> dict[str, str]:
     exp = self.config
     out = fs.join(self.workdir, exp.report)
     refs: dict = {}  # (corpus, arch, source, target, seed) → reference cells, shared by every method's curve
-    rows = [_score(exp, self.workdir, curve, self.budgets, refs, self.log) for curve in self.curves]
+    rows = [_score(exp, self.workdir, c, self.curve_budgets(c), refs, self.log) for c in self.curves]
+    attach_closes(rows)
     write_report(rows, out, exp, time.time() - self.t0)
     self.log(f"== porting report: {out}")
     return {exp.report: out}
@@ -132,17 +149,33 @@ def _methods(value: str) -> list[str]:
   return methods
 
 
-def _port(exp, workdir: str, curve: Curve, budgets: list[int], log: Callable) -> base.Stage:
-  """The run that ports one curve's source CPU (trained methods: saved at every budget)."""
-  path = curve.path(workdir)
-  steps = max(budgets) if curve.method in runner.TRAINED else 0
+def scratch_budgets(budgets: list[int], multiples: str, native_steps: int) -> list[int]:
+  """``budgets`` and ``multiples`` (comma-separated, of the native's steps) of them: scratch's budgets."""
+  what = f"--config.scratch_budgets={multiples!r} must be positive multiples of the native's steps, e.g. 1,2,4"
+  try:
+    factors = [float(x) for x in base.split_list(str(multiples), "scratch_budgets")] if str(multiples).strip() else []
+  except ValueError:
+    raise UserError(what) from None
+  if any(not f > 0 for f in factors):
+    raise UserError(what)
+  return sorted(set(budgets) | {max(1, round(f * native_steps)) for f in factors})
+
+
+def budget_path(workdir: str, curve: Curve, budget: int) -> str:
+  """The run that trains ``curve``'s port for ``budget`` steps (align/fvt: 0), annealed for that budget."""
+  return fs.join(curve.path(workdir), f"budget{budget}")
+
+
+def _port(exp, workdir: str, curve: Curve, budget: int, log: Callable) -> base.Stage:
+  """The run that ports one curve's source CPU for one budget, its schedule ending there."""
+  path = budget_path(workdir, curve, budget)
   source = matrix.cpu_dir(workdir, curve.corpus.name, curve.arch, curve.source.name, curve.seed)
   config = ml_collections.ConfigDict(
-    dict(checkpoint=source, to_isa=str(curve.target), method=curve.method, steps=steps, corpus="", seed=curve.seed)
+    dict(checkpoint=source, to_isa=str(curve.target), method=curve.method, steps=budget, corpus="", seed=curve.seed)
   )
-  config.update(save_at=",".join(map(str, budgets)), compile_dir="", learning_rate=exp.port_learning_rate)
-  tag = f"{curve.arch} {curve.source.name} → {curve.target.name} by {curve.method} (seed {curve.seed})"
-  return base.Stage(path, steps, tag, functools.partial(runner.port_checkpoint, config, path, log=log))
+  config.update(save_at="", compile_dir="", learning_rate=exp.port_learning_rate)
+  tag = f"{curve.arch} {curve.source.name} → {curve.target.name} by {curve.method}, {budget} steps (seed {curve.seed})"
+  return base.Stage(path, budget, tag, functools.partial(runner.port_checkpoint, config, path, log=log))
 
 
 def _score(exp, workdir: str, curve: Curve, budgets: list[int], refs: dict, log: Callable) -> dict:
@@ -166,19 +199,18 @@ def _score(exp, workdir: str, curve: Curve, budgets: list[int], refs: dict, log:
   row |= dict(method=curve.method, seed=curve.seed, zero_shot_bpb=zero["bits_per_byte"])
   row |= dict(native_bpb=native["bits_per_byte"], source_native_bpb=own["bits_per_byte"])
   row |= dict(zero_shot_relevance=zero.get("relevance"), native_relevance=native.get("relevance"))
+  row |= dict(native_tokens=checkpoints.load_meta(cpu(curve.target))["tokens_seen"])
+  # "in all": the source CPU's own training tokens (ISA A) come with every port but scratch's.
+  row["source_tokens"] = 0 if curve.method == "scratch" else checkpoints.load_meta(cpu(curve.source))["tokens_seen"]
   if curve.method == "translate":
     row["points"] = [_point(0, 0, own)]
     row["ms_per_1k_tokens"] = _translate_cost(compile_dir, curve)
-  else:
-    steps = sorted(int(s) for s in fs.listdir(fs.join(curve.path(workdir), "checkpoints")) if s.isdigit())
-    steps = [s for s in steps if s in budgets or s == max(steps)]
-    paths = [fs.join(curve.path(workdir), "checkpoints", str(s)) for s in steps]
+  else:  # each budget's run, scored at its end
+    paths = [fs.join(budget_path(workdir, curve, b), "checkpoints", str(b)) for b in budgets]
     target = [str(curve.target)]
     rows = crosseval.evaluate(paths, target, compile_dir, corpus=curve.corpus.spec, options=options, log=log)
-    last = checkpoints.load_meta(paths[-1])
-    per_step = last["tokens_seen"] / max(last["step"], 1)
-    row["points"] = [_point(r["step"], int(r["step"] * per_step), r) for r in rows]
-  row["closes"] = closes(row)
+    tokens = [checkpoints.load_meta(p)["tokens_seen"] for p in paths]
+    row["points"] = [_point(r["step"], t, r) for r, t in zip(rows, tokens, strict=True)]
   return row
 
 
@@ -201,13 +233,35 @@ def _translate_cost(compile_dir: str, curve: Curve) -> float:
   return 1000 * translation_cost(docs, comp_b, comp_a)  # seconds per 1000 ids → ms
 
 
-def closes(row: dict) -> dict[str, int | None]:
-  """Tokens at which the curve first closes 50/90/99% of the zero-shot → native gap (log-token interpolation)."""
-  zero, native = row["zero_shot_bpb"], row["native_bpb"]
-  gap = zero - native
+ANCHORS = {"zero-shot": "zero_shot_bpb", "align": "align_bpb"}  # where a gap starts: the key of its bits per byte
+
+
+def attach_closes(rows: list[dict]) -> None:
+  """Every row's align anchor (the align port's bits per byte on the same pair and seed; else a relearn or finetune
+  run's 0-step point, which is align's port) and its tokens to close the gap from each anchor."""
+  align: dict[tuple, float] = {}
+  for r in sorted(rows, key=lambda r: r["method"] != "align"):  # align's own figure first
+    first = r["points"][0] if r["points"] else None
+    if r["method"] in ("align", "relearn", "finetune") and first and first["tokens"] == 0:
+      align.setdefault(_pair_key(r), first["bpb"])
+  for r in rows:
+    r["align_bpb"] = align.get(_pair_key(r))
+    r["closes"] = closes(r)
+    r["closes_align"] = closes(r, "align_bpb")
+
+
+def _pair_key(row: dict) -> tuple:
+  return tuple(row[k] for k in ("corpus", "arch", "source", "target", "seed"))
+
+
+def closes(row: dict, anchor: str = "zero_shot_bpb") -> dict[str, int | None]:
+  """Tokens at which the curve first closes 50/90/99% of the ``anchor`` → native gap (log-token interpolation);
+  None where it never does (the report bounds it by the curve's last tokens) or there is no gap."""
+  zero, native = row.get(anchor), row["native_bpb"]
   out: dict[str, int | None] = {f"{int(c * 100)}%": None for c in CLOSES}
-  if not gap > 0:
+  if zero is None or not zero - native > 0:
     return out
+  gap = zero - native
   points = [(p["tokens"], (zero - p["bpb"]) / gap) for p in row["points"]]
   for c in CLOSES:
     prev = None
@@ -225,7 +279,16 @@ def closes(row: dict) -> dict[str, int | None]:
 
 
 _CURVE = ("corpus", "arch", "source", "target", "method")
-_REFERENCES = ("zero_shot_bpb", "native_bpb", "source_native_bpb", "zero_shot_relevance", "native_relevance")
+_REFERENCES = (
+  "zero_shot_bpb",
+  "align_bpb",
+  "native_bpb",
+  "source_native_bpb",
+  "zero_shot_relevance",
+  "native_relevance",
+  "source_tokens",
+  "native_tokens",
+)
 METRICS = ("bpb", "relevance")
 
 
@@ -253,7 +316,8 @@ def aggregate(rows: list[dict]) -> list[dict]:
         lo, hi = (mean - std, mean + std) if std is not None else (ps[0].get(f"{m}_lo"), ps[0].get(f"{m}_hi"))
         point |= {m: mean, f"{m}_std": std, f"{m}_lo": lo, f"{m}_hi": hi}
       curve["points"].append(point)
-    curve["closes"] = {c: [r["closes"][c] for r in rs] for c in rs[0]["closes"]}
+    for name in ("closes", "closes_align"):
+      curve[name] = {c: [r.get(name, {}).get(c) for r in rs] for c in rs[0]["closes"]}
     out.append(curve)
   return out
 
@@ -283,11 +347,12 @@ def _ref(curve: dict, key: str) -> str:
   return _fmt({"v": curve[key], "v_std": curve.get(f"{key}_std")}, "v")
 
 
-def _tokens(per_seed: list[int | None]) -> str:
-  """Tokens to close a share of the gap over seeds: the figure, mean (min–max), or — (k/n seeds reached it)."""
+def _tokens(per_seed: list[int | None], bound: int) -> str:
+  """Tokens to close a share of the gap over seeds: the figure, mean (min–max), or "> bound" (not reached within the
+  curve's last ``bound`` tokens; "(k/n seeds)" when some seeds reached it)."""
   reached = [t for t in per_seed if t is not None]
   if len(reached) < len(per_seed):
-    return "—" if not reached else f"— ({len(reached)}/{len(per_seed)} seeds)"
+    return f"> {bound:,}" + (f" ({len(reached)}/{len(per_seed)} seeds)" if reached else "")
   if len(reached) == 1 or min(reached) == max(reached):
     return f"{reached[0]:,}"
   return f"{round(sum(reached) / len(reached)):,} ({min(reached):,}–{max(reached):,})"
@@ -298,39 +363,85 @@ def _label(curve: dict) -> str:
 
 
 def markdown(curves: list[dict]) -> str:
-  """The bits-per-byte table (with tokens to close the gap) and, when judged, the relevance table."""
+  """The bits-per-byte table, the tokens to close the gap from either anchor and, when judged, the relevance table."""
   seeds = sorted({s for c in curves for s in c["seeds"]})
   spread = "mean ± std over seeds" if len(seeds) > 1 else "figure (95% bootstrap interval over documents)"
   lines = [
-    f"Bits per byte on ISA B's test split, {spread}; seeds {', '.join(map(str, seeds))}. Tokens to close the gap: "
-    + ("mean (min–max) over seeds." if len(seeds) > 1 else "interpolated on log tokens."),
+    f"Bits per byte on ISA B's test split, {spread}; seeds {', '.join(map(str, seeds))}. Every budget is its own run, "
+    "its schedule annealed for that budget. tokens: ISA-B tokens of the last budget; in all: plus the source CPU's "
+    "own training tokens.",
     "",
-    "| corpus | arch | port | method | zero-shot | 0 tokens | last | tokens | native | 50% | 90% | 99% |",
-    "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    "| corpus | arch | port | method | zero-shot | 0 tokens | last | tokens | in all | native |",
+    "|---|---|---|---|---:|---:|---:|---:|---:|---:|",
   ]
   for c in curves:
     first, last = c["points"][0], c["points"][-1]
     zero_col = _fmt(first) + (f" · {c['ms_per_1k_tokens']:.2f} ms/1k ids" if c["method"] == "translate" else "")
     lines.append(
       f"{_label(c)} {_ref(c, 'zero_shot_bpb')} | {zero_col} | {_fmt(last)} | {last['tokens']:,} | "
-      f"{_ref(c, 'native_bpb')} | " + " | ".join(_tokens(c["closes"][k]) for k in ("50%", "90%", "99%")) + " |"
+      f"{_in_all(c, last['tokens'])} | {_ref(c, 'native_bpb')} |"
     )
+  return "\n".join(lines + _closes_table(curves, len(seeds)) + _relevance_table(curves, spread)) + "\n"
+
+
+def _in_all(curve: dict, tokens: int) -> str:
+  return f"{round(tokens + (curve.get('source_tokens') or 0)):,}"
+
+
+def _closes_table(curves: list[dict], seeds: int) -> list[str]:
+  """ISA-B tokens to close 50/90/99% of the gap from zero-shot and from align, and 90% counted in all."""
+  lines = [
+    "",
+    "ISA-B tokens to close 50/90/99% of the gap to the native CPU, anchored at zero-shot and at align ("
+    + ("mean (min–max) over seeds" if seeds > 1 else "interpolated on log tokens between budgets")
+    + "); > N: not reached within the curve's N tokens; no gap: the anchor is already at or below native. "
+    "90% in all adds the source CPU's own training tokens; native tokens: what the native CPU trained on.",
+    "",
+    tables.row(["corpus", "arch", "port", "method", "native tokens", "source tokens"])
+    + " zero-shot → native 50% | 90% | 99% | align → native 50% | 90% | 99% | 90% in all (zero-shot) | "
+    "90% in all (align) |",
+    tables.rule(4, 10),
+  ]
+  for c in curves:
+    bound = c["points"][-1]["tokens"]
+    cells = [f"{round(c.get('native_tokens') or 0):,}", f"{round(c.get('source_tokens') or 0):,}"]
+    for anchor, name in (("zero_shot_bpb", "closes"), ("align_bpb", "closes_align")):
+      cells += [_closed(c, anchor, c[name][k], bound) for k in ("50%", "90%", "99%")]
+    for anchor, name in (("zero_shot_bpb", "closes"), ("align_bpb", "closes_align")):
+      per_seed = c[name]["90%"]
+      shift = [None if t is None else t + (c.get("source_tokens") or 0) for t in per_seed]
+      cells.append(_closed(c, anchor, shift, bound + round(c.get("source_tokens") or 0)))
+    lines.append(f"{_label(c)} " + " | ".join(cells) + " |")
+  return lines
+
+
+def _closed(curve: dict, anchor: str, per_seed: list, bound: int) -> str:
+  """A tokens-to-close cell: n/a without the anchor, "no gap" when the anchor is at or below native."""
+  if curve.get(anchor) is None:
+    return "n/a"
+  if not curve[anchor] - curve["native_bpb"] > 0:
+    return "no gap"
+  return _tokens([None if t is None else round(t) for t in per_seed], bound)
+
+
+def _relevance_table(curves: list[dict], spread: str) -> list[str]:
   judged = [c for c in curves if any(p.get("relevance") is not None for p in c["points"])]
-  if judged:
-    steps = sorted({p["step"] for c in judged for p in c["points"]})
-    lines += [
-      "",
-      f"Relevance (exact match on programs) of greedy continuations of ISA-B prompts, {spread}, by training step.",
-      "",
-      tables.row(["corpus", "arch", "port", "method", "zero-shot", *(f"step {s}" for s in steps), "native"]),
-      tables.rule(4, len(steps) + 2),
-    ]
-    for c in judged:
-      at = {p["step"]: p for p in c["points"]}
-      cols = [_fmt(at[s], "relevance") if s in at else "" for s in steps]
-      row = f"{_label(c)} {_ref(c, 'zero_shot_relevance')} | " + " | ".join(cols)
-      lines.append(f"{row} | {_ref(c, 'native_relevance')} |")
-  return "\n".join(lines) + "\n"
+  if not judged:
+    return []
+  steps = sorted({p["step"] for c in judged for p in c["points"]})
+  lines = [
+    "",
+    f"Relevance (exact match on programs) of greedy continuations of ISA-B prompts, {spread}, by training step.",
+    "",
+    tables.row(["corpus", "arch", "port", "method", "zero-shot", *(f"step {s}" for s in steps), "native"]),
+    tables.rule(4, len(steps) + 2),
+  ]
+  for c in judged:
+    at = {p["step"]: p for p in c["points"]}
+    cols = [_fmt(at[s], "relevance") if s in at else "" for s in steps]
+    row = f"{_label(c)} {_ref(c, 'zero_shot_relevance')} | " + " | ".join(cols)
+    lines.append(f"{row} | {_ref(c, 'native_relevance')} |")
+  return lines
 
 
 def figure(curves: list[dict], out: str) -> None:

@@ -1,18 +1,57 @@
-"""The optimizer: AdamW with warmup + cosine decay, global-norm clipping and a weight-decay mask."""
+"""The optimizer: AdamW with warmup and a cosine or warmup-stable-decay schedule, global-norm clipping and a
+weight-decay mask."""
 
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import optax
 
+from llmcpu.errors import UserError
+
+SCHEDULES = ("cosine", "wsd")
+
+
+def make_schedule(t: ml_collections.ConfigDict) -> optax.Schedule:
+  """``train.schedule``: ``cosine`` (linear warmup, cosine decay to ``min_lr_ratio`` of the peak at ``steps``) or
+  ``wsd`` (linear warmup, flat at the peak, then a linear decay to the same end value over the last
+  ``decay_fraction`` of the steps)."""
+  kind = t.get("schedule", "cosine")
+  if kind not in SCHEDULES:
+    raise UserError(f"--config.train.schedule={kind!r} is not a schedule; choose one of {', '.join(SCHEDULES)}")
+  warmup = min(t.warmup_steps, max(t.steps - 1, 1))
+  end = t.learning_rate * t.min_lr_ratio
+  if kind == "cosine":
+    return optax.warmup_cosine_decay_schedule(0.0, t.learning_rate, warmup, max(t.steps, warmup + 1), end_value=end)
+  return wsd_schedule(t.learning_rate, t.steps, warmup, t.get("decay_fraction", 0.2), end)
+
+
+def wsd_schedule(peak: float, steps: int, warmup: int, decay_fraction: float, end: float) -> optax.Schedule:
+  """Warmup-stable-decay: 0 → ``peak`` over ``warmup`` steps, ``peak`` until the last ``decay_fraction · steps``
+  steps, then linearly down to ``end`` at ``steps``. The stable phase does not depend on ``steps``, so a run annealed
+  for a budget s can branch from a longer run's stable phase (Hägele et al. 2024)."""
+  if not 0 < decay_fraction <= 1:
+    raise UserError(f"--config.train.decay_fraction={decay_fraction} must be in (0, 1]: the share of steps decayed")
+  start = wsd_decay_start(steps, warmup, decay_fraction)
+
+  def schedule(step):
+    step = jnp.asarray(step, jnp.float32)
+    up = peak * step / max(warmup, 1)
+    down = peak + (end - peak) * jnp.clip((step - start) / max(steps - start, 1), 0.0, 1.0)
+    return jnp.where(step < warmup, up, down)
+
+  return schedule
+
+
+def wsd_decay_start(steps: int, warmup: int, decay_fraction: float) -> int:
+  """The step at which a ``steps``-step warmup-stable-decay run leaves its stable phase (never inside the warmup)."""
+  return max(steps - max(1, round(decay_fraction * steps)), warmup)
+
 
 def make_optimizer(t: ml_collections.ConfigDict) -> tuple[optax.GradientTransformation, optax.Schedule]:
-  """AdamW with linear warmup and cosine decay, global-norm clipping, and weight decay on matrices only."""
-  warmup = min(t.warmup_steps, max(t.steps - 1, 1))
-  schedule = optax.warmup_cosine_decay_schedule(
-    0.0, t.learning_rate, warmup, max(t.steps, warmup + 1), end_value=t.learning_rate * t.min_lr_ratio
-  )
+  """AdamW on ``make_schedule``'s learning rate, global-norm clipping, and weight decay on matrices only."""
+  schedule = make_schedule(t)
   tx = optax.chain(
     optax.clip_by_global_norm(t.grad_clip),
     optax.adamw(schedule, b1=t.b1, b2=t.b2, weight_decay=t.weight_decay, mask=decay_mask),

@@ -55,7 +55,9 @@ def base_config(arch: str, preset: str = "tiny") -> ml_collections.ConfigDict:
   c.train.batch_size = p["batch_size"]  # global, across all devices and hosts
   c.train.learning_rate = p["learning_rate"]
   c.train.warmup_steps = max(1, p["steps"] // 20)
-  c.train.min_lr_ratio = 0.1  # cosine decays to this fraction of the peak
+  c.train.min_lr_ratio = 0.1  # the schedule decays to this fraction of the peak
+  c.train.schedule = "cosine"  # cosine | wsd (warmup-stable-decay: flat, then linear decay; see optim.make_schedule)
+  c.train.decay_fraction = 0.2  # wsd: the share of steps spent decaying
   c.train.weight_decay = 0.1  # on matrices only (see optim.decay_mask)
   c.train.b1 = 0.9
   c.train.b2 = 0.95
@@ -113,6 +115,7 @@ RANGES: dict[str, tuple] = {
   "train.learning_rate": (lambda v: v > 0 and math.isfinite(v), "a positive finite number"),
   "train.warmup_steps": _at_least(0),
   "train.min_lr_ratio": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+  "train.decay_fraction": (lambda v: 0 < v <= 1, "in (0, 1]"),
   "train.weight_decay": _at_least(0),
   "train.b1": (lambda v: 0 <= v < 1, "in [0, 1)"),
   "train.b2": (lambda v: 0 <= v < 1, "in [0, 1)"),
