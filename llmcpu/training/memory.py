@@ -189,6 +189,14 @@ def available_bytes() -> int:
   return 0
 
 
+def device_bytes() -> int:
+  """Memory of this process's first accelerator (``memory_stats()['bytes_limit']``), or 0 on CPU / where unknown."""
+  if jax.default_backend() == "cpu":
+    return 0
+  stats = jax.local_devices()[0].memory_stats() or {}
+  return int(stats.get("bytes_limit", 0))
+
+
 def parse_target(target: str, default_devices: int) -> tuple[str, int]:
   """``train.memory_target`` 'NAME[:DEVICES]' → (name, devices); NAME one of ``ACCELERATORS``."""
   name, _, count = target.partition(":")
@@ -223,10 +231,11 @@ def preflight(
 ) -> Estimate:
   """Prints the per-device estimate and raises ``UserError`` when it does not fit.
 
-  The budget: ``train.memory_target`` (a named accelerator, analytic estimate) if set, else this host's
-  ``train.memory_limit_gb`` or available memory. On one CPU process the analytic figure decides when it is far from
-  the budget (under half or over twice); otherwise the step is compiled on abstract inputs for XLA's exact figure
-  (plus ``RUNTIME_BYTES``), which is what a run on this host allocates.
+  The budget: ``train.memory_target`` (a named accelerator, analytic estimate) if set, else
+  ``train.memory_limit_gb``, else this accelerator's memory, else this host's available memory (MemAvailable).
+  On one CPU process the analytic figure decides when it is far from the budget (under half or over twice);
+  otherwise the step is compiled on abstract inputs for XLA's exact figure (plus ``RUNTIME_BYTES``), which is what
+  a run on this host allocates.
   """
   t = config.train
   target = t.get("memory_target", "")
@@ -234,8 +243,12 @@ def preflight(
     name, devices = parse_target(target, jax.device_count())
     need, limit, where = estimate_for(config, mc, objective, devices), ACCELERATORS[name], f"a {name} device"
   else:
-    limit = int(t.get("memory_limit_gb", 0.0) * GIB) or available_bytes()
-    where = "this host" + (" (train.memory_limit_gb)" if t.get("memory_limit_gb", 0.0) else " (MemAvailable)")
+    on_device = device_bytes()
+    limit = int(t.get("memory_limit_gb", 0.0) * GIB) or on_device or available_bytes()
+    source = (
+      "train.memory_limit_gb" if t.get("memory_limit_gb", 0.0) else "bytes_limit" if on_device else "MemAvailable"
+    )
+    where = f"this {'device' if on_device else 'host'} ({source})"
     need = estimate_for(config, mc, objective, jax.device_count())
     on_host = jax.default_backend() == "cpu" and jax.process_count() == 1 and jax.device_count() == 1
     if on_host:
