@@ -249,8 +249,10 @@ def preflight(
       "train.memory_limit_gb" if t.get("memory_limit_gb", 0.0) else "bytes_limit" if on_device else "MemAvailable"
     )
     where = f"this {'device' if on_device else 'host'} ({source})"
-    need = estimate_for(config, mc, objective, jax.device_count())
     on_host = jax.default_backend() == "cpu" and jax.process_count() == 1 and jax.device_count() == 1
+    # XLA:CPU's schedule keeps what remat would drop (compiled and measured: the same bytes with and without), so
+    # on this host the estimate is the one without remat.
+    need = estimate_for(config, mc.replace(remat="none") if on_host else mc, objective, jax.device_count())
     if on_host:
       need = dataclasses.replace(need, step=need.step + RUNTIME_BYTES)
       if limit and limit / 2 <= need.total <= 2 * limit:
