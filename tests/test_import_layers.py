@@ -21,7 +21,7 @@ LAYERS = [
     "llmcpu.training.writer",
     "llmcpu.training.run_config",
   ),
-  ("llmcpu.training.placement",),
+  ("llmcpu.training.placement", "llmcpu.training.memory"),
   ("llmcpu.training.checkpoints",),
   ("llmcpu.training.trainer", "llmcpu.crosseval", "llmcpu.integrity"),
   (

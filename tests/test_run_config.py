@@ -38,6 +38,7 @@ BOUNDS = [
   ("train.peak_tflops", 0.0, -1.0),
   ("train.profile_start", 0, -1),
   ("train.profile_steps", 0, -1),
+  ("train.memory_limit_gb", 0.0, -1.0),
   ("checkpoint.every", 1, 0),
   ("checkpoint.keep", 0, -1),
 ]

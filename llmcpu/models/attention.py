@@ -11,11 +11,14 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from llmcpu.errors import UserError
 from llmcpu.models.config import ModelConfig
 from llmcpu.models.layers import dense, normal, param, rotary
 
 # Finite, so a fully masked row softmaxes to uniform instead of NaN; also safe in bfloat16 logits (kept in f32).
 _NEG = -0.7 * float(jnp.finfo(jnp.float32).max)
+# Keys per block of the chunked kernel: [B, H, Q, 256] float32 scores live at a time instead of [B, H, Q, S].
+KV_CHUNK = 256
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -78,11 +81,20 @@ def attend(
 ) -> jax.Array:
   """softmax(q·kᵀ/√K + mask)·v. ``is_causal`` adds a causal mask (aligned at slot 0) on top of ``mask``.
 
-  'xla': plain einsums, logits and softmax in float32. 'dot_product_attention': ``jax.nn.dot_product_attention``,
-  asking for cuDNN's fused kernel where it applies (see ``_cudnn_ok``; jax 0.10's default ``implementation=None``
+  'xla': plain einsums, logits and softmax in float32 (the [B, H, Q, S] scores are kept for the backward pass).
+  'chunked': ``chunked_attend``, the same math a block of keys at a time. 'cudnn': cuDNN's fused kernel, or a
+  UserError off GPU. 'dot_product_attention': ``jax.nn.dot_product_attention``, asking for cuDNN's fused kernel
+  where it applies (see ``_cudnn_ok``; jax 0.10's default ``implementation=None``
   is plain XLA, not cuDNN) and XLA otherwise; a pure causal mask goes in as ``is_causal`` so the fused kernel can
   skip the upper triangle.
   """
+  if impl == "chunked":
+    return chunked_attend(q_BxQxHxK, k_BxSxHxK, v_BxSxHxK, mask, is_causal=is_causal)
+  if impl == "cudnn":
+    if jax.default_backend() != "gpu":
+      raise UserError(f"model.attention_impl=cudnn needs a GPU, not {jax.default_backend()}; use chunked or xla")
+    args = (q_BxQxHxK, k_BxSxHxK, v_BxSxHxK)
+    return jax.nn.dot_product_attention(*args, mask=mask, is_causal=is_causal, implementation="cudnn")
   if impl == "dot_product_attention":
     args = (q_BxQxHxK, k_BxSxHxK, v_BxSxHxK)
     if _cudnn_ok(*args):
@@ -106,6 +118,77 @@ def attend(
     "bhqs,bshk->bqhk", weights_BxHxQxS.astype(v_BxSxHxK.dtype), v_BxSxHxK, preferred_element_type=jnp.float32
   )
   return (out_BxQxHxK / total_BxQxH[..., None]).astype(v_BxSxHxK.dtype)
+
+
+def _key_blocks(x_BxSx___: jax.Array, chunk: int, fill) -> jax.Array:
+  """[B, S, ...] → [n, B, chunk, ...], the tail padded with ``fill`` up to n·chunk."""
+  b, s = x_BxSx___.shape[:2]
+  n = -(-s // chunk)
+  pad = [(0, 0), (0, n * chunk - s)] + [(0, 0)] * (x_BxSx___.ndim - 2)
+  x = jnp.pad(x_BxSx___, pad, constant_values=fill)
+  return jnp.moveaxis(x.reshape(b, n, chunk, *x.shape[2:]), 1, 0)
+
+
+def chunked_attend(
+  q_BxQxHxK: jax.Array,
+  k_BxSxHxK: jax.Array,
+  v_BxSxHxK: jax.Array,
+  mask: jax.Array | None,
+  *,
+  is_causal: bool = False,
+  chunk: int = KV_CHUNK,
+) -> jax.Array:
+  """``attend``'s 'xla' result computed ``chunk`` keys at a time with an online softmax (flash-attention style).
+
+  A running max, denominator and value sum are rescaled block by block, so no [Q, S] score matrix exists per head.
+  Each block is rematerialised in the backward pass (``jax.checkpoint``), so what is saved per layer is the
+  per-block carry ([B, Q, H, K] + 2·[B, H, Q]) instead of the float32 [B, H, Q, S] scores and probabilities.
+  Masked keys score ``_NEG`` as in ``attend`` (a fully masked row averages uniformly); the padding that rounds S up
+  to whole blocks scores -inf, so it never counts.
+  """
+  b, q_len, h, _ = q_BxQxHxK.shape
+  s_len = k_BxSxHxK.shape[1]
+  chunk = max(1, min(chunk, s_len))
+  q_BxQxHxK = q_BxQxHxK * jnp.asarray(q_BxQxHxK.shape[-1] ** -0.5, q_BxQxHxK.dtype)
+  ks, vs = _key_blocks(k_BxSxHxK, chunk, 0), _key_blocks(v_BxSxHxK, chunk, 0)
+  slots = _key_blocks(jnp.broadcast_to(jnp.arange(s_len), (1, s_len)), chunk, -1)  # [n, 1, C]; -1 = padding
+  if mask is not None:  # [B|1, 1, Q|1, S] → [n, B|1, C, 1, Q|1]: blocks along the key axis
+    masks = _key_blocks(jnp.moveaxis(mask, 3, 1), chunk, False)
+  else:
+    masks = jnp.zeros((slots.shape[0],), bool)  # placeholder scanned alongside, unused
+
+  @jax.checkpoint
+  def block(carry, xs):
+    total_BxHxQ, max_BxHxQ, out_BxQxHxK = carry
+    k_BxCxHxK, v_BxCxHxK, slot_1xC, mask_block = xs
+    logits_BxHxQxC = jnp.einsum("bqhk,bchk->bhqc", q_BxQxHxK, k_BxCxHxK, preferred_element_type=jnp.float32)
+    allowed = None
+    if mask is not None:  # [B|1, C, 1, Q|1] → [B|1, 1, Q|1, C]
+      allowed = jnp.moveaxis(mask_block, 1, 3)
+    if is_causal:
+      causal = (slot_1xC[:, None, :] <= jnp.arange(q_len)[None, :, None])[:, None]  # [1, 1, Q, C]
+      allowed = causal if allowed is None else allowed & causal
+    if allowed is not None:
+      logits_BxHxQxC = jnp.where(allowed, logits_BxHxQxC, _NEG)
+    logits_BxHxQxC = jnp.where(slot_1xC[:, None, None, :] >= 0, logits_BxHxQxC, -jnp.inf)
+    # The shift only guards exp's range (the result does not depend on it), so it needs no gradient.
+    new_max = jax.lax.stop_gradient(jnp.maximum(max_BxHxQ, jnp.max(logits_BxHxQxC, axis=-1)))
+    scale_BxHxQ = jnp.exp(max_BxHxQ - new_max)
+    weights_BxHxQxC = jnp.exp(logits_BxHxQxC - new_max[..., None])
+    total_BxHxQ = total_BxHxQ * scale_BxHxQ + jnp.sum(weights_BxHxQxC, axis=-1)
+    part_BxQxHxK = jnp.einsum(
+      "bhqc,bchk->bqhk", weights_BxHxQxC.astype(v_BxCxHxK.dtype), v_BxCxHxK, preferred_element_type=jnp.float32
+    )
+    out_BxQxHxK = out_BxQxHxK * jnp.swapaxes(scale_BxHxQ, 1, 2)[..., None] + part_BxQxHxK
+    return (total_BxHxQ, new_max, out_BxQxHxK), None
+
+  init = (
+    jnp.zeros((b, h, q_len), jnp.float32),
+    jnp.full((b, h, q_len), _NEG, jnp.float32),  # not -inf: exp(-inf - -inf) would be NaN
+    jnp.zeros((b, q_len, h, v_BxSxHxK.shape[-1]), jnp.float32),
+  )
+  (total_BxHxQ, _, out_BxQxHxK), _ = jax.lax.scan(block, init, (ks, vs, slots, masks))
+  return (out_BxQxHxK / jnp.swapaxes(total_BxHxQ, 1, 2)[..., None]).astype(v_BxSxHxK.dtype)
 
 
 # ----------------------------------------------------------------------------------------------------------------

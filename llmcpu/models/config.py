@@ -24,7 +24,8 @@ _CHOICES = {
   "norm": ("layernorm", "rmsnorm"),
   "positions": ("learned", "sinusoidal", "rotary"),
   "dtype": ("float32", "bfloat16"),
-  "attention_impl": ("xla", "dot_product_attention"),
+  "attention_impl": ("xla", "dot_product_attention", "chunked", "cudnn"),
+  "remat": ("none", "dots", "full"),
   "illegal_id_policy": ("unk", "error"),
   "stitch": ("", "linear"),
 }
@@ -60,7 +61,8 @@ class ModelConfig:
   max_len: int = 256
   tie_embeddings: bool = True
   dtype: str = "float32"
-  attention_impl: str = "xla"
+  attention_impl: str = "xla"  # xla (dense) | dot_product_attention | chunked (online softmax) | cudnn (GPU only)
+  remat: str = "none"  # per-block rematerialisation: none | dots (keep matmul outputs) | full (keep block inputs)
   illegal_id_policy: str = "unk"
   num_decoder_layers: int | None = None  # encoder_decoder only; None → num_layers.
   norm_eps: float = 1e-6

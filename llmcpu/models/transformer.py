@@ -74,6 +74,24 @@ class Block(nnx.Module):
     return x_BxLxD + self.mlp(self.mlp_norm(x_BxLxD)), cache
 
 
+# What a rematerialised block keeps for the backward pass (model.remat); the rest is recomputed from its input.
+REMAT_POLICIES = {"dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable, "full": None}
+
+
+def _remat(policy: str, causal: bool):
+  """One block's full-sequence pass, ``fn(layer, x, positions, mask, cross_mask, encoded) → x``, wrapped in
+  ``nnx.remat`` per ``model.remat``: 'none' keeps every intermediate, 'dots' the weight matmuls' outputs (not the
+  [B, H, Q, S] attention scores, which are batched dots), 'full' only the block's inputs."""
+
+  def run(layer, x_BxLxD, positions, mask, cross_mask, encoded):
+    out, _ = layer(
+      x_BxLxD, positions_BxL=positions, mask=mask, is_causal=causal, cross_mask=cross_mask, encoded_BxSxD=encoded
+    )
+    return out
+
+  return run if policy == "none" else nnx.remat(run, policy=REMAT_POLICIES[policy])
+
+
 class TransformerStack(nnx.Module):
   """Positions + ``num_layers`` blocks + final norm. ``causal`` for decoders, ``cross`` for enc-dec decoders."""
 
@@ -118,15 +136,9 @@ class TransformerStack(nnx.Module):
       else:
         cross_mask = attention.key_mask(encoder_segment_ids != 0)
     x_BxLxD = self._add_positions(x_BxLxD, positions)
+    run = _remat(self.config.remat, self.causal)
     for layer in self.layers:
-      x_BxLxD, _ = layer(
-        x_BxLxD,
-        positions_BxL=positions,
-        mask=mask,
-        is_causal=self.causal,
-        cross_mask=cross_mask,
-        encoded_BxSxD=encoded,
-      )
+      x_BxLxD = run(layer, x_BxLxD, positions, mask, cross_mask, encoded)
     return self.final_norm(x_BxLxD)
 
   def tapped(self, x_BxLxD: jax.Array, tap: int) -> tuple[jax.Array, jax.Array]:

@@ -71,6 +71,10 @@ def base_config(arch: str, preset: str = "tiny") -> ml_collections.ConfigDict:
   c.train.init_from = ""  # a checkpoint of the same model config to start from (fresh runs only; not a resume)
   c.train.profile_start = 10  # first step of a jax.profiler trace (into the workdir's tensorboard/)
   c.train.profile_steps = 0  # steps to trace; 0 = no trace
+  c.train.memory_limit_gb = 0.0  # refuse a step estimated above this per device; 0 = this host's available memory
+  c.train.memory_target = (
+    ""  # or check against an accelerator, NAME[:DEVICES] (v4, v5e, v6e, a100-40g, ...; see memory)
+  )
 
   c.checkpoint = ml_collections.ConfigDict()
   c.checkpoint.every = max(1, p["steps"] // 4)
@@ -127,6 +131,7 @@ RANGES: dict[str, tuple] = {
   "train.peak_tflops": _at_least(0),
   "train.profile_start": _at_least(0),
   "train.profile_steps": _at_least(0),
+  "train.memory_limit_gb": _at_least(0),
   "checkpoint.every": _at_least(1),
   "checkpoint.keep": _at_least(0),
 }

@@ -34,7 +34,7 @@ from llmcpu.data import compiled
 from llmcpu.data import objectives as obj
 from llmcpu.data.pipeline import Pipeline
 from llmcpu.errors import UserError
-from llmcpu.training import checkpoints, loss, parallel, placement, writer
+from llmcpu.training import checkpoints, loss, memory, parallel, placement, writer
 from llmcpu.training.optim import make_optimizer
 from llmcpu.training.run_config import check_ranges
 
@@ -348,7 +348,11 @@ def train(
   """
   workdir = fs.abspath(workdir)
   with workdir_lock(workdir):
-    trainer = Trainer(resolve(config, workdir), initialize=initialize, provenance=provenance, log=log)
+    setup = resolve(config, workdir)
+    memory.preflight(
+      config, setup.model_config, setup.objective, make_steps, log=log
+    )  # refuse what would be OOM-killed
+    trainer = Trainer(setup, initialize=initialize, provenance=provenance, log=log)
     try:
       return trainer.run(should_stop)
     finally:
