@@ -9,12 +9,15 @@ its cosines to ``relative`` anchor programs); read held-out programs back from
   seed / ISA   another seed of the same ISA, and every other ISA's encoder: as is (``none``), mapped by Procrustes
                on parallel training programs (``procrustes``), or read relatively with that encoder's own anchor
                embeddings (``relative``: nothing fitted)
-  ids          the seed's control: the program's token ids zero-padded to the embedding width
+  ids          the seed's control: the program's token ids zero-padded to the embedding width, as is and through
+               the Procrustes map the encoders get (fitted on the same training programs' padded ids)
 
-scored as vec2text does (``readout.reconstruction``); then analogies from ``programs`` (``analogies.make``): is
+scored as vec2text does (``readout.reconstruction``), and chrF / token F1 read above their template floor (the task
+right, operands random: ``readout.template_floor``); then analogies from ``programs`` (``analogies.make``): is
 ``e(a) − e(b) + e(c)`` read back as the answer (decoded exact match), and is it nearest the answer's embedding among
 every analogy text with a, b and c excluded (top-1)? Natively and with other encoders mapped into the reader's space;
-the oracle rows (query = e(answer)) calibrate both readouts on a known answer.
+the oracle rows (query = e(answer)) calibrate both readouts on a known answer, the c-only and b-only rows (query =
+e(c), e(b)) are the baselines the arithmetic must beat.
 """
 
 from __future__ import annotations
