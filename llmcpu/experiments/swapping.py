@@ -5,10 +5,11 @@ Stages, each resumable like the matrix's: compile every ISA; train native encode
 two seeds (in each of ``seed_pairs``, the first seed's CPUs keep their decoders and the second's lend their
 encoders, so the diagonal is "the same ISA, another CPU"); swap every pair by every variant (``stitching.swap``;
 trained variants saved at every budget; with stitch_xattn, its control ``swap.CONTROL``: each decoder CPU's
-cross-attention trained as long on its own encoder); score natives and swaps on the held-out documents (``stitching.score``:
-exact match of programs and bits per byte of the answers, 95% bootstrap intervals over documents); write the
-report: a matrix per variant (exact match on programs, bits per byte of the spans on ``spans:`` prose), the
-stitching penalty, recovery against stitch-training steps and a figure of each, over the seed pairs.
+cross-attention trained as long on its own encoder); score natives and swaps on the held-out documents
+(``stitching.score``: exact match of programs and bits per byte of the answers, 95% bootstrap intervals over
+documents); write the report: a matrix per variant (exact match on programs, bits per byte of the spans on
+``spans:`` prose), the stitching penalty and share lost (against the native and the control), recovery against
+stitch-training steps and a figure of each, over the seed pairs.
 """
 
 from __future__ import annotations
