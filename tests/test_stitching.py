@@ -377,6 +377,10 @@ def test_paired_share_lost_by_hand():
   value, ci = score.paired_share_lost(hits(12), hits(7), hits(2), "exact_match")
   assert value == pytest.approx(0.5) and ci[0] <= 0.5 <= ci[1]
   assert score.paired_share_lost(hits(2), hits(1), hits(2), "exact_match") == (None, None)  # the input is worth 0
+  assert score.paired_share_lost(hits(2), hits(1), hits(3), "exact_match") == (None, None)  # or less than nothing
+  # worth 1 answer in 20 (one document): a third of the resamples drop it, the share undefined there: no interval
+  value, ci = score.paired_share_lost(hits(3), hits(3), hits(2), "exact_match")
+  assert value == 0.0 and ci is None
   with pytest.raises(UserError, match="same documents"):
     score.paired_share_lost(hits(12), hits(7), {"hits": [0] * 19}, "exact_match")
 
