@@ -7,7 +7,7 @@ def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.decoder = ""  # the encoder_decoder whose decoder (and ISA A, what the swapped CPU writes) is kept
   c.encoder = ""  # the CPU whose encoder (and ISA B, what the swapped CPU reads) is swapped in: encoder[_decoder]
-  c.variant = "stitch"  # zero_shot | lstsq | procrustes (0 steps) | stitch | stitch_xattn (trained)
+  c.variant = "stitch"  # zero_shot | lstsq | procrustes (0 steps) | stitch | stitch_xattn | native_xattn (trained)
   c.steps = 300  # training steps of the stitch (stitch, stitch_xattn)
   c.save_at = ""  # extra checkpoint steps for a recovery curve, e.g. '0,10,30,100' (then every one is kept)
   c.anchor_docs = 512  # training programs compiled by both ISAs whose token states fit a closed-form stitch

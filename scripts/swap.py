@@ -40,7 +40,7 @@ def main(argv):
   from llmcpu.stitching import swap
 
   if cli.CHECK.value:
-    return cli.check(footprint(_CONFIG.value, _WORKDIR.value, swap.VARIANTS))
+    return cli.check(footprint(_CONFIG.value, _WORKDIR.value, (*swap.VARIANTS, swap.CONTROL)))
   swap.swap_encoder(_CONFIG.value, cli.workdir_path(_WORKDIR.value), log=cli.log)
 
 

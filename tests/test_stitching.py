@@ -150,6 +150,24 @@ def test_stitch_and_cross_attention_train_together(cpus, tmp_path):
   assert changed and all("/cross/" in k or "/cross_norm/" in k for k in changed), changed
 
 
+def test_the_native_xattn_control_trains_only_the_cross_attention_on_its_own_encoder(cpus, tmp_path):
+  from llmcpu.stitching import swap
+
+  _, a, *_ = cpus
+  swap.swap_encoder(swap_config(a, a, variant="native_xattn", steps=2), str(tmp_path), log=lambda _: None)
+  after, src = named_params(checkpoints.load_model(str(tmp_path))[0]), named_params(checkpoints.load_model(a)[0])
+  changed = {k for k, v in after.items() if k in src and not np.array_equal(v, src[k])}
+  assert changed and all("/cross/" in k or "/cross_norm/" in k for k in changed), changed
+  for k in src:  # A's own encoder read through it, bit-identical
+    if k.startswith("encoder/") or k.startswith("embed/"):
+      np.testing.assert_array_equal(after[f"encoder_{k}" if k.startswith("embed/") else k], src[k])
+  kernel, bias = after["stitch/kernel"], after["stitch/bias"]  # the identity stitch, frozen: no stitch trained
+  np.testing.assert_array_equal(kernel, np.eye(kernel.shape[0], dtype=kernel.dtype))
+  assert not bias.any()
+  meta = checkpoints.load_meta(str(tmp_path))
+  assert meta["provenance"]["steps"] == 2 and meta["step"] == 2
+
+
 def test_bad_swaps_are_one_line_and_write_nothing(cpus, tmp_path):
   from llmcpu.stitching import swap
 
@@ -169,6 +187,7 @@ def test_bad_swaps_are_one_line_and_write_nothing(cpus, tmp_path):
     (swap_config(a, str(other)), "trained on corpus 'pairs' and the encoder's on 'prose'"),
     (swap_config(a, b, compile_dir=str(bare)), r"no compiler byte \(data.input_isa\) under"),
     (swap_config(a, ""), "no --config.encoder"),
+    (swap_config(a, b, variant="native_xattn"), "native_xattn is the control of a CPU reading its own encoder"),
   ]
   for i, (config, pattern) in enumerate(cases):
     with pytest.raises(UserError, match=pattern):
@@ -331,6 +350,41 @@ def test_paired_penalty_sees_a_small_shift_that_document_difficulty_hides():
     score.paired_penalty({"hits": hits_n}, {"hits": hits_c[:-1]}, "exact_match")
 
 
+def test_paired_share_lost_by_hand():
+  from llmcpu.stitching import score
+
+  rng = np.random.default_rng(1)
+  nbytes = rng.integers(20, 200, 200).astype(float)
+  own = nbytes * rng.uniform(0.5, 3.0, 200)
+  other = own + nbytes * rng.uniform(0.05, 0.2, 200)  # another document's input costs 0.05–0.2 nats per byte
+  native, shuffled = {"docs_nll": own, "docs_bytes": nbytes}, {"docs_nll": other, "docs_bytes": nbytes}
+  cell = {"docs_nll": own + 0.3 * (other - own), "docs_bytes": nbytes}  # 30% of the worth lost on every document
+  value, ci = score.paired_share_lost(native, cell, shuffled, "bits_per_byte")
+  assert value == pytest.approx(0.3) and ci[0] == pytest.approx(0.3) and ci[1] == pytest.approx(0.3)
+  noisy = {"docs_nll": own + (0.3 + rng.normal(0, 0.5, 200)) * (other - own), "docs_bytes": nbytes}
+  expected = ((noisy["docs_nll"].sum() - own.sum()) / (other.sum() - own.sum())).item()
+  value, ci = score.paired_share_lost(native, noisy, shuffled, "bits_per_byte")
+  assert value == pytest.approx(expected) and ci[0] < value < ci[1] and ci.clusters == 200
+  # clusters of 10 documents that share their noise: fewer independent draws, a wider interval
+  shared = np.repeat(rng.normal(0, 0.5, 20), 10)
+  clustered = {"docs_nll": own + (0.3 + shared) * (other - own), "docs_bytes": nbytes}
+  _, iid = score.paired_share_lost(native, clustered, shuffled, "bits_per_byte")
+  _, by_cluster = score.paired_share_lost(native | {"docs_clusters": np.repeat(np.arange(20), 10).tolist()},
+                                          clustered, shuffled, "bits_per_byte")  # fmt: skip
+  assert by_cluster.clusters == 20 and by_cluster[1] - by_cluster[0] > 1.5 * (iid[1] - iid[0])
+  # exact match: native 0.6, shuffled 0.1, cell 0.35 → (0.6 − 0.35) / (0.6 − 0.1) = 0.5
+  hits = lambda ones: {"hits": [1] * ones + [0] * (20 - ones)}  # noqa: E731
+  value, ci = score.paired_share_lost(hits(12), hits(7), hits(2), "exact_match")
+  assert value == pytest.approx(0.5) and ci[0] <= 0.5 <= ci[1]
+  assert score.paired_share_lost(hits(2), hits(1), hits(2), "exact_match") == (None, None)  # the input is worth 0
+  assert score.paired_share_lost(hits(2), hits(1), hits(3), "exact_match") == (None, None)  # or less than nothing
+  # worth 1 answer in 20 (one document): a third of the resamples drop it, the share undefined there: no interval
+  value, ci = score.paired_share_lost(hits(3), hits(3), hits(2), "exact_match")
+  assert value == 0.0 and ci is None
+  with pytest.raises(UserError, match="same documents"):
+    score.paired_share_lost(hits(12), hits(7), {"hits": [0] * 19}, "exact_match")
+
+
 def test_swap_report_penalties_by_hand(tmp_path):
   from llmcpu.experiments import swapping as swaps
 
@@ -383,23 +437,70 @@ def test_swap_report_penalties_by_hand(tmp_path):
   assert (tmp_path / "results.jsonl").read_text().count("\n") == len(rows + prose + pairs)
 
 
+def test_swap_report_against_the_control_by_hand(tmp_path):
+  from llmcpu.experiments import swapping as swaps
+
+  def row(a, b, variant, step, hits, seed=0, enc=1):
+    em = float(np.mean(hits))
+    return {"corpus": "p", "decoder": a, "encoder": b, "variant": variant, "seed": seed, "step": step,
+            "encoder_seed": enc, "exact_match": em, "exact_match_ci": None, "hits": hits,
+            "bits_per_byte": 2.0 - em, "bits_per_byte_ci": None}  # fmt: skip
+
+  ones = lambda k: [1] * k + [0] * (20 - k)  # noqa: E731
+  rows = [row("x", "x", "native", 1000, ones(8), 0, 0), row("x", "x", "shuffled", 1000, ones(0), 0, 0)]
+  rows += [
+    row("x", "x", "native_xattn", 300, ones(12), 0, 0),
+    row("x", "x", "native_xattn_shuffled", 300, ones(2), 0, 0),
+  ]
+  rows += [row("x", "x", "stitch_xattn", 300, ones(10))]
+  exp = ml_collections.ConfigDict(dict(prompts=20, eval_docs=0))
+  swaps.write_report(rows, str(tmp_path), exp, 1.0)
+  text = (tmp_path / "swap.md").read_text()
+  assert "| x | 0 + cross-attention (300 steps) | 0.600 | 1.400 | 0.100 | 1.900 |" in text
+  section = lambda title: text[text.index(title) :].split("\n")[4]  # noqa: E731  (the first row of its matrix)
+  # against the plain native: 0.4 − 0.5 = −0.1 (the 300 more steps of cross-attention show as a gain), share −0.25
+  assert section("stitch_xattn — penalty (exact match)\n").startswith("| x | -0.100 (")
+  assert section("stitch_xattn — share of the input's worth lost (exact match)\n").startswith("| x | -0.250 (")
+  # against the control: 0.6 − 0.5 = +0.1 of an input worth 0.6 − 0.1 = 0.5: share +0.2, with its paired interval
+  assert section("penalty (exact match), against native + cross-attention").startswith("| x | +0.100 (+0.000–")
+  lost = section("share of the input's worth lost (exact match), against native + cross-attention")
+  assert lost.startswith("| x | +0.200 (+0.000–") and "20 clusters" in lost
+  assert "| x ← x | stitch_xattn | 0.500 | 0.400 | 0.600 |" in text  # recovery, beside both references
+  pairs = swaps.pairs_of(rows)
+  assert pairs == [(0, 1)] and swaps.Cells(rows, "p").variants == ["stitch_xattn"]
+
+
 def test_languages_report_from_rows(tmp_path):
   from llmcpu.experiments import languages
 
   base = {"corpus": "p", "reader": "x", "bleu": 10.0, "chrf": 40.0, "token_f1": 0.5, "token_f1_ci": (0.4, 0.6),
-          "exact_match": 0.1, "exact_match_ci": (0.05, 0.15), "cosine": 0.9, "cosine_ci": None}  # fmt: skip
+          "exact_match": 0.1, "exact_match_ci": (0.05, 0.15), "cosine": 0.9, "cosine_ci": None,
+          "chrf_floor": 20.0, "token_f1_floor": 0.4}  # fmt: skip
+  base |= languages._floors(base, {"chrf": 20.0, "token_f1": 0.4})  # (40 − 20) / 80, (0.5 − 0.4) / 0.6
+  arith = {"corpus": "p", "reader": "x", "source": "y", "source_seed": 0, "kind": "isa", "alignment": "procrustes",
+           "analogies": 200, "candidates": 700, "decoded_exact_match_ci": None, "nn_top1_ci": None}  # fmt: skip
   rows = [
     base | {"source": "x", "source_seed": 0, "kind": "native", "alignment": "none"},
     base | {"source": "y", "source_seed": 0, "kind": "isa", "alignment": "procrustes", "exact_match": 0.0},
     base | {"source": "ids", "source_seed": None, "alignment": "none"},
-    {"corpus": "p", "reader": "x", "source": "y", "source_seed": 0, "kind": "isa", "alignment": "procrustes",
-     "query": "analogy", "analogies": 200, "candidates": 700, "decoded_exact_match": 0.02,
-     "decoded_exact_match_ci": (0.0, 0.05), "nn_top1": 0.3, "nn_top1_ci": (0.25, 0.35)},
+    base | {"source": "ids", "source_seed": None, "alignment": "procrustes", "chrf": 10.0, "chrf_above_floor": -0.125},
+    arith | {"query": "analogy", "decoded_exact_match": 0.02, "decoded_exact_match_ci": (0.0, 0.05), "nn_top1": 0.3,
+             "nn_top1_ci": (0.25, 0.35)},
+    arith | {"query": "c_only", "decoded_exact_match": 0.0, "nn_top1": 0.4},
+    arith | {"query": "b_only", "decoded_exact_match": 0.01, "nn_top1": 0.05},
   ]  # fmt: skip
   exp = ml_collections.ConfigDict(dict(programs=200, readout=dict(pool=4, relative=64, steps=800)))
   languages.write_report(rows, str(tmp_path), exp, 1.0)
   text = (tmp_path / "languages.md").read_text()
-  assert "| p | x | own encoder | none | 10.0 | 40.0 | 0.500 (0.400–0.600) | 0.100 (0.050–0.150) | 0.900 |" in text
+  assert "- p, reader x: template floor chrF 20.0, token F1 0.400" in text
+  row = "| p | x | own encoder | none | 10.0 | 40.0 | 0.500 (0.400–0.600) | 0.100 (0.050–0.150) | 0.900 |"
+  assert row + " 0.250 | 0.167 |" in text
   assert "| p | x | y | procrustes | 10.0 | 40.0 | 0.500 (0.400–0.600) | 0.000 (0.050–0.150) |" in text
   assert "| p | x | token ids, zero-padded (control) | none |" in text
-  assert "| p | x | y (procrustes) | analogy | 0.020 (0.000–0.050) | 0.300 (0.250–0.350) |" in text
+  # the ids through the fitted map: chrF 10 is below the floor of 20: (10 − 20) / 80
+  assert "| p | x | token ids, zero-padded (control) | procrustes | 10.0 | 10.0 |" in text and "| -0.125 |" in text
+  # the analogy beside its baselines: decoded (analogy, c only, b only), then top-1 (the same three)
+  expected = (
+    "| p | x | y (procrustes) | analogy | 0.020 (0.000–0.050) | 0.000 | 0.010 | 0.300 (0.250–0.350) | 0.400 | 0.050 |"
+  )
+  assert expected in text and "| c_only |" not in text

@@ -288,3 +288,46 @@ def test_nearest_excludes_the_inputs():
   assert analogies.nearest(query, candidates, [0, 1]) == 3
   with pytest.raises(UserError, match="excluded"):
     analogies.nearest(query, candidates, range(5))
+
+
+def test_analogy_baselines_by_hand_on_a_2d_table():
+  # rows: a, b, c, answer, distractor. Cosines by hand (a, b, c are never candidates):
+  #   c only  (1, 1): answer 3/√10 = 0.95, distractor 0       → the answer: the baseline already "solves" it
+  #   b only  (0, 1): answer 1/√5 = 0.45, distractor 1/√2 = 0.71 → the distractor
+  #   analogy (1, 0) − (0, 1) + (1, 1) = (2, 0): answer 2/√5 = 0.89, distractor −0.71 → the answer
+  space = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [2.0, 1.0], [-1.0, 1.0]])
+  ia, ib, ic, ians = (np.array([i]) for i in range(4))
+  got = analogies.queries(space, ia, ib, ic, ians)
+  np.testing.assert_array_equal(got["analogy"], [[2.0, 0.0]])
+  excluded = np.array([[0, 1, 2]])
+  hits = {q: analogies.top1_hits(v, space, excluded, ians)[0] for q, v in got.items()}
+  assert hits == {"analogy": 1.0, "c_only": 1.0, "b_only": 0.0, "oracle": 1.0}
+  # the query e(a) would find a itself without the exclusion; with it, the answer (2/√5 against distractor −1/√2)
+  assert analogies.top1_hits(space[[0]], space, excluded, ians)[0] == 1.0
+
+
+def test_template_floor_by_hand():
+  from collections import Counter
+
+  from llmcpu.stitching import readout
+
+  refs = ["add 12 5 =", "copy cat =", "count a in abcab =", "words2num seven =", "sort dcba ="]
+  floor = readout.template_floor(refs, seed=3)
+  templates = floor["templates"]
+  assert [t.split(" ", 1)[0] for t in templates] == [r.split(" ", 1)[0] for r in refs]  # the task right
+  # the program format: the task's operand count (words2num writes its number in any number of words)
+  for t, r in zip(templates, refs, strict=True):
+    assert t.endswith(" =") and (len(t.split()) == len(r.split()) or r.startswith("words2num"))
+  assert readout.template_floor(refs, seed=3)["templates"] == templates and templates != refs
+
+  def f1(h: str, r: str) -> float:  # multiset token F1, by hand
+    common = sum((Counter(h.split()) & Counter(r.split())).values())
+    return 0.0 if common == 0 else 2 * common / (len(h.split()) + len(r.split()))
+
+  assert floor["token_f1"] == pytest.approx(np.mean([f1(t, r) for t, r in zip(templates, refs, strict=True)]))
+  assert floor["token_f1"] > 0.3  # the task word and "=" always match
+  assert 0 < floor["chrf"] < 100
+  assert readout.above_floor(70.0, 40.0, 100.0) == pytest.approx(0.5)
+  assert readout.above_floor(0.25, 0.5, 1.0) == pytest.approx(-0.5) and readout.above_floor(1.0, 1.0, 1.0) is None
+  with pytest.raises(UserError, match="not a program input"):
+    readout.template_floor(["the cat sat"])

@@ -5,8 +5,8 @@ see ``llmcpu.data.spans``), so every ISA compiles the same examples and the bits
 comparable across ISAs. Natives: char, bpe:1000 and unigram:1000 encoder-decoders, two seeds each, 1000 steps of 32
 windows (inputs up to 128 ids, spans up to 48; the rare longer one truncated and counted). Every (decoder ISA A,
 encoder ISA B) pair as in configs/experiments/swap.py (seed 0's decoder reads seed 1's encoder; stitches trained 300
-steps, saved at 0, 30, 100, 300). Bits per byte of the spans of the first 512 held-out windows, 95% bootstrap
-intervals over windows.
+steps, saved at 0, 30, 100, 300; the native + cross-attention control trained 300 steps on its own encoder). Bits
+per byte of the spans of the first 512 held-out windows, 95% bootstrap intervals over windows.
 
   python scripts/experiment.py --config=configs/experiments/swap_prose.py --workdir=runs/swap_prose
 """

@@ -9,12 +9,15 @@ its cosines to ``relative`` anchor programs); read held-out programs back from
   seed / ISA   another seed of the same ISA, and every other ISA's encoder: as is (``none``), mapped by Procrustes
                on parallel training programs (``procrustes``), or read relatively with that encoder's own anchor
                embeddings (``relative``: nothing fitted)
-  ids          the seed's control: the program's token ids zero-padded to the embedding width
+  ids          the seed's control: the program's token ids zero-padded to the embedding width, as is and through
+               the Procrustes map the encoders get (fitted on the same training programs' padded ids)
 
-scored as vec2text does (``readout.reconstruction``); then analogies from ``programs`` (``analogies.make``): is
+scored as vec2text does (``readout.reconstruction``), and chrF / token F1 read above their template floor (the task
+right, operands random: ``readout.template_floor``); then analogies from ``programs`` (``analogies.make``): is
 ``e(a) − e(b) + e(c)`` read back as the answer (decoded exact match), and is it nearest the answer's embedding among
 every analogy text with a, b and c excluded (top-1)? Natively and with other encoders mapped into the reader's space;
-the oracle rows (query = e(answer)) calibrate both readouts on a known answer.
+the oracle rows (query = e(answer)) calibrate both readouts on a known answer, the c-only and b-only rows (query =
+e(c), e(b)) are the baselines the arithmetic must beat.
 """
 
 from __future__ import annotations
@@ -166,11 +169,13 @@ class _World:
     encoder = self.encoders[(reader, 0)][0]
     provenance = {"readout_absolute": paths[0], "readout_relative": paths[exp.readout.relative]}
     provenance["readout_step"] = meta_abs["step"]
+    floor = readout.template_floor(references, seed=exp.crosseval.seed)
 
     def score(model, vectors) -> dict:
       texts = readout.read(model, vectors, comp, self.length)
       cos = readout.reembed_cosines(encoder, comp, texts, own, self.length)
-      return readout.reconstruction(texts, references, cos, seed=exp.crosseval.seed) | provenance
+      row = readout.reconstruction(texts, references, cos, seed=exp.crosseval.seed) | provenance
+      return row | _floors(row, floor)
 
     rows = []
     sources = [(reader, 0), (reader, 1)] + [(s, 0) for s in self.docs if s != reader]
@@ -185,6 +190,10 @@ class _World:
       self.log(f"reader {reader} ← {source[0]} seed {source[1]} (relative): exact match {r['exact_match']:.3f}")
     ids, truncated = closed_form.padded_ids(self.docs[reader][0], own.shape[1])
     rows.append(self._row(reader, None, "none") | score(absolute, ids) | {"ids_truncated": truncated})
+    # the ids given the same fitted map the encoders get: Procrustes on the same parallel training programs
+    anchor_ids, _ = closed_form.padded_ids(self.docs[reader][1], own.shape[1])
+    to_reader = readout.procrustes_map(anchor_ids, self.embedded((reader, 0), "train"))
+    rows.append(self._row(reader, None, "procrustes") | score(absolute, to_reader(ids)) | {"ids_truncated": truncated})
     return rows
 
   def analogies(self, spec: compilers.CompilerSpec) -> list[dict]:
@@ -200,20 +209,10 @@ class _World:
     for source in [(reader, 0)] + [(s, 0) for s in self.docs if s != reader]:
       mapped = self.mapping(reader, source)(self._embed_texts(source, texts))
       ia, ib, ic, ians = (np.array([index[getattr(a, k)] for a in items]) for k in ("a", "b", "c", "answer"))
-      queries = {
-        "analogy": mapped[ia] - mapped[ib] + mapped[ic],
-        "oracle": mapped[ians],  # calibration: the answer's own embedding
-      }
-      for query, vectors in queries.items():
+      for query, vectors in analogies.queries(mapped, ia, ib, ic, ians).items():
         read = readout.read(absolute, vectors.astype(np.float32), comp, self.length)
         decoded = text_metrics.exact_match_items(read, [a.answer for a in items])
-        top1 = np.array(
-          [
-            analogies.nearest(v, reader_space, [index[a.a], index[a.b], index[a.c]]) == index[a.answer]
-            for v, a in zip(vectors, items, strict=True)
-          ],
-          np.float64,
-        )
+        top1 = analogies.top1_hits(vectors, reader_space, np.stack([ia, ib, ic], 1), ians)
         row = self._row(reader, source, "none" if source == (reader, 0) else "procrustes")
         row |= {"query": query, "analogies": len(items), "decoded_exact_match": float(decoded.mean())}
         row |= {"decoded_exact_match_ci": readout._ci(decoded, exp.crosseval.seed), "nn_top1": float(top1.mean())}
@@ -225,7 +224,7 @@ class _World:
         pairs = list(zip(items, read, strict=True))[:4]
         row["samples"] = [{"analogy": [a.a, a.b, a.c], "answer": a.answer, "read": r} for a, r in pairs]
         rows.append(row)
-      r = rows[-2]
+      r = rows[-4]
       self.log(f"analogies {reader} ← {source[0]}: decoded {r['decoded_exact_match']:.3f}, top-1 {r['nn_top1']:.3f}")
     return rows
 
@@ -238,6 +237,14 @@ class _World:
 # ------------------------------------------------------------------------------------------------- report
 
 
+def _floors(row: dict, floor: dict) -> dict:
+  """A feed's template floors (the right task, random operands) and the share above them its figures restore."""
+  out = {"chrf_floor": floor["chrf"], "token_f1_floor": floor["token_f1"]}
+  out["chrf_above_floor"] = readout.above_floor(row["chrf"], floor["chrf"], 100.0)
+  out["token_f1_above_floor"] = readout.above_floor(row["token_f1"], floor["token_f1"], 1.0)
+  return out
+
+
 def _who(r: dict) -> str:
   if r["source"] == "ids":
     return "token ids, zero-padded (control)"
@@ -247,35 +254,64 @@ def _who(r: dict) -> str:
 
 def markdown(rows: list[dict], exp) -> str:
   feed = [r for r in rows if "bleu" in r]
-  arith = [r for r in rows if "query" in r]
   lines = [
     f"Readouts of tiny MLM encoders' embeddings (pool {exp.readout.pool}, relative anchors {exp.readout.relative}, "
     f"{exp.readout.steps} steps), {exp.programs} held-out programs each; intervals are 95% bootstrap over programs.",
     "",
-    "| corpus | reader | embeddings from | alignment | BLEU | chrF | token F1 | exact match | cosine (re-embedded) |",
-    "|---|---|---|---|---:|---:|---:|---:|---:|",
+    "Floors: a right task with wrong operands already scores well on chrF and token F1 (the task word and `=` "
+    "match), so each is also read above its *template floor* — every reference's task with operands drawn at random "
+    "by the corpus's generator: above floor = (figure − floor) / (perfect − floor), 0 = no better than the task "
+    "alone. The id control (token ids zero-padded) is shown as is and through the same Procrustes map the other "
+    "encoders get, fitted on the same training programs.",
+    "",
+  ]
+  floors = {(r["corpus"], r["reader"]): r for r in feed if "chrf_floor" in r}
+  for (corpus, reader), r in floors.items():
+    lines.append(f"- {corpus}, reader {reader}: template floor chrF {r['chrf_floor']:.1f}, token F1 "
+                 f"{r['token_f1_floor']:.3f}")  # fmt: skip
+  lines += [
+    "",
+    "| corpus | reader | embeddings from | alignment | BLEU | chrF | token F1 | exact match | cosine (re-embedded) "
+    "| chrF above floor | token F1 above floor |",
+    "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
   ]
   for r in feed:
     lines.append(
       f"| {r['corpus']} | {r['reader']} | {_who(r)} | {r['alignment']} | {r['bleu']:.1f} | {r['chrf']:.1f} | "
-      f"{tables.fmt_key(r, 'token_f1')} | {tables.fmt_key(r, 'exact_match')} | {tables.fmt_key(r, 'cosine')} |"
+      f"{tables.fmt_key(r, 'token_f1')} | {tables.fmt_key(r, 'exact_match')} | {tables.fmt_key(r, 'cosine')} | "
+      f"{tables.fmt_key(r, 'chrf_above_floor')} | {tables.fmt_key(r, 'token_f1_above_floor')} |"
     )
-  if arith:
-    lines += [
-      "",
-      f"Analogies from programs ({arith[0]['analogies']}, held-out operands): e(a) − e(b) + e(c) read back by the "
-      "reader (decoded exact match) and nearest the answer among every analogy text with a, b, c excluded (top-1, "
-      f"{arith[0]['candidates']} candidates). Oracle: the query is e(answer) itself.",
-      "",
-      "| corpus | reader | embeddings from | query | decoded exact match | nearest-neighbour top-1 |",
-      "|---|---|---|---|---:|---:|",
-    ]
-    for r in arith:
-      lines.append(
-        f"| {r['corpus']} | {r['reader']} | {_who(r)} ({r['alignment']}) | {r['query']} | "
-        f"{tables.fmt_key(r, 'decoded_exact_match')} | {tables.fmt_key(r, 'nn_top1')} |"
-      )
-  return "\n".join(lines) + "\n"
+  return "\n".join(lines + _analogy_markdown([r for r in rows if "query" in r])) + "\n"
+
+
+def _analogy_markdown(arith: list[dict]) -> list[str]:
+  """The analogy and oracle rows, each beside its source's baselines: the nearest neighbour of e(c) alone and of
+  e(b) alone (a, b, c excluded), decoded and by top-1."""
+  if not arith:
+    return []
+  lines = [
+    "",
+    f"Analogies from programs ({arith[0]['analogies']}, held-out operands): e(a) − e(b) + e(c) read back by the "
+    "reader (decoded exact match) and nearest the answer among every analogy text with a, b, c excluded (top-1, "
+    f"{arith[0]['candidates']} candidates). Oracle: the query is e(answer) itself. Baselines beside each figure: "
+    "the query e(c) alone and e(b) alone, through the same readout and nearest-neighbour search (with a, b, c "
+    "excluded the answer is often the nearest text of c's task): arithmetic shows only where it beats them.",
+    "",
+    "| corpus | reader | embeddings from | query | decoded exact match | c only | b only | nearest-neighbour top-1 "
+    "| c only | b only |",
+    "|---|---|---|---|---:|---:|---:|---:|---:|---:|",
+  ]
+  by = {(r["corpus"], r["reader"], r["source"], r.get("source_seed"), r["alignment"], r["query"]): r for r in arith}
+  for r in arith:
+    if r["query"] not in ("analogy", "oracle"):
+      continue
+    key = (r["corpus"], r["reader"], r["source"], r.get("source_seed"), r["alignment"])
+    c_only, b_only = by.get((*key, "c_only")), by.get((*key, "b_only"))
+    figs = [tables.fmt_key(x, k) for k in ("decoded_exact_match", "nn_top1") for x in (r, c_only, b_only)]
+    lines.append(
+      f"| {r['corpus']} | {r['reader']} | {_who(r)} ({r['alignment']}) | {r['query']} | " + " | ".join(figs) + " |"
+    )
+  return lines
 
 
 def write_report(rows: list[dict], out: str, exp, seconds: float) -> None:

@@ -4,10 +4,12 @@ variant, with numbers.
 Stages, each resumable like the matrix's: compile every ISA; train native encoder-decoders on each ISA with
 two seeds (in each of ``seed_pairs``, the first seed's CPUs keep their decoders and the second's lend their
 encoders, so the diagonal is "the same ISA, another CPU"); swap every pair by every variant (``stitching.swap``;
-trained variants saved at every budget); score natives and swaps on the held-out documents (``stitching.score``:
-exact match of programs and bits per byte of the answers, 95% bootstrap intervals over documents); write the
-report: a matrix per variant (exact match on programs, bits per byte of the spans on ``spans:`` prose), the
-stitching penalty, recovery against stitch-training steps and a figure of each, over the seed pairs.
+trained variants saved at every budget; with stitch_xattn, its control ``swap.CONTROL``: each decoder CPU's
+cross-attention trained as long on its own encoder); score natives and swaps on the held-out documents
+(``stitching.score``: exact match of programs and bits per byte of the answers, 95% bootstrap intervals over
+documents); write the report: a matrix per variant (exact match on programs, bits per byte of the spans on
+``spans:`` prose), the stitching penalty and share lost (against the native and the control), recovery against
+stitch-training steps and a figure of each, over the seed pairs.
 """
 
 from __future__ import annotations
@@ -105,6 +107,9 @@ class Swapping(matrix.Matrix):
       for b in isas
       for v in self.variants
     ]
+    if "stitch_xattn" in self.variants:  # its control: each decoder CPU's cross-attention trained on its own encoder
+      decoders = dict.fromkeys(d for d, _ in pairs)
+      self.cells += [Cell(c, a, a, swap.CONTROL, (d, d)) for c in self.planned.corpora for d in decoders for a in isas]
     base.run_stages(
       "swap", [_swap(self.config, self.workdir, cell, self.budgets, self.log) for cell in self.cells], self.log
     )
@@ -117,7 +122,9 @@ class Swapping(matrix.Matrix):
       (corpus, a, s, v) for corpus in self.planned.corpora for a in self.isas for s in self.seeds for v in REFERENCES
     ]
     rows = [_native(exp, workdir, lib, corpus, a, s, v, log) for corpus, a, s, v in natives]
-    rows += [r for cell in self.cells for r in _score_cell(exp, workdir, lib, cell, log)]
+    for cell in self.cells:
+      score_of = _score_control if cell.variant == swap.CONTROL else _score_cell
+      rows += score_of(exp, workdir, lib, cell, log)
     out = fs.join(workdir, exp.report)
     write_report(rows, out, exp, time.time() - self.t0)
     log(f"== swap report: {out}")
@@ -135,7 +142,7 @@ def _cpu(exp, workdir: str, corpus, spec, seed: int) -> str:
 def _swap(exp, workdir: str, cell: Cell, budgets: list[int], log: Callable) -> base.Stage:
   """The run that swaps one cell's encoder (trained variants: saved at every budget)."""
   path = cell.path(workdir)
-  steps = max(budgets) if cell.variant in swap.TRAINED else 0
+  steps = max(budgets) if cell.variant in swap.TRAINABLE else 0
   config = ml_collections.ConfigDict(
     dict(
       decoder=_cpu(exp, workdir, cell.corpus, cell.decoder, cell.seeds[0]),
@@ -196,6 +203,20 @@ def _score_cell(exp, workdir: str, lib: Library, cell: Cell, log: Callable) -> l
   return rows
 
 
+def _score_control(exp, workdir: str, lib: Library, cell: Cell, log: Callable) -> list[dict]:
+  """The control's last step, read as its natives are: its own inputs, and another document's (its calibration)."""
+  ckpts = fs.join(cell.path(workdir), "checkpoints")
+  path = fs.join(ckpts, str(max(int(s) for s in fs.listdir(ckpts) if s.isdigit())))
+  rows = []
+  for variant, shuffle in ((swap.CONTROL, False), (CONTROL_SHUFFLED, True)):
+    row = {"corpus": cell.corpus.name, "decoder": cell.decoder.name, "encoder": cell.encoder.name}
+    row |= {"variant": variant, "seed": cell.seeds[0], "encoder_seed": cell.seeds[1]}
+    row |= _evaluate(exp, lib, path, shuffle=shuffle)
+    log(f"{variant} {cell.decoder.name} (seed {cell.seeds[0]}) at step {row['step']}: {_figures(row)}")
+    rows.append(row)
+  return rows
+
+
 def _tag(cell: Cell) -> str:
   return f"{cell.decoder.name} (seed {cell.seeds[0]}) reads {cell.encoder.name} (seed {cell.seeds[1]})"
 
@@ -223,6 +244,13 @@ NAMES = {"exact_match": "exact match", "bits_per_byte": "bits per byte"}
 # Rows of the natives, not swaps: each CPU reading its own inputs, and the same CPU reading another document's input
 # (``score.shuffled_inputs``): the calibration of what reading the input is worth.
 REFERENCES = ("native", "shuffled")
+# The control of stitch + cross-attention (``swap.CONTROL``): the native with its cross-attention trained as long on
+# its own encoder, and the same after another document's input.
+CONTROL_SHUFFLED = f"{swap.CONTROL}_shuffled"
+CONTROLS = (swap.CONTROL, CONTROL_SHUFFLED)
+NOT_SWAPS = (*REFERENCES, *CONTROLS)
+SHUFFLED_OF = {"native": "shuffled", swap.CONTROL: CONTROL_SHUFFLED}
+AGAINST = {"native": "native", swap.CONTROL: "native + cross-attention"}
 
 
 def metric_of(rows: list[dict], corpus: str) -> str:
@@ -248,7 +276,7 @@ def _paired(native: dict | None, cell: dict | None, metric: str) -> bool:
 
 def pairs_of(rows: list[dict]) -> list[tuple[int, int]]:
   """The (decoder seed, encoder seed) pairs the swapped rows hold."""
-  return sorted({(r["seed"], r["encoder_seed"]) for r in rows if r["variant"] not in REFERENCES})
+  return sorted({(r["seed"], r["encoder_seed"]) for r in rows if r["variant"] not in NOT_SWAPS})
 
 
 class Cells:
@@ -266,7 +294,8 @@ class Cells:
       if r["variant"] in swap.TRAINED:
         self.at[(r["decoder"], r["encoder"], r["variant"], (r["seed"], r["encoder_seed"]), r["step"])] = r
     self.steps = sorted({k[-1] for k in self.at})
-    self.variants = list(dict.fromkeys(r["variant"] for r in mine if r["variant"] not in REFERENCES))
+    self.variants = list(dict.fromkeys(r["variant"] for r in mine if r["variant"] not in NOT_SWAPS))
+    self.has_control = any(r["variant"] == swap.CONTROL for r in mine)
 
   def native(self, a: str, seed: int, variant: str = "native") -> dict | None:
     return self.last.get((self.corpus, a, a, variant, seed, seed))
@@ -277,21 +306,14 @@ class Cells:
       return [(p, self.last.get((self.corpus, a, b, variant, *p))) for p in self.pairs]
     return [(p, self.at.get((a, b, variant, p, step))) for p in self.pairs]
 
-  def value(self, a: str, b: str, variant: str, key: str, step: int | None = None) -> tuple[float | None, str]:
-    """(the mean over pairs, the cell's text) of ``key``, or of the penalty."""
+  def value(
+    self, a: str, b: str, variant: str, key: str, step: int | None = None, against: str = "native"
+  ) -> tuple[float | None, str]:
+    """(the mean over pairs, the cell's text) of ``key``, or of the penalty / share lost against ``against`` (the
+    native, or ``swap.CONTROL``)."""
     got = self.rows(a, b, variant, step)
-    if key == "penalty" and len(got) == 1 and _paired(self.native(a, got[0][0][0]), got[0][1], self.metric):
-      value, ci = score.paired_penalty(self.native(a, got[0][0][0]), got[0][1], self.metric)
-      clusters = "" if ci is None else f", {ci.clusters} clusters"
-      return value, f"{value:+.3f}" + ("" if ci is None else f" ({ci[0]:+.3f}–{ci[1]:+.3f}{clusters})")
     if key in ("penalty", "lost"):
-      vals = [penalty(self.native(a, p[0]), r, self.metric) for p, r in got]
-      if key == "lost":  # the penalty over the input's worth (shuffled inputs' penalty) of the same CPU
-        worth = [penalty(self.native(a, p[0]), self.native(a, p[0], "shuffled"), self.metric) for p, _ in got]
-        vals = [v / w if v is not None and w else None for v, w in zip(vals, worth, strict=True)]
-      mean, std = intervals.mean_std(vals) if None not in vals else (None, None)
-      text = "—" if mean is None else f"{mean:+.3f}" + ("" if std is None else f" ± {std:.3f}")
-      return mean, text
+      return self._relative(a, got, key, against)
     found = [r for _, r in got if r is not None and r.get(key) is not None]
     if len(found) < len(got):  # a figure some pair lacks would mix pairs: none
       return None, "—"
@@ -300,9 +322,34 @@ class Cells:
     mean, std = intervals.mean_std([r[key] for r in found])
     return mean, tables.fmt(mean, std=std)
 
+  def _relative(self, a: str, got: list, key: str, against: str) -> tuple[float | None, str]:
+    """The penalty or share lost of a cell's rows against row A's reference of each pair's decoder seed: with one
+    pair and per-document figures, its 95% interval paired by document; else mean ± std over the pairs."""
+    refs = [(self.native(a, p[0], against), self.native(a, p[0], SHUFFLED_OF[against])) for p, _ in got]
+    if len(got) == 1 and _paired(refs[0][0], got[0][1], self.metric):
+      (ref, shuffled), cell = refs[0], got[0][1]
+      if key == "penalty":
+        return _with_ci(*score.paired_penalty(ref, cell, self.metric))
+      if _paired(ref, shuffled, self.metric):
+        return _with_ci(*score.paired_share_lost(ref, cell, shuffled, self.metric))
+    vals = [penalty(ref, r, self.metric) for (ref, _), (_, r) in zip(refs, got, strict=True)]
+    if key == "lost":  # the penalty over the input's worth (shuffled inputs' penalty) of the same reference CPU
+      worth = [penalty(ref, shuffled, self.metric) for ref, shuffled in refs]
+      vals = [v / w if v is not None and w else None for v, w in zip(vals, worth, strict=True)]
+    mean, std = intervals.mean_std(vals) if None not in vals else (None, None)
+    text = "—" if mean is None else f"{mean:+.3f}" + ("" if std is None else f" ± {std:.3f}")
+    return mean, text
+
   def native_mean(self, a: str, variant: str = "native") -> float | None:
     """Row A's native figure (or its shuffled-inputs figure): over the decoder seeds of the pairs."""
     return intervals.mean_std([(self.native(a, d, variant) or {}).get(self.metric) for d, _ in self.pairs])[0]
+
+
+def _with_ci(value: float | None, ci) -> tuple[float | None, str]:
+  if value is None:
+    return None, "—"
+  clusters = "" if ci is None else f", {ci.clusters} clusters"
+  return value, f"{value:+.3f}" + ("" if ci is None else f" ({ci[0]:+.3f}–{ci[1]:+.3f}{clusters})")
 
 
 def markdown(rows: list[dict], exp) -> str:
@@ -324,41 +371,69 @@ def markdown(rows: list[dict], exp) -> str:
     "its input is worth; share lost = penalty / that cost (0: the swap loses nothing; 1: as if it read another "
     "document; above 1: worse than that).",
     "",
+    f"Control ({AGAINST[swap.CONTROL]}): stitch + cross-attention trains decoder A's cross-attention as many steps "
+    "more than the native had; the control gives each native CPU the same steps of cross-attention training on its "
+    "own encoder (everything else as stitch + cross-attention's run, minus the stitch), and every variant's penalty "
+    "and share lost are shown against it too. Share lost with one pair: its 95% bootstrap interval of the ratio, "
+    "paired by document (the swap, its reference and the reference's shuffled inputs all on the same documents).",
+    "",
   ]
   for corpus in sorted({r["corpus"] for r in rows}):
-    cells = Cells(rows, corpus)
-    metric, isas, name = cells.metric, cells.isas, NAMES[cells.metric]
-    pairs = ", ".join(f"{d}:{e}" for d, e in cells.pairs)
-    lines += [f"## {corpus}: natives (seed pairs, decoder:encoder: {pairs})", ""]
-    keys = list(dict.fromkeys((metric, "bits_per_byte")))
-    heads = ["seed"] + [NAMES[k] for k in keys] + [f"{NAMES[k]}, shuffled inputs" for k in keys]
-    lines += [tables.row(["ISA", *heads]), tables.rule(1, len(heads))]
-    for a in isas:
-      for seed in cells.seeds:
-        own, other = cells.native(a, seed), cells.native(a, seed, "shuffled")
-        figs = [tables.fmt_key(own, k) for k in keys] + [tables.fmt_key(other, k) for k in keys]
-        lines.append(tables.row([a, str(seed), *figs]))
-    head, rule = tables.row(["A \\ B", *isas]), tables.rule(1, len(isas))
-    for variant in cells.variants:
-      for key in dict.fromkeys((metric, "bits_per_byte", "penalty", "lost")):
-        title = {"penalty": f"penalty ({name})", "lost": f"share of the input's worth lost ({name})"}.get(key)
-        title = title or NAMES[key]
-        lines += ["", f"### {corpus}: {variant} — {title}", "", head, rule]
-        for a in isas:
-          lines.append(tables.row([a, *(cells.value(a, b, variant, key)[1] for b in isas)]))
-    if cells.steps:
-      lines += ["", f"### {corpus}: recovery ({name}) against stitch-training steps", ""]
-      lines += [tables.row(["A reads B", "variant", *(f"step {s}" for s in cells.steps), "native A"])]
-      lines += [tables.rule(2, len(cells.steps) + 1)]
-      for a in isas:
-        native = cells.native_mean(a)
-        for b in isas:
-          for variant in swap.TRAINED:
-            if variant in cells.variants:
-              cols = [cells.value(a, b, variant, metric, s)[1] for s in cells.steps]
-              ref = "—" if native is None else f"{native:.3f}"
-              lines.append(tables.row([f"{a} ← {b}", variant, *cols, ref]))
+    lines += _corpus_markdown(Cells(rows, corpus))
   return "\n".join(lines) + "\n"
+
+
+def _corpus_markdown(cells: Cells) -> list[str]:
+  """One corpus' sections: the natives (and controls), a matrix per variant and figure, the recovery table."""
+  corpus, metric, isas, name = cells.corpus, cells.metric, cells.isas, NAMES[cells.metric]
+  pairs = ", ".join(f"{d}:{e}" for d, e in cells.pairs)
+  lines = [f"## {corpus}: natives (seed pairs, decoder:encoder: {pairs})", ""]
+  keys = list(dict.fromkeys((metric, "bits_per_byte")))
+  heads = ["seed"] + [NAMES[k] for k in keys] + [f"{NAMES[k]}, shuffled inputs" for k in keys]
+  lines += [tables.row(["ISA", *heads]), tables.rule(1, len(heads))]
+  for a in isas:
+    for against in AGAINST if cells.has_control else ("native",):
+      for seed in cells.seeds:
+        own, other = cells.native(a, seed, against), cells.native(a, seed, SHUFFLED_OF[against])
+        if own is None and against != "native":
+          continue
+        figs = [tables.fmt_key(own, k) for k in keys] + [tables.fmt_key(other, k) for k in keys]
+        label = str(seed) if against == "native" else f"{seed} + cross-attention ({own['step']} steps)"
+        lines.append(tables.row([a, label, *figs]))
+  head, rule = tables.row(["A \\ B", *isas]), tables.rule(1, len(isas))
+  shown = [(metric, "native"), ("bits_per_byte", "native"), ("penalty", "native"), ("lost", "native")]
+  shown = list(
+    dict.fromkeys(shown + ([("penalty", swap.CONTROL), ("lost", swap.CONTROL)] if cells.has_control else []))
+  )
+  for variant in cells.variants:
+    for key, against in shown:
+      title = {"penalty": f"penalty ({name})", "lost": f"share of the input's worth lost ({name})"}.get(key)
+      title = NAMES[key] if title is None else title + ("" if against == "native" else f", against {AGAINST[against]}")
+      lines += ["", f"### {corpus}: {variant} — {title}", "", head, rule]
+      for a in isas:
+        lines.append(tables.row([a, *(cells.value(a, b, variant, key, against=against)[1] for b in isas)]))
+  return lines + _recovery_markdown(cells)
+
+
+def _recovery_markdown(cells: Cells) -> list[str]:
+  if not cells.steps:
+    return []
+  metric, isas = cells.metric, cells.isas
+  refs = ["native", swap.CONTROL] if cells.has_control else ["native"]
+  lines = ["", f"### {cells.corpus}: recovery ({NAMES[metric]}) against stitch-training steps", ""]
+  lines += [
+    tables.row(["A reads B", "variant", *(f"step {s}" for s in cells.steps), *(f"{AGAINST[r]} A" for r in refs)])
+  ]
+  lines += [tables.rule(2, len(cells.steps) + len(refs))]
+  for a in isas:
+    means = [cells.native_mean(a, r) for r in refs]
+    for b in isas:
+      for variant in swap.TRAINED:
+        if variant in cells.variants:
+          cols = [cells.value(a, b, variant, metric, s)[1] for s in cells.steps]
+          ref = ["—" if m is None else f"{m:.3f}" for m in means]
+          lines.append(tables.row([f"{a} ← {b}", variant, *cols, *ref]))
+  return lines
 
 
 def heatmaps(rows: list[dict], out: str, exp) -> None:
@@ -416,7 +491,9 @@ def recovery_figure(rows: list[dict], out: str, exp) -> None:
           if pts:
             xs, ys = [max(s, floor) for s, _ in pts], [v for _, v in pts]
             ax.plot(xs, ys, style, marker="o", ms=3, label=f"← {b} ({variant})")
-      for variant, style, label in (("native", "--", "native"), ("shuffled", ":", "native, shuffled inputs")):
+      references = [("native", "--", "native"), ("shuffled", ":", "native, shuffled inputs")]
+      references += [(swap.CONTROL, "-.", AGAINST[swap.CONTROL])] if cells.has_control else []
+      for variant, style, label in references:
         ref = cells.native_mean(a, variant)
         if ref is not None:
           ax.axhline(ref, ls=style, c="k", lw=1, label=label)

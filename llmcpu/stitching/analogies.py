@@ -190,3 +190,22 @@ def nearest(query, candidates, exclude: Sequence[int]) -> int:
   if not np.isfinite(cos).any():
     raise UserError(f"nearest has no candidate left: all {len(cos)} are excluded")
   return int(np.argmax(cos))
+
+
+def queries(space: np.ndarray, ia, ib, ic, ians) -> dict[str, np.ndarray]:
+  """The query vectors of analogies whose texts are rows ``ia``, ``ib``, ``ic``, ``ians`` of ``space`` [M, D]: the
+  analogy e(a) − e(b) + e(c); its baselines e(c) alone and e(b) alone (with a, b, c excluded from the candidates,
+  the answer is often the nearest text of c's task: arithmetic must beat them to mean anything); the oracle e(answer)
+  (a calibration of the readout on a known answer)."""
+  return {
+    "analogy": space[ia] - space[ib] + space[ic],
+    "c_only": space[ic],
+    "b_only": space[ib],
+    "oracle": space[ians],
+  }
+
+
+def top1_hits(vectors: np.ndarray, candidates: np.ndarray, excluded: np.ndarray, answers: np.ndarray) -> np.ndarray:
+  """Per query, 1.0 where ``nearest`` (row ``excluded[i]`` never chosen) is ``answers[i]``, else 0.0."""
+  picks = [nearest(v, candidates, ex) for v, ex in zip(vectors, excluded, strict=True)]
+  return (np.asarray(picks) == np.asarray(answers)).astype(np.float64)

@@ -15,6 +15,7 @@ control, raw token ids zero-padded to the embedding width (``ids``). ``reconstru
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable, Sequence
 
 import jax.numpy as jnp
@@ -25,6 +26,7 @@ from flax import nnx
 from llmcpu import models, toolchain
 from llmcpu.compilers import Compiler
 from llmcpu.crosseval import intervals
+from llmcpu.data import programs as program_data
 from llmcpu.errors import UserError
 from llmcpu.metrics import text as text_metrics
 from llmcpu.specials import EOS_ID, PAD_ID
@@ -153,3 +155,26 @@ def reembed_cosines(encoder, compiler: Compiler, texts: Sequence[str], originals
   """Cosine between each original embedding and the embedding (by the same encoder) of what was read back."""
   docs = [np.asarray(compiler.encode(t), np.int32) for t in texts]
   return text_metrics.cosine_rows(originals, states.embeddings(encoder, docs, length))
+
+
+def template_floor(references: Sequence[str], seed: int = 0, split: str = "test") -> dict:
+  """What a readout that gets only the task right scores: each reference program's task with operands drawn at
+  random by the corpus's own generator (``programs.example``, ``split``'s operands), scored against the references
+  by chrF and token F1 — a right task with wrong operands shares the task word and ``=``, so these figures do not
+  start at 0. ``above_floor`` reads a readout's figure against it."""
+  rng = random.Random(f"llmcpu.stitching.readout.template_floor/{seed}")
+  templates = []
+  for i, ref in enumerate(references):
+    task = ref.split(" ", 1)[0]
+    if task not in program_data.TASKS:
+      raise UserError(f"reference {i} ({ref!r}) is not a program input: a template floor needs one of the tasks "
+                      f"{', '.join(program_data.TASKS)}")  # fmt: skip
+    templates.append(program_data.example(task, rng, split)["input"])
+  f1 = text_metrics.token_f1_items(templates, references)
+  return {"chrf": text_metrics.chrf(templates, references), "token_f1": float(f1.mean()), "templates": templates}
+
+
+def above_floor(value: float, floor: float, top: float) -> float | None:
+  """The share of what lies above the floor that ``value`` restores: (value − floor) / (top − floor); 0 = no better
+  than the right task with random operands, 1 = perfect, negative = below the floor. None if the floor is the top."""
+  return None if top == floor else (value - floor) / (top - floor)

@@ -207,3 +207,44 @@ def paired_penalty(native: dict, cell: dict, metric: str, seed: int = 0) -> tupl
     raise UserError("a paired penalty needs both rows scored on the same documents")
   table = np.stack([np.asarray(c, np.float64) for c in columns] + [np.ones(len(columns[0]))], 1)
   return float(stat(table.sum(0))), intervals.bootstrap(table, stat, clusters=clusters, seed=seed)
+
+
+def paired_share_lost(
+  native: dict, cell: dict, shuffled: dict, metric: str, seed: int = 0
+) -> tuple[float | None, tuple[float, float] | None]:
+  """The share of the input's worth ``cell`` loses: its penalty against ``native`` over the penalty of ``shuffled``
+  (the same reference CPU after another document's input), with a 95% bootstrap interval of that ratio resampling
+  the documents all three were scored on (by cluster, as ``score`` does), paired. A share of the input's worth is
+  defined only where the input is worth something (shuffled inputs score worse): (None, None) where it is not on
+  the documents themselves, and resamples where it is not are undefined (counted; too many and there is no
+  interval) — so the ratio is never read across a denominator that crosses 0, where it is unbounded."""
+  if metric == "exact_match":
+    columns = [native["hits"], cell["hits"], shuffled["hits"]]
+    clusters = native.get("exact_match_clusters")
+
+    def stat(x):
+      return _share(x[..., 0] - x[..., 1], x[..., 0] - x[..., 2])
+  else:
+    columns = [native["docs_nll"], native["docs_bytes"], cell["docs_nll"], cell["docs_bytes"]]
+    columns += [shuffled["docs_nll"], shuffled["docs_bytes"]]
+    clusters = native.get("docs_clusters")
+
+    def stat(x):
+      with np.errstate(divide="ignore", invalid="ignore"):
+        own = x[..., 0] / x[..., 1]
+        return _share(x[..., 2] / x[..., 3] - own, x[..., 4] / x[..., 5] - own)
+
+  if len({len(c) for c in columns}) != 1:
+    raise UserError("a paired share lost needs the three rows scored on the same documents")
+  table = np.stack([np.asarray(c, np.float64) for c in columns], 1)
+  value = float(stat(table.sum(0)))
+  if not math.isfinite(value):
+    return None, None
+  return value, intervals.bootstrap(table, stat, clusters=clusters, seed=seed)
+
+
+def _share(lost, worth):
+  """lost / worth where the input is worth something (worth > 0), NaN (undefined) elsewhere."""
+  lost, worth = np.asarray(lost, np.float64), np.asarray(worth, np.float64)
+  with np.errstate(divide="ignore", invalid="ignore"):
+    return np.where(worth > 0, lost / np.where(worth > 0, worth, 1.0), np.nan)

@@ -35,7 +35,15 @@ from llmcpu.training import derived, trainer
 CLOSED_FORM = ("lstsq", "procrustes")
 TRAINED = ("stitch", "stitch_xattn")
 VARIANTS = ("zero_shot", *CLOSED_FORM, *TRAINED)
-TRAINABLE = {"stitch": r"^stitch/", "stitch_xattn": r"^stitch/,/cross/,/cross_norm/"}
+# The control of stitch_xattn: the native CPU reading its OWN encoder through the identity stitch (frozen), its
+# cross-attention trained the same steps on the same data as stitch_xattn's: a swap's penalty against it is what the
+# swap costs, not what 300 more steps of cross-attention training gain.
+CONTROL = "native_xattn"
+TRAINABLE = {
+  "stitch": r"^stitch/",
+  "stitch_xattn": r"^stitch/,/cross/,/cross_norm/",
+  CONTROL: r"/cross/,/cross_norm/",
+}
 SOURCE_FIELDS = ("arch", "isa", "isa_fingerprint", "step")  # each source's provenance
 
 
@@ -55,7 +63,7 @@ def swap_config(
   config: ml_collections.ConfigDict, meta_a: dict, meta_b: dict, path_b: str
 ) -> ml_collections.ConfigDict:
   """The training config of the swapped CPU: A's, reading ISA B through B's encoder, for ``config.steps`` steps."""
-  c = derived.continued_config(meta_a, config, trained=config.variant in TRAINED)
+  c = derived.continued_config(meta_a, config, trained=config.variant in TRAINABLE)
   c.data.input_isa = meta_b["config"]["data"]["isa"]
   c.model.encoder_config = encoder_config_of(meta_b, path_b)
   c.model.stitch = "linear"
@@ -71,8 +79,8 @@ def swap_encoder(
   log: Callable[[str], None] = print,
 ) -> trainer.TrainResult:
   """Swaps ``config.encoder``'s encoder into ``config.decoder`` by ``config.variant`` into ``workdir``; resumable."""
-  if config.variant not in VARIANTS:
-    raise UserError(f"unknown swap variant {config.variant!r}; choose one of {', '.join(VARIANTS)}")
+  if config.variant not in (*VARIANTS, CONTROL):
+    raise UserError(f"unknown swap variant {config.variant!r}; choose one of {', '.join((*VARIANTS, CONTROL))}")
   for key, what in (("decoder", "the encoder-decoder whose decoder is kept"), ("encoder", "the CPU whose encoder")):
     if not config[key]:
       raise UserError(f"no --config.{key}: pass {what} (a training workdir or checkpoint directory)")
@@ -82,6 +90,11 @@ def swap_encoder(
     what = "a stitched encoder_decoder" if meta_a["arch"] == "encoder_decoder" else f"a {meta_a['arch']}"
     raise UserError(
       f"--config.decoder={config.decoder} holds {what}; the decoder side of a swap is an encoder_decoder trained as one"
+    )
+  if config.variant == CONTROL and fs.abspath(config.decoder) != fs.abspath(config.encoder):
+    raise UserError(
+      f"{CONTROL} is the control of a CPU reading its own encoder: pass the same checkpoint as --config.decoder and "
+      f"--config.encoder (got {config.decoder} and {config.encoder})"
     )
   encoder_config_of(meta_b, config.encoder)  # refuses a CPU without an encoder before anything else
   corpus_a, corpus_b = source_a.corpus, source_b.corpus
