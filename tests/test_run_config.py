@@ -26,6 +26,8 @@ BOUNDS = [
   ("train.warmup_steps", 0, -1),
   ("train.min_lr_ratio", 0.0, -0.1),
   ("train.min_lr_ratio", 1.0, 1.1),
+  ("train.decay_fraction", 1.0, 0.0),  # (0, 1]: a decay of no steps is no decay
+  ("train.decay_fraction", 0.2, 1.5),
   ("train.weight_decay", 0.0, -0.1),
   ("train.b1", 0.0, -0.1),
   ("train.b1", 0.999, 1.0),
