@@ -665,9 +665,9 @@ def test_calibration_table_holds_on_the_world(world):
   lo, hi = rows["another document's continuation"]["relevance_ci"]
   assert lo < 0.0 < hi
   assert rows["prompt echoed"]["relevance"] > 2 and rows["prompt echoed"]["copy_rate"] == 1.0
-  for name in coherence.BASELINES:  # 32 prompts of a tiny corpus: no evidence of any use beyond the tail
-    lo, hi = rows[name]["relevance_beyond_tail_ci"]
-    assert lo < 0.0 < hi, rows[name]
+  for name in coherence.BASELINES:  # they read only the tail: the same text after the head-swapped prompt
+    assert rows[name]["relevance_beyond_tail"] == 0.0 and rows[name]["relevance_beyond_tail_ci"] == [0.0, 0.0]
+  assert rows["true continuation"]["relevance_beyond_tail"] == pytest.approx(1.0)
   text = summary.summarize([], {}, list(rows.values()))
   assert "## Calibration" in text and coherence.NGRAM_BASELINE in text
 
@@ -709,6 +709,8 @@ def test_relevance_and_its_variants_equal_a_by_hand_computation():
   prompts, refs = [t[:40] for t in held], [t[40:70] for t in held]
   # Outputs: one that copies 12 bytes of its prompt, others that take words from the prompt or from elsewhere.
   gens = [prompts[0][5:17] + b" zzz qq", b" the" + prompts[1][-6:], held[3][100:125], b"", prompts[4][:9] + b"x"]
+  # What each would write after its head-swapped prompt: the same for two, something else for the others.
+  swapped = [gens[0], b" a" + prompts[1][-6:], b" and of the", b"zz", gens[4]]
   table = coherence.prose_table(
     judge,
     {"the"},
@@ -717,11 +719,35 @@ def test_relevance_and_its_variants_equal_a_by_hand_computation():
     [r.decode() for r in refs],
     nbytes=30,
     tail_bytes=8,
+    swapped=[[g.decode() for g in swapped]],
   )
   got = coherence.assess(table, "prose")
   assert got["relevance"] == pytest.approx(_relevance_by_hand(judge, prompts, gens, refs, lambda i, j: prompts[j]))
   hybrid = lambda i, j: prompts[j][:-8] + prompts[i][-8:]  # noqa: E731 - another prompt's head, this one's tail
-  assert got["relevance_beyond_tail"] == pytest.approx(_relevance_by_hand(judge, prompts, gens, refs, hybrid))
+  assert got["relevance_beyond_tail_judge"] == pytest.approx(_relevance_by_hand(judge, prompts, gens, refs, hybrid))
+  # Head swap by hand: 5 prompts, partner i + 2; each tail the last 8 bytes back to the space before their first word.
+  starts = [p.rfind(b" ", len(p) - 8 - 16, len(p) - 8 + 1) for p in prompts]  # ASCII prompts: else len − 8
+  tails = [p[s if s >= 0 else len(p) - 8 :] for p, s in zip(prompts, starts, strict=True)]
+  assert any(s < 0 for s in starts) and any(s >= 0 for s in starts)  # both rules are exercised
+  swap = [prompts[(i + 2) % 5][: len(prompts[(i + 2) % 5]) - len(tails[(i + 2) % 5])] for i in range(5)]
+  swap = [h[max(len(h) - (len(p) - len(t)), 0) :] + t for h, p, t in zip(swap, prompts, tails, strict=True)]
+  assert coherence.head_swap([p.decode() for p in prompts])[0] == [h.decode() for h in swap]
+
+  def crossed(i: int, g: bytes, g_swapped: bytes) -> float:
+    b = lambda text, prompt: _prompt_bits_naive(judge, text, prompt)  # noqa: E731
+    return (b(g, swap[i]) - b(g, prompts[i])) - (b(g_swapped, swap[i]) - b(g_swapped, prompts[i]))
+
+  per_byte = lambda texts, others: (
+    sum(  # noqa: E731 - pooled D over the pairs' mean bytes
+      crossed(i, g, o) for i, (g, o) in enumerate(zip(texts, others, strict=True))
+    )
+    / sum((len(g) + len(o)) / 2 for g, o in zip(texts, others, strict=True))
+  )
+  real = per_byte(refs, [refs[(i + 2) % 5] for i in range(5)])
+  assert got["head_swap_pmi_per_byte"] == pytest.approx(per_byte(gens, swapped))
+  assert got["head_swap_pmi_per_byte_real"] == pytest.approx(real)
+  # Five 40-byte prompts: real text shows no use of these heads, so the ratio is undefined, not a sign flip.
+  assert real < 0 and got["relevance_beyond_tail"] is None
   # Copied bytes by hand: gens[0] copies 12 bytes (one 8-gram run), gens[4] 9; no other output has an 8-byte match.
   assert got["copy_rate"] == pytest.approx((12 + 9) / sum(map(len, gens)))
   stripped = [b" zzz qq", gens[1], gens[2], b"", b"x"]
@@ -770,18 +796,28 @@ def test_local_baselines_earn_no_relevance_beyond_the_tail():
       conts.append(b[cand[0] :].decode())
   assert len(prompts) >= 64
   prompts, conts = prompts[:64], conts[:64]
-  texts = coherence.prose_baselines(judge, counts, prompts, conts, 96)
-  texts["true"] = [coherence.cut_bytes(c, 96) for c in conts]
-  got = {
-    k: coherence.assess(coherence.prose_table(judge, set(counts), prompts, [v], conts, nbytes=96), "prose")
-    for k, v in texts.items()
-  }
-  assert all(len(t.encode()) == 96 for v in texts.values() for t in v if t.isascii())
-  assert got["true"]["pmi_beyond_tail_per_byte_real"] > 0.02  # real text uses its prompt beyond the last 8 bytes
+  texts = coherence.calibration_texts(judge, counts, prompts, conts, 96)
+  swapped_prompts, partner = coherence.head_swap(prompts)
+  # A generator that reads the head: the document's text after the judged window (its partner's after the swap).
+  texts["later text"] = ([coherence.cut_bytes(c[96:], 96) for c in conts], [])
+  texts["later text"][1].extend(texts["later text"][0][j] for j in partner)
+  got = {}
+  for k, (own, other) in texts.items():
+    table = coherence.prose_table(judge, set(counts), prompts, [own], conts, nbytes=96, swapped=[other])
+    got[k] = coherence.assess(table, "prose")
+  for s, p in zip(swapped_prompts, prompts, strict=True):
+    assert s.encode().endswith(p.encode()[-8:]) and len(s.encode()) <= len(p.encode()), (s, p)
+  names = (*coherence.BASELINES, "true continuation")
+  assert all(len(t.encode()) == 96 for n in names for t in texts[n][0] if t.isascii())
+  assert got["true continuation"]["relevance_beyond_tail"] == pytest.approx(1.0)
+  assert got["true continuation"]["head_swap_pmi_per_byte_real"] > 0.02  # real text depends on its prompt's head
   assert got[coherence.NGRAM_BASELINE]["relevance"] > 0.3  # today's relevance rewards a purely local model
-  for name in coherence.BASELINES:
-    lo, hi = got[name]["relevance_beyond_tail_ci"]
-    assert abs(got[name]["relevance_beyond_tail"]) < 0.3 and lo < 0.0 < hi, (name, got[name])
+  for name in coherence.BASELINES:  # they write the same after both prompts: exactly nothing beyond the tail
+    assert texts[name][0] == texts[name][1]
+    assert got[name]["relevance_beyond_tail"] == 0.0 and got[name]["relevance_beyond_tail_ci"] == [0.0, 0.0]
+  assert got["later text"]["relevance_beyond_tail"] > 0.2 and got["later text"]["relevance_beyond_tail_ci"][0] > 0
+  # The judge-side estimate (other heads + this tail as the other prompts) does not hold local models at 0.
+  assert max(abs(got[n]["relevance_beyond_tail_judge"]) for n in coherence.BASELINES) > 0.05
 
 
 @pytest.fixture(scope="module")

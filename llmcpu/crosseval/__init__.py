@@ -12,8 +12,9 @@ scored_tokens scored_bytes bytes_per_token byte_context unk_rate objective secon
 illegal_targets illegal_inputs illegal_policy misread_rate isa_overlap``; decoders and encoder-decoders
 ``fluency relevance coherence`` with their parts (prose: ``judge_bpb_generated judge_bpb_real lexical_validity
 distinct_2 repetition pmi_per_byte pmi_per_byte_real fluency_plausibility fluency_lexical fluency_distinct
-fluency_novel chrf chrf_eval_reading empty_generations relevance_beyond_tail relevance_beyond_copying copy_rate
-copy_rate_real pmi_beyond_tail_per_byte pmi_beyond_tail_per_byte_real new_tokens prompt_bytes_mean
+fluency_novel chrf chrf_eval_reading empty_generations relevance_beyond_tail head_swap_pmi_per_byte
+head_swap_pmi_per_byte_real relevance_beyond_tail_judge relevance_beyond_copying copy_rate copy_rate_real
+pmi_beyond_tail_per_byte pmi_beyond_tail_per_byte_real new_tokens prompt_bytes_mean
 outputs_short``; programs: ``exact_match exact_match_sampled exact_match_by_task exact_match_eval_reading``),
 ``prompts`` and ``samples``, and on native cells
 ``shuffled_prompt`` (the same figures with the prompt's ids shuffled); encoders ``representation_agreement``.

@@ -5,11 +5,12 @@ Per corpus, on the same held-out prompts as the cells (the same documents cut at
 continuation (fluency 1, relevance 1), another document's continuation (fluent, irrelevant: relevance ≈ 0), random
 bytes and a repeated piece (fluency ≈ 0), and the prompt echoed back (relevance ≫ 1, so coherence must not reward
 it); and two purely local baselines every CPU is read against: the byte n-gram judge continuing each prompt greedily,
-and the prompt's last word finished from the train lexicon followed by another document's text (both should score ≈
-0 on relevance beyond the tail). Programs: the true answer, another program's answer of the same task, random bytes,
-a repeated piece. The native CPUs' shuffled-prompt runs (relevance far below their native figure) are read from the
-cells' rows by the report. Every figure carries its 95% bootstrap interval over prompts, resampled by cluster
-(``llmcpu.data.clusters``) as the cells' are.
+and the prompt's last word finished from the train lexicon followed by another document's text. Each reference is
+also written after the head-swapped prompts (``coherence.calibration_texts``): the local baselines write the same
+there, so they score exactly 0 on relevance beyond the tail. Programs: the true answer, another program's answer of
+the same task, random bytes, a repeated piece. The native CPUs' shuffled-prompt runs (relevance far below their
+native figure) are read from the cells' rows by the report. Every figure carries its 95% bootstrap interval over
+prompts, resampled by cluster (``llmcpu.data.clusters``) as the cells' are.
 """
 
 from __future__ import annotations
@@ -50,11 +51,19 @@ def calibrate(lib: Library, corpus_spec: str, comps: Compiler | Sequence[Compile
   prompts, continuations = generation.prose_texts(raw["text"], cuts, docs)
   judge, lexicon = lib.judge(corpus_name, compiler, options.train_split)
   counts = lib.word_counts(corpus_name, compiler, options.train_split)
-  refs = coherence.prose_references(continuations, prompts, options.new_bytes, options.seed)
-  refs |= coherence.prose_baselines(judge, counts, prompts, continuations, options.new_bytes)
-  for name, texts in refs.items():
+  refs = coherence.calibration_texts(
+    judge, counts, prompts, continuations, options.new_bytes, options.seed, options.tail_bytes
+  )
+  for name, (texts, swapped) in refs.items():
     table = coherence.prose_table(
-      judge, lexicon, prompts, [texts], continuations, nbytes=options.new_bytes, tail_bytes=options.tail_bytes
+      judge,
+      lexicon,
+      prompts,
+      [texts],
+      continuations,
+      nbytes=options.new_bytes,
+      tail_bytes=options.tail_bytes,
+      swapped=[swapped],
     )
     figures = _figures(table, "prose", options, [every[d] for d in docs])
     rows.append(base | {"reference": name, "prompts": len(prompts)} | figures)

@@ -16,10 +16,18 @@ twice, against held-out text, by the byte judge (``judge.py``), which never sees
   prompts and divided by the same figure for the true continuations. The true continuation scores 1; a text
   independent of its prompt (another document's continuation, babble) 0 in expectation; a text echoing its prompt
   far above 1.
-* **relevance beyond the tail** — the same PMI with the prompt's last ``tail_bytes`` bytes (8) held fixed: the
-  "other prompts" are other documents' prompt *heads* followed by this prompt's own last 8 bytes, so what finishing
-  the prompt's last word (or any model that reads only the last few bytes) earns cancels; divided by the same figure
-  of the true continuation. It measures use of the prompt before its last 8 bytes, which a local model cannot earn.
+* **relevance beyond the tail** — use of the prompt *before* its last words, measured by intervention: every
+  prompt is also run with its head swapped for another document's (``head_swap``: the other document's text, then
+  this prompt's tail, the last ``tail_bytes`` (8) bytes extended back to the start of their first word, the whole as
+  long as the prompt). With ``g`` the output after the prompt ``P`` and ``g'`` the output after the swapped prompt
+  ``P'``, the crossed difference ``D = [bits(g|P') − bits(g|P)] − [bits(g'|P') − bits(g'|P)]`` (does each output fit
+  the head it was generated after better than the other does?), pooled per byte and divided by the same figure of
+  the true continuations (``g`` = this document's, ``g'`` = the swapped head's document's). A generator that reads
+  only the tail — the byte n-gram judge continuing greedily, "finish the last word, then babble" — produces the same
+  output after both prompts and scores exactly 0 (sampled: 0 in expectation, ``g`` and ``g'`` are exchangeable); the
+  judge's static bits of each output cancel in the difference. (The judge-side estimate kept as
+  ``relevance_beyond_tail_judge`` — other heads + this tail as the "other prompts" — is not 0 for local generators:
+  its other heads are not drawn given the tail, and the tail's topic predicts the head's.)
 * **copy rate** — the share of output bytes inside byte n-grams (≥ 8 bytes) that occur in the prompt, and
   **relevance beyond copying**: relevance with those copied bytes deleted from every output and reference (``fit``
   penalises only r > 1, so copying a quarter of the prompt into babble would otherwise read as relevant).
@@ -53,18 +61,22 @@ from llmcpu.metrics import text as text_metrics
 
 UNIFORM_BITS = 8.0  # bits per byte of the uniform distribution over bytes
 NEW_BYTES = 96  # prose: bytes of output (and of reference) judged
-TAIL_BYTES = 8  # relevance beyond the tail: the prompt's last bytes every "other prompt" keeps
+TAIL_BYTES = 8  # relevance beyond the tail: the prompt's last bytes (at least) every head-swapped prompt keeps
+TAIL_WORD_SLACK = 16  # ... extended back to the start of their first word, by at most this many bytes
 COPY_NGRAM = 8  # copy rate: output bytes inside byte n-grams of at least this length found in the prompt
 OTHER_PROMPTS = 16  # prompts each text is also read after, for bits(text | another prompt)
 FIGURES = ("fluency", "relevance", "coherence")
-PROSE_EXTRA = ("relevance_beyond_tail", "relevance_beyond_copying", "copy_rate")  # prose only, with intervals
+# prose only, with intervals
+PROSE_EXTRA = ("relevance_beyond_tail", "relevance_beyond_tail_judge", "relevance_beyond_copying", "copy_rate")
 PROSE_FORMULA = (
   "fluency = the weakest of judge plausibility (8 − judge bpb), lexical validity, distinct-2 and 1 − repetition, "
   "each divided by the true continuation's (capped at 1); relevance = PMI per byte between prompt and output under "
   "the prompt-adapted byte judge (bits given every other prompt − bits given its own), over the same for the true "
   "continuation (1 = as prompt-dependent as real text, 0 = independent of its prompt); relevance beyond the tail = "
-  "the same with every other prompt ending in this prompt's last 8 bytes (other documents' heads + this tail), so "
-  "finishing the last word earns 0; copy rate = share of output bytes in ≥ 8-byte n-grams of the prompt, relevance "
+  "the same PMI under an intervention: each prompt also run with its head swapped for another document's (its last "
+  "≥ 8 bytes kept, from a word start), D = how much better each output fits the head it followed than the other "
+  "output does, over the same for the true continuations, so a generator that reads only the tail scores exactly 0; "
+  "copy rate = share of output bytes in ≥ 8-byte n-grams of the prompt, relevance "
   "beyond copying = relevance with those bytes deleted; coherence = fluency · fit(relevance), fit(r) = r on [0, 1], "
   "1/r above 1 (echoing the prompt), 0 below 0. Outputs and references are judged on their first N bytes."
 )
@@ -166,6 +178,8 @@ TEXT_COLUMNS = (
   "copied",
   "pmi_nocopy",
   "bytes_nocopy",
+  "head_pmi",  # relevance beyond the tail: the crossed difference D (bits) against the head-swapped output
+  "head_bytes",  # the mean of the two outputs' bytes
 )
 _K = len(TEXT_COLUMNS)
 _C = {name: i for i, name in enumerate(TEXT_COLUMNS)}
@@ -178,10 +192,13 @@ def _text_stats(
   texts: Sequence[str],
   owner: np.ndarray,
   tail_bytes: int = TAIL_BYTES,
+  swapped: Sequence[str] | None = None,
 ) -> np.ndarray:
   """``[len(texts), K]``: judge bits (static, after the prompt's last bytes), bytes, lexicon hits, words, distinct-2,
   1 − repetition, 1, PMI with the text's own prompt (bits; mean over every other prompt minus its own), the same
-  with the prompt's tail held fixed, copied bytes, and PMI and bytes of the text with its copied bytes deleted."""
+  with the prompt's tail held fixed (the judge-side estimate), copied bytes, PMI and bytes of the text with its
+  copied bytes deleted, and — with ``swapped`` (each text's counterpart generated after its prompt's ``head_swap``)
+  — the crossed difference D and the pair's mean bytes (NaN without)."""
   out = np.zeros((len(texts), _K))
   if not len(texts):
     return out
@@ -215,7 +232,71 @@ def _text_stats(
       )[0]
   else:
     out[:, [_C["pmi"], _C["pmi_tail"], _C["pmi_nocopy"]]] = np.nan
+  out[:, [_C["head_pmi"], _C["head_bytes"]]] = np.nan
+  if swapped is not None and len(prompts) > 1:
+    out[:, _C["head_pmi"]], out[:, _C["head_bytes"]] = _head_swap_pmi(judge, prompts, texts, swapped, owner, tail_bytes)
   return out
+
+
+def tail_start(prompt: bytes, tail_bytes: int = TAIL_BYTES) -> int:
+  """Where a prompt's tail begins: at least its last ``tail_bytes`` bytes, extended back to the space before their
+  first word (by at most ``TAIL_WORD_SLACK`` bytes; else at a UTF-8 character boundary), so that a head swap joins
+  whole words."""
+  end = max(len(prompt) - tail_bytes, 0)
+  space = prompt.rfind(b" ", max(end - TAIL_WORD_SLACK, 0), end + 1)
+  if space >= 0:
+    return space
+  while 0 < end < len(prompt) and prompt[end] & 0xC0 == 0x80:  # not inside a multi-byte character
+    end -= 1
+  return end
+
+
+def swap_partners(n: int) -> np.ndarray:
+  """For each of ``n`` prompts, the one whose head it borrows: half the split away in corpus order (never itself)."""
+  return (np.arange(n) + n // 2) % n if n > 1 else np.zeros(n, np.int64)
+
+
+def head_swap(prompts: Sequence[str], tail_bytes: int = TAIL_BYTES) -> tuple[list[str], np.ndarray]:
+  """(each prompt with its head replaced by its partner's, the partners): the partner's text before its own tail,
+  cut from the left so the swapped prompt is no longer than the original, then this prompt's tail (``tail_start``).
+  A model that reads only the tail sees the same input after both."""
+  encoded = [p.encode("utf-8") for p in prompts]
+  partner = swap_partners(len(prompts))
+  swapped = []
+  for i, p in enumerate(encoded):
+    tail = p[tail_start(p, tail_bytes) :]
+    other = encoded[partner[i]]
+    head = other[: tail_start(other, tail_bytes)]
+    head = head[max(len(head) - (len(p) - len(tail)), 0) :]
+    swapped.append((head + tail).decode("utf-8", "ignore"))  # a head cut mid-character loses that character
+  return swapped, partner
+
+
+def _head_swap_pmi(
+  judge: ByteJudge,
+  prompts: Sequence[str],
+  texts: Sequence[str],
+  swapped: Sequence[str],
+  owner: np.ndarray,
+  tail_bytes: int,
+) -> tuple[np.ndarray, np.ndarray]:
+  """(D per text, in bits; the mean bytes of text and counterpart): with P its prompt, P' the head-swapped prompt,
+  g the text and g' its counterpart, D = [bits(g|P') − bits(g|P)] − [bits(g'|P') − bits(g'|P)]."""
+  hybrids, _ = head_swap(prompts, tail_bytes)
+  own = [t.encode("utf-8") for t in texts]
+  other = [t.encode("utf-8") for t in swapped]
+  n, m = len(prompts), len(texts)
+  pairs = np.zeros((2 * m, 2 * n), bool)
+  rows = np.arange(m)
+  for block in (0, m):
+    pairs[block + rows, owner] = True
+    pairs[block + rows, n + owner] = True
+  bits = judge.prompt_bits(
+    [*own, *other], [*(p.encode("utf-8") for p in prompts), *(h.encode("utf-8") for h in hybrids)], pairs
+  )
+  g_p, g_s = bits[rows, owner], bits[rows, n + owner]
+  o_p, o_s = bits[m + rows, owner], bits[m + rows, n + owner]
+  return (g_s - g_p) - (o_s - o_p), (np.array([len(b) for b in own]) + np.array([len(b) for b in other])) / 2.0
 
 
 def _pmi(
@@ -266,15 +347,19 @@ def prose_table(
   *,
   nbytes: int = NEW_BYTES,
   tail_bytes: int = TAIL_BYTES,
+  swapped: Sequence[Sequence[str]] | None = None,
 ) -> np.ndarray:
   """Per prompt (row), the sums of every generation's statistics (``generations``: one list of texts per decoding,
   each aligned with ``prompts`` and already cut to ``nbytes``) and of its reference: the true continuation's first
-  ``nbytes`` bytes, once per decoding."""
+  ``nbytes`` bytes, once per decoding. ``swapped``: the same decodings after each prompt's ``head_swap`` (relevance
+  beyond the tail; without them it is undefined); the reference's counterpart is the swapped head's document's true
+  continuation."""
   gens = [g for texts in generations for g in texts]
+  others = None if swapped is None else [g for texts in swapped for g in texts]
   owner = np.tile(np.arange(len(prompts)), len(generations))
   refs = [cut_bytes(c, nbytes) for c in continuations]
   table = np.zeros((len(prompts), 2 * _K))
-  np.add.at(table[:, :_K], owner, _text_stats(judge, lexicon, prompts, gens, owner, tail_bytes))
+  np.add.at(table[:, :_K], owner, _text_stats(judge, lexicon, prompts, gens, owner, tail_bytes, others))
   table[:, _K:] = len(generations) * _reference_stats(judge, lexicon, prompts, refs, tail_bytes)
   return table
 
@@ -290,7 +375,8 @@ def _reference_stats(
   hit = _REFERENCE_CACHE.get(key)
   if hit is not None and hit[0] is judge and hit[1] is lexicon:  # the cache holds them: their ids are not reused
     return hit[2]
-  stats = _text_stats(judge, lexicon, prompts, refs, np.arange(len(prompts)), tail_bytes)
+  partner_refs = [refs[j] for j in swap_partners(len(refs))]
+  stats = _text_stats(judge, lexicon, prompts, refs, np.arange(len(prompts)), tail_bytes, partner_refs)
   if len(_REFERENCE_CACHE) >= 8:
     _REFERENCE_CACHE.pop(next(iter(_REFERENCE_CACHE)))
   _REFERENCE_CACHE[key] = (judge, lexicon, stats)
@@ -330,6 +416,8 @@ def prose_figures(sums: np.ndarray) -> dict[str, np.ndarray]:
   pmi_g, pmi_r = np.nan_to_num(_div(g["pmi"], g["bytes"]), nan=0.0), _div(r["pmi"], r["bytes"])
   relevance = np.where(pmi_r > 0, _div(pmi_g, pmi_r), np.nan)
   tail_g, tail_r = np.nan_to_num(_div(g["pmi_tail"], g["bytes"]), nan=0.0), _div(r["pmi_tail"], r["bytes"])
+  # No nan_to_num here: without head-swapped outputs (a shuffled-prompt run) the figure is undefined, not 0.
+  head_g, head_r = _div(g["head_pmi"], g["head_bytes"]), _div(r["head_pmi"], r["head_bytes"])
   nocopy_g = np.nan_to_num(_div(g["pmi_nocopy"], g["bytes_nocopy"]), nan=0.0)
   nocopy_r = _div(r["pmi_nocopy"], r["bytes_nocopy"])
   coherence = fluency * fit(np.nan_to_num(relevance, nan=0.0))
@@ -344,7 +432,10 @@ def prose_figures(sums: np.ndarray) -> dict[str, np.ndarray]:
     "repetition": 1.0 - _div(g["novel"], g["texts"]),
     "pmi_per_byte": pmi_g,
     "pmi_per_byte_real": pmi_r,
-    "relevance_beyond_tail": np.where(tail_r > 0, _div(tail_g, tail_r), np.nan),
+    "relevance_beyond_tail": np.where(head_r > 0, _div(head_g, head_r), np.nan),
+    "head_swap_pmi_per_byte": head_g,
+    "head_swap_pmi_per_byte_real": head_r,
+    "relevance_beyond_tail_judge": np.where(tail_r > 0, _div(tail_g, tail_r), np.nan),
     "pmi_beyond_tail_per_byte": tail_g,
     "pmi_beyond_tail_per_byte_real": tail_r,
     "copy_rate": _div(g["copied"], g["bytes"]),
@@ -446,9 +537,9 @@ def finish_word(prompt: str, counts: Mapping[str, int]) -> str:
 def prose_baselines(
   judge: ByteJudge, counts: Mapping[str, int], prompts: Sequence[str], continuations: Sequence[str], nbytes: int
 ) -> dict:
-  """Purely local generators on the same prompts, ``nbytes`` each: the byte n-gram judge continuing each prompt
+  """Purely local generators on the given prompts, ``nbytes`` each: the byte n-gram judge continuing each prompt
   greedily, and the prompt's last word finished from the train lexicon followed by another document's true
-  continuation (far in corpus order, as in ``prose_references``)."""
+  continuation (far in corpus order, as in ``prose_references``; the same document whatever the prompt's head)."""
   n = len(prompts)
   greedy = [b.decode("utf-8", "replace") for b in judge.greedy_continuation(prompts, nbytes)]
   other = [continuations[(i + n // 2) % n] if n > 1 else "" for i in range(n)]
@@ -456,6 +547,32 @@ def prose_baselines(
     NGRAM_BASELINE: [cut_bytes(g, nbytes) for g in greedy],
     WORD_BASELINE: [cut_bytes(finish_word(p, counts) + o, nbytes) for p, o in zip(prompts, other, strict=True)],
   }
+
+
+def calibration_texts(
+  judge: ByteJudge,
+  counts: Mapping[str, int],
+  prompts: Sequence[str],
+  continuations: Sequence[str],
+  nbytes: int,
+  seed: int = 0,
+  tail_bytes: int = TAIL_BYTES,
+) -> dict[str, tuple[list[str], list[str]]]:
+  """Every calibration reference and baseline as (its texts, its texts after the head-swapped prompts): what each
+  known generator writes when only the head of its prompt changes. The true continuation's counterpart is the
+  swapped head's document's continuation (by construction it scores relevance beyond the tail 1); texts that do
+  not read the prompt (another document, random bytes, a repeated piece) are unchanged; the echo echoes the
+  swapped prompt; the local baselines run again on it (they read only the tail, so they write the same)."""
+  swapped_prompts, partner = head_swap(prompts, tail_bytes)
+  refs = prose_references(continuations, prompts, nbytes, seed)
+  counterpart = {
+    "true continuation": [refs["true continuation"][j] for j in partner],
+    "prompt echoed": list(swapped_prompts),
+  }
+  out = {name: (texts, counterpart.get(name, list(texts))) for name, texts in refs.items()}
+  local = prose_baselines(judge, counts, prompts, continuations, nbytes)
+  local_swapped = prose_baselines(judge, counts, swapped_prompts, continuations, nbytes)
+  return out | {name: (texts, local_swapped[name]) for name, texts in local.items()}
 
 
 def program_references(targets: Sequence[str], tasks: Sequence[str | None], seed: int = 0) -> dict:

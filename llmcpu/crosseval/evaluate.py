@@ -283,7 +283,19 @@ class ModelEvaluator:
 
     greedy, sampled, greedy_foreign, truncated = generate(prompts)
     out: dict = {"prompts": len(prompts.ids), "prompts_truncated": truncated, "new_tokens": new}
+    swapped = None
     if prompts.kind == "prose":
+      # Relevance beyond the tail: the same CPU after each prompt with its head swapped for another document's.
+      hybrid_texts, partner = coherence.head_swap(prompts.texts, opt.tail_bytes)
+      hybrid = dataclasses.replace(
+        prompts,
+        ids=[np.asarray(x, np.int32) for x in comp.encode_batch(hybrid_texts)],
+        texts=hybrid_texts,
+        references=[prompts.references[j] for j in partner],
+      )
+      h_greedy, h_sampled, _, h_truncated = generate(hybrid)
+      out["prompts_truncated"] += h_truncated
+      swapped = [[coherence.cut_bytes(t, opt.new_bytes) for t in x] for x in (h_greedy, h_sampled)]
       out["prompt_bytes_mean"] = float(np.mean([len(t.encode("utf-8")) for t in prompts.texts]))
       out["outputs_short"] = sum(len(g.encode("utf-8")) < opt.new_bytes for g in [*greedy, *sampled])
       # Positions a decoder's longest prompt + output reaches, next to the row length it was trained on: past it a
@@ -293,7 +305,7 @@ class ModelEvaluator:
       greedy, sampled, greedy_foreign = (
         [coherence.cut_bytes(t, opt.new_bytes) for t in x] for x in (greedy, sampled, greedy_foreign)
       )
-    out.update(self.judge(prompts, corpus_name, comp, greedy, sampled))
+    out.update(self.judge(prompts, corpus_name, comp, greedy, sampled, swapped))
     if prompts.kind == "programs":
       out["exact_match_eval_reading"] = text_metrics.exact_match(greedy_foreign, prompts.references)
     else:
@@ -326,9 +338,10 @@ class ModelEvaluator:
       bpt = 1.0
     return int(math.ceil(self.opt.new_bytes / max(bpt / 2.0, 1.0))) + 4
 
-  def judge(self, prompts: generation.Prompts, corpus_name: str, comp: Compiler, greedy, sampled) -> dict:
+  def judge(self, prompts: generation.Prompts, corpus_name: str, comp: Compiler, greedy, sampled, swapped=None) -> dict:
     """Fluency, relevance, coherence (+ intervals over clusters of prompts, relevance's TOST verdict) and their
-    parts for one set of generations."""
+    parts for one set of generations; ``swapped`` (greedy and sampled after the head-swapped prompts) gives
+    relevance beyond the tail."""
     every = self.lib.clusters(self.corpus, corpus_name, comp, self.opt.split)
     stats = dict(seed=self.opt.seed, clusters=[every[d] for d in prompts.docs], margin=self.opt.equivalence_margin)
     if prompts.kind == "programs":
@@ -352,6 +365,7 @@ class ModelEvaluator:
       prompts.references,
       nbytes=opt.new_bytes,
       tail_bytes=opt.tail_bytes,
+      swapped=swapped,
     )
     out = coherence.assess(table, "prose", **stats)
     gens = [*greedy, *sampled]

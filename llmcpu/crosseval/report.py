@@ -47,7 +47,11 @@ METRICS: dict[str, Metric] = {
   "coherence": Metric("coherence = fluency x fit(relevance), in [0, 1]"),
   "relevance": Metric("relevance: prompt dependence, 1 = true continuation, 0 = independent of the prompt"),
   "relevance_beyond_tail": Metric(
-    "relevance beyond the tail: prompt use before its last 8 bytes, 1 = true continuation, 0 = none (local models)"
+    "relevance beyond the tail: output change when only the prompt's head (all but its last words) is swapped, "
+    "1 = true continuation, 0 = none (local models)"
+  ),
+  "relevance_beyond_tail_judge": Metric(
+    "relevance beyond the tail, judge-side estimate (other heads + this tail; not 0 for local models)"
   ),
   "relevance_beyond_copying": Metric("relevance with bytes copied from the prompt (8-byte n-grams) deleted"),
   "copy_rate": Metric("copy rate: share of output bytes in >= 8-byte n-grams of the prompt", lower_is_better=True),

@@ -248,12 +248,12 @@ def programs_exact_match(ok: Sequence[dict]) -> list[str]:
 
 FIGURES = ("fluency", "relevance", "coherence", "relevance_beyond_tail", "copy_rate")
 # What each known reference must score: (figure, low, high) on the point estimate. The local baselines must earn no
-# relevance beyond the tail (they read only the prompt's last bytes); below 0 is allowed: the judge, adapted to the
-# prompt's own head, charges generic text for ignoring the words that head shares with the tail.
+# relevance beyond the tail: they read only the prompt's last bytes, so after the head-swapped prompt they write the
+# same text, and the crossed difference is 0 (exactly, for these deterministic generators).
 EXPECTED = {
   "true continuation": (("fluency", 0.95, 1.0), ("relevance", 0.95, 1.05), ("relevance_beyond_tail", 0.95, 1.05)),
-  coherence_doc.NGRAM_BASELINE: (("relevance_beyond_tail", -1.0, 0.1),),
-  coherence_doc.WORD_BASELINE: (("relevance_beyond_tail", -1.0, 0.1),),
+  coherence_doc.NGRAM_BASELINE: (("relevance_beyond_tail", -0.1, 0.1),),
+  coherence_doc.WORD_BASELINE: (("relevance_beyond_tail", -0.1, 0.1),),
   "another document's continuation": (("relevance", -0.1, 0.1),),
   "random bytes": (("fluency", 0.0, 0.1),),
   "repeated piece": (("fluency", 0.0, 0.1),),
