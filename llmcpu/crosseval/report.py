@@ -144,11 +144,12 @@ def matrix(rows: Sequence[dict], metric: str) -> Matrix:
     native[i, j] |= bool(r.get("native"))
   values: list[list[Cell | str | None]] = [[None] * len(columns) for _ in names]
   for (i, j), cell_rows in found.items():
-    values[i][j] = _cell(cell_rows, metric)
+    values[i][j] = cell_of(cell_rows, metric)
   return Matrix(names, columns, values, native)
 
 
-def _cell(cell_rows: list[dict], metric: str) -> Cell | str | None:
+def cell_of(cell_rows: list[dict], metric: str) -> Cell | str | None:
+  """One matrix cell of ``metric``: mean ± std over seeds, or the single run's interval; "failed" if any failed."""
   if any(r.get("status") != "ok" for r in cell_rows):
     return "failed"
   figures = [_number(r.get(metric)) for r in cell_rows]
@@ -165,7 +166,8 @@ def _number(v) -> float | None:
   return float(v) if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) else None
 
 
-def _fmt(v, digits: int, *, spread: bool = True, pm: str = "±", dash: str = "–") -> str:
+def format_cell(v, digits: int, *, spread: bool = True, pm: str = "±", dash: str = "–") -> str:
+  """A cell as text: the figure, then ± its std over seeds or its interval (with its cluster count)."""
   if isinstance(v, str):
     return v
   if v is None:
@@ -186,7 +188,7 @@ def markdown_table(rows: Sequence[dict], metric: str, *, spread: bool = True) ->
   for i, name in enumerate(m.rows):
     cells = []
     for j, v in enumerate(m.values[i]):
-      text = _fmt(v, spec.digits, spread=spread) or "–"
+      text = format_cell(v, spec.digits, spread=spread) or "–"
       cells.append(f"**{text}**" if m.native[i, j] and isinstance(v, Cell) else text)
     lines.append(f"| {name} | " + " | ".join(cells) + " |")
   return "\n".join(lines)
@@ -198,14 +200,14 @@ def write_csv(m: Matrix, digits: int, path: str) -> None:
   w.writerow(["model", *m.columns])
   for i, name in enumerate(m.rows):
     cells = [
-      _fmt(v, digits, spread=False) + ("*" if m.native[i, j] and isinstance(v, Cell) else "")
+      format_cell(v, digits, spread=False) + ("*" if m.native[i, j] and isinstance(v, Cell) else "")
       for j, v in enumerate(m.values[i])
     ]
     w.writerow([name, *cells])
   fs.write_text(path, f.getvalue())
 
 
-def _save_figure(fig, path: str) -> None:
+def save_figure(fig, path: str) -> None:
   """PNG through ``fs`` (a bucket path too), then closed."""
   buf = io.BytesIO()
   fig.savefig(buf, format="png")
@@ -231,7 +233,9 @@ def latex_table(m: Matrix, title: str, digits: int) -> str:
   for i, name in enumerate(m.rows):
     cells = []
     for j, v in enumerate(m.values[i]):
-      text = r"\textit{failed}" if v == "failed" else "--" if v is None else _fmt(v, digits, pm="$\\pm$", dash="--")
+      text = (
+        r"\textit{failed}" if v == "failed" else "--" if v is None else format_cell(v, digits, pm="$\\pm$", dash="--")
+      )
       cells.append(f"\\textbf{{{text}}}" if m.native[i, j] and isinstance(v, Cell) else text)
     lines.append(_tex(name) + " & " + " & ".join(cells) + r" \\")
   note = "mean $\\pm$ std over seeds, or (95\\% bootstrap interval over clusters of documents)"
@@ -259,7 +263,7 @@ def heatmap(m: Matrix, spec: Metric, path: str) -> None:
         ax.text(
           j,
           i,
-          _fmt(v, spec.digits, spread=False),
+          format_cell(v, spec.digits, spread=False),
           ha="center",
           va="center",
           fontsize=8,
@@ -275,7 +279,7 @@ def heatmap(m: Matrix, spec: Metric, path: str) -> None:
   ax.set_title(textwrap.fill(spec.title + " — native outlined", 12 * w + 20), fontsize=9)
   fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
   fig.tight_layout()
-  _save_figure(fig, path)
+  save_figure(fig, path)
 
 
 def metrics_present(rows: Sequence[dict]) -> list[str]:

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from llmcpu import compilers, fs
-from llmcpu.crosseval.report import METRICS, Cell, View, _cell, _fmt, _save_figure, plt
+from llmcpu.crosseval.report import METRICS, Cell, View, cell_of, format_cell, plt, save_figure
 
 DAMAGE_METRICS = ("normalized_score", "relevance", "exact_match")
 
@@ -39,7 +39,7 @@ def damage_points(rows: Sequence[dict]) -> dict[tuple[str, str, str], dict[str, 
     fractions = sorted(by_fraction)
     out[key] = {"fraction": fractions}
     for metric in DAMAGE_METRICS:
-      out[key][metric] = [_cell(by_fraction[f], metric) for f in fractions]
+      out[key][metric] = [cell_of(by_fraction[f], metric) for f in fractions]
   return out
 
 
@@ -58,7 +58,7 @@ def damage_markdown(rows: Sequence[dict]) -> str:
       if not any(isinstance(c, Cell) for c in v[metric]):
         continue
       by_f = dict(zip(v["fraction"], v[metric], strict=True))
-      cells = [_fmt(by_f.get(f), METRICS[metric].digits) or "–" for f in fractions]
+      cells = [format_cell(by_f.get(f), METRICS[metric].digits) or "–" for f in fractions]
       lines.append(f"| {isa} · {arch} · {corpus} | {metric} | " + " | ".join(cells) + " |")
   return "\n".join(lines)
 
@@ -101,7 +101,7 @@ def damage_figure(rows: Sequence[dict], path: str) -> bool:
   axes[0][0].legend(fontsize=6, loc="best")
   fig.suptitle("Graded ISA drift: a CPU reading its own ISA with a share of the opcodes renamed", fontsize=9)
   fig.tight_layout()
-  _save_figure(fig, path)
+  save_figure(fig, path)
   return True
 
 
