@@ -13,7 +13,7 @@ from flax import nnx
 
 from llmcpu.errors import UserError
 from llmcpu.models.config import ModelConfig
-from llmcpu.models.layers import dense, normal, param, rope_scaling_of, rotary, zeros
+from llmcpu.models.layers import add_bias, dense, normal, param, rope_scaling_of, rotary, zeros
 
 # Finite, so a fully masked row softmaxes to uniform instead of NaN; also safe in bfloat16 logits (kept in f32).
 _NEG = -0.7 * float(jnp.finfo(jnp.float32).max)
@@ -246,13 +246,12 @@ class SelfAttention(_Output):
     if not self.grouped:
       qkv_BxLxHx3xK = dense(x_BxLxD, self.qkv[...].astype(self.dtype))
       if self.bias:
-        qkv_BxLxHx3xK = qkv_BxLxHx3xK + self.qkv_bias[...].astype(self.dtype)
+        qkv_BxLxHx3xK = add_bias(qkv_BxLxHx3xK, self.qkv_bias)
       return qkv_BxLxHx3xK[..., 0, :], qkv_BxLxHx3xK[..., 1, :], qkv_BxLxHx3xK[..., 2, :]
     q_BxLxHxK = dense(x_BxLxD, self.q[...].astype(self.dtype))
     kv_BxLxGx2xK = dense(x_BxLxD, self.kv[...].astype(self.dtype))
     if self.bias:
-      q_BxLxHxK = q_BxLxHxK + self.q_bias[...].astype(self.dtype)
-      kv_BxLxGx2xK = kv_BxLxGx2xK + self.kv_bias[...].astype(self.dtype)
+      q_BxLxHxK, kv_BxLxGx2xK = add_bias(q_BxLxHxK, self.q_bias), add_bias(kv_BxLxGx2xK, self.kv_bias)
     return q_BxLxHxK, kv_BxLxGx2xK[..., 0, :], kv_BxLxGx2xK[..., 1, :]
 
   def __call__(
@@ -282,7 +281,7 @@ class SelfAttention(_Output):
       repeats = q.shape[2] // k.shape[2]
       k, v = jnp.repeat(k, repeats, axis=2), jnp.repeat(v, repeats, axis=2)
     y = self.project(attend(q, k, v, mask, impl=self.impl, is_causal=is_causal))
-    return (y + self.out_bias[...].astype(self.dtype) if self.bias == "all" else y), cache
+    return (add_bias(y, self.out_bias) if self.bias == "all" else y), cache
 
 
 class CrossAttention(_Output):

@@ -181,13 +181,13 @@ class Mlp(nnx.Module):
   def __call__(self, x_BxLxD: jax.Array) -> jax.Array:
     h = dense(x_BxLxD, self.wi[...].astype(self.dtype))
     if self.bias:
-      h = h + self.bi[...].astype(self.dtype)
+      h = add_bias(h, self.bi)
     if self.kind == "swiglu":
       h_BxLxF = jax.nn.silu(h[..., 0]) * h[..., 1]
     else:
       h_BxLxF = jax.nn.gelu(h)
     y = dense(h_BxLxF, self.wo[...].astype(self.dtype))
-    return y + self.bo[...].astype(self.dtype) if self.bias else y
+    return add_bias(y, self.bo) if self.bias else y
 
 
 class LearnedPositions(nnx.Module):
@@ -199,6 +199,12 @@ class LearnedPositions(nnx.Module):
 
   def __call__(self, positions_BxL: jax.Array) -> jax.Array:
     return jnp.take(self.table[...], positions_BxL, axis=0).astype(self.dtype)
+
+
+def add_bias(y: jax.Array, bias: nnx.Param) -> jax.Array:
+  """y [..., *b] + bias [*b] in y's dtype (broadcast made explicit: rank promotion is an error in the tests)."""
+  b = bias[...].astype(y.dtype)
+  return y + b.reshape((1,) * (y.ndim - b.ndim) + b.shape)
 
 
 def along_last(v: jax.Array, ndim: int) -> jax.Array:
