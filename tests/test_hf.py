@@ -364,6 +364,12 @@ def test_config_round_trip(overrides):
   assert hf.config_from_hf(json.loads(json.dumps(hf.hf_config(c)))) == c
 
 
+def test_tie_default_follows_transformers():
+  for case, tied in (("gpt2_untied", True), ("qwen2", False), ("llama_biases_linear_rope", False)):
+    cfg = {k: v for k, v in CASES[case]()[0].items() if k != "tie_word_embeddings"}
+    assert hf.config_from_hf(cfg).tie_embeddings is tied, case
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Bad input: one line naming what is wrong, nothing written
 # ----------------------------------------------------------------------------------------------------------------
