@@ -364,6 +364,16 @@ def test_config_round_trip(overrides):
   assert hf.config_from_hf(json.loads(json.dumps(hf.hf_config(c)))) == c
 
 
+def test_config_extra_sets_special_ids_but_not_the_architecture(tmp_path):
+  model = hf.load(write(tmp_path / "src", *CASES["gpt2_untied"]()))
+  hf.save(model, str(tmp_path / "out"), config_extra=dict(bos_token_id=50, eos_token_id=50, pad_token_id=None))
+  written = json.loads((tmp_path / "out" / "config.json").read_text())
+  assert (written["bos_token_id"], written["eos_token_id"], written["pad_token_id"]) == (50, 50, None)
+  with pytest.raises(UserError, match="n_layer"):
+    hf.save(model, str(tmp_path / "bad"), config_extra=dict(n_layer=3))
+  assert not (tmp_path / "bad").exists()
+
+
 def test_tie_default_follows_transformers():
   for case, tied in (("gpt2_untied", True), ("qwen2", False), ("llama_biases_linear_rope", False)):
     cfg = {k: v for k, v in CASES[case]()[0].items() if k != "tie_word_embeddings"}

@@ -421,7 +421,7 @@ class Weights:
     t = self._handles[self._where[name]].get_tensor(name)
     if t.dtype not in (np.float32, np.float16, np.float64, ml_dtypes.bfloat16):
       raise UserError(f"tensor {name} is {t.dtype}; llmcpu reads float32, float16 and bfloat16 weights")
-    return t.astype(np.float32)
+    return t.astype(np.float32, copy=False)  # a float32 file's tensor is not copied again
 
 
 def read_config(path: str) -> dict[str, Any]:
@@ -483,13 +483,20 @@ def to_tensors(model: Decoder, dtype: str = "float32") -> Iterator[tuple[str, np
       yield name, np.ascontiguousarray(t.astype(_DTYPES[dtype]))
 
 
-def save(model: Decoder, path: str, dtype: str = "float32") -> None:
+def save(model: Decoder, path: str, dtype: str = "float32", config_extra: Mapping[str, Any] | None = None) -> None:
   """Writes ``config.json`` + ``model.safetensors`` (``dtype``: float32 | bfloat16) to the directory ``path``,
-  replacing it; a failure leaves no directory that looks complete (``config.json`` is written last)."""
+  replacing it; a failure leaves no directory that looks complete (``config.json`` is written last).
+  ``config_extra`` adds or replaces config.json keys the model does not know, such as the special ids of a
+  tokenizer that is not llmcpu's (``bos_token_id``…). The converted tensors are held together while the file is
+  written: a second copy of the weights, in ``dtype``."""
   from safetensors.numpy import save as to_bytes
   from safetensors.numpy import save_file
 
   config = hf_config(model.config, dtype)  # refuses an inexpressible model before anything is written
+  clash = sorted(set(config_extra or {}) & (set(config) - {"bos_token_id", "eos_token_id", "pad_token_id"}))
+  if clash:
+    raise UserError(f"config_extra may not change what the weights define: {', '.join(clash)}")
+  config.update(config_extra or {})
   tensors = dict(to_tensors(model, dtype))
   with fs.staged(path, CONFIG) as tmp:
     meta = {"format": "pt"}  # what transformers expects of a PyTorch checkpoint's safetensors
