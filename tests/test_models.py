@@ -318,6 +318,7 @@ def test_config_without_the_llm_options_is_todays_model():
   full = models.ModelConfig(vocab_size=V)
   old = {k: v for k, v in dataclasses.asdict(full).items() if k not in new}
   assert models.ModelConfig(**old) == full
+  assert models.ModelConfig(vocab_size=V, num_kv_heads=full.num_heads) == full  # G = H is plain multi-head
   paths = {"/".join(map(str, p)) for p, _ in nnx.to_flat_state(nnx.state(models.create_from_config(full), nnx.Param))}
   layer = ["attn_norm/scale", "attn/qkv", "attn/out", "mlp_norm/scale", "mlp/wi", "mlp/wo"]
   assert paths == {"embed/table", "decoder/final_norm/scale"} | {

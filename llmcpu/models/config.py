@@ -104,6 +104,8 @@ class ModelConfig:
       raise UserError(f"sinusoidal positions need an even d_model; got {self.d_model}")
     if self.num_kv_heads < 0 or self.num_heads % self.kv_heads:
       raise UserError(f"model.num_kv_heads={self.num_kv_heads} must divide num_heads={self.num_heads} (0 = num_heads)")
+    if self.num_kv_heads == self.num_heads:  # plain multi-head attention has one spelling, so configs compare equal
+      object.__setattr__(self, "num_kv_heads", 0)
     if (self.num_kv_heads or self.attention_bias or self.mlp_bias) and self.arch == "encoder_decoder":
       raise UserError(
         "model.num_kv_heads, attention_bias and mlp_bias are for a decoder or encoder, not encoder_decoder"

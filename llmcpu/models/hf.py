@@ -138,8 +138,6 @@ def config_from_hf(hf: Mapping[str, Any], **overrides: Any) -> ModelConfig:
       mlp_bias=mlp_bias,
       **_rope(hf),
     )
-  if fields.get("num_kv_heads") == fields["num_heads"]:
-    del fields["num_kv_heads"]  # plain multi-head attention: the default (fused qkv) layout
   tie = bool(hf.get("tie_word_embeddings", family == "gpt2"))  # transformers' defaults: GPT-2 ties, Llama/Qwen2 not
   return ModelConfig(arch="decoder", vocab_size=int(hf["vocab_size"]), tie_embeddings=tie, **{**fields, **overrides})
 
