@@ -5,6 +5,7 @@ Shapes are tiny and few (B=2, L=16, vocab 50) and models are shared per module, 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import subprocess
@@ -58,6 +59,23 @@ def dec_learned():  # other positions, untied head, LayerNorm, SwiGLU, cuDNN-sty
     norm="layernorm",
     mlp="swiglu",
     attention_impl="dot_product_attention",
+  )
+
+
+@pytest.fixture(scope="module")
+def dec_gqa():  # the options real LLMs need: grouped-query attention, biases, Llama-3 rope scaling
+  return models.create(
+    "decoder",
+    "tiny",
+    V,
+    seed=6,
+    mlp="swiglu",
+    num_kv_heads=2,
+    attention_bias="all",
+    mlp_bias=True,
+    rope_scaling="llama3",
+    rope_factor=4.0,
+    rope_original_max_len=8,
   )
 
 
@@ -157,6 +175,99 @@ def test_attention_modules_match_reference(impl):
   np.testing.assert_allclose(np.asarray(got), want, atol=1e-5)
 
 
+def _randomize(module, seed: int):
+  """Every parameter of ``module`` drawn anew (biases start at 0, which would hide a bias bug)."""
+  rng = np.random.default_rng(seed)
+  for _, v in nnx.to_flat_state(nnx.state(module, nnx.Param)):
+    v.set_value(jnp.asarray(rng.normal(size=v.get_value().shape).astype(np.float32) * 0.5))
+
+
+@pytest.mark.parametrize("impl", ["xla", "dot_product_attention"])
+@pytest.mark.parametrize("kv_heads,bias", [(2, "all"), (1, ""), (4, "qkv"), (4, "all")])
+def test_grouped_and_biased_self_attention_match_reference(kv_heads, bias, impl):
+  c = models.ModelConfig(
+    vocab_size=V, d_model=16, num_heads=4, num_kv_heads=kv_heads, attention_bias=bias, positions="learned",
+    attention_impl=impl,
+  )  # fmt: skip
+  attn = attention.SelfAttention(c, num_layers=1, rngs=nnx.Rngs(0))
+  _randomize(attn, kv_heads)
+  p = {path[-1]: np.asarray(v.get_value(), np.float64) for path, v in nnx.to_flat_state(nnx.state(attn, nnx.Param))}
+  x = np.random.default_rng(0).normal(size=(2, 8, 16))
+  if kv_heads == 4:  # fused [D, H, 3, K] (+ [H, 3, K])
+    w_q, w_k, w_v = (p["qkv"][:, :, i] for i in range(3))
+    b_q, b_k, b_v = (p["qkv_bias"][:, i] if bias else 0.0 for i in range(3))
+  else:  # q [D, H, K], kv [D, G, 2, K] (+ [H, K], [G, 2, K])
+    w_q, w_k, w_v = p["q"], p["kv"][:, :, 0], p["kv"][:, :, 1]
+    b_q, b_k, b_v = (p["q_bias"], p["kv_bias"][:, 0], p["kv_bias"][:, 1]) if bias else (0.0, 0.0, 0.0)
+  q = np.einsum("bld,dhk->blhk", x, w_q) + b_q
+  k, v = (np.einsum("bld,dgk->blgk", x, w) + b for w, b in ((w_k, b_k), (w_v, b_v)))
+  group = [h * kv_heads // 4 for h in range(4)]  # query head h reads key/value head h // (H/G)
+  y = np_attention(q, k[:, :, group], v[:, :, group], np_mask("causal_segment"))
+  want = np.einsum("blhk,hkd->bld", y, p["out"]) + (p["out_bias"] if bias == "all" else 0.0)
+  mask, is_causal = module_mask("causal_segment")
+  pos = jnp.broadcast_to(jnp.arange(8), (2, 8))
+  got, _ = attn(jnp.asarray(x, jnp.float32), positions_BxL=pos, mask=mask, is_causal=is_causal)
+  rows = np_mask("causal_segment").any(-1)
+  np.testing.assert_allclose(np.asarray(got)[rows], want[rows], atol=1e-4, rtol=1e-5)
+
+
+@pytest.mark.parametrize("mlp", ["gelu", "swiglu"])
+def test_mlp_biases_match_reference(mlp):
+  c = models.ModelConfig(vocab_size=V, d_model=8, num_heads=2, d_ff=12, mlp=mlp, mlp_bias=True)
+  from llmcpu.models.layers import Mlp
+
+  m = Mlp(c, num_layers=1, rngs=nnx.Rngs(0))
+  _randomize(m, 1)
+  wi, bi, wo, bo = (np.asarray(p[...], np.float64) for p in (m.wi, m.bi, m.wo, m.bo))
+  x = np.random.default_rng(2).normal(size=(2, 3, 8))
+  h = np.einsum("bld,d...->bl...", x, wi) + bi
+  if mlp == "swiglu":
+    act = h[..., 0] / (1 + np.exp(-h[..., 0])) * h[..., 1]
+  else:  # tanh GELU (GPT-2's gelu_new)
+    act = 0.5 * h * (1 + np.tanh(np.sqrt(2 / np.pi) * (h + 0.044715 * h**3)))
+  np.testing.assert_allclose(np.asarray(m(jnp.asarray(x, jnp.float32))), act @ wo + bo, atol=1e-5, rtol=1e-5)
+
+
+def np_rope_inv_freq(head_dim, base, scaling):
+  """Loop reference of the rotary frequencies: base^(-2i/d), then the linear or Llama-3.1 rule per frequency."""
+  out = []
+  for i in range(head_dim // 2):
+    f = base ** (-2.0 * i / head_dim)
+    if scaling and scaling[0] == "linear":
+      f /= scaling[1]
+    elif scaling:
+      _, factor, low, high, original = scaling
+      wavelength = 2 * np.pi / f
+      if wavelength > original / low:
+        f /= factor
+      elif wavelength >= original / high:
+        t = (original / wavelength - low) / (high - low)
+        f = (1 - t) * f / factor + t * f
+    out.append(f)
+  return np.array(out)
+
+
+@pytest.mark.parametrize("scaling", [(), ("linear", 4.0), ("llama3", 8.0, 1.0, 4.0, 64)])
+def test_rotary_scaling_matches_reference(scaling):
+  from llmcpu.models.layers import rotary
+
+  head_dim, base = 16, 100.0
+  inv = np_rope_inv_freq(head_dim, base, scaling)
+  if scaling and scaling[0] == "llama3":  # all three bands (kept, interpolated, divided) occur
+    wavelength = 2 * np.pi / np_rope_inv_freq(head_dim, base, ())
+    assert (wavelength < 16).any() and ((wavelength >= 16) & (wavelength <= 64)).any() and (wavelength > 64).any()
+  x = np.random.default_rng(0).normal(size=(1, 20, 2, head_dim))
+  pos = np.arange(20)
+  want = np.empty_like(x)
+  for t in pos:
+    for i, f in enumerate(inv):  # dimension i turns with dimension i + d/2 by angle t·f
+      a, b = x[0, t, :, i], x[0, t, :, i + head_dim // 2]
+      want[0, t, :, i] = a * np.cos(t * f) - b * np.sin(t * f)
+      want[0, t, :, i + head_dim // 2] = b * np.cos(t * f) + a * np.sin(t * f)
+  got = rotary(jnp.asarray(x, jnp.float32), jnp.asarray(pos)[None], base, scaling)
+  np.testing.assert_allclose(np.asarray(got), want, atol=2e-5)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Configs, presets, parameter counts, determinism
 # ----------------------------------------------------------------------------------------------------------------
@@ -167,6 +278,9 @@ def test_attention_modules_match_reference(impl):
   [
     ("decoder", {}),
     ("decoder", dict(tie_embeddings=False, mlp="swiglu", norm="layernorm", positions="learned")),
+    ("decoder", dict(num_kv_heads=2, attention_bias="qkv", mlp="swiglu", mlp_bias=True)),
+    ("decoder", dict(num_kv_heads=1, attention_bias="all", tie_embeddings=False)),
+    ("encoder", dict(num_heads=4, attention_bias="all", mlp_bias=True, positions="learned", norm="layernorm")),
     ("encoder", dict(positions="sinusoidal")),
     ("encoder", dict(positions="learned", norm="layernorm")),
     ("encoder_decoder", {}),
@@ -196,10 +310,45 @@ def test_presets_and_config():
     models.create("decoder", "huge", V)
 
 
+def test_config_without_the_llm_options_is_todays_model():
+  """A config written before num_kv_heads/biases/rope scaling existed reads back as the same model: same fields,
+  same parameter tree (the names checkpoints store), same values for the same seed."""
+  new = ("num_kv_heads", "attention_bias", "mlp_bias", "rope_scaling", "rope_factor", "rope_low_freq_factor",
+         "rope_high_freq_factor", "rope_original_max_len")  # fmt: skip
+  full = models.ModelConfig(vocab_size=V)
+  old = {k: v for k, v in dataclasses.asdict(full).items() if k not in new}
+  assert models.ModelConfig(**old) == full
+  assert models.ModelConfig(vocab_size=V, num_kv_heads=full.num_heads) == full  # G = H is plain multi-head
+  paths = {"/".join(map(str, p)) for p, _ in nnx.to_flat_state(nnx.state(models.create_from_config(full), nnx.Param))}
+  layer = ["attn_norm/scale", "attn/qkv", "attn/out", "mlp_norm/scale", "mlp/wi", "mlp/wo"]
+  assert paths == {"embed/table", "decoder/final_norm/scale"} | {
+    f"decoder/layers/{i}/{n}" for i in (0, 1) for n in layer
+  }
+
+
+@pytest.mark.parametrize(
+  "fields,match",
+  [
+    (dict(num_kv_heads=3), "must divide num_heads"),
+    (dict(num_kv_heads=-1), "must divide num_heads"),
+    (dict(arch="encoder_decoder", attention_bias="all"), "not encoder_decoder"),
+    (dict(positions="learned", rope_scaling="linear", rope_factor=2.0), "needs rotary positions"),
+    (dict(rope_scaling="llama3", rope_low_freq_factor=4.0, rope_high_freq_factor=1.0), "low_freq_factor <"),
+    (dict(attention_bias="out"), "attention_bias"),
+  ],
+)
+def test_llm_options_validated(fields, match):
+  with pytest.raises(UserError, match=match):
+    models.ModelConfig(vocab_size=V, **fields)
+
+
 def test_flops_per_token_formula():
   c = models.ModelConfig(arch="decoder", vocab_size=10, d_model=4, num_heads=1, num_layers=1, d_ff=8)
   # matmul params: head 10*4 + attention 4*16 + mlp 2*4*8 = 40 + 64 + 64 = 168
   assert models.flops_per_token(c, seq_len=5) == 6 * 168 + 12 * 1 * 4 * 5
+  # grouped-query: 2 heads of width 2 sharing 1 key/value head: q, out 2·16 + k, v 2·4·2 = 48 instead of 64
+  g = c.replace(num_heads=2, num_kv_heads=1)
+  assert models.flops_per_token(g, seq_len=5) == 6 * (168 - 16) + 12 * 1 * 4 * 5
 
 
 def test_same_seed_same_params():
@@ -214,7 +363,7 @@ def test_same_seed_same_params():
 # ----------------------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["dec", "dec_learned"])
+@pytest.mark.parametrize("name", ["dec", "dec_learned", "dec_gqa"])
 def test_decoder_is_causal(name, request):
   model = request.getfixturevalue(name)
   ids = random_ids(0)
@@ -337,7 +486,7 @@ def _extend(graphdef, state, ids, cache, positions, valid):
   return nnx.merge(graphdef, state, copy=True).extend(ids, cache, positions=positions, valid=valid)
 
 
-@pytest.mark.parametrize("name", ["dec", "dec_learned"])
+@pytest.mark.parametrize("name", ["dec", "dec_learned", "dec_gqa"])
 def test_cached_steps_match_full_forward(name, request):
   model = request.getfixturevalue(name)
   ids = random_ids(6)
@@ -345,6 +494,7 @@ def test_cached_steps_match_full_forward(name, request):
   graphdef, state = nnx.split(model)
   pos = jnp.broadcast_to(jnp.arange(L), (B, L))
   cache = model.init_cache(B, L)
+  assert cache["layers"][0]["k"].shape == (B, L, model.config.kv_heads, model.config.head_dim)  # G heads only
   logits, cache = _extend(graphdef, state, ids[:, :5], cache, pos[:, :5], None)  # prefill
   steps = [np.asarray(logits)]
   for t in range(5, L):

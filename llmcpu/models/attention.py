@@ -13,7 +13,7 @@ from flax import nnx
 
 from llmcpu.errors import UserError
 from llmcpu.models.config import ModelConfig
-from llmcpu.models.layers import dense, normal, param, rotary
+from llmcpu.models.layers import add_bias, dense, normal, param, rope_scaling_of, rotary, zeros
 
 # Finite, so a fully masked row softmaxes to uniform instead of NaN; also safe in bfloat16 logits (kept in f32).
 _NEG = -0.7 * float(jnp.finfo(jnp.float32).max)
@@ -197,8 +197,9 @@ def chunked_attend(
 
 
 def init_layer_cache(config: ModelConfig, batch_size: int, max_len: int) -> dict[str, jax.Array]:
-  """Empty key/value cache of one self-attention layer: k, v [B, T, H, K] in the compute dtype."""
-  shape = (batch_size, max_len, config.num_heads, config.head_dim)
+  """Empty key/value cache of one self-attention layer: k, v [B, T, G, K] in the compute dtype (G = key/value heads,
+  fewer than the query heads under grouped-query attention)."""
+  shape = (batch_size, max_len, config.kv_heads, config.head_dim)
   return {"k": jnp.zeros(shape, config.compute_dtype), "v": jnp.zeros(shape, config.compute_dtype)}
 
 
@@ -214,15 +215,44 @@ class _Output(nnx.Module):
 
 
 class SelfAttention(_Output):
-  """Self-attention with a fused QKV projection [D, H, 3, K], rotary positions if configured, and an optional cache."""
+  """Self-attention with a fused QKV projection [D, H, 3, K], rotary positions if configured, and an optional cache.
+
+  Grouped-query attention (``num_kv_heads`` = G < H): q [D, H, K] and a fused kv [D, G, 2, K] instead; query head h
+  reads key/value head h // (H/G) (as Hugging Face's ``repeat_kv``), and the cache holds the G heads only. Biases
+  (``attention_bias``): ``qkv_bias`` [H, 3, K] (or ``q_bias`` [H, K] + ``kv_bias`` [G, 2, K]), and with "all" also
+  ``out_bias`` [D]."""
 
   def __init__(self, config: ModelConfig, *, num_layers: int, rngs: nnx.Rngs):
     super().__init__(config, num_layers, rngs)
     self.impl, self.dtype = config.attention_impl, config.compute_dtype
     self.rotary = config.positions == "rotary"
-    self.rope_base = config.rope_base
-    h, k, d = config.num_heads, config.head_dim, config.d_model
-    self.qkv = param(rngs, normal(d**-0.5), (d, h, 3, k), ("embed", "heads", None, "kv"))
+    self.rope_base, self.rope_scaling = config.rope_base, rope_scaling_of(config)
+    h, g, k, d = config.num_heads, config.kv_heads, config.head_dim, config.d_model
+    self.grouped, self.bias = g != h, config.attention_bias
+    if self.grouped:
+      self.q = param(rngs, normal(d**-0.5), (d, h, k), ("embed", "heads", "kv"))
+      self.kv = param(rngs, normal(d**-0.5), (d, g, 2, k), ("embed", "heads", None, "kv"))
+    else:
+      self.qkv = param(rngs, normal(d**-0.5), (d, h, 3, k), ("embed", "heads", None, "kv"))
+    if self.bias and self.grouped:
+      self.q_bias, self.kv_bias = zeros((h, k), ("heads", "kv")), zeros((g, 2, k), ("heads", None, "kv"))
+    elif self.bias:
+      self.qkv_bias = zeros((h, 3, k), ("heads", None, "kv"))
+    if self.bias == "all":
+      self.out_bias = zeros((d,), ("embed",))
+
+  def _project_qkv(self, x_BxLxD: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """q [B, L, H, K], k and v [B, L, G, K]."""
+    if not self.grouped:
+      qkv_BxLxHx3xK = dense(x_BxLxD, self.qkv[...].astype(self.dtype))
+      if self.bias:
+        qkv_BxLxHx3xK = add_bias(qkv_BxLxHx3xK, self.qkv_bias)
+      return qkv_BxLxHx3xK[..., 0, :], qkv_BxLxHx3xK[..., 1, :], qkv_BxLxHx3xK[..., 2, :]
+    q_BxLxHxK = dense(x_BxLxD, self.q[...].astype(self.dtype))
+    kv_BxLxGx2xK = dense(x_BxLxD, self.kv[...].astype(self.dtype))
+    if self.bias:
+      q_BxLxHxK, kv_BxLxGx2xK = add_bias(q_BxLxHxK, self.q_bias), add_bias(kv_BxLxGx2xK, self.kv_bias)
+    return q_BxLxHxK, kv_BxLxGx2xK[..., 0, :], kv_BxLxGx2xK[..., 1, :]
 
   def __call__(
     self,
@@ -236,10 +266,10 @@ class SelfAttention(_Output):
   ) -> tuple[jax.Array, dict[str, jax.Array] | None]:
     """Without a cache: attends within ``x``. With one: writes this chunk's keys/values at ``cache_index`` and
     attends over the whole cache (``mask`` [B, 1, L, T] then says which slots are visible)."""
-    qkv_BxLxHx3xK = dense(x_BxLxD, self.qkv[...].astype(self.dtype))
-    q, k, v = qkv_BxLxHx3xK[..., 0, :], qkv_BxLxHx3xK[..., 1, :], qkv_BxLxHx3xK[..., 2, :]
+    q, k, v = self._project_qkv(x_BxLxD)
     if self.rotary:
-      q, k = rotary(q, positions_BxL, self.rope_base), rotary(k, positions_BxL, self.rope_base)
+      q = rotary(q, positions_BxL, self.rope_base, self.rope_scaling)
+      k = rotary(k, positions_BxL, self.rope_base, self.rope_scaling)
     if cache is not None:
       start = (0, cache_index, 0, 0)
       cache = {
@@ -247,8 +277,11 @@ class SelfAttention(_Output):
         "v": jax.lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype), start),
       }
       k, v = cache["k"], cache["v"]
-    y = attend(q, k, v, mask, impl=self.impl, is_causal=is_causal)
-    return self.project(y), cache
+    if self.grouped:  # each key/value head serves H/G consecutive query heads
+      repeats = q.shape[2] // k.shape[2]
+      k, v = jnp.repeat(k, repeats, axis=2), jnp.repeat(v, repeats, axis=2)
+    y = self.project(attend(q, k, v, mask, impl=self.impl, is_causal=is_causal))
+    return (add_bias(y, self.out_bias) if self.bias == "all" else y), cache
 
 
 class CrossAttention(_Output):

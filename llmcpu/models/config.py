@@ -28,6 +28,8 @@ _CHOICES = {
   "remat": ("none", "dots", "full"),
   "illegal_id_policy": ("unk", "error"),
   "stitch": ("", "linear"),
+  "attention_bias": ("", "qkv", "all"),
+  "rope_scaling": ("", "linear", "llama3"),
 }
 
 
@@ -72,6 +74,16 @@ class ModelConfig:
   stitch: str = ""  # encoder_decoder: "" | "linear"
   pool: int = 0  # encoder_decoder: 0 = cross-attend to every encoder state; k = to k vectors from one embedding
   relative: int = 0  # with pool: read the embedding as its cosines to this many anchor embeddings (0 = as is)
+  # Options real LLMs need (Hugging Face GPT-2 / Llama / Qwen2); each default is off, so a config without these keys
+  # (every checkpoint written before them) reads back as the same model with the same parameters.
+  num_kv_heads: int = 0  # grouped-query self-attention: key/value heads (0 = num_heads, plain multi-head)
+  attention_bias: str = ""  # self-attention biases: "" none | "qkv" q/k/v (Qwen2) | "all" q/k/v + output (GPT-2)
+  mlp_bias: bool = False  # biases on the MLP's projections (GPT-2)
+  rope_scaling: str = ""  # rotary frequency scaling: "" none | "linear" | "llama3" (Llama 3.1's)
+  rope_factor: float = 1.0  # linear / llama3: positions are stretched by this factor
+  rope_low_freq_factor: float = 1.0  # llama3 only
+  rope_high_freq_factor: float = 4.0  # llama3 only
+  rope_original_max_len: int = 8192  # llama3 only: the context length the model was pretrained with
 
   def __post_init__(self):
     if isinstance(self.encoder_config, Mapping):  # read back from a checkpoint's (JSON) metadata
@@ -90,6 +102,18 @@ class ModelConfig:
       raise UserError(f"rotary positions need an even head_dim; got d_model/num_heads={self.head_dim}")
     if self.positions == "sinusoidal" and self.d_model % 2:
       raise UserError(f"sinusoidal positions need an even d_model; got {self.d_model}")
+    if self.num_kv_heads < 0 or self.num_heads % self.kv_heads:
+      raise UserError(f"model.num_kv_heads={self.num_kv_heads} must divide num_heads={self.num_heads} (0 = num_heads)")
+    if self.num_kv_heads == self.num_heads:  # plain multi-head attention has one spelling, so configs compare equal
+      object.__setattr__(self, "num_kv_heads", 0)
+    if (self.num_kv_heads or self.attention_bias or self.mlp_bias) and self.arch == "encoder_decoder":
+      raise UserError(
+        "model.num_kv_heads, attention_bias and mlp_bias are for a decoder or encoder, not encoder_decoder"
+      )
+    if self.rope_scaling and (self.positions != "rotary" or self.rope_factor <= 0):
+      raise UserError(f"model.rope_scaling={self.rope_scaling} needs rotary positions and rope_factor > 0")
+    if self.rope_scaling == "llama3" and not (0 < self.rope_low_freq_factor < self.rope_high_freq_factor):
+      raise UserError("model.rope_scaling=llama3 needs 0 < rope_low_freq_factor < rope_high_freq_factor")
     if self.num_decoder_layers is not None and self.num_decoder_layers <= 0:
       raise UserError(f"model.num_decoder_layers={self.num_decoder_layers} must be positive")
     if (self.encoder_config is not None or self.stitch or self.pool) and self.arch != "encoder_decoder":
@@ -111,6 +135,11 @@ class ModelConfig:
   @property
   def head_dim(self) -> int:
     return self.d_model // self.num_heads
+
+  @property
+  def kv_heads(self) -> int:
+    """Key/value heads of self-attention (``num_kv_heads``, or ``num_heads`` when it is 0)."""
+    return self.num_kv_heads or self.num_heads
 
   @property
   def decoder_layers(self) -> int:
@@ -193,17 +222,19 @@ def expected_param_count(c: ModelConfig) -> int:
   """Number of parameters, from the architecture alone.
 
   Token table V·D (+ a separate D·V head unless tied). Per stack: a learned position table (max_len·D) if
-  positions are learned, a final norm, and per layer: norms, attention 4·D² (q, k, v, out; no biases), the MLP
-  (2·D·F for GELU, 3·D·F for SwiGLU), and for decoder layers of an encoder_decoder a second norm + 4·D² of
-  cross-attention. LayerNorm has scale and bias (2·D), RMSNorm a scale (D).
+  positions are learned, a final norm, and per layer: norms, attention 2·D² (q, out) + 2·D·G·K (k, v for G
+  key/value heads of width K; 4·D² without grouping), the MLP (2·D·F for GELU, 3·D·F for SwiGLU), and for decoder
+  layers of an encoder_decoder a second norm + 4·D² of cross-attention. LayerNorm has scale and bias (2·D), RMSNorm
+  a scale (D). Biases: q/k/v D + 2·G·K ("qkv"), + D for the output ("all"); MLP F (2·F for SwiGLU) + D.
   """
   total = c.vocab_size * c.d_model * (1 if c.tie_embeddings else 2) + _extra_tables(c)
   for s, depth, cross in _stacks(c):
     d, f = s.d_model, s.d_ff
     norm = 2 * d if s.norm == "layernorm" else d
-    attn = 4 * d * d
-    mlp = (3 if s.mlp == "swiglu" else 2) * d * f
-    layer = 2 * norm + attn + mlp + ((norm + attn) if cross else 0)
+    kv = s.kv_heads * s.head_dim
+    self_attn = 2 * d * d + 2 * d * kv + {"": 0, "qkv": d + 2 * kv, "all": 2 * d + 2 * kv}[s.attention_bias]
+    mlp = (3 if s.mlp == "swiglu" else 2) * d * f + (((2 if s.mlp == "swiglu" else 1) * f + d) if s.mlp_bias else 0)
+    layer = 2 * norm + self_attn + mlp + ((norm + 4 * d * d) if cross else 0)
     total += depth * layer + norm + (s.max_len * d if s.positions == "learned" else 0)
   return total
 
@@ -214,7 +245,8 @@ def matmul_param_count(c: ModelConfig) -> int:
   total = c.vocab_size * c.d_model + (c.encoder.d_model * c.d_model if c.stitch else 0)
   for s, depth, cross in _stacks(c):
     d, mlp = s.d_model, (3 if s.mlp == "swiglu" else 2) * s.d_model * s.d_ff
-    total += depth * (4 * d * d + mlp + (4 * d * d if cross else 0))
+    self_attn = 2 * d * d + 2 * d * s.kv_heads * s.head_dim
+    total += depth * (self_attn + mlp + (4 * d * d if cross else 0))
   return total
 
 

@@ -155,8 +155,14 @@ class Norm(nnx.Module):
     return x.astype(self.dtype)
 
 
+def zeros(shape: Sequence[int], axes: Sequence[str | None]) -> nnx.Param:
+  """A float32 zero parameter (biases), made on the host: no per-shape XLA compile (see ``normal``)."""
+  return nnx.Param(jnp.asarray(np.zeros(tuple(shape), np.float32)), out_sharding=tuple(axes), eager_sharding=False)
+
+
 class Mlp(nnx.Module):
-  """GELU (wi [D, F]) or SwiGLU (wi [D, F, 2]: gate and up fused into one matmul) feed-forward, no biases."""
+  """GELU (wi [D, F]) or SwiGLU (wi [D, F, 2]: gate and up fused into one matmul) feed-forward; with
+  ``mlp_bias`` also bi [F] (or [F, 2]) and bo [D] (GPT-2)."""
 
   def __init__(self, config: ModelConfig, *, num_layers: int, rngs: nnx.Rngs):
     self.kind, self.dtype = config.mlp, config.compute_dtype
@@ -167,14 +173,21 @@ class Mlp(nnx.Module):
       self.wi = param(rngs, normal(d**-0.5), (d, f), ("embed", "mlp"))
     # Residual-branch outputs start small so the stream's variance does not grow with depth (GPT-2).
     self.wo = param(rngs, normal((f * 2 * num_layers) ** -0.5), (f, d), ("mlp", "embed"))
+    self.bias = config.mlp_bias
+    if self.bias:
+      self.bi = zeros(self.wi.shape[1:], self.wi.get_metadata()["out_sharding"][1:])
+      self.bo = zeros((d,), ("embed",))
 
   def __call__(self, x_BxLxD: jax.Array) -> jax.Array:
     h = dense(x_BxLxD, self.wi[...].astype(self.dtype))
+    if self.bias:
+      h = add_bias(h, self.bi)
     if self.kind == "swiglu":
       h_BxLxF = jax.nn.silu(h[..., 0]) * h[..., 1]
     else:
       h_BxLxF = jax.nn.gelu(h)
-    return dense(h_BxLxF, self.wo[...].astype(self.dtype))
+    y = dense(h_BxLxF, self.wo[...].astype(self.dtype))
+    return add_bias(y, self.bo) if self.bias else y
 
 
 class LearnedPositions(nnx.Module):
@@ -186,6 +199,12 @@ class LearnedPositions(nnx.Module):
 
   def __call__(self, positions_BxL: jax.Array) -> jax.Array:
     return jnp.take(self.table[...], positions_BxL, axis=0).astype(self.dtype)
+
+
+def add_bias(y: jax.Array, bias: nnx.Param) -> jax.Array:
+  """y [..., *b] + bias [*b] in y's dtype (broadcast made explicit: rank promotion is an error in the tests)."""
+  b = bias[...].astype(y.dtype)
+  return y + b.reshape((1,) * (y.ndim - b.ndim) + b.shape)
 
 
 def along_last(v: jax.Array, ndim: int) -> jax.Array:
@@ -201,10 +220,41 @@ def sinusoidal(positions_BxL: jax.Array, d_model: int, dtype: jnp.dtype, base: f
   return jnp.concatenate([jnp.sin(angle_BxLxH), jnp.cos(angle_BxLxH)], axis=-1).astype(dtype)
 
 
-def rotary(x_BxLxHxK: jax.Array, positions_BxL: jax.Array, base: float) -> jax.Array:
+def rope_inv_freq(head_dim: int, base: float, scaling: tuple = ()) -> jax.Array:
+  """Rotary frequencies [head_dim/2]: ``base^(-2i/head_dim)``, then rescaled per ``scaling``: () none;
+  ('linear', factor) all divided by factor (positions stretched); ('llama3', factor, low_freq_factor,
+  high_freq_factor, original_max_len) Llama 3.1's rule: wavelengths longer than original_max_len/low_freq_factor
+  are divided by factor, shorter than original_max_len/high_freq_factor kept, those between interpolated."""
+  half = head_dim // 2
+  inv_freq = base ** (-jnp.arange(half, dtype=jnp.float32) / half)
+  if not scaling:
+    return inv_freq
+  kind, factor = scaling[0], scaling[1]
+  if kind == "linear":
+    return inv_freq / factor
+  low, high, original = scaling[2:]
+  wavelen = 2 * math.pi / inv_freq
+  scaled = jnp.where(wavelen > original / low, inv_freq / factor, inv_freq)
+  smooth = (original / wavelen - low) / (high - low)
+  smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+  medium = (wavelen >= original / high) & (wavelen <= original / low)
+  return jnp.where(medium, smoothed, scaled)
+
+
+def rope_scaling_of(config: ModelConfig) -> tuple:
+  """``rope_inv_freq``'s ``scaling`` argument for a config."""
+  c = config
+  if c.rope_scaling == "linear":
+    return ("linear", c.rope_factor)
+  if c.rope_scaling == "llama3":
+    return ("llama3", c.rope_factor, c.rope_low_freq_factor, c.rope_high_freq_factor, c.rope_original_max_len)
+  return ()
+
+
+def rotary(x_BxLxHxK: jax.Array, positions_BxL: jax.Array, base: float, scaling: tuple = ()) -> jax.Array:
   """Rotary position embedding (rotate-half form) applied to queries or keys, in float32."""
   half = x_BxLxHxK.shape[-1] // 2
-  inv_freq = base ** (-jnp.arange(half, dtype=jnp.float32) / half)
+  inv_freq = rope_inv_freq(x_BxLxHxK.shape[-1], base, scaling)
   angle_BxLx1xK = (positions_BxL[..., None].astype(jnp.float32) * along_last(inv_freq, 3))[:, :, None, :]
   sin, cos = jnp.sin(angle_BxLx1xK), jnp.cos(angle_BxLx1xK)
   x = x_BxLxHxK.astype(jnp.float32)
