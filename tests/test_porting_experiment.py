@@ -5,9 +5,11 @@ by one in tests/test_porting.py; the report's arithmetic by hand there too."""
 
 import json
 
+import pytest
 from conftest import write_docs
 
 from llmcpu import experiments
+from llmcpu.errors import UserError
 
 
 def test_porting_experiment_end_to_end(tmp_path):
@@ -45,3 +47,51 @@ def test_porting_experiment_end_to_end(tmp_path):
   experiments.run(c, workdir, log=logs.append)  # a rerun: nothing trains again
   assert not any(line.startswith("training ") or line.startswith("porting ") for line in logs), logs
   assert sum(line.endswith(": done") for line in logs) == 8  # two natives, six port runs
+
+
+def test_the_plan_ports_by_every_method_with_the_native_target_cpu_as_donor(tmp_path):
+  """The port runs the full config asks for, read off the plan (nothing compiled or trained)."""
+  import importlib.util
+  import os
+
+  from llmcpu.experiments import porting
+
+  spec = importlib.util.spec_from_file_location(
+    "porting_config", os.path.join(os.path.dirname(__file__), "..", "configs", "experiments", "porting.py")
+  )
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  c = module.get_config()
+  c.corpus = "text:" + write_docs(tmp_path)
+  c.seeds = "0"
+  workdir, logs = str(tmp_path / "exp"), []
+  exp = porting.Porting(c, workdir, log=logs.append)
+  exp.plan()
+  stages = exp.port_stages()
+  assert {(a.name, b.name) for a, b in exp.pairs} >= {("bpe1000", "byte"), ("byte", "bpe1000")}
+  runs = {}
+  for stage in stages:
+    config = stage.train.args[0]
+    parts = stage.path.split(os.sep)  # …/ports/<corpus>/<arch>/<source>-to-<target>/<method>/seed0/budget<N>
+    corpus = parts[-6]
+    runs.setdefault((parts[-5], parts[-4], parts[-3]), []).append((config, int(parts[-1].removeprefix("budget"))))
+  methods = {m for _, _, m in runs}
+  assert methods == set(porting.ALL_METHODS + ("relearn+omp", "relearn+procrustes", "relearn+distill")) - {"translate"}
+  # distill (and relearn from its rows) ports decoders only: no such run for the encoder-decoders.
+  assert not [k for k in runs if k[0] == "encoder_decoder" and "distill" in k[2]]
+  assert ("encoder_decoder", "bpe1000-to-byte", "omp") in runs
+  for (arch, where, method), configs in runs.items():
+    source, target = where.split("-to-")
+    want = method.partition("+")
+    for config, budget in configs:
+      if method != "scratch":  # one scratch run per target serves every source
+        assert config.checkpoint.endswith(os.path.join("exp", "runs", corpus, arch, source, "seed0"))
+      assert config.donor.endswith(os.path.join("exp", "runs", corpus, arch, target, "seed0"))  # the native ISA-B CPU
+      assert (config.method, config.init) == (want[0], want[2] or "align") and config.steps == budget
+      assert config.distill_tokens == 65_536 and config.omp_atoms == 8
+    budgets = sorted(b for _, b in configs)
+    trained = want[0] in ("relearn", "finetune", "scratch")
+    assert budgets == ([0, 10, 30, 100, 300] if trained and method != "scratch" else budgets if trained else [0])
+  assert any("distill, relearn+distill port decoders only" in line for line in logs)
+  with pytest.raises(UserError, match=r"unknown porting method 'relearn\+scratch'"):
+    porting.split_method("relearn+scratch")
