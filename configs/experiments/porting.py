@@ -33,8 +33,7 @@ def get_config():
   # Training-free ports (omp and procrustes with the native ISA-B CPU as donor; distill on decoders only), then
   # relearn from each of their rows beside relearn from align's: the report picks the best start per pair.
   c.methods = (
-    "translate,align,fvt,omp,procrustes,distill,relearn,relearn+omp,relearn+procrustes,relearn+distill,finetune,"
-    "scratch"
+    "translate,align,fvt,omp,procrustes,distill,relearn,relearn+omp,relearn+procrustes,relearn+distill,finetune,scratch"
   )
   c.omp_atoms = 8
   c.distill_tokens = 65_536  # ISA-B tokens of text distill reads, counted in its curve's tokens
