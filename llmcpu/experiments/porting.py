@@ -429,8 +429,8 @@ def markdown(curves: list[dict]) -> str:
     "share of align → translate: the share of the gap between align and translate (the source CPU on the same text "
     "in its own ISA) that a training-free port closes at 0 updates (1 = as good as translation, < 0 = worse than "
     "align, > 1 = better than translation: omp and procrustes read the rows of the native ISA-B CPU, the donor, "
-    f"which is also this table's native reference; {'mean ± std over seeds' if len(seeds) > 1 else 'one seed: the figure'}; — for trained curves, no gap "
-    "where align is already at or below translate).",
+    f"which is also this table's native reference; {'mean ± std over seeds' if len(seeds) > 1 else 'one seed'}; "
+    "— for trained curves; no gap where align is already at or below translate).",
     "",
     "| corpus | arch | port | method | zero-shot | 0 updates | share of align → translate gap closed at 0 "
     "transformer updates | last | tokens | in all | native |",
