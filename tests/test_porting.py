@@ -38,13 +38,21 @@ def table(vocab: int, dim: int = 8, seed: int = 0) -> np.ndarray:
 
 
 def numpy_fvt(table_a: np.ndarray, a: compilers.Compiler, b: compilers.Compiler) -> np.ndarray:
-  """FVT written out: specials copied, byte pieces from A's byte piece, else the mean of A's segmentation."""
+  """FVT written out: specials copied; a byte piece of B that B emits for an ASCII character takes the mean of what
+  A emits for it, one B never emits but A does takes A's UNK row, any other A's byte piece; else the mean of A's
+  segmentation."""
   out = np.zeros((b.vocab_size, table_a.shape[1]), np.float32)
   for j, piece in enumerate(b.pieces):
     if j < FIRST:
       out[j] = table_a[j]
     elif re.fullmatch(r"<0x[0-9A-F]{2}>", piece):
-      out[j] = table_a[a.pieces.index(piece)]
+      char = chr(int(piece[3:5], 16))
+      if char.isascii() and b.encode(char) == [j]:
+        out[j] = table_a[a.encode(char)].astype(np.float64).mean(axis=0).astype(np.float32)
+      elif char.isascii() and a.encode(char) == [a.pieces.index(piece)]:
+        out[j] = table_a[specials.UNK_ID]
+      else:
+        out[j] = table_a[a.pieces.index(piece)]
     else:
       text = " ".join(piece.split("\u2581"))
       ids = a.encode(text)
@@ -58,7 +66,8 @@ def numpy_align(table_a: np.ndarray, a: compilers.Compiler, b: compilers.Compile
   fvt = numpy_fvt(table_a, a, b)
   out = np.empty_like(fvt)
   for j, piece in enumerate(b.pieces):
-    out[j] = table_a[a.pieces.index(piece)] if j >= FIRST and piece in a.pieces else fvt[j]
+    byte = re.fullmatch(r"<0x[0-9A-F]{2}>", piece)
+    out[j] = table_a[a.pieces.index(piece)] if j >= FIRST and piece in a.pieces and not byte else fvt[j]
   return out
 
 
@@ -106,7 +115,7 @@ def test_fallback_is_the_mean_of_as_regular_rows(isas):
   np.testing.assert_array_equal(rows[a_row], t[FIRST])  # byte 'a' → A's text 'a'
   others = [j for j in range(FIRST, b.vocab_size) if j != a_row]
   np.testing.assert_array_equal(rows[others], np.broadcast_to(t[FIRST], (len(others), 8)))
-  assert counts == {"special": FIRST, "copied": 0, "byte": 1, "fvt": 0, "fallback": 255}
+  assert counts == {"special": FIRST, "copied": 0, "byte": 1, "unused": 0, "fvt": 0, "fallback": 255}
 
 
 def test_align_rows_copy_shared_pieces_and_fvt_the_rest(isas):
@@ -115,7 +124,7 @@ def test_align_rows_copy_shared_pieces_and_fvt_the_rest(isas):
   rows, counts = porting.align_rows(t, a, b)
   index = {p: i for i, p in enumerate(a.pieces)}
   np.testing.assert_array_equal(rows, t[[index[p] for p in b.pieces]])
-  assert counts == {"special": FIRST, "copied": b.vocab_size - FIRST, "byte": 0, "fvt": 0, "fallback": 0}
+  assert counts == {"special": FIRST, "copied": b.vocab_size - FIRST, "byte": 0, "unused": 0, "fvt": 0, "fallback": 0}
   small = t[: isas["small"].vocab_size]
   rows, counts = porting.align_rows(small, isas["small"], isas["big"])
   np.testing.assert_array_equal(rows, numpy_align(small, isas["small"], isas["big"]))
@@ -135,7 +144,14 @@ def test_align_to_a_permuted_isa_is_exact(isas, arch, tied):
   source = models.create(arch, "tiny", vocab_size=a.vocab_size, seed=0, tie_embeddings=tied, **TINY)
   target = models.create(arch, "tiny", vocab_size=b.vocab_size, seed=1, tie_embeddings=tied, **TINY)
   provenance = porting.transplant(source, target, a, b, "align")
-  assert provenance["counts"] == {"special": FIRST, "copied": 400 - FIRST, "byte": 0, "fvt": 0, "fallback": 0}
+  assert provenance["counts"] == {
+    "special": FIRST,
+    "copied": 400 - FIRST,
+    "byte": 0,
+    "unused": 0,
+    "fvt": 0,
+    "fallback": 0,
+  }
   ids_a = a.encode(HELD_OUT)[:48]
   ids_b = b.encode(HELD_OUT)[:48]
   assert ids_b == b.perm[ids_a].tolist()  # same segmentation, other opcodes
@@ -357,7 +373,7 @@ def test_porting_curves_over_seeds_by_hand():
   assert curve["seeds"] == [0, 1] and curve["points"][0]["bpb"] == pytest.approx(3.1)
   assert curve["points"][0]["bpb_std"] == pytest.approx(np.std([3.0, 3.2], ddof=1))
   text = recovery.markdown([curve])
-  assert "| c | decoder | a → b | relearn | 6.000 ± 0.000 | 3.100 ± 0.141 | 3.100 ± 0.141 | 0 |" in text
+  assert "| c | decoder | a → b | relearn | 6.000 ± 0.000 | 3.100 ± 0.141 | — | 3.100 ± 0.141 | 0 |" in text
   # native tokens, source tokens (unknown here: 0), zero-shot anchor 50/90/99 (the curve ends at 0 tokens: "> 0"),
   # no align anchor on these rows (n/a), 90% in all.
   assert "| relearn | 0 | 0 | 0 | 200 (100–300) | > 0 | n/a | n/a | n/a | 200 (100–300) | n/a |" in text
@@ -391,10 +407,44 @@ def test_tokens_to_close_from_both_anchors_with_bounds_by_hand():
   assert scratch["closes_align"] == {"50%": None, "90%": None, "99%": None}
   text = recovery.markdown(recovery.aggregate([align, relearn, scratch]))
   # last tokens 10,000, in all + 1,000 of the source's; closes: native, source, zero-shot ×3, align ×3, 90% in all ×2.
-  assert "| relearn | 6.000 | 5.000 | 4.000 | 10,000 | 11,000 | 4.000 |" in text
+  assert "| relearn | 6.000 | 5.000 | — | 4.000 | 10,000 | 11,000 | 4.000 |" in text
   assert "| relearn | 6,400 | 1,000 | 0 | 1,585 | 8,318 | 100 | 3,981 | 9,120 | 2,585 | 4,981 |" in text
   # not reached: bounded by the curve's last tokens (1,000), in all by those plus the source's (none for scratch)
   assert "| scratch | 6,400 | 0 | 518 | > 1,000 | > 1,000 | > 1,000 | > 1,000 | > 1,000 | > 1,000 | > 1,000 |" in text
+
+
+def test_share_of_the_align_to_translate_gap_and_the_best_start_by_hand():
+  from llmcpu.experiments import porting as recovery
+
+  # zero-shot 6, align 5, translate (the source's own figure) 3.9, native 4: the align → translate gap is 1.1.
+  def seeds(method, points_by_seed):
+    return [_curve_row(method, points, 1000) | {"seed": s} for s, points in enumerate(points_by_seed)]
+
+  rows = seeds("align", [[(0, 5.0)], [(0, 5.0)]])
+  rows += seeds("omp", [[(0, 4.45)], [(0, 4.56)]])  # closes 0.55 / 1.1 = 0.5 and 0.44 / 1.1 = 0.4
+  rows += seeds("procrustes", [[(0, 5.55)], [(0, 5.55)]])  # worse than align: −0.5
+  rows += seeds("distill", [[(0, 4.8)], [(0, 4.8)]])  # 0.2/1.1, but no relearn from its rows: not a start
+  rows += seeds("relearn", [[(0, 5.0), (100, 4.5), (10_000, 4.0)]] * 2)
+  # relearn from omp's rows: zero-shot gap 2, closed 0.775 then 0.9 at 100 tokens (both seeds' shapes alike).
+  rows += seeds("relearn+omp", [[(0, 4.45), (100, 4.2), (10_000, 4.0)], [(0, 4.56), (100, 4.2), (10_000, 4.0)]])
+  rows += seeds("scratch", [[(0, 8.0), (100, 5.5), (1000, 4.8)]] * 2)
+  recovery.attach_closes(rows)
+  shares = {(r["method"], r["seed"]): r["share_translate"] for r in rows}
+  assert shares[("omp", 0)] == pytest.approx(0.5) and shares[("omp", 1)] == pytest.approx(0.4)
+  assert shares[("align", 0)] == 0.0 and shares[("procrustes", 1)] == pytest.approx(-0.5)
+  assert shares[("relearn", 0)] is None and shares[("scratch", 0)] is None  # trained curves: no share
+  curves = recovery.aggregate(rows)
+  text = recovery.markdown(curves)
+  spread = np.std([0.5, 0.4], ddof=1)
+  assert f"| c | decoder | a → b | omp | 6.000 ± 0.000 | 4.505 ± 0.078 | 0.45 ± {spread:.2f} |" in text
+  assert "| c | decoder | a → b | relearn | 6.000 ± 0.000 | 5.000 ± 0.000 | — |" in text
+  assert recovery.best_start(curves, ("c", "decoder", "a", "b"))["method"] == "omp"  # distill has no relearn curve
+  # best start, its 0 updates, 90% of zero-shot → native: relearn+omp at 100 tokens, relearn 1,585, scratch never.
+  assert "| c | decoder | a → b | omp | 4.505 ± 0.078 | 100 | 1,585 | > 1,000 |" in text
+  rows = [_curve_row("align", [(0, 3.8)], 0), _curve_row("omp", [(0, 4.0)], 0)]
+  recovery.attach_closes(rows)
+  text = recovery.markdown(recovery.aggregate(rows))
+  assert "| omp | 6.000 | 4.000 | no gap |" in text  # align (3.8) already below translate (3.9)
 
 
 def test_align_anchor_falls_back_to_a_trained_port_at_zero_tokens_and_says_no_gap():

@@ -2,6 +2,7 @@
 of a k-sparse signal, numpy's SVD Procrustes; exact ports to a permuted ISA; one-line refusals."""
 
 import pydoc_data.topics
+import re
 
 import numpy as np
 import pytest
@@ -23,6 +24,7 @@ def isas() -> dict[str, compilers.Compiler]:
     "small": small,
     "perm": compilers.train("bpe:400+perm:1", base=small),
     "big": compilers.train("bpe:600", TEXTS),
+    "byte": compilers.train("byte"),
   }
 
 
@@ -68,9 +70,18 @@ def test_omp_recovers_a_k_sparse_signal_exactly():
 
 
 def split(a, b):
-  ids_b, ids_a = donor.shared_ids(a, b)
-  missing = [j for j in range(FIRST, b.vocab_size) if j not in set(ids_b.tolist())]
-  return ids_b, ids_a, missing
+  """Anchors and the missing pieces, written out: same text in both ISAs (an ASCII byte piece only through what each
+  ISA emits for its character), and B's regular non-byte pieces without one."""
+  pairs = {}
+  for j, piece in enumerate(b.pieces):
+    if j >= FIRST and piece in a.pieces and not re.fullmatch(r"<0x[0-7][0-9A-F]>", piece):
+      pairs[j] = a.pieces.index(piece)
+  for c in map(chr, range(128)):
+    if len(b.encode(c)) == len(a.encode(c)) == 1:
+      pairs[b.encode(c)[0]] = a.encode(c)[0]
+  ids_b = sorted(pairs)
+  missing = [j for j in range(FIRST, b.vocab_size) if j not in pairs and not re.fullmatch(r"<0x..>", b.pieces[j])]
+  return np.array(ids_b), np.array([pairs[j] for j in ids_b]), missing
 
 
 def test_omp_rows_apply_the_donor_codes_to_the_source_rows(isas):
@@ -105,6 +116,49 @@ def test_procrustes_rows_equal_numpys_svd_solution(isas):
   np.testing.assert_allclose(rows[missing], want, rtol=1e-10, atol=1e-12)
   np.testing.assert_allclose(u @ vt, rotation, atol=0.05)  # and it finds the rotation that made the donor
   np.testing.assert_array_equal(rows[ids_b], src[ids_a])
+
+
+def test_ports_to_and_from_bytes_follow_what_each_isa_emits(isas):
+  """bpe → byte: every piece of B is a byte; an ASCII byte takes the row of the character piece A emits for it (A's
+  byte-fallback piece for that character is never emitted, so never trained), other bytes A's byte piece — the only
+  copies. byte → bpe: B's character pieces take A's byte rows, B's never-emitted ASCII byte pieces A's UNK row; omp
+  anchors on the characters and codes only B's multi-byte pieces."""
+  a, b = isas["small"], isas["byte"]
+  rng = np.random.default_rng(4)
+  t, don = rng.normal(size=(a.vocab_size, 6)), rng.normal(size=(b.vocab_size, 6))
+  assert all(re.fullmatch(r"<0x[0-9A-F]{2}>", p) for p in b.pieces[FIRST:]) and b.vocab_size == FIRST + 256
+  rows, counts = porting.align_rows(t, a, b)
+  by_char = 0
+  for byte in range(256):
+    j, piece = FIRST + byte, f"<0x{byte:02X}>"
+    emitted = a.encode(chr(byte)) if byte < 0x80 else [a.pieces.index(piece)]
+    assert len(emitted) == 1  # every ASCII character is one id of A: a character piece or a byte piece
+    np.testing.assert_array_equal(rows[j], t[emitted[0]])
+    by_char += a.pieces[emitted[0]] != piece
+  assert a.pieces[a.encode("a")[0]] == "a" and not np.array_equal(rows[FIRST + 0x61], t[a.pieces.index("<0x61>")])
+  assert by_char > 80 and counts == {"special": FIRST, "copied": 256 - by_char, "byte": by_char, "unused": 0,
+                                     "fvt": 0, "fallback": 0}  # fmt: skip
+  np.testing.assert_array_equal(porting.fvt_rows(t, a, b)[0], rows)  # nothing to average: fvt is align
+  for method_rows in (porting.omp_rows(t, don, a, b, 4), porting.procrustes_rows(t, don, a, b)):
+    np.testing.assert_array_equal(method_rows[0], rows)  # nothing missing: the donor methods keep align's rows
+    assert list(method_rows[1].values())[-1] == 0
+
+  tb = rng.normal(size=(b.vocab_size, 6))
+  rows, counts = porting.align_rows(tb, b, a)
+  for c in map(chr, range(0x80)):
+    (j,) = a.encode(c)
+    if a.pieces[j] == c:  # A's character piece: B's byte row; A's byte piece for it is never emitted: UNK's row
+      np.testing.assert_array_equal(rows[j], tb[FIRST + ord(c)])
+      np.testing.assert_array_equal(rows[a.pieces.index(f"<0x{ord(c):02X}>")], tb[specials.UNK_ID])
+  assert counts["unused"] == by_char and counts["copied"] == 256 - by_char
+  ids_b, ids_a, missing = split(b, a)
+  assert len(missing) == a.vocab_size - FIRST - 256 - by_char  # B's multi-byte pieces
+  assert np.isin(porting.missing_ids(b, a, porting.shared_ids(b, a)[0]), missing).all()
+  omp, _ = porting.omp_rows(tb, don_a := rng.normal(size=(a.vocab_size, 6)), b, a, 3)
+  np.testing.assert_array_equal(np.delete(omp, missing, axis=0), np.delete(rows, missing, axis=0))
+  for j in missing[:10]:
+    picked, coef = naive_omp(don_a[ids_b], don_a[j], 3)
+    np.testing.assert_allclose(omp[j], coef @ tb[ids_a][picked], rtol=1e-9, atol=1e-12)
 
 
 @pytest.mark.parametrize("method", [*porting.ROW_METHODS, "distill"])
@@ -154,7 +208,7 @@ def test_donor_refusals(isas):
   with pytest.raises(UserError, match=r"unfit donor CPU: .*differ in d_model \(32 vs 64\)"):
     porting.port(source, a, b, "procrustes", donor=wide)
   native = models.create("decoder", "tiny", vocab_size=600, seed=0, **TINY)
-  with pytest.raises(UserError, match="1 ≤ k ≤ the 363 shared pieces, got k=0"):
+  with pytest.raises(UserError, match="1 ≤ k ≤ the 277 shared pieces, got k=0"):
     porting.port(source, a, b, "omp", donor=native, atoms=0)
   with pytest.raises(UserError, match="unknown porting method 'nope'"):
     porting.port(source, a, b, "nope", donor=native)
@@ -183,8 +237,7 @@ def test_distill_moves_only_the_new_rows_and_lowers_its_loss(isas, tied):
   docs = [np.asarray(b.encode(t), np.int64) for t in TEXTS[:10]]
   report = distill.distill(source, target, a, b, docs, tokens=1000, length=32, batch=4, learning_rate=0.002)
   after = params(target)
-  ids_b, _ = porting.shared_ids(a, b)
-  new = sorted(set(range(FIRST, b.vocab_size)) - set(ids_b.tolist()))
+  new = split(a, b)[2]  # B's pieces A lacks (byte pieces keep align's rows)
   assert report["rows"] == len(new) == 200 and 1000 <= report["tokens"] < 1000 + 4 * 32
   for name, value in before.items():
     if name != "embed/table":

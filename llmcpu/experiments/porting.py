@@ -39,7 +39,14 @@ from llmcpu.porting import runner
 from llmcpu.porting.transplant import translation_cost
 from llmcpu.training import checkpoints
 
-ALL_METHODS = ("translate", *runner.PORT_METHODS)  # translate: evaluated, never written
+ALL_METHODS = ("translate", *runner.PORT_METHODS, *runner.EXTRA_METHODS)  # translate: evaluated, never written
+# Ports that update no transformer weight (distill fits embedding rows only): the share-of-gap column's methods.
+TRAINING_FREE = ("align", "fvt", *runner.EXTRA_METHODS)
+# "relearn+omp": relearn (or finetune) started from another training-free method's rows (runner's ``init``); plain
+# relearn / finetune start from align's.
+COMPOSED = ("relearn", "finetune")
+STARTS = tuple(m for m in TRAINING_FREE if m != "align")
+DECODER_ONLY = "distill"  # llmcpu.porting.distill matches a causal CPU's states: no curve for other architectures
 CLOSES = (0.5, 0.9, 0.99)
 
 
@@ -52,6 +59,11 @@ def porting_config(preset: str = "tiny") -> ml_collections.ConfigDict:
   c.budgets = "0,10,30,100,300"  # training steps of every trained port: one run per budget, annealed for it
   c.scratch_budgets = "1,2,4"  # scratch also trains these multiples of the native's steps (found or bounded)
   c.port_learning_rate = 0.0  # 0 = the source's
+  # omp / procrustes (and relearn+omp, ...) borrow from a donor: the native CPU of ISA B this experiment trains
+  # (same corpus, arch and seed). distill's budget is ISA-B tokens of text read, counted in every point's tokens.
+  c.omp_atoms = runner.DEFAULTS["omp_atoms"]
+  c.distill_tokens = runner.DEFAULTS["distill_tokens"]
+  c.distill_learning_rate = runner.DEFAULTS["distill_learning_rate"]
   c.report = "report-porting"
   c.crosseval.coherence = False  # True: curves also carry relevance (exact match on programs), at ~5 s a checkpoint
   c.crosseval.shuffled_prompts = False  # the calibration belongs to cross_eval; every port here is "native"
@@ -92,7 +104,16 @@ class Porting(matrix.Matrix):
   def stages(self) -> bool:
     if not super().stages():  # compile, and train the sources and the native references
       return False
+    base.run_stages("port", self.port_stages(), self.log)
+    return True
+
+  def port_stages(self) -> list[base.Stage]:
+    """Every port run (one per curve and budget), in order; sets ``self.curves`` (translate's included). Needs only
+    ``plan()``: nothing is read or trained."""
     plan = self.planned
+    skipped = sorted({m for m in self.methods if DECODER_ONLY in split_method(m)} if plan.archs != ["decoder"] else ())
+    if skipped:
+      self.log(f"== porting: {', '.join(skipped)} port decoders only: no such curve for the other architectures")
     self.curves = [
       Curve(corpus, arch, a, b, m, seed)
       for corpus in plan.corpora
@@ -100,19 +121,19 @@ class Porting(matrix.Matrix):
       for a, b in self.pairs
       for m in self.methods
       for seed in plan.seeds
+      if arch == "decoder" or DECODER_ONLY not in split_method(m)
     ]
-    ports = [
+    return [
       _port(self.config, self.workdir, c, budget, self.log)
       for c in self.curves
       if c.method != "translate"
       for budget in self.curve_budgets(c)
     ]
-    base.run_stages("port", ports, self.log)
-    return True
 
   def curve_budgets(self, curve: Curve) -> list[int]:
-    """The budgets a curve's runs train: align/fvt none but 0; scratch its own list; the rest ``budgets``."""
-    if curve.method not in runner.TRAINED:
+    """The budgets a curve's runs train: training-free ports none but 0; scratch its own list; the rest
+    ``budgets``."""
+    if split_method(curve.method)[0] not in runner.TRAINED:
       return [0]
     return self.scratch_budgets if curve.method == "scratch" else self.budgets
 
@@ -143,10 +164,21 @@ def _pairs(value: str) -> list[tuple[compilers.CompilerSpec, compilers.CompilerS
 
 def _methods(value: str) -> list[str]:
   methods = base.split_list(value, "methods")
-  bad = [m for m in methods if m not in ALL_METHODS]
-  if bad:
-    raise UserError(f"unknown porting method {bad[0]!r}; choose from {', '.join(ALL_METHODS)}")
+  for m in methods:
+    split_method(m)
   return methods
+
+
+def split_method(method: str) -> tuple[str, str]:
+  """A curve's method → (the runner's method, its ``init``): ``relearn+omp`` → (relearn, omp); ``relearn`` →
+  (relearn, align). A UserError for anything else."""
+  name, _, init = method.partition("+")
+  if not init and name in ALL_METHODS:
+    return name, "align"
+  if name in COMPOSED and init in STARTS:
+    return name, init
+  composed = ", ".join(f"{m}+{s}" for m in COMPOSED for s in STARTS)
+  raise UserError(f"unknown porting method {method!r}; choose from {', '.join(ALL_METHODS)}, {composed}")
 
 
 def scratch_budgets(budgets: list[int], multiples: str, native_steps: int) -> list[int]:
@@ -170,10 +202,14 @@ def _port(exp, workdir: str, curve: Curve, budget: int, log: Callable) -> base.S
   """The run that ports one curve's source CPU for one budget, its schedule ending there."""
   path = budget_path(workdir, curve, budget)
   source = matrix.cpu_dir(workdir, curve.corpus.name, curve.arch, curve.source.name, curve.seed)
+  donor = matrix.cpu_dir(workdir, curve.corpus.name, curve.arch, curve.target.name, curve.seed)  # native of ISA B
+  method, init = split_method(curve.method)
   config = ml_collections.ConfigDict(
-    dict(checkpoint=source, to_isa=str(curve.target), method=curve.method, steps=budget, corpus="", seed=curve.seed)
+    dict(checkpoint=source, to_isa=str(curve.target), method=method, steps=budget, corpus="", seed=curve.seed)
   )
-  config.update(save_at="", compile_dir="", learning_rate=exp.port_learning_rate)
+  config.update(save_at="", compile_dir="", learning_rate=exp.port_learning_rate, init=init, donor=donor)
+  for key in ("omp_atoms", "distill_tokens", "distill_learning_rate"):
+    config[key] = exp.get(key, runner.DEFAULTS[key])
   tag = f"{curve.arch} {curve.source.name} → {curve.target.name} by {curve.method}, {budget} steps (seed {curve.seed})"
   return base.Stage(path, budget, tag, functools.partial(runner.port_checkpoint, config, path, log=log))
 
@@ -209,9 +245,14 @@ def _score(exp, workdir: str, curve: Curve, budgets: list[int], refs: dict, log:
     paths = [fs.join(budget_path(workdir, curve, b), "checkpoints", str(b)) for b in budgets]
     target = [str(curve.target)]
     rows = crosseval.evaluate(paths, target, compile_dir, corpus=curve.corpus.spec, options=options, log=log)
-    tokens = [checkpoints.load_meta(p)["tokens_seen"] for p in paths]
+    tokens = [tokens_read(checkpoints.load_meta(p)) for p in paths]
     row["points"] = [_point(r["step"], t, r) for r, t in zip(rows, tokens, strict=True)]
   return row
+
+
+def tokens_read(meta: dict) -> int:
+  """ISA-B tokens a port has read: its trainer steps' and, for a distilled start, the text distill read."""
+  return meta["tokens_seen"] + ((meta.get("provenance") or {}).get("distill") or {}).get("tokens", 0)
 
 
 def _point(step: int, tokens: int, r: dict) -> dict:
@@ -248,6 +289,18 @@ def attach_closes(rows: list[dict]) -> None:
     r["align_bpb"] = align.get(_pair_key(r))
     r["closes"] = closes(r)
     r["closes_align"] = closes(r, "align_bpb")
+    r["share_translate"] = share_closed(r)
+
+
+def share_closed(row: dict) -> float | None:
+  """The share of the align → translate gap a training-free port closes at 0 transformer updates:
+  ``(align − bpb) / (align − translate)`` with translate = the source CPU's own bits per byte on the same text; None
+  for a trained curve, without an align anchor, or when align is already at or below translate (no gap)."""
+  align, translate = row.get("align_bpb"), row.get("source_native_bpb")
+  first = row["points"][0] if row["points"] else None
+  if row["method"] not in TRAINING_FREE or align is None or translate is None or first is None or first["step"]:
+    return None
+  return (align - first["bpb"]) / (align - translate) if align - translate > 0 else None
 
 
 def _pair_key(row: dict) -> tuple:
@@ -306,6 +359,7 @@ def aggregate(rows: list[dict]) -> list[dict]:
     curve = {k: rs[0][k] for k in _CURVE} | {"seeds": sorted(r["seed"] for r in rs), "points": []}
     for key in _REFERENCES:
       curve[key], curve[f"{key}_std"] = mean_std([r.get(key) for r in rs])
+    curve["share_translate"], curve["share_translate_std"] = mean_std([r.get("share_translate") for r in rs])
     if "ms_per_1k_tokens" in rs[0]:
       curve["ms_per_1k_tokens"] = mean_std([r["ms_per_1k_tokens"] for r in rs])[0]
     for step in steps:
@@ -371,17 +425,81 @@ def markdown(curves: list[dict]) -> str:
     "its schedule annealed for that budget. tokens: ISA-B tokens of the last budget; in all: plus the source CPU's "
     "own training tokens.",
     "",
-    "| corpus | arch | port | method | zero-shot | 0 tokens | last | tokens | in all | native |",
-    "|---|---|---|---|---:|---:|---:|---:|---:|---:|",
+    "0 updates: no transformer weight trained yet (distill's rows are fitted: its tokens are the text it read). "
+    "share of align → translate: the share of the gap between align and translate (the source CPU on the same text "
+    "in its own ISA) that a training-free port closes at 0 updates (1 = as good as translation, < 0 = worse than "
+    "align, > 1 = better than translation: omp and procrustes read the rows of the native ISA-B CPU, the donor, "
+    f"which is also this table's native reference; {'mean ± std over seeds' if len(seeds) > 1 else 'one seed'}; "
+    "— for trained curves; no gap where align is already at or below translate).",
+    "",
+    "| corpus | arch | port | method | zero-shot | 0 updates | share of align → translate gap closed at 0 "
+    "transformer updates | last | tokens | in all | native |",
+    "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
   ]
   for c in curves:
     first, last = c["points"][0], c["points"][-1]
     zero_col = _fmt(first) + (f" · {c['ms_per_1k_tokens']:.2f} ms/1k ids" if c["method"] == "translate" else "")
     lines.append(
-      f"{_label(c)} {_ref(c, 'zero_shot_bpb')} | {zero_col} | {_fmt(last)} | {last['tokens']:,} | "
+      f"{_label(c)} {_ref(c, 'zero_shot_bpb')} | {zero_col} | {_share(c)} | {_fmt(last)} | {last['tokens']:,} | "
       f"{_in_all(c, last['tokens'])} | {_ref(c, 'native_bpb')} |"
     )
-  return "\n".join(lines + _closes_table(curves, len(seeds)) + _relevance_table(curves, spread)) + "\n"
+  tables_ = lines + _closes_table(curves, len(seeds)) + _best_start_table(curves, len(seeds))
+  return "\n".join(tables_ + _relevance_table(curves, spread)) + "\n"
+
+
+def _share(curve: dict) -> str:
+  if curve["method"] not in TRAINING_FREE:
+    return "—"
+  if curve.get("align_bpb") is not None and not curve["align_bpb"] - (curve.get("source_native_bpb") or 0) > 0:
+    return "no gap"
+  return tables.fmt(curve.get("share_translate"), std=curve.get("share_translate_std"), digits=2)
+
+
+def best_start(curves: list[dict], key: tuple) -> dict | None:
+  """Of one (corpus, arch, pair)'s training-free curves with a relearn curve from their rows, the one with the lowest
+  bits per byte at 0 updates (mean over seeds; read on the same test split the table reports)."""
+  at = {c["method"]: c for c in curves if tuple(c[k] for k in _CURVE[:4]) == key}
+  starts = [at[m] for m in TRAINING_FREE if m in at and relearn_of(m) in at and at[m]["points"]]
+  return min(starts, key=lambda c: c["points"][0]["bpb"], default=None)
+
+
+def relearn_of(method: str) -> str:
+  """The curve that relearns from ``method``'s rows: relearn (align's) or relearn+METHOD."""
+  return "relearn" if method == "align" else f"relearn+{method}"
+
+
+def _best_start_table(curves: list[dict], seeds: int) -> list[str]:
+  """Tokens to close 90% of the zero-shot → native gap: relearn from the best training-free start, from align, and
+  scratch, per (corpus, arch, pair)."""
+  keys = list(dict.fromkeys(tuple(c[k] for k in _CURVE[:4]) for c in curves))
+  rows = []
+  for key in keys:
+    best = best_start(curves, key)
+    if best is None:
+      continue
+    at = {c["method"]: c for c in curves if tuple(c[k] for k in _CURVE[:4]) == key}
+    cells = [best["method"], _fmt(best["points"][0])]
+    for name in (relearn_of(best["method"]), "relearn", "scratch"):
+      c = at.get(name)
+      cells.append("n/a" if c is None else _closed(c, "zero_shot_bpb", c["closes"]["90%"], c["points"][-1]["tokens"]))
+    rows.append(f"| {key[0]} | {key[1]} | {key[2]} → {key[3]} | " + " | ".join(cells) + " |")
+  if not rows:
+    return []
+  return [
+    "",
+    "ISA-B tokens to close 90% of the zero-shot → native gap ("
+    + ("mean (min–max) over seeds" if seeds > 1 else "one seed")
+    + "), relearn started from the best training-free start (lowest bits per byte at 0 updates among those with a "
+    "relearn curve; chosen on the test split this table reads), from align, and scratch; the same budget rules as "
+    "above (a distilled start counts the text it read). omp and procrustes also borrow the native ISA-B CPU's rows "
+    "(the donor), whose own training tokens (native tokens above) no port column counts.",
+    "",
+    tables.row(
+      ["corpus", "arch", "port", "best start", "its 0 updates", "best start + relearn", "align + relearn", "scratch"]
+    ),  # fmt: skip
+    tables.rule(4, 4),
+    *rows,
+  ]
 
 
 def _in_all(curve: dict, tokens: int) -> str:

@@ -10,7 +10,7 @@
 ``plan_rows`` computes the per-id recipe once (``RowPlan.apply`` runs it on any [V_a, ...] table).
 """
 
-from llmcpu.porting.donor import DONOR_METHODS, omp_codes, omp_rows, procrustes_rows, shared_ids
+from llmcpu.porting.donor import DONOR_METHODS, char_ids, missing_ids, omp_codes, shared_ids
 from llmcpu.porting.transplant import (
   COUNT_KEYS,
   ROW_METHODS,
@@ -18,8 +18,10 @@ from llmcpu.porting.transplant import (
   align_rows,
   check_portable,
   fvt_rows,
+  omp_rows,
   plan_rows,
   port,
+  procrustes_rows,
   translate_ids,
   translation_cost,
   transplant,
@@ -32,8 +34,10 @@ __all__ = [
   "ROW_METHODS",
   "RowPlan",
   "align_rows",
+  "char_ids",
   "check_portable",
   "fvt_rows",
+  "missing_ids",
   "omp_codes",
   "omp_rows",
   "plan_rows",

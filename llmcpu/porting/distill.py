@@ -28,7 +28,7 @@ from llmcpu import specials
 from llmcpu.compilers import Compiler
 from llmcpu.errors import UserError
 from llmcpu.models.architectures import Decoder
-from llmcpu.porting.donor import shared_ids
+from llmcpu.porting.donor import missing_ids, shared_ids
 
 DEFAULT_TOKENS = 65_536
 
@@ -85,8 +85,7 @@ def distill(
     raise UserError("method distill ports decoders only (it matches a causal CPU's hidden states on a text prefix)")
   if tokens <= 0:
     raise UserError(f"distill needs a positive budget of tokens, got {tokens}; set --config.distill_tokens")
-  ids_b, _ = shared_ids(compiler_a, compiler_b)
-  new = np.setdiff1d(np.arange(specials.FIRST_REGULAR_ID, compiler_b.vocab_size), ids_b)
+  new = missing_ids(compiler_a, compiler_b, shared_ids(compiler_a, compiler_b)[0])
   out = {"rows": len(new), "tokens": 0, "steps": 0, "loss_before": None, "loss_after": None}
   length = min(length, source.config.max_len)
   found, enough = [], 0  # A's segmentation only of the windows the budget reads (then they repeat)

@@ -25,12 +25,34 @@ DONOR_METHODS = ("omp", "procrustes")
 DEFAULT_ATOMS = 8
 
 
+def char_ids(compiler: Compiler) -> dict[int, int]:
+  """ASCII byte → the one regular id ``compiler`` emits for that character alone (a subword ISA's character piece,
+  a byte-level ISA's byte piece); characters it encodes otherwise are left out."""
+  ids = compiler.encode_batch([chr(b) for b in range(0x80)])
+  return {b: x[0] for b, x in enumerate(ids) if len(x) == 1 and x[0] >= specials.FIRST_REGULAR_ID}
+
+
 def shared_ids(compiler_a: Compiler, compiler_b: Compiler) -> tuple[np.ndarray, np.ndarray]:
-  """(ids in B, ids in A) of the regular pieces both ISAs hold (the same piece string), in B's id order."""
-  a_ids = {piece: i for i, piece in enumerate(compiler_a.pieces) if i >= specials.FIRST_REGULAR_ID}
-  pairs = [(j, a_ids[p]) for j, p in enumerate(compiler_b.pieces) if j >= specials.FIRST_REGULAR_ID and p in a_ids]
-  ids_b, ids_a = zip(*pairs, strict=True) if pairs else ((), ())
-  return np.array(ids_b, np.int64), np.array(ids_a, np.int64)
+  """(ids in B, ids in A) of the regular pieces both ISAs hold for the same text, in B's id order: the same piece
+  string, except that an ASCII byte piece counts only through ``char_ids`` (what each ISA emits for the character:
+  a byte-level ISA's ``<0x61>`` pairs with a subword ISA's ``a``; a byte-fallback piece never emitted pairs with
+  nothing). These are the anchors of omp and procrustes, and align's rows for them are copies."""
+  first = specials.FIRST_REGULAR_ID
+  ascii_bytes = {f"<0x{b:02X}>" for b in range(0x80)}
+  a_ids = {p: i for i, p in enumerate(compiler_a.pieces) if i >= first and p not in ascii_bytes}
+  pairs = {j: a_ids[p] for j, p in enumerate(compiler_b.pieces) if j >= first and p in a_ids}
+  a_chars = char_ids(compiler_a)
+  pairs |= {j: a_chars[b] for b, j in char_ids(compiler_b).items() if b in a_chars}
+  ids_b = np.array(sorted(pairs), np.int64)
+  return ids_b, np.array([pairs[j] for j in ids_b.tolist()], np.int64)
+
+
+def missing_ids(compiler_a: Compiler, compiler_b: Compiler, anchors: np.ndarray) -> np.ndarray:
+  """B's regular ids that are neither anchors nor byte pieces: the rows a donor method replaces and distill fits
+  (a byte piece keeps align's row: A's same byte, or an unused row; see transplant)."""
+  regular = np.arange(specials.FIRST_REGULAR_ID, compiler_b.vocab_size)
+  is_byte = np.array([p.startswith("<0x") and len(p) == 6 and p.endswith(">") for p in compiler_b.pieces])
+  return np.setdiff1d(regular[~is_byte[regular]], anchors)
 
 
 def omp_codes(atoms: np.ndarray, targets: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -65,8 +87,8 @@ def omp_codes(atoms: np.ndarray, targets: np.ndarray, k: int) -> tuple[np.ndarra
   return chosen, coefs
 
 
-def _split(table_a, table_donor, compiler_a: Compiler, compiler_b: Compiler, what: str):
-  """Checked float64 [V, F] views and the shared / missing ids; the output starts as align's specials + copies."""
+def _split(table_a, table_donor, compiler_a: Compiler, compiler_b: Compiler, what: str, base):
+  """Checked float64 [V, F] views and the shared / missing ids; the output starts as ``base`` (align's rows)."""
   table_a, table_donor = np.asarray(table_a), np.asarray(table_donor)
   if table_a.shape[0] != compiler_a.vocab_size or table_donor.shape[0] != compiler_b.vocab_size:
     raise ValueError(f"{what}: tables have {table_a.shape[0]} / {table_donor.shape[0]} rows, the ISAs "
@@ -78,10 +100,10 @@ def _split(table_a, table_donor, compiler_a: Compiler, compiler_b: Compiler, wha
   if len(ids_b) < 2:
     raise UserError(f"{what}: ISAs {compiler_a.name} and {compiler_b.name} share {len(ids_b)} pieces; a donor "
                     "method needs shared pieces to anchor on (use align or fvt)")  # fmt: skip
-  first = specials.FIRST_REGULAR_ID
-  missing = np.setdiff1d(np.arange(first, compiler_b.vocab_size), ids_b)
-  out = np.empty((compiler_b.vocab_size,) + table_a.shape[1:], table_a.dtype)
-  out[:first], out[ids_b] = table_a[:first], table_a[ids_a]  # bit-exact copies, as align
+  missing = missing_ids(compiler_a, compiler_b, ids_b)
+  if np.shape(base) != (compiler_b.vocab_size,) + table_a.shape[1:]:
+    raise ValueError(f"{what}: align's rows have shape {np.shape(base)}, not [{compiler_b.vocab_size}, ...]")
+  out = np.array(base, table_a.dtype)  # specials, anchors and byte pieces keep align's rows
   return _flat(table_a), _flat(table_donor), ids_a, ids_b, missing, out
 
 
@@ -90,9 +112,10 @@ def _flat(table: np.ndarray) -> np.ndarray:
   return table.reshape(len(table), -1).astype(np.float64)
 
 
-def omp_rows(table_a, table_donor, compiler_a: Compiler, compiler_b: Compiler, k: int = DEFAULT_ATOMS):
-  """``omp`` (module docstring): ([V_b, ...] rows in the source's dtype, counts)."""
-  src, donor, ids_a, ids_b, missing, out = _split(table_a, table_donor, compiler_a, compiler_b, "omp")
+def omp_rows(table_a, table_donor, compiler_a: Compiler, compiler_b: Compiler, k: int = DEFAULT_ATOMS, *, base):
+  """``omp`` (module docstring): ([V_b, ...] rows in the source's dtype, counts); ``base``: align's rows
+  (``transplant.omp_rows`` computes them)."""
+  src, donor, ids_a, ids_b, missing, out = _split(table_a, table_donor, compiler_a, compiler_b, "omp", base)
   if len(missing):
     index, coef = omp_codes(donor[ids_b], donor[missing], k)
     rows = np.einsum("mk,mkf->mf", coef, src[ids_a][index])
@@ -100,9 +123,9 @@ def omp_rows(table_a, table_donor, compiler_a: Compiler, compiler_b: Compiler, k
   return out, _counts(compiler_b, ids_b, missing, "omp")
 
 
-def procrustes_rows(table_a, table_donor, compiler_a: Compiler, compiler_b: Compiler):
-  """``procrustes`` (module docstring): ([V_b, ...] rows in the source's dtype, counts)."""
-  src, donor, ids_a, ids_b, missing, out = _split(table_a, table_donor, compiler_a, compiler_b, "procrustes")
+def procrustes_rows(table_a, table_donor, compiler_a: Compiler, compiler_b: Compiler, *, base):
+  """``procrustes`` (module docstring): ([V_b, ...] rows in the source's dtype, counts); ``base``: align's rows."""
+  src, donor, ids_a, ids_b, missing, out = _split(table_a, table_donor, compiler_a, compiler_b, "procrustes", base)
   if len(missing):
     rotation, bias = linalg.fit_procrustes(donor[ids_b], src[ids_a])
     out[missing] = (donor[missing] @ rotation + bias).reshape((len(missing),) + out.shape[1:]).astype(out.dtype)
@@ -110,14 +133,16 @@ def procrustes_rows(table_a, table_donor, compiler_a: Compiler, compiler_b: Comp
 
 
 def _counts(compiler_b: Compiler, ids_b: np.ndarray, missing: np.ndarray, method: str) -> dict[str, int]:
-  """How B's ids were filled (summing to B's vocab size: specials, shared pieces and missing ones partition it)."""
-  return {"special": specials.FIRST_REGULAR_ID, "copied": len(ids_b), method: len(missing)}
+  """How B's ids were filled (summing to B's vocab size): specials, align's rows kept (anchors and byte pieces),
+  and the missing ones."""
+  first = specials.FIRST_REGULAR_ID
+  return {"special": first, "copied": compiler_b.vocab_size - first - len(missing), method: len(missing)}
 
 
-def donor_rows(method: str, table_a, table_donor, compiler_a: Compiler, compiler_b: Compiler, k: int = DEFAULT_ATOMS):
+def donor_rows(method: str, table_a, table_donor, compiler_a: Compiler, compiler_b: Compiler, k: int, *, base):
   """``omp_rows`` or ``procrustes_rows`` by name."""
   if method == "omp":
-    return omp_rows(table_a, table_donor, compiler_a, compiler_b, k)
+    return omp_rows(table_a, table_donor, compiler_a, compiler_b, k, base=base)
   if method == "procrustes":
-    return procrustes_rows(table_a, table_donor, compiler_a, compiler_b)
+    return procrustes_rows(table_a, table_donor, compiler_a, compiler_b, base=base)
   raise UserError(f"unknown donor method {method!r}; choose one of {', '.join(DONOR_METHODS)}")

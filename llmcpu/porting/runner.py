@@ -31,9 +31,10 @@ from llmcpu.training import derived, trainer
 
 TRAINED = ("relearn", "finetune", "scratch")
 INITS = (*ROW_METHODS, "distill")  # the rows a port starts from (config.init for relearn, finetune, distill)
-# The porting experiment's methods (experiments.porting.ALL_METHODS): they need nothing but the source CPU.
+# Methods that need nothing but the source CPU.
 PORT_METHODS = ("align", "fvt", *TRAINED)
-# scripts/port.py's too, until the experiment passes a donor and reports distill's tokens (issue 26).
+# Methods that need a donor CPU of ISA B (omp, procrustes) or read ISA-B text before any step (distill); the porting
+# experiment passes its native ISA-B CPU as the donor and counts distill's tokens (experiments.porting).
 EXTRA_METHODS = ("omp", "procrustes", "distill")
 WRITES = (*PORT_METHODS, *EXTRA_METHODS)  # what writes a checkpoint; "translate" is evaluated, not written
 # Keys configs/port.py has and an older config (the porting experiment's) may lack: these defaults then.

@@ -8,8 +8,13 @@ Methods (``ROW_METHODS``), each a rule giving every id of B its row from A's tab
   ``omp``, ``procrustes``  align's copies; the rest from a donor CPU trained natively on ISA B (``porting.donor``).
 
 Whatever the method: the special ids 0 … FIRST_REGULAR_ID-1 are the same opcodes in every ISA, so they keep A's
-rows; a byte piece ``<0xNN>`` of B takes A's byte piece for the same byte. A piece A can only encode as UNK or as
-nothing (impossible with byte fallback, counted anyway) gets the mean of A's regular rows (``fallback``).
+rows; a byte piece ``<0xNN>`` of B takes A's byte piece for the same byte, except for ASCII, where what each compiler
+*emits* for the character decides (``donor.char_ids``): a byte piece B emits for its character (a byte-level ISA)
+takes the row of what A emits for it (a subword A's ``a`` piece, not its never-emitted byte-fallback ``<0x61>``);
+one B never emits but A does (B has the character as a piece, A is byte-level) takes A's UNK row (``unused``: an
+opcode neither CPU predicts, rather than a copy of A's live row that would split the character's probability
+between two ids of B). A piece A can only encode as UNK or as nothing (impossible with byte fallback, counted
+anyway) gets the mean of A's regular rows (``fallback``).
 
 ``translate_ids`` is the other way to run foreign machine code: binary translation (decode with one compiler,
 re-encode with the other), the baseline a port has to beat.
@@ -36,7 +41,7 @@ from llmcpu.porting import donor as donor_lib
 PLAN_METHODS = ("align", "fvt")  # rows from the source alone (a ``RowPlan``)
 ROW_METHODS = (*PLAN_METHODS, *donor_lib.DONOR_METHODS)  # + rows that need a donor CPU of ISA B (porting.donor)
 META = "\u2581"  # SentencePiece's space marker: a piece "▁the" is the text " the"
-COUNT_KEYS = ("special", "copied", "byte", "fvt", "fallback")
+COUNT_KEYS = ("special", "copied", "byte", "unused", "fvt", "fallback")
 _BYTE_PIECE = re.compile(r"<0x([0-9A-F]{2})>")
 _FALLBACK: tuple[int, ...] = ()  # a source of no ids: the mean of A's regular rows
 _VOCAB_AXIS = "vocab"  # logical axis name of vocabulary-indexed parameter dims (llmcpu.models.layers)
@@ -82,12 +87,19 @@ def plan_rows(compiler_a: Compiler, compiler_b: Compiler, method: str) -> RowPla
   counts = dict.fromkeys(COUNT_KEYS, 0)
   counts["special"] = first
   a_ids = {piece: i for i, piece in enumerate(compiler_a.pieces) if i >= first}
+  a_chars, b_chars = donor_lib.char_ids(compiler_a), donor_lib.char_ids(compiler_b)
   texts: dict[int, str] = {}
   for j in range(first, compiler_b.vocab_size):
     piece = compiler_b.pieces[j]
-    if method == "align" and piece in a_ids:
+    byte = _byte_of(compiler_b, j)
+    if byte is not None and byte < 0x80 and b_chars.get(byte) == j:  # B's code for an ASCII character: A's
+      sources[j] = _segment(compiler_a, [chr(byte)])[0]
+      kind = "copied" if method == "align" and sources[j] == (a_ids.get(piece),) else "byte"
+    elif byte is not None and byte < 0x80 and a_ids.get(piece) is not None and a_chars.get(byte) == a_ids[piece]:
+      sources[j], kind = (specials.UNK_ID,), "unused"  # A emits this byte piece, B never does: an unused row
+    elif method == "align" and piece in a_ids:
       sources[j], kind = (a_ids[piece],), "copied"
-    elif (byte := _byte_of(compiler_b, j)) is not None:
+    elif byte is not None:
       sources[j], kind = _byte_source(byte, a_ids, compiler_a), "byte"
     else:
       texts[j] = piece.replace(META, " ")
@@ -139,6 +151,18 @@ def align_rows(table_a: np.ndarray, compiler_a: Compiler, compiler_b: Compiler) 
   """Shared pieces copied bit-exactly, the rest FVT: ([V_b, D] rows, counts ``copied``/``fvt``/``fallback``/…)."""
   plan = plan_rows(compiler_a, compiler_b, "align")
   return plan.apply(table_a), dict(plan.counts)
+
+
+def omp_rows(table_a, table_donor, compiler_a: Compiler, compiler_b: Compiler, k: int = donor_lib.DEFAULT_ATOMS):
+  """``omp`` (porting.donor) on align's rows: ([V_b, ...] rows in the source's dtype, counts)."""
+  base = plan_rows(compiler_a, compiler_b, "align").apply(table_a)
+  return donor_lib.omp_rows(table_a, table_donor, compiler_a, compiler_b, k, base=base)
+
+
+def procrustes_rows(table_a, table_donor, compiler_a: Compiler, compiler_b: Compiler):
+  """``procrustes`` (porting.donor) on align's rows: ([V_b, ...] rows in the source's dtype, counts)."""
+  base = plan_rows(compiler_a, compiler_b, "align").apply(table_a)
+  return donor_lib.procrustes_rows(table_a, table_donor, compiler_a, compiler_b, base=base)
 
 
 def check_portable(
@@ -232,11 +256,12 @@ def _row_rule(method: str, donor, target_model, compiler_a: Compiler, compiler_b
   except UserError as e:
     raise UserError(f"unfit donor CPU: {e}".replace("source and target", "the target and the donor")) from None
   theirs = dict(nnx.to_flat_state(nnx.state(donor, nnx.Param)))
+  plan = plan_rows(compiler_a, compiler_b, "align")
 
   def rows(path, table):
     var = theirs[path]
     donor_table = np.moveaxis(np.asarray(var[...]), _vocab_axis(var), 0)
-    return donor_lib.donor_rows(method, table, donor_table, compiler_a, compiler_b, atoms)
+    return donor_lib.donor_rows(method, table, donor_table, compiler_a, compiler_b, atoms, base=plan.apply(table))
 
   return rows
 
