@@ -133,3 +133,8 @@ def test_sweep_trains_then_reevaluates_without_training(tmp_path):
     k: sorted(os.stat(os.path.join(d, f)).st_mtime_ns for d, _, fs in os.walk(v) for f in fs) for k, v in ckpts.items()
   }
   assert after == mtimes
+  # The first report again: up to date, so nothing is re-evaluated, and its cross-evaluation seconds are kept.
+  c.report = "report"
+  experiments.run(c, workdir, log=lambda m: None)
+  kept = [json.loads(x) for x in open(os.path.join(workdir, "report", "sweep.jsonl"))]
+  assert [p["report_seconds"] for p in kept] == [p["report_seconds"] for p in lines]

@@ -116,16 +116,23 @@ class Sweep(base.Experiment):
     for (name, c), m in zip(self.points, self.matrices, strict=True):
       self.log(f"== sweep point {name}: cross-evaluation")
       # A report already newer than its checkpoints is skipped, and the matrix then rewrites its provenance with
-      # ≈ 0 s: keep the seconds of the cross-evaluation that made it.
+      # ≈ 0 s: the seconds of the cross-evaluation that made it are kept in <point>/<report>/eval_seconds.json.
       root = fs.join(m.workdir, c.report or "report")
-      before = _crosseval_seconds(fs.join(root, "experiment.json"))
+      kept = fs.join(root, "eval_seconds.json")
+      before = json.loads(fs.read_text(kept))["seconds"] if fs.exists(kept) else None
+      if before is None:
+        before = _crosseval_seconds(fs.join(root, "experiment.json"))
       stamps = {x.name: _stamp(fs.join(root, x.name, "results.jsonl")) for x in m.planned.corpora}
       m.t0 = time.time()
+      ran = False
       for corpus, out in m.report().items():
         reports[f"{name}/{corpus}"] = out
+        ran |= stamps.get(corpus) is None or stamps[corpus] != _stamp(fs.join(out, "results.jsonl"))
         lines.append(point_row(name, c, m.workdir, out))
-        if stamps.get(corpus) is not None and stamps[corpus] == _stamp(fs.join(out, "results.jsonl")):
-          lines[-1]["report_seconds"] = before
+      seconds = _crosseval_seconds(fs.join(root, "experiment.json")) if ran or before is None else before
+      fs.write_text(kept, json.dumps({"seconds": seconds}))
+      for line in lines[-len(m.planned.corpora) :]:
+        line["report_seconds"] = seconds
     root = fs.join(self.workdir, self.config.report or "report")
     fs.makedirs(root)
     fs.write_text(fs.join(root, "sweep.md"), sweep_markdown(lines) + "\n")
@@ -161,7 +168,6 @@ def point_row(name: str, c: ml_collections.ConfigDict, workdir: str, report_dir:
   native = next((r for r in rows if r.get("native")), None)
   foreign = [r for r in rows if not r.get("native") and native and r["checkpoint"] == native["checkpoint"]]
   trained = fs.join(workdir, "train_seconds.json")
-  evaluated = fs.join(report_dir, "..", "experiment.json")
   return {
     "point": name,
     "d_model": c.model.d_model,
@@ -182,7 +188,7 @@ def point_row(name: str, c: ml_collections.ConfigDict, workdir: str, report_dir:
     "foreign": {r["eval_isa"]: figures(r) for r in foreign},
     "baselines": {r["reference"]: figures(r) for r in calibration if r.get("reference") in _baseline_names()},
     "train_seconds": json.loads(fs.read_text(trained))["seconds"] if fs.exists(trained) else None,
-    "report_seconds": _crosseval_seconds(evaluated),
+    "report_seconds": None,  # filled in by the caller, which knows whether this report was made now
   }
 
 
@@ -213,8 +219,8 @@ def _baseline_names() -> tuple[str, ...]:
 def _crosseval_seconds(path: str) -> float | None:
   if not fs.exists(path):
     return None
-  seconds = json.loads(fs.read_text(path)).get("seconds", {})
-  return next((v for k, v in seconds.items() if k.startswith("crosseval")), None)
+  seconds = [v for k, v in json.loads(fs.read_text(path)).get("seconds", {}).items() if k.startswith("crosseval")]
+  return round(sum(seconds), 1) if seconds else None
 
 
 def _fig(d: dict | None, key: str) -> str:
