@@ -94,19 +94,9 @@ def test_sweep_trains_then_reevaluates_without_training(tmp_path):
     ("small32", 2, 3, 3 * 8 * 64),
     ("deeper", 3, 4, 4 * 8 * 64),
   ]
-  for p in lines:
-    results = [
-      json.loads(x)
-      for x in open(
-        os.path.join(
-          workdir,
-          p["point"],
-          "report",
-          next(iter(d for d in os.listdir(os.path.join(workdir, p["point"], "report")) if d != "experiment.json")),
-          "results.jsonl",
-        )
-      )
-    ]
+  for p, out in zip(lines, reports.values(), strict=True):
+    assert out.startswith(os.path.join(workdir, p["point"], "report") + os.sep)
+    results = [json.loads(x) for x in open(os.path.join(out, "results.jsonl"))]
     native = next(r for r in results if r["native"])
     assert p["native"]["bits_per_byte"] == native["bits_per_byte"]
     assert p["native"]["relevance_beyond_tail"] == native["relevance_beyond_tail"]
