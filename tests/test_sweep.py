@@ -27,7 +27,7 @@ def test_the_config_plans_every_point():
   c = sweep_file_config()
   assert c.kind == "sweep" and experiments.lookup(c) is sweep.Sweep
   got = {name: p for name, p in sweep.points(c)}
-  assert list(got) == ["tiny", "wide128", "wide256", "deep6", "long256"]
+  assert list(got) == ["tiny", "wide128", "wide256", "deep6", "long256", "tiny-s2000", "tiny-s4000"]
   # (d_model, d_ff, layers, length) of each point: the base's (64, 256, 2, 128) with only the named keys changed
   want = {
     "tiny": (64, 256, 2, 128),
@@ -35,10 +35,13 @@ def test_the_config_plans_every_point():
     "wide256": (256, 1024, 2, 128),
     "deep6": (64, 256, 6, 128),
     "long256": (64, 256, 2, 256),
+    "tiny-s2000": (64, 256, 2, 128),
+    "tiny-s4000": (64, 256, 2, 128),
   }
   for name, p in got.items():
     assert (p.model.d_model, p.model.d_ff, p.model.num_layers, p.data.length) == want[name], name
-    assert p.kind == "matrix" and "points" not in p and p.steps == 500 and p.crosseval.prompts == 128
+    steps = {"tiny-s2000": 2000, "tiny-s4000": 4000}.get(name, 500)
+    assert p.kind == "matrix" and "points" not in p and p.steps == steps and p.crosseval.prompts == 128
     assert p.compilers == "char,bpe:1000" and p.train_compilers == "char"
   assert c.model.d_model == 64  # the sweep's own config is left as it was
 

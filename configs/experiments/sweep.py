@@ -1,5 +1,7 @@
 """sweep: where does a CPU use its prompt beyond its last 8 bytes? Size first, then budget (issue 22).
 
+  python scripts/experiment.py --config=configs/experiments/sweep.py --workdir=runs/sweep [--config.report=NAME]
+
 The quickstart's setting (python_docs, tiny decoders, batch 16, 500 steps) with one CPU per point, on the char ISA,
 read natively and on one foreign column (bpe:1000), judged on 128 prompts (twice the quickstart's: narrower
 intervals). Each point is a whole matrix workdir, <workdir>/<point>/; the table lands in <workdir>/report/sweep.md.
@@ -28,6 +30,9 @@ def get_config():
       "wide256: model.d_model=256 model.d_ff=1024",
       "deep6: model.num_layers=6",
       "long256: data.length=256",  # the whole prompt + 96 bytes of output inside the trained length
+      # Then budget, on the size that is cheapest per token (no size separated on relevance beyond the tail at 500)
+      "tiny-s2000: steps=2000",
+      "tiny-s4000: steps=4000",
     ]
   )
   return c
