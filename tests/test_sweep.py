@@ -27,7 +27,7 @@ def test_the_config_plans_every_point():
   c = sweep_file_config()
   assert c.kind == "sweep" and experiments.lookup(c) is sweep.Sweep
   got = {name: p for name, p in sweep.points(c)}
-  assert list(got) == ["tiny", "wide128", "wide256", "deep6", "long256", "tiny-s2000", "tiny-s4000"]
+  assert list(got) == ["tiny", "wide128", "wide256", "deep6", "long256", "tiny-s2000", "tiny-s4000", "wide128-s2000"]
   # (d_model, d_ff, layers, length) of each point: the base's (64, 256, 2, 128) with only the named keys changed
   want = {
     "tiny": (64, 256, 2, 128),
@@ -37,10 +37,11 @@ def test_the_config_plans_every_point():
     "long256": (64, 256, 2, 256),
     "tiny-s2000": (64, 256, 2, 128),
     "tiny-s4000": (64, 256, 2, 128),
+    "wide128-s2000": (128, 512, 2, 128),
   }
   for name, p in got.items():
     assert (p.model.d_model, p.model.d_ff, p.model.num_layers, p.data.length) == want[name], name
-    steps = {"tiny-s2000": 2000, "tiny-s4000": 4000}.get(name, 500)
+    steps = {"tiny-s2000": 2000, "tiny-s4000": 4000, "wide128-s2000": 2000}.get(name, 500)
     assert p.kind == "matrix" and "points" not in p and p.steps == steps and p.crosseval.prompts == 128
     assert p.compilers == "char,bpe:1000" and p.train_compilers == "char"
   assert c.model.d_model == 64  # the sweep's own config is left as it was

@@ -33,6 +33,7 @@ def get_config():
       # Then budget, on the size that is cheapest per token (no size separated on relevance beyond the tail at 500)
       "tiny-s2000: steps=2000",
       "tiny-s4000: steps=4000",
+      "wide128-s2000: model.d_model=128 model.d_ff=512 steps=2000",  # budget on a wider CPU
     ]
   )
   return c
