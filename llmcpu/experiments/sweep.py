@@ -6,6 +6,7 @@ by corpus, architecture, ISA and seed only, so two sizes must not share one)::
 
   <workdir>/<point>/            a whole matrix workdir: compiled/, runs/, <report>/
   <workdir>/<point>/train_seconds.json   the wall time of the training that made the point's runs
+  <workdir>/<point>/<report>/eval_seconds.json   the wall time of the cross-evaluation that made that report
   <workdir>/<report>/sweep.md   one table line per point; sweep.jsonl (the same figures) and experiment.json
 
 ``stages`` trains every point first (the expensive part, resumable); ``report`` then cross-evaluates each point into
