@@ -30,6 +30,11 @@ def footprint(exp, workdir: str) -> list[cli.Access]:
   from llmcpu.experiments import base, matrix
   from llmcpu.training import run_config
 
+  if exp.get("kind") == "sweep":  # every point is a matrix workdir of its own, then the sweep's table
+    from llmcpu.experiments import sweep
+
+    out = [a for name, point in sweep.points(exp) for a in footprint(point, fs.join(workdir, name))]
+    return [*out, cli.write("dir", fs.join(workdir, exp.report or "report"))]
   if exp.get("kind") == "porting":
     pairs = [item.split(">") for item in base.split_list(exp.ports, "ports")]
     if any(len(pair) != 2 for pair in pairs):

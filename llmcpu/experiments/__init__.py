@@ -5,13 +5,14 @@
   damage     graded ISA drift: the matrix on partly permuted ISAs, plus its damage curves (``kind = "damage"``)
   porting    recovery curves of CPUs ported to another ISA by every method (``kind = "porting"``)
   swapping   encoders swapped across ISAs by every stitching variant (``kind = "swap"``)
+  sweep      the matrix at several sizes and budgets, one workdir per point, and one table (``kind = "sweep"``)
   languages  readouts of encoders' embeddings fed other encoders' embeddings; analogies (``kind = "languages"``)
 
 ``base`` holds the protocol (plan → stages → report), the registry, the stage runner and the report writer;
 ``tables`` the Markdown helpers.
 """
 
-from llmcpu.experiments import damage, languages, matrix, porting, swapping
+from llmcpu.experiments import damage, languages, matrix, porting, swapping, sweep
 from llmcpu.experiments.base import REGISTRY, Experiment, lookup, register, run
 
 __all__ = [
@@ -25,4 +26,5 @@ __all__ = [
   "register",
   "run",
   "swapping",
+  "sweep",
 ]
