@@ -54,9 +54,11 @@ def np_sinusoidal(pos, d, base=10_000.0):
   return np.concatenate([np.sin(ang), np.cos(ang)], axis=-1)
 
 
-def test_rotary_cross_attention_matches_numpy():
-  """Queries at target position + source length, keys at source position; padded sources and two segments."""
-  c = models.ModelConfig(arch="encoder_decoder", vocab_size=V, d_model=8, num_heads=2, cross_positions="rotary")
+@pytest.mark.parametrize("kind", ["rotary", "alibi"])
+def test_position_aware_cross_attention_matches_numpy(kind):
+  """Queries at target position + source length, keys at source position; padded sources and two segments.
+  rotary: q and k rotated; alibi: each head's scores minus slope_h · (query position − key position)."""
+  c = models.ModelConfig(arch="encoder_decoder", vocab_size=V, d_model=8, num_heads=2, cross_positions=kind)
   cross = attention.CrossAttention(c, num_layers=1, rngs=nnx.Rngs(0))
   rng = np.random.default_rng(3)
   x = rng.normal(size=(2, 5, 8))
@@ -84,10 +86,16 @@ def test_rotary_cross_attention_matches_numpy():
     np.asarray(attention.source_lengths(jnp.asarray(src_seg), jnp.asarray(tgt_seg), 2, 5, 7)), lengths
   )
   w_q, w_kv, w_out = (np.asarray(p[...], np.float64) for p in (cross.q, cross.kv, cross.out))
-  q = np_rotary(np.einsum("bld,dhk->blhk", x, w_q), tgt_pos + lengths)
-  k = np_rotary(np.einsum("bsd,dhk->bshk", enc, w_kv[:, :, 0]), src_pos)
+  q = np.einsum("bld,dhk->blhk", x, w_q)
+  k = np.einsum("bsd,dhk->bshk", enc, w_kv[:, :, 0])
+  if kind == "rotary":
+    q, k = np_rotary(q, tgt_pos + lengths), np_rotary(k, src_pos)
   v = np.einsum("bsd,dhk->bshk", enc, w_kv[:, :, 1])
   logits = np.einsum("bqhk,bshk->bhqs", q, k) / np.sqrt(q.shape[-1])
+  if kind == "alibi":
+    slopes = np.array([2.0**-4, 2.0**-8])  # 2^(-8h/H), H = 2
+    distance = (tgt_pos + lengths)[:, :, None] - src_pos[:, None, :]
+    logits = logits - slopes[None, :, None, None] * distance[:, None]
   allowed = (tgt_seg[:, None, :, None] == src_seg[:, None, None, :]) & (src_seg[:, None, None, :] != 0)
   logits = np.where(allowed, logits, -np.inf)
   with np.errstate(invalid="ignore"):  # a padded target's row is all -inf: NaN there, never compared
@@ -173,7 +181,10 @@ def _trained_two_steps(overrides):
   return nnx.merge(graphdef, state, rest)
 
 
-@pytest.mark.parametrize("overrides", [{}, NEW], ids=["old", "new"])
+ALIBI = dict(NEW, cross_positions="alibi")
+
+
+@pytest.mark.parametrize("overrides", [{}, NEW, ALIBI], ids=["old", "rotary", "alibi"])
 def test_causal_and_reads_the_source_after_two_steps(overrides):
   m = _trained_two_steps(overrides)
   src = ids(3, (B, 10))
@@ -197,8 +208,9 @@ def test_causal_and_reads_the_source_after_two_steps(overrides):
   np.testing.assert_array_equal(hidden[1], base[1])
 
 
-def test_cached_decoding_matches_teacher_forcing_with_the_new_design():
-  m = _trained_two_steps(NEW)
+@pytest.mark.parametrize("overrides", [NEW, ALIBI], ids=["rotary", "alibi"])
+def test_cached_decoding_matches_teacher_forcing_with_the_new_design(overrides):
+  m = _trained_two_steps(overrides)
   src = ids(8, (B, 10))
   src[1, 6:] = PAD_ID
   seg = jnp.asarray((src != PAD_ID).astype(np.int32))

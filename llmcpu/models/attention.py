@@ -78,6 +78,7 @@ def attend(
   *,
   impl: str = "xla",
   is_causal: bool = False,
+  bias: jax.Array | None = None,
 ) -> jax.Array:
   """softmax(q·kᵀ/√K + mask)·v. ``is_causal`` adds a causal mask (aligned at slot 0) on top of ``mask``.
 
@@ -88,6 +89,8 @@ def attend(
   is plain XLA, not cuDNN) and XLA otherwise; a pure causal mask goes in as ``is_causal`` so the fused kernel can
   skip the upper triangle.
   """
+  if bias is not None and impl != "xla":
+    raise UserError(f"an additive attention bias (cross_positions=alibi) needs attention_impl=xla, not {impl}")
   if impl == "chunked":
     return chunked_attend(q_BxQxHxK, k_BxSxHxK, v_BxSxHxK, mask, is_causal=is_causal)
   if impl == "cudnn":
@@ -107,6 +110,8 @@ def attend(
     mask = combine(mask, causal_mask(q_BxQxHxK.shape[1], k_BxSxHxK.shape[1]))
   q_BxQxHxK = q_BxQxHxK * jnp.asarray(q_BxQxHxK.shape[-1] ** -0.5, q_BxQxHxK.dtype)  # scale [Q,K], not [Q,S]
   logits_BxHxQxS = jnp.einsum("bqhk,bshk->bhqs", q_BxQxHxK, k_BxSxHxK, preferred_element_type=jnp.float32)
+  if bias is not None:  # [B|1, H, Q, S] float32
+    logits_BxHxQxS = logits_BxHxQxS + bias
   if mask is not None:
     logits_BxHxQxS = jnp.where(mask, logits_BxHxQxS, _NEG)
   # Softmax with the normalisation applied after the value matmul (to [Q, K] instead of [Q, S]): ~15% faster
@@ -258,9 +263,12 @@ class CrossAttention(_Output):
   """Attention from decoder states to an encoded sequence: q [D, H, K], fused kv [D, H, 2, K].
 
   With ``config.cross_positions == 'rotary'`` keys are rotated by their source position and queries by their target
-  position plus the source length (``cross_query_positions``): the score of a (target, source) pair then depends
-  on ``target + source length − source``, so "the last source token" (its EOS) is distance ``target + 1`` from every
-  target row whatever the source's length, as a decoder's own prompt end is."""
+  position plus the source length: the score of a (target, source) pair then depends on ``target + source length −
+  source``, so "the last source token" (its EOS) is distance ``target + 1`` from every target row whatever the
+  source's length, as a decoder's own prompt end is. ``'alibi'`` (Press et al. 2022) instead subtracts
+  ``slope_h · (target + source length − source)`` from each head's scores (slopes 2^(−8h/H), h = 1…H): the same
+  relative distance, with a prior towards the source's end from the first step, as causal locality gives a
+  decoder (XLA attention only)."""
 
   def __init__(self, config: ModelConfig, *, num_layers: int, rngs: nnx.Rngs):
     # cross_zero_init: the cross branch adds nothing at first, the decoder starts as a plain LM.
@@ -268,7 +276,9 @@ class CrossAttention(_Output):
     h, k, d = config.num_heads, config.head_dim, config.d_model
     self.impl, self.dtype = config.attention_impl, config.compute_dtype
     self.rotary = config.cross_positions == "rotary"
+    self.alibi = config.cross_positions == "alibi"
     self.rope_base = config.rope_base
+    self.slopes = tuple(2.0 ** (-8.0 * (i + 1) / h) for i in range(h))
     self.q = param(rngs, normal(d**-0.5), (d, h, k), ("embed", "heads", "kv"))
     self.kv = param(rngs, normal(d**-0.5), (d, h, 2, k), ("embed", "heads", None, "kv"))
 
@@ -279,7 +289,10 @@ class CrossAttention(_Output):
     k = kv_BxSxHx2xK[..., 0, :]
     if self.rotary:
       k = rotary(k, positions_BxS, self.rope_base)
-    return {"k": k, "v": kv_BxSxHx2xK[..., 1, :]}
+    out = {"k": k, "v": kv_BxSxHx2xK[..., 1, :]}
+    if self.alibi:  # the bias needs the keys' positions at every decoding step
+      out["pos"] = jnp.asarray(positions_BxS, jnp.int32)
+    return out
 
   def __call__(
     self,
@@ -298,6 +311,10 @@ class CrossAttention(_Output):
     q = dense(x_BxLxD, self.q[...].astype(self.dtype))
     if self.rotary:
       q = rotary(q, positions_BxL, self.rope_base)
+    if self.alibi:
+      distance_BxLxS = (positions_BxL[:, :, None] - kv["pos"][:, None, :]).astype(jnp.float32)
+      bias = -jnp.asarray(self.slopes, jnp.float32)[None, :, None, None] * distance_BxLxS[:, None]
+      return self.project(attend(q, kv["k"], kv["v"], mask, impl="xla", bias=bias))
     return self.project(attend(q, kv["k"], kv["v"], mask, impl=self.impl))
 
 

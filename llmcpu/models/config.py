@@ -29,7 +29,7 @@ _CHOICES = {
   "illegal_id_policy": ("unk", "error"),
   "stitch": ("", "linear"),
   "encoder_positions": ("", "learned", "sinusoidal"),
-  "cross_positions": ("", "rotary"),
+  "cross_positions": ("", "rotary", "alibi"),
 }
 
 # The encoder_decoder design (issue 23). A field's dataclass default is always the *old* design, so a checkpoint
@@ -84,7 +84,8 @@ class ModelConfig:
     ""  # absolute positions added at the encoder input, on top of `positions`: learned|sinusoidal
   )
   cross_positions: str = ""  # 'rotary': cross-attention rotates keys by source position, queries by target position
-  #   + the source length, so "the source's last token" is a fixed relative distance from every target token
+  #   + the source length, so "the source's last token" is a fixed relative distance from every target token;
+  #   'alibi': a per-head linear penalty on that same distance (a prior towards the source's end)
   cross_zero_init: bool = False  # cross-attention output projections start at zero (the decoder starts as an LM)
 
   def __post_init__(self):
@@ -113,9 +114,9 @@ class ModelConfig:
       raise UserError(
         f"model.encoder_positions, cross_positions and cross_zero_init belong to an encoder_decoder, not a {self.arch}"
       )
-    if self.cross_positions == "rotary" and self.pool:
+    if self.cross_positions and self.pool:
       raise UserError(
-        "model.cross_positions=rotary needs every encoder state (pool=0): pooled vectors have no position"
+        f"model.cross_positions={self.cross_positions} needs every encoder state (pool=0): pooled vectors have none"
       )
     if self.cross_positions == "rotary" and self.head_dim % 2:
       raise UserError(f"rotary cross-attention needs an even head_dim; got d_model/num_heads={self.head_dim}")

@@ -152,7 +152,7 @@ class TransformerStack(nnx.Module):
       else:
         cross_mask = attention.key_mask(encoder_segment_ids != 0)
     cross_positions = source_positions = None
-    if self.cross and self.config.cross_positions == "rotary":
+    if self.cross and self.config.cross_positions:
       src_len = encoded.shape[1]
       source_positions = attention.source_positions(encoder_segment_ids, batch, src_len)
       lengths = attention.source_lengths(encoder_segment_ids, segment_ids, batch, length, src_len)
@@ -199,7 +199,7 @@ class TransformerStack(nnx.Module):
         encoder_valid = jnp.ones(encoded.shape[:2], bool)
       valid = jnp.asarray(encoder_valid).astype(jnp.int32)
       source_positions = None
-      if self.config.cross_positions == "rotary":  # a source is its valid tokens, counted from 0
+      if self.config.cross_positions:  # a source is its valid tokens, counted from 0
         source_positions = jnp.maximum(jnp.cumsum(valid, axis=1) - 1, 0) * valid
         cache["cross_offset"] = jnp.sum(valid, axis=1, dtype=jnp.int32)
       cache["cross"] = tuple(layer.cross.project_kv(encoded, source_positions) for layer in self.layers)
