@@ -119,3 +119,12 @@ def test_measure_and_script_on_trained_checkpoints(compile_dir, tmp_path):
   assert p.stdout.count("bits per byte own") == 2 and len(out.read_text().splitlines()) == 2
   p = subprocess.run(cmd[:3] + ["--prompt_bytes=0"], capture_output=True, text=True, env=env, timeout=300)
   assert p.returncode != 0 and "error:" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_prompts_longer_than_the_cpu_reads_are_refused(docs_of):
+  comp, split, raw, cuts, ends, docs = docs_of
+  model = models.create("decoder", "tiny", comp.vocab_size, seed=3)
+  with pytest.raises(UserError, match="lower --prompt_bytes"):
+    prompt_gap.prompt_gap(model, "decoder", comp, split, cuts, ends, docs, max_row_ids=10)
+  with pytest.raises(UserError, match="lower --prompt_bytes"):
+    prompt_gap.prompt_gap(model, "encoder_decoder", comp, split, cuts, ends, docs, max_prompt_ids=5)

@@ -179,10 +179,12 @@ def prompt_gap(
   head_bytes: int = HEAD_BYTES,
   seed: int = 0,
   max_prompt_ids: int = 0,
+  max_row_ids: int = 0,
   batch_size: int = 32,
 ) -> dict:
   """The gap of one CPU (``model`` of ``arch``, ISA ``comp``, ``split`` its compile of the documents) over ``docs``
-  (each with a cut and an end). ``max_prompt_ids``: the most ids of prompt the CPU was trained to read (0 = any)."""
+  (each with a cut and an end). ``max_prompt_ids``: the most ids of prompt an encoder-decoder was trained to read;
+  ``max_row_ids``: the longest row a decoder was trained on ([BOS] + prompt + target); 0 = any."""
   parts = [split_ids(comp, split, d, cuts[d], ends[d]) for d in docs]
   prompts, targets, nbytes = (list(x) for x in zip(*parts, strict=True))
   longest = max(len(p) for p in prompts)
@@ -190,6 +192,12 @@ def prompt_gap(
     raise UserError(
       f"a prompt is {longest} ids of ISA {comp.name}, more than the {max_prompt_ids} this CPU reads: "
       "lower --prompt_bytes"
+    )
+  row = 1 + max(len(p) + len(t) for p, t in zip(prompts, targets, strict=True))
+  if max_row_ids and row > max_row_ids:
+    raise UserError(
+      f"a prompt and its target are {row} ids of ISA {comp.name} with BOS, longer than the {max_row_ids} this decoder "
+      "was trained on: lower --prompt_bytes or --target_bytes"
     )
   other = derangement(len(docs), seed)
   nll_own = target_nll(model, arch, prompts, targets, batch_size=batch_size)
@@ -244,9 +252,21 @@ def measure(
     arch = meta["model_config"]["arch"]
     data = meta["config"]["data"]
     limit = data["input_length"] - 1 if arch == "encoder_decoder" else 0
+    row_limit = data["length"] if arch == "decoder" else 0
     s = lib.split(lib.corpus_name(corpus, comp), comp, split)
     row = prompt_gap(
-      model, arch, comp, s, cuts, ends, docs, clusters=clusters, head_bytes=head_bytes, seed=seed, max_prompt_ids=limit
+      model,
+      arch,
+      comp,
+      s,
+      cuts,
+      ends,
+      docs,
+      clusters=clusters,
+      head_bytes=head_bytes,
+      seed=seed,
+      max_prompt_ids=limit,
+      max_row_ids=row_limit,
     )
     row.update(checkpoint=str(path), arch=arch, isa=comp.name, corpus=corpus, split=split)
     row.update(prompt_bytes=prompt_bytes, target_bytes=target_bytes, seed=seed)
