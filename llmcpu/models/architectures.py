@@ -23,9 +23,9 @@ from flax.errors import TraceContextError
 
 from llmcpu.errors import UserError
 from llmcpu.models.config import ModelConfig
-from llmcpu.models.layers import Embed, Head, Prefix, Stitch
+from llmcpu.models.layers import Embed, Head, LearnedPositions, Prefix, Stitch, sinusoidal
 from llmcpu.models.opcodes import IllegalOpcodes, check_eager, sanitize_ids
-from llmcpu.models.transformer import Cache, TransformerStack
+from llmcpu.models.transformer import Cache, TransformerStack, segment_positions
 from llmcpu.specials import PAD_ID
 
 
@@ -156,6 +156,8 @@ class EncoderDecoder(_LanguageModel):
     if config.pool:
       dtype = config.compute_dtype
       self.prefix = Prefix(config.d_model, config.pool, config.d_model, config.relative, rngs=rngs, dtype=dtype)
+    if config.encoder_positions == "learned":  # created last: every other parameter is drawn as without it
+      self.encoder_pos = LearnedPositions(enc, rngs=rngs)
 
   def encode(
     self, encoder_ids: jax.Array, *, segment_ids: jax.Array | None = None, positions: jax.Array | None = None
@@ -173,7 +175,21 @@ class EncoderDecoder(_LanguageModel):
       x_BxLxD = self.embed_ids(ids, positions)
     else:
       x_BxLxD = self._embed_with(self.encoder_embed, c.encoder_config, ids, positions)
+    if c.encoder_positions:  # absolute positions at the encoder input, on top of the stack's own (issue 23)
+      x_BxLxD = x_BxLxD + self._absolute(x_BxLxD, segment_ids, positions)
     return self.encoder(x_BxLxD, segment_ids=segment_ids, positions=positions)
+
+  def _absolute(self, x_BxLxD: jax.Array, segment_ids: jax.Array | None, positions: jax.Array | None) -> jax.Array:
+    """``encoder_positions``' encodings [B, L, D] of the source positions (the stack's defaults when not given)."""
+    batch, length = x_BxLxD.shape[:2]
+    if positions is None:
+      if segment_ids is not None:
+        positions = segment_positions(segment_ids)
+      else:
+        positions = jnp.broadcast_to(jnp.arange(length), (batch, length))
+    if self.config.encoder_positions == "learned":
+      return self.encoder_pos(positions).astype(x_BxLxD.dtype)
+    return sinusoidal(positions, x_BxLxD.shape[-1], x_BxLxD.dtype)
 
   def embedding(
     self, encoder_ids: jax.Array, *, segment_ids: jax.Array | None = None, positions: jax.Array | None = None

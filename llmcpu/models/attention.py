@@ -78,6 +78,7 @@ def attend(
   *,
   impl: str = "xla",
   is_causal: bool = False,
+  bias: jax.Array | None = None,
 ) -> jax.Array:
   """softmax(q·kᵀ/√K + mask)·v. ``is_causal`` adds a causal mask (aligned at slot 0) on top of ``mask``.
 
@@ -88,6 +89,8 @@ def attend(
   is plain XLA, not cuDNN) and XLA otherwise; a pure causal mask goes in as ``is_causal`` so the fused kernel can
   skip the upper triangle.
   """
+  if bias is not None and impl != "xla":
+    raise UserError(f"an additive attention bias (cross_positions=alibi) needs attention_impl=xla, not {impl}")
   if impl == "chunked":
     return chunked_attend(q_BxQxHxK, k_BxSxHxK, v_BxSxHxK, mask, is_causal=is_causal)
   if impl == "cudnn":
@@ -107,6 +110,8 @@ def attend(
     mask = combine(mask, causal_mask(q_BxQxHxK.shape[1], k_BxSxHxK.shape[1]))
   q_BxQxHxK = q_BxQxHxK * jnp.asarray(q_BxQxHxK.shape[-1] ** -0.5, q_BxQxHxK.dtype)  # scale [Q,K], not [Q,S]
   logits_BxHxQxS = jnp.einsum("bqhk,bshk->bhqs", q_BxQxHxK, k_BxSxHxK, preferred_element_type=jnp.float32)
+  if bias is not None:  # [B|1, H, Q, S] float32
+    logits_BxHxQxS = logits_BxHxQxS + bias
   if mask is not None:
     logits_BxHxQxS = jnp.where(mask, logits_BxHxQxS, _NEG)
   # Softmax with the normalisation applied after the value matmul (to [Q, K] instead of [Q, S]): ~15% faster
@@ -206,9 +211,12 @@ def init_layer_cache(config: ModelConfig, batch_size: int, max_len: int) -> dict
 class _Output(nnx.Module):
   """Shared output projection [H, K, D] → D."""
 
-  def __init__(self, config: ModelConfig, num_layers: int, rngs: nnx.Rngs):
+  def __init__(self, config: ModelConfig, num_layers: int, rngs: nnx.Rngs, zero: bool = False):
     h, k, d = config.num_heads, config.head_dim, config.d_model
-    self.out = param(rngs, normal((d * 2 * num_layers) ** -0.5), (h, k, d), ("heads", "kv", "embed"))
+    init = normal((d * 2 * num_layers) ** -0.5)
+    if zero:  # drawn and discarded, so every later parameter is the same as without it
+      init = lambda key, shape, dt: 0.0 * normal(1.0)(key, shape, dt)  # noqa: E731
+    self.out = param(rngs, init, (h, k, d), ("heads", "kv", "embed"))
 
   def project(self, y_BxLxHxK: jax.Array) -> jax.Array:
     return dense(y_BxLxHxK, self.out[...].astype(y_BxLxHxK.dtype), n_in=2)
@@ -285,19 +293,39 @@ class SelfAttention(_Output):
 
 
 class CrossAttention(_Output):
-  """Attention from decoder states to an encoded sequence: q [D, H, K], fused kv [D, H, 2, K]."""
+  """Attention from decoder states to an encoded sequence: q [D, H, K], fused kv [D, H, 2, K].
+
+  With ``config.cross_positions == 'rotary'`` keys are rotated by their source position and queries by their target
+  position plus the source length: the score of a (target, source) pair then depends on ``target + source length −
+  source``, so "the last source token" (its EOS) is distance ``target + 1`` from every target row whatever the
+  source's length, as a decoder's own prompt end is. ``'alibi'`` (Press et al. 2022) instead subtracts
+  ``slope_h · (target + source length − source)`` from each head's scores (slopes 2^(−8h/H), h = 1…H): the same
+  relative distance, with a prior towards the source's end from the first step, as causal locality gives a
+  decoder (XLA attention only)."""
 
   def __init__(self, config: ModelConfig, *, num_layers: int, rngs: nnx.Rngs):
-    super().__init__(config, num_layers, rngs)
-    self.impl, self.dtype = config.attention_impl, config.compute_dtype
+    # cross_zero_init: the cross branch adds nothing at first, the decoder starts as a plain LM.
+    super().__init__(config, num_layers, rngs, zero=config.cross_zero_init)
     h, k, d = config.num_heads, config.head_dim, config.d_model
+    self.impl, self.dtype = config.attention_impl, config.compute_dtype
+    self.rotary = config.cross_positions == "rotary"
+    self.alibi = config.cross_positions == "alibi"
+    self.rope_base = config.rope_base
+    self.slopes = tuple(2.0 ** (-8.0 * (i + 1) / h) for i in range(h))
     self.q = param(rngs, normal(d**-0.5), (d, h, k), ("embed", "heads", "kv"))
     self.kv = param(rngs, normal(d**-0.5), (d, h, 2, k), ("embed", "heads", None, "kv"))
 
-  def project_kv(self, encoded_BxSxD: jax.Array) -> dict[str, jax.Array]:
-    """Keys/values of the encoded sequence; decoding computes them once and keeps them in the cache."""
+  def project_kv(self, encoded_BxSxD: jax.Array, positions_BxS: jax.Array | None = None) -> dict[str, jax.Array]:
+    """Keys/values of the encoded sequence (keys rotated by ``positions_BxS`` with rotary cross-attention);
+    decoding computes them once and keeps them in the cache."""
     kv_BxSxHx2xK = dense(encoded_BxSxD.astype(self.dtype), self.kv[...].astype(self.dtype))
-    return {"k": kv_BxSxHx2xK[..., 0, :], "v": kv_BxSxHx2xK[..., 1, :]}
+    k = kv_BxSxHx2xK[..., 0, :]
+    if self.rotary:
+      k = rotary(k, positions_BxS, self.rope_base)
+    out = {"k": k, "v": kv_BxSxHx2xK[..., 1, :]}
+    if self.alibi:  # the bias needs the keys' positions at every decoding step
+      out["pos"] = jnp.asarray(positions_BxS, jnp.int32)
+    return out
 
   def __call__(
     self,
@@ -306,8 +334,47 @@ class CrossAttention(_Output):
     mask: jax.Array | None,
     encoded_BxSxD: jax.Array | None = None,
     kv: dict[str, jax.Array] | None = None,
+    positions_BxL: jax.Array | None = None,
+    source_positions_BxS: jax.Array | None = None,
   ) -> jax.Array:
+    """``positions_BxL`` (queries) and ``source_positions_BxS`` (keys, when ``kv`` is not given) are used only by
+    rotary cross-attention."""
     if kv is None:
-      kv = self.project_kv(encoded_BxSxD)
+      kv = self.project_kv(encoded_BxSxD, source_positions_BxS)
     q = dense(x_BxLxD, self.q[...].astype(self.dtype))
+    if self.rotary:
+      q = rotary(q, positions_BxL, self.rope_base)
+    if self.alibi:
+      distance_BxLxS = (positions_BxL[:, :, None] - kv["pos"][:, None, :]).astype(jnp.float32)
+      bias = -jnp.asarray(self.slopes, jnp.float32)[None, :, None, None] * distance_BxLxS[:, None]
+      return self.project(attend(q, kv["k"], kv["v"], mask, impl="xla", bias=bias))
     return self.project(attend(q, kv["k"], kv["v"], mask, impl=self.impl))
+
+
+def source_positions(encoder_segment_ids_BxS: jax.Array | None, batch: int, length: int) -> jax.Array:
+  """[B, S] each source token's position within its segment (0 … S-1 without segment ids)."""
+  if encoder_segment_ids_BxS is None:
+    return jnp.broadcast_to(jnp.arange(length), (batch, length))
+  seg = jnp.asarray(encoder_segment_ids_BxS)
+  earlier = jnp.arange(length)[None, :] < jnp.arange(length)[:, None]
+  count = jnp.sum((seg[:, :, None] == seg[:, None, :]) & earlier[None], axis=-1, dtype=jnp.int32)
+  return jnp.where(seg != 0, count, 0)
+
+
+def source_lengths(
+  encoder_segment_ids_BxS: jax.Array | None,
+  segment_ids_BxL: jax.Array | None,
+  batch: int,
+  length: int,
+  source_length: int,
+) -> jax.Array:
+  """[B, L] the length of the source each target token reads: the source tokens of its segment (all non-pad ones
+  without target segment ids; all ``source_length`` without source segment ids)."""
+  if encoder_segment_ids_BxS is None:
+    return jnp.full((batch, length), source_length, jnp.int32)
+  src = jnp.asarray(encoder_segment_ids_BxS)
+  if segment_ids_BxL is None:
+    n_B = jnp.sum(src != 0, axis=-1, dtype=jnp.int32)
+    return jnp.broadcast_to(n_B[:, None], (batch, length))
+  same = (jnp.asarray(segment_ids_BxL)[:, :, None] == src[:, None, :]) & (src[:, None, :] != 0)
+  return jnp.sum(same, axis=-1, dtype=jnp.int32)

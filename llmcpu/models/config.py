@@ -30,7 +30,14 @@ _CHOICES = {
   "stitch": ("", "linear"),
   "attention_bias": ("", "qkv", "all"),
   "rope_scaling": ("", "linear", "llama3"),
+  "encoder_positions": ("", "learned", "sinusoidal"),
+  "cross_positions": ("", "rotary", "alibi"),
 }
+
+# The encoder_decoder design (issue 23). A field's dataclass default is always the *old* design, so a checkpoint
+# whose saved config predates the field reads back as what it was trained as; the design a new encoder_decoder
+# gets is in ``ENCODER_DECODER_DESIGN``, applied by ``presets`` (so by every training config).
+ENCODER_DECODER_DESIGN: dict[str, Any] = {}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,6 +91,14 @@ class ModelConfig:
   rope_low_freq_factor: float = 1.0  # llama3 only
   rope_high_freq_factor: float = 4.0  # llama3 only
   rope_original_max_len: int = 8192  # llama3 only: the context length the model was pretrained with
+  # encoder_decoder only (issue 23; '' / False = the design before it):
+  encoder_positions: str = (
+    ""  # absolute positions added at the encoder input, on top of `positions`: learned|sinusoidal
+  )
+  cross_positions: str = ""  # 'rotary': cross-attention rotates keys by source position, queries by target position
+  #   + the source length, so "the source's last token" is a fixed relative distance from every target token;
+  #   'alibi': a per-head linear penalty on that same distance (a prior towards the source's end)
+  cross_zero_init: bool = False  # cross-attention output projections start at zero (the decoder starts as an LM)
 
   def __post_init__(self):
     if isinstance(self.encoder_config, Mapping):  # read back from a checkpoint's (JSON) metadata
@@ -118,6 +133,19 @@ class ModelConfig:
       raise UserError(f"model.num_decoder_layers={self.num_decoder_layers} must be positive")
     if (self.encoder_config is not None or self.stitch or self.pool) and self.arch != "encoder_decoder":
       raise UserError(f"model.encoder_config, stitch and pool belong to an encoder_decoder, not a {self.arch}")
+    enc_dec_only = self.encoder_positions or self.cross_positions or self.cross_zero_init
+    if enc_dec_only and self.arch != "encoder_decoder":
+      raise UserError(
+        f"model.encoder_positions, cross_positions and cross_zero_init belong to an encoder_decoder, not a {self.arch}"
+      )
+    if self.cross_positions and self.pool:
+      raise UserError(
+        f"model.cross_positions={self.cross_positions} needs every encoder state (pool=0): pooled vectors have none"
+      )
+    if self.cross_positions == "rotary" and self.head_dim % 2:
+      raise UserError(f"rotary cross-attention needs an even head_dim; got d_model/num_heads={self.head_dim}")
+    if self.encoder_positions == "sinusoidal" and self.encoder.d_model % 2:
+      raise UserError(f"sinusoidal encoder positions need an even d_model; got {self.encoder.d_model}")
     if self.pool < 0 or self.relative < 0 or (self.relative and not self.pool):
       raise UserError(f"model.pool={self.pool} and model.relative={self.relative}: relative anchors need pool > 0")
     enc = self.encoder_config
@@ -192,7 +220,15 @@ def presets(preset: str, arch: str | None = None) -> dict[str, Any]:
   fields = copy.deepcopy(PRESETS[preset])
   if arch == "encoder_decoder":
     fields["num_layers"] = max(2, fields["num_layers"] // 2)
+    fields.update(ENCODER_DECODER_DESIGN)
   return fields
+
+
+def saved_fields(saved: Mapping[str, Any]) -> dict[str, Any]:
+  """A saved model config (a checkpoint's ``model_config`` or training ``model`` block) with every field it lacks
+  at its dataclass default, i.e. the design it was trained with, never today's preset."""
+  known = {f.name: f.default for f in dataclasses.fields(ModelConfig)}
+  return {**known, **{k: v for k, v in saved.items() if k in known or k == "preset"}}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -215,6 +251,8 @@ def _extra_tables(c: ModelConfig) -> int:
   total = (e.vocab_size * e.d_model if e else 0) + ((c.encoder.d_model + 1) * c.d_model if c.stitch else 0)
   if c.pool:  # the prefix projection: (relative anchors or D) + 1 → k·D
     total += ((c.relative or c.d_model) + 1) * c.pool * c.d_model
+  if c.encoder_positions == "learned":  # the encoder input's absolute position table
+    total += c.encoder.max_len * c.encoder.d_model
   return total
 
 

@@ -57,7 +57,10 @@ class Block(nnx.Module):
     cross_kv: dict[str, jax.Array] | None = None,
     cache: dict[str, jax.Array] | None = None,
     cache_index: jax.Array | None = None,
+    cross_positions_BxL: jax.Array | None = None,
+    source_positions_BxS: jax.Array | None = None,
   ) -> tuple[jax.Array, dict[str, jax.Array] | None]:
+    """``cross_positions_BxL``/``source_positions_BxS``: query and key positions of rotary cross-attention."""
     y, cache = self.attn(
       self.attn_norm(x_BxLxD),
       positions_BxL=positions_BxL,
@@ -69,7 +72,12 @@ class Block(nnx.Module):
     x_BxLxD = x_BxLxD + y
     if self.has_cross:
       x_BxLxD = x_BxLxD + self.cross(
-        self.cross_norm(x_BxLxD), mask=cross_mask, encoded_BxSxD=encoded_BxSxD, kv=cross_kv
+        self.cross_norm(x_BxLxD),
+        mask=cross_mask,
+        encoded_BxSxD=encoded_BxSxD,
+        kv=cross_kv,
+        positions_BxL=cross_positions_BxL,
+        source_positions_BxS=source_positions_BxS,
       )
     return x_BxLxD + self.mlp(self.mlp_norm(x_BxLxD)), cache
 
@@ -79,13 +87,21 @@ REMAT_POLICIES = {"dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveab
 
 
 def _remat(policy: str, causal: bool):
-  """One block's full-sequence pass, ``fn(layer, x, positions, mask, cross_mask, encoded) → x``, wrapped in
+  """One block's full-sequence pass, ``fn(layer, x, positions, mask, cross_mask, encoded, cross_pos, src_pos) → x``,
+  wrapped in
   ``nnx.remat`` per ``model.remat``: 'none' keeps every intermediate, 'dots' the weight matmuls' outputs (not the
   [B, H, Q, S] attention scores, which are batched dots), 'full' only the block's inputs."""
 
-  def run(layer, x_BxLxD, positions, mask, cross_mask, encoded):
+  def run(layer, x_BxLxD, positions, mask, cross_mask, encoded, cross_positions=None, source_positions=None):
     out, _ = layer(
-      x_BxLxD, positions_BxL=positions, mask=mask, is_causal=causal, cross_mask=cross_mask, encoded_BxSxD=encoded
+      x_BxLxD,
+      positions_BxL=positions,
+      mask=mask,
+      is_causal=causal,
+      cross_mask=cross_mask,
+      encoded_BxSxD=encoded,
+      cross_positions_BxL=cross_positions,
+      source_positions_BxS=source_positions,
     )
     return out
 
@@ -135,10 +151,16 @@ class TransformerStack(nnx.Module):
         cross_mask = attention.segment_mask(segment_ids, encoder_segment_ids)
       else:
         cross_mask = attention.key_mask(encoder_segment_ids != 0)
+    cross_positions = source_positions = None
+    if self.cross and self.config.cross_positions:
+      src_len = encoded.shape[1]
+      source_positions = attention.source_positions(encoder_segment_ids, batch, src_len)
+      lengths = attention.source_lengths(encoder_segment_ids, segment_ids, batch, length, src_len)
+      cross_positions = positions + lengths
     x_BxLxD = self._add_positions(x_BxLxD, positions)
     run = _remat(self.config.remat, self.causal)
     for layer in self.layers:
-      x_BxLxD = run(layer, x_BxLxD, positions, mask, cross_mask, encoded)
+      x_BxLxD = run(layer, x_BxLxD, positions, mask, cross_mask, encoded, cross_positions, source_positions)
     return self.final_norm(x_BxLxD)
 
   def tapped(self, x_BxLxD: jax.Array, tap: int) -> tuple[jax.Array, jax.Array]:
@@ -175,7 +197,12 @@ class TransformerStack(nnx.Module):
     if self.cross:
       if encoder_valid is None:
         encoder_valid = jnp.ones(encoded.shape[:2], bool)
-      cache["cross"] = tuple(layer.cross.project_kv(encoded) for layer in self.layers)
+      valid = jnp.asarray(encoder_valid).astype(jnp.int32)
+      source_positions = None
+      if self.config.cross_positions:  # a source is its valid tokens, counted from 0
+        source_positions = jnp.maximum(jnp.cumsum(valid, axis=1) - 1, 0) * valid
+        cache["cross_offset"] = jnp.sum(valid, axis=1, dtype=jnp.int32)
+      cache["cross"] = tuple(layer.cross.project_kv(encoded, source_positions) for layer in self.layers)
       cache["cross_mask"] = attention.key_mask(encoder_valid)
     return cache
 
@@ -190,6 +217,7 @@ class TransformerStack(nnx.Module):
       valid = jnp.ones((batch, length), bool)
     kv_valid_BxT = jax.lax.dynamic_update_slice(cache["valid"], valid.astype(bool), (0, index))
     mask = attention.key_mask(kv_valid_BxT) & attention.causal_mask(length, kv_valid_BxT.shape[1], index)
+    cross_positions = positions + cache["cross_offset"][:, None] if "cross_offset" in cache else None
     x_BxLxD = self._add_positions(x_BxLxD, positions)
     new_layers = []
     for i, layer in enumerate(self.layers):
@@ -202,6 +230,7 @@ class TransformerStack(nnx.Module):
         cross_kv=cache["cross"][i] if self.cross else None,
         cache=cache["layers"][i],
         cache_index=index,
+        cross_positions_BxL=cross_positions,
       )
       new_layers.append(layer_cache)
     new_cache = dict(cache, index=index + length, valid=kv_valid_BxT, layers=tuple(new_layers))

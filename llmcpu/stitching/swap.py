@@ -56,7 +56,8 @@ def encoder_config_of(meta: dict, path: str) -> dict:
     )
   if mc.get("encoder_config") or mc.get("stitch"):
     raise UserError(f"{path} is itself stitched; swap in the encoder of a CPU trained as one")
-  return {**mc, "arch": "encoder", "num_decoder_layers": None, "encoder_config": None, "stitch": ""}
+  enc_dec_only = {"encoder_positions": "", "cross_positions": "", "cross_zero_init": False}  # not an encoder's
+  return {**mc, "arch": "encoder", "num_decoder_layers": None, "encoder_config": None, "stitch": "", **enc_dec_only}
 
 
 def swap_config(

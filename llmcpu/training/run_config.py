@@ -12,7 +12,7 @@ import math
 import ml_collections
 
 from llmcpu.errors import UserError
-from llmcpu.models.config import ModelConfig, presets
+from llmcpu.models.config import ModelConfig, presets, saved_fields
 
 # Training-size presets, paired with the model presets of the same name.
 TRAIN_PRESETS = {
@@ -93,6 +93,10 @@ def checkpoint_config(old: dict) -> ml_collections.ConfigDict:
   """A checkpoint's training config on today's keys: the preset's defaults, overlaid with every value it has (a run
   continued from a checkpoint — a port, a stitch — starts from its source's config)."""
   c = base_config(old["model"]["arch"], old["model"].get("preset") or "tiny")
+  # A model key the checkpoint lacks predates it: it was trained with that key's dataclass default (the old
+  # design), not with what today's preset gives a new model (e.g. the encoder_decoder design of issue 23).
+  old = {**old, "model": saved_fields(old["model"])}
+  old["model"]["num_decoder_layers"] = old["model"]["num_decoder_layers"] or 0  # 0 = same as num_layers
   for key, value in old.items():
     if isinstance(value, dict) and key in c:
       for k, v in value.items():

@@ -1,0 +1,287 @@
+"""Does a CPU read its prompt? The teacher-forced own-vs-other-prompt gap (issue 23).
+
+Each held-out document is cut at a byte offset (``generation.shared_cuts``: just before a space that starts a word,
+at or past ``prompt_bytes``, a token boundary of every ISA involved, so every checkpoint reads the same prompt bytes)
+and its target is the bytes from the cut to the first such shared token boundary at or past ``target_bytes`` more.
+The target is scored teacher-forced twice: after its own prompt and after the prompt of another document (a fixed
+derangement of the chosen documents). A CPU that executes its prompt spends fewer bits per byte after its own; one
+that ignores it spends the same. The gap is ``bpb(other) − bpb(own)`` (bits per byte, positive = reads the prompt),
+with a cluster bootstrap interval over documents, and the same over the target's first ``head_bytes`` bytes (the
+part of a continuation that most depends on its prompt).
+
+A decoder reads ``[BOS] + prompt + target``; an encoder-decoder's encoder reads ``prompt + [EOS]`` (the prefix LM
+source) and its decoder ``[BOS] + target`` — the same bytes, laid out as each was trained.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from llmcpu import specials
+from llmcpu.compilers import Compiler
+from llmcpu.crosseval import generation, intervals
+from llmcpu.data.compiled import CompiledSplit
+from llmcpu.errors import UserError
+
+HEAD_BYTES = 8
+
+
+def derangement(n: int, seed: int) -> np.ndarray:
+  """``other[i] ≠ i`` for every i (n ≥ 2): a random cyclic order, each document paired with the next in it."""
+  if n < 2:
+    raise UserError(f"the other-prompt control needs at least 2 documents, got {n}")
+  order = np.random.default_rng([seed, 23]).permutation(n)
+  other = np.empty(n, np.int64)
+  other[order] = np.roll(order, -1)
+  return other
+
+
+def target_ends(
+  raw: Sequence[str], compiled: Sequence[tuple[Compiler, CompiledSplit]], cuts: dict[int, int], target_bytes: int
+) -> dict[int, int]:
+  """Per document with a cut: the first byte offset at or past ``cut + target_bytes`` that is a token boundary in
+  every ``(compiler, split)`` (documents without one are left out)."""
+  ends = {}
+  for d, cut in cuts.items():
+    size = len(raw[d].encode("utf-8"))
+    cand = np.arange(cut + target_bytes, size + 1)
+    for comp, split in compiled:
+      cand = np.intersect1d(cand, generation.token_ends(comp, split.fields["text"].doc(d)))
+    if len(cand):
+      ends[d] = int(cand[0])
+  return ends
+
+
+def split_ids(
+  comp: Compiler, split: CompiledSplit, doc: int, cut: int, end: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """(prompt ids, target ids, each target id's bytes) of one document: its compiled ids ending at or before byte
+  ``cut``, and those in ``[cut, end)`` (both are token boundaries of ``comp``'s compile)."""
+  ids = np.asarray(split.fields["text"].doc(doc), np.int64)
+  ends = generation.token_ends(comp, ids)
+  starts = ends - comp.piece_bytes[ids]
+  prompt = ids[ends <= cut]
+  inside = (starts >= cut) & (ends <= end)
+  return prompt, ids[inside], np.asarray(comp.piece_bytes[ids[inside]], np.float64)
+
+
+def _pad(rows: Sequence[Sequence[int]], width: int) -> tuple[np.ndarray, np.ndarray]:
+  out = np.full((len(rows), width), specials.PAD_ID, np.int32)
+  seg = np.zeros((len(rows), width), np.int32)
+  for i, r in enumerate(rows):
+    out[i, : len(r)] = r
+    seg[i, : len(r)] = 1
+  return out, seg
+
+
+def _nll_fn(graphdef: nnx.GraphDef, arch: str):
+  """Jitted ``(state, batch) -> NLL [B, L]`` (nats, float32) of ``batch["targets"]`` under the model."""
+
+  def nll(state, batch):
+    model = nnx.merge(graphdef, state, copy=True)
+    if arch == "decoder":
+      logits = model(batch["ids"], segment_ids=batch["seg"])
+    else:
+      logits = model(batch["enc"], batch["ids"], encoder_segment_ids=batch["enc_seg"], decoder_segment_ids=batch["seg"])
+    logits = logits.astype(jnp.float32)
+    gold = jnp.take_along_axis(logits, batch["targets"][..., None], axis=-1)[..., 0]
+    return jax.nn.logsumexp(logits, axis=-1) - gold
+
+  return jax.jit(nll)
+
+
+def target_nll(
+  model,
+  arch: str,
+  prompts: Sequence[np.ndarray],
+  targets: Sequence[np.ndarray],
+  *,
+  batch_size: int = 32,
+) -> list[np.ndarray]:
+  """Teacher-forced NLL (nats) of each target id after its prompt: one array per row, as long as its target."""
+  if arch not in ("decoder", "encoder_decoder"):
+    raise UserError(f"the prompt gap needs a decoder or an encoder_decoder, not an {arch}")
+  graphdef, state = nnx.split(model)
+  fn = _nll_fn(graphdef, arch)
+  if arch == "decoder":
+    seqs = [[specials.BOS_ID, *p.tolist(), *t.tolist()] for p, t in zip(prompts, targets, strict=True)]
+    width = max(len(s) for s in seqs) - 1
+  else:
+    srcs = [[*p.tolist(), specials.EOS_ID] for p in prompts]
+    seqs = [[specials.BOS_ID, *t.tolist()] for t in targets]
+    width, src_width = max(len(s) for s in seqs) - 1, max(len(s) for s in srcs)
+  out: list[np.ndarray] = []
+  n = len(seqs)
+  for lo in range(0, n, batch_size):
+    rows = list(range(lo, min(lo + batch_size, n)))
+    rows += [rows[-1]] * (batch_size - len(rows))  # a fixed batch shape: one compile
+    ids, seg = _pad([seqs[i][:-1] for i in rows], width)
+    tgt, _ = _pad([seqs[i][1:] for i in rows], width)
+    batch = {"ids": ids, "seg": seg, "targets": tgt}
+    if arch == "encoder_decoder":
+      batch["enc"], batch["enc_seg"] = _pad([srcs[i] for i in rows], src_width)
+    nll = np.asarray(jax.device_get(fn(state, batch)), np.float64)
+    for j, i in enumerate(rows[: min(batch_size, n - lo)]):
+      k = len(targets[i])
+      stop = len(seqs[i]) - 1  # the last k positions of the row predict the target
+      out.append(nll[j, stop - k : stop])
+  return out
+
+
+def gap_table(
+  own: Sequence[np.ndarray], other: Sequence[np.ndarray], nbytes: Sequence[np.ndarray], head_bytes: int
+) -> np.ndarray:
+  """Per document [n, 6]: NLL own, NLL other, bytes over the whole target, then the same over the ids that end
+  within its first ``head_bytes`` bytes."""
+  rows = []
+  for a, b, w in zip(own, other, nbytes, strict=True):
+    head = np.cumsum(w) <= head_bytes
+    rows.append([a.sum(), b.sum(), w.sum(), a[head].sum(), b[head].sum(), w[head].sum()])
+  return np.asarray(rows, np.float64).reshape(-1, 6)
+
+
+def _bpb(nll, nbytes):
+  with np.errstate(divide="ignore", invalid="ignore"):
+    return np.where(nbytes > 0, nll / (math.log(2) * nbytes), np.nan)
+
+
+def gap_figures(table: np.ndarray, clusters: Sequence | None = None, seed: int = 0) -> dict:
+  """Bits per byte own / other and their difference (other − own), with its bootstrap interval, for the whole
+  target and its head."""
+  out: dict = {"documents": len(table)}
+  for name, cols in (("", slice(0, 3)), ("head_", slice(3, 6))):
+    t = table[:, cols]
+    total = t.sum(0)
+    out[f"{name}bpb_own"] = float(_bpb(total[0], total[2]))
+    out[f"{name}bpb_other"] = float(_bpb(total[1], total[2]))
+    out[f"{name}gap"] = out[f"{name}bpb_other"] - out[f"{name}bpb_own"]
+    b = intervals.bootstrap_info(t, lambda s: _bpb(s[..., 1] - s[..., 0], s[..., 2]), clusters=clusters, seed=seed)
+    out[f"{name}gap_ci"], out[f"{name}gap_ci_info"] = b["ci"], b["info"]
+  return out
+
+
+def prompt_gap(
+  model,
+  arch: str,
+  comp: Compiler,
+  split: CompiledSplit,
+  cuts: dict[int, int],
+  ends: dict[int, int],
+  docs: Sequence[int],
+  *,
+  clusters: Sequence | None = None,
+  head_bytes: int = HEAD_BYTES,
+  seed: int = 0,
+  max_prompt_ids: int = 0,
+  max_row_ids: int = 0,
+  batch_size: int = 32,
+) -> dict:
+  """The gap of one CPU (``model`` of ``arch``, ISA ``comp``, ``split`` its compile of the documents) over ``docs``
+  (each with a cut and an end). ``max_prompt_ids``: the most ids of prompt an encoder-decoder was trained to read;
+  ``max_row_ids``: the longest row a decoder was trained on ([BOS] + prompt + target); 0 = any."""
+  parts = [split_ids(comp, split, d, cuts[d], ends[d]) for d in docs]
+  prompts, targets, nbytes = (list(x) for x in zip(*parts, strict=True))
+  longest = max(len(p) for p in prompts)
+  if max_prompt_ids and longest > max_prompt_ids:
+    raise UserError(
+      f"a prompt is {longest} ids of ISA {comp.name}, more than the {max_prompt_ids} this CPU reads: "
+      "lower --prompt_bytes"
+    )
+  row = 1 + max(len(p) + len(t) for p, t in zip(prompts, targets, strict=True))
+  if max_row_ids and row > max_row_ids:
+    raise UserError(
+      f"a prompt and its target are {row} ids of ISA {comp.name} with BOS, longer than the {max_row_ids} this decoder "
+      "was trained on: lower --prompt_bytes or --target_bytes"
+    )
+  other = derangement(len(docs), seed)
+  nll_own = target_nll(model, arch, prompts, targets, batch_size=batch_size)
+  nll_other = target_nll(model, arch, [prompts[j] for j in other], targets, batch_size=batch_size)
+  table = gap_table(nll_own, nll_other, nbytes, head_bytes)
+  cl = None if clusters is None else [clusters[d] for d in docs]
+  out = gap_figures(table, cl, seed)
+  out.update(head_bytes=head_bytes, target_bytes_total=float(table[:, 2].sum()))
+  return out
+
+
+def measure(
+  paths: Sequence[str],
+  *,
+  compile_dir: str = "",
+  corpus: str = "",
+  split: str = "test",
+  prompt_bytes: int = 64,
+  target_bytes: int = 40,
+  num_docs: int = 256,
+  head_bytes: int = HEAD_BYTES,
+  seed: int = 0,
+  log=print,
+) -> list[dict]:
+  """The gap of every checkpoint (a run workdir or checkpoint directory) on the same documents, prompt bytes and
+  target bytes: cuts and ends are shared token boundaries of all their ISAs. ``compile_dir``/``corpus`` default to
+  the first checkpoint's training config."""
+  from llmcpu.crosseval.library import Library
+  from llmcpu.training import checkpoints
+
+  if prompt_bytes < 1 or target_bytes < 1 or num_docs < 2 or head_bytes < 1:
+    raise UserError("prompt_bytes, target_bytes and head_bytes must be ≥ 1 and docs ≥ 2")
+  loaded = [checkpoints.load_model(p) for p in paths]
+  cfg = loaded[0][1]["config"]
+  compile_dir = compile_dir or cfg["data"]["compile_dir"]
+  corpus = corpus or cfg["data"]["corpus"]
+  lib = Library(compile_dir)
+  comps = list({c.fingerprint: c for _, _, c in loaded}.values())
+  compiled = [(c, lib.split(lib.corpus_name(corpus, c), c, split)) for c in comps]
+  name0 = lib.corpus_name(corpus, comps[0])
+  if compiled[0][1].kind != "text":
+    raise UserError(f"the prompt gap needs a prose corpus; {corpus} is {compiled[0][1].kind}")
+  raw = lib.raw_texts(name0, comps[0], split)["text"]
+  cuts = lib.prompt_cuts(corpus, comps, split, prompt_bytes, target_bytes + generation.CUT_SLACK)
+  ends = target_ends(raw, compiled, cuts, target_bytes)
+  docs = generation.pick_cuts({d: cuts[d] for d in ends}, num_docs)
+  if len(docs) < 2:
+    raise UserError(f"only {len(docs)} documents of {corpus}/{split} have a {prompt_bytes}-byte prompt and a target")
+  clusters = lib.clusters(corpus, name0, comps[0], split)
+  rows = []
+  for path, (model, meta, comp) in zip(paths, loaded, strict=True):
+    arch = meta["model_config"]["arch"]
+    data = meta["config"]["data"]
+    limit = data["input_length"] - 1 if arch == "encoder_decoder" else 0
+    row_limit = data["length"] if arch == "decoder" else 0
+    s = lib.split(lib.corpus_name(corpus, comp), comp, split)
+    row = prompt_gap(
+      model,
+      arch,
+      comp,
+      s,
+      cuts,
+      ends,
+      docs,
+      clusters=clusters,
+      head_bytes=head_bytes,
+      seed=seed,
+      max_prompt_ids=limit,
+      max_row_ids=row_limit,
+    )
+    row.update(checkpoint=str(path), arch=arch, isa=comp.name, corpus=corpus, split=split)
+    row.update(prompt_bytes=prompt_bytes, target_bytes=target_bytes, seed=seed)
+    log(format_row(row))
+    rows.append(row)
+  return rows
+
+
+def format_row(r: dict) -> str:
+  def ci(key):
+    c = r.get(key)
+    return f"[{c[0]:+.3f}, {c[1]:+.3f}]" if c else "(no interval)"
+
+  return (
+    f"{r['arch']} {r['isa']} ({r['checkpoint']}): {r['documents']} docs, bits per byte own {r['bpb_own']:.3f} vs "
+    f"other {r['bpb_other']:.3f}, gap {r['gap']:+.3f} {ci('gap_ci')}; first {r['head_bytes']} bytes "
+    f"{r['head_bpb_own']:.3f} vs {r['head_bpb_other']:.3f}, gap {r['head_gap']:+.3f} {ci('head_gap_ci')}"
+  )

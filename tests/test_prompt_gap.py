@@ -1,0 +1,130 @@
+"""The teacher-forced own-vs-other-prompt gap (llmcpu.crosseval.prompt_gap) against an independent recompute: each
+document's prompt and target compiled on their own from the raw text, scored one unpadded row at a time through
+the model, log-softmax in float64 numpy."""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from conftest import tiny_config
+
+import llmcpu.models as models
+from llmcpu import specials
+from llmcpu.crosseval import prompt_gap
+from llmcpu.crosseval.library import Library
+from llmcpu.errors import UserError
+from llmcpu.training import trainer
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PROMPT, TARGET = 48, 24
+
+
+@pytest.fixture(scope="module")
+def docs_of(compile_dir):
+  lib = Library(compile_dir)
+  comp = lib.compiler("bpe:600")
+  name = lib.corpus_name("prose", comp)
+  split = lib.split(name, comp, "train")  # the fixture's test split holds 4 documents: the train split has more
+  raw = lib.raw_texts(name, comp, "train")["text"]
+  byte = lib.compiler("byte")
+  compiled = [(comp, split), (byte, lib.split(lib.corpus_name("prose", byte), byte, "train"))]
+  cuts = lib.prompt_cuts("prose", [comp, byte], "train", PROMPT, TARGET + 24)
+  ends = prompt_gap.target_ends(raw, compiled, cuts, TARGET)
+  docs = sorted(ends)[:6]
+  return comp, split, raw, cuts, ends, docs
+
+
+def _log_softmax64(logits):
+  z = np.asarray(logits, np.float64)
+  z = z - z.max(-1, keepdims=True)
+  return z - np.log(np.exp(z).sum(-1, keepdims=True))
+
+
+def _reference(model, arch, comp, raw, cuts, ends, docs, other):
+  """bits per byte own / other from each document's text, one unpadded row at a time."""
+  nll = {"own": 0.0, "other": 0.0}
+  nbytes = 0
+  for i, d in enumerate(docs):
+    b = raw[d].encode("utf-8")
+    target_text = b[cuts[d] : ends[d]].decode("utf-8")
+    target = comp.encode(target_text)
+    nbytes += len(target_text.encode("utf-8"))
+    for key, src in (("own", d), ("other", docs[other[i]])):
+      prompt = comp.encode(raw[src].encode("utf-8")[: cuts[src]].decode("utf-8"))
+      if arch == "decoder":
+        seq = [specials.BOS_ID, *prompt, *target]
+        logp = _log_softmax64(model(np.asarray([seq[:-1]], np.int32))[0])
+        rows = range(len(seq) - 1 - len(target), len(seq) - 1)
+      else:
+        dec = [specials.BOS_ID, *target[:-1]]
+        logp = _log_softmax64(model(np.asarray([[*prompt, specials.EOS_ID]]), np.asarray([dec], np.int32))[0])
+        rows = range(len(target))
+      nll[key] -= sum(logp[r, t] for r, t in zip(rows, target, strict=True))
+  return nll["own"] / (math.log(2) * nbytes), nll["other"] / (math.log(2) * nbytes), nbytes
+
+
+def test_derangement():
+  for n in (2, 3, 17):
+    other = prompt_gap.derangement(n, seed=n)
+    assert sorted(other) == list(range(n)) and all(other != np.arange(n))
+  with pytest.raises(UserError):
+    prompt_gap.derangement(1, 0)
+
+
+@pytest.mark.parametrize("arch", ["decoder", "encoder_decoder"])
+def test_gap_matches_an_independent_recompute(docs_of, arch):
+  comp, split, raw, cuts, ends, docs = docs_of
+  model = models.create(arch, "tiny", comp.vocab_size, seed=3)
+  got = prompt_gap.prompt_gap(model, arch, comp, split, cuts, ends, docs, seed=1, batch_size=4)
+  own, other, nbytes = _reference(model, arch, comp, raw, cuts, ends, docs, prompt_gap.derangement(len(docs), 1))
+  assert got["target_bytes_total"] == nbytes
+  np.testing.assert_allclose([got["bpb_own"], got["bpb_other"]], [own, other], rtol=2e-5)
+  np.testing.assert_allclose(got["gap"], other - own, atol=1e-4)
+  assert got["documents"] == len(docs) and got["gap_ci"] is not None
+  assert got["gap_ci"][0] <= got["gap"] <= got["gap_ci"][1]
+  assert got["head_bpb_own"] > 0  # the first bytes are scored too
+
+
+def test_head_table_counts_the_first_bytes():
+  own = [np.array([1.0, 2.0, 3.0]), np.array([4.0])]
+  other = [np.array([2.0, 2.0, 5.0]), np.array([1.0])]
+  nbytes = [np.array([3.0, 4.0, 2.0]), np.array([9.0])]
+  t = prompt_gap.gap_table(own, other, nbytes, head_bytes=7)
+  np.testing.assert_array_equal(t, [[6, 9, 9, 3, 4, 7], [4, 1, 9, 0, 0, 0]])
+
+
+@pytest.mark.slow  # trains two CPUs and starts the script twice: about a minute on 2 cores
+def test_measure_and_script_on_trained_checkpoints(compile_dir, tmp_path):
+  """Two runs (a decoder and an encoder-decoder, 2 steps each) on the same cuts; the script prints one line each."""
+  runs = []
+  for arch in ("decoder", "encoder_decoder"):
+    c = tiny_config(arch, compile_dir, train__steps=2, checkpoint__every=2)
+    c.data.corpus, c.data.input_length, c.data.target_length = "prose", 64, 32
+    trainer.train(c, str(tmp_path / arch), log=lambda _: None)
+    runs.append(str(tmp_path / arch))
+  rows = prompt_gap.measure(runs, split="train", prompt_bytes=PROMPT, target_bytes=TARGET, num_docs=6, log=print)
+  assert [r["arch"] for r in rows] == ["decoder", "encoder_decoder"]
+  assert rows[0]["target_bytes_total"] == rows[1]["target_bytes_total"] and rows[0]["documents"] == 6
+  out = tmp_path / "gap.jsonl"
+  cmd = [sys.executable, os.path.join(ROOT, "scripts", "prompt_gap.py"), *runs, "--split=train", "--docs=6"]
+  cmd += [f"--prompt_bytes={PROMPT}", f"--target_bytes={TARGET}", f"--out={out}"]
+  env = dict(os.environ, PYTHONPATH=ROOT)
+  p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+  assert p.returncode == 0, p.stderr[-2000:]
+  assert p.stdout.count("bits per byte own") == 2 and len(out.read_text().splitlines()) == 2
+  p = subprocess.run(cmd[:3] + ["--prompt_bytes=0"], capture_output=True, text=True, env=env, timeout=300)
+  assert p.returncode != 0 and "error:" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_prompts_longer_than_the_cpu_reads_are_refused(docs_of):
+  comp, split, raw, cuts, ends, docs = docs_of
+  model = models.create("decoder", "tiny", comp.vocab_size, seed=3)
+  with pytest.raises(UserError, match="lower --prompt_bytes"):
+    prompt_gap.prompt_gap(model, "decoder", comp, split, cuts, ends, docs, max_row_ids=10)
+  with pytest.raises(UserError, match="lower --prompt_bytes"):
+    prompt_gap.prompt_gap(model, "encoder_decoder", comp, split, cuts, ends, docs, max_prompt_ids=5)
