@@ -16,6 +16,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 from conftest import write_docs
 
 from llmcpu import compilers
@@ -129,6 +130,7 @@ def test_tpu_config_fits_meshes_and_pod_slices():
   ]
 
 
+@pytest.mark.slow  # 8 forced host devices, two trainings and a matrix: ~80 s of the default run
 def test_tpu_shape_on_8_devices_jit_mesh_and_pmap(tmp_path):
   c = tpu_config()
   overrides = shrink(c, "text:" + write_docs(tmp_path))
