@@ -90,6 +90,26 @@ def pairs_corpus() -> InMemoryCorpus:
   return InMemoryCorpus("pairs", docs, fields=("input", "target"), label_fields=("task",))
 
 
+# Porting tests (test_porting, test_porting_methods): one corpus, one tiny model shape, one set of ISAs.
+PORTING_TEXTS = sorted(pydoc_data.topics.topics.values())[:40]
+PORTING_HELD_OUT = sorted(pydoc_data.topics.topics.values())[-1]
+# Learned positions: one more [max_len, D] matrix that must be copied, not mistaken for a vocabulary table.
+PORTING_TINY = dict(d_model=32, num_heads=2, d_ff=64, num_layers=1, max_len=64, positions="learned")
+
+
+@pytest.fixture(scope="session")
+def porting_isas() -> dict:
+  """bpe:400 (about the smallest BPE these texts allow: their characters alone need 382 ids), a fully permuted copy,
+  bpe:600 and byte."""
+  small = compilers.train("bpe:400", PORTING_TEXTS)
+  return {
+    "small": small,
+    "perm": compilers.train("bpe:400+perm:1", base=small),
+    "big": compilers.train("bpe:600", PORTING_TEXTS),
+    "byte": compilers.train("byte"),
+  }
+
+
 @pytest.fixture(scope="session")
 def compile_dir(tmp_path_factory) -> str:
   """Prose and pairs corpora compiled by bpe:600 and byte (compilers trained on the prose)."""

@@ -3,34 +3,18 @@ exact port to a permuted ISA, bit-exact copies of everything not indexed by the 
 translation."""
 
 import os
-import pydoc_data.topics
 import re
 
 import jax
 import numpy as np
 import pytest
+from conftest import PORTING_HELD_OUT, PORTING_TINY
 from flax import nnx
 
 from llmcpu import compilers, models, porting, specials
 from llmcpu.errors import UserError
 
-TEXTS = sorted(pydoc_data.topics.topics.values())[:40]
-HELD_OUT = sorted(pydoc_data.topics.topics.values())[-1]
-# Learned positions: one more [max_len, D] matrix that must be copied, not mistaken for a vocabulary table.
-TINY = dict(d_model=32, num_heads=2, d_ff=64, num_layers=1, max_len=64, positions="learned")
 FIRST = specials.FIRST_REGULAR_ID
-
-
-@pytest.fixture(scope="module")
-def isas() -> dict[str, compilers.Compiler]:
-  # bpe:400 is about the smallest BPE these texts allow (their characters alone need 382 ids).
-  small = compilers.train("bpe:400", TEXTS)
-  return {
-    "small": small,
-    "perm": compilers.train("bpe:400+perm:1", base=small),
-    "big": compilers.train("bpe:600", TEXTS),
-    "byte": compilers.train("byte"),
-  }
 
 
 def table(vocab: int, dim: int = 8, seed: int = 0) -> np.ndarray:
@@ -72,8 +56,8 @@ def numpy_align(table_a: np.ndarray, a: compilers.Compiler, b: compilers.Compile
 
 
 @pytest.mark.parametrize("pair", [("small", "big"), ("big", "small"), ("small", "byte"), ("byte", "big")])
-def test_fvt_rows_equal_numpy(isas, pair):
-  a, b = isas[pair[0]], isas[pair[1]]
+def test_fvt_rows_equal_numpy(porting_isas, pair):
+  a, b = porting_isas[pair[0]], porting_isas[pair[1]]
   t = table(a.vocab_size)
   rows, counts = porting.fvt_rows(t, a, b)
   assert rows.dtype == np.float32 and rows.shape == (b.vocab_size, 8)
@@ -82,11 +66,11 @@ def test_fvt_rows_equal_numpy(isas, pair):
   assert sum(counts.values()) == b.vocab_size
 
 
-def test_fvt_from_bytes_is_the_mean_of_each_pieces_utf8_bytes(isas):
-  t = table(isas["byte"].vocab_size)
-  rows, _ = porting.fvt_rows(t, isas["byte"], isas["big"])
-  for j in range(FIRST + 256, isas["big"].vocab_size):
-    raw = isas["big"].pieces[j].replace("\u2581", " ").encode("utf-8")
+def test_fvt_from_bytes_is_the_mean_of_each_pieces_utf8_bytes(porting_isas):
+  t = table(porting_isas["byte"].vocab_size)
+  rows, _ = porting.fvt_rows(t, porting_isas["byte"], porting_isas["big"])
+  for j in range(FIRST + 256, porting_isas["big"].vocab_size):
+    raw = porting_isas["big"].pieces[j].replace("\u2581", " ").encode("utf-8")
     want = t[[FIRST + x for x in raw]].astype(np.float64).mean(axis=0).astype(np.float32)
     np.testing.assert_array_equal(rows[j], want)
 
@@ -106,8 +90,8 @@ class _UnkOnly:
     return "a" * len(ids)
 
 
-def test_fallback_is_the_mean_of_as_regular_rows(isas):
-  a, b = _UnkOnly(), isas["byte"]
+def test_fallback_is_the_mean_of_as_regular_rows(porting_isas):
+  a, b = _UnkOnly(), porting_isas["byte"]
   t = table(a.vocab_size, seed=3)
   t[FIRST] = [1, 2, 3, 4, 5, 6, 7, 8]
   rows, counts = porting.align_rows(t, a, b)
@@ -118,16 +102,16 @@ def test_fallback_is_the_mean_of_as_regular_rows(isas):
   assert counts == {"special": FIRST, "copied": 0, "byte": 1, "unused": 0, "fvt": 0, "fallback": 255}
 
 
-def test_align_rows_copy_shared_pieces_and_fvt_the_rest(isas):
-  a, b = isas["big"], isas["small"]  # shrink the ISA: every piece of small is in big
+def test_align_rows_copy_shared_pieces_and_fvt_the_rest(porting_isas):
+  a, b = porting_isas["big"], porting_isas["small"]  # shrink the ISA: every piece of small is in big
   t = table(a.vocab_size)
   rows, counts = porting.align_rows(t, a, b)
   index = {p: i for i, p in enumerate(a.pieces)}
   np.testing.assert_array_equal(rows, t[[index[p] for p in b.pieces]])
   assert counts == {"special": FIRST, "copied": b.vocab_size - FIRST, "byte": 0, "unused": 0, "fvt": 0, "fallback": 0}
-  small = t[: isas["small"].vocab_size]
-  rows, counts = porting.align_rows(small, isas["small"], isas["big"])
-  np.testing.assert_array_equal(rows, numpy_align(small, isas["small"], isas["big"]))
+  small = t[: porting_isas["small"].vocab_size]
+  rows, counts = porting.align_rows(small, porting_isas["small"], porting_isas["big"])
+  np.testing.assert_array_equal(rows, numpy_align(small, porting_isas["small"], porting_isas["big"]))
   np.testing.assert_array_equal(rows[:400], small)  # bpe:400 is a prefix of bpe:600: its rows stay in place
   assert counts["copied"] == 400 - FIRST and counts["fvt"] == 200
 
@@ -139,10 +123,10 @@ def bits_per_byte(logits: np.ndarray, ids: list[int], compiler: compilers.Compil
 
 
 @pytest.mark.parametrize("arch,tied", [("decoder", True), ("decoder", False), ("encoder_decoder", False)])
-def test_align_to_a_permuted_isa_is_exact(isas, arch, tied):
-  a, b = isas["small"], isas["perm"]
-  source = models.create(arch, "tiny", vocab_size=a.vocab_size, seed=0, tie_embeddings=tied, **TINY)
-  target = models.create(arch, "tiny", vocab_size=b.vocab_size, seed=1, tie_embeddings=tied, **TINY)
+def test_align_to_a_permuted_isa_is_exact(porting_isas, arch, tied):
+  a, b = porting_isas["small"], porting_isas["perm"]
+  source = models.create(arch, "tiny", vocab_size=a.vocab_size, seed=0, tie_embeddings=tied, **PORTING_TINY)
+  target = models.create(arch, "tiny", vocab_size=b.vocab_size, seed=1, tie_embeddings=tied, **PORTING_TINY)
   provenance = porting.transplant(source, target, a, b, "align")
   assert provenance["counts"] == {
     "special": FIRST,
@@ -152,8 +136,8 @@ def test_align_to_a_permuted_isa_is_exact(isas, arch, tied):
     "fvt": 0,
     "fallback": 0,
   }
-  ids_a = a.encode(HELD_OUT)[:48]
-  ids_b = b.encode(HELD_OUT)[:48]
+  ids_a = a.encode(PORTING_HELD_OUT)[:48]
+  ids_b = b.encode(PORTING_HELD_OUT)[:48]
   assert ids_b == b.perm[ids_a].tolist()  # same segmentation, other opcodes
   args_a = (np.array([ids_a]),) * (2 if arch == "encoder_decoder" else 1)
   args_b = (np.array([ids_b]),) * (2 if arch == "encoder_decoder" else 1)
@@ -168,10 +152,10 @@ def flat_params(model) -> dict:
 
 @pytest.mark.parametrize("arch", models.ARCHS)
 @pytest.mark.parametrize("tied", [True, False])
-def test_align_to_a_bigger_isa_keeps_shared_rows_and_the_body(isas, arch, tied):
-  a, b = isas["small"], isas["big"]
-  source = models.create(arch, "tiny", vocab_size=a.vocab_size, seed=0, tie_embeddings=tied, **TINY)
-  target = models.create(arch, "tiny", vocab_size=b.vocab_size, seed=1, tie_embeddings=tied, **TINY)
+def test_align_to_a_bigger_isa_keeps_shared_rows_and_the_body(porting_isas, arch, tied):
+  a, b = porting_isas["small"], porting_isas["big"]
+  source = models.create(arch, "tiny", vocab_size=a.vocab_size, seed=0, tie_embeddings=tied, **PORTING_TINY)
+  target = models.create(arch, "tiny", vocab_size=b.vocab_size, seed=1, tie_embeddings=tied, **PORTING_TINY)
   before = flat_params(source)
   provenance = porting.transplant(source, target, a, b, "align")
   after = flat_params(target)
@@ -192,18 +176,18 @@ def test_align_to_a_bigger_isa_keeps_shared_rows_and_the_body(isas, arch, tied):
   np.testing.assert_array_equal(flat_params(source)["embed", "table"], before["embed", "table"])  # source untouched
 
 
-def test_port_builds_the_target(isas):
-  source = models.create("encoder", "tiny", vocab_size=400, seed=0, **TINY)
-  target, provenance = porting.port(source, isas["small"], isas["big"], "fvt")
+def test_port_builds_the_target(porting_isas):
+  source = models.create("encoder", "tiny", vocab_size=400, seed=0, **PORTING_TINY)
+  target, provenance = porting.port(source, porting_isas["small"], porting_isas["big"], "fvt")
   assert target.config == source.config.replace(vocab_size=600)
   assert provenance["method"] == "fvt" and provenance["counts"]["fvt"] > 200
-  assert provenance["target_fingerprint"] == isas["big"].fingerprint
+  assert provenance["target_fingerprint"] == porting_isas["big"].fingerprint
 
 
-def test_refusals(isas):
-  a, b = isas["small"], isas["big"]
-  source = models.create("decoder", "tiny", vocab_size=400, seed=0, **TINY)
-  wider = models.create("decoder", "tiny", vocab_size=600, seed=0, **{**TINY, "d_model": 64})
+def test_refusals(porting_isas):
+  a, b = porting_isas["small"], porting_isas["big"]
+  source = models.create("decoder", "tiny", vocab_size=400, seed=0, **PORTING_TINY)
+  wider = models.create("decoder", "tiny", vocab_size=600, seed=0, **{**PORTING_TINY, "d_model": 64})
   with pytest.raises(UserError, match=r"differ in d_model \(32 vs 64\)"):
     porting.transplant(source, wider, a, b, "align")
   with pytest.raises(UserError, match="vocab_size 400 but ISA bpe600 has 600"):
@@ -212,9 +196,9 @@ def test_refusals(isas):
     porting.port(source, a, b, "nope")
 
 
-def test_translate_ids(isas):
-  a, b = isas["small"], isas["big"]
-  text = HELD_OUT[:300]
+def test_translate_ids(porting_isas):
+  a, b = porting_isas["small"], porting_isas["big"]
+  text = PORTING_HELD_OUT[:300]
   ids = [specials.BOS_ID] + a.encode(text[:150]) + [specials.sentinel_id(0)] + a.encode(text[150:])
   want = [specials.BOS_ID] + b.encode(text[:150]) + [specials.sentinel_id(0)] + b.encode(text[150:])
   assert porting.translate_ids(ids, a, b) == want

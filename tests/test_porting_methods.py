@@ -1,31 +1,17 @@
 """Donor porting methods (omp, procrustes) against independent numpy: a naive OMP written out here, exact recovery
 of a k-sparse signal, numpy's SVD Procrustes; exact ports to a permuted ISA; one-line refusals."""
 
-import pydoc_data.topics
 import re
 
 import numpy as np
 import pytest
+from conftest import PORTING_HELD_OUT, PORTING_TEXTS, PORTING_TINY
 
-from llmcpu import compilers, models, porting, specials
+from llmcpu import models, porting, specials
 from llmcpu.errors import UserError
 from llmcpu.porting import donor
 
-TEXTS = sorted(pydoc_data.topics.topics.values())[:40]
-HELD_OUT = sorted(pydoc_data.topics.topics.values())[-1]
-TINY = dict(d_model=32, num_heads=2, d_ff=64, num_layers=1, max_len=64, positions="learned")
 FIRST = specials.FIRST_REGULAR_ID
-
-
-@pytest.fixture(scope="module")
-def isas() -> dict[str, compilers.Compiler]:
-  small = compilers.train("bpe:400", TEXTS)
-  return {
-    "small": small,
-    "perm": compilers.train("bpe:400+perm:1", base=small),
-    "big": compilers.train("bpe:600", TEXTS),
-    "byte": compilers.train("byte"),
-  }
 
 
 def naive_omp(atoms: np.ndarray, target: np.ndarray, k: int) -> tuple[list[int], np.ndarray]:
@@ -84,8 +70,8 @@ def split(a, b):
   return np.array(ids_b), np.array([pairs[j] for j in ids_b]), missing
 
 
-def test_omp_rows_apply_the_donor_codes_to_the_source_rows(isas):
-  a, b = isas["small"], isas["big"]
+def test_omp_rows_apply_the_donor_codes_to_the_source_rows(porting_isas):
+  a, b = porting_isas["small"], porting_isas["big"]
   rng = np.random.default_rng(2)
   src, don = rng.normal(size=(a.vocab_size, 12)).astype(np.float32), rng.normal(size=(b.vocab_size, 12))
   rows, counts = porting.omp_rows(src, don.astype(np.float32), a, b, k=4)
@@ -100,8 +86,8 @@ def test_omp_rows_apply_the_donor_codes_to_the_source_rows(isas):
     np.testing.assert_allclose(rows[j], want, rtol=1e-5, atol=1e-6)
 
 
-def test_procrustes_rows_equal_numpys_svd_solution(isas):
-  a, b = isas["small"], isas["big"]
+def test_procrustes_rows_equal_numpys_svd_solution(porting_isas):
+  a, b = porting_isas["small"], porting_isas["big"]
   rng = np.random.default_rng(3)
   src = rng.normal(size=(a.vocab_size, 12))
   rotation = np.linalg.qr(rng.normal(size=(12, 12)))[0]
@@ -118,12 +104,12 @@ def test_procrustes_rows_equal_numpys_svd_solution(isas):
   np.testing.assert_array_equal(rows[ids_b], src[ids_a])
 
 
-def test_ports_to_and_from_bytes_follow_what_each_isa_emits(isas):
+def test_ports_to_and_from_bytes_follow_what_each_isa_emits(porting_isas):
   """bpe → byte: every piece of B is a byte; an ASCII byte takes the row of the character piece A emits for it (A's
   byte-fallback piece for that character is never emitted, so never trained), other bytes A's byte piece — the only
   copies. byte → bpe: B's character pieces take A's byte rows, B's never-emitted ASCII byte pieces A's UNK row; omp
   anchors on the characters and codes only B's multi-byte pieces."""
-  a, b = isas["small"], isas["byte"]
+  a, b = porting_isas["small"], porting_isas["byte"]
   rng = np.random.default_rng(4)
   t, don = rng.normal(size=(a.vocab_size, 6)), rng.normal(size=(b.vocab_size, 6))
   assert all(re.fullmatch(r"<0x[0-9A-F]{2}>", p) for p in b.pieces[FIRST:]) and b.vocab_size == FIRST + 256
@@ -163,29 +149,29 @@ def test_ports_to_and_from_bytes_follow_what_each_isa_emits(isas):
 
 @pytest.mark.parametrize("method", [*porting.ROW_METHODS, "distill"])
 @pytest.mark.parametrize("tied", [True, False])
-def test_every_method_ports_a_permuted_isa_exactly(isas, method, tied):
+def test_every_method_ports_a_permuted_isa_exactly(porting_isas, method, tied):
   from llmcpu.porting import distill
 
-  a, b = isas["small"], isas["perm"]
-  source = models.create("decoder", "tiny", vocab_size=a.vocab_size, seed=0, tie_embeddings=tied, **TINY)
-  target = models.create("decoder", "tiny", vocab_size=b.vocab_size, seed=1, tie_embeddings=tied, **TINY)
-  native = models.create("decoder", "tiny", vocab_size=b.vocab_size, seed=2, tie_embeddings=tied, **TINY)
+  a, b = porting_isas["small"], porting_isas["perm"]
+  source = models.create("decoder", "tiny", vocab_size=a.vocab_size, seed=0, tie_embeddings=tied, **PORTING_TINY)
+  target = models.create("decoder", "tiny", vocab_size=b.vocab_size, seed=1, tie_embeddings=tied, **PORTING_TINY)
+  native = models.create("decoder", "tiny", vocab_size=b.vocab_size, seed=2, tie_embeddings=tied, **PORTING_TINY)
   porting.transplant(source, target, a, b, "align" if method == "distill" else method, donor=native)
   if method == "distill":  # every piece is shared: nothing to fit, nothing moves
-    docs = [np.asarray(b.encode(t), np.int64) for t in TEXTS[:3]]
+    docs = [np.asarray(b.encode(t), np.int64) for t in PORTING_TEXTS[:3]]
     assert distill.distill(source, target, a, b, docs, tokens=500)["rows"] == 0
-  ids_a = a.encode(HELD_OUT)[:48]
-  ids_b = b.encode(HELD_OUT)[:48]
+  ids_a = a.encode(PORTING_HELD_OUT)[:48]
+  ids_b = b.encode(PORTING_HELD_OUT)[:48]
   assert ids_b == b.perm[ids_a].tolist()
   logits_a, logits_b = np.asarray(source(np.array([ids_a]))), np.asarray(target(np.array([ids_b])))
   np.testing.assert_array_equal(logits_b[..., b.perm], logits_a)
 
 
 @pytest.mark.parametrize("tied", [True, False])
-def test_donor_methods_port_every_vocabulary_parameter(isas, tied):
-  a, b = isas["small"], isas["big"]
-  source = models.create("decoder", "tiny", vocab_size=a.vocab_size, seed=0, tie_embeddings=tied, **TINY)
-  native = models.create("decoder", "tiny", vocab_size=b.vocab_size, seed=2, tie_embeddings=tied, **TINY)
+def test_donor_methods_port_every_vocabulary_parameter(porting_isas, tied):
+  a, b = porting_isas["small"], porting_isas["big"]
+  source = models.create("decoder", "tiny", vocab_size=a.vocab_size, seed=0, tie_embeddings=tied, **PORTING_TINY)
+  native = models.create("decoder", "tiny", vocab_size=b.vocab_size, seed=2, tie_embeddings=tied, **PORTING_TINY)
   target, provenance = porting.port(source, a, b, "omp", donor=native, atoms=3)
   assert provenance["counts"] == {"special": FIRST, "copied": 400 - FIRST, "omp": 200} and provenance["atoms"] == 3
   want, _ = porting.omp_rows(np.asarray(source.embed.table[...]), np.asarray(native.embed.table[...]), a, b, 3)
@@ -196,18 +182,18 @@ def test_donor_methods_port_every_vocabulary_parameter(isas, tied):
     np.testing.assert_array_equal(np.asarray(target.head.kernel[...]).T, want)
 
 
-def test_donor_refusals(isas):
-  a, b = isas["small"], isas["big"]
-  source = models.create("decoder", "tiny", vocab_size=400, seed=0, **TINY)
+def test_donor_refusals(porting_isas):
+  a, b = porting_isas["small"], porting_isas["big"]
+  source = models.create("decoder", "tiny", vocab_size=400, seed=0, **PORTING_TINY)
   for method in porting.DONOR_METHODS:
     with pytest.raises(UserError, match=f"method {method} needs a donor CPU trained natively on ISA bpe600"):
       porting.port(source, a, b, method)
   with pytest.raises(UserError, match="donor CPU has vocab_size 400, not ISA bpe600's 600"):
     porting.port(source, a, b, "omp", donor=source)
-  wide = models.create("decoder", "tiny", vocab_size=600, seed=0, **{**TINY, "d_model": 64})
+  wide = models.create("decoder", "tiny", vocab_size=600, seed=0, **{**PORTING_TINY, "d_model": 64})
   with pytest.raises(UserError, match=r"unfit donor CPU: .*differ in d_model \(32 vs 64\)"):
     porting.port(source, a, b, "procrustes", donor=wide)
-  native = models.create("decoder", "tiny", vocab_size=600, seed=0, **TINY)
+  native = models.create("decoder", "tiny", vocab_size=600, seed=0, **PORTING_TINY)
   with pytest.raises(UserError, match="1 ≤ k ≤ the 277 shared pieces, got k=0"):
     porting.port(source, a, b, "omp", donor=native, atoms=0)
   with pytest.raises(UserError, match="unknown porting method 'nope'"):
@@ -226,15 +212,15 @@ def params(model) -> dict:
 
 
 @pytest.mark.parametrize("tied", [True, False])
-def test_distill_moves_only_the_new_rows_and_lowers_its_loss(isas, tied):
+def test_distill_moves_only_the_new_rows_and_lowers_its_loss(porting_isas, tied):
   from llmcpu.porting import distill
 
-  a, b = isas["small"], isas["big"]
-  cfg = {**TINY, "num_layers": 2}
+  a, b = porting_isas["small"], porting_isas["big"]
+  cfg = {**PORTING_TINY, "num_layers": 2}
   source = models.create("decoder", "tiny", vocab_size=a.vocab_size, seed=0, tie_embeddings=tied, **cfg)
   target, _ = porting.port(source, a, b, "align")
   before = params(target)
-  docs = [np.asarray(b.encode(t), np.int64) for t in TEXTS[:10]]
+  docs = [np.asarray(b.encode(t), np.int64) for t in PORTING_TEXTS[:10]]
   report = distill.distill(source, target, a, b, docs, tokens=1000, length=32, batch=4, learning_rate=0.002)
   after = params(target)
   new = split(a, b)[2]  # B's pieces A lacks (byte pieces keep align's rows)
@@ -252,13 +238,13 @@ def test_distill_moves_only_the_new_rows_and_lowers_its_loss(isas, tied):
   np.testing.assert_array_equal(params(again)["embed/table"], after["embed/table"])  # same seed → same bits
 
 
-def test_distill_pairs_positions_where_both_segmentations_end(isas):
+def test_distill_pairs_positions_where_both_segmentations_end(porting_isas):
   from llmcpu.porting import distill
 
-  a, b = isas["small"], isas["big"]
-  window = np.asarray(b.encode(HELD_OUT[:200]), np.int64)
+  a, b = porting_isas["small"], porting_isas["big"]
+  window = np.asarray(b.encode(PORTING_HELD_OUT[:200]), np.int64)
   ids_a, pos_b, pos_a = distill.pair(window, a, b, 1000)
-  assert a.decode(ids_a.tolist()) == HELD_OUT[:200] and len(pos_b) == len(pos_a) > 10
+  assert a.decode(ids_a.tolist()) == PORTING_HELD_OUT[:200] and len(pos_b) == len(pos_a) > 10
   for i, j in zip(pos_b, pos_a, strict=True):  # the same text read up to there, written out independently
     assert b.decode(window[: i + 1].tolist()) == a.decode(ids_a[: j + 1].tolist())
   every = {len(a.decode(ids_a[: j + 1].tolist())) for j in range(len(ids_a))}
@@ -268,7 +254,7 @@ def test_distill_pairs_positions_where_both_segmentations_end(isas):
 def test_tapped_final_states_are_the_decoders_hidden_states():
   import jax.numpy as jnp
 
-  model = models.create("decoder", "tiny", vocab_size=64, seed=0, **{**TINY, "num_layers": 3})
+  model = models.create("decoder", "tiny", vocab_size=64, seed=0, **{**PORTING_TINY, "num_layers": 3})
   ids = np.arange(40, 64)[None] % 64
   middle, last = model.decoder.tapped(model.embed_ids(ids), 3)
   np.testing.assert_allclose(np.asarray(last), np.asarray(model.hidden(ids)), rtol=1e-6, atol=1e-6)
@@ -276,10 +262,10 @@ def test_tapped_final_states_are_the_decoders_hidden_states():
   assert not jnp.allclose(model.decoder.tapped(model.embed_ids(ids), 1)[0], middle)
 
 
-def test_distill_refuses_an_encoder(isas):
+def test_distill_refuses_an_encoder(porting_isas):
   from llmcpu.porting import distill
 
-  a, b = isas["small"], isas["big"]
-  enc = models.create("encoder", "tiny", vocab_size=a.vocab_size, seed=0, **TINY)
+  a, b = porting_isas["small"], porting_isas["big"]
+  enc = models.create("encoder", "tiny", vocab_size=a.vocab_size, seed=0, **PORTING_TINY)
   with pytest.raises(UserError, match="method distill ports decoders only"):
     distill.distill(enc, enc, a, b, [])
