@@ -264,6 +264,14 @@ def test_one_xla_compile_per_model_and_coherence_fields(rows, world):
     assert (r.get("shuffled_prompt") is not None) == r["native"]
     if r["native"]:
       assert set(r["shuffled_prompt"]) >= {"fluency", "relevance", "coherence", "relevance_ci"}
+  # Every column of a row judged the same documents' prompts, and keeps its per-prompt table for paired comparisons:
+  # a paired difference recomputed from two tables equals the difference of the figures each cell computed alone.
+  for ck in {r["checkpoint"] for r in rows}:
+    cells = [r for r in rows if r["checkpoint"] == ck]
+    assert len({tuple(r["prompt_table"]["docs"]) for r in cells}) == 1
+    nat, other = next(r for r in cells if r["native"]), next(r for r in cells if not r["native"])
+    p = coherence.paired(nat["prompt_table"], other["prompt_table"], "relevance")
+    assert p["difference"] == pytest.approx(nat["relevance"] - other["relevance"], abs=1e-9)
   r = _cell(rows, world["b"], "bpe500")
   assert summary.pair_kind(r) == "prefix"  # bpe:500's regular ids are bpe:1000's first ones
   assert r["illegal_rate"] == 0.0

@@ -66,6 +66,7 @@ def calibrate(lib: Library, corpus_spec: str, comps: Compiler | Sequence[Compile
       swapped=[swapped],
     )
     figures = _figures(table, "prose", options, [every[d] for d in docs])
+    figures["prompt_table"] = coherence.table_record(table, docs, [every[d] for d in docs])
     rows.append(base | {"reference": name, "prompts": len(prompts)} | figures)
   return rows
 

@@ -489,6 +489,36 @@ def assess(
   return point
 
 
+def table_record(table: np.ndarray, docs: Sequence[int], clusters: Sequence) -> dict:
+  """A prose cell's per-prompt table as a row keeps it (``prompt_table``): which document each prompt was cut from,
+  its cluster, and the row of sums. Two cells of one matrix cut the same bytes of the same documents (one byte
+  offset for every ISA), so their tables pair prompt by prompt (``paired``)."""
+  return {"docs": [int(d) for d in docs], "clusters": [str(c) for c in clusters], "rows": np.asarray(table).tolist()}
+
+
+def paired(a: dict, b: dict, key: str, *, seed: int = 0, margin: float | None = None) -> dict | None:
+  """``key`` of cell a minus cell b on the prompts both were judged on (``table_record``s, matched by document), with
+  the 95% cluster bootstrap interval of the difference: both cells are resampled with the same draws, so what the
+  prompts share (an easy document, a topic the judge knows) cancels. None when fewer than two prompts pair up.
+
+  ``{"difference", "ci", "ci90", "info", "prompts"}`` (and ``verdict`` with an equivalence ``margin``)."""
+  where = {d: i for i, d in enumerate(b["docs"])}
+  both = [(i, where[d]) for i, d in enumerate(a["docs"]) if d in where]
+  if len(both) < 2:
+    return None
+  ia, ib = (np.array(x) for x in zip(*both, strict=True))
+  ta, tb = np.asarray(a["rows"], np.float64)[ia], np.asarray(b["rows"], np.float64)[ib]
+  width = ta.shape[1]
+
+  def diff(sums: np.ndarray) -> np.ndarray:
+    return prose_figures(sums[..., :width])[key] - prose_figures(sums[..., width:])[key]
+
+  joint = np.concatenate([ta, tb], axis=1)
+  clusters = [a["clusters"][i] for i in ia]
+  out = intervals.bootstrap_info(joint, diff, clusters=clusters, seed=seed, margin=margin)
+  return out | {"difference": _plain(diff(joint.sum(0))), "prompts": len(both)}
+
+
 def _plain(v) -> float | None:
   v = float(v)
   return v if math.isfinite(v) else None

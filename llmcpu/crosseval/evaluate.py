@@ -368,6 +368,7 @@ class ModelEvaluator:
       swapped=swapped,
     )
     out = coherence.assess(table, "prose", **stats)
+    out["prompt_table"] = coherence.table_record(table, prompts.docs, stats["clusters"])  # for paired comparisons
     gens = [*greedy, *sampled]
     out["chrf"] = text_metrics.chrf(gens, [coherence.cut_bytes(c, opt.new_bytes) for c in prompts.references] * 2)
     out["empty_generations"] = sum(not g for g in gens)

@@ -364,6 +364,57 @@ def baseline_claims(ok: Sequence[dict], calibration: Sequence[dict]) -> list[str
   ]
 
 
+_ROUNDING = 1e-9  # two identical cells differ by summation order only (~1e-16): that is no difference
+
+
+def _paired_line(label: str, p: dict) -> str:
+  return f"{label} {p['difference']:+.3f}{_fmt_ci(_ci({'d_ci': p['ci'], 'd_ci_info': p['info']}, 'd'))}"
+
+
+def paired_row_claims(ok: Sequence[dict], calibration: Sequence[dict], metric: str, name: str) -> list[str]:
+  """Native ``metric`` against every other cell of its row (and, for relevance, the two local baselines), each
+  difference paired by prompt: every column judged the same prompt bytes, so the difference of two cells has a far
+  narrower interval than either cell's own. Per (CPU, seed): above (every paired 95% interval above 0), below (some
+  competitor's clear above the native) or undecided at that many prompts."""
+  bases = _baselines(calibration) if metric == "relevance" else {}
+  nat = [r for r in ok if r.get("native") and r.get("prompt_table") and _num(r.get(metric)) is not None]
+  if not nat:
+    return []
+  rows = _by_checkpoint(ok)
+  verdicts: dict[str, int] = {"above": 0, "below": 0, "undecided": 0}
+  details = []
+  for r in nat:
+    rivals = [(c["eval_isa"], c) for c in rows[r["checkpoint"]] if not c.get("native") and c.get("prompt_table")]
+    rivals += [
+      (b.split(": ", 1)[-1], row) for b, row in bases.get(r.get("corpus"), {}).items() if row.get("prompt_table")
+    ]
+    diffs = [(label, coherence_doc.paired(r["prompt_table"], c["prompt_table"], metric)) for label, c in rivals]
+    diffs = [(label, p) for label, p in diffs if p and p["ci"] and p["difference"] is not None]
+    if not diffs:
+      continue
+    worst_label, worst = min(diffs, key=lambda x: x[1]["ci"][0])
+    if worst["ci"][0] > _ROUNDING:
+      verdicts["above"] += 1
+      continue
+    below = [(label, p) for label, p in diffs if p["ci"][1] < -_ROUNDING]
+    kind = "below" if below else "undecided"
+    verdicts[kind] += 1
+    shown = below or [(worst_label, worst)]
+    what = "; ".join(_paired_line(f"native − {label}", p) for label, p in shown)
+    at = f" at {worst['prompts']} prompts" if kind == "undecided" else ""
+    details.append(f"  - {_cpu(r)} (seed {r.get('seed')}): {kind}{at}: {what}")
+  n = sum(verdicts.values())
+  if not n:
+    return []
+  against = "every other cell of its row" + (" and both local baselines" if bases else "")
+  return [
+    f"- Native {name} above {against}, each difference paired by prompt (95% cluster bootstrap): above in "
+    f"{verdicts['above']}/{n} (CPU, seed) pairs, below a competitor in {verdicts['below']}/{n}, undecided in "
+    f"{verdicts['undecided']}/{n}: {_verdict(verdicts['above'] == n)}.",
+    *details,
+  ]
+
+
 def summarize(
   rows: Sequence[dict], tables: dict[str, str], calibration: Sequence[dict] = (), corpus_stats: dict | None = None
 ) -> str:
@@ -391,7 +442,9 @@ def summarize(
     *relevance_claims(ok),
     *native_best(ok, "relevance", "relevance", lower_is_better=False),
     *baseline_claims(ok, calibration),
+    *paired_row_claims(ok, calibration, "relevance", "relevance"),
     *native_best(ok, "relevance_beyond_tail", "relevance beyond the tail", lower_is_better=False),
+    *paired_row_claims(ok, calibration, "relevance_beyond_tail", "relevance beyond the tail"),
     *native_best(ok, "coherence", "coherence", lower_is_better=False),
     *programs_exact_match(ok),
     "",
