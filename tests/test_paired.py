@@ -93,6 +93,10 @@ def test_summary_row_verdicts_above_below_undecided(shared_shift):
   rows += [_row("tie", "x", True, a), _row("tie", "y", False, noisy)]
   rows += [_row("same", "x", True, a), _row("same", "y", False, a.copy())]  # equal up to summation order
   (head, *details) = summary.paired_row_claims(rows, [], "relevance", "relevance")
-  assert "above in 1/4" in head and "below a competitor in 1/4" in head and "undecided in 2/4" in head
+  assert "above in 1/4" in head and "below in 1/4" in head and "undecided in 2/4" in head
   assert any("below: native − y -" in d for d in details)
   assert any("undecided at 60 prompts" in d for d in details)
+  base = {"reference": coherence.NGRAM_BASELINE, "corpus": "c", **{k: v for k, v in _row("-", "-", False, b).items()}}
+  mine = [_row("up", "x", True, a) | {"corpus": "c"}]
+  (head, *_) = summary.paired_row_claims(mine, [base], "relevance", "relevance", against="baselines")
+  assert "above both local baselines" in head and "above in 1/1" in head

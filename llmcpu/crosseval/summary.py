@@ -371,23 +371,23 @@ def _paired_line(label: str, p: dict) -> str:
   return f"{label} {p['difference']:+.3f}{_fmt_ci(_ci({'d_ci': p['ci'], 'd_ci_info': p['info']}, 'd'))}"
 
 
-def paired_row_claims(ok: Sequence[dict], calibration: Sequence[dict], metric: str, name: str) -> list[str]:
-  """Native ``metric`` against every other cell of its row (and, for relevance, the two local baselines), each
-  difference paired by prompt: every column judged the same prompt bytes, so the difference of two cells has a far
-  narrower interval than either cell's own. Per (CPU, seed): above (every paired 95% interval above 0), below (some
-  competitor's clear above the native) or undecided at that many prompts."""
-  bases = _baselines(calibration) if metric == "relevance" else {}
+def paired_row_claims(
+  ok: Sequence[dict], calibration: Sequence[dict], metric: str, name: str, against: str = "cells"
+) -> list[str]:
+  """Native ``metric`` against every other cell of its row (``against="cells"``) or against the two local baselines
+  (``"baselines"``, from the calibration rows), each difference paired by prompt: every column judged the same prompt
+  bytes, so what a prompt does to both sides cancels. Per (CPU, seed): above (every paired 95% interval above 0),
+  below (some competitor clear above the native) or undecided at that many prompts."""
+  bases = _baselines(calibration)
   nat = [r for r in ok if r.get("native") and r.get("prompt_table") and _num(r.get(metric)) is not None]
-  if not nat:
-    return []
   rows = _by_checkpoint(ok)
   verdicts: dict[str, int] = {"above": 0, "below": 0, "undecided": 0}
   details = []
   for r in nat:
-    rivals = [(c["eval_isa"], c) for c in rows[r["checkpoint"]] if not c.get("native") and c.get("prompt_table")]
-    rivals += [
-      (b.split(": ", 1)[-1], row) for b, row in bases.get(r.get("corpus"), {}).items() if row.get("prompt_table")
-    ]
+    if against == "cells":
+      rivals = [(c["eval_isa"], c) for c in rows[r["checkpoint"]] if not c.get("native") and c.get("prompt_table")]
+    else:
+      rivals = [(b.split(": ", 1)[-1], x) for b, x in bases.get(r.get("corpus"), {}).items() if x.get("prompt_table")]
     diffs = [(label, coherence_doc.paired(r["prompt_table"], c["prompt_table"], metric)) for label, c in rivals]
     diffs = [(label, p) for label, p in diffs if p and p["ci"] and p["difference"] is not None]
     if not diffs:
@@ -406,10 +406,10 @@ def paired_row_claims(ok: Sequence[dict], calibration: Sequence[dict], metric: s
   n = sum(verdicts.values())
   if not n:
     return []
-  against = "every other cell of its row" + (" and both local baselines" if bases else "")
+  whom = "every other cell of its row" if against == "cells" else "both local baselines"
   return [
-    f"- Native {name} above {against}, each difference paired by prompt (95% cluster bootstrap): above in "
-    f"{verdicts['above']}/{n} (CPU, seed) pairs, below a competitor in {verdicts['below']}/{n}, undecided in "
+    f"- Native {name} above {whom}, each difference paired by prompt (95% cluster bootstrap): above in "
+    f"{verdicts['above']}/{n} (CPU, seed) pairs, below in {verdicts['below']}/{n}, undecided in "
     f"{verdicts['undecided']}/{n}: {_verdict(verdicts['above'] == n)}.",
     *details,
   ]
@@ -443,6 +443,7 @@ def summarize(
     *native_best(ok, "relevance", "relevance", lower_is_better=False),
     *baseline_claims(ok, calibration),
     *paired_row_claims(ok, calibration, "relevance", "relevance"),
+    *paired_row_claims(ok, calibration, "relevance", "relevance", against="baselines"),
     *native_best(ok, "relevance_beyond_tail", "relevance beyond the tail", lower_is_better=False),
     *paired_row_claims(ok, calibration, "relevance_beyond_tail", "relevance beyond the tail"),
     *native_best(ok, "coherence", "coherence", lower_is_better=False),
