@@ -415,6 +415,24 @@ def paired_row_claims(
   ]
 
 
+def _claims(ok: Sequence[dict], calibration: Sequence[dict]) -> list[str]:
+  """Every claim of "What the matrix shows", in order."""
+  return [
+    *native_best(ok, "bits_per_byte", "bits per byte (lowest)", lower_is_better=True),
+    *permuted_at_or_below_unigram(ok),
+    *prefix_above_unrelated(ok),
+    *relevance_claims(ok),
+    *native_best(ok, "relevance", "relevance", lower_is_better=False),
+    *baseline_claims(ok, calibration),
+    *paired_row_claims(ok, calibration, "relevance", "relevance"),
+    *paired_row_claims(ok, calibration, "relevance", "relevance", against="baselines"),
+    *native_best(ok, "relevance_beyond_tail", "relevance beyond the tail", lower_is_better=False),
+    *paired_row_claims(ok, calibration, "relevance_beyond_tail", "relevance beyond the tail"),
+    *native_best(ok, "coherence", "coherence", lower_is_better=False),
+    *programs_exact_match(ok),
+  ]
+
+
 def summarize(
   rows: Sequence[dict], tables: dict[str, str], calibration: Sequence[dict] = (), corpus_stats: dict | None = None
 ) -> str:
@@ -436,18 +454,7 @@ def summarize(
     *([capacity.summary_line(corpus_stats), ""] if corpus_stats else []),
     "## What the matrix shows",
     "",
-    *native_best(ok, "bits_per_byte", "bits per byte (lowest)", lower_is_better=True),
-    *permuted_at_or_below_unigram(ok),
-    *prefix_above_unrelated(ok),
-    *relevance_claims(ok),
-    *native_best(ok, "relevance", "relevance", lower_is_better=False),
-    *baseline_claims(ok, calibration),
-    *paired_row_claims(ok, calibration, "relevance", "relevance"),
-    *paired_row_claims(ok, calibration, "relevance", "relevance", against="baselines"),
-    *native_best(ok, "relevance_beyond_tail", "relevance beyond the tail", lower_is_better=False),
-    *paired_row_claims(ok, calibration, "relevance_beyond_tail", "relevance beyond the tail"),
-    *native_best(ok, "coherence", "coherence", lower_is_better=False),
-    *programs_exact_match(ok),
+    *_claims(ok, calibration),
     "",
     *calibration_table(calibration, ok),
   ]
