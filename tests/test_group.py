@@ -151,3 +151,10 @@ def test_runner_groups_cpus_and_skips_a_finished_group(tmp_path):
   c.group = "sometimes"
   with pytest.raises(UserError, match=r"^--config.group='sometimes' must be auto, on or off$"):
     matrix.grouping(c)
+
+
+def test_a_group_that_cannot_fit_is_refused_before_training(isas_dir, tmp_path):
+  members = [config(isas_dir, seed=s, train__memory_limit_gb=0.001) for s in (0, 1)]
+  with pytest.raises(UserError, match=r"^a group of 2 CPUs needs ~.* but has 0.00 GiB; train fewer at once"):
+    group.train_group(members, [str(tmp_path / "a"), str(tmp_path / "b")], **QUIET)
+  assert not (tmp_path / "a" / "checkpoints").exists()

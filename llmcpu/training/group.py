@@ -26,7 +26,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from llmcpu import fs, models
 from llmcpu.errors import UserError
-from llmcpu.training import checkpoints, parallel, placement, trainer, writer
+from llmcpu.training import checkpoints, memory, parallel, placement, trainer, writer
 from llmcpu.training.optim import make_optimizer
 
 PER_MEMBER = ("seed", "data.isa")  # the config values members may differ in
@@ -103,11 +103,30 @@ def train_group(
     todo = [s for s in setups if (_latest(s) or 0) < s.config.train.steps]
     if not todo:
       return GroupResult(setups[0].config.train.steps, "done", [])
+    preflight(todo, log)
     group = GroupTrainer(todo, log=log)
     try:
       return group.run(should_stop)
     finally:
       group.close()
+
+
+def preflight(setups: Sequence[trainer.Setup], log: Callable[[str], None]) -> memory.Estimate:
+  """Refuses a group whose stacked state and step would not fit a device: ``memory.estimate_for`` of one member
+  (analytic) times the members, since vmap stacks every buffer; the budget is ``memory.preflight``'s."""
+  first, n = setups[0], len(setups)
+  c = first.config
+  one = memory.estimate_for(c, first.model_config, first.objective, jax.device_count())
+  on_host = jax.default_backend() == "cpu"
+  need = memory.Estimate(one.state * n, one.step * n + (memory.RUNTIME_BYTES if on_host else 0), one.how)
+  limit = int(c.train.get("memory_limit_gb", 0.0) * memory.GIB) or memory.device_bytes() or memory.available_bytes()
+  log(f"memory: a group of {n} needs ~{need.describe()} per device; the budget is {limit / memory.GIB:.2f} GiB")
+  if limit and need.total > limit:
+    raise UserError(
+      f"a group of {n} CPUs needs ~{need.describe()} per device but has {limit / memory.GIB:.2f} GiB; train fewer "
+      f"at once (--config.group_max={max(1, n * limit // need.total)} in an experiment) or set --config.group=off"
+    )
+  return need
 
 
 def _latest(setup: trainer.Setup) -> int | None:
