@@ -198,3 +198,20 @@ def test_finalize_on_hand_made_sums():
   # No bytes (e.g. an objective without content targets): no bits per byte; no weight: no division by zero.
   assert loss.finalize(dict(sums, bytes=0.0)) == pytest.approx({"loss": 1.5, "accuracy": 0.75})
   assert loss.finalize({k: 0.0 for k in loss.METRIC_SUM_KEYS}) == {"loss": 0.0, "accuracy": 0.0}
+
+
+def test_hits_is_argmax_including_ties_and_nan():
+  """``loss.hits`` counts exactly numpy's argmax == target (the first maximal id), on logits with many exact ties
+  (small integers), rows of one repeated value, and a row holding a NaN (never a hit)."""
+  rng = np.random.default_rng(0)
+  logits = rng.integers(0, 4, (64, 37)).astype(np.float32)
+  logits[:4] = 2.0  # every id ties: only id 0 is the argmax
+  logits[4, 7] = np.nan
+  targets = rng.integers(0, 37, 64)
+  targets[:4] = [0, 1, 36, 0]
+  shifted = jnp.asarray(logits) - jnp.max(jnp.asarray(logits), axis=-1, keepdims=True)
+  got = np.asarray(loss.hits(shifted, jnp.asarray(targets, jnp.int32)))
+  want = (np.argmax(np.where(np.isnan(logits), -np.inf, logits), axis=-1) == targets).astype(np.float32)
+  want[4] = 0.0
+  np.testing.assert_array_equal(got, want)
+  assert got[:4].tolist() == [1.0, 0.0, 0.0, 1.0] and 0 < got.sum() < 64
