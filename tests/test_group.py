@@ -104,6 +104,7 @@ def run_worker(compile_dir: str, root: str, members: list[dict], *extra: str) ->
   return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow  # three fresh processes on 8 forced host devices: 38 s at load 4, 80 s at load 9
 def test_data_parallel_group_on_8_devices_resumes_bit_identically(isas_dir, alone, tmp_path):
   """8 forced host devices, every member's 8 rows split over them: SIGTERM before step 7 saves every member at
   step 7 and exits 0; the rerun ends on the uninterrupted group's bits; a member equals its CPU trained alone."""

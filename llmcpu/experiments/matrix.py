@@ -208,14 +208,17 @@ def _plan(exp: ml_collections.ConfigDict, workdir: str) -> Plan:
 
 
 def grouping(exp: ml_collections.ConfigDict) -> bool:
-  """Whether ``exp.group`` asks for grouped training here (auto: on an accelerator)."""
+  """Whether ``exp.group`` asks for grouped training here (auto: on an accelerator driven by one process)."""
   import jax
 
   if exp.get("group", "off") not in ("auto", "on", "off"):
     raise UserError(f"--config.group={exp.group!r} must be auto, on or off")
   if exp.get("group_max", 1) < 1:
     raise UserError(f"--config.group_max={exp.group_max} must be at least 1")
-  return exp.get("group", "off") == "on" or (exp.get("group") == "auto" and jax.default_backend() != "cpu")
+  if exp.get("group", "off") == "on" and jax.process_count() > 1:
+    raise UserError("--config.group=on trains a group in one process; with several processes set it to auto or off")
+  one_accelerator = jax.default_backend() != "cpu" and jax.process_count() == 1  # a pod slice trains CPUs alone
+  return exp.get("group", "off") == "on" or (exp.get("group") == "auto" and one_accelerator)
 
 
 def _cpu_stages(exp: ml_collections.ConfigDict, plan: Plan, workdir: str, log: Callable) -> list[base.Stage]:
