@@ -1,10 +1,10 @@
-"""Paired benchmark of the training step's accuracy count: ``jnp.argmax(logits) == target`` (before) vs
-``loss.hits`` (the first maximal id by an int32 min-reduce: after), in one process.
+"""Paired benchmark of the training step's accuracy count: ``jnp.argmax(logits) == target`` (before), the first
+maximal id by an int32 min-reduce (``hits_int32``) and ``loss.hits`` (the same with int16 ids), in one process.
 
 Both variants are the trainer's step (``trainer.make_steps``, as ``benchmarks/group_bench.py`` builds it) on the
 same batch and initial state; their timings are interleaved (A, B, A, B, …) so both see the same load, and each
-reports its best mean step time. ``speedup`` = before ÷ after. ``same_figures``: both steps return the same
-loss, accuracy and parameters (the count changes no gradient).
+reports its best mean step time. ``<variant>_speedup`` = argmax's step time ÷ the variant's. ``same_figures``:
+every variant's first step returns the same loss, accuracy and parameters (the count changes no gradient).
 
   .venv/bin/python benchmarks/argmax_ab.py [--preset=tiny] [--vocab=4000]   # JSON as the last stdout line
 """
@@ -32,6 +32,16 @@ def argmax_hits(shifted_NxV: jax.Array, t_N: jax.Array) -> jax.Array:
   return (jnp.argmax(shifted_NxV, axis=-1) == t_N).astype(jnp.float32)
 
 
+def int32_hits(shifted_NxV: jax.Array, t_N: jax.Array) -> jax.Array:
+  """``loss.hits`` with int32 ids (its first version)."""
+  ids_V = jnp.arange(shifted_NxV.shape[-1], dtype=jnp.int32)
+  first_N = jnp.min(jnp.where(shifted_NxV == 0, ids_V[None, :], shifted_NxV.shape[-1]), axis=-1)
+  return (first_N == t_N).astype(jnp.float32)
+
+
+VARIANTS = {"argmax": argmax_hits, "hits_int32": int32_hits, "hits": loss.hits}
+
+
 def variant(hits, preset: str, vocab: int, batch: int, seq: int):
   """(step, state, batch) with ``loss.hits`` set to ``hits`` while the step is traced and compiled."""
   kept = loss.hits
@@ -54,33 +64,33 @@ def main() -> None:
   parser.add_argument("--repeats", type=int, default=5)
   args = parser.parse_args()
   shape = (args.preset, args.vocab, args.batch, args.seq)
-  before, after = variant(argmax_hits, *shape), variant(loss.hits, *shape)
-  outs = [v[0](v[1], v[2]) for v in (before, after)]  # the first states were donated: carry the returned ones
+  variants = {name: variant(fn, *shape) for name, fn in VARIANTS.items()}
+  outs = {name: v[0](v[1], v[2]) for name, v in variants.items()}  # the first states were donated: carry these
+  reference = jax.tree.leaves(outs["argmax"])
   same = all(
-    np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(*(jax.tree.leaves(o) for o in outs), strict=True)
+    np.array_equal(np.asarray(a), np.asarray(b))
+    for out in outs.values()
+    for a, b in zip(reference, jax.tree.leaves(out), strict=True)
   )
-  states = [o[0] for o in outs]
-  best = [float("inf"), float("inf")]
+  states = {name: out[0] for name, out in outs.items()}
+  best = dict.fromkeys(variants, float("inf"))
   load = os.getloadavg()[0]
   for _ in range(args.repeats):
-    for i, (fn, _, data) in enumerate((before, after)):
+    for name, (fn, _, data) in variants.items():
       t0 = time.perf_counter()
       for _ in range(args.steps):
-        states[i], figures = fn(states[i], data)
-      jax.block_until_ready((states[i], figures))
-      best[i] = min(best[i], (time.perf_counter() - t0) / args.steps)
+        states[name], figures = fn(states[name], data)
+      jax.block_until_ready((states[name], figures))
+      best[name] = min(best[name], (time.perf_counter() - t0) / args.steps)
   tokens = args.batch * args.seq
-  result = {
-    "shape": dict(preset=args.preset, vocab=args.vocab, batch=args.batch, seq=args.seq),
-    "argmax_step_ms": best[0] * 1e3,
-    "hits_step_ms": best[1] * 1e3,
-    "argmax_tokens_per_s": tokens / best[0],
-    "hits_tokens_per_s": tokens / best[1],
-    "speedup": best[0] / best[1],
-    "same_figures": same,
-    "loadavg": [load, os.getloadavg()[0]],
-  }
-  group_bench.log(f"argmax {best[0] * 1e3:.1f} ms, hits {best[1] * 1e3:.1f} ms: {best[0] / best[1]:.2f}×")
+  result: dict[str, object] = {"shape": dict(preset=args.preset, vocab=args.vocab, batch=args.batch, seq=args.seq)}
+  for name, seconds in best.items():
+    result[f"{name}_step_ms"] = seconds * 1e3
+    result[f"{name}_tokens_per_s"] = tokens / seconds
+    result[f"{name}_speedup"] = best["argmax"] / seconds
+  result["same_figures"] = same
+  result["loadavg"] = [load, os.getloadavg()[0]]
+  group_bench.log(", ".join(f"{name} {s * 1e3:.1f} ms" for name, s in best.items()))
   print(json.dumps(result))
 
 

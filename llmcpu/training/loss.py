@@ -92,10 +92,13 @@ def hits(shifted_NxV: jax.Array, t_N: jax.Array) -> jax.Array:
   ``shifted`` = logits − their max is exactly 0 at the maximal ids; the first of them is a min-reduce over ids. A
   row holding a NaN has no hit (``jnp.argmax`` would point at the NaN; such a step stops training anyway).
   ``jnp.argmax`` is a variadic (value, index) reduce that XLA:CPU runs unvectorized: 36 of the tiny step's 153 ms of
-  thread time (benchmarks/step_profile.py); this is a compare and an int32 min (benchmarks/argmax_ab.py)."""
-  ids_V = jnp.arange(shifted_NxV.shape[-1], dtype=jnp.int32)
-  first_N = jnp.min(jnp.where(shifted_NxV == 0, ids_V[None, :], shifted_NxV.shape[-1]), axis=-1)
-  return (first_N == t_N).astype(jnp.float32)
+  thread time (benchmarks/step_profile.py). XLA:CPU writes the [N, V] ids of the select out before reducing them,
+  so they are int16 where the vocabulary allows (half the bytes of int32; benchmarks/argmax_ab.py)."""
+  v = shifted_NxV.shape[-1]
+  dtype = jnp.int16 if v < 2**15 else jnp.int32
+  ids_V = jnp.arange(v, dtype=dtype)
+  first_N = jnp.min(jnp.where(shifted_NxV == 0, ids_V[None, :], jnp.asarray(v, dtype)), axis=-1)
+  return (first_N.astype(jnp.int32) == t_N).astype(jnp.float32)
 
 
 def _head_pass(
