@@ -48,7 +48,7 @@ def isas_dir(tmp_path_factory) -> str:
 
 
 def config(compile_dir: str, **overrides):
-  return tiny_config("decoder", compile_dir, train__steps=STEPS, checkpoint__every=STEPS, **overrides)
+  return tiny_config("decoder", compile_dir, **{"train__steps": STEPS, "checkpoint__every": STEPS, **overrides})
 
 
 @pytest.fixture(scope="module")
@@ -81,6 +81,29 @@ def test_members_equal_cpus_trained_alone(isas_dir, alone, tmp_path):
   assert far > 100 * ATOL  # another seed is another CPU: the tolerance tells them apart
   again = group.train_group(members, paths, **QUIET)  # every member finished: nothing trains
   assert again.stopped == "done" and again.members == []
+
+
+def test_a_group_resumes_cpus_stopped_alone_at_different_steps(isas_dir, alone, tmp_path):
+  """bpe:600 stopped alone at step 8 (checkpoints 4 and 8) and its permuted copy at step 4: the group resumes both
+  from step 4 and ends where each trained alone ends (ATOL); a member without the group's step is refused."""
+  members = [config(isas_dir, checkpoint__every=4), config(isas_dir, data__isa="bpe:600+perm:1", checkpoint__every=4)]
+  paths = [str(tmp_path / "m0"), str(tmp_path / "m1")]
+  for c, path, at in zip(members, paths, (8, 4), strict=True):
+    assert trainer.train(c, path, should_stop=lambda step, at=at: step == at, **QUIET).step == at
+  logs: list[str] = []
+  result = group.train_group(members, paths, log=logs.append)
+  assert result.step == STEPS and "steps 4→20" in logs[1]
+  for out, isa in zip(result.members, ("bpe:600", "bpe:600+perm:1"), strict=True):
+    for a, b in zip(leaves(out.state), leaves(alone[isa].state), strict=True):
+      np.testing.assert_allclose(a, b, rtol=0, atol=ATOL)
+  early, late = str(tmp_path / "early"), str(tmp_path / "late")
+  trainer.train(members[0], early, should_stop=lambda step: step == 4, **QUIET)
+  seed1 = config(isas_dir, seed=1, checkpoint__every=4)
+  trainer.train(seed1, late, should_stop=lambda step: step == 13, **QUIET)  # keeps steps 12 and 13
+  with pytest.raises(
+    UserError, match=r"late has no checkpoint at step 4, where its group resumes \(it has \[12, 13\]\)"
+  ):
+    group.train_group([members[0], seed1], [early, late], **QUIET)
 
 
 def test_other_shapes_are_refused(isas_dir, tmp_path):
