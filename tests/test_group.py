@@ -182,3 +182,11 @@ def test_a_group_that_cannot_fit_is_refused_before_training(isas_dir, tmp_path):
   with pytest.raises(UserError, match=r"^a group of 2 CPUs needs ~.* but has 0.00 GiB; train fewer at once"):
     group.train_group(members, [str(tmp_path / "a"), str(tmp_path / "b")], **QUIET)
   assert not (tmp_path / "a" / "checkpoints").exists()
+
+
+def test_a_non_finite_member_stops_the_group_naming_it(isas_dir, tmp_path):
+  # A learning rate that overflows float32: the first update makes every member's parameters infinite.
+  members = [config(isas_dir, seed=s, train__learning_rate=1e39, checkpoint__every=1) for s in (0, 1)]
+  with pytest.raises(UserError, match=r"not finite at step 1 in \S+/m0 .*last good checkpoint is step none"):
+    group.train_group(members, [str(tmp_path / "m0"), str(tmp_path / "m1")], **QUIET)
+  assert not [p for p in (tmp_path / "m0" / "checkpoints").iterdir() if p.name.isdigit()]
