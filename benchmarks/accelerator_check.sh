@@ -2,6 +2,8 @@
 # Accelerator check: on one GPU or TPU machine, in about 10 minutes, one JSON object on stdout (progress on stderr):
 #
 #   model_bench       benchmarks/model_bench.py as it is (f32 tiny/small step MFU, KV-cache speedup)
+#   group_bench       benchmarks/group_bench.py: tokens/s of one tiny CPU alone vs CPUs trained in groups of 3/9/18
+#                     under one jit (llmcpu.training.group), the figure that sets experiments' config.group
 #   model_bench_bf16  its training-step measurement in bfloat16 for the small and base presets, MFU against the
 #                     chip's bf16 matmul peak measured in the same run; attention_impl=dot_product_attention
 #                     (cuDNN's fused attention on a GPU, XLA's elsewhere)
@@ -78,6 +80,7 @@ if ((TINY)); then
   PRESET=tiny ISAS=char,char+perm:1 ISA=char STEPS=20
   TRAIN=(--config.train.batch_size=8 --config.data.length=64 --config.train.log_every=5)
   EVAL=(--config.max_docs=8 --config.prompts=8 --config.new_tokens=8)
+  GROUP_ARGS=(--groups=2,3 --batch=4 --seq=32 --vocab=512 --steps=1 --repeats=1)
 else
   BENCH=()
   PRESET=base ISAS=bpe:4000,bpe:4000+perm:1 ISA=bpe:4000
@@ -85,9 +88,11 @@ else
   # on one recent chip; a T4-class GPU needs ~2 s a step (estimated), so give it --steps=100.
   TRAIN=(--config.train.batch_size=16 --config.train.log_every=25)
   EVAL=(--config.max_docs=64 --config.prompts=32)
+  GROUP_ARGS=(--groups=3,9,18)  # the tiny preset's step (16 × 128 tokens, vocabulary 4000) per CPU
 fi
 
 bench() { "$PY" benchmarks/model_bench.py "${BENCH[@]}" >"$WORK/model_bench.out"; }
+group_bench() { "$PY" benchmarks/group_bench.py "${GROUP_ARGS[@]}" >"$WORK/group_bench.out"; }
 
 # model_bench.py's step measurement (train_step_fn, Timing) with bf16 models and a bf16 matmul peak.
 bench_bf16() {
@@ -141,6 +146,7 @@ PY
 }
 
 step model_bench bench
+step group_bench group_bench
 step model_bench_bf16 bench_bf16
 step compile "$PY" scripts/compile.py --config.corpus=python_docs --config.compilers="$ISAS" --workdir="$WORK/compiled"
 step train "$PY" scripts/train.py --config="configs/decoder.py:$PRESET" --workdir="$WORK/train" \
@@ -176,7 +182,7 @@ def jsonl(path):
 
 
 out = {"platform": platform}
-for name in ("model_bench", "model_bench_bf16"):
+for name in ("model_bench", "group_bench", "model_bench_bf16"):
   out[name] = {**last_json(os.path.join(work, f"{name}.out")), "seconds": seconds(name)}
 manifests = sorted(glob.glob(os.path.join(work, "compiled", "data", "*", "*", "train", "manifest.json")))
 isas = {}

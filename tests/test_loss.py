@@ -198,3 +198,22 @@ def test_finalize_on_hand_made_sums():
   # No bytes (e.g. an objective without content targets): no bits per byte; no weight: no division by zero.
   assert loss.finalize(dict(sums, bytes=0.0)) == pytest.approx({"loss": 1.5, "accuracy": 0.75})
   assert loss.finalize({k: 0.0 for k in loss.METRIC_SUM_KEYS}) == {"loss": 0.0, "accuracy": 0.0}
+
+
+@pytest.mark.parametrize("vocab", [37, 2**15 + 3])  # int16 ids, and int32 past int16's range
+def test_hits_is_argmax_including_ties_and_nan(vocab):
+  """``loss.hits`` counts exactly numpy's argmax == target (the first maximal id), on logits with many exact ties
+  (small integers), rows of one repeated value, and a row holding a NaN (never a hit)."""
+  rng = np.random.default_rng(0)
+  logits = rng.integers(0, 4, (64, vocab)).astype(np.float32)
+  logits[:4] = 2.0  # every id ties: only id 0 is the argmax
+  logits[4, 7] = np.nan
+  logits[5:8, -1] = 9.0  # the last id is the only maximum: a hit where it is the target
+  targets = rng.integers(0, vocab, 64)
+  targets[:8] = [0, 1, vocab - 1, 0, 7, vocab - 1, vocab - 1, 0]
+  shifted = jnp.asarray(logits) - jnp.max(jnp.asarray(logits), axis=-1, keepdims=True)
+  got = np.asarray(loss.hits(shifted, jnp.asarray(targets, jnp.int32)))
+  want = (np.argmax(np.where(np.isnan(logits), -np.inf, logits), axis=-1) == targets).astype(np.float32)
+  want[4] = 0.0
+  np.testing.assert_array_equal(got, want)
+  assert got[:8].tolist() == [1.0, 0.0, 0.0, 1.0, 0.0, 1.0, 1.0, 0.0] and 0 < got.sum() < 64

@@ -132,6 +132,11 @@ class Stage:
   steps: int
   tag: str  # what the progress lines and a Stopped message call it
   train: Callable[[], object]
+  members: tuple[str, ...] = ()  # a group's other CPUs (training.group), trained with ``path`` by the same call
+
+  @property
+  def paths(self) -> tuple[str, ...]:
+    return (self.path, *self.members)
 
 
 def run_stages(what: str, stages: Sequence[Stage], log: Callable[[str], None]) -> None:
@@ -140,13 +145,14 @@ def run_stages(what: str, stages: Sequence[Stage], log: Callable[[str], None]) -
   t0, trained = time.time(), 0
   for i, stage in enumerate(stages, 1):
     tag = f"[{i}/{len(stages)}] {stage.tag}"
-    if finished(stage.path, stage.steps):
+    if all(finished(p, stage.steps) for p in stage.paths):  # a group is done when every member is
       log(f"== {what} {tag}: done")
       continue
     elapsed = time.time() - t0
     eta = f", ~{elapsed / trained * (len(stages) - i + 1):.0f}s left" if trained else ""
     log(f"== {what} {tag} (elapsed {elapsed:.0f}s{eta})")
-    fs.makedirs(stage.path)
+    for path in stage.paths:
+      fs.makedirs(path)
     result = stage.train()
     if result.stopped != "done":
       raise Stopped(f"stopped at step {result.step} of {tag} ({result.stopped}); rerun the same command to continue")

@@ -57,6 +57,11 @@ def experiment_config(preset: str = "tiny") -> ml_collections.ConfigDict:
   c.preset = preset
   c.steps = defaults.train.steps
   c.seeds = "0"  # comma-separated: every CPU is trained once per seed (tables: mean ± std over seeds)
+  # Grouped training (llmcpu.training.group): CPUs of one shape (a corpus and architecture; ISAs of equal vocabulary,
+  # every seed) trained as one stacked model under one jit. auto: on where jax runs on an accelerator, off on the
+  # host (measured not to help there: README, Grouped training); on; off.
+  c.group = "auto"
+  c.group_max = 18  # most CPUs in one group
   c.report = "report"  # report directory under the workdir: another name lets two experiments share the same runs
   c.data_dir = ""  # TFDS data_dir ('' = TFDS default)
   c.doc_bytes = data.DOC_BYTES  # most bytes of a document cut from your own files (text:, jsonl:, ...) or tfds: records
@@ -187,6 +192,7 @@ def _plan(exp: ml_collections.ConfigDict, workdir: str) -> Plan:
     if arch not in ARCHS:
       raise UserError(f"unknown arch {arch!r} in --config.archs; choose from {', '.join(ARCHS)}")
   seeds = seed_list(exp.seeds)
+  grouping(exp)  # a bad group knob is refused before anything is compiled
   for arch in archs:
     check_ranges(cpu_config(exp, exp.corpus, arch, str(trained[0]), "", seeds[0]))
   load = dict(data_dir=exp.data_dir or None, doc_bytes=exp.get("doc_bytes", data.DOC_BYTES))
@@ -201,12 +207,29 @@ def _plan(exp: ml_collections.ConfigDict, workdir: str) -> Plan:
   return Plan(specs, trained, archs, seeds, corpora, sources, compile_dir, leader)
 
 
+def grouping(exp: ml_collections.ConfigDict) -> bool:
+  """Whether ``exp.group`` asks for grouped training here (auto: on an accelerator driven by one process)."""
+  import jax
+
+  if exp.get("group", "off") not in ("auto", "on", "off"):
+    raise UserError(f"--config.group={exp.group!r} must be auto, on or off")
+  if exp.get("group_max", 1) < 1:
+    raise UserError(f"--config.group_max={exp.group_max} must be at least 1")
+  if exp.get("group", "off") == "on" and jax.process_count() > 1:
+    raise UserError("--config.group=on trains a group in one process; with several processes set it to auto or off")
+  one_accelerator = jax.default_backend() != "cpu" and jax.process_count() == 1  # a pod slice trains CPUs alone
+  return exp.get("group", "off") == "on" or (exp.get("group") == "auto" and one_accelerator)
+
+
 def _cpu_stages(exp: ml_collections.ConfigDict, plan: Plan, workdir: str, log: Callable) -> list[base.Stage]:
   """Every CPU's training run. Seeds outermost: an experiment stopped part-way has every cell of its first seeds,
-  not every seed of a few cells."""
+  not every seed of a few cells. With grouping on, the unfinished CPUs of one shape are grouped instead (finished
+  ones stay single stages, skipped as done)."""
   from llmcpu.training import trainer  # jax/flax only when training is asked for
 
   jobs = [(c, a, s, seed) for seed in plan.seeds for c in plan.corpora for a in plan.archs for s in plan.trained]
+  if grouping(exp):
+    return _group_stages(exp, plan, workdir, jobs, log)
   return [
     base.Stage(
       cpu_dir(workdir, corpus.name, arch, spec.name, seed),
@@ -221,6 +244,35 @@ def _cpu_stages(exp: ml_collections.ConfigDict, plan: Plan, workdir: str, log: C
     )
     for corpus, arch, spec, seed in jobs
   ]
+
+
+def _group_stages(exp, plan: Plan, workdir: str, jobs: list, log: Callable) -> list[base.Stage]:
+  """Finished CPUs as single stages (skipped), the others in groups of one shape, at most ``exp.group_max`` each."""
+  from llmcpu.training import group, trainer
+
+  tools = toolchain.Toolchain(plan.compile_dir)
+  singles, shapes = [], {}
+  for corpus, arch, spec, seed in jobs:
+    path = cpu_dir(workdir, corpus.name, arch, spec.name, seed)
+    config = cpu_config(exp, corpus.spec, arch, str(spec), plan.compile_dir, seed)
+    tag = f"{corpus.name} {arch} {spec.name} seed {seed}"
+    if base.finished(path, exp.steps):
+      singles.append(base.Stage(path, exp.steps, tag, lambda: None))
+      continue
+    vocab = tools.compiler(spec, corpus=corpus.spec).vocab_size
+    shapes.setdefault((corpus.name, arch, vocab), []).append((path, config, tag))
+  stages = []
+  for (corpus_name, arch, vocab), members in shapes.items():
+    for i in range(0, len(members), exp.group_max):
+      chunk = members[i : i + exp.group_max]
+      paths, configs = [m[0] for m in chunk], [m[1] for m in chunk]
+      if len(chunk) == 1:  # a group of one is a CPU trained alone
+        tag, train = chunk[0][2], functools.partial(trainer.train, configs[0], paths[0], log=log)
+      else:
+        tag = f"{corpus_name} {arch} group of {len(chunk)} ({vocab} ids)"
+        train = functools.partial(group.train_group, configs, paths, log=log)
+      stages.append(base.Stage(paths[0], exp.steps, tag, train, members=tuple(paths[1:])))
+  return singles + stages
 
 
 def _cross_evaluate(exp, plan: Plan, workdir: str, report_root: str, corpus, t_start: float, log: Callable) -> str:

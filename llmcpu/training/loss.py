@@ -86,6 +86,21 @@ def default_chunk(batch: int, length: int, vocab: int) -> int:
   return -(-length // -(-length // most))
 
 
+def hits(shifted_NxV: jax.Array, t_N: jax.Array) -> jax.Array:
+  """1.0 where the target is ``argmax`` of the logits (the first maximal id, as ``jnp.argmax``), else 0.0.
+
+  ``shifted`` = logits − their max is exactly 0 at the maximal ids; the first of them is a min-reduce over ids. A
+  row holding a NaN has no hit (``jnp.argmax`` would point at the NaN; such a step stops training anyway).
+  ``jnp.argmax`` is a variadic (value, index) reduce that XLA:CPU runs unvectorized: 36 of the tiny step's 153 ms of
+  thread time (benchmarks/step_profile.py). XLA:CPU writes the [N, V] ids of the select out before reducing them,
+  so they are int16 where the vocabulary allows (half the bytes of int32; benchmarks/argmax_ab.py)."""
+  v = shifted_NxV.shape[-1]
+  dtype = jnp.int16 if v < 2**15 else jnp.int32
+  ids_V = jnp.arange(v, dtype=dtype)
+  first_N = jnp.min(jnp.where(shifted_NxV == 0, ids_V[None, :], jnp.asarray(v, dtype)), axis=-1)
+  return (first_N.astype(jnp.int32) == t_N).astype(jnp.float32)
+
+
 def _head_pass(
   h_BxLxD, kernel_DxV, targets_BxL, gw_BxL, chunk: int, *, grad_h: bool = False, grad_kernel: bool = False
 ):
@@ -108,7 +123,7 @@ def _head_pass(
     shifted_NxV = logits_NxV - jnp.max(logits_NxV, axis=-1, keepdims=True)
     lse_N = jnp.log(jnp.sum(jnp.exp(shifted_NxV), axis=-1))
     nll_N = lse_N - jnp.take_along_axis(shifted_NxV, t_N[:, None], axis=-1)[:, 0]
-    hit_N = (jnp.argmax(logits_NxV, axis=-1) == t_N).astype(jnp.float32)
+    hit_N = hits(shifted_NxV, t_N)
     if not (grad_h or grad_kernel):
       return dk_DxV, (nll_N.reshape(b, c), hit_N.reshape(b, c), None)
     # d nll / d logits = softmax − one-hot, per position scaled by its weight; never leaves this chunk.

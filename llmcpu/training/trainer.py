@@ -420,19 +420,7 @@ class Trainer:
 
   def _restore(self, state: dict) -> dict:
     """The newest checkpoint, if it is of this architecture on this ISA."""
-    run, workdir = self.setup, self.setup.workdir
-    meta = checkpoints.load_meta(workdir)
-    reads = run.input_compiler.fingerprint if run.input_compiler else None
-    if (
-      meta["arch"] != run.model_config.arch
-      or meta["isa_fingerprint"] != run.compiler.fingerprint
-      or meta.get("input_isa_fingerprint") != reads
-    ):
-      raise UserError(
-        f"{workdir} holds a checkpoint of arch {meta['arch']} on ISA {meta['isa_name']} "
-        f"({meta['isa_fingerprint']}), not of {run.model_config.arch} on {run.compiler.name} "
-        f"({run.compiler.fingerprint}); use another --workdir"
-      )
+    check_resumable(self.setup)
     state, meta = checkpoints.restore(self.mngr, self.start, checkpoints.abstract(state))
     self.provenance = {**self.provenance, **meta.get("provenance", {})}  # where the run began stays recorded
     self.log(f"resumed from step {self.start} ({meta['tokens_seen']:,} tokens seen)")
@@ -578,6 +566,22 @@ class Trainer:
         f"[{run.objective}], steps {self.start}→{t.steps}, batch {t.batch_size}, devices {len(jax.devices())} "
         f"({self.placement.describe()}), processes {jax.process_count()}"
       )
+
+
+def check_resumable(run: Setup) -> None:
+  """Refuses to resume from a workdir whose newest checkpoint is of another architecture or ISA."""
+  meta = checkpoints.load_meta(run.workdir)
+  reads = run.input_compiler.fingerprint if run.input_compiler else None
+  if (
+    meta["arch"] != run.model_config.arch
+    or meta["isa_fingerprint"] != run.compiler.fingerprint
+    or meta.get("input_isa_fingerprint") != reads
+  ):
+    raise UserError(
+      f"{run.workdir} holds a checkpoint of arch {meta['arch']} on ISA {meta['isa_name']} "
+      f"({meta['isa_fingerprint']}), not of {run.model_config.arch} on {run.compiler.name} "
+      f"({run.compiler.fingerprint}); use another --workdir"
+    )
 
 
 class _Meter:
