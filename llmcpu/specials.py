@@ -1,9 +1,16 @@
-"""Special ids shared by every ISA.
+"""Special ids shared by every ISA the project trains, and the roles of an ISA that came from elsewhere.
 
-Every compiler, whatever its family, reserves the same low ids so that a model's pad/unk/bos/eos/mask handling
-never depends on which ISA it was trained on. Regular pieces start at ``FIRST_REGULAR_ID``.
+Every compiler the project trains, whatever its family, reserves the same low ids so that a model's
+pad/unk/bos/eos/mask handling never depends on which ISA it was trained on. Regular pieces start at
+``FIRST_REGULAR_ID``. An ISA read from an existing tokenizer file (``hf:``/``spm:``) keeps its own id table, so its
+special ids are wherever that file puts them: ``Roles`` names them (``OWN`` is the project's layout).
 """
 
+from __future__ import annotations
+
+import dataclasses
+import functools
+import operator
 import re
 
 PAD_ID = 0
@@ -27,8 +34,48 @@ def sentinel_id(i: int) -> int:
 
 def is_content(ids):
   """True for a document's own ids (regular ids and UNK), False for PAD/BOS/EOS/MASK/sentinels: what bits per byte
-  counts. Elementwise on numpy or JAX arrays alike."""
+  counts, in the project's own layout (``Roles.is_content`` for any ISA). Elementwise on numpy or JAX arrays."""
   return (ids == UNK_ID) | (ids >= FIRST_REGULAR_ID)
+
+
+@dataclasses.dataclass(frozen=True)
+class Roles:
+  """Which ids of one ISA play the special roles, and every id that is no document's content.
+
+  ``control``: the ids a compiler never emits for text (BOS/EOS/PAD/MASK/sentinels, a file's added special
+  tokens); they are never content. ``borrowed``: roles the ISA lacks, filled by another of its ids (GPT-2 has no
+  PAD: ``pad`` is its EOS id, which is safe because a pad position always has weight 0, so it is never scored).
+  ``unk`` is None where the ISA has no unknown piece. ``mask``/``first_sentinel`` are None outside the own layout:
+  the objectives that need them (mlm, span corruption) refuse such an ISA.
+  """
+
+  pad: int
+  bos: int
+  eos: int
+  unk: int | None
+  control: tuple[int, ...]
+  mask: int | None = None
+  first_sentinel: int | None = None
+  borrowed: tuple[str, ...] = ()
+
+  @property
+  def own(self) -> bool:
+    return self == OWN
+
+  def is_content(self, ids):
+    """True for a document's own ids (anything but a control id): what bits per byte counts. numpy or JAX."""
+    if self.own:
+      return is_content(ids)
+    if not self.control:
+      return ids == ids
+    return functools.reduce(operator.and_, [ids != c for c in self.control])
+
+  def to_json(self) -> dict:
+    return dataclasses.asdict(self) | {"control": list(self.control), "borrowed": list(self.borrowed)}
+
+  @classmethod
+  def from_json(cls, d: dict) -> Roles:
+    return cls(**(d | {"control": tuple(d["control"]), "borrowed": tuple(d.get("borrowed", ()))}))
 
 
 def sentinel_piece(i: int) -> str:
@@ -38,6 +85,11 @@ def sentinel_piece(i: int) -> str:
 # The pieces every ISA has at ids 0 … FIRST_REGULAR_ID-1, in id order.
 SPECIAL_PIECES: tuple[str, ...] = (PAD, UNK, BOS, EOS, MASK) + tuple(sentinel_piece(i) for i in range(NUM_SENTINELS))
 assert len(SPECIAL_PIECES) == FIRST_REGULAR_ID
+
+
+OWN = Roles(
+  PAD_ID, BOS_ID, EOS_ID, UNK_ID, tuple(i for i in range(FIRST_REGULAR_ID) if i != UNK_ID), MASK_ID, FIRST_SENTINEL_ID
+)
 
 
 # Sentinel marks: in a source text, the private-use character U+E000 + i compiles to sentinel i in every ISA

@@ -26,8 +26,10 @@ import json
 import time
 from collections.abc import Callable, Iterable, Sequence
 
+import numpy as np
+
 from llmcpu import compilers, fs, specials
-from llmcpu.compilers import Compiler, CompilerSpec
+from llmcpu.compilers import Compiler, CompilerSpec, external
 from llmcpu.data import compiled
 from llmcpu.errors import UserError
 
@@ -91,7 +93,9 @@ def load_split(workdir: str, corpus_name: str, compiler: Compiler, split: str) -
       + compile_hint(workdir, "<that corpus>", compiler.spec)
     )
   loaded = compiled.load(path, expect_fingerprint=compiler.fingerprint)
-  return dataclasses.replace(loaded, piece_bytes=compiler.piece_bytes, piece_spaces=compiler.piece_spaces)
+  return dataclasses.replace(
+    loaded, piece_bytes=compiler.piece_bytes, piece_spaces=compiler.piece_spaces, roles=compiler.roles
+  )
 
 
 @dataclasses.dataclass
@@ -106,6 +110,11 @@ class IsaStats:
   tokens: int = 0
   bytes: int = 0
   unk: int = 0
+  lossy_bytes: int | None = None  # an existing tokenizer file's bytes not round-tripped (None: lossless by design)
+
+  @property
+  def lossy_share(self) -> float | None:
+    return None if self.lossy_bytes is None else self.lossy_bytes / max(self.bytes, 1)
 
   @property
   def bytes_per_token(self) -> float:
@@ -183,7 +192,7 @@ def build_compilers(
 def trained_on(workdir: str, spec: CompilerSpec) -> dict | None:
   """The training-corpus record ({specs, names, fingerprint}) of the saved compiler for ``spec``, if any."""
   path = compiler_dir(workdir, spec.name)
-  if spec.family == "byte" or not fs.exists(fs.join(path, "isa.json")):
+  if spec.family == "byte" or spec.external or not fs.exists(fs.join(path, "isa.json")):
     return None
   return compilers.load(path).manifest.get("corpus")
 
@@ -196,6 +205,13 @@ def _current_compiler(path: str, spec: CompilerSpec, corpus_info: dict, options:
     c = compilers.load(path)
   except UserError as e:
     raise UserError(f"{e} — or rerun scripts/compile.py with --config.rebuild") from e
+  if spec.external:  # read from a file, not trained: current while the file is unchanged
+    try:
+      with open(spec.path, "rb") as f:
+        same = hashlib.sha256(f.read()).hexdigest() == c.manifest.get("model_sha256")
+    except OSError:
+      same = True  # the file is gone: the saved copy is what the ISA was
+    return c if same and c.manifest.get("spec") == str(spec) else None
   current = (
     c.manifest.get("spec") == str(spec)
     and (spec.family == "byte" or c.manifest.get("corpus", {}).get("fingerprint") == corpus_info["fingerprint"])
@@ -217,14 +233,19 @@ def compile_split(
 ) -> dict:
   """Encodes every document's fields with ``compiler`` and commits the split at ``path``. ``marked``: the texts
   hold sentinel marks (``Compiler.encode_marked``); a document's bytes are then those of its text without them."""
-  writer = compiled.SplitWriter(path, fields, label_fields)
+  unk = compiler.roles.unk
+  writer = compiled.SplitWriter(path, fields, label_fields, unk_id=-1 if unk is None else unk)
+  lossless = {f: {"lossy_bytes": 0, "piece_bytes": 0} for f in fields} if compiler.spec.external else None
   docs = iter(documents)
   n = 0
   while batch := list(itertools.islice(docs, ENCODE_BATCH)):
     for field in fields:
       texts = [d[field] for d in batch]
       flat, lengths = (compiler.encode_marked if marked else compiler.encode_flat)(texts)
-      writer.add(field, flat, lengths, [specials.strip_marks(t) for t in texts] if marked else texts)
+      texts = [specials.strip_marks(t) for t in texts] if marked else texts
+      writer.add(field, flat, lengths, texts)
+      if lossless is not None:
+        _count_lossy(compiler, flat, lengths, texts, lossless[field])
     for name in label_fields:
       writer.add_labels(name, [d[name] for d in batch])
     n += len(batch)
@@ -238,7 +259,17 @@ def compile_split(
     model_sha256=compiler.manifest.get("model_sha256"),
     vocab_size=compiler.vocab_size,
   )
+  if lossless is not None:
+    manifest["lossless"] = lossless
   return writer.commit(manifest)
+
+
+def _count_lossy(compiler: Compiler, flat, lengths, texts: Sequence[str], out: dict) -> None:
+  """Adds a batch's bytes not round-tripped (``external.lossy_bytes`` of decode(encode(text)) against the text) and
+  the piece bytes its ids claim to ``out``: an existing tokenizer file need not be lossless, and is never assumed so."""
+  out["piece_bytes"] += int(compiler.piece_bytes[flat].sum())
+  for text, ids in zip(texts, np.split(flat, np.cumsum(lengths)[:-1]), strict=True):
+    out["lossy_bytes"] += external.lossy_bytes(text, compiler.decode(ids))
 
 
 def _split_current(path: str, compiler: Compiler, corpus, log: Callable[[str], None] = print) -> bool:
@@ -310,19 +341,22 @@ def _isa_stats(entries) -> list[IsaStats]:
       row.tokens += f["tokens"]
       row.bytes += f["bytes"]
       row.unk += f["unk"]
+    for f in manifest.get("lossless", {}).values():
+      row.lossy_bytes = (row.lossy_bytes or 0) + f["lossy_bytes"]
   return list(table.values())
 
 
 def format_isa_table(stats: Sequence[IsaStats]) -> str:
   """The per-ISA table, in Markdown."""
   lines = [
-    "| corpus | ISA | vocab | docs | tokens | bytes/token | unk rate | fingerprint |",
-    "|---|---|---:|---:|---:|---:|---:|---|",
+    "| corpus | ISA | vocab | docs | tokens | bytes/token | unk rate | bytes not round-tripped | fingerprint |",
+    "|---|---|---:|---:|---:|---:|---:|---:|---|",
   ]
   for s in stats:
+    lossy = "lossless by design" if s.lossy_share is None else f"{s.lossy_share:.4f}"
     lines.append(
       f"| {s.corpus} | {s.compiler} | {s.vocab_size} | {s.docs} | {s.tokens} | {s.bytes_per_token:.2f} | "
-      f"{s.unk_rate:.4f} | {s.fingerprint} |"
+      f"{s.unk_rate:.4f} | {lossy} | {s.fingerprint} |"
     )
   return "\n".join(lines)
 

@@ -229,7 +229,7 @@ def test_deterministic_resumable_and_sharded(objective):
   assert not same(make(objective, seed=1).batch(0), from_start[0])
   assert not same(from_start[0], from_start[p.steps_per_epoch + 1])
   for k, v in from_start[0].items():
-    assert v.dtype == (np.float32 if "weights" in k or k == "target_bytes" else np.int32), k
+    assert v.dtype == (np.float32 if "weights" in k or k in ("target_bytes", "content") else np.int32), k
 
 
 def test_epochs_reshuffle_and_shuffle_off_keeps_corpus_order():

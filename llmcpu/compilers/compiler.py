@@ -21,7 +21,7 @@ import numpy as np
 import sentencepiece as spm
 
 from llmcpu import fs, specials
-from llmcpu.compilers import backends, isa
+from llmcpu.compilers import backends, external, isa
 from llmcpu.compilers.spec import CompilerSpec, parse
 from llmcpu.errors import UserError
 
@@ -58,6 +58,11 @@ class Compiler:
   def vocab_size(self) -> int:
     return len(self.pieces)
 
+  @property
+  def roles(self) -> specials.Roles:
+    """Which ids are PAD/BOS/EOS/UNK (and never content) in this ISA: the project's fixed layout, or the file's."""
+    return getattr(self.backend, "roles", specials.OWN)
+
   def __repr__(self) -> str:
     return f"Compiler({self.spec}, vocab_size={self.vocab_size}, fingerprint={self.fingerprint})"
 
@@ -82,10 +87,15 @@ class Compiler:
     non-space) in any ISA without its text (``llmcpu.data.units``). Read-only."""
     out = np.zeros(self.vocab_size, np.int8)
     for i, piece in enumerate(self.pieces):
-      if i < specials.FIRST_REGULAR_ID or self.piece_bytes[i] == 0:
+      if self.piece_bytes[i] == 0:  # specials, UNK: no text
         continue
-      byte = _BYTE_PIECE.fullmatch(piece)
-      text = chr(int(byte[1], 16)) if byte else piece.replace(backends.META, " ")
+      if hasattr(self.backend, "piece_text"):  # an existing tokenizer file: its own piece notation
+        text = self.backend.piece_text(self.perm[i] if self.perm is not None else i)
+      else:
+        byte = _BYTE_PIECE.fullmatch(piece)
+        text = chr(int(byte[1], 16)) if byte else piece.replace(backends.META, " ")
+      if not text:
+        continue
       flags = (text[0] == " ") * SPACE_FIRST | (text[-1] == " ") * SPACE_LAST
       out[i] = flags | (" " in text[1:-1]) * SPACE_INSIDE
     out.setflags(write=False)
@@ -147,7 +157,7 @@ class Compiler:
     with fs.staged(path, MANIFEST) as out:
       proto = self.backend.model_proto()
       if proto is not None:
-        fs.write_bytes(fs.join(out, MODEL), proto)
+        fs.write_bytes(fs.join(out, getattr(self.backend, "file_name", MODEL)), proto)
       if self.perm is not None:
         fs.save_npy(fs.join(out, PERM), self.perm)
       fs.write_text(fs.join(out, MANIFEST), json.dumps(self.manifest, indent=1))
@@ -186,17 +196,18 @@ def load(path: str) -> Compiler:
   if spec.family == "byte":
     backend = backends.ByteBackend()
   else:
+    name = external.HfBackend.file_name if spec.family == "hf" else MODEL
     try:
-      proto = fs.read_bytes(fs.join(path, MODEL))
+      proto = fs.read_bytes(fs.join(path, name))
     except Exception as e:  # OSError locally, tf.errors.OpError in a bucket
-      raise UserError(f"unreadable compiler model {path}/{MODEL} ({e}); rebuild it with scripts/compile.py") from e
+      raise UserError(f"unreadable compiler model {path}/{name} ({e}); rebuild it with scripts/compile.py") from e
     # The fingerprint covers the id → piece table, not the scores that decide segmentation: check the bytes too.
     if hashlib.sha256(proto).hexdigest() != manifest.get("model_sha256"):
       raise UserError(
-        f"compiler model {path}/{MODEL} does not match the sha256 in its {MANIFEST} (damaged or replaced); "
+        f"compiler model {path}/{name} does not match the sha256 in its {MANIFEST} (damaged or replaced); "
         "rebuild it with scripts/compile.py --config.rebuild"
       )
-    backend = backends.SentencePieceBackend(spec.family, proto)
+    backend = _backend(spec, proto, manifest.get("role_names"), f"{path}/{name}")
   perm = None
   if spec.permuted:
     try:
@@ -214,6 +225,47 @@ def load(path: str) -> Compiler:
   return compiler
 
 
+def _backend(spec: CompilerSpec, proto: bytes, role_names: dict | None, source: str):
+  """The backend of a SentencePiece-family or external compiler from its model file's bytes."""
+  if spec.family == "hf":
+    return external.HfBackend(proto, role_names, source)
+  if spec.family == "spm":
+    return external.SpmFileBackend(proto, None, source)
+  return backends.SentencePieceBackend(spec.family, proto)
+
+
+def from_file(spec: CompilerSpec) -> Compiler:
+  """The compiler of an existing tokenizer file (``hf:PATH``/``spm:PATH``), its id table kept as the ISA."""
+  try:
+    with open(spec.path, "rb") as f:
+      proto = f.read()
+  except OSError as e:
+    what = "a tokenizer.json (or its directory)" if spec.family == "hf" else "a SentencePiece .model"
+    raise UserError(f"cannot read {spec.path} for {spec.family}: ({e.strerror}); give {what}") from e
+  role_names = external.read_role_names(spec.path) if spec.family == "hf" else None
+  backend = _backend(spec, proto, role_names, spec.path)
+  manifest = {
+    "format": FORMAT_VERSION,
+    "spec": str(spec),
+    "name": spec.name,
+    "family": spec.family,
+    "transform": None,
+    "corpus": {},
+    "source_path": spec.path,
+    "model_sha256": hashlib.sha256(proto).hexdigest(),
+    "role_names": role_names,
+    "roles": backend.roles.to_json(),
+    "special_ids": {
+      "pad": backend.roles.pad,
+      "unk": backend.roles.unk,
+      "bos": backend.roles.bos,
+      "eos": backend.roles.eos,
+    },
+    "trainer_options": {},
+  }
+  return Compiler(spec, backend, None, manifest)
+
+
 def train(
   spec: CompilerSpec | str,
   texts: Iterable[str] | None = None,
@@ -224,6 +276,8 @@ def train(
 ) -> Compiler:
   """Builds the compiler for ``spec``: trains its base on ``texts`` (or reuses ``base``), then transforms it."""
   spec = parse(spec) if isinstance(spec, str) else spec
+  if spec.external:
+    return from_file(spec)
   if base is not None and base.spec != spec.base:
     raise ValueError(f"base {base.spec} is not the base of {spec}")
   if base is None:
@@ -267,4 +321,5 @@ def _nonempty(texts: Iterable[str]) -> Iterable[str]:
 
 def isa_overlap(a: Compiler, b: Compiler) -> float:
   """The compatibility of two ISAs: the share of regular ids that decode to the same piece in both."""
-  return isa.overlap(a.pieces, b.pieces)
+  first = specials.FIRST_REGULAR_ID if a.roles.own and b.roles.own else 0
+  return isa.overlap(a.pieces, b.pieces, first)

@@ -49,13 +49,13 @@ def permute_table(pieces: Sequence[str], perm: np.ndarray) -> list[str]:
   return table
 
 
-def overlap(pieces_a: Sequence[str], pieces_b: Sequence[str]) -> float:
-  """Share of regular ids that decode to the same piece in both ISAs (over the larger vocabulary).
+def overlap(pieces_a: Sequence[str], pieces_b: Sequence[str], first: int = specials.FIRST_REGULAR_ID) -> float:
+  """Share of regular ids (from ``first`` on) that decode to the same piece in both ISAs (over the larger vocabulary).
 
-  Special ids are equal in every ISA by construction, so they are left out: 1.0 means the same regular
-  opcodes, 0.0 means no regular opcode in common.
+  The project's special ids are equal in all its ISAs by construction, so they are left out: 1.0 means the same
+  regular opcodes, 0.0 means no regular opcode in common. An ISA from a tokenizer file has no fixed specials: every
+  id counts (``first=0``).
   """
-  first = specials.FIRST_REGULAR_ID
   n = max(len(pieces_a), len(pieces_b)) - first
   if n <= 0:
     return 1.0

@@ -189,6 +189,7 @@ class ModelEvaluator:
       "misread_rate": scoring.misread_rate(test, self.own.pieces, comp.pieces),
       "illegal_targets": int(sums["illegal_targets"]),
       "illegal_inputs": int(sums["illegal_inputs"]),
+      # An external ISA keeps its own ids: "UNK" here is id 1 (llmcpu.models.opcodes), whatever that id is there.
       "illegal_policy": f"{policy}: inputs mapped to UNK; targets scored as p(UNK)/{math.exp(share):.0f}",
       "documents": test.num_docs,
       "ids": n_ids,
@@ -197,7 +198,7 @@ class ModelEvaluator:
       "scored_bytes": sums["bytes"],
       "bytes_per_token": bpt,
       "byte_context": context * bpt,
-      "unk_rate": float(np.count_nonzero(all_ids == specials.UNK_ID) / max(len(all_ids), 1)),
+      "unk_rate": float(np.count_nonzero(all_ids == _unk(comp)) / max(len(all_ids), 1)),
       "truncated_examples": int(pipe.summary().get("truncated_examples", 0)),
       "xla_compiles": self.xla_compiles,
       "_docs": scored["docs"],
@@ -545,3 +546,8 @@ def calibrate(
   lib = Library(compile_dir, max_docs=opt.max_docs, judge_order=opt.judge_order, judge_max_bytes=opt.judge_max_bytes)
   isas = [isas] if isinstance(isas, str) else list(isas)
   return calibration.calibrate(lib, corpus, [lib.compiler(isa) for isa in isas], opt)
+
+
+def _unk(comp: Compiler) -> int:
+  """The evaluation ISA's UNK id (-1, matching no id, for an ISA without one: GPT-2's)."""
+  return -1 if comp.roles.unk is None else comp.roles.unk

@@ -142,22 +142,22 @@ def program_prompts(split: CompiledSplit, raw_inputs: Sequence[str], raw_targets
 
 
 def prompt_batch(
-  prompts: Prompts, arch: str, width: int, fill_span: bool = False
+  prompts: Prompts, arch: str, width: int, fill_span: bool = False, roles: specials.Roles = specials.OWN
 ) -> tuple[np.ndarray, np.ndarray, int]:
   """(ids [B, W] right-padded, lengths [B], prompts truncated) in the layout ``models.generate`` expects.
 
   Decoder: ``[BOS] + ids``. Encoder-decoder: ``ids + [EOS]`` (the source of seq2seq and prefix_lm), or with
   ``fill_span`` (a span-corruption CPU) ``ids + [<extra_id_0>, EOS]``: T5 fills in the span after the prompt. ``W``
-  is fixed per model so that one XLA compile serves every ISA.
+  is fixed per model so that one XLA compile serves every ISA. ``roles``: where the model's ISA keeps BOS/EOS/PAD.
   """
   if arch == "decoder":
-    head, tail = [specials.BOS_ID], []
+    head, tail = [roles.bos], []
   elif fill_span:
-    head, tail = [], [specials.sentinel_id(0), specials.EOS_ID]
+    head, tail = [], [specials.sentinel_id(0), roles.eos]
   else:
-    head, tail = [], [specials.EOS_ID]
+    head, tail = [], [roles.eos]
   room = width - len(head) - len(tail)
-  out = np.full((len(prompts.ids), width), specials.PAD_ID, np.int32)
+  out = np.full((len(prompts.ids), width), roles.pad, np.int32)
   lengths = np.zeros(len(prompts.ids), np.int32)
   truncated = 0
   for i, ids in enumerate(prompts.ids):
@@ -168,14 +168,15 @@ def prompt_batch(
   return out, lengths, truncated
 
 
-def output_ids(row: np.ndarray, fill_span: bool = False) -> list[int]:
-  """The generated ids that carry text: up to EOS; with ``fill_span``, the first sentinel's span."""
+def output_ids(row: np.ndarray, fill_span: bool = False, roles: specials.Roles = specials.OWN) -> list[int]:
+  """The generated ids that carry text: up to EOS; with ``fill_span``, the first sentinel's span. ``roles``: the
+  model's ISA's (an external ISA's PAD may be an ordinary piece elsewhere: only its EOS ends the text)."""
   ids = []
   seen_sentinel = False
   for t in np.asarray(row).tolist():
-    if t in (specials.EOS_ID, specials.PAD_ID):
+    if t == roles.eos or (roles.own and t == specials.PAD_ID):
       break
-    is_sentinel = specials.FIRST_SENTINEL_ID <= t < specials.FIRST_REGULAR_ID
+    is_sentinel = roles.own and specials.FIRST_SENTINEL_ID <= t < specials.FIRST_REGULAR_ID
     if fill_span and is_sentinel:
       if seen_sentinel or ids:  # the next span begins: the filled-in span is complete
         break
@@ -198,11 +199,12 @@ def generate_texts(
 ) -> tuple[list[str], list[str], int]:
   """(texts read by the CPU's compiler, texts read by the evaluation compiler, prompts truncated); prose outputs are
   cut by the caller."""
-  batch, lengths, truncated = prompt_batch(prompts, arch, width, fill_span)
+  batch, lengths, truncated = prompt_batch(prompts, arch, width, fill_span, own.roles)
+  decoding = {"eos_id": own.roles.eos, **decoding}
   out = np.asarray(models.generate(model, batch, new_tokens, prompt_lengths=lengths, **decoding))
   own_texts, foreign_texts = [], []
   for row in out:
-    ids = output_ids(row, fill_span)
+    ids = output_ids(row, fill_span, own.roles)
     own_texts.append(own.decode(ids))
     foreign_texts.append(foreign.decode_foreign(ids)[0])
   return own_texts, foreign_texts, truncated

@@ -71,8 +71,8 @@ def split_ids(
   return prompt, ids[inside], np.asarray(comp.piece_bytes[ids[inside]], np.float64)
 
 
-def _pad(rows: Sequence[Sequence[int]], width: int) -> tuple[np.ndarray, np.ndarray]:
-  out = np.full((len(rows), width), specials.PAD_ID, np.int32)
+def _pad(rows: Sequence[Sequence[int]], width: int, pad: int = specials.PAD_ID) -> tuple[np.ndarray, np.ndarray]:
+  out = np.full((len(rows), width), pad, np.int32)
   seg = np.zeros((len(rows), width), np.int32)
   for i, r in enumerate(rows):
     out[i, : len(r)] = r
@@ -103,18 +103,20 @@ def target_nll(
   targets: Sequence[np.ndarray],
   *,
   batch_size: int = 32,
+  roles: specials.Roles = specials.OWN,
 ) -> list[np.ndarray]:
-  """Teacher-forced NLL (nats) of each target id after its prompt: one array per row, as long as its target."""
+  """Teacher-forced NLL (nats) of each target id after its prompt: one array per row, as long as its target.
+  ``roles``: where the model's ISA keeps BOS/EOS/PAD."""
   if arch not in ("decoder", "encoder_decoder"):
     raise UserError(f"the prompt gap needs a decoder or an encoder_decoder, not an {arch}")
   graphdef, state = nnx.split(model)
   fn = _nll_fn(graphdef, arch)
   if arch == "decoder":
-    seqs = [[specials.BOS_ID, *p.tolist(), *t.tolist()] for p, t in zip(prompts, targets, strict=True)]
+    seqs = [[roles.bos, *p.tolist(), *t.tolist()] for p, t in zip(prompts, targets, strict=True)]
     width = max(len(s) for s in seqs) - 1
   else:
-    srcs = [[*p.tolist(), specials.EOS_ID] for p in prompts]
-    seqs = [[specials.BOS_ID, *t.tolist()] for t in targets]
+    srcs = [[*p.tolist(), roles.eos] for p in prompts]
+    seqs = [[roles.bos, *t.tolist()] for t in targets]
     width, src_width = max(len(s) for s in seqs) - 1, max(len(s) for s in srcs)
   out: list[np.ndarray] = []
   n = len(seqs)
@@ -200,8 +202,8 @@ def prompt_gap(
       "was trained on: lower --prompt_bytes or --target_bytes"
     )
   other = derangement(len(docs), seed)
-  nll_own = target_nll(model, arch, prompts, targets, batch_size=batch_size)
-  nll_other = target_nll(model, arch, [prompts[j] for j in other], targets, batch_size=batch_size)
+  nll_own = target_nll(model, arch, prompts, targets, batch_size=batch_size, roles=comp.roles)
+  nll_other = target_nll(model, arch, [prompts[j] for j in other], targets, batch_size=batch_size, roles=comp.roles)
   table = gap_table(nll_own, nll_other, nbytes, head_bytes)
   cl = None if clusters is None else [clusters[d] for d in docs]
   out = gap_figures(table, cl, seed)

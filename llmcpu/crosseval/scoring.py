@@ -79,7 +79,7 @@ def make_sums_fn(graphdef: nnx.GraphDef, vocab_size: int):
     safe = jnp.where(illegal, specials.UNK_ID, targets)  # score from p(UNK): what the input policy maps it to
     nll = jax.nn.logsumexp(logits, axis=-1) - jnp.take_along_axis(logits, safe[..., None], axis=-1)[..., 0]
     nll = nll + jnp.where(safe == specials.UNK_ID, unk_share, 0.0)
-    content = weights.astype(jnp.float32) * loss.is_content(targets)
+    content = loss.content_mask(targets, weights, batch.get("content"))  # the evaluation ISA's own roles
     return {
       "nll": nll * content,
       "content": content,
@@ -139,7 +139,7 @@ def field_bytes(split: CompiledSplit, fields: Sequence[str]) -> int:
 def unigram_log2_probs(train: CompiledSplit, fields: Sequence[str]) -> np.ndarray:
   """log2 p(id) of the ISA's add-one-smoothed unigram model over its whole vocabulary (EOS counted per document)."""
   counts = np.bincount(field_ids(train, fields), minlength=train.vocab_size).astype(np.float64)
-  counts[specials.EOS_ID] += train.num_docs
+  counts[train.roles.eos] += train.num_docs
   counts += 1.0
   return np.log2(counts / counts.sum())
 

@@ -64,7 +64,8 @@ class CompiledSplit:
   ``piece_bytes`` (int64 [vocab_size], the ISA's ``Compiler.piece_bytes``) gives every id's UTF-8 bytes, which
   pipelines need for bits per byte; ``piece_spaces`` (int8 [vocab_size], ``Compiler.piece_spaces``) where each id's
   text has a space, which objectives that choose words (mlm, prefix_lm) need to find them in any ISA;
-  ``llmcpu.toolchain.load_split`` fills both from the compiler, ``load`` alone cannot.
+  ``llmcpu.toolchain.load_split`` fills both from the compiler, ``load`` alone cannot. ``roles``: the ISA's special
+  ids (``Compiler.roles``; the project's fixed layout unless the ISA came from an existing tokenizer file).
   """
 
   fields: dict[str, CompiledField]
@@ -72,6 +73,7 @@ class CompiledSplit:
   manifest: dict
   piece_bytes: np.ndarray | None = None
   piece_spaces: np.ndarray | None = None
+  roles: specials.Roles = specials.OWN
 
   @property
   def num_docs(self) -> int:
@@ -179,8 +181,9 @@ def load(path: str, *, expect_fingerprint: str | None = None) -> CompiledSplit:
 class SplitWriter:
   """Collects encoded documents; ``commit`` writes the split atomically (``fs.staged``, the manifest last)."""
 
-  def __init__(self, path: str, fields: Sequence[str], label_names: Sequence[str] = ()):
+  def __init__(self, path: str, fields: Sequence[str], label_names: Sequence[str] = (), unk_id: int | None = None):
     self.path = path
+    self.unk_id = specials.UNK_ID if unk_id is None else unk_id  # the ISA's UNK (an ISA without one: -1, never)
     self._fields = list(fields)
     self._tokens: dict[str, list[np.ndarray]] = {f: [] for f in fields}
     self._lengths: dict[str, list[int]] = {f: [] for f in fields}
@@ -224,7 +227,7 @@ class SplitWriter:
         manifest["stats"][f] = {
           "tokens": int(len(tokens)),
           "bytes": int(sum(self._nbytes[f])),
-          "unk": int(np.count_nonzero(tokens == specials.UNK_ID)),
+          "unk": int(np.count_nonzero(tokens == self.unk_id)),
         }
       write("labels.json", json.dumps(self._labels).encode("utf-8"))
       manifest["files"] = files

@@ -140,6 +140,7 @@ class Packed(Objective):
   def __init__(self, split: CompiledSplit, fields: Sequence[str], length: int, shift: int):
     if length < 1:
       raise UserError(f"lm, lm_targets and mlm need length >= 1 (got {length})")
+    self.roles = split.roles  # where this ISA keeps PAD, BOS and EOS
     self.fields = [split.fields[f] for f in fields]
     self.length, self.shift = length, shift
     self.num_docs = split.num_docs
@@ -162,7 +163,7 @@ class Packed(Objective):
     slot = np.minimum(np.searchsorted(starts, p_RxW, side="right") - 1, self.num_docs - 1)
     doc = order[slot]
     offset = p_RxW - starts[slot]
-    tok = np.full(p_RxW.shape, PAD_ID, np.int32)
+    tok = np.full(p_RxW.shape, self.roles.pad, np.int32)
     field_of = np.full(p_RxW.shape, -1, np.int32)
     pos, prev_end = offset - 1, 0
     for i, field in enumerate(self.fields):
@@ -174,10 +175,10 @@ class Packed(Objective):
       field_of[inside] = i
       prev_end = end
     is_eos = offset == self.doc_lengths[doc] - 1
-    tok[offset == 0] = BOS_ID
-    tok[is_eos] = EOS_ID
+    tok[offset == 0] = self.roles.bos
+    tok[is_eos] = self.roles.eos
     field_of[is_eos] = len(self.fields)
-    tok[~valid] = PAD_ID
+    tok[~valid] = self.roles.pad
     row_start = np.maximum(starts[slot], r_R[:, None] * self.length)
     names = ("p", "valid", "slot", "doc", "offset", "tok", "field_of", "row_start")
     return dict(zip(names, (p_RxW, valid, slot, doc, offset, tok, field_of, row_start), strict=True))
@@ -224,6 +225,8 @@ class CausalLM(Packed):
       "positions": pos,
       "target_bytes": content_bytes(self.piece_bytes, targets, content),
       "target_docs": content_docs(w["doc"][:, tgt], content),
+      # What the loss counts for bits per byte: content ids that are text in this ISA (not span sentinels).
+      "content": (content & self.roles.is_content(targets)).astype(np.float32),
     }
 
 

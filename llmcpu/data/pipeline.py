@@ -6,9 +6,11 @@ seeded by ``(seed, epoch)``. Resuming at step s therefore costs one epoch permut
 same seed gives the same bits on any number of processes: process p of P gets rows ``[p*B/P, (p+1)*B/P)`` of
 each global batch.
 
-Batch keys (all int32 except ``weights``/``decoder_weights``/``target_bytes``, float32):
+Batch keys (all int32 except ``weights``/``decoder_weights``/``target_bytes``/``content``, float32):
 
-- ``lm``, ``lm_targets``, ``mlm``: ``inputs targets weights segment_ids positions target_bytes``, ``[B, length]``.
+- ``lm``, ``lm_targets``, ``mlm``: ``inputs targets weights segment_ids positions target_bytes``, ``[B, length]``;
+  ``lm`` and ``lm_targets`` also ``content`` (1.0 on the targets bits per byte counts, by the ISA's own roles:
+  an ISA from a tokenizer file has its specials where the file puts them, so the loss cannot tell them by id).
 - ``seq2seq``, ``span_corruption``, ``prefix_lm``: ``encoder_inputs encoder_segment_ids encoder_positions``
   ``[B, input_length]`` and ``decoder_inputs decoder_targets decoder_weights decoder_segment_ids
   decoder_positions target_bytes`` ``[B, target_length]``.
@@ -65,6 +67,11 @@ def _make_objective(
     raise UserError(f"objective {objective!r} needs a prose split (field 'text'); for input/target pairs use seq2seq")
   if objective in obj.PAIRS_ONLY and split.kind != "seq2seq":
     raise UserError(f"objective {objective!r} needs an input/target split (e.g. programs); for prose use lm or mlm")
+  if not split.roles.own and objective not in ("lm", "lm_targets"):
+    raise UserError(
+      f"objective {objective!r} needs the project's own special ids (MASK, sentinels, BOS/EOS at fixed ids); ISA "
+      f"{split.manifest.get('compiler', '?')} comes from an existing tokenizer file: use lm or lm_targets with it"
+    )
   fields = _document_fields(split)
   builders = {
     "lm": lambda **o: obj.CausalLM(split, fields, length, **o),

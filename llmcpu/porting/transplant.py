@@ -178,6 +178,11 @@ def check_portable(
   if differ:
     raise UserError(f"cannot port: source and target models differ in {', '.join(differ)}; only vocab_size may")
   for role, config, compiler in (("source", a, compiler_a), ("target", b, compiler_b)):
+    if not compiler.roles.own:  # the row rules copy ids 0…36 as the shared specials: not so in a file's ISA
+      raise UserError(
+        f"cannot port: the {role} ISA {compiler.name} comes from an existing tokenizer file; porting supports the "
+        "project's own ISAs only (their specials share ids 0-36)"
+      )
     if config.vocab_size != compiler.vocab_size:
       raise UserError(
         f"cannot port: the {role} model has vocab_size {config.vocab_size} but ISA {compiler.name} has "

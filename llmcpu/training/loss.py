@@ -65,11 +65,19 @@ def token_nll(logits: jax.Array, targets: jax.Array) -> jax.Array:
   return jax.nn.logsumexp(logits, axis=-1) - jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
 
 
-def metric_sums(logits: jax.Array, targets: jax.Array, weights: jax.Array, target_bytes: jax.Array) -> dict:
+def content_mask(targets: jax.Array, weights: jax.Array, content: jax.Array | None) -> jax.Array:
+  """Weighted content targets (what bits per byte counts: not EOS, not span sentinels), float32. ``content``: the
+  batch's own mask (its ISA's roles, ``Roles.is_content``); without one, the project's fixed special layout."""
+  return weights.astype(jnp.float32) * (is_content(targets) if content is None else content.astype(jnp.float32))
+
+
+def metric_sums(
+  logits: jax.Array, targets: jax.Array, weights: jax.Array, target_bytes: jax.Array, content: jax.Array | None = None
+) -> dict:
   """Additive statistics: loss numerator/denominator, bits-per-byte numerator (content targets) and bytes, hits."""
   nll = token_nll(logits, targets)
   weights = weights.astype(jnp.float32)
-  content = weights * is_content(targets)  # bits per byte counts text: not EOS, not span sentinels
+  content = content_mask(targets, weights, content)
   return {
     "nll": jnp.sum(nll * weights),
     "weight": jnp.sum(weights),
@@ -208,6 +216,7 @@ def chunked_sums(
   weights: jax.Array,
   target_bytes: jax.Array,
   *,
+  content: jax.Array | None = None,
   chunk: int | None = None,
 ) -> dict:
   """``metric_sums(h @ kernel (float32), ...)`` computed ``chunk`` positions at a time (default ``default_chunk``).
@@ -217,7 +226,7 @@ def chunked_sums(
   chunk = chunk or default_chunk(b, length, kernel_DxV.shape[1])
   weights = weights.astype(jnp.float32)
   nll_sum, nll, hit = _fused_ce(h_BxLxD, kernel_DxV, targets, weights, chunk)
-  content = weights * is_content(targets)  # bits per byte counts text: not EOS, not span sentinels
+  content = content_mask(targets, weights, content)
   return {
     "nll": nll_sum,
     "weight": jnp.sum(weights),
@@ -231,7 +240,8 @@ def batch_sums(model, batch: dict, *, chunk: int | None = None) -> dict:
   """``metric_sums`` of a model on any objective's batch (what training and evaluation differentiate and add),
   computed by ``chunked_sums`` from the final hidden states, without the full logits."""
   h, targets, weights = forward_hidden(model, batch)
-  return chunked_sums(h, model.head_kernel(), targets, weights, batch["target_bytes"], chunk=chunk)
+  content = batch.get("content")
+  return chunked_sums(h, model.head_kernel(), targets, weights, batch["target_bytes"], content=content, chunk=chunk)
 
 
 def finalize(sums: dict) -> dict:

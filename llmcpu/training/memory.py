@@ -64,7 +64,10 @@ def batch_spec(objective: str, rows: int, data: ml_collections.ConfigDict) -> di
   f32, i32 = jnp.float32, jnp.int32
   if objective in ("lm", "lm_targets", "mlm"):
     names, length = ("inputs", "targets", "weights", "segment_ids", "positions", "target_bytes"), data.length
-    return {n: jax.ShapeDtypeStruct((rows, length), f32 if n == "weights" else i32) for n in names}
+    spec = {n: jax.ShapeDtypeStruct((rows, length), f32 if n == "weights" else i32) for n in names}
+    if objective != "mlm":  # lm, lm_targets: the content mask (objectives.CausalLM)
+      spec["content"] = jax.ShapeDtypeStruct((rows, length), f32)
+    return spec
   enc = {n: jax.ShapeDtypeStruct((rows, data.input_length), i32) for n in ("inputs", "segment_ids", "positions")}
   dec_names = ("inputs", "targets", "weights", "segment_ids", "positions")
   dec = {n: jax.ShapeDtypeStruct((rows, data.target_length), f32 if n == "weights" else i32) for n in dec_names}
