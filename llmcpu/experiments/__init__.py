@@ -6,13 +6,14 @@
   porting    recovery curves of CPUs ported to another ISA by every method (``kind = "porting"``)
   swapping   encoders swapped across ISAs by every stitching variant (``kind = "swap"``)
   sweep      the matrix at several sizes and budgets, one workdir per point, and one table (``kind = "sweep"``)
+  llms       pretrained LLMs imported with their tokenizers' ISAs, cross-evaluated like the matrix (``kind = "llms"``)
   languages  readouts of encoders' embeddings fed other encoders' embeddings; analogies (``kind = "languages"``)
 
 ``base`` holds the protocol (plan → stages → report), the registry, the stage runner and the report writer;
 ``tables`` the Markdown helpers.
 """
 
-from llmcpu.experiments import damage, languages, matrix, porting, swapping, sweep
+from llmcpu.experiments import damage, languages, llms, matrix, porting, swapping, sweep
 from llmcpu.experiments.base import REGISTRY, Experiment, lookup, register, run
 
 __all__ = [
@@ -20,6 +21,7 @@ __all__ = [
   "Experiment",
   "damage",
   "languages",
+  "llms",
   "lookup",
   "matrix",
   "porting",

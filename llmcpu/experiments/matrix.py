@@ -48,7 +48,7 @@ def experiment_config(preset: str = "tiny") -> ml_collections.ConfigDict:
   """
   defaults = base_config("decoder", preset)
   c = ml_collections.ConfigDict()
-  c.kind = "matrix"  # which experiment (llmcpu.experiments.REGISTRY): matrix, damage, porting, swap, languages
+  c.kind = "matrix"  # which experiment (llmcpu.experiments.REGISTRY): matrix, damage, porting, swap, languages, llms
   c.corpus = "python_docs"  # comma-separated corpora: CPUs are trained and cross-evaluated on each
   c.compiler_corpora = ""  # corpora whose train splits train the compilers ('' = `corpus`)
   c.compilers = "bpe:1000,bpe:4000,unigram:4000,bpe:4000+perm:1"  # evaluation ISAs (the matrix columns)
