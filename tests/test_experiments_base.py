@@ -15,7 +15,13 @@ from llmcpu.experiments import base, tables
 
 CONFIGS = sorted((pathlib.Path(__file__).resolve().parent.parent / "configs" / "experiments").glob("*.py"))
 # What each config asks for, read from its keys (not its kind): the experiment that must run it.
-BY_KEYS = [("ports", "Porting"), ("variants", "Swapping"), ("readout", "Languages"), ("points", "Sweep")]
+BY_KEYS = [
+  ("ports", "Porting"),
+  ("variants", "Swapping"),
+  ("readout", "Languages"),
+  ("points", "Sweep"),
+  ("models", "LLMs"),
+]
 
 
 def load(path: pathlib.Path) -> ml_collections.ConfigDict:
