@@ -51,11 +51,11 @@ def byte_level_bpe(path: str, vocab: int = 400, normalizer=None, special=(EOT,))
   return path
 
 
-def metaspace_bpe(path: str) -> str:
+def metaspace_bpe(path: str, prepend: str = "never") -> str:
   """A SentencePiece-converted-style tokenizer.json (as Llama-2's): <unk> <s> </s>, then the byte pieces
   ``<0x00>``…``<0xFF>`` in the model's vocab (byte fallback), then Metaspace BPE pieces."""
   tok = Tokenizer(models.BPE(unk_token="<unk>"))
-  tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="never")
+  tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme=prepend)
   tok.train_from_iterator(_texts(), trainers.BpeTrainer(vocab_size=500, special_tokens=["<unk>", "<s>", "</s>"]))
   model = json.loads(tok.to_str())["model"]
   learned = sorted((p for p in model["vocab"] if p not in ("<unk>", "<s>", "</s>")), key=model["vocab"].get)
@@ -87,6 +87,7 @@ def files(tmp_path_factory) -> dict:
   return {
     "gpt": byte_level_bpe(str(root / "gpt")),
     "meta": metaspace_bpe(str(root / "meta")),
+    "prefix": metaspace_bpe(str(root / "prefix"), prepend="first"),
     "lower": byte_level_bpe(str(root / "lower"), normalizer=normalizers.Lowercase()),
     "spm": sentencepiece_model(str(root / "tiny.model")),
   }
@@ -274,3 +275,22 @@ def test_matrix_runs_on_file_isas(hf_world):
   native = [r for r in rows if r["native"]]
   assert len(rows) == 2 and len(native) == 1
   assert native[0]["bits_per_byte"] < min(r["bits_per_byte"] for r in rows if not r["native"])
+
+
+def test_lm_target_bytes_are_raw_bytes_whatever_the_file_counts(files, tmp_path):
+  """A file that prepends a space its decoder strips (Metaspace ``first``, SentencePiece's dummy prefix), or that
+  drops bytes (SentencePiece's default whitespace clean-up): its pieces do not sum to the raw bytes, but an epoch of
+  ``lm`` batches counts exactly the raw UTF-8 bytes."""
+  texts = ["Hello world!", " leading  spaces", "x", "ünïcödé ＡＢ"]
+  corpus = InMemoryCorpus("p", {"train": tuple({"text": t} for t in texts)})
+  specs = compilers.parse_list([f"hf:{files['prefix']}", f"spm:{files['spm']}", f"hf:{files['gpt']}"])
+  built = toolchain.build_compilers(specs, [corpus], str(tmp_path), log=lambda _: None)
+  toolchain.compile_corpora([corpus], built, str(tmp_path), log=lambda _: None)
+  raw = sum(len(t.encode()) for t in texts)
+  pieces = [sum(int(c.piece_bytes[c.encode(t)].sum()) for t in texts) for c in built]
+  assert pieces[0] == raw + 3  # "▁" prepended to every text but the one starting with a space
+  assert pieces[1] != raw and pieces[2] == raw
+  for comp in built:
+    split = toolchain.load_split(str(tmp_path), "p", comp, "train")
+    pipe = pipeline.Pipeline(split, global_batch=2, length=8, seed=0, objective="lm", shuffle=False)
+    assert sum(float(b["target_bytes"].sum()) for b in pipe.eval_batches()) == raw

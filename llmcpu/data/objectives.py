@@ -104,6 +104,19 @@ def content_docs(doc: np.ndarray, content: np.ndarray) -> np.ndarray:
   return np.where(content, doc, -1).astype(np.int32)
 
 
+def _extra_bytes(split: CompiledSplit, fields: Sequence[str], piece_bytes: np.ndarray) -> np.ndarray:
+  """float64 [F, N]: the piece bytes of each field's ids less its raw bytes. 0 for a lossless file; 1 where a file
+  adds a dummy prefix space that its decoder strips again (SentencePiece's ``add_dummy_prefix``); negative where a
+  normaliser drops bytes. Taking it off the field's first piece makes ``target_bytes`` count the raw bytes."""
+  out = np.zeros((len(fields), split.num_docs))
+  for i, name in enumerate(fields):
+    f = split.fields[name]
+    sums = np.zeros(len(f.tokens) + 1)
+    np.cumsum(piece_bytes[f.tokens], out=sums[1:])
+    out[i] = sums[f.offsets[1:]] - sums[f.offsets[:-1]] - f.nbytes
+  return out
+
+
 def row_rng(seed: int, global_row: int) -> np.random.Generator:
   return np.random.default_rng([seed, _ROW_TAG, int(global_row)])
 
@@ -145,6 +158,7 @@ class Packed(Objective):
     self.length, self.shift = length, shift
     self.num_docs = split.num_docs
     self.piece_bytes = piece_bytes_of(split)
+    self.extra_FxN = None if self.roles.own else _extra_bytes(split, fields, self.piece_bytes)
     self.field_ends_FxN = np.cumsum([f.lengths for f in self.fields], axis=0)  # ends within a doc, after BOS
     self.doc_lengths = self.field_ends_FxN[-1] + 2
     self.stream_length = int(self.doc_lengths.sum())
@@ -165,6 +179,7 @@ class Packed(Objective):
     offset = p_RxW - starts[slot]
     tok = np.full(p_RxW.shape, self.roles.pad, np.int32)
     field_of = np.full(p_RxW.shape, -1, np.int32)
+    first = np.zeros(p_RxW.shape, bool)  # the first id of a field's encoding
     pos, prev_end = offset - 1, 0
     for i, field in enumerate(self.fields):
       end = self.field_ends_FxN[i][doc]
@@ -173,6 +188,7 @@ class Packed(Objective):
         src = np.where(inside, field.offsets[doc] + pos - prev_end, 0)
         tok = np.where(inside, field.tokens[src], tok)
       field_of[inside] = i
+      first |= inside & (pos == prev_end)
       prev_end = end
     is_eos = offset == self.doc_lengths[doc] - 1
     tok[offset == 0] = self.roles.bos
@@ -180,8 +196,19 @@ class Packed(Objective):
     field_of[is_eos] = len(self.fields)
     tok[~valid] = self.roles.pad
     row_start = np.maximum(starts[slot], r_R[:, None] * self.length)
-    names = ("p", "valid", "slot", "doc", "offset", "tok", "field_of", "row_start")
-    return dict(zip(names, (p_RxW, valid, slot, doc, offset, tok, field_of, row_start), strict=True))
+    names = ("p", "valid", "slot", "doc", "offset", "tok", "field_of", "row_start", "first")
+    return dict(zip(names, (p_RxW, valid, slot, doc, offset, tok, field_of, row_start, first), strict=True))
+
+  def target_bytes(self, w: dict[str, np.ndarray], targets: np.ndarray, content: np.ndarray) -> np.ndarray:
+    """``content_bytes``; for an ISA from a tokenizer file, less what a field's pieces count beyond its raw bytes
+    (``_extra_bytes``: a dummy prefix space its decoder strips), taken off the field's first piece."""
+    out = content_bytes(self.piece_bytes, targets, content)
+    if self.extra_FxN is None:
+      return out
+    tgt = slice(1, None)
+    first, field, doc = w["first"][:, tgt] & content, w["field_of"][:, tgt], w["doc"][:, tgt]
+    extra = np.where(first, self.extra_FxN[np.clip(field, 0, len(self.fields) - 1), doc], 0.0)
+    return np.clip(out - extra, 0.0, None).astype(np.float32)
 
   @staticmethod
   def segments(w: dict[str, np.ndarray], cols: slice) -> tuple[np.ndarray, np.ndarray]:
@@ -223,7 +250,7 @@ class CausalLM(Packed):
       "weights": weights.astype(np.float32),
       "segment_ids": seg,
       "positions": pos,
-      "target_bytes": content_bytes(self.piece_bytes, targets, content),
+      "target_bytes": self.target_bytes(w, targets, content),
       "target_docs": content_docs(w["doc"][:, tgt], content),
       # What the loss counts for bits per byte: content ids that are text in this ISA (not span sentinels).
       "content": (content & self.roles.is_content(targets)).astype(np.float32),
