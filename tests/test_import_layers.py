@@ -27,6 +27,7 @@ LAYERS = [
   (
     "llmcpu.training.derived",
     "llmcpu.training.hf_checkpoint",
+    "llmcpu.training.group",
     "llmcpu.training.cooldown",
   ),  # a run started from other CPUs' checkpoints: a port, a swap, a readout
   ("llmcpu.porting", "llmcpu.stitching"),  # port / stitch trained CPUs through the trainer
