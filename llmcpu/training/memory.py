@@ -115,7 +115,8 @@ def _layer_bytes(mc: models.ModelConfig, s: models.ModelConfig, rows: int, q_len
   [B, L, D] tensors (norm inputs and outputs, q/k/v, rotated q/k, attention output, residuals), 2 [B, L, F] (the MLP's
   up projection and activation; 3 for SwiGLU), and for the dense kernel the float32 [B, H, Q, S] scores and
   probabilities (+ their cast to the compute dtype); the chunked kernel keeps per key block its [B, Q, H, K] carry
-  and one float32 [B, H, Q, block] tile instead."""
+  and one float32 [B, H, Q, block] tile instead; the Pallas TPU kernel its output and two float32 [B, H, Q] softmax
+  statistics (its tiles live in VMEM, not HBM)."""
   a = jnp.dtype(mc.dtype).itemsize
   bld, blf = rows * q_len * s.d_model, rows * q_len * s.d_ff
   dense = (11 * bld + (3 if s.mlp == "swiglu" else 2) * blf) * a
@@ -123,6 +124,8 @@ def _layer_bytes(mc: models.ModelConfig, s: models.ModelConfig, rows: int, q_len
   if mc.attention_impl == "chunked":
     block = min(KV_CHUNK, kv_len)
     attn = -(-kv_len // block) * (bld * 4 + rows * s.num_heads * q_len * block * 4)
+  elif mc.attention_impl == "pallas":  # the TPU kernel keeps its output and float32 row max and sum [B, H, Q]
+    attn = rows * q_len * s.d_model * a + 2 * rows * s.num_heads * q_len * 4
   else:
     attn = scores * (8 + (a if a != 4 else 0))
   return dense + attn, dense + attn
