@@ -22,7 +22,8 @@ from llmcpu.errors import UserError
 # The kernel's default tile (jax 0.10.2's BlockSizes.get_default): lengths must be a multiple of it.
 BLOCK = 128
 
-_INTERPRET = contextvars.ContextVar("llmcpu_pallas_interpret", default=False)
+# Set by ``interpret()`` and ``compiling_for_tpu()``: the kernel may be traced though this process's backend is no TPU.
+_ALLOWED = contextvars.ContextVar("llmcpu_pallas_allowed", default=False)
 
 
 class SegmentIds(NamedTuple):
@@ -37,17 +38,24 @@ def interpret() -> Iterator[None]:
   """Runs the TPU kernel in Pallas's interpret mode on any backend (tests on CPU): slow, same math."""
   from jax.experimental.pallas import tpu as pltpu
 
-  token = _INTERPRET.set(True)
+  with compiling_for_tpu(), pltpu.force_tpu_interpret_mode():
+    yield
+
+
+@contextlib.contextmanager
+def compiling_for_tpu() -> Iterator[None]:
+  """Lets the kernel be traced for a TPU this process does not have: an ahead-of-time compile for a TPU topology
+  (``jax.experimental.topologies``, libtpu installed) on a CPU host."""
+  token = _ALLOWED.set(True)
   try:
-    with pltpu.force_tpu_interpret_mode():
-      yield
+    yield
   finally:
-    _INTERPRET.reset(token)
+    _ALLOWED.reset(token)
 
 
 def check_backend() -> None:
-  """A UserError unless this is a TPU or ``interpret()`` is on: selecting the kernel elsewhere is a config error."""
-  if jax.default_backend() != "tpu" and not _INTERPRET.get():
+  """A UserError unless this is a TPU (or ``interpret()``/``compiling_for_tpu()`` is on): a config error elsewhere."""
+  if jax.default_backend() != "tpu" and not _ALLOWED.get():
     raise UserError(
       f"model.attention_impl=pallas is the TPU kernel and this backend is {jax.default_backend()}; "
       "use attention_impl=chunked (CPU) or cudnn (GPU)"

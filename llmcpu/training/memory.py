@@ -84,10 +84,15 @@ def _tokens(objective: str, data: ml_collections.ConfigDict) -> tuple[int, int]:
 
 
 def compiled_estimate(
-  config: ml_collections.ConfigDict, mc: models.ModelConfig, objective: str, make_steps: Callable
+  config: ml_collections.ConfigDict,
+  mc: models.ModelConfig,
+  objective: str,
+  make_steps: Callable,
+  device: jax.Device | None = None,
 ) -> Estimate:
   """XLA's own figure for one device running the whole global batch (this host: one device), from a compile of the
-  training step (``make_steps``: the trainer's) on abstract inputs; nothing is allocated."""
+  training step (``make_steps``: the trainer's) on abstract inputs; nothing is allocated. ``device``: compile for
+  that device instead of the default one, e.g. a TPU of ``jax.experimental.topologies`` from a CPU host."""
   t = config.train
   abstract = nnx.eval_shape(lambda: models.create_from_config(mc, seed=config.seed))
   graphdef, params, frozen, rest = models.split_trainable(abstract, t.trainable)
@@ -99,6 +104,9 @@ def compiled_estimate(
     state["frozen"] = frozen
   batch = batch_spec(objective, t.batch_size, config.data)
   batch["stop"] = jax.ShapeDtypeStruct((t.batch_size, 1), jnp.float32)
+  if device is not None:
+    on = jax.sharding.SingleDeviceSharding(device)
+    state, batch = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=on), (state, batch))
   stats = jax.jit(train_step, donate_argnums=0).lower(state, batch).compile().memory_analysis()
   # The state in and out share buffers (donated); arguments also hold the batch, a few MB.
   kept = stats.argument_size_in_bytes
