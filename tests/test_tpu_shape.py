@@ -71,6 +71,7 @@ def shrink(c, corpus: str) -> dict[str, object]:
     "model.d_ff": 64,
     "model.num_layers": 1,  # encoder-decoders: one layer per stack
     "model.max_len": 128,
+    "model.attention_impl": "dot_product_attention",  # tpu.py's pallas is TPU-only (tests/test_flash_tpu.py)
     "data.length": 64,
     "data.input_length": 48,
     "data.target_length": 24,
@@ -157,7 +158,10 @@ def test_tpu_shape_on_8_devices_jit_mesh_and_pmap(tmp_path):
       losses[name] += [m["train/loss"] for m in logged]
       saved = checkpoints.load_meta(str(run))["config"]  # what the run was really trained with
       assert saved["parallelism"] == extra["parallelism"] and saved["mesh"]["tensor"] == extra["mesh.tensor"]
-      assert saved["model"]["dtype"] == c.model.dtype and saved["model"]["attention_impl"] == c.model.attention_impl
+      assert (
+        saved["model"]["dtype"] == c.model.dtype
+        and saved["model"]["attention_impl"] == overrides["model.attention_impl"]
+      )
     rows = report.load_rows(out_dir)
     assert all(r["status"] == "ok" for r in rows), [r.get("error") for r in rows]
     got = {(r["arch"], r["model_isa"], r["eval_isa"]): r for r in rows}

@@ -22,9 +22,11 @@ def get_config():
   # d_ff 3072 and the vocabularies (one that does not divide, like the byte ISA's, stays replicated); batch_size must
   # divide by devices / tensor. tests/test_tpu_shape.py runs this config shrunk on a 2 × 2 × 2 mesh and under pmap.
   # Sized by llmcpu.training.memory (tests/test_memory.py): without remat the dense [B, H, L, L] scores of 12 layers
-  # need ~114 GiB per v4 chip at 64 rows; remat "full" keeps one [B, L, D] per block, ~12.7 GiB per chip on a v4-8
-  # (32 GiB), 4.4 on a v4-32, 7.2 per v5e-8 chip (16 GiB): ≥ 55% headroom, for ~1/3 more compute.
-  c.model.remat = "full"
+  # need ~114 GiB per v4 chip at 64 rows. The Pallas flash kernel (no [L, L] scores in HBM) with remat "dots"
+  # (matmul outputs kept, the rest recomputed) needs ~14.3 GiB per chip on a v4-8 (32 GiB), 4.8 on a v4-32, 8.0 per
+  # v5e-8 chip (16 GiB): ≥ 50% headroom, with less recompute than remat "full" (5.3 / 2.6 / 3.5 GiB, the fallback).
+  c.model.attention_impl = "pallas"  # TPU only; cross-attention, decoding and lengths off the 128-tile use XLA's
+  c.model.remat = "dots"
   c.parallelism = "jit"
   c.mesh.fsdp = 1
   c.mesh.tensor = 1

@@ -12,7 +12,9 @@ import jax.numpy as jnp
 from flax import nnx
 
 from llmcpu.errors import UserError
+from llmcpu.models import flash_tpu
 from llmcpu.models.config import ModelConfig
+from llmcpu.models.flash_tpu import SegmentIds
 from llmcpu.models.layers import add_bias, dense, normal, param, rope_scaling_of, rotary, zeros
 
 # Finite, so a fully masked row softmaxes to uniform instead of NaN; also safe in bfloat16 logits (kept in f32).
@@ -74,7 +76,7 @@ def attend(
   q_BxQxHxK: jax.Array,
   k_BxSxHxK: jax.Array,
   v_BxSxHxK: jax.Array,
-  mask: jax.Array | None,
+  mask: jax.Array | SegmentIds | None,
   *,
   impl: str = "xla",
   is_causal: bool = False,
@@ -83,14 +85,24 @@ def attend(
   """softmax(q·kᵀ/√K + mask)·v. ``is_causal`` adds a causal mask (aligned at slot 0) on top of ``mask``.
 
   'xla': plain einsums, logits and softmax in float32 (the [B, H, Q, S] scores are kept for the backward pass).
-  'chunked': ``chunked_attend``, the same math a block of keys at a time. 'cudnn': cuDNN's fused kernel, or a
+  'chunked': ``chunked_attend``, the same math a block of keys at a time. 'pallas': the TPU flash kernel
+  (``flash_tpu``; a UserError off TPU) where the mask comes as ``SegmentIds`` or None (full-sequence
+  self-attention) and the lengths are whole 128-tiles, 'xla' otherwise. 'cudnn': cuDNN's fused kernel, or a
   UserError off GPU. 'dot_product_attention': ``jax.nn.dot_product_attention``, asking for cuDNN's fused kernel
   where it applies (see ``_cudnn_ok``; jax 0.10's default ``implementation=None``
   is plain XLA, not cuDNN) and XLA otherwise; a pure causal mask goes in as ``is_causal`` so the fused kernel can
   skip the upper triangle.
   """
-  if bias is not None and impl != "xla":
+  if bias is not None and impl not in ("xla", "pallas"):
     raise UserError(f"an additive attention bias (cross_positions=alibi) needs attention_impl=xla, not {impl}")
+  if impl == "pallas":
+    flash_tpu.check_backend()
+    whole = flash_tpu.tiles(q_BxQxHxK.shape[1], k_BxSxHxK.shape[1])
+    if bias is None and whole and not isinstance(mask, jax.Array):
+      return flash_tpu.flash_attend(q_BxQxHxK, k_BxSxHxK, v_BxSxHxK, mask, is_causal=is_causal)
+    impl = "xla"  # boolean masks (cross-attention, decoding) and lengths off the 128-tile: the same math by XLA
+  if isinstance(mask, SegmentIds):
+    mask = segment_mask(mask.q, mask.kv)
   if impl == "chunked":
     return chunked_attend(q_BxQxHxK, k_BxSxHxK, v_BxSxHxK, mask, is_causal=is_causal)
   if impl == "cudnn":

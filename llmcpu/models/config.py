@@ -24,7 +24,7 @@ _CHOICES = {
   "norm": ("layernorm", "rmsnorm"),
   "positions": ("learned", "sinusoidal", "rotary"),
   "dtype": ("float32", "bfloat16"),
-  "attention_impl": ("xla", "dot_product_attention", "chunked", "cudnn"),
+  "attention_impl": ("xla", "dot_product_attention", "chunked", "cudnn", "pallas"),
   "remat": ("none", "dots", "full"),
   "illegal_id_policy": ("unk", "error"),
   "stitch": ("", "linear"),
@@ -70,7 +70,7 @@ class ModelConfig:
   max_len: int = 256
   tie_embeddings: bool = True
   dtype: str = "float32"
-  attention_impl: str = "xla"  # xla (dense) | dot_product_attention | chunked (online softmax) | cudnn (GPU only)
+  attention_impl: str = "xla"  # xla | dot_product_attention | chunked (online softmax) | cudnn (GPU) | pallas (TPU)
   remat: str = "none"  # per-block rematerialisation: none | dots (keep matmul outputs) | full (keep block inputs)
   illegal_id_policy: str = "unk"
   num_decoder_layers: int | None = None  # encoder_decoder only; None → num_layers.

@@ -145,6 +145,8 @@ class TransformerStack(nnx.Module):
     elif positions is None:
       positions = jnp.broadcast_to(jnp.arange(length), (batch, length))
     mask = None if segment_ids is None else attention.segment_mask(segment_ids, segment_ids)
+    if segment_ids is not None and self.config.attention_impl == "pallas":  # the kernel takes ids, not [L, L]
+      mask = attention.SegmentIds(segment_ids, segment_ids)
     cross_mask = None
     if self.cross and encoder_segment_ids is not None:
       if segment_ids is not None:

@@ -87,10 +87,15 @@ def _tokens(objective: str, data: ml_collections.ConfigDict) -> tuple[int, int]:
 
 
 def compiled_estimate(
-  config: ml_collections.ConfigDict, mc: models.ModelConfig, objective: str, make_steps: Callable
+  config: ml_collections.ConfigDict,
+  mc: models.ModelConfig,
+  objective: str,
+  make_steps: Callable,
+  device: jax.Device | None = None,
 ) -> Estimate:
   """XLA's own figure for one device running the whole global batch (this host: one device), from a compile of the
-  training step (``make_steps``: the trainer's) on abstract inputs; nothing is allocated."""
+  training step (``make_steps``: the trainer's) on abstract inputs; nothing is allocated. ``device``: compile for
+  that device instead of the default one, e.g. a TPU of ``jax.experimental.topologies`` from a CPU host."""
   t = config.train
   abstract = nnx.eval_shape(lambda: models.create_from_config(mc, seed=config.seed))
   graphdef, params, frozen, rest = models.split_trainable(abstract, t.trainable)
@@ -102,6 +107,9 @@ def compiled_estimate(
     state["frozen"] = frozen
   batch = batch_spec(objective, t.batch_size, config.data)
   batch["stop"] = jax.ShapeDtypeStruct((t.batch_size, 1), jnp.float32)
+  if device is not None:
+    on = jax.sharding.SingleDeviceSharding(device)
+    state, batch = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=on), (state, batch))
   stats = jax.jit(train_step, donate_argnums=0).lower(state, batch).compile().memory_analysis()
   # The state in and out share buffers (donated); arguments also hold the batch, a few MB.
   kept = stats.argument_size_in_bytes
@@ -118,7 +126,8 @@ def _layer_bytes(mc: models.ModelConfig, s: models.ModelConfig, rows: int, q_len
   [B, L, D] tensors (norm inputs and outputs, q/k/v, rotated q/k, attention output, residuals), 2 [B, L, F] (the MLP's
   up projection and activation; 3 for SwiGLU), and for the dense kernel the float32 [B, H, Q, S] scores and
   probabilities (+ their cast to the compute dtype); the chunked kernel keeps per key block its [B, Q, H, K] carry
-  and one float32 [B, H, Q, block] tile instead."""
+  and one float32 [B, H, Q, block] tile instead; the Pallas TPU kernel its output and two float32 [B, H, Q] softmax
+  statistics (its tiles live in VMEM, not HBM)."""
   a = jnp.dtype(mc.dtype).itemsize
   bld, blf = rows * q_len * s.d_model, rows * q_len * s.d_ff
   dense = (11 * bld + (3 if s.mlp == "swiglu" else 2) * blf) * a
@@ -126,6 +135,8 @@ def _layer_bytes(mc: models.ModelConfig, s: models.ModelConfig, rows: int, q_len
   if mc.attention_impl == "chunked":
     block = min(KV_CHUNK, kv_len)
     attn = -(-kv_len // block) * (bld * 4 + rows * s.num_heads * q_len * block * 4)
+  elif mc.attention_impl == "pallas":  # the TPU kernel keeps its output and float32 row max and sum [B, H, Q]
+    attn = rows * q_len * s.d_model * a + 2 * rows * s.num_heads * q_len * 4
   else:
     attn = scores * (8 + (a if a != 4 else 0))
   return dense + attn, dense + attn
