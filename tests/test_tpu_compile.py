@@ -2,8 +2,9 @@
 
 jax compiles ahead of time for a TPU topology it does not have (``jax.experimental.topologies``) when libtpu is
 importable. libtpu is kept out of the project's venv (installed there it would make every process look for a TPU):
-``pip install --no-deps --target DIR libtpu==0.0.42.1`` (the version jax 0.10.2's ``[tpu]`` extra pins) and ``LLMCPU_LIBTPU=DIR``;
-not in .ci/run, where ~4 min of compile per target on 2 cores would double the slow pass. The child process compiles the per-device step (``configs/experiments/tpu.py``'s
+``pip install --no-deps --target DIR libtpu==0.0.42.1`` (the version jax 0.10.2's ``[tpu]`` extra pins) and
+``LLMCPU_LIBTPU=DIR``; not in .ci/run, where ~4 min of compile per target on 2 cores would double the slow pass.
+The child process compiles the per-device step (``configs/experiments/tpu.py``'s
 model, attention kernel, remat and dtype; its global batch split over the slice's devices, pure data parallel; the
 Pallas kernel compiled by Mosaic) on abstract inputs and reads XLA:TPU's buffer assignment. What it catches: a step
 that would not fit a chip's HBM with 20% headroom, the analytic estimate drifting from XLA:TPU's figure, the Pallas
@@ -52,7 +53,9 @@ def per_device(topology: str, devices: int) -> dict:
 def test_tpu_step_compiles_and_fits(slice_name):
   libtpu = os.environ.get("LLMCPU_LIBTPU")
   if not libtpu:
-    pytest.skip("set LLMCPU_LIBTPU to a directory with libtpu installed (pip install --no-deps --target DIR libtpu==0.0.42.1)")
+    pytest.skip(
+      "set LLMCPU_LIBTPU to a directory with libtpu installed (pip install --no-deps --target DIR libtpu==0.0.42.1)"
+    )
   from llmcpu.training import memory
 
   topology, devices, kind = TARGETS[slice_name]
