@@ -77,6 +77,15 @@ def pairs_per_row(data: Any, objective: str) -> int:
   return int(data.get("pairs_per_row", 1)) if objective == "prefix_lm" else 1
 
 
+def prefix_lm_training(data: Any) -> dict:
+  """PrefixLM's training options from a data config (their old-design defaults where a config predates them)."""
+  return {
+    "pairs_per_row": int(data.get("pairs_per_row", 1)),
+    "head_weight": float(data.get("head_weight", 1.0)),
+    "head_bytes": int(data.get("head_bytes", 8)),
+  }
+
+
 def tokens_per_row(config: Any, objective: str) -> int:
   """Ids in one training row: encoder input + decoder target (× packed pairs) for seq2seq objectives, else one
   window."""
@@ -597,15 +606,29 @@ class PrefixLM(Objective):
   ``pairs_per_row`` = k > 1 packs k consecutive windows of the epoch into one row (``pack_pairs``: source width
   k·input_length, target width k·target_length, pair i in segment i + 1), so that a step practises "continue from
   the prefix's end" k times per row (issue 23). The windows, and so the bytes read and scored, are those of k = 1.
+  ``head_weight`` = w ≠ 1 gives the loss weight w to each continuation token that starts within its first
+  ``head_bytes`` bytes (EOS and the rest keep 1): the first letters after the cut, which only the prefix's end
+  predicts. Both are training options; evaluation scores one pair per row, unweighted.
   """
 
-  def __init__(self, split: CompiledSplit, input_length: int, target_length: int, seed: int, pairs_per_row: int = 1):
+  def __init__(
+    self,
+    split: CompiledSplit,
+    input_length: int,
+    target_length: int,
+    seed: int,
+    pairs_per_row: int = 1,
+    head_weight: float = 1.0,
+    head_bytes: int = 8,
+  ):
     if input_length < 2 or target_length < 2:
       raise UserError(f"prefix_lm needs input_length and target_length >= 2 (got {input_length}, {target_length})")
     if pairs_per_row < 1:
       raise UserError(f"prefix_lm needs pairs_per_row >= 1 (got {pairs_per_row}); 1 = one window per row")
+    if not (head_weight > 0 and np.isfinite(head_weight)) or head_bytes < 1:
+      raise UserError(f"prefix_lm needs head_weight > 0 and head_bytes >= 1 (got {head_weight}, {head_bytes})")
     self.input_length, self.target_length, self.seed = input_length, target_length, seed
-    self.pairs_per_row = pairs_per_row
+    self.pairs_per_row, self.head = pairs_per_row, (float(head_weight), int(head_bytes))
     self.text = split.fields["text"]
     self.num_docs = split.num_docs
     self.piece_bytes = piece_bytes_of(split)
@@ -656,6 +679,11 @@ class PrefixLM(Objective):
     enc, tgt = enc * real[:, None], tgt * real[:, None]
     batch = encoder_decoder_batch(enc, (cut - begin + 1) * real, tgt, (end - cut + 1) * real)
     batch["target_bytes"] = content_bytes(self.piece_bytes, tgt, content)
+    weight, head_bytes = self.head
+    if weight != 1.0:  # the loss weighs the continuation's first bytes more (counted in bytes: the same in any ISA)
+      before = np.cumsum(batch["target_bytes"], axis=1) - batch["target_bytes"]
+      head = content & (before < head_bytes)
+      batch["decoder_weights"] = np.where(head, weight, batch["decoder_weights"]).astype(np.float32)
     batch["target_docs"] = content_docs(np.broadcast_to(doc[:, None], content.shape), content)
     return batch
 

@@ -207,8 +207,8 @@ def resolve(config: ml_collections.ConfigDict, workdir: str) -> Setup:
       process_count=jax.process_count(),
       shuffle=shuffle,
       **({"truncate": d.truncate} if objective in ("seq2seq", "reconstruct") else {}),
-      # packed pairs train only: evaluation scores the same windows one per row (equal sums, see PrefixLM)
-      **({"pairs_per_row": obj.pairs_per_row(d, objective)} if objective == "prefix_lm" and shuffle else {}),
+      # training options only: evaluation scores the same windows one per row, unweighted (see PrefixLM)
+      **(obj.prefix_lm_training(d) if objective == "prefix_lm" and shuffle else {}),
     )
 
   return Setup(
