@@ -208,6 +208,56 @@ def test_causal_and_reads_the_source_after_two_steps(overrides):
   np.testing.assert_array_equal(hidden[1], base[1])
 
 
+def _packed_pairs(rng_seed):
+  """Two one-pair rows (sources of 7 and 4 ids, targets of 5 and 3) and the same pairs packed into one row."""
+  src_len, tgt_len, width_s, width_t = (7, 4), (5, 3), 8, 6
+  pairs = []
+  for i, (ns, nt) in enumerate(zip(src_len, tgt_len, strict=True)):
+    src, dec_in = np.full(width_s, PAD_ID, np.int32), np.full(width_t, PAD_ID, np.int32)
+    src[:ns], dec_in[0], dec_in[1:nt] = ids(rng_seed + i, (ns,)), BOS_ID, ids(rng_seed + 9 + i, (nt - 1,))
+    seg_s, seg_t = (np.arange(width_s) < ns).astype(np.int32), (np.arange(width_t) < nt).astype(np.int32)
+    pos_s, pos_t = np.arange(width_s) * seg_s, np.arange(width_t) * seg_t
+    pairs.append(dict(src=src, dec=dec_in, seg_s=seg_s, seg_t=seg_t, pos_s=pos_s, pos_t=pos_t))
+  packed = {key: np.concatenate([p[key] for p in pairs]) for key in pairs[0]}
+  for key in ("seg_s", "seg_t"):
+    packed[key] = np.concatenate([p[key] * (i + 1) for i, p in enumerate(pairs)])
+  return pairs, packed
+
+
+def _run(m, row):
+  b = {key: jnp.asarray(v[None]) for key, v in row.items()}
+  return apply(
+    m, b["src"], b["dec"], encoder_segment_ids=b["seg_s"], decoder_segment_ids=b["seg_t"],
+    encoder_positions=b["pos_s"], decoder_positions=b["pos_t"],
+  )[0]  # fmt: skip
+
+
+@pytest.mark.parametrize("overrides", [{}, NEW, ALIBI], ids=["old", "rotary", "alibi"])
+def test_packed_pairs_read_only_their_own_source_after_two_steps(overrides):
+  """prefix LM's ``pairs_per_row``: a pair packed beside another gives the logits it gives alone (a separate
+  one-pair call, the exact symmetry); changing pair 2's source or targets moves none of pair 1's outputs, pair 1's
+  targets ≥ t move none of its outputs ≤ t, and pair 2 does read its own source."""
+  m = _trained_two_steps(overrides)
+  pairs, packed = _packed_pairs(20)
+  base = _run(m, packed)
+  for i, pair in enumerate(pairs):
+    n = int(pair["seg_t"].sum())
+    alone = _run(m, pair)
+    np.testing.assert_allclose(base[i * 6 : i * 6 + n], alone[:n], rtol=1e-4, atol=1e-4)
+  other = dict(packed, src=packed["src"].copy(), dec=packed["dec"].copy())
+  other["src"][8:12], other["dec"][7:9] = ids(30, (4,)), ids(31, (2,))  # pair 2's whole source and targets
+  moved = _run(m, other)
+  np.testing.assert_array_equal(moved[:5], base[:5])
+  assert (np.abs(moved[6:9] - base[6:9]).max(axis=-1) > 1e-5).all()
+  t = 2  # pair 1: output t reads decoder inputs 0..t; change inputs t+1 … (targets ≥ t)
+  later = dict(packed, dec=packed["dec"].copy())
+  later["dec"][t + 1 : 5] = ids(32, (5 - t - 1,))
+  out = _run(m, later)
+  np.testing.assert_array_equal(out[: t + 1], base[: t + 1])
+  np.testing.assert_array_equal(out[6:9], base[6:9])  # pair 2's real targets (padding outputs are never scored)
+  assert np.abs(out[t + 1 : 5] - base[t + 1 : 5]).max() > 1e-4
+
+
 @pytest.mark.parametrize("overrides", [NEW, ALIBI], ids=["rotary", "alibi"])
 def test_cached_decoding_matches_teacher_forcing_with_the_new_design(overrides):
   m = _trained_two_steps(overrides)

@@ -435,6 +435,74 @@ def test_prefix_lm_cuts_windows_of_whole_words_within_byte_budgets(lengths, inpu
   assert p.summary()["skipped_bytes_share"] == pytest.approx(skipped / total if total else 0.0)
 
 
+@settings(max_examples=40, deadline=None)
+@given(doc_lengths, st.integers(2, 30), st.integers(2, 12), st.integers(2, 4), st.integers(1, 4), st.integers(0, 2))
+def test_packed_prefix_lm_holds_the_unpacked_windows_in_order(lengths, input_length, target_length, k, batch, seed):
+  """pairs_per_row = k: row r's pair i is, column for column, window r·k + i of the same epoch with one pair per
+  row (so the bytes read and scored are those of k = 1, which the ISA test pins), its segment ids × (i + 1);
+  past the last window a pair is all padding, never scored."""
+  corpus = prose(lengths, seed)
+  kw = dict(objective="prefix_lm", global_batch=batch, seed=seed, input_length=input_length)
+  try:
+    one = Pipeline(corpus.split, target_length=target_length, **kw)
+  except UserError as e:
+    assert "no tokens" in str(e)
+    return
+  packed = Pipeline(corpus.split, target_length=target_length, pairs_per_row=k, **kw)
+  assert packed.rows_per_epoch == -(-one.rows_per_epoch // k)
+  for epoch in (0, 1):
+    singles, rows = epoch_rows(one, epoch), epoch_rows(packed, epoch)
+    for key, value in rows.items():
+      width = input_length if key.startswith("encoder_") else target_length
+      assert value.shape == (packed.rows_per_epoch, k * width), key
+      for r, i in itertools.product(range(packed.rows_per_epoch), range(k)):
+        got, e = value[r, i * width : (i + 1) * width], r * k + i
+        if e >= one.rows_per_epoch:
+          assert (got == (-1 if key == "target_docs" else 0)).all(), (key, r, i)
+          continue
+        want = singles[key][e] * (i + 1 if key.endswith("segment_ids") else 1)
+        assert np.array_equal(got, want), (key, r, i)
+  assert objectives.pairs_per_row({"pairs_per_row": k}, "prefix_lm") == k
+  assert objectives.pairs_per_row({"pairs_per_row": k}, "span_corruption") == 1
+
+
+@settings(max_examples=30, deadline=None)
+@given(doc_lengths, st.integers(2, 30), st.integers(2, 12), st.integers(1, 6), st.integers(0, 2))
+def test_prefix_lm_head_weight_weighs_the_first_bytes_of_each_continuation(
+  lengths, input_length, target_length, hb, seed
+):
+  """head_weight = 3: a continuation token weighs 3 when the bytes before it in its continuation are fewer than
+  head_bytes (counted token by token here), 1 otherwise (EOS too); every other key is the unweighted row's."""
+  corpus = prose(lengths, seed)
+  kw = dict(objective="prefix_lm", global_batch=3, seed=seed, input_length=input_length, target_length=target_length)
+  try:
+    plain = epoch_rows(Pipeline(corpus.split, **kw))
+  except UserError as e:
+    assert "no tokens" in str(e)
+    return
+  rows = epoch_rows(Pipeline(corpus.split, head_weight=3.0, head_bytes=hb, **kw))
+  pb = corpus.piece_bytes
+  for i in range(len(rows["decoder_weights"])):
+    n = int(plain["decoder_segment_ids"][i].sum())
+    want, seen = np.zeros(target_length), 0
+    for j in range(n):
+      want[j] = 3.0 if j < n - 1 and seen < hb else 1.0
+      seen += pb[rows["decoder_targets"][i][j]] if j < n - 1 else 0
+    np.testing.assert_array_equal(rows["decoder_weights"][i], want)
+  for key in plain:
+    if key != "decoder_weights":
+      assert np.array_equal(rows[key], plain[key]), key
+
+
+def test_prefix_lm_refuses_bad_training_options():
+  corpus = prose([12, 30])
+  kw = dict(objective="prefix_lm", global_batch=2, seed=0, input_length=8, target_length=4)
+  with pytest.raises(UserError, match="pairs_per_row >= 1"):
+    Pipeline(corpus.split, pairs_per_row=0, **kw)
+  with pytest.raises(UserError, match="head_weight > 0"):
+    Pipeline(corpus.split, head_weight=0.0, **kw)
+
+
 @pytest.mark.parametrize("input_length,target_length", [(8, 4), (64, 16), (114, 30), (512, 114), (4096, 2048)])
 def test_raw_window_is_the_largest_that_fits(input_length, target_length):
   w = objectives.raw_window(input_length, target_length, 0.15, 3.0)

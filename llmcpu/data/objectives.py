@@ -8,7 +8,8 @@ is the same bits whichever process builds it and whenever. What MLM masks is cho
 
 Packed objectives (``lm``, ``lm_targets``, ``mlm``) concatenate documents ``[BOS] + ids + [EOS]`` and cut the
 stream into windows; segment ids mark the documents inside a row (1-based, 0 = pad) so attention never crosses
-a boundary. Encoder-decoder objectives (``seq2seq``, ``span_corruption``, ``prefix_lm``) hold one example per row.
+a boundary. Encoder-decoder objectives (``seq2seq``, ``span_corruption``, ``prefix_lm``) hold one example per row;
+prefix LM can pack several (``pairs_per_row``), each pair its own segment on both sides.
 
 Every objective marks its *content* targets: scored (weighted) positions whose target is one of a document's own
 ids (regular ids and UNK), never EOS, PAD, BOS, MASK or a sentinel. ``target_bytes`` is the target's piece bytes
@@ -70,10 +71,26 @@ def objective_for(config: Any, split_kind: str) -> str:
   return DEFAULT[arch]
 
 
+def pairs_per_row(data: Any, objective: str) -> int:
+  """(prefix, continuation) pairs packed per training row: ``data.pairs_per_row`` for prefix LM (1 in configs
+  written before it existed), else 1."""
+  return int(data.get("pairs_per_row", 1)) if objective == "prefix_lm" else 1
+
+
+def prefix_lm_training(data: Any) -> dict:
+  """PrefixLM's training options from a data config (their old-design defaults where a config predates them)."""
+  return {
+    "pairs_per_row": int(data.get("pairs_per_row", 1)),
+    "head_weight": float(data.get("head_weight", 1.0)),
+    "head_bytes": int(data.get("head_bytes", 8)),
+  }
+
+
 def tokens_per_row(config: Any, objective: str) -> int:
-  """Ids in one row of a batch: encoder input + decoder target for seq2seq objectives, else one window."""
+  """Ids in one training row: encoder input + decoder target (× packed pairs) for seq2seq objectives, else one
+  window."""
   if objective in SEQ2SEQ:
-    return config.data.input_length + config.data.target_length
+    return (config.data.input_length + config.data.target_length) * pairs_per_row(config.data, objective)
   return config.data.length
 
 
@@ -418,6 +435,16 @@ def encoder_decoder_batch(
   }
 
 
+def pack_pairs(pairs: Sequence[Batch]) -> Batch:
+  """k one-pair batches side by side in one row: pair i's columns get segment id i + 1 (0 stays pad), so
+  attention, and cross-attention through ``TransformerStack``'s segment mask, keep each pair to itself; positions
+  restart in every pair, as if it ran alone."""
+  out = {key: np.concatenate([p[key] for p in pairs], axis=1) for key in pairs[0]}
+  for key in ("encoder_segment_ids", "decoder_segment_ids"):
+    out[key] = np.concatenate([p[key] * (i + 1) for i, p in enumerate(pairs)], axis=1).astype(np.int32)
+  return out
+
+
 def span_counts(n: int, noise_density: float, mean_span: float) -> tuple[int, int]:
   """T5's noise tokens and noise spans for a window of n tokens (no noise below 2 tokens)."""
   if n < 2:
@@ -575,12 +602,33 @@ class PrefixLM(Objective):
   table border with no space), and so is a prefix no continuation fits after. No randomness: a window's cut is
   its words'. The cost: a coarse ISA (~4 bytes per token) fills a quarter of its rows, the price of reading the
   same text as a char ISA does.
+
+  ``pairs_per_row`` = k > 1 packs k consecutive windows of the epoch into one row (``pack_pairs``: source width
+  k·input_length, target width k·target_length, pair i in segment i + 1), so that a step practises "continue from
+  the prefix's end" k times per row (issue 23). The windows, and so the bytes read and scored, are those of k = 1.
+  ``head_weight`` = w ≠ 1 gives the loss weight w to each continuation token that starts within its first
+  ``head_bytes`` bytes (EOS and the rest keep 1): the first letters after the cut, which only the prefix's end
+  predicts. Both are training options; evaluation scores one pair per row, unweighted.
   """
 
-  def __init__(self, split: CompiledSplit, input_length: int, target_length: int, seed: int):
+  def __init__(
+    self,
+    split: CompiledSplit,
+    input_length: int,
+    target_length: int,
+    seed: int,
+    pairs_per_row: int = 1,
+    head_weight: float = 1.0,
+    head_bytes: int = 8,
+  ):
     if input_length < 2 or target_length < 2:
       raise UserError(f"prefix_lm needs input_length and target_length >= 2 (got {input_length}, {target_length})")
+    if pairs_per_row < 1:
+      raise UserError(f"prefix_lm needs pairs_per_row >= 1 (got {pairs_per_row}); 1 = one window per row")
+    if not (head_weight > 0 and np.isfinite(head_weight)) or head_bytes < 1:
+      raise UserError(f"prefix_lm needs head_weight > 0 and head_bytes >= 1 (got {head_weight}, {head_bytes})")
     self.input_length, self.target_length, self.seed = input_length, target_length, seed
+    self.pairs_per_row, self.head = pairs_per_row, (float(head_weight), int(head_bytes))
     self.text = split.fields["text"]
     self.num_docs = split.num_docs
     self.piece_bytes = piece_bytes_of(split)
@@ -600,7 +648,7 @@ class PrefixLM(Objective):
     self.windows = np.array(windows, np.int64).reshape(-1, 4)  # doc, prefix start, cut, end (token indices)
     self.per_doc = np.bincount(self.windows[:, 0], minlength=self.num_docs)
     self.first_window = np.concatenate([[0], np.cumsum(self.per_doc)])
-    self.rows_per_epoch = len(self.windows)
+    self.rows_per_epoch = -(-len(self.windows) // pairs_per_row)
 
   def epoch_state(self, order_N: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     starts = np.zeros(self.num_docs + 1, np.int64)
@@ -608,24 +656,40 @@ class PrefixLM(Objective):
     return order_N, starts
 
   def rows(self, state: Any, r_R: np.ndarray, g_R: np.ndarray) -> Batch:
+    """Row r holds the epoch's windows r·k … r·k + k − 1 (k = ``pairs_per_row``), window i of the row in segment
+    i + 1 at columns [i·input_length, (i+1)·input_length) of the source and [i·target_length, …) of the target."""
+    k = self.pairs_per_row
+    pairs = [self.pairs(state, r_R * k + i) for i in range(k)]
+    return pairs[0] if k == 1 else pack_pairs(pairs)
+
+  def pairs(self, state: Any, e_R: np.ndarray) -> Batch:
+    """One (prefix, continuation) pair per row: the epoch's windows ``e`` (all-pad where e is past the last)."""
     order, starts = state
-    slot = np.searchsorted(starts, r_R, side="right") - 1
+    real = e_R < len(self.windows)
+    e_R = np.where(real, e_R, 0)
+    slot = np.searchsorted(starts, e_R, side="right") - 1
     doc = order[slot]
-    _, begin, cut, end = self.windows[self.first_window[doc] + r_R - starts[slot]].T
-    rows = np.arange(len(r_R))
+    _, begin, cut, end = self.windows[self.first_window[doc] + e_R - starts[slot]].T
+    rows = np.arange(len(e_R))
     enc = _gather(self.text, begin, cut - begin, self.input_length)
     enc[rows, cut - begin] = EOS_ID
     tgt = _gather(self.text, cut, end - cut, self.target_length)
     tgt[rows, end - cut] = EOS_ID
-    content = np.arange(self.target_length)[None, :] < (end - cut)[:, None]
-    batch = encoder_decoder_batch(enc, cut - begin + 1, tgt, end - cut + 1)
+    content = (np.arange(self.target_length)[None, :] < (end - cut)[:, None]) & real[:, None]
+    enc, tgt = enc * real[:, None], tgt * real[:, None]
+    batch = encoder_decoder_batch(enc, (cut - begin + 1) * real, tgt, (end - cut + 1) * real)
     batch["target_bytes"] = content_bytes(self.piece_bytes, tgt, content)
+    weight, head_bytes = self.head
+    if weight != 1.0:  # the loss weighs the continuation's first bytes more (counted in bytes: the same in any ISA)
+      before = np.cumsum(batch["target_bytes"], axis=1) - batch["target_bytes"]
+      head = content & (before < head_bytes)
+      batch["decoder_weights"] = np.where(head, weight, batch["decoder_weights"]).astype(np.float32)
     batch["target_docs"] = content_docs(np.broadcast_to(doc[:, None], content.shape), content)
     return batch
 
   def stats(self) -> dict:
     total = float(self.text.nbytes.sum())
-    return {"windows": self.rows_per_epoch, "skipped_bytes_share": self.skipped_bytes / total if total else 0.0}
+    return {"windows": len(self.windows), "skipped_bytes_share": self.skipped_bytes / total if total else 0.0}
 
 
 def byte_windows(sizes: Sequence[int], prefix_bytes: int, target_bytes: int) -> tuple[list[tuple[int, int, int]], int]:

@@ -89,7 +89,7 @@ def _make_objective(
     "seq2seq": {"truncate"},
     "reconstruct": {"truncate"},
     "span_corruption": {"noise_density", "mean_noise_span_length"},
-    "prefix_lm": set(),
+    "prefix_lm": {"pairs_per_row", "head_weight", "head_bytes"},
   }[objective]
   unknown = sorted(set(options) - allowed)
   if unknown:

@@ -66,9 +66,11 @@ def token_nll(logits: jax.Array, targets: jax.Array) -> jax.Array:
 
 
 def content_mask(targets: jax.Array, weights: jax.Array, content: jax.Array | None) -> jax.Array:
-  """Weighted content targets (what bits per byte counts: not EOS, not span sentinels), float32. ``content``: the
-  batch's own mask (its ISA's roles, ``Roles.is_content``); without one, the project's fixed special layout."""
-  return weights.astype(jnp.float32) * (is_content(targets) if content is None else content.astype(jnp.float32))
+  """Weighted content targets (what bits per byte counts: not EOS, not span sentinels), float32, each once whatever
+  its loss weight (prefix LM's ``head_weight``). ``content``: the batch's own mask (its ISA's roles,
+  ``Roles.is_content``); without one, the project's fixed special layout."""
+  scored = (weights > 0).astype(jnp.float32)
+  return scored * (is_content(targets) if content is None else content.astype(jnp.float32))
 
 
 def metric_sums(

@@ -20,6 +20,7 @@ import ml_collections
 from flax import nnx
 
 from llmcpu import models
+from llmcpu.data import objectives as obj
 from llmcpu.errors import UserError
 from llmcpu.models.attention import KV_CHUNK
 from llmcpu.training import loss
@@ -68,11 +69,12 @@ def batch_spec(objective: str, rows: int, data: ml_collections.ConfigDict) -> di
     if objective != "mlm":  # lm, lm_targets: the content mask (objectives.CausalLM)
       spec["content"] = jax.ShapeDtypeStruct((rows, length), f32)
     return spec
-  enc = {n: jax.ShapeDtypeStruct((rows, data.input_length), i32) for n in ("inputs", "segment_ids", "positions")}
+  enc_len, dec_len = _tokens(objective, data)
+  enc = {n: jax.ShapeDtypeStruct((rows, enc_len), i32) for n in ("inputs", "segment_ids", "positions")}
   dec_names = ("inputs", "targets", "weights", "segment_ids", "positions")
-  dec = {n: jax.ShapeDtypeStruct((rows, data.target_length), f32 if n == "weights" else i32) for n in dec_names}
+  dec = {n: jax.ShapeDtypeStruct((rows, dec_len), f32 if n == "weights" else i32) for n in dec_names}
   spec = {f"encoder_{n}": s for n, s in enc.items()} | {f"decoder_{n}": s for n, s in dec.items()}
-  spec["target_bytes"] = jax.ShapeDtypeStruct((rows, data.target_length), i32)
+  spec["target_bytes"] = jax.ShapeDtypeStruct((rows, dec_len), i32)
   return spec
 
 
@@ -80,7 +82,8 @@ def _tokens(objective: str, data: ml_collections.ConfigDict) -> tuple[int, int]:
   """(encoder or only stack's length, decoder length; 0 without a decoder stack of its own)."""
   if objective in ("lm", "lm_targets", "mlm"):
     return data.length, 0
-  return data.input_length, data.target_length
+  k = obj.pairs_per_row(data, objective)  # packed prefix LM rows are k pairs wide
+  return data.input_length * k, data.target_length * k
 
 
 # ----------------------------------------------------------------------------------------------------- compiled

@@ -38,6 +38,9 @@ def base_config(arch: str, preset: str = "tiny") -> ml_collections.ConfigDict:
   c.data.length = p["length"]  # decoder / encoder rows
   c.data.input_length = p["input_length"]  # encoder_decoder source
   c.data.target_length = p["target_length"]  # encoder_decoder target
+  c.data.pairs_per_row = 1  # prefix_lm: (prefix, continuation) pairs packed per training row, each its own segment
+  c.data.head_weight = 1.0  # prefix_lm: training loss weight of continuation tokens in its first head_bytes bytes
+  c.data.head_bytes = 8
   c.data.truncate = False  # seq2seq: cut pairs longer than input/target_length (counted) instead of refusing them
   c.data.train_split = "train"
   c.data.eval_split = "validation"
@@ -118,6 +121,9 @@ RANGES: dict[str, tuple] = {
   "data.length": _at_least(2),
   "data.input_length": _at_least(2),
   "data.target_length": _at_least(2),
+  "data.pairs_per_row": _at_least(1),
+  "data.head_weight": (lambda v: v > 0 and math.isfinite(v), "a positive finite number"),
+  "data.head_bytes": _at_least(1),
   "train.steps": _at_least(0),  # 0: save the initial state (a port evaluated zero-shot) and stop
   "train.batch_size": _at_least(1),
   "train.learning_rate": (lambda v: v > 0 and math.isfinite(v), "a positive finite number"),

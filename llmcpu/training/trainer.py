@@ -207,6 +207,8 @@ def resolve(config: ml_collections.ConfigDict, workdir: str) -> Setup:
       process_count=jax.process_count(),
       shuffle=shuffle,
       **({"truncate": d.truncate} if objective in ("seq2seq", "reconstruct") else {}),
+      # training options only: evaluation scores the same windows one per row, unweighted (see PrefixLM)
+      **(obj.prefix_lm_training(d) if objective == "prefix_lm" and shuffle else {}),
     )
 
   return Setup(
@@ -635,6 +637,7 @@ def _flops_per_step(run: Setup) -> float:
   c, cfg = run.model_config, run.config
   if run.objective in obj.SEQ2SEQ:
     # models.flops_per_token counts one source and one target token together.
-    seq = (cfg.data.input_length + cfg.data.target_length) / 2
+    # packed pairs: k times the row, and attention runs over the whole row (masked), as the hardware computes it
+    seq = (cfg.data.input_length + cfg.data.target_length) / 2 * obj.pairs_per_row(cfg.data, run.objective)
     return models.flops_per_token(c, int(seq)) * cfg.train.batch_size * seq
   return models.flops_per_token(c, cfg.data.length) * cfg.train.batch_size * cfg.data.length
