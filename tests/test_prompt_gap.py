@@ -162,6 +162,7 @@ def test_per_byte_gap_matches_a_per_document_recompute(docs_of, compile_dir):
   rows = got["per_byte"]
   assert [r["byte"] for r in rows] == list(range(last + 1)) and [r["documents"] for r in rows] == counts.tolist()
   np.testing.assert_allclose([r["gap"] for r in rows], sums / counts, atol=1e-5)
+  assert abs(rows[0]["gap"]) < 1e-6  # byte 0 is the same space after the same prompts, permuted: 0 by symmetry
   weighted = sum(r["gap"] * r["documents"] for r in rows) / got["target_bytes_total"]
   np.testing.assert_allclose(weighted, got["gap"], atol=1e-6)
   assert all(r["gap_ci"] is None or r["gap_ci"][0] <= r["gap"] <= r["gap_ci"][1] for r in rows)

@@ -9,7 +9,9 @@ that ignores it spends the same. The gap is ``bpb(other) − bpb(own)`` (bits pe
 with a cluster bootstrap interval over documents, and the same over the target's first ``head_bytes`` bytes (the
 part of a continuation that most depends on its prompt). ``per_byte`` adds the mean gap at each target byte 0..N
 (byte 0 is the space at the cut; bytes 1.. are the next word's first letters): an id's NLL is spread evenly over
-its bytes, so for a char or byte ISA it is exactly the NLL of the id at that byte.
+its bytes, so for a char or byte ISA it is exactly the NLL of the id at that byte. Byte 0's mean gap is 0 by
+construction when every target starts with the same id (the same space after the same prompts, permuted): a check
+of the pairing, not a finding (its interval resamples documents apart from their partners and means nothing).
 
 A decoder reads ``[BOS] + prompt + target``; an encoder-decoder's encoder reads ``prompt + [EOS]`` (the prefix LM
 source) and its decoder ``[BOS] + target`` — the same bytes, laid out as each was trained.
