@@ -150,13 +150,14 @@ def test_per_byte_gap_matches_a_per_document_recompute(docs_of, compile_dir):
   last = max(ends[d] - cuts[d] for d in docs) - 1  # the last byte of the longest target
   got = prompt_gap.prompt_gap(model, "decoder", byte, split, cuts, ends, docs, seed=1, batch_size=8, per_byte=last)
   other = prompt_gap.derangement(len(docs), 1)
+  parts = [prompt_gap.split_ids(byte, split, d, cuts[d], ends[d]) for d in docs]
+  prompts = [p for p, _, _ in parts] + [parts[j][0] for j in other]
+  targets = [t for _, t, _ in parts] * 2
+  nll = prompt_gap.target_nll(model, "decoder", prompts, targets, batch_size=len(prompts))  # one batch: one compile
   sums, counts = np.zeros(last + 1), np.zeros(last + 1)
-  for i, d in enumerate(docs):
-    prompt, target, _ = prompt_gap.split_ids(byte, split, d, cuts[d], ends[d])
-    oprompt = prompt_gap.split_ids(byte, split, docs[other[i]], cuts[docs[other[i]]], ends[docs[other[i]]])[0]
-    (a,) = prompt_gap.target_nll(model, "decoder", [prompt], [target], batch_size=1)
-    (b,) = prompt_gap.target_nll(model, "decoder", [oprompt], [target], batch_size=1)
-    assert len(target) == ends[d] - cuts[d]
+  for i, d in enumerate(docs):  # one document at a time, position i of its target = byte i
+    a, b = nll[i], nll[len(docs) + i]
+    assert len(a) == ends[d] - cuts[d]
     sums[: len(a)] += (b - a) / math.log(2)
     counts[: len(a)] += 1
   rows = got["per_byte"]
