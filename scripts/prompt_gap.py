@@ -1,12 +1,14 @@
 """Does a CPU read its prompt? Teacher-forced bits per byte of a target after its own prompt vs another's (issue 23).
 
-  python scripts/prompt_gap.py RUN [RUN ...] [--prompt_bytes=64] [--target_bytes=40] [--docs=256] [--out=gap.jsonl]
+  python scripts/prompt_gap.py RUN [RUN ...] [--prompt_bytes=64] [--target_bytes=40] [--docs=256] [--per_byte=N]
+      [--out=gap.jsonl]
 
 RUN: a decoder or encoder_decoder run workdir (or checkpoint directory). Every RUN is scored on the same documents,
 prompt bytes and target bytes (cuts at token boundaries shared by all their ISAs). One line per RUN: bits per byte
 own vs other, the gap (other − own; positive = the CPU reads its prompt) with a 95% cluster bootstrap interval over
-documents, and the same on the target's first --head_bytes bytes. The compile dir and corpus default to the first
-RUN's training config. See llmcpu/crosseval/prompt_gap.py.
+documents, and the same on the target's first --head_bytes bytes. --per_byte=N adds a line per RUN with the mean gap
+(bits) at each target byte 0..N, byte 0 being the space at the cut, each with its interval (``per_byte`` in --out).
+The compile dir and corpus default to the first RUN's training config. See llmcpu/crosseval/prompt_gap.py.
 """
 
 import json
@@ -23,6 +25,7 @@ _DOCS = flags.DEFINE_integer("docs", 256, "Documents (evenly spread over the spl
 _SPLIT = flags.DEFINE_string("split", "test", "Held-out split.")
 _COMPILE_DIR = flags.DEFINE_string("compile_dir", "", "Compile dir ('' = the first run's data.compile_dir).")
 _CORPUS = flags.DEFINE_string("corpus", "", "Corpus spec ('' = the first run's data.corpus).")
+_PER_BYTE = flags.DEFINE_integer("per_byte", 0, "Also the mean gap at target bytes 0..N (0 = off).")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the other-prompt pairing and the bootstrap.")
 _OUT = flags.DEFINE_string("out", "", "Write one JSON row per run here (jsonl).")
 
@@ -48,6 +51,7 @@ def main(argv):
     num_docs=_DOCS.value,
     head_bytes=_HEAD.value,
     seed=_SEED.value,
+    per_byte=_PER_BYTE.value,
     log=cli.log,
   )
   if _OUT.value:

@@ -4,6 +4,7 @@ the model, log-softmax in float64 numpy."""
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import subprocess
@@ -113,13 +114,59 @@ def test_measure_and_script_on_trained_checkpoints(compile_dir, tmp_path):
   assert rows[0]["target_bytes_total"] == rows[1]["target_bytes_total"] and rows[0]["documents"] == 6
   out = tmp_path / "gap.jsonl"
   cmd = [sys.executable, os.path.join(ROOT, "scripts", "prompt_gap.py"), *runs, "--split=train", "--docs=6"]
-  cmd += [f"--prompt_bytes={PROMPT}", f"--target_bytes={TARGET}", f"--out={out}"]
+  cmd += [f"--prompt_bytes={PROMPT}", f"--target_bytes={TARGET}", f"--out={out}", "--per_byte=3"]
   env = dict(os.environ, PYTHONPATH=ROOT)
   p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
   assert p.returncode == 0, p.stderr[-2000:]
   assert p.stdout.count("bits per byte own") == 2 and len(out.read_text().splitlines()) == 2
+  assert p.stdout.count("gap per target byte") == 2
+  assert [[b["byte"] for b in json.loads(r)["per_byte"]] for r in out.read_text().splitlines()] == [[0, 1, 2, 3]] * 2
   p = subprocess.run(cmd[:3] + ["--prompt_bytes=0"], capture_output=True, text=True, env=env, timeout=300)
   assert p.returncode != 0 and "error:" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_byte_table_spreads_each_id_over_its_bytes():
+  """Hand-computed: an id of w bytes puts (other − own) / (w ln 2) on each of its bytes; short targets count 0."""
+  own = [np.array([1.0, 2.0]), np.array([4.0])]
+  other = [np.array([3.0, 2.5]), np.array([1.0])]
+  nbytes = [np.array([2.0, 1.0]), np.array([1.0])]
+  t = prompt_gap.byte_table(own, other, nbytes, last_byte=3) * math.log(2)
+  np.testing.assert_allclose(t[:, :4], [[1.0, 1.0, 0.5, 0.0], [-3.0, 0.0, 0.0, 0.0]])
+  np.testing.assert_array_equal(t[:, 4:] / math.log(2), [[1, 1, 1, 0], [1, 0, 0, 0]])
+  figs = prompt_gap.byte_figures(prompt_gap.byte_table(own, other, nbytes, last_byte=3))
+  assert [f["documents"] for f in figs] == [2, 1, 1, 0]
+  np.testing.assert_allclose([f["gap"] for f in figs[:3]], np.array([-1.0, 1.0, 0.5]) / math.log(2))
+  assert math.isnan(figs[3]["gap"]) and figs[3]["gap_ci"] is None  # no document reaches byte 3
+
+
+def test_per_byte_gap_matches_a_per_document_recompute(docs_of, compile_dir):
+  """On the byte ISA (one id per byte) the mean gap at byte k, recomputed one document at a time from
+  ``target_nll``'s NLLs; weighted by the documents reaching each byte, it sums to the whole-target gap."""
+  _, _, raw, cuts, ends, docs = docs_of
+  lib = Library(compile_dir)
+  byte = lib.compiler("byte")
+  split = lib.split(lib.corpus_name("prose", byte), byte, "train")
+  model = models.create("decoder", "tiny", byte.vocab_size, seed=3)
+  last = max(ends[d] - cuts[d] for d in docs) - 1  # the last byte of the longest target
+  got = prompt_gap.prompt_gap(model, "decoder", byte, split, cuts, ends, docs, seed=1, batch_size=8, per_byte=last)
+  other = prompt_gap.derangement(len(docs), 1)
+  parts = [prompt_gap.split_ids(byte, split, d, cuts[d], ends[d]) for d in docs]
+  prompts = [p for p, _, _ in parts] + [parts[j][0] for j in other]
+  targets = [t for _, t, _ in parts] * 2
+  nll = prompt_gap.target_nll(model, "decoder", prompts, targets, batch_size=len(prompts))  # one batch: one compile
+  sums, counts = np.zeros(last + 1), np.zeros(last + 1)
+  for i, d in enumerate(docs):  # one document at a time, position i of its target = byte i
+    a, b = nll[i], nll[len(docs) + i]
+    assert len(a) == ends[d] - cuts[d]
+    sums[: len(a)] += (b - a) / math.log(2)
+    counts[: len(a)] += 1
+  rows = got["per_byte"]
+  assert [r["byte"] for r in rows] == list(range(last + 1)) and [r["documents"] for r in rows] == counts.tolist()
+  np.testing.assert_allclose([r["gap"] for r in rows], sums / counts, atol=1e-5)
+  assert abs(rows[0]["gap"]) < 1e-6  # byte 0 is the same space after the same prompts, permuted: 0 by symmetry
+  weighted = sum(r["gap"] * r["documents"] for r in rows) / got["target_bytes_total"]
+  np.testing.assert_allclose(weighted, got["gap"], atol=1e-6)
+  assert all(r["gap_ci"] is None or r["gap_ci"][0] <= r["gap"] <= r["gap_ci"][1] for r in rows)
 
 
 def test_prompts_longer_than_the_cpu_reads_are_refused(docs_of):

@@ -7,7 +7,11 @@ The target is scored teacher-forced twice: after its own prompt and after the pr
 derangement of the chosen documents). A CPU that executes its prompt spends fewer bits per byte after its own; one
 that ignores it spends the same. The gap is ``bpb(other) − bpb(own)`` (bits per byte, positive = reads the prompt),
 with a cluster bootstrap interval over documents, and the same over the target's first ``head_bytes`` bytes (the
-part of a continuation that most depends on its prompt).
+part of a continuation that most depends on its prompt). ``per_byte`` adds the mean gap at each target byte 0..N
+(byte 0 is the space at the cut; bytes 1.. are the next word's first letters): an id's NLL is spread evenly over
+its bytes, so for a char or byte ISA it is exactly the NLL of the id at that byte. Byte 0's mean gap is 0 by
+construction when every target starts with the same id (the same space after the same prompts, permuted): a check
+of the pairing, not a finding (its interval resamples documents apart from their partners and means nothing).
 
 A decoder reads ``[BOS] + prompt + target``; an encoder-decoder's encoder reads ``prompt + [EOS]`` (the prefix LM
 source) and its decoder ``[BOS] + target`` — the same bytes, laid out as each was trained.
@@ -153,6 +157,39 @@ def _bpb(nll, nbytes):
     return np.where(nbytes > 0, nll / (math.log(2) * nbytes), np.nan)
 
 
+def byte_table(
+  own: Sequence[np.ndarray], other: Sequence[np.ndarray], nbytes: Sequence[np.ndarray], last_byte: int
+) -> np.ndarray:
+  """Per document [n, 2 (last_byte + 1)]: the gap (other − own, bits) at target bytes 0..last_byte, then 1 where
+  the target reaches that byte (0 and a gap of 0 where it is shorter). Each id's gap is spread over its bytes."""
+  width = last_byte + 1
+  rows = np.zeros((len(own), 2 * width), np.float64)
+  for i, (a, b, w) in enumerate(zip(own, other, nbytes, strict=True)):
+    counts = w.astype(np.int64)
+    per_byte = np.repeat((b - a) / (math.log(2) * w), counts)[:width]
+    rows[i, : len(per_byte)] = per_byte
+    rows[i, width : width + len(per_byte)] = 1.0
+  return rows
+
+
+def byte_figures(table: np.ndarray, clusters: Sequence | None = None, seed: int = 0) -> list[dict]:
+  """Per target byte: the mean gap (bits) over the documents that reach it, with its bootstrap interval."""
+  width = table.shape[1] // 2
+  out = []
+  for k in range(width):
+    t = table[:, [k, width + k]]
+    n = float(t[:, 1].sum())
+    b = intervals.bootstrap_info(t, lambda s: _mean(s[..., 0], s[..., 1]), clusters=clusters, seed=seed)
+    out.append({"byte": k, "documents": int(n), "gap": float(_mean(t[:, 0].sum(), n)), "gap_ci": b["ci"]})
+    out[-1]["gap_ci_info"] = b["info"]
+  return out
+
+
+def _mean(total, count):
+  with np.errstate(divide="ignore", invalid="ignore"):
+    return np.where(count > 0, total / count, np.nan)
+
+
 def gap_figures(table: np.ndarray, clusters: Sequence | None = None, seed: int = 0) -> dict:
   """Bits per byte own / other and their difference (other − own), with its bootstrap interval, for the whole
   target and its head."""
@@ -183,10 +220,12 @@ def prompt_gap(
   max_prompt_ids: int = 0,
   max_row_ids: int = 0,
   batch_size: int = 32,
+  per_byte: int = 0,
 ) -> dict:
   """The gap of one CPU (``model`` of ``arch``, ISA ``comp``, ``split`` its compile of the documents) over ``docs``
   (each with a cut and an end). ``max_prompt_ids``: the most ids of prompt an encoder-decoder was trained to read;
-  ``max_row_ids``: the longest row a decoder was trained on ([BOS] + prompt + target); 0 = any."""
+  ``max_row_ids``: the longest row a decoder was trained on ([BOS] + prompt + target); 0 = any. ``per_byte`` = N > 0
+  adds ``per_byte``: the mean gap at target bytes 0..N (``byte_figures``)."""
   parts = [split_ids(comp, split, d, cuts[d], ends[d]) for d in docs]
   prompts, targets, nbytes = (list(x) for x in zip(*parts, strict=True))
   longest = max(len(p) for p in prompts)
@@ -208,6 +247,8 @@ def prompt_gap(
   cl = None if clusters is None else [clusters[d] for d in docs]
   out = gap_figures(table, cl, seed)
   out.update(head_bytes=head_bytes, target_bytes_total=float(table[:, 2].sum()))
+  if per_byte > 0:
+    out["per_byte"] = byte_figures(byte_table(nll_own, nll_other, nbytes, per_byte), cl, seed)
   return out
 
 
@@ -222,16 +263,17 @@ def measure(
   num_docs: int = 256,
   head_bytes: int = HEAD_BYTES,
   seed: int = 0,
+  per_byte: int = 0,
   log=print,
 ) -> list[dict]:
   """The gap of every checkpoint (a run workdir or checkpoint directory) on the same documents, prompt bytes and
   target bytes: cuts and ends are shared token boundaries of all their ISAs. ``compile_dir``/``corpus`` default to
-  the first checkpoint's training config."""
+  the first checkpoint's training config. ``per_byte`` = N > 0: also the mean gap at target bytes 0..N."""
   from llmcpu.crosseval.library import Library
   from llmcpu.training import checkpoints
 
-  if prompt_bytes < 1 or target_bytes < 1 or num_docs < 2 or head_bytes < 1:
-    raise UserError("prompt_bytes, target_bytes and head_bytes must be ≥ 1 and docs ≥ 2")
+  if prompt_bytes < 1 or target_bytes < 1 or num_docs < 2 or head_bytes < 1 or per_byte < 0:
+    raise UserError("prompt_bytes, target_bytes and head_bytes must be ≥ 1, docs ≥ 2 and per_byte ≥ 0")
   loaded = [checkpoints.load_model(p) for p in paths]
   cfg = loaded[0][1]["config"]
   compile_dir = compile_dir or cfg["data"]["compile_dir"]
@@ -269,10 +311,13 @@ def measure(
       seed=seed,
       max_prompt_ids=limit,
       max_row_ids=row_limit,
+      per_byte=per_byte,
     )
     row.update(checkpoint=str(path), arch=arch, isa=comp.name, corpus=corpus, split=split)
     row.update(prompt_bytes=prompt_bytes, target_bytes=target_bytes, seed=seed)
     log(format_row(row))
+    if per_byte > 0:
+      log(format_bytes(row))
     rows.append(row)
   return rows
 
@@ -287,3 +332,12 @@ def format_row(r: dict) -> str:
     f"other {r['bpb_other']:.3f}, gap {r['gap']:+.3f} {ci('gap_ci')}; first {r['head_bytes']} bytes "
     f"{r['head_bpb_own']:.3f} vs {r['head_bpb_other']:.3f}, gap {r['head_gap']:+.3f} {ci('head_gap_ci')}"
   )
+
+
+def format_bytes(r: dict) -> str:
+  """The per-byte gaps of one row: ``byte k: gap [lo, hi]``, byte 0 the space at the cut."""
+  cells = []
+  for b in r["per_byte"]:
+    c = b["gap_ci"]
+    cells.append(f"{b['byte']}: {b['gap']:+.3f}" + (f" [{c[0]:+.3f}, {c[1]:+.3f}]" if c else " (no interval)"))
+  return f"{r['arch']} {r['isa']} gap per target byte (bits, other − own): " + "; ".join(cells)
