@@ -302,8 +302,12 @@ def test_child_process_training_errors_are_the_in_process_ones():
 
 
 LONG_TRAINING = """
-import random, sys
+import random, signal, sys
 from llmcpu.compilers import backends
+
+# A process started in the background by a non-interactive shell inherits SIGINT ignored (and Python then installs no
+# KeyboardInterrupt handler): restore what a terminal's foreground process has, the case this test is about.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 rng = random.Random(0)
 words = ["".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(3, 12))) for _ in range(20000)]
