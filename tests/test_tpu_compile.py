@@ -23,7 +23,7 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 # (topology for jax.experimental.topologies, JAX devices of the slice, HBM kind in memory.ACCELERATORS). v4-32 is
 # left out: the same chip as the v4-8 with a quarter of the rows, so it fits if the v4-8 does.
-TARGETS = {"v4-8": ("v4:2x2x1", 4, "v4"), "v5e-8": ("v5e:2x4", 8, "v5e")}
+TARGETS = {"v4-8": ("v4:2x2x1", 4, "v4"), "v4-32": ("v4:2x2x4", 16, "v4"), "v5e-8": ("v5e:2x4", 8, "v5e")}
 
 
 def per_device(topology: str, devices: int) -> dict:
