@@ -252,16 +252,7 @@ class GroupTrainer:
     for i, m in enumerate(self.members):
       if step == m.saved or step in m.mngr.all_steps():
         continue
-      run = m.setup
-      meta = checkpoints.make_meta(
-        config=run.config.to_dict(),
-        model_config=run.model_config,
-        compiler=run.compiler,
-        step=step,
-        tokens_seen=step * run.tokens_per_step,
-        data_step=step,
-        provenance={"group": [o.setup.workdir for o in self.members]},
-      )
+      meta = trainer.step_meta(m.setup, step, {"group": [o.setup.workdir for o in self.members]})
       checkpoints.save(m.mngr, step, member(self.state, i), meta, force=True)
       m.saved = step
 

@@ -361,6 +361,20 @@ def train(
       trainer.close()
 
 
+def step_meta(run: Setup, step: int, provenance: dict) -> dict:
+  """A checkpoint's metadata at ``step`` of ``run``: what a CPU trained alone and a group member both save."""
+  return checkpoints.make_meta(
+    config=run.config.to_dict(),
+    model_config=run.model_config,
+    compiler=run.compiler,
+    step=step,
+    tokens_seen=step * run.tokens_per_step,
+    data_step=step,
+    provenance=provenance,
+    input_compiler=run.input_compiler,
+  )
+
+
 class Trainer:
   """One run's state, compiled step, evaluation, checkpoints and metrics; ``run`` is the loop."""
 
@@ -464,17 +478,7 @@ class Trainer:
   def save(self, step: int) -> None:
     if step == self.saved:  # a stop right after a checkpoint step (or right after resuming) has nothing new to save
       return
-    run = self.setup
-    meta = checkpoints.make_meta(
-      config=run.config.to_dict(),
-      model_config=run.model_config,
-      compiler=run.compiler,
-      step=step,
-      tokens_seen=step * run.tokens_per_step,
-      data_step=step,
-      provenance=self.provenance,
-      input_compiler=run.input_compiler,
-    )
+    meta = step_meta(self.setup, step, self.provenance)
     checkpoints.save(self.mngr, step, self.placement.host(self.state), meta, force=True)
     self.saved = step
 
