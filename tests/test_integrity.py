@@ -248,8 +248,10 @@ def test_disk_full_during_compile_is_one_line_and_leaves_nothing_that_looks_vali
 # ---------------------------------------------------------------------------------------------------------------
 
 SLOW_COMPILE = """
-import runpy, sys, time
+import runpy, signal, sys, time
 from llmcpu.data import corpora
+
+signal.signal(signal.SIGINT, signal.default_int_handler)  # a background shell's children start with SIGINT ignored
 
 documents = corpora.Corpus.documents
 
