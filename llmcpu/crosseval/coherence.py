@@ -496,12 +496,12 @@ def table_record(table: np.ndarray, docs: Sequence[int], clusters: Sequence) -> 
   return {"docs": [int(d) for d in docs], "clusters": [str(c) for c in clusters], "rows": np.asarray(table).tolist()}
 
 
-def paired(a: dict, b: dict, key: str, *, seed: int = 0, margin: float | None = None) -> dict | None:
+def paired(a: dict, b: dict, key: str, *, seed: int = 0) -> dict | None:
   """``key`` of cell a minus cell b on the prompts both were judged on (``table_record``s, matched by document), with
   the 95% cluster bootstrap interval of the difference: both cells are resampled with the same draws, so what the
   prompts share (an easy document, a topic the judge knows) cancels. None when fewer than two prompts pair up.
 
-  ``{"difference", "ci", "ci90", "info", "prompts"}`` (and ``verdict`` with an equivalence ``margin``)."""
+  ``{"difference", "ci", "ci90", "info", "prompts"}``."""
   where = {d: i for i, d in enumerate(b["docs"])}
   both = [(i, where[d]) for i, d in enumerate(a["docs"]) if d in where]
   if len(both) < 2:
@@ -515,7 +515,7 @@ def paired(a: dict, b: dict, key: str, *, seed: int = 0, margin: float | None = 
 
   joint = np.concatenate([ta, tb], axis=1)
   clusters = [a["clusters"][i] for i in ia]
-  out = intervals.bootstrap_info(joint, diff, clusters=clusters, seed=seed, margin=margin)
+  out = intervals.bootstrap_info(joint, diff, clusters=clusters, seed=seed)
   return out | {"difference": _plain(diff(joint.sum(0))), "prompts": len(both)}
 
 

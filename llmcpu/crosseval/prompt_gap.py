@@ -180,8 +180,8 @@ def byte_figures(table: np.ndarray, clusters: Sequence | None = None, seed: int 
     t = table[:, [k, width + k]]
     n = float(t[:, 1].sum())
     b = intervals.bootstrap_info(t, lambda s: _mean(s[..., 0], s[..., 1]), clusters=clusters, seed=seed)
-    out.append({"byte": k, "documents": int(n), "gap": float(_mean(t[:, 0].sum(), n)), "gap_ci": b["ci"]})
-    out[-1]["gap_ci_info"] = b["info"]
+    gap = float(_mean(t[:, 0].sum(), n))
+    out.append({"byte": k, "documents": int(n), "gap": gap, "gap_ci": b["ci"], "gap_ci_info": b["info"]})
   return out
 
 

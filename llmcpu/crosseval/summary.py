@@ -82,7 +82,11 @@ def _verdict(ok: bool) -> str:
 
 def _ci(r: dict, metric: str) -> tuple[float, float] | None:
   """The interval, carrying its clusters and undefined resamples (``intervals.Interval``) when the row says them."""
-  ci, info = r.get(f"{metric}_ci"), r.get(f"{metric}_ci_info")
+  return _interval(r.get(f"{metric}_ci"), r.get(f"{metric}_ci_info"))
+
+
+def _interval(ci, info: dict | None) -> tuple[float, float] | None:
+  """``_ci`` of a stored ``[lo, hi]`` and its ``info`` (clusters, undefined resamples)."""
   if not ci:
     return None
   if info and info.get("clusters"):
@@ -368,7 +372,7 @@ _ROUNDING = 1e-9  # two identical cells differ by summation order only (~1e-16):
 
 
 def _paired_line(label: str, p: dict) -> str:
-  return f"{label} {p['difference']:+.3f}{_fmt_ci(_ci({'d_ci': p['ci'], 'd_ci_info': p['info']}, 'd'))}"
+  return f"{label} {p['difference']:+.3f}{_fmt_ci(_interval(p['ci'], p['info']))}"
 
 
 def paired_row_claims(
