@@ -885,4 +885,16 @@ def test_encoder_decoder_on_programs(tmp_path):
     assert 0.0 <= r["exact_match"] <= 1.0 and r["coherence"] == r["exact_match"]
     assert set(r["exact_match_by_task"]) <= set(programs.TASKS)
     assert r["prompts"] == FAST.program_prompts
+    hits = np.asarray(r["prompt_table"]["rows"])[:, 0]  # one row per program: its hit, by program
+    assert r["prompt_table"]["kind"] == "programs" and hits.mean() == pytest.approx(r["exact_match"])
   assert _cell(out, ed, "char")["bits_per_byte"] < _cell(out, ed, "char-perm1")["bits_per_byte"]
+  assert _cell(out, ed, "char")["prompt_table"]["docs"] == _cell(out, ed, "char-perm1")["prompt_table"]["docs"]
+  # The local baselines on the same programs, checked against what each task's answer is, not the code's tables:
+  # copying the operand solves `copy` exactly and never `num2words` (digits in, words out).
+  lib = Library(compile_dir)
+  rows = {r["reference"]: r for r in calibration.calibrate(lib, "progs", lib.compiler("char"), FAST)}
+  operand = rows[coherence.OPERAND_BASELINE]["exact_match_by_task"]
+  assert operand["copy"] == 1.0 and operand["num2words"] == 0.0
+  assert rows[coherence.PRIOR_BASELINE]["exact_match_by_task"]["copy"] == 0.0  # random words never repeat
+  text = summary.summarize(out, {}, list(rows.values()))
+  assert "## Exact match by task" in text and "Native exact match above every local baseline" in text

@@ -99,4 +99,75 @@ def test_summary_row_verdicts_above_below_undecided(shared_shift):
   base = {"reference": coherence.NGRAM_BASELINE, "corpus": "c", **{k: v for k, v in _row("-", "-", False, b).items()}}
   mine = [_row("up", "x", True, a) | {"corpus": "c"}]
   (head, *_) = summary.paired_row_claims(mine, [base], "relevance", "relevance", against="baselines")
-  assert "above both local baselines" in head and "above in 1/1" in head
+  assert "above every local baseline" in head and "above in 1/1" in head
+
+
+# ------------------------------------------------------------------------------------------------- programs
+
+
+def _program_record(hits, docs=None) -> dict:
+  table = np.stack([np.asarray(hits, np.float64), np.ones(len(hits)), np.ones(len(hits))], axis=1)
+  docs = list(range(len(hits))) if docs is None else docs
+  return coherence.table_record(table, docs, [f"p{d}" for d in docs], kind="programs")
+
+
+def test_paired_exact_match_on_programs_is_the_mean_of_hit_differences():
+  a, b = [1, 1, 0, 1, 0, 1, 1, 0], [0, 1, 0, 0, 0, 1, 0, 0]
+  p = coherence.paired(_program_record(a), _program_record(b), "exact_match")
+  assert p["difference"] == pytest.approx(np.mean(a) - np.mean(b))  # 5/8 − 2/8, by hand
+  assert p["ci"][0] <= p["difference"] <= p["ci"][1] and p["prompts"] == 8
+  # Matched by program, not by position: b's programs in another order give the same difference.
+  order = [3, 0, 7, 1, 6, 2, 5, 4]
+  q = coherence.paired(_program_record(a), _program_record([b[i] for i in order], docs=order), "exact_match")
+  assert q["difference"] == pytest.approx(p["difference"])
+
+
+def test_task_prior_is_the_leave_one_out_mode_of_the_task():
+  targets = ["1", "1", "2", "1", "x", "b", "a"]
+  tasks = ["count", "count", "count", "count", "copy", "sort", "sort"]
+  # count: every program's others hold "1" at least twice; copy: alone, so nothing; sort: each sees only the other.
+  assert coherence.task_prior(targets, tasks) == ["1", "1", "1", "1", "", "a", "b"]
+  hits = [p == t for p, t in zip(coherence.task_prior(targets, tasks), targets, strict=True)]
+  assert hits == [True, True, False, True, False, False, False]  # a lone program earns nothing from its own answer
+
+
+def test_last_operand_is_what_precedes_the_equals_sign():
+  assert coherence.last_operand("copy qwerty =") == "qwerty"
+  assert coherence.last_operand("count a in abcab =") == "abcab"
+  assert coherence.last_operand("add 123 45 = ") == "45"
+  assert coherence.last_operand("=") == ""
+
+
+def test_row_verdicts_against_the_program_baselines():
+  """A native CPU that beats the task prior on every program but only matches the operand copy is undecided, not
+  above; the summary's task table shows both baselines beside it."""
+  n = 60
+  native = [1] * 30 + [0] * 30
+  prior, operand = [0] * n, [1] * 28 + [0] * 32
+  cell = {
+    "native": True,
+    "status": "ok",
+    "checkpoint": "cpu",
+    "eval_isa": "char",
+    "corpus": "programs",
+    "seed": 0,
+    "model_isa": "char",
+    "arch": "decoder",
+    "exact_match": 0.5,
+    "exact_match_by_task": {"copy": 1.0, "count": 0.0},
+    "prompt_table": _program_record(native),
+  }
+  calib = [
+    {"corpus": "programs", "reference": coherence.PRIOR_BASELINE, "prompts": n, "relevance": 0.0},
+    {"corpus": "programs", "reference": coherence.OPERAND_BASELINE, "prompts": n, "relevance": 28 / n},
+  ]
+  calib[0] |= {"prompt_table": _program_record(prior), "exact_match_by_task": {"copy": 0.0, "count": 0.0}}
+  calib[1] |= {"prompt_table": _program_record(operand), "exact_match_by_task": {"copy": 0.93, "count": 0.0}}
+  lines = summary.paired_row_claims([cell], calib, "exact_match", "exact match", "baselines", kind="programs")
+  assert "undecided in 1/1" in lines[0] and "the prompt's last operand copied +0.033" in lines[1]
+  cell["prompt_table"] = _program_record([1] * 50 + [0] * 10)  # now clear of both
+  lines = summary.paired_row_claims([cell], calib, "exact_match", "exact match", "baselines", kind="programs")
+  assert "above in 1/1" in lines[0]
+  assert summary.paired_row_claims([cell], calib, "relevance", "relevance", "baselines") == []  # prose only
+  table = "\n".join(summary.task_table([cell], calib))
+  assert "| baseline: the prompt's last operand copied | – | 0.467 | 0.93 | 0.00 |" in table

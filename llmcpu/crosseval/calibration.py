@@ -8,7 +8,8 @@ it); and two purely local baselines every CPU is read against: the byte n-gram j
 and the prompt's last word finished from the train lexicon followed by another document's text. Each reference is
 also written after the head-swapped prompts (``coherence.calibration_texts``): the local baselines write the same
 there, so they score exactly 0 on relevance beyond the tail. Programs: the true answer, another program's answer of
-the same task, random bytes, a repeated piece. The native CPUs' shuffled-prompt runs (relevance far below their
+the same task, random bytes, a repeated piece, and two local baselines: the task's most frequent answer and the
+prompt's last operand copied. The native CPUs' shuffled-prompt runs (relevance far below their
 native figure) are read from the cells' rows by the report. Every figure carries its 95% bootstrap interval over
 prompts, resampled by cluster (``llmcpu.data.clusters``) as the cells' are.
 """
@@ -39,9 +40,12 @@ def calibrate(lib: Library, corpus_spec: str, comps: Compiler | Sequence[Compile
     docs = range(min(options.program_prompts, test.num_docs))
     targets = [raw["target"][d] for d in docs]
     tasks = [(test.labels.get("task") or [None] * test.num_docs)[d] for d in docs]
-    for name, answers in coherence.program_references(targets, tasks, options.seed).items():
+    prompts = [raw["input"][d] for d in docs]
+    for name, answers in coherence.program_references(targets, tasks, prompts, options.seed).items():
       table = coherence.program_table(answers, targets, tasks)
       figures = _figures(table, "programs", options, [every[d] for d in docs])
+      figures["prompt_table"] = coherence.table_record(table, docs, [every[d] for d in docs], kind="programs")
+      figures["exact_match_by_task"] = coherence.exact_match_by_task(answers, targets, tasks)
       rows.append(base | {"reference": name, "prompts": len(targets)} | figures)
     return rows
   cuts = lib.prompt_cuts(corpus_spec, comps, options.split, options.prompt_bytes, options.new_bytes)

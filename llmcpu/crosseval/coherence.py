@@ -49,6 +49,7 @@ are bootstrapped over its rows (``intervals.py``).
 
 from __future__ import annotations
 
+import collections
 import math
 import re
 from collections.abc import Mapping, Sequence
@@ -489,11 +490,13 @@ def assess(
   return point
 
 
-def table_record(table: np.ndarray, docs: Sequence[int], clusters: Sequence) -> dict:
-  """A prose cell's per-prompt table as a row keeps it (``prompt_table``): which document each prompt was cut from,
-  its cluster, and the row of sums. Two cells of one matrix cut the same bytes of the same documents (one byte
-  offset for every ISA), so their tables pair prompt by prompt (``paired``)."""
-  return {"docs": [int(d) for d in docs], "clusters": [str(c) for c in clusters], "rows": np.asarray(table).tolist()}
+def table_record(table: np.ndarray, docs: Sequence[int], clusters: Sequence, kind: str = "prose") -> dict:
+  """A cell's per-prompt table as a row keeps it (``prompt_table``): which document each prompt was cut from (or
+  which program), its cluster, the row of sums and the table's ``kind`` (prose or programs). Two cells of one matrix
+  judge the same bytes of the same documents (one byte offset for every ISA; the same programs), so their tables
+  pair prompt by prompt (``paired``)."""
+  rows = np.asarray(table).tolist()
+  return {"kind": kind, "docs": [int(d) for d in docs], "clusters": [str(c) for c in clusters], "rows": rows}
 
 
 def paired(a: dict, b: dict, key: str, *, seed: int = 0) -> dict | None:
@@ -509,9 +512,10 @@ def paired(a: dict, b: dict, key: str, *, seed: int = 0) -> dict | None:
   ia, ib = (np.array(x) for x in zip(*both, strict=True))
   ta, tb = np.asarray(a["rows"], np.float64)[ia], np.asarray(b["rows"], np.float64)[ib]
   width = ta.shape[1]
+  figures = program_figures if a.get("kind") == "programs" else prose_figures  # records before "kind": prose
 
   def diff(sums: np.ndarray) -> np.ndarray:
-    return prose_figures(sums[..., :width])[key] - prose_figures(sums[..., width:])[key]
+    return figures(sums[..., :width])[key] - figures(sums[..., width:])[key]
 
   joint = np.concatenate([ta, tb], axis=1)
   clusters = [a["clusters"][i] for i in ia]
@@ -605,8 +609,39 @@ def calibration_texts(
   return out | {name: (texts, local_swapped[name]) for name, texts in local.items()}
 
 
-def program_references(targets: Sequence[str], tasks: Sequence[str | None], seed: int = 0) -> dict:
-  """Known answers per program: the true one, another program's of the same task, random bytes, a repeated piece."""
+PRIOR_BASELINE = "baseline: the task's most frequent answer"
+OPERAND_BASELINE = "baseline: the prompt's last operand copied"
+PROGRAM_BASELINES = (PRIOR_BASELINE, OPERAND_BASELINE)
+
+
+def task_prior(targets: Sequence[str], tasks: Sequence[str | None]) -> list[str]:
+  """Per program, the most frequent answer among the *other* programs of its task (the alphabetically first on a
+  tie; nothing when it is alone): what a CPU that recognises the task and computes nothing writes."""
+  by_task: dict = {}
+  for t, task in zip(targets, tasks, strict=True):
+    by_task.setdefault(task, collections.Counter())[t] += 1
+  out = []
+  for t, task in zip(targets, tasks, strict=True):
+    counts = by_task[task].copy()
+    counts[t] -= 1
+    best = max((c for c in counts.values()), default=0)
+    out.append(min(a for a, c in counts.items() if c == best) if best > 0 else "")
+  return out
+
+
+def last_operand(prompt: str) -> str:
+  """The prompt's last word before its closing ``=`` ("copy qwerty =" → "qwerty"): a copy of the prompt's nearest
+  operand, what a purely local model writes after ``=``."""
+  found = prompt.rstrip().removesuffix("=").split()
+  return found[-1] if found else ""
+
+
+def program_references(
+  targets: Sequence[str], tasks: Sequence[str | None], prompts: Sequence[str], seed: int = 0
+) -> dict:
+  """Known answers per program: the true one, another program's of the same task, random bytes, a repeated piece;
+  and two local baselines every CPU is read against: the task's most frequent answer (``task_prior``) and the
+  prompt's last operand copied (``last_operand``), which solves ``copy`` and nothing that computes."""
   n = len(targets)
   by_task: dict = {}
   for i, task in enumerate(tasks):
@@ -622,4 +657,14 @@ def program_references(targets: Sequence[str], tasks: Sequence[str | None], seed
     "another program's answer (same task)": [targets[j] for j in other],
     "random bytes": noise,
     "repeated piece": ["the " * max(1, len(t)) for t in targets],
+    PRIOR_BASELINE: task_prior(targets, tasks),
+    OPERAND_BASELINE: [last_operand(p) for p in prompts],
   }
+
+
+def exact_match_by_task(answers: Sequence[str], targets: Sequence[str], tasks: Sequence[str | None]) -> dict:
+  """Exact match per task (``"all"`` for programs without one), tasks in alphabetical order."""
+  by_task: dict[str, list[float]] = {}
+  for task, hit in zip(tasks, text_metrics.exact_match_items(answers, targets), strict=True):
+    by_task.setdefault(task or "all", []).append(hit)
+  return {k: float(np.mean(v)) for k, v in sorted(by_task.items())}

@@ -348,11 +348,9 @@ class ModelEvaluator:
     if prompts.kind == "programs":
       table = coherence.program_table(greedy, prompts.references, prompts.tasks)
       out = coherence.assess(table, "programs", keys=_SUMMARY_FIGURES, **stats)
-      by_task: dict[str, list[float]] = {}
-      for task, hit in zip(prompts.tasks, text_metrics.exact_match_items(greedy, prompts.references), strict=True):
-        by_task.setdefault(task or "all", []).append(hit)
+      out["prompt_table"] = coherence.table_record(table, prompts.docs, stats["clusters"], kind="programs")
       out["exact_match_sampled"] = text_metrics.exact_match(sampled, prompts.references)
-      out["exact_match_by_task"] = {k: float(np.mean(v)) for k, v in sorted(by_task.items())}
+      out["exact_match_by_task"] = coherence.exact_match_by_task(greedy, prompts.references, prompts.tasks)
       out["exact_match_ci"], out["exact_match_ci_info"] = out["relevance_ci"], out["relevance_ci_info"]
       out["chrf"] = text_metrics.chrf(greedy, prompts.references)
       return out

@@ -248,6 +248,33 @@ def programs_exact_match(ok: Sequence[dict]) -> list[str]:
   return [f"- Programs exact match: native mean {n:.3f} vs mismatched mean {f:.3f}: collapse {_verdict(ok_)}."]
 
 
+def task_table(ok: Sequence[dict], calibration: Sequence[dict]) -> list[str]:
+  """Where exact match comes from: each native CPU's exact match per task beside the local baselines' on the same
+  programs (a task a baseline solves is no evidence of execution)."""
+  nat = [r for r in ok if r.get("native") and r.get("exact_match_by_task")]
+  bases = [r for r in calibration if r.get("reference") in coherence_doc.PROGRAM_BASELINES]
+  bases = [r for r in bases if r.get("exact_match_by_task")]
+  if not nat:
+    return []
+  tasks = sorted({t for r in [*nat, *bases] for t in r["exact_match_by_task"]})
+  out = [
+    "## Exact match by task",
+    "",
+    "Each native CPU's exact match per task, beside the local baselines' on the same programs: a task a baseline "
+    "solves (the answer is the task's usual one, or the prompt's operand) is no evidence of execution.",
+    "",
+    "| CPU | seed | all | " + " | ".join(tasks) + " |",
+    "|---|---:|---:|" + "---:|" * len(tasks),
+  ]
+  for r in [*bases, *nat]:
+    name = r["reference"] if "reference" in r else _cpu(r)
+    by = r["exact_match_by_task"]
+    cells = " | ".join("–" if by.get(t) is None else f"{by[t]:.2f}" for t in tasks)
+    overall = _num(r.get("exact_match", r.get("relevance")))  # calibration rows: relevance is exact match
+    out.append(f"| {name} | {r.get('seed', '–')} | {_f(overall)} | {cells} |")
+  return [*out, ""]
+
+
 # ------------------------------------------------------------------------------------------------- calibration
 
 FIGURES = ("fluency", "relevance", "coherence", "relevance_beyond_tail", "copy_rate")
@@ -323,7 +350,7 @@ def _baselines(calibration: Sequence[dict]) -> dict[str, dict[str, dict]]:
   """corpus → baseline name → its calibration row."""
   out: dict[str, dict[str, dict]] = {}
   for r in calibration:
-    if r.get("reference") in coherence_doc.BASELINES:
+    if r.get("reference") in (*coherence_doc.BASELINES, *coherence_doc.PROGRAM_BASELINES):
       out.setdefault(r["corpus"], {})[r["reference"]] = r
   return out
 
@@ -338,7 +365,8 @@ def _above(r: dict, base: dict, metric: str) -> tuple[bool, bool]:
 def baseline_claims(ok: Sequence[dict], calibration: Sequence[dict]) -> list[str]:
   """Every native CPU read against the purely local baselines on the same prompts: relevance (today's) above both,
   and relevance beyond the tail (which they cannot earn) above 0, with intervals."""
-  bases = _baselines(calibration)
+  prose = {c: {n: x for n, x in b.items() if n in coherence_doc.BASELINES} for c, b in _baselines(calibration).items()}
+  bases = {c: b for c, b in prose.items() if b}
   nat = [r for r in ok if r.get("native") and _num(r.get("relevance")) is not None and bases.get(r.get("corpus"))]
   if not nat:
     return []
@@ -376,14 +404,27 @@ def _paired_line(label: str, p: dict) -> str:
 
 
 def paired_row_claims(
-  ok: Sequence[dict], calibration: Sequence[dict], metric: str, name: str, against: str = "cells"
+  ok: Sequence[dict],
+  calibration: Sequence[dict],
+  metric: str,
+  name: str,
+  against: str = "cells",
+  kind: str = "prose",
 ) -> list[str]:
-  """Native ``metric`` against every other cell of its row (``against="cells"``) or against the two local baselines
+  """Native ``metric`` against every other cell of its row (``against="cells"``) or against the local baselines
   (``"baselines"``, from the calibration rows), each difference paired by prompt: every column judged the same prompt
-  bytes, so what a prompt does to both sides cancels. Per (CPU, seed): above (every paired 95% interval above 0),
-  below (some competitor clear above the native) or undecided at that many prompts."""
+  bytes (the same programs), so what a prompt does to both sides cancels. Per (CPU, seed): above (every paired 95%
+  interval above 0), below (some competitor clear above the native) or undecided at that many prompts. ``kind``:
+  the cells read (prose or programs)."""
   bases = _baselines(calibration)
-  nat = [r for r in ok if r.get("native") and r.get("prompt_table") and _num(r.get(metric)) is not None]
+  nat = [
+    r
+    for r in ok
+    if r.get("native")
+    and r.get("prompt_table")
+    and r["prompt_table"].get("kind", "prose") == kind
+    and _num(r.get(metric)) is not None
+  ]
   rows = _by_checkpoint(ok)
   verdicts: dict[str, int] = {"above": 0, "below": 0, "undecided": 0}
   details = []
@@ -410,7 +451,7 @@ def paired_row_claims(
   n = sum(verdicts.values())
   if not n:
     return []
-  whom = "every other cell of its row" if against == "cells" else "both local baselines"
+  whom = "every other cell of its row" if against == "cells" else "every local baseline"
   return [
     f"- Native {name} above {whom}, each difference paired by prompt (95% cluster bootstrap): above in "
     f"{verdicts['above']}/{n} (CPU, seed) pairs, below in {verdicts['below']}/{n}, undecided in "
@@ -434,6 +475,8 @@ def _claims(ok: Sequence[dict], calibration: Sequence[dict]) -> list[str]:
     *paired_row_claims(ok, calibration, "relevance_beyond_tail", "relevance beyond the tail"),
     *native_best(ok, "coherence", "coherence", lower_is_better=False),
     *programs_exact_match(ok),
+    *paired_row_claims(ok, calibration, "exact_match", "exact match", kind="programs"),
+    *paired_row_claims(ok, calibration, "exact_match", "exact match", against="baselines", kind="programs"),
   ]
 
 
@@ -461,6 +504,7 @@ def summarize(
     *_claims(ok, calibration),
     "",
     *calibration_table(calibration, ok),
+    *task_table(ok, calibration),
   ]
   for metric, table in tables.items():
     out += [f"## {metric}", "", table, ""]
