@@ -55,11 +55,7 @@ def variant(hits, preset: str, vocab: int, batch: int, seq: int):
 
 
 def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--preset", default="tiny")
-  parser.add_argument("--vocab", type=int, default=4000)
-  parser.add_argument("--batch", type=int, default=16)
-  parser.add_argument("--seq", type=int, default=128)
+  parser = group_bench.shape_flags(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
   parser.add_argument("--steps", type=int, default=3)
   parser.add_argument("--repeats", type=int, default=5)
   args = parser.parse_args()

@@ -79,12 +79,17 @@ def step_seconds(fn, state, batch, steps: int, repeats: int) -> float:
   return best
 
 
-def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def shape_flags(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+  """The step shape every benchmark built on ``build`` takes: --preset, --vocab, --batch, --seq."""
   parser.add_argument("--preset", default="tiny")
   parser.add_argument("--vocab", type=int, default=4000)
   parser.add_argument("--batch", type=int, default=16)
   parser.add_argument("--seq", type=int, default=128)
+  return parser
+
+
+def main() -> None:
+  parser = shape_flags(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
   parser.add_argument("--groups", default="3,9,18", help="comma-separated group sizes")
   parser.add_argument("--steps", type=int, default=3, help="steps per timed run")
   parser.add_argument("--repeats", type=int, default=3)

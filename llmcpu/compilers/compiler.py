@@ -244,13 +244,7 @@ def from_file(spec: CompilerSpec) -> Compiler:
     raise UserError(f"cannot read {spec.path} for {spec.family}: ({e.strerror}); give {what}") from e
   role_names = external.read_role_names(spec.path) if spec.family == "hf" else None
   backend = _backend(spec, proto, role_names, spec.path)
-  manifest = {
-    "format": FORMAT_VERSION,
-    "spec": str(spec),
-    "name": spec.name,
-    "family": spec.family,
-    "transform": None,
-    "corpus": {},
+  manifest = _manifest_head(spec, {}) | {
     "source_path": spec.path,
     "model_sha256": hashlib.sha256(proto).hexdigest(),
     "role_names": role_names,
@@ -290,14 +284,20 @@ def train(
   return Compiler(spec, base.backend, perm, manifest)
 
 
-def _train_base(spec: CompilerSpec, texts: Iterable[str] | None, corpus: dict, options: dict) -> Compiler:
-  manifest = {
+def _manifest_head(spec: CompilerSpec, corpus: dict) -> dict:
+  """The fields every untransformed compiler's manifest starts with (trained here or read from a file)."""
+  return {
     "format": FORMAT_VERSION,
     "spec": str(spec),
     "name": spec.name,
     "family": spec.family,
     "transform": None,
     "corpus": corpus,
+  }
+
+
+def _train_base(spec: CompilerSpec, texts: Iterable[str] | None, corpus: dict, options: dict) -> Compiler:
+  manifest = _manifest_head(spec, corpus) | {
     "special_ids": {"pad": specials.PAD_ID, "unk": specials.UNK_ID, "bos": specials.BOS_ID, "eos": specials.EOS_ID},
     "first_regular_id": specials.FIRST_REGULAR_ID,
   }

@@ -40,11 +40,11 @@ def calibrate(lib: Library, corpus_spec: str, comps: Compiler | Sequence[Compile
     docs = range(min(options.program_prompts, test.num_docs))
     targets = [raw["target"][d] for d in docs]
     tasks = [(test.labels.get("task") or [None] * test.num_docs)[d] for d in docs]
-    prompts = [raw["input"][d] for d in docs]
+    prompts, clusters = [raw["input"][d] for d in docs], [every[d] for d in docs]
     for name, answers in coherence.program_references(targets, tasks, prompts, options.seed).items():
       table = coherence.program_table(answers, targets, tasks)
-      figures = _figures(table, "programs", options, [every[d] for d in docs])
-      figures["prompt_table"] = coherence.table_record(table, docs, [every[d] for d in docs], kind="programs")
+      figures = _figures(table, "programs", options, clusters)
+      figures["prompt_table"] = coherence.table_record(table, docs, clusters, kind="programs")
       figures["exact_match_by_task"] = coherence.exact_match_by_task(answers, targets, tasks)
       rows.append(base | {"reference": name, "prompts": len(targets)} | figures)
     return rows
@@ -53,6 +53,7 @@ def calibrate(lib: Library, corpus_spec: str, comps: Compiler | Sequence[Compile
   if not docs:  # the cells say why (coherence_error); there is nothing to calibrate on
     return rows
   prompts, continuations = generation.prose_texts(raw["text"], cuts, docs)
+  clusters = [every[d] for d in docs]
   judge, lexicon = lib.judge(corpus_name, compiler, options.train_split)
   counts = lib.word_counts(corpus_name, compiler, options.train_split)
   refs = coherence.calibration_texts(
@@ -69,8 +70,8 @@ def calibrate(lib: Library, corpus_spec: str, comps: Compiler | Sequence[Compile
       tail_bytes=options.tail_bytes,
       swapped=[swapped],
     )
-    figures = _figures(table, "prose", options, [every[d] for d in docs])
-    figures["prompt_table"] = coherence.table_record(table, docs, [every[d] for d in docs])
+    figures = _figures(table, "prose", options, clusters)
+    figures["prompt_table"] = coherence.table_record(table, docs, clusters)
     rows.append(base | {"reference": name, "prompts": len(prompts)} | figures)
   return rows
 
