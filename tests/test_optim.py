@@ -14,6 +14,7 @@ import pytest
 from flax import nnx
 
 from llmcpu import models
+from llmcpu.errors import UserError
 from llmcpu.models.trainable import path_name
 from llmcpu.training.optim import decay_mask, make_optimizer
 from llmcpu.training.run_config import base_config
@@ -95,7 +96,6 @@ def test_wsd_stable_phase_does_not_depend_on_the_budget():
 
 @pytest.mark.parametrize(("key", "value"), [("schedule", "linear"), ("decay_fraction", 0.0)])
 def test_bad_schedule_is_one_line(key, value):
-  from llmcpu.errors import UserError
 
   with pytest.raises(UserError, match=key):
     make_optimizer(train_config(**{"steps": 10, "schedule": "wsd", key: value}))
@@ -163,8 +163,9 @@ def test_adamw_applies_the_mask_weight_decay_only_on_decayed_leaves(tiny_params)
 # --- AdamW + clipping, step by step against numpy ---------------------------------------------------------------------
 
 
-def numpy_adamw(params, grads_per_step, lrs, *, clip, b1, b2, wd, decay, eps=1e-8):
-  """Float64 AdamW (decoupled decay, bias-corrected moments) after clipping all gradients by their global norm."""
+def numpy_adamw(params, grads_per_step, lrs, *, clip, b1, b2, wd, decay, eps=1e-8, scale=None):
+  """Float64 AdamW (decoupled decay, bias-corrected moments) after clipping all gradients by their global norm;
+  ``scale``: a learning-rate multiplier per parameter (PyTorch parameter groups: decay scaled with it)."""
   p = {k: np.asarray(v, np.float64) for k, v in params.items()}
   mu = {k: np.zeros_like(v) for k, v in p.items()}
   nu = {k: np.zeros_like(v) for k, v in p.items()}
@@ -179,7 +180,7 @@ def numpy_adamw(params, grads_per_step, lrs, *, clip, b1, b2, wd, decay, eps=1e-
       step = (mu[k] / (1 - b1**t)) / (np.sqrt(nu[k] / (1 - b2**t)) + eps)
       if decay[k]:
         step = step + wd * p[k]
-      p[k] = p[k] - lr * step
+      p[k] = p[k] - lr * (scale or {}).get(k, 1.0) * step
   return p
 
 
@@ -219,3 +220,58 @@ def test_one_run_of_updates_matches_numpy_adamw_with_global_norm_clipping():
     numpy_adamw(params, grads, lrs, decay={"w": True, "b": False}, **{**hyper, "b2": 0.999}),
   ):
     assert max(float(np.max(np.abs(other[k] - expected[k]))) for k in params) > 1e-4
+
+
+# --- per-parameter learning rates (train.lr_scale) --------------------------------------------------------------------
+
+
+def test_lr_scale_matches_numpy_adamw_with_a_learning_rate_per_parameter():
+  c = dict(steps=5, warmup_steps=0, learning_rate=0.1, min_lr_ratio=0.1, weight_decay=0.1, b1=0.9, b2=0.95)
+  tx, _ = make_optimizer(train_config(**c, lr_scale="^enc/=3,w$=0.5"))  # first rule wins: enc/w gets 3
+  rng = np.random.default_rng(1)
+  params = {
+    "enc": {"w": rng.normal(size=(2, 3)).astype(np.float32)},
+    "dec": {"w": rng.normal(size=(3, 2)).astype(np.float32), "b": rng.normal(size=(2,)).astype(np.float32)},
+  }
+  grads = [jax.tree.map(lambda v: rng.normal(size=v.shape).astype(np.float32) * 2, params) for _ in range(2)]
+  update = jax.jit(tx.update)
+  state, p = jax.jit(tx.init)(params), jax.tree.map(jnp.asarray, params)
+  for g in grads:
+    updates, state = update(g, state, p)
+    p = jax.tree.map(lambda a, u: a + u, p, updates)
+
+  def by_name(tree):
+    return {f"{a}/{b}": v for a, sub in tree.items() for b, v in sub.items()}
+
+  lrs = [cosine(0.1, 0.01, 0, 5), cosine(0.1, 0.01, 1, 5)]
+  hyper = dict(clip=1.0, b1=0.9, b2=0.95, wd=0.1, decay={"enc/w": True, "dec/w": True, "dec/b": False})
+  scale = {"enc/w": 3.0, "dec/w": 0.5, "dec/b": 1.0}
+  expected = numpy_adamw(by_name(params), [by_name(g) for g in grads], lrs, scale=scale, **hyper)
+  for k, v in by_name(p).items():
+    np.testing.assert_allclose(np.asarray(v), expected[k], rtol=2e-6, atol=1e-7, err_msg=k)
+  plain = numpy_adamw(by_name(params), [by_name(g) for g in grads], lrs, **hyper)
+  assert max(float(np.max(np.abs(plain[k] - expected[k]))) for k in expected) > 1e-3  # the multipliers move it
+
+
+def test_lr_scale_reads_the_models_parameter_paths(tiny_params):
+  """On a model's own state (nnx paths): the update of a matching leaf is the unscaled update times its multiplier."""
+  c = dict(steps=10, warmup_steps=0, learning_rate=0.5, weight_decay=0.2)
+  grads = jax.tree.map(lambda v: jnp.full_like(v, 0.3), tiny_params)
+  got = {}
+  for spec in ("", "attn=2,embed/table=0.25"):
+    tx, _ = make_optimizer(train_config(**c, lr_scale=spec))
+    got[spec] = flat(jax.jit(tx.update)(grads, jax.jit(tx.init)(tiny_params), tiny_params)[0])
+  for name, u in got[""].items():
+    m = 2.0 if "attn" in name else 0.25 if "embed/table" in name else 1.0
+    np.testing.assert_allclose(np.asarray(got["attn=2,embed/table=0.25"][name]), m * np.asarray(u), rtol=1e-6)
+  assert "decoder/layers/0/attn/qkv" in got[""] and "embed/table" in got[""]
+
+
+@pytest.mark.parametrize(
+  "spec,match",
+  [("attn", "REGEX=MULTIPLIER"), ("attn=-1", "positive finite"), ("(=2", "REGEX=MULTIPLIER"), ("nope=2", "matches no")],
+)
+def test_bad_lr_scale_is_one_line(tiny_params, spec, match):
+  with pytest.raises(UserError, match=match):
+    tx, _ = make_optimizer(train_config(steps=10, lr_scale=spec))
+    tx.init(tiny_params)

@@ -494,6 +494,41 @@ def test_prefix_lm_head_weight_weighs_the_first_bytes_of_each_continuation(
       assert np.array_equal(rows[key], plain[key]), key
 
 
+@settings(max_examples=30, deadline=None)
+@given(doc_lengths, st.integers(2, 30), st.integers(2, 12), st.integers(1, 6), st.integers(1, 4), st.integers(0, 2))
+def test_prefix_lm_curriculum_scores_only_a_growing_head_of_each_continuation(
+  lengths, input_length, target_length, start, steps, seed
+):
+  """curriculum_steps = S: in global row g < S · batch a continuation token keeps its weight only when the bytes
+  before it in its continuation (counted token by token here) are fewer than start + (T − 1 − start) · g / (S ·
+  batch); from row S · batch on, and in every other key, the row is the plain one."""
+  corpus = prose(lengths, seed)
+  kw = dict(objective="prefix_lm", global_batch=3, seed=seed, input_length=input_length, target_length=target_length)
+  try:
+    plain_pipe = Pipeline(corpus.split, **kw)
+  except UserError as e:
+    assert "no tokens" in str(e)
+    return
+  curr = Pipeline(corpus.split, curriculum_steps=steps, curriculum_bytes=start, **kw)
+  n_rows, full, pb = steps * 3, target_length - 1, corpus.piece_bytes
+  begin = min(start, full)
+  for epoch in range(-(-n_rows // plain_pipe.rows_per_epoch) + 1):  # through the curriculum and one epoch past it
+    plain, rows = epoch_rows(plain_pipe, epoch), epoch_rows(curr, epoch)
+    for i in range(len(rows["decoder_weights"])):
+      g = epoch * plain_pipe.rows_per_epoch + i
+      want, seen = plain["decoder_weights"][i].copy(), 0.0
+      if g < n_rows:
+        limit = begin + (full - begin) * g / n_rows
+        for j in range(target_length):
+          if seen >= limit:
+            want[j] = 0.0
+          seen += pb[plain["decoder_targets"][i][j]] if plain["decoder_weights"][i][j] else 0
+      np.testing.assert_array_equal(rows["decoder_weights"][i], want, err_msg=f"row {g}")
+    for key in plain:
+      if key != "decoder_weights":
+        assert np.array_equal(rows[key], plain[key]), key
+
+
 def test_prefix_lm_refuses_bad_training_options():
   corpus = prose([12, 30])
   kw = dict(objective="prefix_lm", global_batch=2, seed=0, input_length=8, target_length=4)
@@ -501,6 +536,8 @@ def test_prefix_lm_refuses_bad_training_options():
     Pipeline(corpus.split, pairs_per_row=0, **kw)
   with pytest.raises(UserError, match="head_weight > 0"):
     Pipeline(corpus.split, head_weight=0.0, **kw)
+  with pytest.raises(UserError, match="curriculum_bytes >= 1"):
+    Pipeline(corpus.split, curriculum_steps=3, curriculum_bytes=0, **kw)
 
 
 @pytest.mark.parametrize("input_length,target_length", [(8, 4), (64, 16), (114, 30), (512, 114), (4096, 2048)])

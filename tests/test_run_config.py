@@ -20,6 +20,8 @@ BOUNDS = [
   ("data.pairs_per_row", 1, 0),
   ("data.head_weight", 0.5, 0.0),
   ("data.head_bytes", 1, 0),
+  ("data.curriculum_steps", 0, -1),  # 0 = no curriculum
+  ("data.curriculum_bytes", 1, 0),
   ("train.steps", 0, -1),
   ("train.batch_size", 1, 0),
   ("train.learning_rate", 1e-9, 0.0),

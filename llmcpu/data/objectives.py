@@ -83,6 +83,8 @@ def prefix_lm_training(data: Any) -> dict:
     "pairs_per_row": int(data.get("pairs_per_row", 1)),
     "head_weight": float(data.get("head_weight", 1.0)),
     "head_bytes": int(data.get("head_bytes", 8)),
+    "curriculum_steps": int(data.get("curriculum_steps", 0)),
+    "curriculum_bytes": int(data.get("curriculum_bytes", 8)),
   }
 
 
@@ -608,7 +610,11 @@ class PrefixLM(Objective):
   the prefix's end" k times per row (issue 23). The windows, and so the bytes read and scored, are those of k = 1.
   ``head_weight`` = w ≠ 1 gives the loss weight w to each continuation token that starts within its first
   ``head_bytes`` bytes (EOS and the rest keep 1): the first letters after the cut, which only the prefix's end
-  predicts. Both are training options; evaluation scores one pair per row, unweighted.
+  predicts. ``curriculum_rows`` = n > 0 scores, in global row g < n (step × global batch + row), only the
+  continuation tokens that start within its first ``curriculum_bytes + (target_length − 1 − curriculum_bytes) · g /
+  n`` bytes (EOS only if the whole continuation is inside), from row n on every token: short targets first, growing
+  linearly (issue 23; ``data.curriculum_steps`` × the global batch). All three are training options; evaluation
+  scores one pair per row, unweighted, whole.
   """
 
   def __init__(
@@ -620,6 +626,8 @@ class PrefixLM(Objective):
     pairs_per_row: int = 1,
     head_weight: float = 1.0,
     head_bytes: int = 8,
+    curriculum_rows: int = 0,
+    curriculum_bytes: int = 8,
   ):
     if input_length < 2 or target_length < 2:
       raise UserError(f"prefix_lm needs input_length and target_length >= 2 (got {input_length}, {target_length})")
@@ -627,8 +635,14 @@ class PrefixLM(Objective):
       raise UserError(f"prefix_lm needs pairs_per_row >= 1 (got {pairs_per_row}); 1 = one window per row")
     if not (head_weight > 0 and np.isfinite(head_weight)) or head_bytes < 1:
       raise UserError(f"prefix_lm needs head_weight > 0 and head_bytes >= 1 (got {head_weight}, {head_bytes})")
+    if curriculum_rows < 0 or curriculum_bytes < 1:
+      raise UserError(
+        f"prefix_lm needs curriculum_steps >= 0 and curriculum_bytes >= 1 (got rows {curriculum_rows}, "
+        f"{curriculum_bytes} bytes); 0 steps = no curriculum"
+      )
     self.input_length, self.target_length, self.seed = input_length, target_length, seed
     self.pairs_per_row, self.head = pairs_per_row, (float(head_weight), int(head_bytes))
+    self.curriculum = (int(curriculum_rows), min(int(curriculum_bytes), target_length - 1))
     self.text = split.fields["text"]
     self.num_docs = split.num_docs
     self.piece_bytes = piece_bytes_of(split)
@@ -659,10 +673,18 @@ class PrefixLM(Objective):
     """Row r holds the epoch's windows r·k … r·k + k − 1 (k = ``pairs_per_row``), window i of the row in segment
     i + 1 at columns [i·input_length, (i+1)·input_length) of the source and [i·target_length, …) of the target."""
     k = self.pairs_per_row
-    pairs = [self.pairs(state, r_R * k + i) for i in range(k)]
+    pairs = [self.pairs(state, r_R * k + i, g_R) for i in range(k)]
     return pairs[0] if k == 1 else pack_pairs(pairs)
 
-  def pairs(self, state: Any, e_R: np.ndarray) -> Batch:
+  def scored_bytes(self, g_R: np.ndarray) -> np.ndarray | None:
+    """Continuation bytes the curriculum scores in global rows ``g`` (float64; None once it is over or off)."""
+    rows, start = self.curriculum
+    if not rows or np.all(g_R >= rows):
+      return None
+    full = self.target_length - 1
+    return np.where(g_R >= rows, np.inf, start + (full - start) * np.minimum(g_R, rows) / rows)
+
+  def pairs(self, state: Any, e_R: np.ndarray, g_R: np.ndarray | None = None) -> Batch:
     """One (prefix, continuation) pair per row: the epoch's windows ``e`` (all-pad where e is past the last)."""
     order, starts = state
     real = e_R < len(self.windows)
@@ -684,6 +706,10 @@ class PrefixLM(Objective):
       before = np.cumsum(batch["target_bytes"], axis=1) - batch["target_bytes"]
       head = content & (before < head_bytes)
       batch["decoder_weights"] = np.where(head, weight, batch["decoder_weights"]).astype(np.float32)
+    limit_R = None if g_R is None else self.scored_bytes(g_R)
+    if limit_R is not None:  # the curriculum: tokens starting past the row's limit (and EOS after them) weigh 0
+      before = np.cumsum(batch["target_bytes"], axis=1) - batch["target_bytes"]
+      batch["decoder_weights"] = np.where(before < limit_R[:, None], batch["decoder_weights"], 0.0).astype(np.float32)
     batch["target_docs"] = content_docs(np.broadcast_to(doc[:, None], content.shape), content)
     return batch
 

@@ -89,7 +89,7 @@ def _make_objective(
     "seq2seq": {"truncate"},
     "reconstruct": {"truncate"},
     "span_corruption": {"noise_density", "mean_noise_span_length"},
-    "prefix_lm": {"pairs_per_row", "head_weight", "head_bytes"},
+    "prefix_lm": {"pairs_per_row", "head_weight", "head_bytes", "curriculum_rows", "curriculum_bytes"},
   }[objective]
   unknown = sorted(set(options) - allowed)
   if unknown:
@@ -131,6 +131,8 @@ class Pipeline:
     self.split, self.objective_name, self.seed, self.shuffle = split, objective, seed, shuffle
     self.document_ids = document_ids
     self.global_batch, self.process_index, self.process_count = global_batch, process_index, process_count
+    if "curriculum_steps" in objective_options:  # in steps for the user, in global rows for the objective
+      objective_options["curriculum_rows"] = int(objective_options.pop("curriculum_steps")) * global_batch
     self.objective = _make_objective(split, objective, seed, length, input_length, target_length, objective_options)
     self.rows_per_epoch = self.objective.rows_per_epoch
     if self.rows_per_epoch < 1:

@@ -3,6 +3,8 @@ weight-decay mask."""
 
 from __future__ import annotations
 
+import re
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -50,13 +52,76 @@ def wsd_decay_start(steps: int, warmup: int, decay_fraction: float) -> int:
 
 
 def make_optimizer(t: ml_collections.ConfigDict) -> tuple[optax.GradientTransformation, optax.Schedule]:
-  """AdamW on ``make_schedule``'s learning rate, global-norm clipping, and weight decay on matrices only."""
+  """AdamW on ``make_schedule``'s learning rate, global-norm clipping, weight decay on matrices only, and
+  ``train.lr_scale``'s per-parameter multipliers."""
   schedule = make_schedule(t)
-  tx = optax.chain(
+  parts = [
     optax.clip_by_global_norm(t.grad_clip),
     optax.adamw(schedule, b1=t.b1, b2=t.b2, weight_decay=t.weight_decay, mask=decay_mask),
-  )
-  return tx, schedule
+  ]
+  rules = parse_lr_scale(t.get("lr_scale", ""))
+  if rules:
+    parts.append(scale_by_path(rules))
+  return optax.chain(*parts), schedule
+
+
+def parse_lr_scale(spec: str) -> list[tuple[re.Pattern, float]]:
+  """``'REGEX=M,REGEX=M'`` → [(pattern, multiplier)]; '' → []. One line for anything else."""
+  rules = []
+  for part in (p.strip() for p in spec.split(",")):
+    if not part:
+      continue
+    pattern, _, mult = part.rpartition("=")
+    try:
+      value = float(mult)
+      compiled = re.compile(pattern)
+    except (ValueError, re.error) as e:
+      raise UserError(
+        f"--config.train.lr_scale={spec!r}: {part!r} is not REGEX=MULTIPLIER (e.g. 'encoder/=3,cross=3'; {e})"
+      ) from e
+    if not pattern or not (value > 0 and value < float("inf")):
+      raise UserError(f"--config.train.lr_scale={spec!r}: {part!r} needs a pattern and a positive finite multiplier")
+    rules.append((compiled, value))
+  return rules
+
+
+def param_path(path: tuple) -> str:
+  """A pytree path of a parameter state → ``'decoder/layers/0/cross/kv'`` (``trainable.path_name``'s form)."""
+  keys = []
+  for k in path:
+    if isinstance(k, jax.tree_util.DictKey | jax.tree_util.SequenceKey):
+      keys.append(str(k.key if isinstance(k, jax.tree_util.DictKey) else k.idx))
+    elif isinstance(k, jax.tree_util.GetAttrKey) and k.name != "value":
+      keys.append(k.name)
+  return "/".join(keys)
+
+
+def scale_by_path(rules: list[tuple[re.Pattern, float]]) -> optax.GradientTransformation:
+  """Multiplies each parameter's update by the multiplier of the first rule whose pattern it matches (1 if none):
+  a learning rate per stack, weight decay scaled with it (as PyTorch parameter groups do). A rule matching no
+  parameter is refused: a misspelt path would otherwise train at the plain rate without a word."""
+
+  def multipliers(tree):
+    def one(path, _):
+      name = param_path(path)
+      return next((m for pattern, m in rules if pattern.search(name)), 1.0)
+
+    return jax.tree_util.tree_map_with_path(one, tree)
+
+  def init(params):
+    names = [param_path(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+    for pattern, _ in rules:
+      if not any(pattern.search(n) for n in names):
+        raise UserError(
+          f"--config.train.lr_scale: {pattern.pattern!r} matches no parameter; paths look like: {', '.join(names[:4])}"
+        )
+    return optax.EmptyState()
+
+  def update(updates, state, params=None):
+    del params
+    return jax.tree.map(lambda u, m: u if m == 1.0 else u * m, updates, multipliers(updates)), state
+
+  return optax.GradientTransformation(init, update)
 
 
 def decay_mask(params):

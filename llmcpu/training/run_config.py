@@ -41,6 +41,8 @@ def base_config(arch: str, preset: str = "tiny") -> ml_collections.ConfigDict:
   c.data.pairs_per_row = 1  # prefix_lm: (prefix, continuation) pairs packed per training row, each its own segment
   c.data.head_weight = 1.0  # prefix_lm: training loss weight of continuation tokens in its first head_bytes bytes
   c.data.head_bytes = 8
+  c.data.curriculum_steps = 0  # prefix_lm: steps over which the scored continuation grows to its full length; 0 = off
+  c.data.curriculum_bytes = 8  # prefix_lm: continuation bytes scored at step 0 of the curriculum
   c.data.truncate = False  # seq2seq: cut pairs longer than input/target_length (counted) instead of refusing them
   c.data.train_split = "train"
   c.data.eval_split = "validation"
@@ -71,6 +73,7 @@ def base_config(arch: str, preset: str = "tiny") -> ml_collections.ConfigDict:
   c.train.eval_batches = 8
   c.train.peak_tflops = 0.0  # for MFU; 0 = measure this machine's matmul peak at start
   c.train.trainable = ""  # comma-separated regexes over parameter paths (e.g. 'embed,head'); '' = all train
+  c.train.lr_scale = ""  # per-parameter learning-rate multipliers, 'REGEX=M,...' over parameter paths (first wins)
   c.train.init_from = ""  # a checkpoint of the same model config to start from (fresh runs only; not a resume)
   c.train.profile_start = 10  # first step of a jax.profiler trace (into the workdir's tensorboard/)
   c.train.profile_steps = 0  # steps to trace; 0 = no trace
@@ -124,6 +127,8 @@ RANGES: dict[str, tuple] = {
   "data.pairs_per_row": _at_least(1),
   "data.head_weight": (lambda v: v > 0 and math.isfinite(v), "a positive finite number"),
   "data.head_bytes": _at_least(1),
+  "data.curriculum_steps": _at_least(0),
+  "data.curriculum_bytes": _at_least(1),
   "train.steps": _at_least(0),  # 0: save the initial state (a port evaluated zero-shot) and stop
   "train.batch_size": _at_least(1),
   "train.learning_rate": (lambda v: v > 0 and math.isfinite(v), "a positive finite number"),
