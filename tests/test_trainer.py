@@ -437,6 +437,33 @@ def test_a_trainable_pattern_that_matches_nothing_is_refused(compile_dir, tmp_pa
     trainer.train(config, str(tmp_path), log=lambda _: None)
 
 
+def test_lr_scale_reaches_the_step_through_the_mesh_placement(compile_dir, tmp_path):
+  """train.lr_scale on an encoder-decoder through the trainer (the mesh placement initialises the optimizer through
+  optax.tree_map_params): the encoder stack at 1e-6 of the rate barely moves from an independent initial model,
+  the decoder stack moves; a rule that matches nothing is refused with the paths."""
+  from flax import nnx
+
+  from llmcpu import models
+
+  config = tiny_config("encoder_decoder", compile_dir, train__steps=2, train__warmup_steps=0)
+  config.train.lr_scale = "^encoder/=1e-6"
+  result = trainer.train(config, str(tmp_path / "a"), log=lambda _: None)
+  model = models.create_from_config(trainer.resolve(config, str(tmp_path / "c")).model_config, seed=config.seed)
+  before = {
+    models.trainable.path_name(p): np.asarray(v[...]) for p, v in nnx.to_flat_state(nnx.state(model, nnx.Param))
+  }
+  after = {models.trainable.path_name(p): np.asarray(v[...]) for p, v in nnx.to_flat_state(result.state["params"])}
+  moved = {name: float(np.max(np.abs(after[name] - before[name]))) for name in before}
+  encoder = [n for n in moved if n.startswith("encoder/")]
+  decoder = [n for n in moved if n.startswith("decoder/layers/")]
+  assert encoder and decoder
+  assert max(moved[n] for n in encoder) < 1e-6, {n: moved[n] for n in encoder}
+  assert min(moved[n] for n in decoder if n.endswith(("qkv", "kv", "q", "wi", "wo", "out"))) > 1e-4
+  config.train.lr_scale = "^nope/=2"
+  with pytest.raises(UserError, match=r"'\^nope/' matches no parameter; paths look like: \S+/"):
+    trainer.train(config, str(tmp_path / "b"), log=lambda _: None)
+
+
 def test_init_from_a_checkpoint_then_a_transform(compile_dir, tmp_path, reference):
   from flax import nnx
 

@@ -110,7 +110,8 @@ def scale_by_path(rules: list[tuple[re.Pattern, float]]) -> optax.GradientTransf
 
   def init(params):
     names = [param_path(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
-    for pattern, _ in rules:
+    # optax.tree_map_params initialises on a leafless placeholder tree: nothing to check there.
+    for pattern, _ in rules if names else ():
       if not any(pattern.search(n) for n in names):
         raise UserError(
           f"--config.train.lr_scale: {pattern.pattern!r} matches no parameter; paths look like: {', '.join(names[:4])}"
