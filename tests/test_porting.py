@@ -397,6 +397,28 @@ def test_tokens_to_close_from_both_anchors_with_bounds_by_hand():
   assert "| scratch | 6,400 | 0 | 518 | > 1,000 | > 1,000 | > 1,000 | > 1,000 | > 1,000 | > 1,000 | > 1,000 |" in text
 
 
+def test_scratch_tokens_to_match_each_port_point_by_hand():
+  from llmcpu.experiments import porting as recovery
+
+  # scratch: 8.0 at 0 tokens, 5.5 at 100, 4.8 at 1,000; the source CPU trained on 1,000 tokens of ISA A.
+  scratch = _curve_row("scratch", [(0, 8.0), (100, 5.5), (1000, 4.8)], 0)
+  relearn = _curve_row("relearn", [(0, 6.5), (10, 5.15), (100, 4.5)], 1000)
+  align = _curve_row("align", [(0, 6.5)], 1000)
+  recovery.attach_closes([scratch, relearn, align])
+  got = [p["scratch_tokens"] for p in relearn["points"]]
+  # 6.5: 0.6 of the way from 8.0 (0 tokens) to 5.5 (100) → linearly 60 tokens; 5.15: half way from 100 to 1,000 on
+  # log tokens → 10^2.5; 4.5: better than scratch's best (4.8) → not reached.
+  assert got[0] == pytest.approx(60.0) and got[1] == pytest.approx(10**2.5) and got[2] is None
+  assert align["points"][0]["scratch_tokens"] == pytest.approx(60.0)
+  assert all(p["scratch_tokens"] is None for p in scratch["points"])  # scratch is not compared with itself
+  text = recovery.markdown(recovery.aggregate([scratch, relearn, align]))
+  # per point: steps, ISA-B tokens, bits per byte, scratch tokens, × ISA-B tokens, × tokens in all (+ 1,000)
+  assert f"| relearn | 1 | 10 | 5.150 | 316 | {10**2.5 / 10:.1f}× | {10**2.5 / 1010:.2f}× |" in text
+  assert "| relearn | 10 | 100 | 4.500 | > 1,000 | > 10.0× | > 0.91× |" in text
+  assert "| align | 0 | 0 | 6.500 | 60 | ∞ | 0.06× |" in text
+  assert "| relearn | 0 | 0 |" not in text  # a trained curve's start is its start's row, not repeated
+
+
 def test_share_of_the_align_to_translate_gap_and_the_best_start_by_hand():
   from llmcpu.experiments import porting as recovery
 

@@ -285,11 +285,33 @@ def attach_closes(rows: list[dict]) -> None:
     first = r["points"][0] if r["points"] else None
     if r["method"] in ("align", "relearn", "finetune") and first and first["tokens"] == 0:
       align.setdefault(_pair_key(r), first["bpb"])
+  scratch = {_pair_key(r): r["points"] for r in rows if r["method"] == "scratch"}
   for r in rows:
     r["align_bpb"] = align.get(_pair_key(r))
     r["closes"] = closes(r)
     r["closes_align"] = closes(r, "align_bpb")
     r["share_translate"] = share_closed(r)
+    theirs = scratch.get(_pair_key(r))
+    for p in r["points"]:
+      p["scratch_tokens"] = None if theirs is None or r["method"] == "scratch" else scratch_match(p["bpb"], theirs)
+
+
+def scratch_match(bpb: float, scratch_points: list[dict]) -> float | None:
+  """ISA-B tokens a scratch CPU of the same pair and seed needs to reach ``bpb``: the first of its budget points at or
+  below it, interpolated on log tokens from the point before (linearly from a 0-token start); None when no budget
+  of the scratch curve reaches it (the report bounds it by scratch's last tokens). Each scratch point is a run
+  annealed for its budget, so this is "how much training from scratch the port is worth" (WECHSEL's comparison)."""
+  prev = None
+  for p in sorted(scratch_points, key=lambda p: p["tokens"]):
+    if p["bpb"] <= bpb:
+      if prev is None or p["tokens"] <= prev["tokens"]:
+        return float(p["tokens"])
+      f = (prev["bpb"] - bpb) / (prev["bpb"] - p["bpb"])
+      if prev["tokens"] <= 0:
+        return f * p["tokens"]
+      return math.exp(math.log(prev["tokens"]) + f * (math.log(p["tokens"]) - math.log(prev["tokens"])))
+    prev = p
+  return None
 
 
 def share_closed(row: dict) -> float | None:
@@ -364,7 +386,7 @@ def aggregate(rows: list[dict]) -> list[dict]:
       curve["ms_per_1k_tokens"] = mean_std([r["ms_per_1k_tokens"] for r in rs])[0]
     for step in steps:
       ps = [next(p for p in r["points"] if p["step"] == step) for r in rs]
-      point = {"step": step, "tokens": ps[0]["tokens"]}
+      point = {"step": step, "tokens": ps[0]["tokens"], "scratch_tokens": [p.get("scratch_tokens") for p in ps]}
       for m in METRICS:
         mean, std = mean_std([p.get(m) for p in ps])
         lo, hi = (mean - std, mean + std) if std is not None else (ps[0].get(f"{m}_lo"), ps[0].get(f"{m}_hi"))
@@ -444,6 +466,7 @@ def markdown(curves: list[dict]) -> str:
       f"{_in_all(c, last['tokens'])} | {_ref(c, 'native_bpb')} |"
     )
   tables_ = lines + _closes_table(curves, len(seeds)) + _best_start_table(curves, len(seeds))
+  tables_ += _scratch_table(curves, len(seeds))
   return "\n".join(tables_ + _relevance_table(curves, spread)) + "\n"
 
 
@@ -500,6 +523,53 @@ def _best_start_table(curves: list[dict], seeds: int) -> list[str]:
     tables.rule(4, 4),
     *rows,
   ]
+
+
+def _scratch_table(curves: list[dict], seeds: int) -> list[str]:
+  """What each port is worth in scratch training: at every budget of every port curve, the ISA-B tokens scratch
+  needs to reach the port's bits per byte, and that over the port's own tokens (ISA-B only, and in all)."""
+  rows = []
+  for c in curves:
+    if c["method"] == "scratch" or not any(p.get("scratch_tokens") for p in c["points"]):
+      continue
+    scratch = next((s for s in curves if s["method"] == "scratch" and _same_pair(s, c)), None)
+    bound = scratch["points"][-1]["tokens"] if scratch else 0
+    trained = c["method"] not in (*TRAINING_FREE, "translate")
+    for p in c["points"][1 if trained else 0 :]:  # a trained curve's 0-step point is its start's row
+      per_seed = p["scratch_tokens"]
+      reached = [t for t in per_seed if t is not None]
+      own, in_all = p["tokens"], p["tokens"] + (c.get("source_tokens") or 0)
+      ratio = ratio_all = "—"
+      if reached and len(reached) == len(per_seed):
+        mean = sum(reached) / len(reached)
+        ratio = f"{mean / own:.1f}×" if own else "∞"
+        ratio_all = f"{mean / in_all:.2f}×" if in_all else "∞"
+      elif len(reached) < len(per_seed):
+        ratio = f"> {bound / own:.1f}×" if own else "∞"
+        ratio_all = f"> {bound / in_all:.2f}×" if in_all else "∞"
+      cells = [str(p["step"]), f"{own:,}", _fmt(p), _tokens([None if t is None else round(t) for t in per_seed], bound)]
+      rows.append(f"{_label(c)} " + " | ".join([*cells, ratio, ratio_all]) + " |")
+  if not rows:
+    return []
+  return [
+    "",
+    "What a port is worth in training from scratch (WECHSEL's comparison): at each budget of each port curve, the "
+    "ISA-B tokens a scratch CPU of the same pair and seed needs to reach the port's bits per byte (scratch's own "
+    "budgets, each annealed for itself, interpolated on log tokens; "
+    + ("mean (min–max) over seeds" if seeds > 1 else "one seed")
+    + "; > N: better than scratch's last budget), and that over the port's ISA-B tokens and over its tokens in all "
+    "(the source CPU's own training added). Above 1× in all, porting saved training; below it, scratch would have "
+    "been cheaper.",
+    "",
+    tables.row(["corpus", "arch", "port", "method", "steps", "ISA-B tokens", "bits per byte"])
+    + " scratch tokens to match | × ISA-B tokens | × tokens in all |",
+    tables.rule(4, 6),
+    *rows,
+  ]
+
+
+def _same_pair(a: dict, b: dict) -> bool:
+  return all(a[k] == b[k] for k in _CURVE[:4])
 
 
 def _in_all(curve: dict, tokens: int) -> str:
