@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
+import math
 import os
 import subprocess
 import sys
@@ -80,6 +82,16 @@ def dec_gqa():  # the options real LLMs need: grouped-query attention, biases, L
 
 
 @pytest.fixture(scope="module")
+def dec_t5():  # T5's relative position buckets instead of rotary
+  return models.create("decoder", "tiny", V, seed=7, positions="t5")
+
+
+@pytest.fixture(scope="module")
+def encdec_t5():
+  return models.create("encoder_decoder", "tiny", V, seed=8, positions="t5", tie_embeddings=False)
+
+
+@pytest.fixture(scope="module")
 def enc():
   return models.create("encoder", "tiny", V, seed=2, positions="sinusoidal")
 
@@ -94,14 +106,15 @@ def encdec():
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def np_attention(q, k, v, allowed):
-  """Loop reference: q [B,Q,H,K], k/v [B,S,H,K], allowed [B,Q,S] bool; fully masked rows → uniform average."""
+def np_attention(q, k, v, allowed, bias=None):
+  """Loop reference: q [B,Q,H,K], k/v [B,S,H,K], allowed [B,Q,S] bool, bias [B,H,Q,S] added to the scores; fully
+  masked rows → uniform average."""
   q, k, v = (np.asarray(a, np.float64) for a in (q, k, v))
   out = np.zeros(q.shape)
   for b in range(q.shape[0]):
     for h in range(q.shape[2]):
       for i in range(q.shape[1]):
-        s = k[b, :, h] @ q[b, i, h] / np.sqrt(q.shape[-1])
+        s = k[b, :, h] @ q[b, i, h] / np.sqrt(q.shape[-1]) + (0.0 if bias is None else bias[b, h, i])
         s = np.where(allowed[b, i], s, -np.inf) if allowed[b, i].any() else np.zeros_like(s)
         p = np.exp(s - s.max())
         out[b, i, h] = (p / p.sum()) @ v[b, :, h]
@@ -173,6 +186,58 @@ def test_attention_modules_match_reference(impl):
   got = cross(jnp.asarray(x), mask=module_mask("padding")[0], encoded_BxSxD=jnp.asarray(ctx))
   want = np.einsum("blhk,hkd->bld", np_attention(qc, kc, vc, np_mask("padding")), w_out)
   np.testing.assert_allclose(np.asarray(got), want, atol=1e-5)
+
+
+def py_t5_bucket(offset: int, bidirectional: bool, buckets: int = 32, max_distance: int = 128) -> int:
+  """T5's relative_position_bucket for one key − query offset, in plain Python (the paper's reference code)."""
+  n, ret = -offset, 0
+  if bidirectional:
+    buckets //= 2
+    ret += buckets if n < 0 else 0
+    n = abs(n)
+  else:
+    n = max(n, 0)
+  exact = buckets // 2
+  if n < exact:
+    return ret + n
+  return ret + min(exact + int(math.log(n / exact) / math.log(max_distance / exact) * (buckets - exact)), buckets - 1)
+
+
+def test_t5_buckets_match_the_reference_formula():
+  offsets = np.arange(-300, 301)
+  for bidirectional in (True, False):
+    got = np.asarray(attention.t5_bucket(jnp.asarray(offsets)[None, None], bidirectional, 32, 128))[0, 0]
+    want = [py_t5_bucket(int(o), bidirectional) for o in offsets]
+    np.testing.assert_array_equal(got, want)
+  # by hand: exact offsets first, log-spaced later, one bucket past max_distance; direction in the upper half
+  assert [py_t5_bucket(o, True) for o in (0, -1, -7, -8, -128, -1000, 1, 1000)] == [0, 1, 7, 8, 15, 15, 17, 31]
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_t5_self_attention_matches_reference(causal):
+  c = models.ModelConfig(vocab_size=V, d_model=8, num_heads=2, d_ff=16, positions="t5")
+  attn = attention.SelfAttention(c, num_layers=1, rngs=nnx.Rngs(0), causal=causal)
+  _randomize(attn, 3)
+  p = {path[-1]: np.asarray(v.get_value(), np.float64) for path, v in nnx.to_flat_state(nnx.state(attn, nnx.Param))}
+  x = np.random.default_rng(0).normal(size=(2, 8, 8))
+  # positions restart per segment; spaced 9 apart so offsets reach the log-spaced buckets, where the two directions'
+  # bucketings differ (below 8 they agree)
+  pos = np.array([[0, 1, 2, 0, 1, 2, 3, 0], [0, 1, 2, 3, 4, 0, 0, 0]]) * 9
+  kind = "causal_segment" if causal else "segment"
+  q, k, v = (np.einsum("bld,dhk->blhk", x, p["qkv"][:, :, i]) for i in range(3))
+  bias = np.zeros((2, 2, 8, 8))
+  for b, h, i, j in itertools.product(range(2), range(2), range(8), range(8)):
+    bias[b, h, i, j] = p["rel_bias"][py_t5_bucket(int(pos[b, j] - pos[b, i]), not causal), h]
+  want = np.einsum("blhk,hkd->bld", np_attention(q, k, v, np_mask(kind), bias), p["out"])
+  mask, is_causal = module_mask(kind)
+  got, _ = attn(jnp.asarray(x, jnp.float32), positions_BxL=jnp.asarray(pos), mask=mask, is_causal=is_causal)
+  rows = np_mask(kind).any(-1)
+  np.testing.assert_allclose(np.asarray(got)[rows], want[rows], atol=1e-4, rtol=1e-5)
+  # the positions matter: shifting every position by the same amount changes nothing, another order does
+  shifted, _ = attn(jnp.asarray(x, jnp.float32), positions_BxL=jnp.asarray(pos + 5), mask=mask, is_causal=is_causal)
+  np.testing.assert_allclose(np.asarray(shifted)[rows], np.asarray(got)[rows], atol=1e-6)
+  other, _ = attn(jnp.asarray(x, jnp.float32), positions_BxL=jnp.asarray(pos * 3), mask=mask, is_causal=is_causal)
+  assert np.abs(np.asarray(other)[rows] - np.asarray(got)[rows]).max() > 1e-3
 
 
 def _randomize(module, seed: int):
@@ -285,6 +350,8 @@ def test_rotary_scaling_matches_reference(scaling):
     ("encoder", dict(positions="learned", norm="layernorm")),
     ("encoder_decoder", {}),
     ("encoder_decoder", dict(tie_embeddings=False, mlp="swiglu", positions="learned", num_decoder_layers=3)),
+    ("encoder_decoder", dict(positions="t5", num_decoder_layers=3)),
+    ("encoder", dict(positions="t5", num_heads=2)),
   ],
 )
 def test_param_count_matches_formula(arch, overrides):
@@ -363,7 +430,7 @@ def test_same_seed_same_params():
 # ----------------------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["dec", "dec_learned", "dec_gqa"])
+@pytest.mark.parametrize("name", ["dec", "dec_learned", "dec_gqa", "dec_t5"])
 def test_decoder_is_causal(name, request):
   model = request.getfixturevalue(name)
   ids = random_ids(0)
@@ -486,7 +553,7 @@ def _extend(graphdef, state, ids, cache, positions, valid):
   return nnx.merge(graphdef, state, copy=True).extend(ids, cache, positions=positions, valid=valid)
 
 
-@pytest.mark.parametrize("name", ["dec", "dec_learned", "dec_gqa"])
+@pytest.mark.parametrize("name", ["dec", "dec_learned", "dec_gqa", "dec_t5"])
 def test_cached_steps_match_full_forward(name, request):
   model = request.getfixturevalue(name)
   ids = random_ids(6)
@@ -557,7 +624,9 @@ def test_filter_logits_against_numpy():
     assert set(np.flatnonzero(np.isfinite(g))) == set(order[:n])
 
 
-def test_encoder_decoder_generation_matches_teacher_forcing(encdec):
+@pytest.mark.parametrize("name", ["encdec", "encdec_t5"])
+def test_encoder_decoder_generation_matches_teacher_forcing(name, request):
+  encdec = request.getfixturevalue(name)
   src = np.array(random_ids(10, (B, 10)))
   src[1, 6:] = PAD_ID
   out = np.asarray(models.generate(encdec, src, 8, eos_id=-1))

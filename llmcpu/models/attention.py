@@ -7,13 +7,15 @@ Layouts follow ``jax.nn.dot_product_attention``: queries [B, Q, H, K], keys/valu
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from llmcpu.errors import UserError
 from llmcpu.models import flash_tpu
-from llmcpu.models.config import ModelConfig
+from llmcpu.models.config import T5_BUCKETS, T5_MAX_DISTANCE, ModelConfig
 from llmcpu.models.flash_tpu import SegmentIds
 from llmcpu.models.layers import add_bias, dense, normal, param, rope_scaling_of, rotary, zeros
 
@@ -94,7 +96,9 @@ def attend(
   skip the upper triangle.
   """
   if bias is not None and impl not in ("xla", "pallas"):
-    raise UserError(f"an additive attention bias (cross_positions=alibi) needs attention_impl=xla, not {impl}")
+    raise UserError(
+      f"an additive attention bias (cross_positions=alibi, positions=t5) needs attention_impl=xla, not {impl}"
+    )
   if impl == "pallas":
     flash_tpu.check_backend()
     whole = flash_tpu.tiles(q_BxQxHxK.shape[1], k_BxSxHxK.shape[1])
@@ -217,7 +221,29 @@ def init_layer_cache(config: ModelConfig, batch_size: int, max_len: int) -> dict
   """Empty key/value cache of one self-attention layer: k, v [B, T, G, K] in the compute dtype (G = key/value heads,
   fewer than the query heads under grouped-query attention)."""
   shape = (batch_size, max_len, config.kv_heads, config.head_dim)
-  return {"k": jnp.zeros(shape, config.compute_dtype), "v": jnp.zeros(shape, config.compute_dtype)}
+  cache = {"k": jnp.zeros(shape, config.compute_dtype), "v": jnp.zeros(shape, config.compute_dtype)}
+  if config.positions == "t5":  # relative positions need each slot's own position
+    cache["pos"] = jnp.zeros((batch_size, max_len), jnp.int32)
+  return cache
+
+
+def t5_bucket(relative_BxQxS: jax.Array, bidirectional: bool, buckets: int, max_distance: int) -> jax.Array:
+  """T5's bucket of each key − query offset: in a bidirectional stack half the buckets for keys after the query;
+  of the rest, half exact offsets (0 … n/2 − 1), half log-spaced up to ``max_distance`` (and beyond it the last);
+  in a causal stack only offsets ≤ 0 count (a later key is masked anyway)."""
+  n = -relative_BxQxS  # how far the key is behind the query
+  out = jnp.zeros_like(n)
+  if bidirectional:
+    buckets //= 2
+    out = out + (n < 0).astype(n.dtype) * buckets
+    n = jnp.abs(n)
+  else:
+    n = jnp.maximum(n, 0)
+  exact = buckets // 2
+  far = exact + (
+    jnp.log(jnp.maximum(n, 1).astype(jnp.float32) / exact) / math.log(max_distance / exact) * (buckets - exact)
+  ).astype(n.dtype)
+  return out + jnp.where(n < exact, n, jnp.minimum(far, buckets - 1))
 
 
 class _Output(nnx.Module):
@@ -242,10 +268,11 @@ class SelfAttention(_Output):
   (``attention_bias``): ``qkv_bias`` [H, 3, K] (or ``q_bias`` [H, K] + ``kv_bias`` [G, 2, K]), and with "all" also
   ``out_bias`` [D]."""
 
-  def __init__(self, config: ModelConfig, *, num_layers: int, rngs: nnx.Rngs):
+  def __init__(self, config: ModelConfig, *, num_layers: int, rngs: nnx.Rngs, causal: bool = False):
     super().__init__(config, num_layers, rngs)
     self.impl, self.dtype = config.attention_impl, config.compute_dtype
     self.rotary = config.positions == "rotary"
+    self.relative, self.causal = config.positions == "t5", causal
     self.rope_base, self.rope_scaling = config.rope_base, rope_scaling_of(config)
     h, g, k, d = config.num_heads, config.kv_heads, config.head_dim, config.d_model
     self.grouped, self.bias = g != h, config.attention_bias
@@ -260,6 +287,14 @@ class SelfAttention(_Output):
       self.qkv_bias = zeros((h, 3, k), ("heads", None, "kv"))
     if self.bias == "all":
       self.out_bias = zeros((d,), ("embed",))
+    if self.relative:
+      self.rel_bias = param(rngs, normal(d**-0.5), (T5_BUCKETS, h), (None, "heads"))
+
+  def relative_bias(self, q_pos_BxQ: jax.Array, k_pos_BxS: jax.Array) -> jax.Array:
+    """[B, H, Q, S] float32: the learned bias of each (query, key) offset's T5 bucket."""
+    relative = k_pos_BxS[:, None, :].astype(jnp.int32) - q_pos_BxQ[:, :, None].astype(jnp.int32)
+    bucket_BxQxS = t5_bucket(relative, not self.causal, T5_BUCKETS, T5_MAX_DISTANCE)
+    return jnp.moveaxis(self.rel_bias[...].astype(jnp.float32)[bucket_BxQxS], -1, 1)
 
   def _project_qkv(self, x_BxLxD: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
     """q [B, L, H, K], k and v [B, L, G, K]."""
@@ -290,17 +325,26 @@ class SelfAttention(_Output):
     if self.rotary:
       q = rotary(q, positions_BxL, self.rope_base, self.rope_scaling)
       k = rotary(k, positions_BxL, self.rope_base, self.rope_scaling)
+    k_pos = positions_BxL
     if cache is not None:
       start = (0, cache_index, 0, 0)
-      cache = {
+      new = {
         "k": jax.lax.dynamic_update_slice(cache["k"], k.astype(cache["k"].dtype), start),
         "v": jax.lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype), start),
       }
+      if "pos" in cache:
+        new["pos"] = jax.lax.dynamic_update_slice(cache["pos"], positions_BxL.astype(jnp.int32), (0, cache_index))
+        k_pos = new["pos"]
+      cache = new
       k, v = cache["k"], cache["v"]
     if self.grouped:  # each key/value head serves H/G consecutive query heads
       repeats = q.shape[2] // k.shape[2]
       k, v = jnp.repeat(k, repeats, axis=2), jnp.repeat(v, repeats, axis=2)
-    y = self.project(attend(q, k, v, mask, impl=self.impl, is_causal=is_causal))
+    if self.relative:
+      bias = self.relative_bias(positions_BxL, k_pos)
+      y = self.project(attend(q, k, v, mask, impl="xla", is_causal=is_causal, bias=bias))
+    else:
+      y = self.project(attend(q, k, v, mask, impl=self.impl, is_causal=is_causal))
     return (add_bias(y, self.out_bias) if self.bias == "all" else y), cache
 
 

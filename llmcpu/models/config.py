@@ -22,7 +22,7 @@ _CHOICES = {
   "arch": ARCHS,
   "mlp": ("gelu", "swiglu"),
   "norm": ("layernorm", "rmsnorm"),
-  "positions": ("learned", "sinusoidal", "rotary"),
+  "positions": ("learned", "sinusoidal", "rotary", "t5"),
   "dtype": ("float32", "bfloat16"),
   "attention_impl": ("xla", "dot_product_attention", "chunked", "cudnn", "pallas"),
   "remat": ("none", "dots", "full"),
@@ -38,6 +38,10 @@ _CHOICES = {
 # whose saved config predates the field reads back as what it was trained as; the design a new encoder_decoder
 # gets is in ``ENCODER_DECODER_DESIGN``, applied by ``presets`` (so by every training config).
 ENCODER_DECODER_DESIGN: dict[str, Any] = {}
+
+# positions='t5': T5's relative position buckets (Raffel et al. 2020; flax's wmt/t5x layout): half exact offsets, half
+# log-spaced up to this distance, one learned bias per (bucket, head) in every self-attention layer.
+T5_BUCKETS, T5_MAX_DISTANCE = 32, 128
 
 
 @dataclasses.dataclass(frozen=True)
@@ -261,9 +265,10 @@ def expected_param_count(c: ModelConfig) -> int:
 
   Token table V·D (+ a separate D·V head unless tied). Per stack: a learned position table (max_len·D) if
   positions are learned, a final norm, and per layer: norms, attention 2·D² (q, out) + 2·D·G·K (k, v for G
-  key/value heads of width K; 4·D² without grouping), the MLP (2·D·F for GELU, 3·D·F for SwiGLU), and for decoder
-  layers of an encoder_decoder a second norm + 4·D² of cross-attention. LayerNorm has scale and bias (2·D), RMSNorm
-  a scale (D). Biases: q/k/v D + 2·G·K ("qkv"), + D for the output ("all"); MLP F (2·F for SwiGLU) + D.
+  key/value heads of width K; 4·D² without grouping), with t5 positions a T5_BUCKETS·H bias table, the MLP (2·D·F
+  for GELU, 3·D·F for SwiGLU), and for decoder layers of an encoder_decoder a second norm + 4·D² of
+  cross-attention. LayerNorm has scale and bias (2·D), RMSNorm a scale (D). Biases: q/k/v D + 2·G·K ("qkv"), + D
+  for the output ("all"); MLP F (2·F for SwiGLU) + D.
   """
   total = c.vocab_size * c.d_model * (1 if c.tie_embeddings else 2) + _extra_tables(c)
   for s, depth, cross in _stacks(c):
@@ -272,6 +277,7 @@ def expected_param_count(c: ModelConfig) -> int:
     kv = s.kv_heads * s.head_dim
     self_attn = 2 * d * d + 2 * d * kv + {"": 0, "qkv": d + 2 * kv, "all": 2 * d + 2 * kv}[s.attention_bias]
     mlp = (3 if s.mlp == "swiglu" else 2) * d * f + (((2 if s.mlp == "swiglu" else 1) * f + d) if s.mlp_bias else 0)
+    self_attn += T5_BUCKETS * s.num_heads if s.positions == "t5" else 0  # the relative-position bias table
     layer = 2 * norm + self_attn + mlp + ((norm + 4 * d * d) if cross else 0)
     total += depth * layer + norm + (s.max_len * d if s.positions == "learned" else 0)
   return total

@@ -35,9 +35,9 @@ def segment_positions(segment_ids_BxL: jax.Array) -> jax.Array:
 class Block(nnx.Module):
   """x + SelfAttn(norm(x)) [+ CrossAttn(norm(x), encoded)] + Mlp(norm(x))."""
 
-  def __init__(self, config: ModelConfig, *, num_layers: int, cross: bool, rngs: nnx.Rngs):
+  def __init__(self, config: ModelConfig, *, num_layers: int, cross: bool, rngs: nnx.Rngs, causal: bool = False):
     self.attn_norm = Norm(config, rngs=rngs)
-    self.attn = attention.SelfAttention(config, num_layers=num_layers, rngs=rngs)
+    self.attn = attention.SelfAttention(config, num_layers=num_layers, rngs=rngs, causal=causal)
     if cross:
       self.cross_norm = Norm(config, rngs=rngs)
       self.cross = attention.CrossAttention(config, num_layers=num_layers, rngs=rngs)
@@ -115,7 +115,9 @@ class TransformerStack(nnx.Module):
     self.config, self.causal, self.cross = config, causal, cross
     if config.positions == "learned":
       self.pos_embed = LearnedPositions(config, rngs=rngs)
-    self.layers = nnx.List([Block(config, num_layers=num_layers, cross=cross, rngs=rngs) for _ in range(num_layers)])
+    self.layers = nnx.List(
+      [Block(config, num_layers=num_layers, cross=cross, causal=causal, rngs=rngs) for _ in range(num_layers)]
+    )
     self.final_norm = Norm(config, rngs=rngs)
 
   def _add_positions(self, x_BxLxD: jax.Array, positions_BxL: jax.Array) -> jax.Array:
