@@ -39,7 +39,7 @@ _CHOICES = {
 # gets is in ``ENCODER_DECODER_DESIGN``, applied by ``presets`` (so by every training config).
 ENCODER_DECODER_DESIGN: dict[str, Any] = {}
 
-# positions='t5': T5's relative position buckets (Raffel et al. 2020; flax's wmt/t5x layout): half exact offsets, half
+# positions='t5': T5's relative position buckets (Raffel et al. 2020, as in t5x): half exact offsets, half
 # log-spaced up to this distance, one learned bias per (bucket, head) in every self-attention layer.
 T5_BUCKETS, T5_MAX_DISTANCE = 32, 128
 
