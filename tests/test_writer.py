@@ -71,3 +71,19 @@ def test_eta_formats_hours_and_never_goes_negative(clock):
   clock[0] += 3.0
   assert p.line(8, {}) == "step 8/10000 | ETA 1h02m"  # 3 s / 8 steps × 9992 steps = 3747 s
   assert p.line(10_001, {}).endswith("ETA 0m00s")
+
+
+def test_mfu_never_reads_above_the_best_rate_the_machine_has_shown(monkeypatch):
+  """A peak measured while the machine was busy: a faster window raises it (and says so), never MFU > 1."""
+  from llmcpu.training import trainer
+
+  clock = iter([0.0, 1.0, 1.0, 3.0, 3.0])  # start; window 1 ends at 1 s; window 2 takes 2 s
+  monkeypatch.setattr(trainer.time, "time", lambda: next(clock))
+  meter = trainer._Meter(tokens_per_step=10, flops_per_step=100.0, peak=50.0)
+  figures = {"nll": 1.0, "weight": 1.0, "bpb_nll": 1.0, "bytes": 1.0, "correct": 0.0, "grad_norm": 1.0}
+  window = [figures | {"learning_rate": 0.1}] * 2  # 2 steps
+  first = meter.window(window)  # 2 steps in 1 s: 200 FLOP/s against a 50 FLOP/s peak
+  assert first["mfu"] == 1.0 and meter.raised == (50.0, 200.0) and meter.peak == 200.0
+  meter.raised = None
+  second = meter.window(window)  # 2 steps in 2 s: 100 FLOP/s, half the best rate seen
+  assert second["mfu"] == 0.5 and meter.raised is None and second["tokens_per_s"] == 10.0

@@ -551,7 +551,14 @@ class Trainer:
     self.window = []
     self.writer.write(step, scalars, "train/")
     if self.lead:
+      if self.meter.raised:
+        old, new = self.meter.raised
+        self.log(
+          f"training reached {new / 1e12:.3g} TFLOP/s, above the matmul peak measured at start ({old / 1e12:.3g}; "
+          "the machine was busier then): MFU is against that rate from here on"
+        )
       self.log(self.progress.line(step, scalars))
+    self.meter.raised = None
     return scalars
 
   def _log_eval(self, step: int) -> dict:
@@ -591,10 +598,15 @@ def check_resumable(run: Setup) -> None:
 
 
 class _Meter:
-  """Throughput of a logging window: tokens/s and MFU from wall time since the window began."""
+  """Throughput of a logging window: tokens/s and MFU from wall time since the window began.
+
+  The peak is measured once, at start; on a machine busier then than later, training can outrun it. A window
+  faster than the peak raises the peak to what it reached (``raised`` = (old, new) for the caller to say so), so
+  MFU never reads above 100% and every later window is against the best rate this machine has shown."""
 
   def __init__(self, tokens_per_step: int, flops_per_step: float, peak: float):
     self.tokens_per_step, self.flops_per_step, self.peak = tokens_per_step, flops_per_step, peak
+    self.raised: tuple[float, float] | None = None
     self.t0 = time.time()
 
   def restart(self) -> None:
@@ -605,6 +617,9 @@ class _Meter:
     seconds, self.t0 = time.time() - self.t0, time.time()
     sums = {k: sum(float(m[k]) for m in window) for k in loss.METRIC_SUM_KEYS}
     steps_per_s = len(window) / max(seconds, 1e-9)
+    achieved = steps_per_s * self.flops_per_step
+    if achieved > self.peak:
+      self.raised, self.peak = (self.peak, achieved), achieved
     return loss.finalize(sums) | {
       "grad_norm": float(np.mean([float(m["grad_norm"]) for m in window])),
       "learning_rate": float(window[-1]["learning_rate"]),
