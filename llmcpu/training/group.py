@@ -263,6 +263,9 @@ class GroupTrainer:
       m.last = m.meter.window(m.window)
       m.window = []
       m.writer.write(step, m.last, "train/")
+    notes = {m.meter.take_note() for m in self.members} - {None}  # one clock and one step: the same note for all
+    for note in sorted(notes):
+      self.log(note)
     mean_loss = float(np.mean([m.last["loss"] for m in self.members]))
     per_cpu = self.members[0].last["tokens_per_s"]
     self.log(

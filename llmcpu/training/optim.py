@@ -86,14 +86,9 @@ def parse_lr_scale(spec: str) -> list[tuple[re.Pattern, float]]:
 
 
 def param_path(path: tuple) -> str:
-  """A pytree path of a parameter state → ``'decoder/layers/0/cross/kv'`` (``trainable.path_name``'s form)."""
-  keys = []
-  for k in path:
-    if isinstance(k, jax.tree_util.DictKey | jax.tree_util.SequenceKey):
-      keys.append(str(k.key if isinstance(k, jax.tree_util.DictKey) else k.idx))
-    elif isinstance(k, jax.tree_util.GetAttrKey) and k.name != "value":
-      keys.append(k.name)
-  return "/".join(keys)
+  """A pytree path of a parameter state → ``'decoder/layers/0/cross/kv'`` (``trainable.path_name``'s form: an nnx
+  Variable's own ``value`` attribute is not part of the name)."""
+  return jax.tree_util.keystr(path, simple=True, separator="/").removesuffix("/value")
 
 
 def scale_by_path(rules: list[tuple[re.Pattern, float]]) -> optax.GradientTransformation:

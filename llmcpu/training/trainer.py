@@ -550,15 +550,11 @@ class Trainer:
     scalars = self.meter.window(self.window)
     self.window = []
     self.writer.write(step, scalars, "train/")
+    note = self.meter.take_note()
     if self.lead:
-      if self.meter.raised:
-        old, new = self.meter.raised
-        self.log(
-          f"training reached {new / 1e12:.3g} TFLOP/s, above the matmul peak measured at start ({old / 1e12:.3g}; "
-          "the machine was busier then): MFU is against that rate from here on"
-        )
+      if note:
+        self.log(note)
       self.log(self.progress.line(step, scalars))
-    self.meter.raised = None
     return scalars
 
   def _log_eval(self, step: int) -> dict:
@@ -611,6 +607,16 @@ class _Meter:
 
   def restart(self) -> None:
     self.t0 = time.time()
+
+  def take_note(self) -> str | None:
+    """The line saying the peak was raised since the last call (then cleared), or None."""
+    if not self.raised:
+      return None
+    (old, new), self.raised = self.raised, None
+    return (
+      f"training reached {new / 1e12:.3g} TFLOP/s, above the matmul peak measured at start ({old / 1e12:.3g}; "
+      "the machine was busier then): MFU is against that rate from here on"
+    )
 
   def window(self, window: list[dict]) -> dict:
     """A logging window's figures: loss/bpb/accuracy from summed statistics, throughput and MFU from wall time."""
