@@ -564,6 +564,71 @@ def test_noise_mask_exact_counts():
     assert mask.sum() == noise and starts.sum() == spans and (n < 2 or not mask[0])
 
 
+pair_lengths = st.lists(st.tuples(st.integers(1, 12), st.integers(0, 9)), min_size=1, max_size=30)
+
+
+@settings(max_examples=40, deadline=None)
+@given(pair_lengths, st.integers(2, 10), st.integers(2, 8), st.integers(1, 30), st.integers(1, 4), st.integers(0, 2))
+def test_packed_seq2seq_rows_hold_whole_pairs_each_once_within_the_budget(
+  lengths, input_length, target_length, budget, batch, seed
+):
+  """data.pack_pairs: every pair of the split exactly once per epoch, whole, in its own segment on both sides
+  (``input+EOS`` → ``target+EOS``, ``BOS+target`` fed, positions restarting), its ids in all within the budget
+  unless it is alone in its row, truncation as one pair per row. Recomputed from the corpus' unique ids."""
+  corpus = programs([a for a, _ in lengths], [b for _, b in lengths], seed)
+  kw = dict(objective="seq2seq", global_batch=batch, seed=seed, input_length=input_length, truncate=True)
+  p = Pipeline(corpus.split, target_length=target_length, pack_tokens=budget, **kw)
+  inp, tgt, pb = corpus.docs["input"], corpus.docs["target"], corpus.piece_bytes
+  assert p.summary()["pairs_per_row"] == pytest.approx(len(lengths) / p.rows_per_epoch)
+  for epoch in (0, 1):
+    rows = epoch_rows(p, epoch)
+    seen = []
+    for r in range(p.rows_per_epoch):
+      enc_seg, dec_seg = rows["encoder_segment_ids"][r], rows["decoder_segment_ids"][r]
+      pairs = int(enc_seg.max())
+      assert pairs >= 1 and int(dec_seg.max()) == pairs
+      for s in range(1, pairs + 1):
+        src = rows["encoder_inputs"][r][enc_seg == s]
+        d = corpus.where[int(src[0])][1]  # inputs are never empty here, and every id is unique
+        seen.append(d)
+        assert src.tolist() == [*inp[d][: input_length - 1], EOS_ID]
+        assert rows["encoder_positions"][r][enc_seg == s].tolist() == list(range(len(src)))
+        want = [*tgt[d][: target_length - 1], EOS_ID]
+        at = dec_seg == s
+        assert rows["decoder_targets"][r][at].tolist() == want
+        assert rows["decoder_inputs"][r][at].tolist() == [BOS_ID, *want[:-1]]
+        assert rows["decoder_positions"][r][at].tolist() == list(range(len(want)))
+        assert rows["decoder_weights"][r][at].tolist() == [1.0] * len(want)
+        assert rows["target_bytes"][r][at].tolist() == [*pb[want[:-1]], 0]
+        if pairs > 1:
+          assert len(src) + len(want) <= budget
+      assert (rows["encoder_inputs"][r][enc_seg == 0] == PAD_ID).all()
+      assert (rows["decoder_weights"][r][dec_seg == 0] == 0).all()
+      assert np.all(np.diff(enc_seg[enc_seg > 0]) >= 0) and np.all(np.diff(dec_seg[dec_seg > 0]) >= 0)
+      if pairs > 1:
+        assert (enc_seg > 0).sum() + (dec_seg > 0).sum() <= budget
+    assert sorted(seen) == list(range(len(lengths))), "each pair once per epoch"
+  assert objectives.seq2seq_training({"pack_pairs": True}, 128) == {"pack_tokens": 128}
+  assert objectives.seq2seq_training({}, 128) == {"pack_tokens": 0}  # configs from before: one pair per row
+
+
+def test_packed_seq2seq_gathers_pairs_that_fit_and_orders_rows_by_epoch():
+  """Ten pairs of 2 + 2 ids under a budget of 8 ids: two pairs a row, five rows; two epochs visit them in two
+  orders, each row's pairs unchanged (which pairs share a row is drawn once)."""
+  corpus = programs([1] * 10, [1] * 10)
+  kw = dict(objective="seq2seq", global_batch=5, seed=0, input_length=4, target_length=4)
+  p = Pipeline(corpus.split, pack_tokens=8, **kw)
+  assert p.rows_per_epoch == 5
+  groups = []
+  for epoch in (0, 1):
+    rows = epoch_rows(p, epoch)
+    ids = rows["encoder_inputs"]
+    groups.append([tuple(corpus.where[int(t)][1] for t in row if t >= FIRST_REGULAR_ID) for row in ids])
+  assert all(len(g) == 2 for g in groups[0]) and sorted(groups[0]) == sorted(groups[1]) and groups[0] != groups[1]
+  with pytest.raises(UserError, match="pack_tokens >= 0"):
+    Pipeline(corpus.split, pack_tokens=-1, **kw)
+
+
 def test_seq2seq_layout_and_truncation():
   corpus = programs([3, 7, 0], [2, 1, 9])
   with pytest.raises(UserError, match="truncate=True"):

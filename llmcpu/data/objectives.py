@@ -9,7 +9,7 @@ is the same bits whichever process builds it and whenever. What MLM masks is cho
 Packed objectives (``lm``, ``lm_targets``, ``mlm``) concatenate documents ``[BOS] + ids + [EOS]`` and cut the
 stream into windows; segment ids mark the documents inside a row (1-based, 0 = pad) so attention never crosses
 a boundary. Encoder-decoder objectives (``seq2seq``, ``span_corruption``, ``prefix_lm``) hold one example per row;
-prefix LM can pack several (``pairs_per_row``), each pair its own segment on both sides.
+seq2seq (``pack_tokens``) and prefix LM (``pairs_per_row``) can pack several, each pair its own segment on both sides.
 
 Every objective marks its *content* targets: scored (weighted) positions whose target is one of a document's own
 ids (regular ids and UNK), never EOS, PAD, BOS, MASK or a sentinel. ``target_bytes`` is the target's piece bytes
@@ -41,6 +41,7 @@ from llmcpu.specials import (
 
 _ROW_TAG = 1  # seeds of in-row randomness: (seed, _ROW_TAG, global row); epoch orders use tag 0.
 _UNIT_TAG = 2  # seeds of a document's chosen words: (seed, _UNIT_TAG, epoch, document), never the ISA
+_PACK_TAG = 3  # seeds of which seq2seq pairs share a row: (seed, _PACK_TAG)
 
 Batch = dict[str, np.ndarray]
 
@@ -75,6 +76,12 @@ def pairs_per_row(data: Any, objective: str) -> int:
   """(prefix, continuation) pairs packed per training row: ``data.pairs_per_row`` for prefix LM (1 in configs
   written before it existed), else 1."""
   return int(data.get("pairs_per_row", 1)) if objective == "prefix_lm" else 1
+
+
+def seq2seq_training(data: Any, length: int) -> dict:
+  """Seq2seq's training options from a data config: ``pack_pairs`` packs whole pairs up to ``length`` ids a row (a
+  decoder row's budget); configs written before it existed trained one pair per row."""
+  return {"pack_tokens": length if data.get("pack_pairs", False) else 0}
 
 
 def prefix_lm_training(data: Any) -> dict:
@@ -369,18 +376,36 @@ class MaskedLM(Packed):
 
 
 class Seq2Seq(Objective):
-  """``seq2seq``: one (input, target) pair per row; ``input+EOS`` → ``target+EOS``, truncation counted up front.
+  """``seq2seq``: ``input+EOS`` → ``target+EOS``, truncation counted up front; one pair per row, or packed.
 
   Content targets are the target's own ids (not its EOS, nor the sentinels of a ``spans:`` target); a truncated
   target counts only the bytes of the ids it keeps.
+
+  ``pack_tokens`` = n > 0 packs whole pairs into each row, each its own segment on both sides (cross-attention keeps
+  pair i to source i, positions restart in every pair), while the pair's source and target still fit the row's
+  ``input_length``/``target_length`` and its ids in all (source + EOS + target + EOS) stay within n: with n =
+  ``data.length`` a row holds the programs a decoder's packed row of the same budget holds (issue 23: one program
+  per row gave encoder-decoders a fifth of the decoders' programs per step). Which pairs share a row is drawn once
+  from ``seed`` (consecutive pairs of a seeded order); each epoch then visits the rows in an order that follows the
+  epoch's document order, so rows per epoch are fixed. A pair that fits nothing else gets a row of its own.
   """
 
-  def __init__(self, split: CompiledSplit, input_length: int, target_length: int, truncate: bool = False):
+  def __init__(
+    self,
+    split: CompiledSplit,
+    input_length: int,
+    target_length: int,
+    truncate: bool = False,
+    pack_tokens: int = 0,
+    seed: int = 0,
+  ):
     if input_length < 2 or target_length < 2:
       raise UserError(f"seq2seq needs input_length and target_length >= 2 (got {input_length}, {target_length})")
+    if pack_tokens < 0:
+      raise UserError(f"seq2seq needs pack_tokens >= 0 (got {pack_tokens}); 0 = one pair per row")
     self.input, self.target = split.fields["input"], split.fields["target"]
     self.input_length, self.target_length = input_length, target_length
-    self.num_docs = self.rows_per_epoch = split.num_docs
+    self.num_docs = split.num_docs
     self.piece_bytes = piece_bytes_of(split)
     in_len, tg_len = self.input.lengths, self.target.lengths
     self.truncated = {
@@ -394,16 +419,46 @@ class Seq2Seq(Objective):
         f"(longest input {in_len.max() + 1}, target {tg_len.max() + 1} tokens with EOS); "
         "raise the lengths (data.input_length/target_length) or allow truncation (data.truncate=True)"
       )
+    self.n_in = np.minimum(in_len + 1, input_length)  # ids each pair takes on either side, EOS included
+    self.n_tg = np.minimum(tg_len + 1, target_length)
+    self.rows_doc = self._pack(pack_tokens, seed) if pack_tokens else None  # [rows, max pairs], -1 = empty slot
+    self.rows_per_epoch = self.num_docs if self.rows_doc is None else len(self.rows_doc)
     self._stats = dict(self.truncated, truncated_examples=long)
-    self._stats["fill"] = float(np.minimum(in_len + 1, input_length).sum() / max(1, self.num_docs * input_length))
+    self._stats["fill"] = float(self.n_in.sum() / max(1, self.rows_per_epoch * input_length))
+    self._stats["pairs_per_row"] = self.num_docs / max(1, self.rows_per_epoch)
 
-  def rows(self, state: Any, r_R: np.ndarray, g_R: np.ndarray) -> Batch:
-    doc = state[r_R]
-    rows = np.arange(len(r_R))
-    n_in = np.minimum(self.input.lengths[doc], self.input_length - 1)
+  def _pack(self, budget: int, seed: int) -> np.ndarray:
+    """Rows of consecutive pairs of a seeded order, each row as long as its pairs fit (see the class docstring)."""
+    order = np.random.default_rng([seed, _PACK_TAG]).permutation(self.num_docs)
+    rows, row, used = [], [], np.zeros(3, np.int64)  # source ids, target ids, ids in all
+    for d in order.tolist():
+      need = np.array([self.n_in[d], self.n_tg[d], self.n_in[d] + self.n_tg[d]])
+      if row and np.any(used + need > (self.input_length, self.target_length, budget)):
+        rows.append(row)
+        row, used = [], np.zeros(3, np.int64)
+      row.append(d)
+      used += need
+    rows.append(row)
+    out = np.full((len(rows), max(len(r) for r in rows)), -1, np.int64)
+    for i, r in enumerate(rows):
+      out[i, : len(r)] = r
+    return out
+
+  def epoch_state(self, order_N: np.ndarray) -> np.ndarray:
+    """Unpacked: the document order. Packed: the rows ordered by where their first pair falls in it (a uniform
+    document order gives a uniform row order)."""
+    if self.rows_doc is None:
+      return order_N
+    where = np.empty(self.num_docs, np.int64)
+    where[order_N] = np.arange(self.num_docs)
+    return self.rows_doc[np.argsort(where[self.rows_doc[:, 0]], kind="stable")]
+
+  def pairs(self, doc: np.ndarray) -> Batch:
+    """One pair per row: documents ``doc``."""
+    rows = np.arange(len(doc))
+    n_in, n_tg = self.n_in[doc] - 1, self.n_tg[doc] - 1
     enc = _gather(self.input, self.input.offsets[doc], n_in, self.input_length)
     enc[rows, n_in] = EOS_ID
-    n_tg = np.minimum(self.target.lengths[doc], self.target_length - 1)
     dec_tgt = _gather(self.target, self.target.offsets[doc], n_tg, self.target_length)
     dec_tgt[rows, n_tg] = EOS_ID
     content = (np.arange(self.target_length)[None, :] < n_tg[:, None]) & is_content(dec_tgt)  # not spans: sentinels
@@ -411,6 +466,29 @@ class Seq2Seq(Objective):
     batch["target_bytes"] = content_bytes(self.piece_bytes, dec_tgt, content)
     batch["target_docs"] = content_docs(np.broadcast_to(doc[:, None], content.shape), content)
     return batch
+
+  def rows(self, state: Any, r_R: np.ndarray, g_R: np.ndarray) -> Batch:
+    if self.rows_doc is None:
+      return self.pairs(state[r_R])
+    docs_RxK = state[r_R]
+    real = docs_RxK >= 0
+    one = self.pairs(np.where(real, docs_RxK, 0).reshape(-1))  # every pair of the rows, one per row
+    out = {k: np.zeros((len(r_R), v.shape[1]), v.dtype) for k, v in one.items()}
+    out["target_docs"][:] = -1
+    (rr, kk), k_max = np.nonzero(real), docs_RxK.shape[1]
+    n_in, n_tg = self.n_in[docs_RxK[rr, kk]], self.n_tg[docs_RxK[rr, kk]]
+    at_in = np.zeros(len(r_R), np.int64)
+    at_tg = np.zeros(len(r_R), np.int64)
+    for r, k, a, b in zip(rr.tolist(), kk.tolist(), n_in.tolist(), n_tg.tolist(), strict=True):
+      src = r * k_max + k
+      for prefix, n, at in (("encoder_", a, at_in), ("decoder_", b, at_tg)):
+        cols = slice(at[r], at[r] + n)
+        for key, v in one.items():
+          if key.startswith(prefix) or (prefix == "decoder_" and key in ("target_bytes", "target_docs")):
+            out[key][r, cols] = v[src, :n]
+        out[prefix + "segment_ids"][r, cols] = k + 1
+        at[r] += n
+    return out
 
   def stats(self) -> dict:
     return self._stats

@@ -77,8 +77,8 @@ def _make_objective(
     "lm": lambda **o: obj.CausalLM(split, fields, length, **o),
     "lm_targets": lambda **o: obj.CausalLM(split, fields, length, weight_fields=["target"], **o),
     "mlm": lambda **o: obj.MaskedLM(split, fields, length, seed, **o),
-    "seq2seq": lambda **o: obj.Seq2Seq(split, input_length, target_length, **o),
-    "reconstruct": lambda **o: obj.Seq2Seq(compiled.reconstruction(split), input_length, target_length, **o),
+    "seq2seq": lambda **o: obj.Seq2Seq(split, input_length, target_length, seed=seed, **o),
+    "reconstruct": lambda **o: obj.Seq2Seq(compiled.reconstruction(split), input_length, target_length, seed=seed, **o),
     "span_corruption": lambda **o: obj.SpanCorruption(split, input_length, target_length, seed, **o),
     "prefix_lm": lambda **o: obj.PrefixLM(split, input_length, target_length, seed, **o),
   }
@@ -86,8 +86,8 @@ def _make_objective(
     "lm": set(),
     "lm_targets": set(),
     "mlm": {"mask_rate", "mask_token_rate", "random_token_rate"},
-    "seq2seq": {"truncate"},
-    "reconstruct": {"truncate"},
+    "seq2seq": {"truncate", "pack_tokens"},
+    "reconstruct": {"truncate", "pack_tokens"},
     "span_corruption": {"noise_density", "mean_noise_span_length"},
     "prefix_lm": {"pairs_per_row", "head_weight", "head_bytes", "curriculum_rows", "curriculum_bytes"},
   }[objective]

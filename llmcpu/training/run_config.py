@@ -43,6 +43,7 @@ def base_config(arch: str, preset: str = "tiny") -> ml_collections.ConfigDict:
   c.data.head_bytes = 8
   c.data.curriculum_steps = 0  # prefix_lm: steps over which the scored continuation grows to its full length; 0 = off
   c.data.curriculum_bytes = 8  # prefix_lm: continuation bytes scored at step 0 of the curriculum
+  c.data.pack_pairs = True  # seq2seq training: whole pairs packed up to data.length ids a row, as a decoder row holds
   c.data.truncate = False  # seq2seq: cut pairs longer than input/target_length (counted) instead of refusing them
   c.data.train_split = "train"
   c.data.eval_split = "validation"

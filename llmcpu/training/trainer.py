@@ -209,6 +209,7 @@ def resolve(config: ml_collections.ConfigDict, workdir: str) -> Setup:
       **({"truncate": d.truncate} if objective in ("seq2seq", "reconstruct") else {}),
       # training options only: evaluation scores the same windows one per row, unweighted (see PrefixLM)
       **(obj.prefix_lm_training(d) if objective == "prefix_lm" and shuffle else {}),
+      **(obj.seq2seq_training(d, d.length) if objective in ("seq2seq", "reconstruct") and shuffle else {}),
     )
 
   return Setup(
@@ -569,10 +570,12 @@ class Trainer:
     run, t = self.setup, self.setup.config.train
     self.meter.restart()
     frozen = f", trainable {t.trainable!r}" if t.trainable else ""
+    pairs = run.train_data.summary().get("pairs_per_row")
+    packed = f", {pairs:.2f} pairs a row" if pairs and pairs > 1 else ""  # what a step holds, beside a decoder's
     if self.lead:
       self.log(
         f"training {run.model_config.arch} ({self.num_params:,} params{frozen}) on {run.compiler.name} "
-        f"[{run.objective}], steps {self.start}→{t.steps}, batch {t.batch_size}, devices {len(jax.devices())} "
+        f"[{run.objective}{packed}], steps {self.start}→{t.steps}, batch {t.batch_size}, devices {len(jax.devices())} "
         f"({self.placement.describe()}), processes {jax.process_count()}"
       )
 
