@@ -509,3 +509,19 @@ def test_zero_steps_saves_the_initial_state_and_extra_save_steps_are_kept(compil
   config = tiny_config("decoder", compile_dir, train__steps=6, checkpoint__at="7")
   with pytest.raises(UserError, match=r"checkpoint.at='7' has step 7 outside 0…train.steps=6"):
     trainer.train(config, str(tmp_path / "b"), log=lambda _: None)
+
+
+def test_seq2seq_training_rows_pack_pairs_except_for_pooled_readouts(compile_dir, tmp_path):
+  """data.pack_pairs: training rows hold several whole pairs (within data.length ids in all); off, or with a pooled
+  readout (model.pool: one embedding per row's source), one pair per row."""
+
+  def pairs_per_row(**overrides):
+    lengths = dict(data__input_length=48, data__target_length=16)  # room for several pairs on either side
+    run = trainer.resolve(tiny_config("encoder_decoder", compile_dir, **lengths, **overrides), str(tmp_path))
+    batch = run.train_data.batch(0)
+    return run.train_data.summary()["pairs_per_row"], int(batch["encoder_segment_ids"].max())
+
+  packed, most = pairs_per_row()
+  assert packed > 1.5 and most >= 2
+  assert pairs_per_row(data__pack_pairs=False) == (1.0, 1)
+  assert pairs_per_row(model__pool=2) == (1.0, 1)
