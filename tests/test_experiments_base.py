@@ -91,6 +91,35 @@ def test_stages_skip_what_is_finished_and_stop_on_a_stopped_run(tmp_path, monkey
   assert trained == ["b"]  # nothing after a stopped run starts
 
 
+def test_a_finished_run_trained_otherwise_is_kept_and_said(tmp_path, monkeypatch):
+  """A run at its final step is not retrained, but a design its config predates (seq2seq packing: absent = one pair
+  per row) or a key that differs is named on its 'done' line; where it lives (compile_dir) is not a difference."""
+  from llmcpu.training.run_config import base_config
+
+  today = base_config("encoder_decoder", "tiny")
+  old = today.to_dict()
+  del old["data"]["pack_pairs"]  # a run trained before packing existed
+  old["data"]["compile_dir"] = "/elsewhere"
+  monkeypatch.setattr(base.checkpoints, "find", lambda path: (path, 5))
+  monkeypatch.setattr(base.checkpoints, "load_meta", lambda path: {"config": old})
+  logs = []
+  stages = [base.Stage(str(tmp_path / "a"), 5, "cpu a", lambda: None, config=today, objective="seq2seq")]
+  base.run_stages("train", stages, logs.append)
+  assert logs[0].startswith("== train [1/1] cpu a: done, but trained otherwise than this config says (")
+  assert f"seq2seq pack_tokens: run 0, config {today.data.length}" in logs[0] and "compile_dir" not in logs[0]
+  # The same keys read otherwise by another objective, and a model key that differs.
+  assert base.config_drift(old, today, "prefix_lm") == []
+  assert base.config_drift(old, today, "lm") == []
+  changed = today.copy_and_resolve_references()
+  changed.model.d_model, changed.data.pairs_per_row = 32, 4
+  assert base.config_drift(old, changed, "prefix_lm") == [
+    "data.pairs_per_row: run 1, config 4",
+    "model.d_model: run 64, config 32",
+    "prefix_lm pairs_per_row: run 1, config 4",
+  ]
+  assert base.config_drift(today.to_dict(), today, "seq2seq") == []
+
+
 def test_report_is_committed_last(tmp_path, monkeypatch):
   written = []
   real = base.fs.write_text

@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 import ml_collections
 
 from llmcpu import fs
+from llmcpu.data import objectives as obj
 from llmcpu.errors import Stopped, UserError
 from llmcpu.training import checkpoints
 
@@ -133,10 +134,49 @@ class Stage:
   tag: str  # what the progress lines and a Stopped message call it
   train: Callable[[], object]
   members: tuple[str, ...] = ()  # a group's other CPUs (training.group), trained with ``path`` by the same call
+  config: ml_collections.ConfigDict | None = None  # the training config: a finished run is checked against it
+  objective: str = ""  # the objective ``config`` trains (its options are compared as the trainer reads them)
 
   @property
   def paths(self) -> tuple[str, ...]:
     return (self.path, *self.members)
+
+
+# Keys that say where a run lives or how it reports, not what it learns: a finished run may differ in them.
+_NOT_DESIGN = {"data.compile_dir", "data.eval_split"} | {
+  f"train.{k}" for k in ("log_every", "eval_every", "eval_batches", "peak_tflops", "memory_limit_gb", "memory_target")
+}
+
+
+def _plain(value):
+  """A config value as its JSON round trip gives it back (a saved run's config is JSON)."""
+  return json.loads(json.dumps(value.to_dict() if isinstance(value, ml_collections.ConfigDict) else value))
+
+
+def config_drift(saved: dict, wanted: ml_collections.ConfigDict, objective: str = "") -> list[str]:
+  """What a finished run was trained with that ``wanted`` (the config the experiment would train it with today)
+  changes, one 'key: run X, config Y' each: ``data``/``model``/``train`` keys both configs hold, and ``objective``'s
+  training options (``data.pack_pairs``, ``data.pairs_per_row``, ...) as the trainer reads them, so that a key the
+  run's config predates counts with the meaning it had then."""
+  out = []
+  for block in ("data", "model", "train"):
+    have, want = saved.get(block, {}), wanted.get(block, {}) or {}
+    for key in sorted(set(have) & set(want)):
+      name = f"{block}.{key}"
+      if name in _NOT_DESIGN or key.startswith("profile_") or have[key] == _plain(want[key]):
+        continue
+      out.append(f"{name}: run {have[key]!r}, config {want[key]!r}")
+  if objective in ("seq2seq", "reconstruct") and not wanted.model.get("pool"):
+    was, now = (
+      obj.seq2seq_training(saved["data"], saved["data"]["length"]),
+      obj.seq2seq_training(wanted.data, wanted.data.length),
+    )
+  elif objective == "prefix_lm":
+    was, now = obj.prefix_lm_training(saved["data"]), obj.prefix_lm_training(wanted.data)
+  else:
+    was = now = {}
+  out += [f"{objective} {k}: run {was[k]!r}, config {now[k]!r}" for k in sorted(now) if was[k] != now[k]]
+  return out
 
 
 def run_stages(what: str, stages: Sequence[Stage], log: Callable[[str], None]) -> None:
@@ -146,7 +186,11 @@ def run_stages(what: str, stages: Sequence[Stage], log: Callable[[str], None]) -
   for i, stage in enumerate(stages, 1):
     tag = f"[{i}/{len(stages)}] {stage.tag}"
     if all(finished(p, stage.steps) for p in stage.paths):  # a group is done when every member is
-      log(f"== {what} {tag}: done")
+      drift = []
+      if stage.config is not None:
+        drift = config_drift(checkpoints.load_meta(stage.path)["config"], stage.config, stage.objective)
+      say = f", but trained otherwise than this config says ({'; '.join(drift)}): kept as is; a new --workdir (or "
+      log(f"== {what} {tag}: done" + (say + f"deleting {stage.path}) trains it as configured" if drift else ""))
       continue
     elapsed = time.time() - t0
     eta = f", ~{elapsed / trained * (len(stages) - i + 1):.0f}s left" if trained else ""

@@ -30,6 +30,7 @@ import ml_collections
 
 from llmcpu import compilers, crosseval, data, fs, toolchain
 from llmcpu.crosseval import capacity
+from llmcpu.data import objectives
 from llmcpu.errors import UserError
 from llmcpu.experiments import base, damage
 from llmcpu.experiments.base import seed_list, split_list
@@ -230,20 +231,19 @@ def _cpu_stages(exp: ml_collections.ConfigDict, plan: Plan, workdir: str, log: C
   jobs = [(c, a, s, seed) for seed in plan.seeds for c in plan.corpora for a in plan.archs for s in plan.trained]
   if grouping(exp):
     return _group_stages(exp, plan, workdir, jobs, log)
-  return [
-    base.Stage(
-      cpu_dir(workdir, corpus.name, arch, spec.name, seed),
-      exp.steps,
-      f"{corpus.name} {arch} {spec.name} seed {seed}",
-      functools.partial(
-        trainer.train,
-        cpu_config(exp, corpus.spec, arch, str(spec), plan.compile_dir, seed),
-        cpu_dir(workdir, corpus.name, arch, spec.name, seed),
-        log=log,
-      ),
-    )
-    for corpus, arch, spec, seed in jobs
-  ]
+  stages = []
+  for corpus, arch, spec, seed in jobs:
+    path = cpu_dir(workdir, corpus.name, arch, spec.name, seed)
+    config = cpu_config(exp, corpus.spec, arch, str(spec), plan.compile_dir, seed)
+    tag = f"{corpus.name} {arch} {spec.name} seed {seed}"
+    train = functools.partial(trainer.train, config, path, log=log)
+    stages.append(base.Stage(path, exp.steps, tag, train, config=config, objective=_objective(config, corpus)))
+  return stages
+
+
+def _objective(config, corpus) -> str:
+  """The objective ``config`` trains on ``corpus`` (input/target programs or prose)."""
+  return objectives.objective_for(config, "seq2seq" if "target" in corpus.fields else "text")
 
 
 def _group_stages(exp, plan: Plan, workdir: str, jobs: list, log: Callable) -> list[base.Stage]:
@@ -257,7 +257,9 @@ def _group_stages(exp, plan: Plan, workdir: str, jobs: list, log: Callable) -> l
     config = cpu_config(exp, corpus.spec, arch, str(spec), plan.compile_dir, seed)
     tag = f"{corpus.name} {arch} {spec.name} seed {seed}"
     if base.finished(path, exp.steps):
-      singles.append(base.Stage(path, exp.steps, tag, lambda: None))
+      singles.append(
+        base.Stage(path, exp.steps, tag, lambda: None, config=config, objective=_objective(config, corpus))
+      )
       continue
     vocab = tools.compiler(spec, corpus=corpus.spec).vocab_size
     shapes.setdefault((corpus.name, arch, vocab), []).append((path, config, tag))
