@@ -8,7 +8,9 @@ prompt bytes and target bytes (cuts at token boundaries shared by all their ISAs
 own vs other, the gap (other − own; positive = the CPU reads its prompt) with a 95% cluster bootstrap interval over
 documents, and the same on the target's first --head_bytes bytes. --per_byte=N adds a line per RUN with the mean gap
 (bits) at each target byte 0..N, byte 0 being the space at the cut, each with its interval (``per_byte`` in --out).
-The compile dir and corpus default to the first RUN's training config. See llmcpu/crosseval/prompt_gap.py.
+The compile dir and corpus default to the first RUN's training config. On an input/target corpus (programs) the
+prompt is the program and the target its answer (--prompt_bytes/--target_bytes do not apply; --docs programs, evenly
+spread). See llmcpu/crosseval/prompt_gap.py.
 """
 
 import json

@@ -176,3 +176,39 @@ def test_prompts_longer_than_the_cpu_reads_are_refused(docs_of):
     prompt_gap.prompt_gap(model, "decoder", comp, split, cuts, ends, docs, max_row_ids=10)
   with pytest.raises(UserError, match="lower --prompt_bytes"):
     prompt_gap.prompt_gap(model, "encoder_decoder", comp, split, cuts, ends, docs, max_prompt_ids=5)
+
+
+@pytest.mark.slow  # two tiny CPUs compiled and scored twice
+@pytest.mark.parametrize("arch", ["decoder", "encoder_decoder"])
+def test_program_gap_matches_an_independent_recompute(compile_dir, arch):
+  """Programs: each answer after its own program vs another's, recomputed from the raw texts compiled one by one,
+  fed as the CPU is trained, one unpadded row at a time, float64 log-softmax."""
+  lib = Library(compile_dir)
+  comp = lib.compiler("bpe:600")
+  name = lib.corpus_name("pairs", comp)
+  split = lib.split(name, comp, "test")
+  raw = lib.raw_texts(name, comp, "test")
+  docs = list(range(0, 12, 2))
+  model = models.create(arch, "tiny", comp.vocab_size, seed=3)
+  got = prompt_gap.program_gap(model, arch, comp, split, docs, seed=1, batch_size=4)
+  other = prompt_gap.derangement(len(docs), 1)
+  nll = {"own": 0.0, "other": 0.0}
+  nbytes = 0
+  for i, d in enumerate(docs):
+    target = comp.encode(raw["target"][d])
+    nbytes += len(raw["target"][d].encode("utf-8"))
+    for key, src in (("own", d), ("other", docs[other[i]])):
+      prompt = comp.encode(raw["input"][src])
+      if arch == "decoder":
+        seq = [specials.BOS_ID, *prompt, *target]
+        logp = _log_softmax64(model(np.asarray([seq[:-1]], np.int32))[0])
+        rows = range(len(seq) - 1 - len(target), len(seq) - 1)
+      else:
+        dec = [specials.BOS_ID, *target[:-1]]
+        logp = _log_softmax64(model(np.asarray([[*prompt, specials.EOS_ID]]), np.asarray([dec], np.int32))[0])
+        rows = range(len(target))
+      nll[key] -= sum(logp[r, t] for r, t in zip(rows, target, strict=True))
+  assert got["target_bytes_total"] == nbytes and got["documents"] == len(docs)
+  want = [nll["own"] / (math.log(2) * nbytes), nll["other"] / (math.log(2) * nbytes)]
+  np.testing.assert_allclose([got["bpb_own"], got["bpb_other"]], want, rtol=2e-5)
+  assert got["gap_ci"] is not None and got["gap_ci"][0] <= got["gap"] <= got["gap_ci"][1]

@@ -240,16 +240,37 @@ def prompt_gap(
       f"a prompt and its target are {row} ids of ISA {comp.name} with BOS, longer than the {max_row_ids} this decoder "
       "was trained on: lower --prompt_bytes or --target_bytes"
     )
-  other = derangement(len(docs), seed)
+  cl = None if clusters is None else [clusters[d] for d in docs]
+  return _gap(model, arch, comp, prompts, targets, nbytes, cl, head_bytes, seed, per_byte, batch_size)
+
+
+def _gap(model, arch, comp, prompts, targets, nbytes, clusters, head_bytes, seed, per_byte, batch_size) -> dict:
+  """Own vs a derangement's prompts, teacher-forced on the same targets: ``gap_figures`` (+ ``per_byte``)."""
+  other = derangement(len(prompts), seed)
   nll_own = target_nll(model, arch, prompts, targets, batch_size=batch_size, roles=comp.roles)
   nll_other = target_nll(model, arch, [prompts[j] for j in other], targets, batch_size=batch_size, roles=comp.roles)
   table = gap_table(nll_own, nll_other, nbytes, head_bytes)
-  cl = None if clusters is None else [clusters[d] for d in docs]
-  out = gap_figures(table, cl, seed)
+  out = gap_figures(table, clusters, seed)
   out.update(head_bytes=head_bytes, target_bytes_total=float(table[:, 2].sum()))
   if per_byte > 0:
-    out["per_byte"] = byte_figures(byte_table(nll_own, nll_other, nbytes, per_byte), cl, seed)
+    out["per_byte"] = byte_figures(byte_table(nll_own, nll_other, nbytes, per_byte), clusters, seed)
   return out
+
+
+def program_gap(
+  model, arch: str, comp: Compiler, split: CompiledSplit, docs: Sequence[int], *, head_bytes: int = HEAD_BYTES,
+  seed: int = 0, per_byte: int = 0, batch_size: int = 32,
+) -> dict:  # fmt: skip
+  """The gap on input/target programs: each answer after its own program vs another's (each program its own
+  cluster), fed as the CPU was trained (a decoder ``[BOS] input target``, an encoder-decoder ``input EOS`` →
+  ``[BOS] target``)."""
+  inp, tgt = split.fields["input"], split.fields["target"]
+  prompts = [np.asarray(inp.doc(d), np.int64) for d in docs]
+  targets = [np.asarray(tgt.doc(d), np.int64) for d in docs]
+  if any(len(t) == 0 for t in targets):
+    raise UserError("a program with an empty answer has nothing to score; pick other programs")
+  nbytes = [np.asarray(comp.piece_bytes[t], np.float64) for t in targets]
+  return _gap(model, arch, comp, prompts, targets, nbytes, None, head_bytes, seed, per_byte, batch_size)
 
 
 def measure(
@@ -282,8 +303,22 @@ def measure(
   comps = list({c.fingerprint: c for _, _, c in loaded}.values())
   compiled = [(c, lib.split(lib.corpus_name(corpus, c), c, split)) for c in comps]
   name0 = lib.corpus_name(corpus, comps[0])
-  if compiled[0][1].kind != "text":
-    raise UserError(f"the prompt gap needs a prose corpus; {corpus} is {compiled[0][1].kind}")
+  if compiled[0][1].kind == "seq2seq":  # programs: the prompt is the program, the target its answer
+    n = compiled[0][1].num_docs
+    docs = sorted({int(d) for d in np.linspace(0, n - 1, min(num_docs, n))})
+    if len(docs) < 2:
+      raise UserError(f"only {len(docs)} programs in {corpus}/{split}: the other-prompt control needs 2")
+    rows = []
+    for path, (model, meta, comp) in zip(paths, loaded, strict=True):
+      arch = meta["model_config"]["arch"]
+      s = lib.split(lib.corpus_name(corpus, comp), comp, split)
+      row = program_gap(model, arch, comp, s, docs, head_bytes=head_bytes, seed=seed, per_byte=per_byte)
+      row.update(checkpoint=str(path), arch=arch, isa=comp.name, corpus=corpus, split=split, seed=seed)
+      log(format_row(row))
+      if per_byte > 0:
+        log(format_bytes(row))
+      rows.append(row)
+    return rows
   raw = lib.raw_texts(name0, comps[0], split)["text"]
   cuts = lib.prompt_cuts(corpus, comps, split, prompt_bytes, target_bytes + generation.CUT_SLACK)
   ends = target_ends(raw, compiled, cuts, target_bytes)
