@@ -477,17 +477,18 @@ class Seq2Seq(Objective):
     out["target_docs"][:] = -1
     (rr, kk), k_max = np.nonzero(real), docs_RxK.shape[1]
     n_in, n_tg = self.n_in[docs_RxK[rr, kk]], self.n_tg[docs_RxK[rr, kk]]
+    source = [k for k in one if k.startswith("encoder_")]
+    target = [k for k in one if k not in source]  # decoder_*, target_bytes, target_docs
     at_in = np.zeros(len(r_R), np.int64)
     at_tg = np.zeros(len(r_R), np.int64)
     for r, k, a, b in zip(rr.tolist(), kk.tolist(), n_in.tolist(), n_tg.tolist(), strict=True):
-      src = r * k_max + k
-      for prefix, n, at in (("encoder_", a, at_in), ("decoder_", b, at_tg)):
-        cols = slice(at[r], at[r] + n)
-        for key, v in one.items():
-          if key.startswith(prefix) or (prefix == "decoder_" and key in ("target_bytes", "target_docs")):
-            out[key][r, cols] = v[src, :n]
-        out[prefix + "segment_ids"][r, cols] = k + 1
+      src = r * k_max + k  # this pair's row in ``one``
+      for keys, n, at in ((source, a, at_in), (target, b, at_tg)):
+        for key in keys:
+          out[key][r, at[r] : at[r] + n] = one[key][src, :n]
         at[r] += n
+      out["encoder_segment_ids"][r, at_in[r] - a : at_in[r]] = k + 1
+      out["decoder_segment_ids"][r, at_tg[r] - b : at_tg[r]] = k + 1
     return out
 
   def stats(self) -> dict:
