@@ -40,9 +40,10 @@ def params_of(result_or_workdir) -> list[np.ndarray]:
 
 
 def run_worker(arch, compile_dir, workdir, overrides, *, devices=1, distributed=None, wait=True, env=None):
-  env = dict(
-    os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu", **(env or {})
-  )
+  # Forced host devices are threads: on a loaded 2-core CI host one can wait past XLA's 40 s collective timeout
+  # (seen once: "Expected 4 threads to join the rendezvous, but only 2 of them arrived on time"), so allow 10 min.
+  flags = f"--xla_force_host_platform_device_count={devices} --xla_cpu_collective_call_terminate_timeout_seconds=600"
+  env = dict(os.environ, XLA_FLAGS=flags, JAX_PLATFORMS="cpu", **(env or {}))
   args = [sys.executable, WORKER, arch, compile_dir, workdir, json.dumps(overrides), *(distributed or [])]
   proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
   if not wait:

@@ -304,21 +304,8 @@ def measure(
   compiled = [(c, lib.split(lib.corpus_name(corpus, c), c, split)) for c in comps]
   name0 = lib.corpus_name(corpus, comps[0])
   if compiled[0][1].kind == "seq2seq":  # programs: the prompt is the program, the target its answer
-    n = compiled[0][1].num_docs
-    docs = sorted({int(d) for d in np.linspace(0, n - 1, min(num_docs, n))})
-    if len(docs) < 2:
-      raise UserError(f"only {len(docs)} programs in {corpus}/{split}: the other-prompt control needs 2")
-    rows = []
-    for path, (model, meta, comp) in zip(paths, loaded, strict=True):
-      arch = meta["model_config"]["arch"]
-      s = lib.split(lib.corpus_name(corpus, comp), comp, split)
-      row = program_gap(model, arch, comp, s, docs, head_bytes=head_bytes, seed=seed, per_byte=per_byte)
-      row.update(checkpoint=str(path), arch=arch, isa=comp.name, corpus=corpus, split=split, seed=seed)
-      log(format_row(row))
-      if per_byte > 0:
-        log(format_bytes(row))
-      rows.append(row)
-    return rows
+    return _measure_programs(paths, loaded, lib, corpus, split, compiled[0][1].num_docs, num_docs, head_bytes, seed,
+                             per_byte, log)  # fmt: skip
   raw = lib.raw_texts(name0, comps[0], split)["text"]
   cuts = lib.prompt_cuts(corpus, comps, split, prompt_bytes, target_bytes + generation.CUT_SLACK)
   ends = target_ends(raw, compiled, cuts, target_bytes)
@@ -350,6 +337,24 @@ def measure(
     )
     row.update(checkpoint=str(path), arch=arch, isa=comp.name, corpus=corpus, split=split)
     row.update(prompt_bytes=prompt_bytes, target_bytes=target_bytes, seed=seed)
+    log(format_row(row))
+    if per_byte > 0:
+      log(format_bytes(row))
+    rows.append(row)
+  return rows
+
+
+def _measure_programs(paths, loaded, lib, corpus, split, n, num_docs, head_bytes, seed, per_byte, log) -> list[dict]:
+  """``measure`` on an input/target corpus: ``num_docs`` of its ``n`` programs, evenly spread."""
+  docs = sorted({int(d) for d in np.linspace(0, n - 1, min(num_docs, n))})
+  if len(docs) < 2:
+    raise UserError(f"only {len(docs)} programs in {corpus}/{split}: the other-prompt control needs 2")
+  rows = []
+  for path, (model, meta, comp) in zip(paths, loaded, strict=True):
+    arch = meta["model_config"]["arch"]
+    s = lib.split(lib.corpus_name(corpus, comp), comp, split)
+    row = program_gap(model, arch, comp, s, docs, head_bytes=head_bytes, seed=seed, per_byte=per_byte)
+    row.update(checkpoint=str(path), arch=arch, isa=comp.name, corpus=corpus, split=split, seed=seed)
     log(format_row(row))
     if per_byte > 0:
       log(format_bytes(row))
