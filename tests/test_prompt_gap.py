@@ -46,6 +46,20 @@ def _log_softmax64(logits):
   return z - np.log(np.exp(z).sum(-1, keepdims=True))
 
 
+def _target_nll64(model, arch, prompt, target) -> float:
+  """NLL (nats) of ``target`` after ``prompt``, one unpadded row as the CPU is trained: a decoder ``[BOS] prompt
+  target``, an encoder-decoder ``prompt EOS`` → ``[BOS] target``."""
+  if arch == "decoder":
+    seq = [specials.BOS_ID, *prompt, *target]
+    logp = _log_softmax64(model(np.asarray([seq[:-1]], np.int32))[0])
+    rows = range(len(seq) - 1 - len(target), len(seq) - 1)
+  else:
+    dec = [specials.BOS_ID, *target[:-1]]
+    logp = _log_softmax64(model(np.asarray([[*prompt, specials.EOS_ID]]), np.asarray([dec], np.int32))[0])
+    rows = range(len(target))
+  return -sum(logp[r, t] for r, t in zip(rows, target, strict=True))
+
+
 def _reference(model, arch, comp, raw, cuts, ends, docs, other):
   """bits per byte own / other from each document's text, one unpadded row at a time."""
   nll = {"own": 0.0, "other": 0.0}
@@ -57,15 +71,7 @@ def _reference(model, arch, comp, raw, cuts, ends, docs, other):
     nbytes += len(target_text.encode("utf-8"))
     for key, src in (("own", d), ("other", docs[other[i]])):
       prompt = comp.encode(raw[src].encode("utf-8")[: cuts[src]].decode("utf-8"))
-      if arch == "decoder":
-        seq = [specials.BOS_ID, *prompt, *target]
-        logp = _log_softmax64(model(np.asarray([seq[:-1]], np.int32))[0])
-        rows = range(len(seq) - 1 - len(target), len(seq) - 1)
-      else:
-        dec = [specials.BOS_ID, *target[:-1]]
-        logp = _log_softmax64(model(np.asarray([[*prompt, specials.EOS_ID]]), np.asarray([dec], np.int32))[0])
-        rows = range(len(target))
-      nll[key] -= sum(logp[r, t] for r, t in zip(rows, target, strict=True))
+      nll[key] += _target_nll64(model, arch, prompt, target)
   return nll["own"] / (math.log(2) * nbytes), nll["other"] / (math.log(2) * nbytes), nbytes
 
 
@@ -198,16 +204,7 @@ def test_program_gap_matches_an_independent_recompute(compile_dir, arch):
     target = comp.encode(raw["target"][d])
     nbytes += len(raw["target"][d].encode("utf-8"))
     for key, src in (("own", d), ("other", docs[other[i]])):
-      prompt = comp.encode(raw["input"][src])
-      if arch == "decoder":
-        seq = [specials.BOS_ID, *prompt, *target]
-        logp = _log_softmax64(model(np.asarray([seq[:-1]], np.int32))[0])
-        rows = range(len(seq) - 1 - len(target), len(seq) - 1)
-      else:
-        dec = [specials.BOS_ID, *target[:-1]]
-        logp = _log_softmax64(model(np.asarray([[*prompt, specials.EOS_ID]]), np.asarray([dec], np.int32))[0])
-        rows = range(len(target))
-      nll[key] -= sum(logp[r, t] for r, t in zip(rows, target, strict=True))
+      nll[key] += _target_nll64(model, arch, comp.encode(raw["input"][src]), target)
   assert got["target_bytes_total"] == nbytes and got["documents"] == len(docs)
   want = [nll["own"] / (math.log(2) * nbytes), nll["other"] / (math.log(2) * nbytes)]
   np.testing.assert_allclose([got["bpb_own"], got["bpb_other"]], want, rtol=2e-5)

@@ -95,6 +95,17 @@ def prefix_lm_training(data: Any) -> dict:
   }
 
 
+def training_options(data: Any, objective: str, pooled: bool = False) -> dict:
+  """The options a *training* pipeline of ``objective`` takes from a data config, as a config written before them
+  meant them (evaluation takes none). ``pooled``: a pooled readout (``model.pool``) embeds a row's whole source as
+  one vector, so its seq2seq rows stay one pair each."""
+  if objective == "prefix_lm":
+    return prefix_lm_training(data)
+  if objective in ("seq2seq", "reconstruct") and not pooled:
+    return seq2seq_training(data, data["length"])
+  return {}
+
+
 def tokens_per_row(config: Any, objective: str) -> int:
   """Ids in one training row: encoder input + decoder target (× packed pairs) for seq2seq objectives, else one
   window."""

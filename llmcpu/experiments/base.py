@@ -166,15 +166,11 @@ def config_drift(saved: dict, wanted: ml_collections.ConfigDict, objective: str 
       if name in _NOT_DESIGN or key.startswith("profile_") or have[key] == _plain(want[key]):
         continue
       out.append(f"{name}: run {have[key]!r}, config {want[key]!r}")
-  if objective in ("seq2seq", "reconstruct") and not wanted.model.get("pool"):
-    was, now = (
-      obj.seq2seq_training(saved["data"], saved["data"]["length"]),
-      obj.seq2seq_training(wanted.data, wanted.data.length),
-    )
-  elif objective == "prefix_lm":
-    was, now = obj.prefix_lm_training(saved["data"]), obj.prefix_lm_training(wanted.data)
-  else:
-    was = now = {}
+  pooled = bool(wanted.model.get("pool"))
+  was, now = (
+    obj.training_options(saved["data"], objective, pooled),
+    obj.training_options(wanted.data, objective, pooled),
+  )
   out += [f"{objective} {k}: run {was[k]!r}, config {now[k]!r}" for k in sorted(now) if was[k] != now[k]]
   return out
 

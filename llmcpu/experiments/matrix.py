@@ -226,53 +226,49 @@ def _cpu_stages(exp: ml_collections.ConfigDict, plan: Plan, workdir: str, log: C
   """Every CPU's training run. Seeds outermost: an experiment stopped part-way has every cell of its first seeds,
   not every seed of a few cells. With grouping on, the unfinished CPUs of one shape are grouped instead (finished
   ones stay single stages, skipped as done)."""
-  from llmcpu.training import trainer  # jax/flax only when training is asked for
-
   jobs = [(c, a, s, seed) for seed in plan.seeds for c in plan.corpora for a in plan.archs for s in plan.trained]
   if grouping(exp):
     return _group_stages(exp, plan, workdir, jobs, log)
-  stages = []
-  for corpus, arch, spec, seed in jobs:
-    path = cpu_dir(workdir, corpus.name, arch, spec.name, seed)
-    config = cpu_config(exp, corpus.spec, arch, str(spec), plan.compile_dir, seed)
-    tag = f"{corpus.name} {arch} {spec.name} seed {seed}"
-    train = functools.partial(trainer.train, config, path, log=log)
-    stages.append(base.Stage(path, exp.steps, tag, train, config=config, objective=_objective(config, corpus)))
-  return stages
+  return [_cpu_stage(exp, plan, workdir, job, log) for job in jobs]
 
 
-def _objective(config, corpus) -> str:
-  """The objective ``config`` trains on ``corpus`` (input/target programs or prose)."""
-  return objectives.objective_for(config, "seq2seq" if "target" in corpus.fields else "text")
+def _cpu_stage(exp, plan: Plan, workdir: str, job: tuple, log: Callable) -> base.Stage:
+  """One CPU trained alone, with the config and objective a finished run is checked against."""
+  from llmcpu.training import trainer  # jax/flax only when training is asked for
+
+  corpus, arch, spec, seed = job
+  path = cpu_dir(workdir, corpus.name, arch, spec.name, seed)
+  config = cpu_config(exp, corpus.spec, arch, str(spec), plan.compile_dir, seed)
+  objective = objectives.objective_for(config, "seq2seq" if "target" in corpus.fields else "text")
+  tag = f"{corpus.name} {arch} {spec.name} seed {seed}"
+  return base.Stage(path, exp.steps, tag, functools.partial(trainer.train, config, path, log=log), config=config,
+                    objective=objective)  # fmt: skip
 
 
 def _group_stages(exp, plan: Plan, workdir: str, jobs: list, log: Callable) -> list[base.Stage]:
   """Finished CPUs as single stages (skipped), the others in groups of one shape, at most ``exp.group_max`` each."""
-  from llmcpu.training import group, trainer
+  from llmcpu.training import group
 
   tools = toolchain.Toolchain(plan.compile_dir)
   singles, shapes = [], {}
-  for corpus, arch, spec, seed in jobs:
-    path = cpu_dir(workdir, corpus.name, arch, spec.name, seed)
-    config = cpu_config(exp, corpus.spec, arch, str(spec), plan.compile_dir, seed)
-    tag = f"{corpus.name} {arch} {spec.name} seed {seed}"
-    if base.finished(path, exp.steps):
-      singles.append(
-        base.Stage(path, exp.steps, tag, lambda: None, config=config, objective=_objective(config, corpus))
-      )
+  for job in jobs:
+    stage = _cpu_stage(exp, plan, workdir, job, log)
+    if base.finished(stage.path, exp.steps):  # skipped by run_stages (its "done" line checks the config)
+      singles.append(stage)
       continue
+    corpus, arch, spec, _ = job
     vocab = tools.compiler(spec, corpus=corpus.spec).vocab_size
-    shapes.setdefault((corpus.name, arch, vocab), []).append((path, config, tag))
+    shapes.setdefault((corpus.name, arch, vocab), []).append(stage)
   stages = []
   for (corpus_name, arch, vocab), members in shapes.items():
     for i in range(0, len(members), exp.group_max):
       chunk = members[i : i + exp.group_max]
-      paths, configs = [m[0] for m in chunk], [m[1] for m in chunk]
       if len(chunk) == 1:  # a group of one is a CPU trained alone
-        tag, train = chunk[0][2], functools.partial(trainer.train, configs[0], paths[0], log=log)
-      else:
-        tag = f"{corpus_name} {arch} group of {len(chunk)} ({vocab} ids)"
-        train = functools.partial(group.train_group, configs, paths, log=log)
+        stages.append(chunk[0])
+        continue
+      paths, configs = [m.path for m in chunk], [m.config for m in chunk]
+      tag = f"{corpus_name} {arch} group of {len(chunk)} ({vocab} ids)"
+      train = functools.partial(group.train_group, configs, paths, log=log)
       stages.append(base.Stage(paths[0], exp.steps, tag, train, members=tuple(paths[1:])))
   return singles + stages
 

@@ -194,9 +194,6 @@ def resolve(config: ml_collections.ConfigDict, workdir: str) -> Setup:
   mesh = parallel.make_mesh(config.mesh.fsdp, config.mesh.tensor)
   parallel.check_batch(t.batch_size, mesh, t.grad_accum)
 
-  # seq2seq training packs whole pairs; a pooled readout (model.pool) would embed a whole row's sources as one
-  packs = objective in ("seq2seq", "reconstruct") and not mc.pool
-
   def pipeline(split, shuffle=True):
     return Pipeline(
       split,
@@ -211,8 +208,7 @@ def resolve(config: ml_collections.ConfigDict, workdir: str) -> Setup:
       shuffle=shuffle,
       **({"truncate": d.truncate} if objective in ("seq2seq", "reconstruct") else {}),
       # training options only: evaluation scores the same windows one per row, unweighted (see PrefixLM)
-      **(obj.prefix_lm_training(d) if objective == "prefix_lm" and shuffle else {}),
-      **(obj.seq2seq_training(d, d.length) if packs and shuffle else {}),
+      **(obj.training_options(d, objective, pooled=bool(mc.pool)) if shuffle else {}),
     )
 
   return Setup(
