@@ -57,6 +57,22 @@ def test_seeds_calibration_and_resume_in_a_bucket(tmp_path, fake_gcs):
   experiments.run(c, workdir, log=logs.append)  # everything is done: nothing retrains or re-evaluates
   assert sum("done" in line for line in logs if line.startswith("== ")) == 6, logs
 
+  # A seed added later: only its CPU trains and only its cells are evaluated; the others are read back unchanged.
+  logs.clear()
+  c.archs, c.seeds = "decoder", "0,1,2"
+  experiments.run(c, workdir, log=logs.append)
+  assert sum("cells kept from an earlier run" in line for line in logs) == 2, logs
+  assert sum(line.startswith("decoder/char on ") for line in logs) == 2, logs  # the new CPU's two cells
+  grown = report.load_rows(out)
+  assert sorted((r["seed"], r["eval_isa"]) for r in grown) == [
+    (s, i) for s in (0, 1, 2) for i in ("char", "char-perm1")
+  ]
+  before = {(r["seed"], r["eval_isa"]): r for r in rows if r["arch"] == "decoder"}
+  kept = ("bits_per_byte", "relevance", "prompt_table")
+  for r in (r for r in grown if r["seed"] != 2):
+    assert {k: r[k] for k in kept} == {k: before[r["seed"], r["eval_isa"]][k] for k in kept}
+  c.archs, c.seeds = "decoder,encoder_decoder", "0,1"
+
   # Another corpus set would retrain the compilers these CPUs were built with: refused, and nothing is touched.
   isa = tmp_path / "bucket" / "exp" / "compiled" / "compilers" / "char" / "isa.json"
   before = isa.read_bytes()

@@ -6,7 +6,8 @@ Layout under the experiment workdir::
   compiled/                               the compile cache (scripts/compile.py's workdir)
   runs/<corpus>/<arch>/<isa>/seed<k>/     one CPU each: its training workdir (checkpoints, metrics.jsonl, TensorBoard)
   <report>/<corpus>/                      cross-evaluation: results.jsonl, calibration.jsonl, matrices, heatmaps,
-                                          summary.md (``report`` by default; see ``report`` below)
+                                          summary.md (``report`` by default; see ``report`` below); cells/, one
+                                          file per finished cell, which a later run with more seeds or ISAs reuses
   <report>/experiment.json                the config, and the wall time of each stage (provenance)
 
 Every stage skips what is already done: cached compilers and splits, runs whose last checkpoint is at the final
@@ -284,12 +285,13 @@ def _cross_evaluate(exp, plan: Plan, workdir: str, report_root: str, corpus, t_s
     return out
   log(f"== cross-eval {corpus.name}: {len(cpus)} models × {len(plan.specs)} ISAs ({time.time() - t_start:.0f}s in)")
   specs = [str(s) for s in plan.specs]
-  cells = fs.join(out, "cells")  # finished cells: a preempted matrix continues from them (SIGTERM raises Stopped)
+  # Finished cells, kept after the report too: a preempted matrix continues from them (SIGTERM raises Stopped), and a
+  # seed or ISA added later evaluates only its own cells (each is keyed by its checkpoint's step and save time).
+  cells = fs.join(out, "cells")
   rows = crosseval.evaluate(cpus, specs, plan.compile_dir, corpus=corpus.spec, options=options, log=log, cells=cells)
   calibration = crosseval.calibrate(plan.compile_dir, corpus.spec, specs, options) if options.coherence else []
   stats = capacity.corpus_stats(plan.compile_dir, corpus, plan.specs[0], options)
   crosseval.write_report(rows, out, calibration, views=(damage.view,), corpus_stats=stats)
-  fs.rmtree(cells)
   return out
 
 
