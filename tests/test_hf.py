@@ -2,8 +2,9 @@
 
 The references below are written from the Hugging Face weight names and the equations of transformers' modeling
 code (GPT-2: ``modeling_gpt2.py``; Llama/Qwen2: ``modeling_llama.py``/``modeling_qwen2.py``), not from llmcpu's
-modules; ``transformers`` itself is not installed here. Checkpoints are random tiny models written by the test with
-the ``safetensors`` package, in the layout ``save_pretrained`` produces.
+modules (test_hf_transformers.py checks these references, and llmcpu, against ``transformers`` itself where it is
+installed). Checkpoints are random tiny models written by the test with the ``safetensors`` package, in the layout
+``save_pretrained`` produces.
 """
 
 from __future__ import annotations
