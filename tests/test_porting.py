@@ -82,6 +82,8 @@ class _UnkOnly:
   pieces = list(specials.SPECIAL_PIECES) + ["a"]
   vocab_size = len(pieces)
   piece_bytes = np.array([0] * FIRST + [1])
+  piece_raw = (None,) * FIRST + (b"a",)
+  roles = specials.OWN
 
   def encode_batch(self, texts):
     return [[FIRST] * len(t) if set(t) <= {"a"} else [specials.UNK_ID] for t in texts]

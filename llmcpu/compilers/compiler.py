@@ -81,19 +81,31 @@ class Compiler:
     return out
 
   @functools.cached_property
+  def piece_raw(self) -> tuple[bytes | None, ...]:
+    """The UTF-8 bytes each id stands for in decoded text (``piece_bytes[i]`` of them; a byte piece its one byte, a
+    byte-level piece possibly part of a character); None for an id with no text (specials, UNK). What compares a
+    piece across ISAs of different notations (``▁`` vs GPT-2's byte alphabet), e.g. when porting."""
+    out: list[bytes | None] = []
+    for i, piece in enumerate(self.pieces):
+      if self.piece_bytes[i] == 0:
+        out.append(None)
+      elif hasattr(self.backend, "piece_raw"):  # an existing tokenizer file: its own notation (never permuted)
+        out.append(self.backend.piece_raw(i))
+      else:
+        byte = _BYTE_PIECE.fullmatch(piece)
+        out.append(bytes([int(byte[1], 16)]) if byte else piece.replace(backends.META, " ").encode("utf-8"))
+    return tuple(out)
+
+  @functools.cached_property
   def piece_spaces(self) -> np.ndarray:
     """int8 [vocab_size]: where each id's text has a space (``SPACE_FIRST`` | ``SPACE_LAST`` | ``SPACE_INSIDE``); 0
     for special ids. What objectives need to find the starts of words (a space after a
     non-space) in any ISA without its text (``llmcpu.data.units``). Read-only."""
     out = np.zeros(self.vocab_size, np.int8)
-    for i, piece in enumerate(self.pieces):
+    for i in range(self.vocab_size):
       if self.piece_bytes[i] == 0:  # specials, UNK: no text
         continue
-      if hasattr(self.backend, "piece_text"):  # an existing tokenizer file: its own piece notation
-        text = self.backend.piece_text(self.perm[i] if self.perm is not None else i)
-      else:
-        byte = _BYTE_PIECE.fullmatch(piece)
-        text = chr(int(byte[1], 16)) if byte else piece.replace(backends.META, " ")
+      text = self.piece_raw[i].decode("utf-8", errors="replace")
       if not text:
         continue
       flags = (text[0] == " ") * SPACE_FIRST | (text[-1] == " ") * SPACE_LAST

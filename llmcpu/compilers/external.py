@@ -106,14 +106,15 @@ class HfBackend:
   def decode(self, ids: Sequence[int]) -> str:
     return self.tok.decode([int(i) for i in ids], skip_special_tokens=True)
 
-  def piece_text(self, i: int) -> str:
-    """The text id ``i`` stands for (byte-level pieces mapped back to bytes; a partial character reads U+FFFD)."""
+  def piece_raw(self, i: int) -> bytes:
+    """The bytes id ``i`` stands for in decoded text: byte-level characters one byte each, ``<0xNN>`` its byte,
+    ``▁`` a space, an added token its text (whatever its role: callers skip the specials)."""
     piece = self.added_text.get(i, self.pieces[i])
     if self.mode == "byte_level" and i not in self.added_text:
       alphabet = byte_level_alphabet()
-      return bytes(alphabet.get(c, 0x3F) for c in piece).decode("utf-8", errors="replace")
+      return bytes(alphabet.get(c, 0x3F) for c in piece)
     byte = _BYTE_PIECE.fullmatch(piece)
-    return chr(int(byte[1], 16)) if byte else piece.replace(META, " ")
+    return bytes([int(byte[1], 16)]) if byte else piece.replace(META, " ").encode("utf-8")
 
   def piece_bytes(self) -> np.ndarray:
     """UTF-8 bytes each id adds to decoded text: special tokens and UNK 0; byte-level pieces one byte per

@@ -29,18 +29,53 @@ def char_ids(compiler: Compiler) -> dict[int, int]:
   """ASCII byte → the one regular id ``compiler`` emits for that character alone (a subword ISA's character piece,
   a byte-level ISA's byte piece); characters it encodes otherwise are left out."""
   ids = compiler.encode_batch([chr(b) for b in range(0x80)])
-  return {b: x[0] for b, x in enumerate(ids) if len(x) == 1 and x[0] >= specials.FIRST_REGULAR_ID}
+  return {b: x[0] for b, x in enumerate(ids) if len(x) == 1 and compiler.piece_raw[x[0]] == bytes([b])}
+
+
+def one_byte_ids(compiler: Compiler) -> dict[int, int]:
+  """Byte → the id that stands for it alone: what the compiler emits for the character (ASCII), else a piece of
+  that one byte in the ISA's text notation, else its byte piece ``<0xNN>``."""
+  out: dict[int, int] = {}
+  for i, raw in enumerate(compiler.piece_raw):
+    if raw is not None and len(raw) == 1 and (raw[0] not in out or _notation_byte(compiler, out[raw[0]])):
+      out[raw[0]] = i
+  return out | char_ids(compiler)
+
+
+def _notation_byte(compiler: Compiler, i: int) -> bool:
+  p = compiler.pieces[i]
+  return p.startswith("<0x") and len(p) == 6 and p.endswith(">")
+
+
+def is_ascii_byte(raw: bytes | None) -> bool:
+  return raw is not None and len(raw) == 1 and raw[0] < 0x80
+
+
+def by_bytes(compiler: Compiler) -> dict[bytes, int]:
+  """The bytes of each regular piece but a lone ASCII byte (see ``char_ids``) → its id (the lowest, if several)."""
+  raws = compiler.piece_raw
+  return {raws[i]: i for i in reversed(range(len(raws))) if raws[i] is not None and not is_ascii_byte(raws[i])}
+
+
+def regular_ids(compiler: Compiler) -> np.ndarray:
+  """The ids that stand for text (not a special, not UNK): ids ≥ FIRST_REGULAR_ID in the project's own ISAs."""
+  return np.array([i for i, raw in enumerate(compiler.piece_raw) if raw is not None], np.int64)
 
 
 def shared_ids(compiler_a: Compiler, compiler_b: Compiler) -> tuple[np.ndarray, np.ndarray]:
   """(ids in B, ids in A) of the regular pieces both ISAs hold for the same text, in B's id order: the same piece
-  string, except that an ASCII byte piece counts only through ``char_ids`` (what each ISA emits for the character:
-  a byte-level ISA's ``<0x61>`` pairs with a subword ISA's ``a``; a byte-fallback piece never emitted pairs with
-  nothing). These are the anchors of omp and procrustes, and align's rows for them are copies."""
-  first = specials.FIRST_REGULAR_ID
-  ascii_bytes = {f"<0x{b:02X}>" for b in range(0x80)}
-  a_ids = {p: i for i, p in enumerate(compiler_a.pieces) if i >= first and p not in ascii_bytes}
-  pairs = {j: a_ids[p] for j, p in enumerate(compiler_b.pieces) if j >= first and p in a_ids}
+  string (the same bytes where either ISA comes from a tokenizer file, whose notation differs: GPT-2's ``Ġthe`` is
+  ``▁the``), except that an ASCII byte piece counts only through ``char_ids`` (what each ISA emits for the
+  character: a byte-level ISA's ``<0x61>`` pairs with a subword ISA's ``a``; a byte-fallback piece never emitted
+  pairs with nothing). These are the anchors of omp and procrustes, and align's rows for them are copies."""
+  if compiler_a.roles.own and compiler_b.roles.own:
+    first = specials.FIRST_REGULAR_ID
+    ascii_bytes = {f"<0x{b:02X}>" for b in range(0x80)}
+    a_ids = {p: i for i, p in enumerate(compiler_a.pieces) if i >= first and p not in ascii_bytes}
+    pairs = {j: a_ids[p] for j, p in enumerate(compiler_b.pieces) if j >= first and p in a_ids}
+  else:
+    a_raw = by_bytes(compiler_a)
+    pairs = {j: a_raw[r] for j, r in enumerate(compiler_b.piece_raw) if r in a_raw and not is_ascii_byte(r)}
   a_chars = char_ids(compiler_a)
   pairs |= {j: a_chars[b] for b, j in char_ids(compiler_b).items() if b in a_chars}
   ids_b = np.array(sorted(pairs), np.int64)
@@ -50,9 +85,16 @@ def shared_ids(compiler_a: Compiler, compiler_b: Compiler) -> tuple[np.ndarray, 
 def missing_ids(compiler_a: Compiler, compiler_b: Compiler, anchors: np.ndarray) -> np.ndarray:
   """B's regular ids that are neither anchors nor byte pieces: the rows a donor method replaces and distill fits
   (a byte piece keeps align's row: A's same byte, or an unused row; see transplant)."""
-  regular = np.arange(specials.FIRST_REGULAR_ID, compiler_b.vocab_size)
-  is_byte = np.array([p.startswith("<0x") and len(p) == 6 and p.endswith(">") for p in compiler_b.pieces])
-  return np.setdiff1d(regular[~is_byte[regular]], anchors)
+  regular = regular_ids(compiler_b)
+  is_byte = np.array([_is_byte_piece(compiler_b, i) for i in regular], bool)
+  return np.setdiff1d(regular[~is_byte], anchors)
+
+
+def _is_byte_piece(compiler: Compiler, i: int) -> bool:
+  """A piece that stands for one byte as such: ``<0xNN>``, or a byte-level ISA's piece of one byte."""
+  return _notation_byte(compiler, i) or (
+    not compiler.roles.own and getattr(compiler.backend, "mode", "") == "byte_level" and compiler.piece_bytes[i] == 1
+  )
 
 
 def omp_codes(atoms: np.ndarray, targets: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -135,8 +177,8 @@ def procrustes_rows(table_a, table_donor, compiler_a: Compiler, compiler_b: Comp
 def _counts(compiler_b: Compiler, ids_b: np.ndarray, missing: np.ndarray, method: str) -> dict[str, int]:
   """How B's ids were filled (summing to B's vocab size): specials, align's rows kept (anchors and byte pieces),
   and the missing ones."""
-  first = specials.FIRST_REGULAR_ID
-  return {"special": first, "copied": compiler_b.vocab_size - first - len(missing), method: len(missing)}
+  special = compiler_b.vocab_size - len(regular_ids(compiler_b))
+  return {"special": special, "copied": compiler_b.vocab_size - special - len(missing), method: len(missing)}
 
 
 def donor_rows(method: str, table_a, table_donor, compiler_a: Compiler, compiler_b: Compiler, k: int, *, base):

@@ -16,6 +16,11 @@ opcode neither CPU predicts, rather than a copy of A's live row that would split
 between two ids of B). A piece A can only encode as UNK or as nothing (impossible with byte fallback, counted
 anyway) gets the mean of A's regular rows (``fallback``).
 
+Where either ISA comes from a tokenizer file (``hf:``/``spm:``, e.g. a pretrained LLM's) there is no shared block of
+specials and the pieces are written in another notation (GPT-2's ``Ġthe`` is ``▁the``): specials go by role (PAD,
+BOS, EOS, UNK) and pieces are compared by the bytes they stand for (``Compiler.piece_raw``); see
+``_plan_rows_by_bytes``. Between the project's own ISAs the rules above are unchanged.
+
 ``translate_ids`` is the other way to run foreign machine code: binary translation (decode with one compiler,
 re-encode with the other), the baseline a port has to beat.
 """
@@ -58,6 +63,7 @@ class RowPlan:
   vocab_a: int
   sources: tuple[tuple[int, ...], ...]
   counts: dict[str, int]
+  fallback_ids: tuple[int, ...] | None = None  # A's regular ids, whose mean is the fallback (None: ids ≥ 37)
 
   def apply(self, table_a: np.ndarray) -> np.ndarray:
     """[V_a, ...] rows indexed by A's ids → [V_b, ...] in the same dtype. Means are summed in float64 and rounded
@@ -66,7 +72,8 @@ class RowPlan:
     if table_a.shape[0] != self.vocab_a:
       raise ValueError(f"table has {table_a.shape[0]} rows but ISA A has {self.vocab_a} ids")
     wide = table_a.astype(np.float64)
-    fallback = wide[specials.FIRST_REGULAR_ID :].mean(axis=0)
+    regular = list(self.fallback_ids) if self.fallback_ids is not None else slice(specials.FIRST_REGULAR_ID, None)
+    fallback = wide[regular].mean(axis=0)
     out = np.empty((len(self.sources),) + table_a.shape[1:], table_a.dtype)
     for j, ids in enumerate(self.sources):
       if len(ids) == 1:
@@ -82,6 +89,8 @@ def plan_rows(compiler_a: Compiler, compiler_b: Compiler, method: str) -> RowPla
   """The ``RowPlan`` of ``method`` (``fvt`` or ``align``) from ISA A to ISA B."""
   if method not in PLAN_METHODS:
     raise UserError(f"unknown porting method {method!r}; choose one of {', '.join(ROW_METHODS)}")
+  if not (compiler_a.roles.own and compiler_b.roles.own):
+    return _plan_rows_by_bytes(compiler_a, compiler_b, method)
   first = specials.FIRST_REGULAR_ID
   sources: list[tuple[int, ...] | None] = [(i,) for i in range(first)] + [None] * (compiler_b.vocab_size - first)
   counts = dict.fromkeys(COUNT_KEYS, 0)
@@ -109,6 +118,74 @@ def plan_rows(compiler_a: Compiler, compiler_b: Compiler, method: str) -> RowPla
     sources[j] = ids
     counts["fvt" if ids else "fallback"] += 1
   return RowPlan(method, compiler_a.vocab_size, tuple(sources), counts)
+
+
+def _plan_rows_by_bytes(compiler_a: Compiler, compiler_b: Compiler, method: str) -> RowPlan:
+  """``plan_rows`` where either ISA comes from a tokenizer file: its ids keep no shared special block and its
+  pieces another notation, so pieces are compared by the bytes they stand for (``Compiler.piece_raw``).
+
+  B's specials take A's row of the same role (PAD, BOS, EOS, UNK; GPT-2's one ``<|endoftext|>`` is BOS, EOS and
+  PAD), any other special the fallback. A regular piece of B that stands for one ASCII byte: B's id for that byte
+  (``donor.one_byte_ids``) takes A's, any other (a byte-fallback ``<0x61>`` beside ``a``) A's UNK row (``unused``;
+  the fallback where A has no UNK). Under ``align`` a piece with the same bytes in A is copied. Otherwise (FVT) A's
+  segmentation of its text, or, for a piece that is part of a character, A's one-byte ids of its bytes (``byte``)."""
+  raw_b, roles_a, roles_b = compiler_b.piece_raw, compiler_a.roles, compiler_b.roles
+  counts = dict.fromkeys(COUNT_KEYS, 0)
+  sources: list[tuple[int, ...] | None] = [None] * compiler_b.vocab_size
+  for name in ("eos", "bos", "unk", "pad"):  # an id with several roles (GPT-2's <|endoftext|>) takes the first's row
+    j, i = getattr(roles_b, name), getattr(roles_a, name)
+    if j is not None and raw_b[j] is None and i is not None and sources[j] is None:
+      sources[j] = (i,)
+      counts["special"] += 1
+  a_same, a_bytes, b_bytes = (
+    donor_lib.by_bytes(compiler_a),
+    donor_lib.one_byte_ids(compiler_a),
+    donor_lib.one_byte_ids(compiler_b),
+  )
+  unused = (roles_a.unk,) if roles_a.unk is not None else _FALLBACK
+  texts: dict[int, str] = {}
+  for j, r in enumerate(raw_b):
+    if sources[j] is not None:
+      continue
+    if r is None:
+      sources[j], kind = _FALLBACK, "fallback"
+    elif donor_lib.is_ascii_byte(r) and b_bytes[r[0]] != j:
+      sources[j], kind = unused, "unused"
+    elif donor_lib.is_ascii_byte(r):
+      sources[j] = (a_bytes[r[0]],) if r[0] in a_bytes else _FALLBACK
+      kind = "copied" if method == "align" else "byte"
+    elif method == "align" and r in a_same:
+      sources[j], kind = (a_same[r],), "copied"
+    elif _utf8(r) is None:  # part of a character: A's one-byte ids of its bytes, if A has every one
+      sources[j], kind = (tuple(a_bytes[x] for x in r) if all(x in a_bytes for x in r) else _FALLBACK), "byte"
+    else:
+      texts[j] = _utf8(r)
+      continue
+    counts[kind if sources[j] else "fallback"] += 1
+  for j, ids in zip(texts, _segment_bytes(compiler_a, [raw_b[j] for j in texts]), strict=True):
+    sources[j] = ids
+    counts["fvt" if ids else "fallback"] += 1
+  regular_a = tuple(int(i) for i in donor_lib.regular_ids(compiler_a))
+  return RowPlan(method, compiler_a.vocab_size, tuple(sources), counts, fallback_ids=regular_a)
+
+
+def _utf8(raw: bytes) -> str | None:
+  try:
+    return raw.decode("utf-8")
+  except UnicodeDecodeError:
+    return None
+
+
+def _segment_bytes(compiler_a: Compiler, raws: list[bytes]) -> list[tuple[int, ...]]:
+  """A's ids for each piece's text, kept when they stand for exactly its bytes (a file's dummy-prefix space or a
+  normaliser can make them differ, and an UNK has no bytes): else the fallback."""
+  texts = [r.decode("utf-8") for r in raws]
+  out = []
+  for raw, ids in zip(raws, compiler_a.encode_batch(texts) if texts else [], strict=True):
+    pieces = [compiler_a.piece_raw[i] for i in ids]
+    ok = ids and all(p is not None for p in pieces) and b"".join(pieces) == raw
+    out.append(tuple(ids) if ok else _FALLBACK)
+  return out
 
 
 def _byte_of(compiler: Compiler, i: int) -> int | None:
@@ -178,11 +255,6 @@ def check_portable(
   if differ:
     raise UserError(f"cannot port: source and target models differ in {', '.join(differ)}; only vocab_size may")
   for role, config, compiler in (("source", a, compiler_a), ("target", b, compiler_b)):
-    if not compiler.roles.own:  # the row rules copy ids 0…36 as the shared specials: not so in a file's ISA
-      raise UserError(
-        f"cannot port: the {role} ISA {compiler.name} comes from an existing tokenizer file; porting supports the "
-        "project's own ISAs only (their specials share ids 0-36)"
-      )
     if config.vocab_size != compiler.vocab_size:
       raise UserError(
         f"cannot port: the {role} model has vocab_size {config.vocab_size} but ISA {compiler.name} has "
@@ -294,20 +366,41 @@ def vocab_params(model: nnx.Module) -> list[str]:
 def translate_ids(ids: Iterable[int], compiler_from: Compiler, compiler_to: Compiler) -> list[int]:
   """Binary translation: machine code of one ISA → the other's for the same text (decode, then re-encode).
 
-  Special ids (pad, bos, eos, mask, sentinels) are the same opcodes in every ISA, so they stay where they are and
-  only the runs of regular ids between them are translated. Ids outside ``compiler_from``'s ISA raise ValueError.
+  Special ids (pad, bos, eos, mask, sentinels) stand for no text, so they are not translated: between the project's
+  own ISAs they are the same opcodes and stay where they are; where either ISA comes from a tokenizer file each
+  becomes the other ISA's id of the same role (PAD, BOS, EOS, UNK), and one with no counterpart is dropped. Only
+  the runs of regular ids between them are translated. Ids outside ``compiler_from``'s ISA raise ValueError.
   """
+  special = _special_map(compiler_from, compiler_to)
+  raws = compiler_from.piece_raw
   out: list[int] = []
   run: list[int] = []
-  for i in [int(i) for i in ids] + [specials.PAD_ID]:  # a sentinel PAD flushes the last run
-    if i >= specials.FIRST_REGULAR_ID:
+  for i in [int(i) for i in ids] + [-1]:  # -1 flushes the last run
+    if 0 <= i < len(raws) and raws[i] is not None:
       run.append(i)
       continue
     if run:
       out.extend(compiler_to.encode(compiler_from.decode(run)))
       run = []
-    out.append(i)
-  return out[:-1]
+    if i == -1:
+      break
+    if not 0 <= i < len(raws):
+      raise ValueError(f"id {i} is outside ISA {compiler_from.name} (vocab {len(raws)})")
+    if special(i) is not None:
+      out.append(special(i))
+  return out
+
+
+def _special_map(compiler_from: Compiler, compiler_to: Compiler):
+  """A special id of one ISA → the other's (None: no counterpart); the identity between the project's own ISAs."""
+  if compiler_from.roles.own and compiler_to.roles.own:
+    return lambda i: i
+  mapping: dict[int, int] = {}
+  for name in ("unk", "pad", "bos", "eos"):  # later roles win an id that holds several (GPT-2's <|endoftext|>: EOS)
+    i, j = getattr(compiler_from.roles, name), getattr(compiler_to.roles, name)
+    if i is not None and j is not None:
+      mapping[i] = j
+  return mapping.get
 
 
 def translation_cost(id_seqs: Sequence[Sequence[int]], compiler_from: Compiler, compiler_to: Compiler) -> float:
