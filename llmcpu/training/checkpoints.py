@@ -180,10 +180,16 @@ def first_line(text: str, limit: int = 300) -> str:
   return line if len(line) <= limit else line[: limit - 1] + "…"
 
 
-def restore(mngr: ocp.CheckpointManager, step: int, abstract_state: Any) -> tuple[Any, dict]:
+def restore(mngr: ocp.CheckpointManager, step: int, abstract_state: Any, *, partial: bool = False) -> tuple[Any, dict]:
   """Restores onto the shardings carried by ``abstract_state`` (any device count) and checks every array against
-  its recorded checksum."""
-  args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore())
+  its recorded checksum. ``partial``: ``abstract_state`` names a part of the saved state (e.g. no optimizer
+  moments), and only that part is read."""
+  if partial:
+    restore_args = ocp.checkpoint_utils.construct_restore_args(abstract_state)
+    item = ocp.args.PyTreeRestore(abstract_state, restore_args=restore_args, partial_restore=True)
+  else:
+    item = ocp.args.StandardRestore(abstract_state)
+  args = ocp.args.Composite(state=item, meta=ocp.args.JsonRestore())
   where = f"checkpoint step {step} in {mngr.directory}"
   fix = f"delete {mngr.directory}/{step} to fall back to an earlier step, or retrain"
   try:
@@ -268,24 +274,27 @@ def abstract(tree: Any) -> Any:
 
 
 def load_model(path: str):
-  """(model with the checkpoint's parameters, meta, compiler) for a run workdir or checkpoint directory."""
+  """(model with the checkpoint's parameters, meta, compiler) for a run workdir or checkpoint directory.
+
+  Reads the model's arrays only (parameters and their companions, never the optimizer's moments) into a model
+  built from shapes, so the host holds the weights once: 0.5 GB, not 3 GB, for a 124M-parameter checkpoint."""
   import ml_collections
   from flax import nnx
 
   from llmcpu import models
-  from llmcpu.training import placement
-  from llmcpu.training.optim import make_optimizer
 
   meta = load_meta(path)
   compiler = load_compiler(meta)
-  model = models.create_from_config(ModelConfig(**meta["model_config"]), seed=0)
+  shapes = nnx.eval_shape(lambda: models.create_from_config(ModelConfig(**meta["model_config"]), seed=0))
   train_config = ml_collections.ConfigDict(meta["config"]["train"])
-  graphdef, params, frozen, rest = models.split_trainable(model, train_config.get("trainable", ""))
-  state = placement.host_state(params, frozen, rest, make_optimizer(train_config)[0])
+  graphdef, params, frozen, rest = models.split_trainable(shapes, train_config.get("trainable", ""))
+  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  target = {"params": params, "rest": rest} | ({"frozen": frozen} if frozen is not None else {})
+  target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), target)
   directory, step = find(path)
   mngr = ocp.CheckpointManager(directory, item_names=ITEMS)
   try:
-    state, _ = restore(mngr, step, abstract(state))
+    state, _ = restore(mngr, step, target, partial=True)
   finally:
     mngr.close()
   model = nnx.merge(graphdef, state["params"], *([state["frozen"]] if "frozen" in state else []), state["rest"])
