@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 
+import ml_collections
 import numpy as np
 import pytest
 from conftest import InMemoryCorpus, prose_corpus
@@ -23,6 +24,7 @@ from llmcpu import compilers, toolchain
 from llmcpu.crosseval.evaluate import CrossEvalOptions, LoadedModel, ModelEvaluator
 from llmcpu.crosseval.library import Library
 from llmcpu.errors import UserError
+from llmcpu.porting import runner
 from llmcpu.training import checkpoints, hf_checkpoint
 
 VOCAB = 300  # the tiny byte-level BPE's ids: 256 bytes, <|endoftext|>, 43 merges
@@ -60,6 +62,16 @@ def test_import_is_an_ordinary_checkpoint_with_isa_and_provenance(imported):
     assert record["tokenizer_sha256"] == hashlib.sha256(f.read()).hexdigest()
   assert (record["source_id"], record["revision"], record["unused_rows"]) == ("tiny/gpt2", "abc123", 0)
   assert meta["step"] == 0 and meta["config"]["data"]["isa"] == f"hf:{imported['src']}/tokenizer.json"
+  # The run config names the model as it is (a run derived from it, e.g. a port, builds that model).
+  assert {k: meta["config"]["model"][k] for k in meta["model_config"]} == meta["model_config"]
+
+
+def test_porting_an_imported_cpu_asks_for_its_corpus_in_one_line(imported, tmp_path):
+  config = ml_collections.ConfigDict(dict(checkpoint=imported["ckpt"], to_isa="byte", method="align", steps=0))
+  config.update(corpus="", seed=0, save_at="", compile_dir="", learning_rate=0.0)
+  with pytest.raises(UserError, match=r"carries no training corpus .* pass --config.corpus=CORPUS and"):
+    runner.port_checkpoint(config, str(tmp_path / "port"), log=lambda _: 0)
+  assert not (tmp_path / "port").exists()
 
 
 def test_imported_cpu_scores_bits_per_byte_on_its_isa(imported, tmp_path):

@@ -72,3 +72,34 @@ def test_llms_matrix_end_to_end(tmp_path):
   assert json.load(open(fs.join(os.path.dirname(out), "experiment.json")))["config"]["kind"] == "llms"
   again = experiments.run(c, str(tmp_path / "exp"), log=lambda _: 0)  # everything done: nothing recomputed
   assert again == reports
+
+
+def test_ports_must_name_two_of_the_models(tmp_path):
+  hub = tmp_path / "hub"
+  random_gpt2(str(hub / "a"), 300, seed=0)
+  c = llms_config(str(hub / "a"), f"text:{write_docs(tmp_path)}", ports=f"{hub / 'a'}>gpt2")
+  with pytest.raises(UserError, match=r"is not SOURCE>TARGET over two of the models"):
+    experiments.run(c, str(tmp_path / "exp"), log=lambda _: 0)
+  assert not os.path.exists(tmp_path / "exp" / "compiled")
+
+
+@pytest.mark.slow  # ~1.5 min: two imports, four ports (one trained), their curves scored
+def test_an_llm_ported_to_another_llms_isa(tmp_path):
+  hub = tmp_path / "hub"
+  a, b = random_gpt2(str(hub / "a"), 300, seed=0), random_gpt2(str(hub / "b"), 320, seed=1)
+  c = llms_config(f"{a},{b}", f"text:{write_docs(tmp_path)}", ports=f"{a}>{b}")
+  c.methods, c.budgets = "translate,align,fvt,omp,relearn", "0,2"
+  reports = experiments.run(c, str(tmp_path / "exp"), log=lambda _: 0)
+  rows = [json.loads(line) for line in open(fs.join(reports["report-porting"], "results.jsonl"))]
+  by = {r["method"]: r for r in rows}
+  assert sorted(by) == ["align", "fvt", "omp", "relearn", "translate"]
+  assert [p["step"] for p in by["relearn"]["points"]] == [0, 2]
+  assert by["relearn"]["points"][0]["bpb"] == by["align"]["points"][0]["bpb"]  # step 0 is align's port
+  assert by["translate"]["points"][0]["bpb"] == by["translate"]["source_native_bpb"]
+  assert by["align"]["source_tokens"] == 0  # an imported source: no training of ours to count
+  where = f"{rows[0]['source']}-to-{rows[0]['target']}"
+  ported = checkpoints.load_meta(f"{tmp_path}/exp/ports/{rows[0]['corpus']}/decoder/{where}/relearn/seed0/budget2")
+  assert ported["step"] == 2 and ported["config"]["data"]["corpus"].startswith("text:")
+  assert ported["provenance"]["transplant"]["counts"]["special"] == 1  # <|endoftext|> by role
+  again = experiments.run(c, str(tmp_path / "exp"), log=lambda _: 0)  # everything done: nothing recomputed
+  assert again == reports

@@ -1,4 +1,4 @@
-"""llms: pretrained LLMs as CPUs, on each other's ISAs and on the project's (issue 28 item 4, the matrix half).
+"""llms: pretrained LLMs as CPUs, on each other's ISAs and on the project's, and ported to each other's (issue 28).
 
 Each model is imported with its tokenizer.json as its ISA (scripts/import_hf.py's import) and cross-evaluated on
 every ISA: its own, the other LLMs', and `compilers` (the project's, trained on the corpus). Nothing is downloaded:
@@ -7,6 +7,7 @@ Models with learned positions (GPT-2) score rows of at most their max_len; the s
 """
 
 from llmcpu.experiments.matrix import experiment_config
+from llmcpu.experiments.porting import add_port_keys
 
 
 def get_config():
@@ -19,4 +20,12 @@ def get_config():
   c.train.batch_size = 8
   c.crosseval.prompts = 64
   c.crosseval.max_docs = 200
+  # Porting one LLM to another's ISA (configs/experiments/porting.py's keys): 'MODEL>MODEL,...' over `models`, the
+  # target model its native reference (and donor: omp/procrustes need one of the source's width); '' = no ports.
+  add_port_keys(c)
+  c.ports = ""
+  c.methods = "translate,align,fvt"  # relearn/finetune train the whole-size model: add them on an accelerator
+  c.budgets = "0,100,300"
+  c.scratch_budgets = ""
+  c.port_report = "report-porting"
   return c

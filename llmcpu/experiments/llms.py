@@ -5,7 +5,9 @@ cross-ISA matrix of those LLMs on each other's ISAs and on the project's own: co
 downloaded: a model that is not there is one line saying how to provide it). Each model's ISA is ``hf:<its dir>``;
 ``compilers`` adds the project's ISAs (trained on the corpus) as further columns. The imported CPUs live where the
 matrix keeps its trained ones (``runs/<corpus>/decoder/<isa>/seed0``), so the matrix's cross-evaluation and report
-run unchanged. Porting an LLM to another LLM's ISA is not here: porting supports the project's own ISAs only.
+run unchanged. ``ports`` (``'MODEL>MODEL,...'`` over ``models``) also ports an LLM to another's ISA by every method of
+``methods``, with the porting experiment's curves and report (``port_report``): the target LLM is the native
+reference on its own ISA, and the port trains (relearn, finetune) and is scored on the corpus compiled here.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import os
 from llmcpu import compilers, crosseval, toolchain
 from llmcpu.crosseval import capacity
 from llmcpu.errors import UserError
-from llmcpu.experiments import base, matrix
+from llmcpu.experiments import base, matrix, porting
 from llmcpu.experiments.base import split_list
 
 
@@ -49,6 +51,24 @@ class LLMs(matrix.Matrix):
     exp.train_compilers = ",".join(str(s) for s in hf_specs)
     self.config = exp
     self.planned = matrix._plan(exp, self.workdir)
+    self.ports = self._plan_ports(hf_specs) if exp.get("ports", "").strip() else None
+
+  def _plan_ports(self, hf_specs: list) -> porting.Porting:
+    """The porting experiment over the imported CPUs: its pairs named by model, its report in ``port_report``."""
+    names = split_list(self.config.models, "models")
+    spec = dict(zip(names, hf_specs, strict=True))
+    pairs = []
+    for item in split_list(self.config.ports, "ports"):
+      ends = [x.strip() for x in item.split(">")]
+      if len(ends) != 2 or any(x not in spec for x in ends) or ends[0] == ends[1]:
+        raise UserError(f"port {item!r} is not SOURCE>TARGET over two of the models ({', '.join(names)})")
+      pairs.append((spec[ends[0]], spec[ends[1]]))
+    exp = self.config.copy_and_resolve_references()
+    exp.report = exp.port_report
+    ports = porting.Porting(exp, self.workdir, log=self.log)
+    ports.imported, ports.planned, ports.t0 = True, self.planned, self.t0
+    ports.plan_ports(pairs)
+    return ports
 
   def stages(self) -> bool:
     """Compile every ISA, import every model once per corpus (skipped when its checkpoint exists)."""
@@ -67,4 +87,15 @@ class LLMs(matrix.Matrix):
           log(f"== import {spec.name} for {corpus.name}: done")
           continue
         hf_checkpoint.import_dir(src, out, log=log)
+    if self.ports is not None and plan.leader:
+      base.run_stages("port", self.ports.port_stages(), log)
     return plan.leader
+
+  def report(self) -> dict[str, str]:
+    reports = super().report()
+    return reports | (self.ports.report() if self.ports is not None else {})
+
+  def printout(self, reports: dict[str, str]) -> str:
+    ported = {k: v for k, v in reports.items() if self.ports is not None and k == self.ports.config.report}
+    matrix_part = super().printout({k: v for k, v in reports.items() if k not in ported})
+    return matrix_part + (self.ports.printout(ported) if ported else "")

@@ -54,7 +54,19 @@ def porting_config(preset: str = "tiny") -> ml_collections.ConfigDict:
   """configs/experiments/porting.py's base: an experiment config (the natives) plus the ports."""
   c = matrix.experiment_config(preset)
   c.kind = "porting"
+  add_port_keys(c)
   c.ports = "bpe:4000>unigram:4000"  # comma-separated SOURCE>TARGET compiler specs
+  c.report = "report-porting"
+  c.crosseval.coherence = False  # True: curves also carry relevance (exact match on programs), at ~5 s a checkpoint
+  c.crosseval.shuffled_prompts = False  # the calibration belongs to cross_eval; every port here is "native"
+  # Relevance is judged for these architectures only: a tiny encoder-decoder's continuation ignores its prompt on
+  # prose (README, headline), so its relevance curve would be flat at 0 whatever the port.
+  c.relevance_archs = "decoder"
+  return c
+
+
+def add_port_keys(c: ml_collections.ConfigDict) -> None:
+  """The keys of the ports: what each curve trains and from what (the porting and llms experiments')."""
   c.methods = ",".join(ALL_METHODS)
   c.budgets = "0,10,30,100,300"  # training steps of every trained port: one run per budget, annealed for it
   c.scratch_budgets = "1,2,4"  # scratch also trains these multiples of the native's steps (found or bounded)
@@ -64,13 +76,6 @@ def porting_config(preset: str = "tiny") -> ml_collections.ConfigDict:
   c.omp_atoms = runner.DEFAULTS["omp_atoms"]
   c.distill_tokens = runner.DEFAULTS["distill_tokens"]
   c.distill_learning_rate = runner.DEFAULTS["distill_learning_rate"]
-  c.report = "report-porting"
-  c.crosseval.coherence = False  # True: curves also carry relevance (exact match on programs), at ~5 s a checkpoint
-  c.crosseval.shuffled_prompts = False  # the calibration belongs to cross_eval; every port here is "native"
-  # Relevance is judged for these architectures only: a tiny encoder-decoder's continuation ignores its prompt on
-  # prose (README, headline), so its relevance curve would be flat at 0 whatever the port.
-  c.relevance_archs = "decoder"
-  return c
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,14 +97,20 @@ class Curve:
 class Porting(matrix.Matrix):
   """A native CPU on every ISA of the ports (the matrix's stages, without its cross-evaluation), then every port."""
 
+  imported = False  # True: the CPUs were imported (the llms experiment), so a port names its corpus and data
+
   def plan(self) -> None:
-    exp = self.config
-    self.pairs, self.methods, self.budgets = _pairs(exp.ports), _methods(exp.methods), base.step_list(exp.budgets)
-    self.scratch_budgets = scratch_budgets(self.budgets, exp.get("scratch_budgets", ""), exp.steps)
+    self.plan_ports(_pairs(self.config.ports))
     isas = list(dict.fromkeys(s for pair in self.pairs for s in pair))
-    self.config = exp = ml_collections.ConfigDict(exp.to_dict())
+    self.config = exp = ml_collections.ConfigDict(self.config.to_dict())
     exp.compilers, exp.train_compilers = ",".join(map(str, isas)), ""  # every ISA gets a native CPU
     super().plan()
+
+  def plan_ports(self, pairs: list[tuple[compilers.CompilerSpec, compilers.CompilerSpec]]) -> None:
+    """The curves' pairs, methods and budgets, checked."""
+    exp = self.config
+    self.pairs, self.methods, self.budgets = pairs, _methods(exp.methods), base.step_list(exp.budgets)
+    self.scratch_budgets = scratch_budgets(self.budgets, exp.get("scratch_budgets", ""), exp.steps)
 
   def stages(self) -> bool:
     if not super().stages():  # compile, and train the sources and the native references
@@ -124,7 +135,7 @@ class Porting(matrix.Matrix):
       if arch == "decoder" or DECODER_ONLY not in split_method(m)
     ]
     return [
-      _port(self.config, self.workdir, c, budget, self.log)
+      _port(self.config, self.workdir, c, budget, self.log, imported=self.imported)
       for c in self.curves
       if c.method != "translate"
       for budget in self.curve_budgets(c)
@@ -198,8 +209,9 @@ def budget_path(workdir: str, curve: Curve, budget: int) -> str:
   return fs.join(curve.path(workdir), f"budget{budget}")
 
 
-def _port(exp, workdir: str, curve: Curve, budget: int, log: Callable) -> base.Stage:
-  """The run that ports one curve's source CPU for one budget, its schedule ending there."""
+def _port(exp, workdir: str, curve: Curve, budget: int, log: Callable, *, imported: bool = False) -> base.Stage:
+  """The run that ports one curve's source CPU for one budget, its schedule ending there (``imported``: the source
+  was imported, so the port is told the corpus and compile dir it trains and is scored on)."""
   path = budget_path(workdir, curve, budget)
   source = matrix.cpu_dir(workdir, curve.corpus.name, curve.arch, curve.source.name, curve.seed)
   donor = matrix.cpu_dir(workdir, curve.corpus.name, curve.arch, curve.target.name, curve.seed)  # native of ISA B
@@ -208,6 +220,8 @@ def _port(exp, workdir: str, curve: Curve, budget: int, log: Callable) -> base.S
     dict(checkpoint=source, to_isa=str(curve.target), method=method, steps=budget, corpus="", seed=curve.seed)
   )
   config.update(save_at="", compile_dir="", learning_rate=exp.port_learning_rate, init=init, donor=donor)
+  if imported:
+    config.update(corpus=curve.corpus.spec, compile_dir=fs.join(workdir, "compiled"))
   for key in ("omp_atoms", "distill_tokens", "distill_learning_rate"):
     config[key] = exp.get(key, runner.DEFAULTS[key])
   tag = f"{curve.arch} {curve.source.name} → {curve.target.name} by {curve.method}, {budget} steps (seed {curve.seed})"

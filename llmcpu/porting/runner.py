@@ -44,6 +44,7 @@ DEFAULTS = dict(init="align", donor="", omp_atoms=8, distill_tokens=distill.DEFA
 def port_config(config: ml_collections.ConfigDict, source_meta: dict) -> ml_collections.ConfigDict:
   """The training config of the ported CPU: the source's, on ISA B, for ``config.steps`` steps."""
   c = derived.continued_config(source_meta, config, trained=config.method in TRAINED)  # others: step 0 only
+  c.data.corpus = c.data.corpus or config.get("corpus", "")  # an imported source has none of its own
   c.data.isa = str(compilers.parse(config.to_isa))
   c.model.vocab_size = 0  # ISA B's
   c.train.trainable = ""  # relearn's pattern is set from the model (see port_checkpoint)
@@ -113,10 +114,15 @@ def port_checkpoint(
     raise UserError("no source CPU: pass --config.checkpoint=RUN (a training workdir or checkpoint directory)")
   source = derived.Source.load(config.checkpoint)  # refuses a checkpoint that carries no ISA
   meta = source.meta
-  if config.corpus and config.corpus != source.corpus:
+  if config.corpus and source.corpus and config.corpus != source.corpus:
     raise UserError(
       f"the source CPU was trained on corpus {source.corpus!r}, not {config.corpus!r}: a port changes the ISA, not "
       "the data; leave --config.corpus empty"
+    )
+  if not (config.corpus or source.corpus) or not (config.compile_dir or meta["config"]["data"]["compile_dir"]):
+    raise UserError(  # an imported LLM (scripts/import_hf.py) was trained on no corpus of ours
+      f"the source CPU {config.checkpoint} carries no training corpus or compile dir (an imported LLM): pass "
+      "--config.corpus=CORPUS and --config.compile_dir=DIR holding that corpus compiled with ISA B"
     )
   train_config = port_config(config, meta)
   start, distills = start_of(config)

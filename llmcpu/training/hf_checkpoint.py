@@ -8,6 +8,7 @@ decoder checkpoint → ``config.json`` + ``model.safetensors`` (+ its ``tokenize
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -66,6 +67,8 @@ def run_config_for(compiler: compilers.Compiler, model_config: models.ModelConfi
   """The run config an imported CPU carries: its ISA, no training corpus ('': pass the corpus to cross_eval), and
   scoring rows as long as it reads (``EVAL_LENGTH`` at most)."""
   c = run_config.base_config("decoder", "tiny")
+  for field in dataclasses.fields(model_config):  # the model as it is, so a run derived from it (a port) builds it
+    c.model[field.name] = getattr(model_config, field.name)
   c.data.isa = str(compiler.spec)
   c.data.corpus = ""
   c.data.length = min(model_config.max_len, EVAL_LENGTH)
