@@ -103,3 +103,15 @@ def test_an_llm_ported_to_another_llms_isa(tmp_path):
   assert ported["provenance"]["transplant"]["counts"]["special"] == 1  # <|endoftext|> by role
   again = experiments.run(c, str(tmp_path / "exp"), log=lambda _: 0)  # everything done: nothing recomputed
   assert again == reports
+
+
+@pytest.mark.slow  # ~30 s: one import, 2 cells of programs with generation
+def test_imported_llm_answers_programs_scored_by_exact_match(tmp_path):
+  a = random_gpt2(str(tmp_path / "hub" / "a"), 300, seed=0)
+  c = llms_config(a, "programs")
+  c.crosseval.coherence, c.crosseval.program_prompts = True, 8
+  (out,) = experiments.run(c, str(tmp_path / "exp"), log=lambda _: 0).values()
+  rows = crosseval.load_rows(fs.join(out, "results.jsonl"))
+  assert len(rows) == 2 and all(r["status"] == "ok" and r["prompts"] == 8 for r in rows)
+  # A random model computes nothing: its exact match is 0 on its own ISA and on byte (relevance = exact match).
+  assert [r["relevance"] for r in rows] == [0.0, 0.0] and all(np.isfinite(r["bits_per_byte"]) for r in rows)
