@@ -35,12 +35,14 @@ def gpt2_bytes_to_unicode() -> dict[int, str]:
   return dict(zip(bs, map(chr, cs), strict=True))
 
 
-def permuted_file(src: str, dst: str, seed: int) -> np.ndarray:
-  """A copy of ``src``'s tokenizer.json with every id renamed by a random permutation (merges name pieces, not
-  ids, so it encodes the same text to renamed ids); returns perm with new id = perm[old id]."""
+def permuted_file(src: str, dst: str, seed: int, renamed: int | None = None) -> np.ndarray:
+  """A copy of ``src``'s tokenizer.json with ids renamed by a random permutation (merges name pieces, not ids, so
+  it encodes the same text to renamed ids) of all its ids, or of the first ``renamed``; returns perm with new id =
+  perm[old id]."""
   spec = json.loads(open(os.path.join(src, "tokenizer.json")).read())
   n = len(spec["model"]["vocab"])
-  perm = np.random.default_rng(seed).permutation(n)
+  k = n if renamed is None else renamed
+  perm = np.concatenate([np.random.default_rng(seed).permutation(k), np.arange(k, n)])
   spec["model"]["vocab"] = {p: int(perm[i]) for p, i in spec["model"]["vocab"].items()}
   for t in spec["added_tokens"]:
     t["id"] = int(perm[t["id"]])
@@ -55,10 +57,13 @@ def isas(tmp_path_factory, porting_isas) -> dict:
   root = tmp_path_factory.mktemp("porting_files")
   gpt = byte_level_bpe(str(root / "gpt"))
   perm = permuted_file(gpt, str(root / "gpt-perm"), seed=5)
+  half = permuted_file(gpt, str(root / "gpt-half"), seed=6, renamed=200)
   return {
     "gpt": compilers.train(f"hf:{gpt}"),
     "gpt-perm": compilers.train(f"hf:{root / 'gpt-perm'}"),
     "perm": perm,
+    "gpt-half": compilers.train(f"hf:{root / 'gpt-half'}"),
+    "half": half,
     "dir": gpt,
     "small": porting_isas["small"],
   }
@@ -71,6 +76,14 @@ def test_piece_bytes_of_a_byte_level_file_follow_gpt2s_table(isas):
     piece = direct.id_to_token(i)
     want = None if piece == EOT else bytes(to_byte[c] for c in piece)
     assert comp.piece_raw[i] == want, (i, piece)
+
+
+def test_isa_overlap_of_files_counts_the_ids_a_renaming_keeps(isas):
+  for name, perm in (("gpt-perm", isas["perm"]), ("gpt-half", isas["half"])):  # all ids renamed; the first 200
+    kept = np.mean(perm == np.arange(len(perm)))
+    assert compilers.isa_overlap(isas["gpt"], isas[name]) == pytest.approx(kept)
+  assert np.mean(isas["half"] == np.arange(len(isas["half"]))) > 0.4
+  assert compilers.isa_overlap(isas["gpt"], isas["gpt"]) == 1.0
 
 
 def test_align_between_files_that_differ_only_in_ids_is_the_same_cpu(isas):

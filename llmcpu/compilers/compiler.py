@@ -332,6 +332,9 @@ def _nonempty(texts: Iterable[str]) -> Iterable[str]:
 
 
 def isa_overlap(a: Compiler, b: Compiler) -> float:
-  """The compatibility of two ISAs: the share of regular ids that decode to the same piece in both."""
-  first = specials.FIRST_REGULAR_ID if a.roles.own and b.roles.own else 0
-  return isa.overlap(a.pieces, b.pieces, first)
+  """The compatibility of two ISAs: the share of regular ids that decode to the same piece in both. Where either
+  ISA comes from a tokenizer file, every id counts and a piece is its bytes (files write pieces in their own
+  notation: GPT-2's ``Ġthe`` and Llama's ``▁the`` are the same opcode text)."""
+  if a.roles.own and b.roles.own:
+    return isa.overlap(a.pieces, b.pieces, specials.FIRST_REGULAR_ID)
+  return isa.overlap(a.piece_raw, b.piece_raw, 0)

@@ -49,7 +49,7 @@ def permute_table(pieces: Sequence[str], perm: np.ndarray) -> list[str]:
   return table
 
 
-def overlap(pieces_a: Sequence[str], pieces_b: Sequence[str], first: int = specials.FIRST_REGULAR_ID) -> float:
+def overlap(pieces_a: Sequence, pieces_b: Sequence, first: int = specials.FIRST_REGULAR_ID) -> float:
   """Share of regular ids (from ``first`` on) that decode to the same piece in both ISAs (over the larger vocabulary).
 
   The project's special ids are equal in all its ISAs by construction, so they are left out: 1.0 means the same
