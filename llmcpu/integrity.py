@@ -110,7 +110,7 @@ def _recorded_fingerprint(compiler_dir: str) -> str | None:
 
 @_problem
 def _check_checkpoint(path: str) -> None:
-  checkpoints.load_model(path)
+  checkpoints.verify(path)  # every array, the optimizer's moments too (load_model reads the model's only)
 
 
 _CHECKS = {"compiler": _check_compiler, "compiled": _check_compiled, "checkpoint": _check_checkpoint}

@@ -16,11 +16,11 @@ from llmcpu.experiments import base, tables
 CONFIGS = sorted((pathlib.Path(__file__).resolve().parent.parent / "configs" / "experiments").glob("*.py"))
 # What each config asks for, read from its keys (not its kind): the experiment that must run it.
 BY_KEYS = [
+  ("models", "LLMs"),  # first: the llms experiment may port its LLMs too (it has the porting keys)
   ("ports", "Porting"),
   ("variants", "Swapping"),
   ("readout", "Languages"),
   ("points", "Sweep"),
-  ("models", "LLMs"),
 ]
 
 

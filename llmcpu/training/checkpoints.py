@@ -273,6 +273,32 @@ def abstract(tree: Any) -> Any:
   return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
 
 
+def verify(path: str) -> None:
+  """Reads every array of the newest checkpoint at ``path`` (optimizer moments included) and checks each against
+  its recorded checksum: a UserError naming the step if one differs or cannot be read. Nothing is kept."""
+  import ml_collections
+  from flax import nnx
+
+  from llmcpu import models
+  from llmcpu.training import placement
+  from llmcpu.training.optim import make_optimizer
+
+  meta = load_meta(path)
+  shapes = nnx.eval_shape(lambda: models.create_from_config(ModelConfig(**meta["model_config"]), seed=0))
+  train_config = ml_collections.ConfigDict(meta["config"]["train"])
+  _, params, frozen, rest = models.split_trainable(shapes, train_config.get("trainable", ""))
+  tx = make_optimizer(train_config)[0]
+  state = jax.eval_shape(lambda p, f, r: placement.host_state(p, f, r, tx), params, frozen, rest)
+  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), state)
+  directory, step = find(path)
+  mngr = ocp.CheckpointManager(directory, item_names=ITEMS)
+  try:
+    restore(mngr, step, target)
+  finally:
+    mngr.close()
+
+
 def load_model(path: str):
   """(model with the checkpoint's parameters, meta, compiler) for a run workdir or checkpoint directory.
 
