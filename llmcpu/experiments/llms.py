@@ -57,16 +57,21 @@ class LLMs(matrix.Matrix):
     """The porting experiment over the imported CPUs: its pairs named by model, its report in ``port_report``."""
     names = split_list(self.config.models, "models")
     spec = dict(zip(names, hf_specs, strict=True))
-    pairs = []
-    for item in split_list(self.config.ports, "ports"):
-      ends = [x.strip() for x in item.split(">")]
-      if len(ends) != 2 or any(x not in spec for x in ends) or ends[0] == ends[1]:
-        raise UserError(f"port {item!r} is not SOURCE>TARGET over two of the models ({', '.join(names)})")
-      pairs.append((spec[ends[0]], spec[ends[1]]))
+
+    def model_isa(name: str):
+      if name not in spec:
+        raise UserError(
+          f"{name!r} in --config.ports: a port is not SOURCE>TARGET over two of the models ({', '.join(names)})"
+        )
+      return spec[name]
+
+    pairs = porting._pairs(self.config.ports, model_isa, example=f"{names[0]}>{names[-1]}")
+    if any(a == b for a, b in pairs):
+      raise UserError(f"a port is not SOURCE>TARGET over two of the models ({', '.join(names)}): they are the same")
     exp = self.config.copy_and_resolve_references()
     exp.report = exp.port_report
     ports = porting.Porting(exp, self.workdir, log=self.log)
-    ports.imported, ports.planned, ports.t0 = True, self.planned, self.t0
+    ports.planned, ports.t0 = self.planned, self.t0
     ports.plan_ports(pairs)
     return ports
 

@@ -97,8 +97,6 @@ class Curve:
 class Porting(matrix.Matrix):
   """A native CPU on every ISA of the ports (the matrix's stages, without its cross-evaluation), then every port."""
 
-  imported = False  # True: the CPUs were imported (the llms experiment), so a port names its corpus and data
-
   def plan(self) -> None:
     self.plan_ports(_pairs(self.config.ports))
     isas = list(dict.fromkeys(s for pair in self.pairs for s in pair))
@@ -135,7 +133,7 @@ class Porting(matrix.Matrix):
       if arch == "decoder" or DECODER_ONLY not in split_method(m)
     ]
     return [
-      _port(self.config, self.workdir, c, budget, self.log, imported=self.imported)
+      _port(self.config, self.workdir, c, budget, self.log)
       for c in self.curves
       if c.method != "translate"
       for budget in self.curve_budgets(c)
@@ -163,12 +161,13 @@ class Porting(matrix.Matrix):
     return "\n" + fs.read_text(fs.join(out, "porting.md")) + f"\nReport: {out} (porting.md, recovery_*.png)"
 
 
-def _pairs(value: str) -> list[tuple[compilers.CompilerSpec, compilers.CompilerSpec]]:
+def _pairs(value: str, resolve: Callable = compilers.parse, example: str = "bpe:4000>unigram:4000") -> list[tuple]:
+  """``SOURCE>TARGET,...`` → [(resolve(source), resolve(target))]: compiler specs, or (llms) the models' ISAs."""
   pairs = []
   for item in base.split_list(value, "ports"):
     if item.count(">") != 1:
-      raise UserError(f"port {item!r} is not SOURCE>TARGET, e.g. --config.ports=bpe:4000>unigram:4000")
-    a, b = (compilers.parse(x.strip()) for x in item.split(">"))
+      raise UserError(f"port {item!r} is not SOURCE>TARGET, e.g. --config.ports={example}")
+    a, b = (resolve(x.strip()) for x in item.split(">"))
     pairs.append((a, b))
   return pairs
 
@@ -209,19 +208,18 @@ def budget_path(workdir: str, curve: Curve, budget: int) -> str:
   return fs.join(curve.path(workdir), f"budget{budget}")
 
 
-def _port(exp, workdir: str, curve: Curve, budget: int, log: Callable, *, imported: bool = False) -> base.Stage:
-  """The run that ports one curve's source CPU for one budget, its schedule ending there (``imported``: the source
-  was imported, so the port is told the corpus and compile dir it trains and is scored on)."""
+def _port(exp, workdir: str, curve: Curve, budget: int, log: Callable) -> base.Stage:
+  """The run that ports one curve's source CPU for one budget, its schedule ending there. It is told the corpus and
+  compile dir it trains and is scored on: a native trained here has the same ones, an imported LLM none."""
   path = budget_path(workdir, curve, budget)
   source = matrix.cpu_dir(workdir, curve.corpus.name, curve.arch, curve.source.name, curve.seed)
   donor = matrix.cpu_dir(workdir, curve.corpus.name, curve.arch, curve.target.name, curve.seed)  # native of ISA B
   method, init = split_method(curve.method)
   config = ml_collections.ConfigDict(
-    dict(checkpoint=source, to_isa=str(curve.target), method=method, steps=budget, corpus="", seed=curve.seed)
+    dict(checkpoint=source, to_isa=str(curve.target), method=method, steps=budget, corpus=curve.corpus.spec)
   )
-  config.update(save_at="", compile_dir="", learning_rate=exp.port_learning_rate, init=init, donor=donor)
-  if imported:
-    config.update(corpus=curve.corpus.spec, compile_dir=fs.join(workdir, "compiled"))
+  config.update(seed=curve.seed, save_at="", compile_dir=fs.join(workdir, "compiled"), init=init, donor=donor)
+  config.update(learning_rate=exp.port_learning_rate)
   for key in ("omp_atoms", "distill_tokens", "distill_learning_rate"):
     config[key] = exp.get(key, runner.DEFAULTS[key])
   tag = f"{curve.arch} {curve.source.name} → {curve.target.name} by {curve.method}, {budget} steps (seed {curve.seed})"

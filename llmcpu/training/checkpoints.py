@@ -276,6 +276,13 @@ def abstract(tree: Any) -> Any:
 def verify(path: str) -> None:
   """Reads every array of the newest checkpoint at ``path`` (optimizer moments included) and checks each against
   its recorded checksum: a UserError naming the step if one differs or cannot be read. Nothing is kept."""
+  _read(path, moments=True)
+
+
+def _read(path: str, *, moments: bool) -> tuple[Any, dict, dict]:
+  """(graphdef, state, meta) of the newest checkpoint at ``path``, read onto the default device into shapes built
+  from its metadata (nothing initialised first), every array read checked against its checksum. ``moments``: the
+  whole training state, optimizer included; else only the model's arrays (params, frozen, rest)."""
   import ml_collections
   from flax import nnx
 
@@ -286,17 +293,21 @@ def verify(path: str) -> None:
   meta = load_meta(path)
   shapes = nnx.eval_shape(lambda: models.create_from_config(ModelConfig(**meta["model_config"]), seed=0))
   train_config = ml_collections.ConfigDict(meta["config"]["train"])
-  _, params, frozen, rest = models.split_trainable(shapes, train_config.get("trainable", ""))
-  tx = make_optimizer(train_config)[0]
-  state = jax.eval_shape(lambda p, f, r: placement.host_state(p, f, r, tx), params, frozen, rest)
+  graphdef, params, frozen, rest = models.split_trainable(shapes, train_config.get("trainable", ""))
+  if moments:
+    tx = make_optimizer(train_config)[0]
+    state = jax.eval_shape(lambda p, f, r: placement.host_state(p, f, r, tx), params, frozen, rest)
+  else:
+    state = {"params": params, "rest": rest} | ({"frozen": frozen} if frozen is not None else {})
   device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
   target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), state)
   directory, step = find(path)
   mngr = ocp.CheckpointManager(directory, item_names=ITEMS)
   try:
-    restore(mngr, step, target)
+    state, _ = restore(mngr, step, target, partial=not moments)
   finally:
     mngr.close()
+  return graphdef, state, meta
 
 
 def load_model(path: str):
@@ -304,25 +315,12 @@ def load_model(path: str):
 
   Reads the model's arrays only (parameters and their companions, never the optimizer's moments) into a model
   built from shapes, so the host holds the weights once: 0.5 GB, not 3 GB, for a 124M-parameter checkpoint."""
-  import ml_collections
   from flax import nnx
 
   from llmcpu import models
 
-  meta = load_meta(path)
+  graphdef, state, meta = _read(path, moments=False)
   compiler = load_compiler(meta)
-  shapes = nnx.eval_shape(lambda: models.create_from_config(ModelConfig(**meta["model_config"]), seed=0))
-  train_config = ml_collections.ConfigDict(meta["config"]["train"])
-  graphdef, params, frozen, rest = models.split_trainable(shapes, train_config.get("trainable", ""))
-  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  target = {"params": params, "rest": rest} | ({"frozen": frozen} if frozen is not None else {})
-  target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), target)
-  directory, step = find(path)
-  mngr = ocp.CheckpointManager(directory, item_names=ITEMS)
-  try:
-    state, _ = restore(mngr, step, target, partial=True)
-  finally:
-    mngr.close()
   model = nnx.merge(graphdef, state["params"], *([state["frozen"]] if "frozen" in state else []), state["rest"])
   models.reset_illegal_count(model)
   return model, meta, compiler
