@@ -38,7 +38,7 @@ def _rand(rng, *shape, scale=0.2, center=0.0):
   return (center + scale * rng.normal(size=shape)).astype(np.float32)
 
 
-def gpt2_checkpoint(seed: int, *, hub_names: bool, tied: bool = True) -> tuple[dict, dict]:
+def gpt2_checkpoint(seed: int, *, hub_names: bool, tied: bool = True, act: str = "gelu_new") -> tuple[dict, dict]:
   """(config.json, tensors) of a random tiny GPT2LMHeadModel. ``hub_names``: the names the gpt2 repo's file uses
   (GPT2Model's: no ``transformer.`` prefix, with the ``attn.bias`` causal-mask buffers); else save_pretrained's."""
   cfg = dict(
@@ -50,7 +50,7 @@ def gpt2_checkpoint(seed: int, *, hub_names: bool, tied: bool = True) -> tuple[d
     n_layer=2,
     n_positions=16,
     n_inner=None,
-    activation_function="gelu_new",
+    activation_function=act,
     layer_norm_epsilon=1e-5,
     tie_word_embeddings=tied,
   )
@@ -121,6 +121,48 @@ def llama_checkpoint(seed: int, *, kind: str, kv_heads: int, tied: bool, rope_sc
   return cfg, t
 
 
+def neox_checkpoint(seed: int, *, parallel: bool, fraction: float, act: str, tied: bool, legacy_keys: bool):
+  """(config.json, tensors) of a random tiny GPTNeoXForCausalLM (Pythia's class). ``legacy_keys``: the rotary keys
+  Pythia's hub configs carry (``rotary_pct``, ``rotary_emb_base``), else transformers 5's ``rope_parameters``."""
+  d, h, f, v = 32, 4, 64, 59
+  cfg = dict(
+    architectures=["GPTNeoXForCausalLM"],
+    model_type="gpt_neox",
+    vocab_size=v,
+    hidden_size=d,
+    num_attention_heads=h,
+    num_hidden_layers=2,
+    intermediate_size=f,
+    hidden_act=act,
+    max_position_embeddings=64,
+    layer_norm_eps=1e-5,
+    use_parallel_residual=parallel,
+    tie_word_embeddings=tied,
+  )
+  if legacy_keys:
+    cfg.update(rotary_pct=fraction, rotary_emb_base=100.0)
+  else:
+    cfg["rope_parameters"] = dict(rope_type="default", rope_theta=100.0, partial_rotary_factor=fraction)
+  rng = np.random.default_rng(seed)
+  t = {"gpt_neox.embed_in.weight": _rand(rng, v, d, scale=0.5)}
+  for i in range(2):
+    p = f"gpt_neox.layers.{i}."
+    for ln in ("input_layernorm", "post_attention_layernorm"):
+      t[f"{p}{ln}.weight"], t[f"{p}{ln}.bias"] = _rand(rng, d, scale=0.1, center=1.0), _rand(rng, d, scale=0.1)
+    t[f"{p}attention.query_key_value.weight"], t[f"{p}attention.query_key_value.bias"] = (
+      _rand(rng, 3 * d, d),
+      _rand(rng, 3 * d),
+    )
+    t[f"{p}attention.dense.weight"], t[f"{p}attention.dense.bias"] = _rand(rng, d, d), _rand(rng, d)
+    t[f"{p}mlp.dense_h_to_4h.weight"], t[f"{p}mlp.dense_h_to_4h.bias"] = _rand(rng, f, d), _rand(rng, f)
+    t[f"{p}mlp.dense_4h_to_h.weight"], t[f"{p}mlp.dense_4h_to_h.bias"] = _rand(rng, d, f, scale=0.1), _rand(rng, d)
+  t["gpt_neox.final_layer_norm.weight"] = _rand(rng, d, scale=0.1, center=1.0)
+  t["gpt_neox.final_layer_norm.bias"] = _rand(rng, d, scale=0.1)
+  if not tied:
+    t["embed_out.weight"] = _rand(rng, v, d)
+  return cfg, t
+
+
 LLAMA3 = dict(rope_type="llama3", factor=4.0, low_freq_factor=1.0, high_freq_factor=4.0,
               original_max_position_embeddings=64)  # fmt: skip
 CASES = {
@@ -131,6 +173,12 @@ CASES = {
     3, kind="llama", kv_heads=4, tied=True, rope_scaling=dict(type="linear", factor=2.0), biases=True
   ),
   "qwen2": lambda: llama_checkpoint(4, kind="qwen2", kv_heads=4, tied=True),
+  # Pythia's shape: parallel residual, a quarter of each head rotated, exact GELU, untied head, its hub config's keys
+  "gpt_neox_pythia": lambda: neox_checkpoint(6, parallel=True, fraction=0.25, act="gelu", tied=False, legacy_keys=True),
+  "gpt_neox_sequential": lambda: neox_checkpoint(
+    7, parallel=False, fraction=0.5, act="gelu_new", tied=True, legacy_keys=False
+  ),
+  "gpt2_exact_gelu": lambda: gpt2_checkpoint(8, hub_names=False, act="gelu"),
   "qwen2_gqa": lambda: llama_checkpoint(5, kind="qwen2", kv_heads=1, tied=False),
 }
 
@@ -162,17 +210,26 @@ def _causal_attention(q, k, v):
   return np.einsum("hij,hjk->ihk", p, v).reshape(q.shape[1], -1)
 
 
+def _gelu(name: str):
+  """transformers' ACT2FN[name]: 'gelu' is exact (erf), gelu_new/gelu_pytorch_tanh the tanh approximation."""
+  if name == "gelu":
+    return np.vectorize(lambda x: 0.5 * x * (1 + math.erf(x / math.sqrt(2))))
+  return lambda x: 0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x**3)))
+
+
+def _layer_norm(x, w, b, eps):
+  mu, var = x.mean(-1, keepdims=True), x.var(-1, keepdims=True)
+  return (x - mu) / np.sqrt(var + eps) * w + b
+
+
 def np_gpt2(cfg: dict, t: dict, ids: np.ndarray) -> np.ndarray:
   t = {k.removeprefix("transformer."): v.astype(np.float64) for k, v in t.items()}
   h, eps = cfg["n_head"], cfg["layer_norm_epsilon"]
 
   def ln(x, name):
-    mu, var = x.mean(-1, keepdims=True), x.var(-1, keepdims=True)
-    return (x - mu) / np.sqrt(var + eps) * t[f"{name}.weight"] + t[f"{name}.bias"]
+    return _layer_norm(x, t[f"{name}.weight"], t[f"{name}.bias"], eps)
 
-  def gelu_new(x):
-    return 0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x**3)))
-
+  gelu = _gelu(cfg.get("activation_function", "gelu_new"))
   out = []
   for row in ids:
     x = t["wte.weight"][row] + t["wpe.weight"][: len(row)]
@@ -181,7 +238,7 @@ def np_gpt2(cfg: dict, t: dict, ids: np.ndarray) -> np.ndarray:
       a = ln(x, p + "ln_1") @ t[p + "attn.c_attn.weight"] + t[p + "attn.c_attn.bias"]
       q, k, v = (m.reshape(len(row), h, -1).transpose(1, 0, 2) for m in np.split(a, 3, axis=-1))
       x = x + _causal_attention(q, k, v) @ t[p + "attn.c_proj.weight"] + t[p + "attn.c_proj.bias"]
-      m = gelu_new(ln(x, p + "ln_2") @ t[p + "mlp.c_fc.weight"] + t[p + "mlp.c_fc.bias"])
+      m = gelu(ln(x, p + "ln_2") @ t[p + "mlp.c_fc.weight"] + t[p + "mlp.c_fc.bias"])
       x = x + m @ t[p + "mlp.c_proj.weight"] + t[p + "mlp.c_proj.bias"]
     x = ln(x, "ln_f")
     out.append(x @ t.get("lm_head.weight", t["wte.weight"]).T)
@@ -255,8 +312,57 @@ def np_llama(cfg: dict, t: dict, ids: np.ndarray) -> np.ndarray:
   return np.stack(out)
 
 
+def np_neox(cfg: dict, t: dict, ids: np.ndarray) -> np.ndarray:
+  """modeling_gpt_neox: fused query_key_value viewed [L, H, 3K] (q, k, v per head), rotary on the first
+  int(K·rotary_pct) dims, parallel or sequential residual, exact or tanh GELU, untied ``embed_out``."""
+  t = {k: v.astype(np.float64) for k, v in t.items()}
+  h, eps, gelu = cfg["num_attention_heads"], cfg["layer_norm_eps"], _gelu(cfg["hidden_act"])
+  rope = cfg.get("rope_parameters") or {}
+  fraction, theta = (
+    rope.get("partial_rotary_factor", cfg.get("rotary_pct")),
+    rope.get("rope_theta", cfg.get("rotary_emb_base")),
+  )
+  dim = cfg["hidden_size"] // h
+  rot = int(dim * fraction)
+  inv = 1.0 / theta ** (np.arange(0, rot, 2) / rot)
+
+  def ln(x, name):
+    return _layer_norm(x, t[name + ".weight"], t[name + ".bias"], eps)
+
+  def linear(x, name):
+    return x @ t[name + ".weight"].T + t[name + ".bias"]
+
+  def mlp(y, p):
+    return linear(gelu(linear(y, p + "mlp.dense_h_to_4h")), p + "mlp.dense_4h_to_h")
+
+  def rotate(x):  # x [heads, L, dim]: rotate_half on the first `rot` dims, the rest passed through
+    freqs = np.arange(x.shape[1])[:, None] * inv[None]
+    emb = np.concatenate([freqs, freqs], -1)
+    r, rest = x[..., :rot], x[..., rot:]
+    turned = np.concatenate([-r[..., rot // 2 :], r[..., : rot // 2]], -1)
+    return np.concatenate([r * np.cos(emb) + turned * np.sin(emb), rest], -1)
+
+  out = []
+  for row in ids:
+    x = t["gpt_neox.embed_in.weight"][row]
+    n = len(row)
+    for i in range(cfg["num_hidden_layers"]):
+      p = f"gpt_neox.layers.{i}."
+      qkv = linear(ln(x, p + "input_layernorm"), p + "attention.query_key_value").reshape(n, h, 3 * dim)
+      q, k, v = (m.transpose(1, 0, 2) for m in np.split(qkv, 3, axis=-1))
+      a = linear(_causal_attention(rotate(q), rotate(k), v), p + "attention.dense")
+      if cfg["use_parallel_residual"]:
+        x = x + a + mlp(ln(x, p + "post_attention_layernorm"), p)
+      else:
+        x = x + a
+        x = x + mlp(ln(x, p + "post_attention_layernorm"), p)
+    x = ln(x, "gpt_neox.final_layer_norm")
+    out.append(x @ t.get("embed_out.weight", t["gpt_neox.embed_in.weight"]).T)
+  return np.stack(out)
+
+
 def reference(cfg: dict, tensors: dict, ids: np.ndarray) -> np.ndarray:
-  return (np_gpt2 if cfg["model_type"] == "gpt2" else np_llama)(cfg, tensors, ids)
+  return {"gpt2": np_gpt2, "gpt_neox": np_neox}.get(cfg["model_type"], np_llama)(cfg, tensors, ids)
 
 
 def ids_for(cfg: dict) -> np.ndarray:
@@ -358,6 +464,18 @@ def test_sharded_checkpoint_and_each_tensor_read_once(tmp_path, monkeypatch):
     dict(mlp="swiglu", num_kv_heads=2, tie_embeddings=False, rope_base=5e5),
     dict(mlp="swiglu", attention_bias="qkv", rope_scaling="linear", rope_factor=2.0),
     dict(mlp="swiglu", attention_bias="all", mlp_bias=True, rope_scaling="llama3", rope_factor=8.0),
+    dict(positions="learned", norm="layernorm", attention_bias="all", mlp_bias=True, mlp="gelu_exact"),
+    dict(
+      norm="layernorm",
+      attention_bias="all",
+      mlp_bias=True,
+      mlp="gelu_exact",
+      rotary_fraction=0.25,
+      parallel_residual=True,
+      tie_embeddings=False,
+      norm_eps=1e-5,
+    ),  # fmt: skip
+    dict(norm="layernorm", mlp_bias=True, rotary_fraction=0.5, rope_scaling="linear", rope_factor=2.0),
   ],
 )
 def test_config_round_trip(overrides):
@@ -402,10 +520,13 @@ def test_unsupported_configs(change, match, tmp_path):
     hf.load(write(tmp_path, {**cfg, **change}, tensors))
 
 
-def test_gpt2_exact_gelu_refused():
+def test_unsupported_activations_name_the_supported_ones():
   cfg, _ = CASES["gpt2_untied"]()
-  with pytest.raises(UserError, match="activation_function='gelu'"):
-    hf.config_from_hf({**cfg, "activation_function": "gelu"})
+  with pytest.raises(UserError, match="activation_function='relu'.*gelu_new"):
+    hf.config_from_hf({**cfg, "activation_function": "relu"})
+  cfg, _ = CASES["gpt_neox_pythia"]()
+  with pytest.raises(UserError, match="hidden_act='silu'.*gelu"):
+    hf.config_from_hf({**cfg, "hidden_act": "silu"})
 
 
 def test_missing_and_unexpected_files_and_tensors(tmp_path):
@@ -432,6 +553,8 @@ def test_missing_and_unexpected_files_and_tensors(tmp_path):
     (dict(), "neither GPT-2"),  # the tiny default: rotary + RMSNorm + plain GELU
     (dict(positions="learned", norm="layernorm"), "attention_bias=all"),
     (dict(mlp="swiglu", attention_bias="qkv", mlp_bias=True), "Qwen2 has no MLP biases"),
+    (dict(parallel_residual=True), "GPT-NeoX's, which has rotary positions and LayerNorm"),
+    (dict(norm="layernorm"), "GPT-NeoX-shaped decoder"),
   ],
 )
 def test_export_of_inexpressible_model_writes_nothing(overrides, match, tmp_path):

@@ -122,7 +122,7 @@ def _nothing_written(workdir: str) -> bool:
     ("no_tokenizer", "no tokenizer.json"),
     ("no_weights", "no model.safetensors"),
     ("mistral", "MistralForCausalLM"),
-    ("exact_gelu", "gelu"),
+    ("relu", "activation_function='relu'"),
     ("small_model", "does not belong to these weights"),
   ],
 )
@@ -134,8 +134,8 @@ def test_bad_source_is_one_line_and_writes_nothing(damage, match, tmp_path):
     os.remove(os.path.join(src, "model.safetensors"))
   elif damage == "mistral":
     write(src, dict(cfg, architectures=["MistralForCausalLM"], model_type="mistral"), tensors)
-  elif damage == "exact_gelu":  # an option llmcpu's GPT-2 does not compute
-    write(src, dict(cfg, activation_function="gelu"), tensors)
+  elif damage == "relu":  # an option llmcpu's GPT-2 does not compute
+    write(src, dict(cfg, activation_function="relu"), tensors)
   else:
     small = dict(tensors, **{"transformer.wte.weight": tensors["transformer.wte.weight"][:200]})
     write(src, dict(cfg, vocab_size=200), small)

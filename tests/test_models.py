@@ -381,7 +381,7 @@ def test_config_without_the_llm_options_is_todays_model():
   """A config written before num_kv_heads/biases/rope scaling existed reads back as the same model: same fields,
   same parameter tree (the names checkpoints store), same values for the same seed."""
   new = ("num_kv_heads", "attention_bias", "mlp_bias", "rope_scaling", "rope_factor", "rope_low_freq_factor",
-         "rope_high_freq_factor", "rope_original_max_len")  # fmt: skip
+         "rope_high_freq_factor", "rope_original_max_len", "rotary_fraction", "parallel_residual")  # fmt: skip
   full = models.ModelConfig(vocab_size=V)
   old = {k: v for k, v in dataclasses.asdict(full).items() if k not in new}
   assert models.ModelConfig(**old) == full
@@ -402,6 +402,11 @@ def test_config_without_the_llm_options_is_todays_model():
     (dict(positions="learned", rope_scaling="linear", rope_factor=2.0), "needs rotary positions"),
     (dict(rope_scaling="llama3", rope_low_freq_factor=4.0, rope_high_freq_factor=1.0), "low_freq_factor <"),
     (dict(attention_bias="out"), "attention_bias"),
+    (dict(positions="learned", rotary_fraction=0.5), "rotary_fraction=0.5 needs rotary positions"),
+    (dict(rotary_fraction=0.01), "0 < int"),  # head_dim 16: no dim rotated
+    (dict(rotary_fraction=0.0625), "is odd"),  # one dim of 16
+    (dict(arch="encoder_decoder", parallel_residual=True), "not encoder_decoder"),
+    (dict(mlp="gelu_tanh"), "model.mlp"),
   ],
 )
 def test_llm_options_validated(fields, match):

@@ -274,6 +274,7 @@ class SelfAttention(_Output):
     self.rotary = config.positions == "rotary"
     self.relative, self.causal = config.positions == "t5", causal
     self.rope_base, self.rope_scaling = config.rope_base, rope_scaling_of(config)
+    self.rotary_dims = config.rotary_dims
     h, g, k, d = config.num_heads, config.kv_heads, config.head_dim, config.d_model
     self.grouped, self.bias = g != h, config.attention_bias
     if self.grouped:
@@ -323,8 +324,8 @@ class SelfAttention(_Output):
     attends over the whole cache (``mask`` [B, 1, L, T] then says which slots are visible)."""
     q, k, v = self._project_qkv(x_BxLxD)
     if self.rotary:
-      q = rotary(q, positions_BxL, self.rope_base, self.rope_scaling)
-      k = rotary(k, positions_BxL, self.rope_base, self.rope_scaling)
+      q = rotary(q, positions_BxL, self.rope_base, self.rope_scaling, self.rotary_dims)
+      k = rotary(k, positions_BxL, self.rope_base, self.rope_scaling, self.rotary_dims)
     k_pos = positions_BxL
     if cache is not None:
       start = (0, cache_index, 0, 0)

@@ -20,7 +20,7 @@ from llmcpu.specials import UNK_ID
 ARCHS = ("encoder", "decoder", "encoder_decoder")
 _CHOICES = {
   "arch": ARCHS,
-  "mlp": ("gelu", "swiglu"),
+  "mlp": ("gelu", "gelu_exact", "swiglu"),  # gelu: tanh approximation (GPT-2's gelu_new); gelu_exact: erf
   "norm": ("layernorm", "rmsnorm"),
   "positions": ("learned", "sinusoidal", "rotary", "t5"),
   "dtype": ("float32", "bfloat16"),
@@ -95,6 +95,8 @@ class ModelConfig:
   rope_low_freq_factor: float = 1.0  # llama3 only
   rope_high_freq_factor: float = 4.0  # llama3 only
   rope_original_max_len: int = 8192  # llama3 only: the context length the model was pretrained with
+  rotary_fraction: float = 1.0  # share of each head's dims rotated, the first int(head_dim·f) (GPT-NeoX: 0.25)
+  parallel_residual: bool = False  # x + attn(norm1(x)) + mlp(norm2(x)): both branches read the block's input (GPT-NeoX)
   # encoder_decoder only (issue 23; '' / False = the design before it):
   encoder_positions: str = (
     ""  # absolute positions added at the encoder input, on top of `positions`: learned|sinusoidal
@@ -129,6 +131,15 @@ class ModelConfig:
       raise UserError(
         "model.num_kv_heads, attention_bias and mlp_bias are for a decoder or encoder, not encoder_decoder"
       )
+    if self.rotary_fraction != 1.0 and (self.positions != "rotary" or not 0 < self.rotary_dims <= self.head_dim):
+      raise UserError(
+        f"model.rotary_fraction={self.rotary_fraction} needs rotary positions and 0 < int(head_dim·fraction) ≤ "
+        f"head_dim={self.head_dim}"
+      )
+    if self.positions == "rotary" and self.rotary_dims % 2:
+      raise UserError(f"rotary positions rotate pairs of dims; int(head_dim·rotary_fraction)={self.rotary_dims} is odd")
+    if self.parallel_residual and self.arch == "encoder_decoder":
+      raise UserError("model.parallel_residual is for a decoder or encoder, not encoder_decoder")
     if self.rope_scaling and (self.positions != "rotary" or self.rope_factor <= 0):
       raise UserError(f"model.rope_scaling={self.rope_scaling} needs rotary positions and rope_factor > 0")
     if self.rope_scaling == "llama3" and not (0 < self.rope_low_freq_factor < self.rope_high_freq_factor):
@@ -167,6 +178,11 @@ class ModelConfig:
   @property
   def head_dim(self) -> int:
     return self.d_model // self.num_heads
+
+  @property
+  def rotary_dims(self) -> int:
+    """Dims of each head that rotary positions rotate (the first ones; the rest pass through), as GPT-NeoX counts."""
+    return int(self.head_dim * self.rotary_fraction)
 
   @property
   def kv_heads(self) -> int:

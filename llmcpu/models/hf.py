@@ -1,5 +1,5 @@
-"""Hugging Face checkpoints in and out: GPT-2 (``GPT2LMHeadModel``) and the Llama family (``LlamaForCausalLM``,
-``Qwen2ForCausalLM``) ⇄ an llmcpu ``Decoder``.
+"""Hugging Face checkpoints in and out: GPT-2 (``GPT2LMHeadModel``), GPT-NeoX (``GPTNeoXForCausalLM``: Pythia) and
+the Llama family (``LlamaForCausalLM``, ``Qwen2ForCausalLM``) ⇄ an llmcpu ``Decoder``.
 
 A Hugging Face directory is ``config.json`` + ``model.safetensors`` (or shards listed in
 ``model.safetensors.index.json``). ``load(path)`` reads one tensor at a time (``safe_open``, memory-mapped) straight
@@ -11,7 +11,9 @@ Layouts. GPT-2's ``Conv1D`` weights are [in, out] (``c_attn`` [D, 3D]: q, k, v, 
 weights are [out, in]. Ours: fused self-attention ``qkv`` [D, H, 3, K] (or ``q`` [D, H, K] + ``kv`` [D, G, 2, K]
 under grouped-query attention), ``out`` [H, K, D], ``mlp.wi`` [D, F] (SwiGLU: [D, F, 2], gate then up), ``mlp.wo``
 [F, D], ``head.kernel`` [D, V]. Both rotary conventions agree (rotate-half, frequency ``theta^(-2i/head_dim)``), so
-Llama's q/k projections are copied without a permutation.
+Llama's q/k projections are copied without a permutation. GPT-NeoX's ``query_key_value`` [3D, D] is head-major with
+q, k, v inside each head (rows h·3K + j·K + k), its rotary turns the first ``rotary_pct`` of each head's dims, and
+with ``use_parallel_residual`` both branches of a layer read its input.
 
 Tokenizers are not handled here: an imported model's ids are the checkpoint's own, whatever table they belong to.
 """
@@ -35,11 +37,19 @@ from llmcpu.models.architectures import Decoder
 from llmcpu.models.config import ModelConfig
 from llmcpu.specials import BOS_ID, EOS_ID, PAD_ID
 
-ARCHITECTURES = {"GPT2LMHeadModel": "gpt2", "LlamaForCausalLM": "llama", "Qwen2ForCausalLM": "qwen2"}
+ARCHITECTURES = {
+  "GPT2LMHeadModel": "gpt2",
+  "GPTNeoXForCausalLM": "gpt_neox",
+  "LlamaForCausalLM": "llama",
+  "Qwen2ForCausalLM": "qwen2",
+}
 _CLASS = {family: name for name, family in ARCHITECTURES.items()}
 WEIGHTS, INDEX, CONFIG = "model.safetensors", "model.safetensors.index.json", "config.json"
-# Buffers some checkpoints carry that are not weights (GPT-2's causal mask, old Llama's rotary frequencies).
-_BUFFERS = (".attn.bias", ".attn.masked_bias", ".rotary_emb.inv_freq")
+# Buffers some checkpoints carry that are not weights (GPT-2's and old Pythia's causal masks, rotary frequencies).
+_BUFFERS = (".attn.bias", ".attn.masked_bias", ".attention.bias", ".attention.masked_bias", ".rotary_emb.inv_freq")
+# GELU names: transformers' ``gelu`` is exact (erf); these are its tanh approximation, llmcpu's ``gelu``.
+_TANH_GELU = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")
+_GELU = {"gelu": "gelu_exact", **{name: "gelu" for name in _TANH_GELU}}
 _DTYPES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16}
 
 
@@ -55,7 +65,7 @@ def _require(hf: Mapping[str, Any], key: str, ok: Callable[[Any], bool], want: s
 
 
 def family_of_hf(hf: Mapping[str, Any]) -> str:
-  """'gpt2' | 'llama' | 'qwen2' from ``architectures`` (or ``model_type``); anything else is a UserError."""
+  """'gpt2' | 'gpt_neox' | 'llama' | 'qwen2' from ``architectures`` (or ``model_type``); else a UserError."""
   names = list(hf.get("architectures") or [])
   for name in names:
     if name in ARCHITECTURES:
@@ -71,7 +81,8 @@ def _rope(hf: Mapping[str, Any]) -> dict[str, Any]:
   params = dict(hf.get("rope_parameters") or {})
   scaling = dict(hf.get("rope_scaling") or params)
   kind = scaling.get("rope_type", scaling.get("type", "default")) if scaling else "default"
-  out: dict[str, Any] = {"rope_base": float(params.get("rope_theta", hf.get("rope_theta", 10_000.0)))}
+  theta = params.get("rope_theta", hf.get("rope_theta", hf.get("rotary_emb_base", 10_000.0)))  # GPT-NeoX's old key
+  out: dict[str, Any] = {"rope_base": float(theta)}
   if kind == "default":
     return out
   if kind not in ("linear", "llama3"):
@@ -94,8 +105,7 @@ def config_from_hf(hf: Mapping[str, Any], **overrides: Any) -> ModelConfig:
   head_dim other than hidden/heads, an unknown rope scaling) is a UserError naming it."""
   family = family_of_hf(hf)
   if family == "gpt2":
-    act = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")
-    _require(hf, "activation_function", lambda v: v in act, "tanh GELU: gelu_new", "gelu_new")
+    _require(hf, "activation_function", lambda v: v in _GELU, f"a GELU: {', '.join(_GELU)}", "gelu_new")
     _require(hf, "scale_attn_weights", lambda v: v is True, "True", True)
     _require(hf, "scale_attn_by_inverse_layer_idx", lambda v: v is False, "False", False)
     _require(hf, "add_cross_attention", lambda v: v is False, "False", False)
@@ -105,7 +115,7 @@ def config_from_hf(hf: Mapping[str, Any], **overrides: Any) -> ModelConfig:
       num_heads=int(hf["n_head"]),
       num_layers=int(hf["n_layer"]),
       d_ff=int(hf.get("n_inner") or 4 * d),
-      mlp="gelu",
+      mlp=_GELU[hf.get("activation_function", "gelu_new")],
       norm="layernorm",
       positions="learned",
       max_len=int(hf.get("n_positions", 1024)),
@@ -113,6 +123,8 @@ def config_from_hf(hf: Mapping[str, Any], **overrides: Any) -> ModelConfig:
       attention_bias="all",
       mlp_bias=True,
     )
+  elif family == "gpt_neox":
+    fields = _neox_fields(hf)
   else:
     _require(hf, "hidden_act", lambda v: v == "silu", "silu (SwiGLU)", "silu")
     _require(hf, "use_sliding_window", lambda v: not v, "no sliding-window attention", False)
@@ -138,15 +150,54 @@ def config_from_hf(hf: Mapping[str, Any], **overrides: Any) -> ModelConfig:
       mlp_bias=mlp_bias,
       **_rope(hf),
     )
-  tie = bool(hf.get("tie_word_embeddings", family == "gpt2"))  # transformers' defaults: GPT-2 ties, Llama/Qwen2 not
+  tie = bool(hf.get("tie_word_embeddings", family == "gpt2"))  # transformers' defaults: GPT-2 ties, the others not
   return ModelConfig(arch="decoder", vocab_size=int(hf["vocab_size"]), tie_embeddings=tie, **{**fields, **overrides})
+
+
+def _neox_fields(hf: Mapping[str, Any]) -> dict[str, Any]:
+  """ModelConfig fields of a GPTNeoXConfig: LayerNorm, rotary over ``rotary_pct`` (``partial_rotary_factor``) of each
+  head, biases on every projection (the attention's unless ``attention_bias`` is False), parallel residual."""
+  _require(hf, "hidden_act", lambda v: v in _GELU, f"a GELU: {', '.join(_GELU)}", "gelu")
+  d, heads = int(hf["hidden_size"]), int(hf["num_attention_heads"])
+  _require(hf, "head_dim", lambda v: v in (None, d // heads), f"hidden_size/num_attention_heads = {d // heads}")
+  params = dict(hf.get("rope_parameters") or {})
+  fraction = float(params.get("partial_rotary_factor", hf.get("rotary_pct", 0.25)))  # transformers' default 0.25
+  return dict(
+    d_model=d,
+    num_heads=heads,
+    num_layers=int(hf["num_hidden_layers"]),
+    d_ff=int(hf["intermediate_size"]),
+    mlp=_GELU[hf.get("hidden_act", "gelu")],
+    norm="layernorm",
+    positions="rotary",
+    rotary_fraction=fraction,
+    parallel_residual=bool(hf.get("use_parallel_residual", True)),
+    max_len=int(hf.get("max_position_embeddings", 2048)),
+    norm_eps=float(hf.get("layer_norm_eps", 1e-5)),
+    attention_bias="all" if hf.get("attention_bias", True) else "",
+    mlp_bias=True,
+    **_rope(hf),
+  )
 
 
 def family_of(c: ModelConfig) -> str:
   """The Hugging Face family that computes the same function as this decoder, or a UserError saying why none does."""
   if c.arch != "decoder":
     raise UserError(f"only a decoder exports to Hugging Face (causal LM), not an {c.arch}")
-  shape = (c.positions, c.norm, c.mlp)
+  shape = (c.positions, c.norm, "gelu" if c.mlp == "gelu_exact" else c.mlp)
+  if (c.rotary_fraction != 1.0 or c.parallel_residual) and shape[:2] != ("rotary", "layernorm"):
+    raise UserError(
+      "partial rotary and parallel residual are GPT-NeoX's, which has rotary positions and LayerNorm; got "
+      f"positions={c.positions}, norm={c.norm}"
+    )
+  if shape == ("rotary", "layernorm", "gelu"):
+    if c.attention_bias == "qkv" or not c.mlp_bias or c.num_kv_heads not in (0, c.num_heads):
+      raise UserError(
+        "a GPT-NeoX-shaped decoder (rotary, LayerNorm, GELU) needs attention_bias=all (or none), mlp_bias=True and "
+        f"no grouped-query attention; got attention_bias={c.attention_bias!r}, mlp_bias={c.mlp_bias}, "
+        f"num_kv_heads={c.num_kv_heads}"
+      )
+    return "gpt_neox"
   if shape == ("learned", "layernorm", "gelu"):
     if c.attention_bias != "all" or not c.mlp_bias or c.num_kv_heads not in (0, c.num_heads):
       raise UserError(
@@ -163,7 +214,8 @@ def family_of(c: ModelConfig) -> str:
     return "llama"
   raise UserError(
     f"this decoder (positions={c.positions}, norm={c.norm}, mlp={c.mlp}) is neither GPT-2 (learned, layernorm, "
-    "gelu) nor Llama/Qwen2 (rotary, rmsnorm, swiglu): no Hugging Face architecture computes it"
+    "gelu), GPT-NeoX (rotary, layernorm, gelu) nor Llama/Qwen2 (rotary, rmsnorm, swiglu): no Hugging Face "
+    "architecture computes it"
   )
 
 
@@ -189,7 +241,7 @@ def hf_config(c: ModelConfig, dtype: str = "float32") -> dict[str, Any]:
       n_inner=c.d_ff,
       n_positions=c.max_len,
       n_ctx=c.max_len,
-      activation_function="gelu_new",
+      activation_function="gelu" if c.mlp == "gelu_exact" else "gelu_new",
       layer_norm_epsilon=c.norm_eps,
       scale_attn_weights=True,
       scale_attn_by_inverse_layer_idx=False,
@@ -197,6 +249,25 @@ def hf_config(c: ModelConfig, dtype: str = "float32") -> dict[str, Any]:
       resid_pdrop=0.0,
       embd_pdrop=0.0,
       attn_pdrop=0.0,
+    )
+  if family == "gpt_neox":
+    return dict(
+      common,
+      hidden_size=c.d_model,
+      num_attention_heads=c.num_heads,
+      num_hidden_layers=c.num_layers,
+      intermediate_size=c.d_ff,
+      hidden_act="gelu" if c.mlp == "gelu_exact" else "gelu_new",
+      max_position_embeddings=c.max_len,
+      layer_norm_eps=c.norm_eps,
+      # The keys every transformers version reads (5.x folds them into rope_parameters).
+      rotary_pct=c.rotary_fraction,
+      rotary_emb_base=c.rope_base,
+      rope_scaling=_rope_scaling(c),
+      use_parallel_residual=c.parallel_residual,
+      attention_bias=c.attention_bias == "all",
+      attention_dropout=0.0,
+      hidden_dropout=0.0,
     )
   out = dict(
     common,
@@ -210,24 +281,29 @@ def hf_config(c: ModelConfig, dtype: str = "float32") -> dict[str, Any]:
     max_position_embeddings=c.max_len,
     rms_norm_eps=c.norm_eps,
     rope_theta=c.rope_base,
-    rope_scaling=None,
+    rope_scaling=_rope_scaling(c),
     attention_dropout=0.0,
   )
+  if family == "llama":
+    out.update(attention_bias=c.attention_bias == "all", mlp_bias=c.mlp_bias, pretraining_tp=1)
+  else:
+    out.update(use_sliding_window=False, sliding_window=None)
+  return out
+
+
+def _rope_scaling(c: ModelConfig) -> dict[str, Any] | None:
+  """config.json's ``rope_scaling`` for this decoder (None: unscaled)."""
   if c.rope_scaling == "linear":
-    out["rope_scaling"] = dict(rope_type="linear", factor=c.rope_factor)
-  elif c.rope_scaling == "llama3":
-    out["rope_scaling"] = dict(
+    return dict(rope_type="linear", factor=c.rope_factor)
+  if c.rope_scaling == "llama3":
+    return dict(
       rope_type="llama3",
       factor=c.rope_factor,
       low_freq_factor=c.rope_low_freq_factor,
       high_freq_factor=c.rope_high_freq_factor,
       original_max_position_embeddings=c.rope_original_max_len,
     )
-  if family == "llama":
-    out.update(attention_bias=c.attention_bias == "all", mlp_bias=c.mlp_bias, pretraining_tp=1)
-  else:
-    out.update(use_sliding_window=False, sliding_window=None)
-  return out
+  return None
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -252,6 +328,12 @@ def _same(path: tuple, name: str) -> Rule:
 def _transposed(path: tuple, name: str, shape: tuple) -> Rule:
   """nn.Linear [out, in] ⇄ ours [in, …] (``shape``: ours)."""
   return Rule(path, (name,), lambda w: w.T.reshape(shape), lambda w: (w.reshape(shape[0], -1).T,))
+
+
+def _out_rule(path: tuple, name: str, shape: tuple) -> Rule:
+  """An attention output nn.Linear [D, H·K] ⇄ out [H, K, D] (``shape``)."""
+  h, k, d = shape
+  return Rule(path, (name,), lambda w: w.T.reshape(h, k, d), lambda w: (w.reshape(h * k, d).T,))
 
 
 def _stacked(path: tuple, names: tuple[str, ...], axis: int, each: Callable, back: Callable) -> Rule:
@@ -309,6 +391,42 @@ def _gpt2_rules(c: ModelConfig, p: str) -> list[Rule]:
   return rules
 
 
+def _neox_rules(c: ModelConfig, p: str) -> list[Rule]:
+  d, h, k, f = c.d_model, c.num_heads, c.head_dim, c.d_ff
+  rules = [_same(("embed", "table"), f"{p}embed_in.weight")]
+  for i in range(c.num_layers):
+    ours, hf = ("decoder", "layers", i), f"{p}layers.{i}."
+    a = f"{hf}attention."
+    rules += _norm_rules((*ours, "attn_norm"), f"{hf}input_layernorm", c)
+    # query_key_value [3D, D], rows h·3K + j·K + k (j: q, k, v) ⇄ qkv [D, H, 3, K]; its bias [3D] ⇄ [H, 3, K]
+    rules.append(
+      Rule(
+        (*ours, "attn", "qkv"),
+        (f"{a}query_key_value.weight",),
+        lambda w: w.reshape(h, 3, k, d).transpose(3, 0, 1, 2),
+        lambda w: (w.transpose(1, 2, 3, 0).reshape(3 * d, d),),
+      )
+    )
+    rules.append(_out_rule((*ours, "attn", "out"), f"{a}dense.weight", (h, k, d)))
+    if c.attention_bias:
+      rules.append(
+        Rule((*ours, "attn", "qkv_bias"), (f"{a}query_key_value.bias",), lambda b: b.reshape(h, 3, k),
+             lambda b: (b.reshape(3 * d),))
+      )  # fmt: skip
+      rules.append(_same((*ours, "attn", "out_bias"), f"{a}dense.bias"))
+    rules += _norm_rules((*ours, "mlp_norm"), f"{hf}post_attention_layernorm", c)
+    rules += [
+      _transposed((*ours, "mlp", "wi"), f"{hf}mlp.dense_h_to_4h.weight", (d, f)),
+      _same((*ours, "mlp", "bi"), f"{hf}mlp.dense_h_to_4h.bias"),
+      _transposed((*ours, "mlp", "wo"), f"{hf}mlp.dense_4h_to_h.weight", (f, d)),
+      _same((*ours, "mlp", "bo"), f"{hf}mlp.dense_4h_to_h.bias"),
+    ]
+  rules += _norm_rules(("decoder", "final_norm"), f"{p}final_layer_norm", c)
+  if not c.tie_embeddings:
+    rules.append(_transposed(("head", "kernel"), HEADS["gpt_neox"], (d, c.vocab_size)))
+  return rules
+
+
 def _llama_rules(c: ModelConfig, p: str) -> list[Rule]:
   d, h, g, k, f = c.d_model, c.num_heads, c.kv_heads, c.head_dim, c.d_ff
   rules = [_same(("embed", "table"), f"{p}embed_tokens.weight")]
@@ -341,15 +459,7 @@ def _llama_rules(c: ModelConfig, p: str) -> list[Rule]:
           _stacked((*ours, "attn", "kv_bias"), (f"{kk}.bias", f"{v}.bias"), 1,
                    lambda b: b.reshape(g, k), lambda b: b.reshape(g * k))
         )  # fmt: skip
-    # o_proj [D, H·K] ⇄ out [H, K, D]
-    rules.append(
-      Rule(
-        (*ours, "attn", "out"),
-        (f"{a}o_proj.weight",),
-        lambda w: w.T.reshape(h, k, d),
-        lambda w: (w.reshape(h * k, d).T,),
-      )
-    )
+    rules.append(_out_rule((*ours, "attn", "out"), f"{a}o_proj.weight", (h, k, d)))
     if c.attention_bias == "all":
       rules.append(_same((*ours, "attn", "out_bias"), f"{a}o_proj.bias"))
     rules += _norm_rules((*ours, "mlp_norm"), f"{hf}post_attention_layernorm", c)
@@ -373,10 +483,20 @@ def rules(c: ModelConfig, names: Sequence[str] | None = None) -> list[Rule]:
   """The layout rules of this decoder's family. ``names`` (a checkpoint's tensor names) picks the prefix its
   weights were saved under: ``transformer.``/``model.`` (from the LM class, as ``save`` writes) or none."""
   family = family_of(c)
-  prefix, first = ("transformer.", "wte.weight") if family == "gpt2" else ("model.", "embed_tokens.weight")
+  prefix, first, build = _LAYOUT[family]
   if names is not None and prefix + first not in names and first in names:
     prefix = ""
-  return (_gpt2_rules if family == "gpt2" else _llama_rules)(c, prefix)
+  return build(c, prefix)
+
+
+# family → (the LM class's prefix of the body's weights, the first body weight, the rules); the untied head's name.
+_LAYOUT = {
+  "gpt2": ("transformer.", "wte.weight", _gpt2_rules),
+  "gpt_neox": ("gpt_neox.", "embed_in.weight", _neox_rules),
+  "llama": ("model.", "embed_tokens.weight", _llama_rules),
+  "qwen2": ("model.", "embed_tokens.weight", _llama_rules),
+}
+HEADS = {"gpt2": "lm_head.weight", "gpt_neox": "embed_out.weight", "llama": "lm_head.weight", "qwen2": "lm_head.weight"}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -459,7 +579,8 @@ def from_tensors(config: ModelConfig, get: Callable[[str], np.ndarray], names: s
       )
     flat[rule.path].set_value(jnp.asarray(value))
     used.update(rule.names)
-  ignored = {n for n in names if n.endswith(_BUFFERS)} | ({"lm_head.weight"} if config.tie_embeddings else set())
+  head = {HEADS[family_of(config)]} if config.tie_embeddings else set()  # a tied head's copy, if the file has one
+  ignored = {n for n in names if n.endswith(_BUFFERS)} | head
   extra = sorted(names - used - ignored)
   if extra:
     raise UserError(

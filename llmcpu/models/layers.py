@@ -161,8 +161,8 @@ def zeros(shape: Sequence[int], axes: Sequence[str | None]) -> nnx.Param:
 
 
 class Mlp(nnx.Module):
-  """GELU (wi [D, F]) or SwiGLU (wi [D, F, 2]: gate and up fused into one matmul) feed-forward; with
-  ``mlp_bias`` also bi [F] (or [F, 2]) and bo [D] (GPT-2)."""
+  """GELU (tanh approximation, or exact with ``gelu_exact``; wi [D, F]) or SwiGLU (wi [D, F, 2]: gate and up fused
+  into one matmul) feed-forward; with ``mlp_bias`` also bi [F] (or [F, 2]) and bo [D] (GPT-2)."""
 
   def __init__(self, config: ModelConfig, *, num_layers: int, rngs: nnx.Rngs):
     self.kind, self.dtype = config.mlp, config.compute_dtype
@@ -185,7 +185,7 @@ class Mlp(nnx.Module):
     if self.kind == "swiglu":
       h_BxLxF = jax.nn.silu(h[..., 0]) * h[..., 1]
     else:
-      h_BxLxF = jax.nn.gelu(h)
+      h_BxLxF = jax.nn.gelu(h, approximate=self.kind == "gelu")
     y = dense(h_BxLxF, self.wo[...].astype(self.dtype))
     return add_bias(y, self.bo) if self.bias else y
 
@@ -251,8 +251,14 @@ def rope_scaling_of(config: ModelConfig) -> tuple:
   return ()
 
 
-def rotary(x_BxLxHxK: jax.Array, positions_BxL: jax.Array, base: float, scaling: tuple = ()) -> jax.Array:
-  """Rotary position embedding (rotate-half form) applied to queries or keys, in float32."""
+def rotary(
+  x_BxLxHxK: jax.Array, positions_BxL: jax.Array, base: float, scaling: tuple = (), dims: int | None = None
+) -> jax.Array:
+  """Rotary position embedding (rotate-half form) applied to queries or keys, in float32. ``dims``: rotate only the
+  first ``dims`` of each head (GPT-NeoX's partial rotary, frequencies over those dims), the rest pass through."""
+  if dims is not None and dims < x_BxLxHxK.shape[-1]:
+    rotated = rotary(x_BxLxHxK[..., :dims], positions_BxL, base, scaling)
+    return jnp.concatenate([rotated, x_BxLxHxK[..., dims:]], axis=-1)
   half = x_BxLxHxK.shape[-1] // 2
   inv_freq = rope_inv_freq(x_BxLxHxK.shape[-1], base, scaling)
   angle_BxLx1xK = (positions_BxL[..., None].astype(jnp.float32) * along_last(inv_freq, 3))[:, :, None, :]

@@ -33,7 +33,8 @@ def segment_positions(segment_ids_BxL: jax.Array) -> jax.Array:
 
 
 class Block(nnx.Module):
-  """x + SelfAttn(norm(x)) [+ CrossAttn(norm(x), encoded)] + Mlp(norm(x))."""
+  """x + SelfAttn(norm(x)) [+ CrossAttn(norm(x), encoded)] + Mlp(norm(x)), each branch reading the stream as the
+  previous one left it; with ``parallel_residual`` (GPT-NeoX) x + SelfAttn(norm1(x)) + Mlp(norm2(x)), both reading x."""
 
   def __init__(self, config: ModelConfig, *, num_layers: int, cross: bool, rngs: nnx.Rngs, causal: bool = False):
     self.attn_norm = Norm(config, rngs=rngs)
@@ -41,7 +42,7 @@ class Block(nnx.Module):
     if cross:
       self.cross_norm = Norm(config, rngs=rngs)
       self.cross = attention.CrossAttention(config, num_layers=num_layers, rngs=rngs)
-    self.has_cross = cross
+    self.has_cross, self.parallel = cross, config.parallel_residual
     self.mlp_norm = Norm(config, rngs=rngs)
     self.mlp = Mlp(config, num_layers=num_layers, rngs=rngs)
 
@@ -69,6 +70,8 @@ class Block(nnx.Module):
       cache=cache,
       cache_index=cache_index,
     )
+    if self.parallel:
+      return x_BxLxD + y + self.mlp(self.mlp_norm(x_BxLxD)), cache
     x_BxLxD = x_BxLxD + y
     if self.has_cross:
       x_BxLxD = x_BxLxD + self.cross(
