@@ -23,7 +23,7 @@ def get_config():
   c.crosseval.prompts = 64
   c.crosseval.max_docs = 200
   # Porting one LLM to another's ISA (configs/experiments/porting.py's keys): 'MODEL>MODEL,...' over `models`, the
-  # target model its native reference (and donor: omp/procrustes need one of the source's width); '' = no ports.
+  # target model its native reference (and omp/procrustes' donor, of any width); '' = no ports.
   add_port_keys(c)
   c.ports = ""
   c.methods = "translate,align,fvt"  # relearn/finetune train the whole-size model: add them on an accelerator

@@ -10,7 +10,9 @@ replace only the rows of the pieces A lacks:
                   the shared pieces (WECHSEL-style cross-space alignment).
 
 Tables are [V, ...] with the vocabulary first (a head's kernel is passed transposed); trailing axes are flattened.
-Everything is computed in float64 and rounded once to the source's dtype.
+Everything is computed in float64 and rounded once to the source's dtype. The donor may be of another width (an LLM
+of ISA B, e.g. SmolLM2's 576 for GPT-2's 768): an OMP code is a set of weights over shared pieces, the same in either
+space; Procrustes is then semi-orthogonal (``linalg.fit_procrustes``).
 """
 
 from __future__ import annotations
@@ -135,9 +137,6 @@ def _split(table_a, table_donor, compiler_a: Compiler, compiler_b: Compiler, wha
   if table_a.shape[0] != compiler_a.vocab_size or table_donor.shape[0] != compiler_b.vocab_size:
     raise ValueError(f"{what}: tables have {table_a.shape[0]} / {table_donor.shape[0]} rows, the ISAs "
                      f"{compiler_a.vocab_size} / {compiler_b.vocab_size} ids")  # fmt: skip
-  if table_a.shape[1:] != table_donor.shape[1:]:
-    raise UserError(f"{what}: the donor's rows have shape {table_donor.shape[1:]}, the source's {table_a.shape[1:]}; "
-                    "use a donor CPU of the source's width")  # fmt: skip
   ids_b, ids_a = shared_ids(compiler_a, compiler_b)
   if len(ids_b) < 2:
     raise UserError(f"{what}: ISAs {compiler_a.name} and {compiler_b.name} share {len(ids_b)} pieces; a donor "

@@ -276,7 +276,8 @@ def transplant(
 
   Every parameter without a vocabulary axis is copied bit-exactly; each one with a vocabulary axis (logical name
   'vocab': the embedding table's rows, an untied head's columns) is rebuilt along it with ``method`` (``ROW_METHODS``;
-  ``omp`` and ``procrustes`` read the same parameter of ``donor``, a CPU of ISA B and the source's config; ``atoms``
+  ``omp`` and ``procrustes`` read the same parameter of ``donor``, any CPU of ISA B (its embedding table where it has
+  no such parameter: a tied donor's head is its table; its width and depth may differ from the source's); ``atoms``
   is omp's k). Non-parameter state (the illegal-opcode counter) is left alone. Parameters pass through host memory
   and land on the target's shardings. Returns the provenance: method, both ISAs and fingerprints, the row counts and
   the parameter paths ported and copied.
@@ -328,15 +329,13 @@ def _row_rule(method: str, donor, target_model, compiler_a: Compiler, compiler_b
   if donor.config.vocab_size != compiler_b.vocab_size:
     raise UserError(f"the donor CPU has vocab_size {donor.config.vocab_size}, not ISA {compiler_b.name}'s "
                     f"{compiler_b.vocab_size}: a donor must be trained on the target ISA")  # fmt: skip
-  try:
-    check_portable(target_model, donor, compiler_b, compiler_b)
-  except UserError as e:
-    raise UserError(f"unfit donor CPU: {e}".replace("source and target", "the target and the donor")) from None
   theirs = dict(nnx.to_flat_state(nnx.state(donor, nnx.Param)))
   plan = plan_rows(compiler_a, compiler_b, "align")
 
   def rows(path, table):
-    var = theirs[path]
+    var = theirs.get(path, theirs[("embed", "table")])  # an untied head's rows, from a tied donor: its table
+    if _vocab_axis(var) is None:
+      raise UserError(f"the donor CPU's {_path_name(path)} has no vocabulary axis: it cannot lend rows to port it")
     donor_table = np.moveaxis(np.asarray(var[...]), _vocab_axis(var), 0)
     return donor_lib.donor_rows(method, table, donor_table, compiler_a, compiler_b, atoms, base=plan.apply(table))
 
