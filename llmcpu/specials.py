@@ -62,6 +62,12 @@ class Roles:
   def own(self) -> bool:
     return self == OWN
 
+  @property
+  def stand_in(self) -> int:
+    """The id an id outside a model's table is read as (``ModelConfig.unk_id``): UNK, or where the ISA has none (a
+    byte-level BPE such as GPT-2's) EOS, the one id that stands for no text."""
+    return self.eos if self.unk is None else self.unk
+
   def is_content(self, ids):
     """True for a document's own ids (anything but a control id): what bits per byte counts. numpy or JAX."""
     if self.own:

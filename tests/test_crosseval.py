@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 from conftest import held_out_corpus
 
-from llmcpu import compilers, specials, toolchain
+from llmcpu import compilers, models, specials, toolchain
 from llmcpu.crosseval import calibration, coherence, generation, intervals, report, scoring, summary
 from llmcpu.crosseval.evaluate import CrossEvalOptions, LoadedModel, ModelEvaluator, calibrate, evaluate
 from llmcpu.crosseval.judge import ByteJudge
@@ -127,7 +127,8 @@ def _numpy_bpb(ev: ModelEvaluator, split, objective: str, eval_vocab: int) -> tu
     t = np.asarray(targets)
     keep = (np.asarray(weights) > 0) & (t != specials.EOS_ID)
     bad = t >= vocab
-    picked = np.take_along_axis(logp, np.where(bad, specials.UNK_ID, t)[..., None], axis=-1)[..., 0]
+    unk = ev.model.config.unk_id  # what the model reads an id it does not know as (its ISA's UNK)
+    picked = np.take_along_axis(logp, np.where(bad, unk, t)[..., None], axis=-1)[..., 0]
     # An illegal target: the UNK mass shared by UNK and every id the model cannot name.
     picked = np.where(bad, picked - math.log(eval_vocab - vocab + 1), picked)
     nll -= float(picked[keep].sum())
@@ -135,10 +136,20 @@ def _numpy_bpb(ev: ModelEvaluator, split, objective: str, eval_vocab: int) -> tu
   return nll / (math.log(2) * float(split.fields["text"].nbytes.sum())), illegal
 
 
-@pytest.mark.parametrize("isa", ["bpe:500", "bpe:1000"])
-def test_bpb_equals_float64_recomputation_from_logits(world, isa):
+def _with_unk(loaded: LoadedModel, unk_id: int) -> LoadedModel:
+  """The same CPU whose stand-in for unknown ids is ``unk_id`` (an ISA whose UNK is not id 1)."""
+  from flax import nnx
+
+  other = models.create_from_config(loaded.model.config.replace(unk_id=unk_id))
+  nnx.update(other, nnx.state(loaded.model))
+  return LoadedModel(other, loaded.meta, loaded.compiler, loaded.name)
+
+
+@pytest.mark.parametrize("isa, unk_id", [("bpe:500", 1), ("bpe:1000", 1), ("bpe:1000", 40)])
+def test_bpb_equals_float64_recomputation_from_logits(world, isa, unk_id):
   lib = Library(world["compile_dir"], max_docs=6)
-  ev = ModelEvaluator(_loaded(world["a"]), lib, FAST)
+  loaded = _loaded(world["a"])
+  ev = ModelEvaluator(loaded if unk_id == 1 else _with_unk(loaded, unk_id), lib, FAST)
   comp = lib.compiler(isa)
   row = ev.score(comp)
   split = lib.split("fake", comp, "test")

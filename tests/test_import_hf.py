@@ -62,6 +62,8 @@ def test_import_is_an_ordinary_checkpoint_with_isa_and_provenance(imported):
     assert record["tokenizer_sha256"] == hashlib.sha256(f.read()).hexdigest()
   assert (record["source_id"], record["revision"], record["unused_rows"]) == ("tiny/gpt2", "abc123", 0)
   assert meta["step"] == 0 and meta["config"]["data"]["isa"] == f"hf:{imported['src']}/tokenizer.json"
+  # GPT-2's byte-level BPE has no UNK: an id the model does not know is read as its one special, <|endoftext|>.
+  assert comp.roles.unk is None and meta["model_config"]["unk_id"] == comp.roles.eos == model.config.unk_id
   # The run config names the model as it is (a run derived from it, e.g. a port, builds that model).
   assert {k: meta["config"]["model"][k] for k in meta["model_config"]} == meta["model_config"]
 

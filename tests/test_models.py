@@ -743,6 +743,17 @@ def test_illegal_ids_mapped_and_counted(dec):
   assert models.illegal_count(model) == 0
 
 
+def test_illegal_ids_read_as_the_isas_stand_in():
+  """A model whose ISA's UNK is not id 1 (or an ISA without UNK: its EOS) reads an unknown id as that id, never as
+  whatever id 1 is there: the same logits as feeding the stand-in itself."""
+  model = models.create("decoder", "tiny", V, unk_id=7)
+  ids = random_ids(19, (1, 6))
+  np.testing.assert_array_equal(model(ids.at[0, 2].set(V + 5)), model(ids.at[0, 2].set(7)))
+  assert not np.array_equal(model(ids.at[0, 2].set(V + 5)), model(ids.at[0, 2].set(UNK_ID)))
+  with pytest.raises(UserError, match="must be > 50 \\(the unk id\\)"):
+    models.ModelConfig(vocab_size=V, unk_id=V)
+
+
 def test_illegal_policy_error():
   model = models.create("decoder", "tiny", V, illegal_id_policy="error")
   ids = random_ids(16, (1, 4))

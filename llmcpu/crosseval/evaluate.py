@@ -111,7 +111,7 @@ class ModelEvaluator:
     # for a committed array, which would change the jit signature and compile the scoring function again.
     device = jax.local_devices()[0]  # this process' own (on a pod slice devices()[0] may be another host's)
     self.params, self.rest = jax.tree.map(lambda x: jax.device_put(x, device), (params, rest))
-    self.sums_fn = scoring.make_sums_fn(graphdef, self.mc.vocab_size)
+    self.sums_fn = scoring.make_sums_fn(graphdef, self.mc.vocab_size, self.mc.unk_id)
     self.embed_fn = None
     if self.arch == "encoder":
       self.embed_fn = jax.jit(lambda p, r, ids: nnx.merge(graphdef, p, r, copy=True).embed_pooled(ids))

@@ -64,10 +64,11 @@ def unk_share_nats(model_vocab: int, eval_vocab: int) -> float:
   return math.log(max(eval_vocab - model_vocab, 0) + 1)
 
 
-def make_sums_fn(graphdef: nnx.GraphDef, vocab_size: int):
+def make_sums_fn(graphdef: nnx.GraphDef, vocab_size: int, unk_id: int = specials.UNK_ID):
   """A jitted ``(params, rest, batch, unk_share) -> figures`` for one model (``unk_share`` from ``unk_share_nats``,
   a traced scalar): per position the NLL of content targets (nats, 0 elsewhere), content and hits, and the illegal
-  counts. Batch shapes are fixed per model, so one XLA compile serves every ISA."""
+  counts. Batch shapes are fixed per model, so one XLA compile serves every ISA. ``unk_id``: the model's stand-in for
+  ids it does not know (``ModelConfig.unk_id``)."""
 
   def sums(params, rest, batch, unk_share):
     model = nnx.merge(graphdef, params, rest, copy=True)
@@ -76,9 +77,9 @@ def make_sums_fn(graphdef: nnx.GraphDef, vocab_size: int):
     after = sum(jnp.sum(x) for x in jax.tree.leaves(nnx.state(model, models.IllegalOpcodes)))
     logits = logits.astype(jnp.float32)
     illegal = (targets < 0) | (targets >= vocab_size)
-    safe = jnp.where(illegal, specials.UNK_ID, targets)  # score from p(UNK): what the input policy maps it to
+    safe = jnp.where(illegal, unk_id, targets)  # score from p(UNK): what the input policy maps it to
     nll = jax.nn.logsumexp(logits, axis=-1) - jnp.take_along_axis(logits, safe[..., None], axis=-1)[..., 0]
-    nll = nll + jnp.where(safe == specials.UNK_ID, unk_share, 0.0)
+    nll = nll + jnp.where(safe == unk_id, unk_share, 0.0)
     content = loss.content_mask(targets, weights, batch.get("content"))  # the evaluation ISA's own roles
     return {
       "nll": nll * content,

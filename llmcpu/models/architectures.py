@@ -50,7 +50,7 @@ class _LanguageModel(nnx.Module):
       raise UserError(f"token ids must have shape [batch, length], got {ids_BxL.shape}")
     if c.positions == "learned" and positions is None and ids_BxL.shape[1] > c.max_len:
       raise UserError(f"sequence length {ids_BxL.shape[1]} exceeds the model's max_len={c.max_len}")
-    ids_BxL, num_illegal = sanitize_ids(ids_BxL, c.vocab_size, c.illegal_id_policy)
+    ids_BxL, num_illegal = sanitize_ids(ids_BxL, c.vocab_size, c.illegal_id_policy, c.unk_id)
     try:
       self.illegal_opcodes[...] = self.illegal_opcodes[...] + num_illegal
     except TraceContextError as e:

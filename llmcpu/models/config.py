@@ -77,6 +77,7 @@ class ModelConfig:
   attention_impl: str = "xla"  # xla | dot_product_attention | chunked (online softmax) | cudnn (GPU) | pallas (TPU)
   remat: str = "none"  # per-block rematerialisation: none | dots (keep matmul outputs) | full (keep block inputs)
   illegal_id_policy: str = "unk"
+  unk_id: int = UNK_ID  # what an illegal id is read as: the ISA's UNK (an ISA without one: its EOS; Roles.stand_in)
   num_decoder_layers: int | None = None  # encoder_decoder only; None → num_layers.
   norm_eps: float = 1e-6
   rope_base: float = 10_000.0
@@ -112,8 +113,8 @@ class ModelConfig:
     for name, choices in _CHOICES.items():
       if getattr(self, name) not in choices:
         raise UserError(f"model.{name}={getattr(self, name)!r} is not one of {', '.join(choices)}")
-    if self.vocab_size <= UNK_ID:
-      raise UserError(f"model.vocab_size={self.vocab_size} must be > {UNK_ID} (the unk id); pass the ISA's size")
+    if not 0 <= self.unk_id < self.vocab_size:
+      raise UserError(f"model.vocab_size={self.vocab_size} must be > {self.unk_id} (the unk id); pass the ISA's size")
     for name in ("d_model", "num_heads", "num_layers", "d_ff", "max_len"):
       if getattr(self, name) <= 0:
         raise UserError(f"model.{name}={getattr(self, name)} must be positive")

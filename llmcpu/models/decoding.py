@@ -19,7 +19,7 @@ from flax import nnx
 from llmcpu.errors import UserError
 from llmcpu.models.architectures import Decoder, EncoderDecoder
 from llmcpu.models.opcodes import IllegalOpcodes, check_eager
-from llmcpu.specials import BOS_ID, EOS_ID, PAD_ID, UNK_ID
+from llmcpu.specials import BOS_ID, EOS_ID, PAD_ID
 
 _STATIC = ("graphdef", "max_new_tokens", "top_k", "greedy", "use_top_p")
 
@@ -227,7 +227,7 @@ def generate(
   if illegal.any():
     check_eager(jnp.int32(illegal.sum()), c.illegal_id_policy, c.vocab_size)
     model.illegal_opcodes[...] = model.illegal_opcodes[...] + int(illegal.sum())
-    ids = np.where(illegal, UNK_ID, ids)
+    ids = np.where(illegal, c.unk_id, ids)
   ids = ids.astype(np.int32)
   graphdef, state = nnx.split(model)
   if isinstance(model, EncoderDecoder):

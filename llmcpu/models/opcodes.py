@@ -23,8 +23,11 @@ class IllegalOpcodes(nnx.Variable):
   a functional step must carry it (``nnx.split(model, nnx.Param, ...)`` keeps it in the rest-state)."""
 
 
-def sanitize_ids(ids: jax.Array, vocab_size: int, policy: str = "unk") -> tuple[jax.Array, jax.Array]:
-  """Maps ids outside [0, vocab_size) to UNK_ID; returns (ids int32, number of illegal ids as an int32 scalar).
+def sanitize_ids(
+  ids: jax.Array, vocab_size: int, policy: str = "unk", unk_id: int = UNK_ID
+) -> tuple[jax.Array, jax.Array]:
+  """Maps ids outside [0, vocab_size) to ``unk_id`` (the model's ``ModelConfig.unk_id``); returns (ids int32, number
+  of illegal ids as an int32 scalar).
 
   Pure; the same for both policies ('error' differs only in what the caller does with a non-zero count).
   """
@@ -35,11 +38,11 @@ def sanitize_ids(ids: jax.Array, vocab_size: int, policy: str = "unk") -> tuple[
     if not np.issubdtype(host.dtype, np.integer):
       raise UserError(f"token ids must be integers, got dtype {host.dtype}")
     illegal = (host < 0) | (host >= vocab_size)
-    return jnp.asarray(np.where(illegal, UNK_ID, host).astype(np.int32)), jnp.asarray(np.int32(illegal.sum()))
+    return jnp.asarray(np.where(illegal, unk_id, host).astype(np.int32)), jnp.asarray(np.int32(illegal.sum()))
   if not jnp.issubdtype(ids.dtype, jnp.integer):
     raise UserError(f"token ids must be integers, got dtype {ids.dtype}")
   illegal = (ids < 0) | (ids >= vocab_size)
-  return jnp.where(illegal, UNK_ID, ids).astype(jnp.int32), jnp.sum(illegal, dtype=jnp.int32)
+  return jnp.where(illegal, unk_id, ids).astype(jnp.int32), jnp.sum(illegal, dtype=jnp.int32)
 
 
 def check_eager(num_illegal: jax.Array, policy: str, vocab_size: int) -> None:

@@ -245,12 +245,13 @@ def procrustes_rows(table_a, table_donor, compiler_a: Compiler, compiler_b: Comp
 def check_portable(
   source_model: nnx.Module, target_model: nnx.Module, compiler_a: Compiler, compiler_b: Compiler
 ) -> None:
-  """Raises ``UserError`` unless the two models differ only in vocab_size and each matches its compiler."""
+  """Raises ``UserError`` unless the two models differ only in their ISA's fields (vocab_size, unk_id) and each
+  matches its compiler."""
   a, b = source_model.config, target_model.config
   differ = [
     f"{f.name} ({getattr(a, f.name)!r} vs {getattr(b, f.name)!r})"
     for f in dataclasses.fields(a)
-    if f.name != "vocab_size" and getattr(a, f.name) != getattr(b, f.name)
+    if f.name not in ("vocab_size", "unk_id") and getattr(a, f.name) != getattr(b, f.name)
   ]
   if differ:
     raise UserError(f"cannot port: source and target models differ in {', '.join(differ)}; only vocab_size may")
@@ -347,7 +348,8 @@ def port(
 ) -> tuple[nnx.Module, dict[str, Any]]:
   """A new model for ISA B (the source's config with B's vocab_size), filled by ``transplant`` (``donor``/``atoms``
   passed on): (model, provenance)."""
-  target = models.create_from_config(source_model.config.replace(vocab_size=compiler_b.vocab_size), seed=0)
+  isa_b = dict(vocab_size=compiler_b.vocab_size, unk_id=compiler_b.roles.stand_in)
+  target = models.create_from_config(source_model.config.replace(**isa_b), seed=0)
   return target, transplant(source_model, target, compiler_a, compiler_b, method, **donor)
 
 

@@ -82,7 +82,7 @@ def import_dir(src: str, workdir: str, *, source_id: str = "", revision: str = "
   files = _check_source(src)
   _check_empty(workdir)
   compiler = compilers.train(f"hf:{src}")
-  model = hf.load(src)
+  model = hf.load(src, unk_id=compiler.roles.stand_in)  # what ids from a larger foreign ISA are read as
   mc = model.config
   if mc.vocab_size < compiler.vocab_size:
     raise UserError(

@@ -34,6 +34,7 @@ from llmcpu.data import compiled
 from llmcpu.data import objectives as obj
 from llmcpu.data.pipeline import Pipeline
 from llmcpu.errors import UserError
+from llmcpu.specials import UNK_ID
 from llmcpu.training import checkpoints, loss, memory, parallel, placement, writer
 from llmcpu.training.optim import make_optimizer
 from llmcpu.training.run_config import check_ranges
@@ -42,17 +43,18 @@ from llmcpu.training.run_config import check_ranges
 
 
 def model_config_for(
-  config: ml_collections.ConfigDict, vocab_size: int, input_vocab_size: int | None = None
+  config: ml_collections.ConfigDict, vocab_size: int, input_vocab_size: int | None = None, unk_id: int = UNK_ID
 ) -> models.ModelConfig:
-  """The CPU's config: the ``model`` block with the ISA's vocabulary size (a different explicit size is an error);
-  a stitched encoder's (``model.encoder_config``) with the size of the ISA it reads (``data.input_isa``)."""
+  """The CPU's config: the ``model`` block with the ISA's vocabulary size (a different explicit size is an error)
+  and its stand-in for ids it does not know (``unk_id``: ``Roles.stand_in``); a stitched encoder's
+  (``model.encoder_config``) with the size of the ISA it reads (``data.input_isa``)."""
   block = config.model.to_dict()
   if block.get("vocab_size") and block["vocab_size"] != vocab_size:
     raise UserError(
       f"model.vocab_size={block['vocab_size']} disagrees with ISA {config.data.isa} ({vocab_size} ids); "
       "leave it 0 to take the ISA's size"
     )
-  block["vocab_size"] = vocab_size
+  block["vocab_size"], block["unk_id"] = vocab_size, unk_id
   block["num_decoder_layers"] = block.get("num_decoder_layers") or None
   enc = block.get("encoder_config")
   input_isa = config.data.get("input_isa") or config.data.isa
@@ -184,7 +186,9 @@ def resolve(config: ml_collections.ConfigDict, workdir: str) -> Setup:
     train_split = paired(d.train_split, train_split)
     eval_split = paired(d.eval_split, eval_split) if eval_split is not None else None
   objective = obj.objective_for(config, train_split.kind)
-  mc = model_config_for(config, compiler.vocab_size, input_compiler.vocab_size if input_compiler else None)
+  mc = model_config_for(
+    config, compiler.vocab_size, input_compiler.vocab_size if input_compiler else None, compiler.roles.stand_in
+  )
   if objective not in obj.SEQ2SEQ and d.length > mc.max_len and mc.positions == "learned":
     raise UserError(f"data.length={d.length} exceeds model.max_len={mc.max_len} with learned positions")
   if (objective in obj.SEQ2SEQ) != (mc.arch == "encoder_decoder"):
