@@ -8,11 +8,14 @@ directory, with a byte-level BPE tokenizer.json of ``vocab`` ids (trained on pyt
 merges up to the size: GPT-2's own file needs the network), then runs each action in a fresh process so that each
 peak is its own: load, save (float32, bfloat16), ``import`` (scripts/import_hf.py's checkpoint), ``crosseval`` (the
 imported CPU read on its own ISA and on byte over python_docs: bits per byte at 1024-id rows, generation with the KV
-cache and its judge, ``--docs`` documents and ``--prompts`` prompts) and ``port`` (the CPU ported to the byte ISA by
-align and by FVT). Prints progress, then one JSON object as the last line, per action: seconds, the weights' MiB,
-and the peaks above the process's memory after its imports: ``rss`` (ru_maxrss: includes the memory-mapped file's
-pages, which the kernel can drop; not reported for the saves, which run after a load in the same process) and
-``anon`` (anonymous memory only, sampled every 2 ms), and ``anon_peak_mib``, the process's own anonymous peak.
+cache and its judge, ``--docs`` documents and ``--prompts`` prompts), ``port`` (the CPU ported to the byte ISA by
+align and by FVT), and ``relearn`` / ``finetune`` (scripts/port.py's trained ports onto the CPU's own ISA: every
+piece shared, so the rows are copies and the step is what is measured; ``--steps`` steps of ``--batch`` rows of
+``--length`` ids, AdamW on the embedding / on every parameter, checkpoint written). Prints progress, then one JSON
+object as the last line, per action: seconds, the weights' MiB, and the peaks above the process's memory after its
+imports: ``rss`` (ru_maxrss: includes the memory-mapped file's pages, which the kernel can drop; not reported for the
+saves, which run after a load in the same process) and ``anon`` (anonymous memory only, sampled every 2 ms), and
+``anon_peak_mib``, the process's own anonymous peak.
 """
 
 import json
@@ -31,7 +34,10 @@ _VOCAB = flags.DEFINE_integer("vocab", 50257, "Vocabulary size.")
 _LAYERS = flags.DEFINE_integer("layers", 12, "Layers.")
 _DOCS = flags.DEFINE_integer("docs", 8, "crosseval: test documents scored.")
 _PROMPTS = flags.DEFINE_integer("prompts", 4, "crosseval: prompts generated from and judged.")
-ACTIONS = ("make", "load", "save_float32", "save_bfloat16", "import", "crosseval", "port")
+_STEPS = flags.DEFINE_integer("steps", 2, "relearn/finetune: training steps.")
+_BATCH = flags.DEFINE_integer("batch", 2, "relearn/finetune: rows a step.")
+_LENGTH = flags.DEFINE_integer("length", 512, "relearn/finetune: ids a row.")
+ACTIONS = ("make", "load", "save_float32", "save_bfloat16", "import", "crosseval", "port", "relearn", "finetune")
 
 GPT2_SMALL = dict(
   d_model=768, num_heads=12, d_ff=3072, max_len=1024, positions="learned", norm="layernorm", mlp="gelu",
@@ -116,7 +122,24 @@ def _port(path: str) -> dict:
   return out
 
 
-def child(action: str, path: str, vocab: int, layers: int, docs: int, prompts: int) -> None:
+def _trained_port(path: str, method: str, steps: int, batch: int, length: int) -> dict:
+  """scripts/port.py's ``method`` from the imported CPU onto its own ISA (compiled by the crosseval action)."""
+  import ml_collections
+
+  from llmcpu.porting import runner
+
+  config = ml_collections.ConfigDict(
+    dict(checkpoint=path + "-cpu", to_isa=f"hf:{path}", method=method, steps=steps, save_at="", seed=0,
+         learning_rate=0.0, corpus="python_docs", compile_dir=path + "-compiled", batch_size=batch, length=length)
+  )  # fmt: skip
+  lines = []
+  result = runner.port_checkpoint(config, f"{path}-{method}", log=lines.append)
+  estimate = next((line for line in lines if line.startswith("memory:")), "")
+  figures = {k: round(float(v), 4) for k, v in result.train.items() if k in ("loss", "tokens_per_s")}
+  return dict(steps=result.step, batch=batch, length=length, **figures, estimate=estimate)
+
+
+def child(action: str, path: str, vocab: int, layers: int, docs: int, prompts: int, *train: int) -> None:
   """One action in this process; prints its JSON line."""
   import llmcpu.models as models
   from llmcpu.models import hf
@@ -139,9 +162,16 @@ def child(action: str, path: str, vocab: int, layers: int, docs: int, prompts: i
     tokenizer(path, vocab)
   elif action == "load":
     model = hf.load(path)
-  elif action in ("import", "crosseval", "port"):
+  elif action in ("import", "crosseval", "port", "relearn", "finetune"):
     params = models.expected_param_count(hf.config_from_hf(hf.read_config(path)))
-    extra = {"import": _import, "port": _port}.get(action, lambda p: _crosseval(p, docs, prompts))(path) or {}
+    run = {
+      "import": _import,
+      "port": _port,
+      "crosseval": lambda p: _crosseval(p, docs, prompts),
+      "relearn": lambda p: _trained_port(p, "relearn", *train),
+      "finetune": lambda p: _trained_port(p, "finetune", *train),
+    }[action]
+    extra = run(path) or {}
   else:  # save_float32 | save_bfloat16: the load is not timed
     model = hf.load(path)
     base_rss, base_anon, t0 = _status("VmRSS"), _status("RssAnon"), time.perf_counter()
@@ -163,7 +193,7 @@ def main(argv):
   results = {}
   with tempfile.TemporaryDirectory() as tmp:
     for action in ACTIONS:
-      sizes = (_VOCAB.value, _LAYERS.value, _DOCS.value, _PROMPTS.value)
+      sizes = (_VOCAB.value, _LAYERS.value, _DOCS.value, _PROMPTS.value, _STEPS.value, _BATCH.value, _LENGTH.value)
       args = [sys.executable, __file__, "--child", action, tmp + "/ckpt", *map(str, sizes)]
       done = subprocess.run(args, capture_output=True, text=True)
       if done.returncode:
@@ -176,6 +206,6 @@ def main(argv):
 
 if __name__ == "__main__":
   if len(sys.argv) > 1 and sys.argv[1] == "--child":
-    child(sys.argv[2], sys.argv[3], *map(int, sys.argv[4:8]))
+    child(sys.argv[2], sys.argv[3], *map(int, sys.argv[4:11]))
   else:
     cli.run_script(main)

@@ -19,4 +19,6 @@ def get_config() -> ml_collections.ConfigDict:
   c.corpus = ""  # '' = the source's corpus (another corpus is refused: a port changes the ISA, not the data)
   c.seed = 0
   c.learning_rate = 0.0  # 0 = the source's
+  c.batch_size = 0  # rows a step; 0 = the source's (an imported LLM's is the tiny preset's 16)
+  c.length = 0  # ids a row; 0 = the source's (an imported LLM's: min(max_len, 1024))
   return c

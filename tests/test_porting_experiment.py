@@ -56,6 +56,11 @@ def test_porting_experiment_end_to_end(tmp_path):
   experiments.run(c, workdir, log=logs.append)  # a rerun: nothing trains again
   assert not any(line.startswith("training ") or line.startswith("porting ") for line in logs), logs
   assert sum(line.endswith(": done") for line in logs) == 9  # two natives, seven port runs
+  # ... and the report scores nothing again: every cell is read back from the report's cells/.
+  assert any(line.endswith("cells kept from an earlier run") for line in logs)
+  assert not any(": bpb " in line for line in logs), [line for line in logs if ": bpb " in line]
+  timeless = lambda r: {k: v for k, v in r.items() if k != "ms_per_1k_tokens"}  # noqa: E731 (translate's timing)
+  assert [timeless(json.loads(line)) for line in open(f"{out}/results.jsonl")] == [timeless(r) for r in rows]
 
 
 def test_the_plan_ports_by_every_method_with_the_native_target_cpu_as_donor(tmp_path):

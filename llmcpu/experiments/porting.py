@@ -150,7 +150,8 @@ class Porting(matrix.Matrix):
     exp = self.config
     out = fs.join(self.workdir, exp.report)
     refs: dict = {}  # (corpus, arch, source, target, seed) → reference cells, shared by every method's curve
-    rows = [_score(exp, self.workdir, c, self.curve_budgets(c), refs, self.log) for c in self.curves]
+    cells = fs.join(out, "cells")  # kept after the report, as the matrix's: a later seed or method scores only its own
+    rows = [_score(exp, self.workdir, c, self.curve_budgets(c), refs, self.log, cells) for c in self.curves]
     attach_closes(rows)
     write_report(rows, out, exp, time.time() - self.t0)
     self.log(f"== porting report: {out}")
@@ -226,8 +227,9 @@ def _port(exp, workdir: str, curve: Curve, budget: int, log: Callable) -> base.S
   return base.Stage(path, budget, tag, functools.partial(runner.port_checkpoint, config, path, log=log))
 
 
-def _score(exp, workdir: str, curve: Curve, budgets: list[int], refs: dict, log: Callable) -> dict:
-  """A curve's row: bits per byte (interval) at every saved budget, the zero-shot and native references."""
+def _score(exp, workdir: str, curve: Curve, budgets: list[int], refs: dict, log: Callable, cells: str | None = None):
+  """A curve's row: bits per byte (interval) at every saved budget, the zero-shot and native references. ``cells``:
+  where finished cells are kept (``crosseval.evaluate``), so that a seed or method added later scores only its own."""
   compile_dir = fs.join(workdir, "compiled")
   options = crosseval.CrossEvalOptions.from_config(exp.crosseval)
   if curve.arch not in base.split_list(exp.get("relevance_archs", "") or curve.arch, "relevance_archs"):
@@ -237,7 +239,7 @@ def _score(exp, workdir: str, curve: Curve, budgets: list[int], refs: dict, log:
   if key not in refs:
     isas = [str(curve.target), str(curve.source)]
     cpus = [cpu(curve.source), cpu(curve.target)]
-    rows = crosseval.evaluate(cpus, isas, compile_dir, corpus=curve.corpus.spec, options=options, log=log)
+    rows = crosseval.evaluate(cpus, isas, compile_dir, corpus=curve.corpus.spec, options=options, log=log, cells=cells)
     refs[key] = {(r["model_isa"], r["eval_isa"]): r for r in rows}
   cell = refs[key]
   zero = cell[(curve.source.name, curve.target.name)]
@@ -255,8 +257,8 @@ def _score(exp, workdir: str, curve: Curve, budgets: list[int], refs: dict, log:
     row["ms_per_1k_tokens"] = _translate_cost(compile_dir, curve)
   else:  # each budget's run, scored at its end
     paths = [fs.join(budget_path(workdir, curve, b), "checkpoints", str(b)) for b in budgets]
-    target = [str(curve.target)]
-    rows = crosseval.evaluate(paths, target, compile_dir, corpus=curve.corpus.spec, options=options, log=log)
+    target, spec = [str(curve.target)], curve.corpus.spec
+    rows = crosseval.evaluate(paths, target, compile_dir, corpus=spec, options=options, log=log, cells=cells)
     tokens = [tokens_read(checkpoints.load_meta(p)) for p in paths]
     row["points"] = [_point(r["step"], t, r) for r, t in zip(rows, tokens, strict=True)]
   return row

@@ -51,7 +51,9 @@ def continued_config(meta: dict, run: ml_collections.ConfigDict, *, trained: boo
   derived run's config has: configs/port.py, configs/swap.py): ``steps`` steps when ``trained`` (else 0: its initial
   state, saved and stopped), warmup at most a twentieth of them, saved at ``save_at`` (comma-separated steps, every
   one kept; trained runs only) or at the end, with ``seed``; ``learning_rate`` 0 and ``compile_dir`` '' keep the
-  source's. No evaluation during training: a derived run is scored afterwards on its saved steps."""
+  source's, as do ``batch_size`` and ``length`` (rows × ids a row) when 0 or absent: a 124M LLM imported with
+  1024-id rows of the tiny preset's batch wants a smaller one on a host. No evaluation during training: a derived
+  run is scored afterwards on its saved steps."""
   steps, save_at = (run.steps, run.save_at) if trained else (0, "")
   seed, learning_rate, compile_dir = run.seed, run.learning_rate, run.compile_dir
   c = checkpoint_config(meta["config"])
@@ -60,6 +62,8 @@ def continued_config(meta: dict, run: ml_collections.ConfigDict, *, trained: boo
   c.train.steps = steps
   c.train.warmup_steps = min(c.train.warmup_steps, max(1, steps // 20))
   c.train.learning_rate = learning_rate or c.train.learning_rate
+  c.train.batch_size = run.get("batch_size", 0) or c.train.batch_size
+  c.data.length = run.get("length", 0) or c.data.length
   c.train.eval_every = 0
   c.train.init_from = ""
   c.checkpoint.every = max(1, steps)
