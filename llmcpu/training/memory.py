@@ -174,20 +174,24 @@ def analytic_estimate(
   *,
   grad_accum: int = 1,
   shards: int = 1,
+  trainable: int | None = None,
 ) -> Estimate:
   """Bytes per device from the architecture: ``rows`` rows per device per step (split into ``grad_accum``
-  micro-batches), parameters and moments split over ``shards`` devices (mesh.fsdp × mesh.tensor).
+  micro-batches), parameters and moments split over ``shards`` devices (mesh.fsdp × mesh.tensor); ``trainable``:
+  how many of the N parameters train (``train.trainable``, e.g. relearn's embedding; None = all).
 
-  State: float32 parameters and two AdamW moments (3·4·N). Step: float32 gradients (twice with gradient accumulation:
-  the running sum and the micro-batch's), the activations of one micro-batch (``_stack_bytes``), the output head's
+  State: float32 parameters and two AdamW moments of the trained ones (4·N + 2·4·T). Step: float32 gradients of the
+  trained ones (twice with gradient accumulation: the running sum and the micro-batch's), the activations of one
+  micro-batch (``_stack_bytes``; a frozen layer keeps them too, for the gradient through it), the output head's
   float32 logits chunk with its softmax (``loss.CHUNK_LOGITS``) and a few [B, L, D] float32 tensors around it.
   """
   n = models.expected_param_count(mc)
-  state = 12 * n // shards
+  t = n if trainable is None else trainable
+  state = (4 * n + 8 * t) // shards
   micro = max(1, rows // grad_accum)
   head_len = dec_len or enc_len
   head = 2 * 4 * min(loss.CHUNK_LOGITS, micro * head_len * mc.vocab_size) + 3 * 4 * micro * head_len * mc.d_model
-  grads = 4 * n // shards * (2 if grad_accum > 1 else 1)
+  grads = 4 * t // shards * (2 if grad_accum > 1 else 1)
   return Estimate(state=state, step=grads + head + _stack_bytes(mc, micro, enc_len, dec_len), how="analytic")
 
 
@@ -230,7 +234,19 @@ def estimate_for(config: ml_collections.ConfigDict, mc: models.ModelConfig, obje
   shards = config.mesh.fsdp * config.mesh.tensor
   rows = max(1, config.train.batch_size * config.mesh.tensor // devices)
   enc_len, dec_len = _tokens(objective, config.data)
-  return analytic_estimate(mc, rows, enc_len, dec_len, grad_accum=config.train.grad_accum, shards=shards)
+  return analytic_estimate(
+    mc, rows, enc_len, dec_len, grad_accum=config.train.grad_accum, shards=shards,
+    trainable=trainable_count(mc, config.train.get("trainable", "")),
+  )  # fmt: skip
+
+
+def trainable_count(mc: models.ModelConfig, pattern: str) -> int | None:
+  """Parameters ``train.trainable`` selects (None: all), counted on an abstract model (nothing allocated)."""
+  if not pattern.strip():
+    return None
+  abstract = nnx.eval_shape(lambda: models.create_from_config(mc))
+  _, params, _, _ = models.split_trainable(abstract, pattern)
+  return sum(x.size for x in jax.tree.leaves(params))
 
 
 def _refuse(config: ml_collections.ConfigDict, need: Estimate, limit: int, where: str) -> UserError:
