@@ -273,6 +273,16 @@ def np_inv_freq(cfg: dict, dim: int) -> np.ndarray:
   return inv
 
 
+def _np_rope(x: np.ndarray, inv: np.ndarray, rot: int) -> np.ndarray:
+  """x [heads, L, dim] with rotate_half (modeling_llama/modeling_gpt_neox) on its first ``rot`` dims, frequencies
+  ``inv``; the other dims pass through (GPT-NeoX's partial rotary)."""
+  freqs = np.arange(x.shape[1])[:, None] * inv[None]
+  emb = np.concatenate([freqs, freqs], -1)
+  r, rest = x[..., :rot], x[..., rot:]
+  turned = np.concatenate([-r[..., rot // 2 :], r[..., : rot // 2]], -1)
+  return np.concatenate([r * np.cos(emb) + turned * np.sin(emb), rest], -1)
+
+
 def np_llama(cfg: dict, t: dict, ids: np.ndarray) -> np.ndarray:
   t = {k: v.astype(np.float64) for k, v in t.items()}
   h, g, eps = cfg["num_attention_heads"], cfg["num_key_value_heads"], cfg["rms_norm_eps"]
@@ -285,12 +295,6 @@ def np_llama(cfg: dict, t: dict, ids: np.ndarray) -> np.ndarray:
   def linear(x, name):
     return x @ t[name + ".weight"].T + t.get(name + ".bias", 0.0)
 
-  def rope(x):  # x [heads, L, dim]; rotate_half as in modeling_llama
-    freqs = np.arange(x.shape[1])[:, None] * inv[None]
-    emb = np.concatenate([freqs, freqs], -1)
-    rot = np.concatenate([-x[..., dim // 2 :], x[..., : dim // 2]], -1)
-    return x * np.cos(emb) + rot * np.sin(emb)
-
   out = []
   for row in ids:
     x = t["model.embed_tokens.weight"][row]
@@ -301,7 +305,7 @@ def np_llama(cfg: dict, t: dict, ids: np.ndarray) -> np.ndarray:
       q = linear(a, p + "self_attn.q_proj").reshape(n, h, dim).transpose(1, 0, 2)
       k = linear(a, p + "self_attn.k_proj").reshape(n, g, dim).transpose(1, 0, 2)
       v = linear(a, p + "self_attn.v_proj").reshape(n, g, dim).transpose(1, 0, 2)
-      q, k = rope(q), rope(k)
+      q, k = _np_rope(q, inv, dim), _np_rope(k, inv, dim)
       k, v = np.repeat(k, h // g, axis=0), np.repeat(v, h // g, axis=0)  # repeat_kv
       x = x + linear(_causal_attention(q, k, v), p + "self_attn.o_proj")
       m = rms(x, t[p + "post_attention_layernorm.weight"])
@@ -335,13 +339,6 @@ def np_neox(cfg: dict, t: dict, ids: np.ndarray) -> np.ndarray:
   def mlp(y, p):
     return linear(gelu(linear(y, p + "mlp.dense_h_to_4h")), p + "mlp.dense_4h_to_h")
 
-  def rotate(x):  # x [heads, L, dim]: rotate_half on the first `rot` dims, the rest passed through
-    freqs = np.arange(x.shape[1])[:, None] * inv[None]
-    emb = np.concatenate([freqs, freqs], -1)
-    r, rest = x[..., :rot], x[..., rot:]
-    turned = np.concatenate([-r[..., rot // 2 :], r[..., : rot // 2]], -1)
-    return np.concatenate([r * np.cos(emb) + turned * np.sin(emb), rest], -1)
-
   out = []
   for row in ids:
     x = t["gpt_neox.embed_in.weight"][row]
@@ -350,7 +347,7 @@ def np_neox(cfg: dict, t: dict, ids: np.ndarray) -> np.ndarray:
       p = f"gpt_neox.layers.{i}."
       qkv = linear(ln(x, p + "input_layernorm"), p + "attention.query_key_value").reshape(n, h, 3 * dim)
       q, k, v = (m.transpose(1, 0, 2) for m in np.split(qkv, 3, axis=-1))
-      a = linear(_causal_attention(rotate(q), rotate(k), v), p + "attention.dense")
+      a = linear(_causal_attention(_np_rope(q, inv, rot), _np_rope(k, inv, rot), v), p + "attention.dense")
       if cfg["use_parallel_residual"]:
         x = x + a + mlp(ln(x, p + "post_attention_layernorm"), p)
       else:
