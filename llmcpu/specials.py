@@ -45,8 +45,9 @@ class Roles:
   ``control``: the ids a compiler never emits for text (BOS/EOS/PAD/MASK/sentinels, a file's added special
   tokens); they are never content. ``borrowed``: roles the ISA lacks, filled by another of its ids (GPT-2 has no
   PAD: ``pad`` is its EOS id, which is safe because a pad position always has weight 0, so it is never scored).
-  ``unk`` is None where the ISA has no unknown piece. ``mask``/``first_sentinel`` are None outside the own layout:
-  the objectives that need them (mlm, span corruption) refuse such an ISA.
+  ``unk`` is None where the ISA has no unknown piece; ``mask`` where a file has no mask token (masked LM then
+  borrows EOS: ``mask_id``). ``first_sentinel`` is None outside the own layout: span corruption, which needs
+  sentinels, refuses such an ISA.
   """
 
   pad: int
@@ -61,6 +62,12 @@ class Roles:
   @property
   def own(self) -> bool:
     return self == OWN
+
+  @property
+  def mask_id(self) -> int:
+    """What masked LM writes over a hidden word: MASK, or where the ISA has none (GPT-2's file) its EOS, borrowed
+    as PAD is (an EOS inside a row is then a hidden word: documents are packed BOS + text + EOS)."""
+    return self.eos if self.mask is None else self.mask
 
   @property
   def stand_in(self) -> int:

@@ -216,8 +216,38 @@ def test_lm_batches_use_the_files_roles(files, tmp_path):
   raw = [t for t in ['!" $', "more text here!", "x"]]
   assert total == sum(len(t.encode()) for t in raw)
   assert content == sum(len(comp.encode(t)) for t in raw)
-  with pytest.raises(UserError, match="use lm or lm_targets"):
-    pipeline.Pipeline(split, global_batch=2, length=8, seed=0, objective="mlm")
+  with pytest.raises(UserError, match="use lm, lm_targets \\(decoders\\) or mlm \\(encoders\\)"):
+    pipeline.Pipeline(split, global_batch=2, length=8, seed=0, objective="prefix_lm")
+
+
+@pytest.mark.parametrize("mask_token", [None, "<mask>"])
+def test_mlm_batches_use_the_files_roles(files, tmp_path, mask_token):
+  """Masked LM on a file's ISA: a hidden word is written as the file's mask token, or where it has none (GPT-2's)
+  its EOS; random replacements are text ids of the file (never a control token); only text is a target."""
+  path = tmp_path / "tok"
+  special = (EOT,) if mask_token is None else (EOT, mask_token)
+  byte_level_bpe(str(path), special=special)
+  corpus = InMemoryCorpus("p", {"train": tuple({"text": t} for t in _texts()[:30])})
+  (comp,) = toolchain.build_compilers([compilers.parse(f"hf:{path}")], [corpus], str(tmp_path), log=lambda _: None)
+  toolchain.compile_corpora([corpus], [comp], str(tmp_path), log=lambda _: None)
+  split = toolchain.load_split(str(tmp_path), "p", comp, "train")
+  tok = Tokenizer.from_file(str(path / "tokenizer.json"))
+  want_mask = tok.token_to_id(EOT if mask_token is None else mask_token)
+  assert comp.roles.mask_id == want_mask and (comp.roles.mask is None) == (mask_token is None)
+  options = dict(mask_rate=0.5, mask_token_rate=0.5, random_token_rate=0.5)  # every hidden word masked or random
+  pipe = pipeline.Pipeline(split, global_batch=4, length=32, seed=0, objective="mlm", shuffle=False, **options)
+  control = set(comp.roles.control)
+  seen = 0
+  for b in pipe.eval_batches():
+    hidden = b["weights"] > 0
+    assert not np.isin(b["targets"][hidden], list(control)).any()  # only text is hidden and scored
+    changed = hidden & (b["inputs"] != b["targets"])
+    masked = hidden & (b["inputs"] == want_mask)
+    randomized = changed & ~masked
+    assert not np.isin(b["inputs"][randomized], list(control)).any()
+    assert (b["inputs"][~hidden] == b["targets"][~hidden]).all()
+    seen += masked.sum()
+  assert seen > 0
 
 
 # ------------------------------------------------------------------------------- end to end: compile, train, score
@@ -275,6 +305,33 @@ def test_matrix_runs_on_file_isas(hf_world):
   native = [r for r in rows if r["native"]]
   assert len(rows) == 2 and len(native) == 1
   assert native[0]["bits_per_byte"] < min(r["bits_per_byte"] for r in rows if not r["native"])
+
+
+@pytest.mark.slow  # ~30 s: an encoder trained and scored
+def test_an_encoder_trains_and_runs_the_matrix_on_a_file_isa(hf_world, tmp_path):
+  """Masked LM on the GPT-2-style file (no mask token: EOS borrowed): an encoder trains on it, is scored on its own
+  ISA and on byte, and its own column is the better one."""
+  c = run_config.base_config("encoder", "tiny")
+  c.data.compile_dir, c.data.isa, c.data.corpus, c.data.eval_split = (
+    hf_world["compile_dir"],
+    hf_world["isas"][0],
+    "fake",
+    "test",
+  )
+  c.data.length = 64
+  c.model.d_model, c.model.num_heads, c.model.d_ff = 32, 2, 64
+  c.train.steps, c.train.batch_size, c.train.eval_every, c.train.peak_tflops = 30, 8, 0, 1.0
+  c.train.log_every, c.train.warmup_steps = 30, 2
+  c.checkpoint.every, c.checkpoint.async_save = 30, False
+  trainer.train(c, str(tmp_path / "enc-hf"), log=lambda _: None)
+  _, meta, comp = checkpoints.load_model(str(tmp_path / "enc-hf"))
+  assert meta["config"]["data"]["objective"] in ("", "mlm") and comp.roles.mask is None
+  rows = evaluate(
+    [str(tmp_path / "enc-hf")], hf_world["isas"], hf_world["compile_dir"], options=FAST, log=lambda _: None
+  )
+  assert [r["status"] for r in rows] == ["ok", "ok"] and {r["objective"] for r in rows} == {"mlm"}
+  native = next(r for r in rows if r["native"])
+  assert native["bits_per_byte"] < next(r for r in rows if not r["native"])["bits_per_byte"]
 
 
 def test_lm_target_bytes_are_raw_bytes_whatever_the_file_counts(files, tmp_path):

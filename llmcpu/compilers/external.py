@@ -30,6 +30,7 @@ _ROLE_NAMES = {
   "bos": ("<s>", "<|begin_of_text|>", "<bos>", "<|endoftext|>", "<|im_start|>"),
   "eos": ("</s>", "<|end_of_text|>", "<eos>", "<|endoftext|>", "<|im_end|>"),
   "pad": ("<pad>", "<|pad|>", "[PAD]"),
+  "mask": ("<mask>", "[MASK]"),  # BERT/RoBERTa-style files; masked LM borrows EOS where there is none
 }
 
 
@@ -181,7 +182,7 @@ def read_role_names(tokenizer_json: str) -> dict:
     config = json.loads(open(path, encoding="utf-8").read())
   except ValueError as e:
     raise UserError(f"malformed {path} ({e}); fix or remove it (roles are then found by name)") from e
-  names = {role: _token_text(config.get(f"{role}_token")) for role in ("bos", "eos", "pad", "unk")}
+  names = {role: _token_text(config.get(f"{role}_token")) for role in ("bos", "eos", "pad", "unk", "mask")}
   return {role: name for role, name in names.items() if name}
 
 
@@ -190,7 +191,7 @@ def roles_from_names(pieces: list[str], special_ids: list[int], unk_piece, names
   among its special tokens; a file with exactly one special token uses it as BOS and EOS."""
   index = {p: i for i, p in enumerate(pieces)}
   found = {}
-  for role in ("bos", "eos", "pad", "unk"):
+  for role in ("bos", "eos", "pad", "unk", "mask"):
     name = names.get(role)
     if name is not None:
       if name not in index:
@@ -209,7 +210,8 @@ def roles_from_names(pieces: list[str], special_ids: list[int], unk_piece, names
 
 
 def make_roles(found: dict, control: list[int], source: str) -> specials.Roles:
-  """``Roles`` from the ids found per role: no EOS is an error; BOS and PAD borrow EOS's id when missing."""
+  """``Roles`` from the ids found per role: no EOS is an error; BOS and PAD borrow EOS's id when missing (MASK is
+  None without one: ``Roles.mask_id`` says what masked LM uses then)."""
   if "eos" not in found:
     raise UserError(
       f"{source}: no end-of-sequence token found; add a {TOKENIZER_CONFIG} beside it naming eos_token "
@@ -219,7 +221,9 @@ def make_roles(found: dict, control: list[int], source: str) -> specials.Roles:
   ids = {r: found.get(r, found["eos"]) for r in ("bos", "eos", "pad")}
   unk = found.get("unk")
   not_content = sorted(set(control) | set(ids.values()))
-  return specials.Roles(ids["pad"], ids["bos"], ids["eos"], unk, tuple(not_content), borrowed=borrowed)
+  mask = found.get("mask")
+  not_content = sorted(set(not_content) | ({mask} if mask is not None else set()))
+  return specials.Roles(ids["pad"], ids["bos"], ids["eos"], unk, tuple(not_content), mask=mask, borrowed=borrowed)
 
 
 def lossy_bytes(text: str, decoded: str) -> int:

@@ -33,7 +33,6 @@ from llmcpu.specials import (
   EOS_ID,
   FIRST_REGULAR_ID,
   FIRST_SENTINEL_ID,
-  MASK_ID,
   NUM_SENTINELS,
   PAD_ID,
   is_content,
@@ -324,7 +323,14 @@ class MaskedLM(Packed):
     if mask_token_rate + random_token_rate > 1:
       raise UserError("mlm: mask_token_rate + random_token_rate must be at most 1")
     self.seed, self.vocab_size = seed, split.vocab_size
-    if random_token_rate > 0 and self.vocab_size <= FIRST_REGULAR_ID:
+    # Random replacements are drawn from the ISA's text ids: the own layout's regular ids (FIRST_REGULAR_ID on), a
+    # file's ids that are neither a control token nor UNK.
+    if self.roles.own:
+      self.random_pool = np.arange(FIRST_REGULAR_ID, max(self.vocab_size, FIRST_REGULAR_ID + 1), dtype=np.int32)
+    else:
+      text_ids = np.flatnonzero(self.roles.is_content(np.arange(self.vocab_size)))
+      self.random_pool = text_ids[text_ids != self.roles.unk].astype(np.int32)
+    if random_token_rate > 0 and (self.vocab_size <= FIRST_REGULAR_ID if self.roles.own else not len(self.random_pool)):
       raise UserError(f"mlm: vocab_size={self.vocab_size} has no regular ids to draw random tokens from")
     self.rates = (mask_rate, mask_token_rate, random_token_rate)
     # Each field's tokens' unit within their document; a later field's units follow the earlier fields' ones.
@@ -367,13 +373,14 @@ class MaskedLM(Packed):
       picked, draw = self.chosen_units(epoch, int(d))
       at = (doc == d) & (unit >= 0)
       chosen[at], action[at] = picked[unit[at]], draw[unit[at]]
-    chosen &= is_content(tok)
+    chosen &= self.roles.is_content(tok)
     masked = chosen & (action < mask_token_rate)
     randomized = chosen & ~masked & (action < mask_token_rate + random_token_rate)
     u_RxL = np.stack([row_rng(self.seed, g).random(self.length) for g in g_R]) if len(g_R) else np.zeros(tok.shape)
-    span = max(self.vocab_size - FIRST_REGULAR_ID, 1)
-    random_ids = (FIRST_REGULAR_ID + np.floor(u_RxL * span)).astype(np.int32)
-    inputs = np.where(masked, MASK_ID, np.where(randomized, random_ids, tok)).astype(np.int32)
+    random_ids = self.random_pool[
+      np.minimum(np.floor(u_RxL * len(self.random_pool)), len(self.random_pool) - 1).astype(np.int64)
+    ]
+    inputs = np.where(masked, self.roles.mask_id, np.where(randomized, random_ids, tok)).astype(np.int32)
     seg, pos = self.segments(w, slice(None))
     return {
       "inputs": inputs,
