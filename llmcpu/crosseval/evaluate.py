@@ -114,7 +114,9 @@ class ModelEvaluator:
     self.sums_fn = scoring.make_sums_fn(graphdef, self.mc.vocab_size, self.mc.unk_id)
     self.embed_fn = None
     if self.arch == "encoder":
-      self.embed_fn = jax.jit(lambda p, r, ids: nnx.merge(graphdef, p, r, copy=True).embed_pooled(ids))
+      self.embed_fn = jax.jit(
+        lambda p, r, ids, seg: nnx.merge(graphdef, p, r, copy=True).embed_pooled(ids, segment_ids=seg)
+      )
     self.planned = False
     self.evaluation: list[Compiler] = []  # the matrix's evaluation ISAs: prose prompts are cut where all agree
 
@@ -385,13 +387,18 @@ class ModelEvaluator:
     n = min(opt.representation_docs, foreign.num_docs, native.num_docs)
     width = self.length
     batches = np.full((2, n, width), specials.PAD_ID, np.int32)
+    segments = np.zeros((2, n, width), np.int32)  # explicit: in a file's ISA the PAD id may be an ordinary piece
     for i in range(n):
       pair = [(self.own, np.asarray(native.fields[field].doc(i))), (comp, np.asarray(foreign.fields[field].doc(i)))]
       reach = min(len(c.decode(ids[: width - 1]).encode("utf-8")) for c, ids in pair)  # both can cover this span
       for j, (c, ids) in enumerate(pair):
         k = generation.token_prefix(c, ids, raw[i], reach, width - 1)
-        batches[j, i, : k + 1] = [specials.BOS_ID, *ids[:k].tolist()]
-    emb = [np.asarray(self.embed_fn(self.params, self.rest, jnp.asarray(b)), np.float64) for b in batches]
+        batches[j, i, : k + 1] = [c.roles.bos, *ids[:k].tolist()]
+        segments[j, i, : k + 1] = 1
+    emb = [
+      np.asarray(self.embed_fn(self.params, self.rest, jnp.asarray(b), jnp.asarray(s)), np.float64)
+      for b, s in zip(batches, segments, strict=True)
+    ]
     cos = np.sum(emb[0] * emb[1], axis=1) / np.maximum(
       np.linalg.norm(emb[0], axis=1) * np.linalg.norm(emb[1], axis=1), 1e-12
     )

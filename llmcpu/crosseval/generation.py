@@ -200,7 +200,7 @@ def generate_texts(
   """(texts read by the CPU's compiler, texts read by the evaluation compiler, prompts truncated); prose outputs are
   cut by the caller."""
   batch, lengths, truncated = prompt_batch(prompts, arch, width, fill_span, own.roles)
-  decoding = {"eos_id": own.roles.eos, **decoding}
+  decoding = {"eos_id": own.roles.eos, "bos_id": own.roles.bos, **decoding}
   out = np.asarray(models.generate(model, batch, new_tokens, prompt_lengths=lengths, **decoding))
   own_texts, foreign_texts = [], []
   for row in out:

@@ -35,7 +35,6 @@ from llmcpu.specials import (
   FIRST_SENTINEL_ID,
   NUM_SENTINELS,
   PAD_ID,
-  is_content,
 )
 
 _ROW_TAG = 1  # seeds of in-row randomness: (seed, _ROW_TAG, global row); epoch orders use tag 0.
@@ -422,6 +421,7 @@ class Seq2Seq(Objective):
     if pack_tokens < 0:
       raise UserError(f"seq2seq needs pack_tokens >= 0 (got {pack_tokens}); 0 = one pair per row")
     self.input, self.target = split.fields["input"], split.fields["target"]
+    self.roles = split.roles  # the ISA's EOS ends both sides, its BOS starts the decoder
     self.input_length, self.target_length = input_length, target_length
     self.num_docs = split.num_docs
     self.piece_bytes = piece_bytes_of(split)
@@ -476,11 +476,12 @@ class Seq2Seq(Objective):
     rows = np.arange(len(doc))
     n_in, n_tg = self.n_in[doc] - 1, self.n_tg[doc] - 1
     enc = _gather(self.input, self.input.offsets[doc], n_in, self.input_length)
-    enc[rows, n_in] = EOS_ID
+    enc[rows, n_in] = self.roles.eos
     dec_tgt = _gather(self.target, self.target.offsets[doc], n_tg, self.target_length)
-    dec_tgt[rows, n_tg] = EOS_ID
-    content = (np.arange(self.target_length)[None, :] < n_tg[:, None]) & is_content(dec_tgt)  # not spans: sentinels
-    batch = encoder_decoder_batch(enc, n_in + 1, dec_tgt, n_tg + 1)
+    dec_tgt[rows, n_tg] = self.roles.eos
+    text = self.roles.is_content(dec_tgt)  # not a spans: target's sentinels
+    content = (np.arange(self.target_length)[None, :] < n_tg[:, None]) & text
+    batch = encoder_decoder_batch(enc, n_in + 1, dec_tgt, n_tg + 1, bos=self.roles.bos)
     batch["target_bytes"] = content_bytes(self.piece_bytes, dec_tgt, content)
     batch["target_docs"] = content_docs(np.broadcast_to(doc[:, None], content.shape), content)
     return batch
@@ -514,14 +515,14 @@ class Seq2Seq(Objective):
 
 
 def encoder_decoder_batch(
-  enc_RxI: np.ndarray, enc_len_R: np.ndarray, tgt_RxT: np.ndarray, tgt_len_R: np.ndarray
+  enc_RxI: np.ndarray, enc_len_R: np.ndarray, tgt_RxT: np.ndarray, tgt_len_R: np.ndarray, bos: int = BOS_ID
 ) -> Batch:
-  """Seq2seq model keys from padded encoder inputs and decoder targets (each ending in EOS); the caller adds
-  ``target_bytes`` and ``target_docs``."""
+  """Seq2seq model keys from padded encoder inputs and decoder targets (each ending in EOS); the decoder reads
+  ``bos`` (the ISA's BOS) then the targets shifted. The caller adds ``target_bytes`` and ``target_docs``."""
   col_i, col_t = np.arange(enc_RxI.shape[1]), np.arange(tgt_RxT.shape[1])
   enc_seg = (col_i[None, :] < enc_len_R[:, None]).astype(np.int32)
   dec_seg = (col_t[None, :] < tgt_len_R[:, None]).astype(np.int32)
-  dec_in = np.concatenate([np.full((len(tgt_RxT), 1), BOS_ID, np.int32), tgt_RxT[:, :-1]], axis=1) * dec_seg
+  dec_in = np.concatenate([np.full((len(tgt_RxT), 1), bos, np.int32), tgt_RxT[:, :-1]], axis=1) * dec_seg
   return {
     "encoder_inputs": enc_RxI.astype(np.int32),
     "encoder_segment_ids": enc_seg,
@@ -741,6 +742,7 @@ class PrefixLM(Objective):
     self.pairs_per_row, self.head = pairs_per_row, (float(head_weight), int(head_bytes))
     self.curriculum = (int(curriculum_rows), min(int(curriculum_bytes), target_length - 1))
     self.text = split.fields["text"]
+    self.roles = split.roles  # the ISA's EOS ends both sides, its BOS starts the decoder
     self.num_docs = split.num_docs
     self.piece_bytes = piece_bytes_of(split)
     tokens, offsets = np.asarray(self.text.tokens), np.asarray(self.text.offsets)
@@ -791,12 +793,12 @@ class PrefixLM(Objective):
     _, begin, cut, end = self.windows[self.first_window[doc] + e_R - starts[slot]].T
     rows = np.arange(len(e_R))
     enc = _gather(self.text, begin, cut - begin, self.input_length)
-    enc[rows, cut - begin] = EOS_ID
+    enc[rows, cut - begin] = self.roles.eos
     tgt = _gather(self.text, cut, end - cut, self.target_length)
-    tgt[rows, end - cut] = EOS_ID
+    tgt[rows, end - cut] = self.roles.eos
     content = (np.arange(self.target_length)[None, :] < (end - cut)[:, None]) & real[:, None]
     enc, tgt = enc * real[:, None], tgt * real[:, None]
-    batch = encoder_decoder_batch(enc, (cut - begin + 1) * real, tgt, (end - cut + 1) * real)
+    batch = encoder_decoder_batch(enc, (cut - begin + 1) * real, tgt, (end - cut + 1) * real, bos=self.roles.bos)
     batch["target_bytes"] = content_bytes(self.piece_bytes, tgt, content)
     weight, head_bytes = self.head
     if weight != 1.0:  # the loss weighs the continuation's first bytes more (counted in bytes: the same in any ISA)

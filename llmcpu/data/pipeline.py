@@ -67,11 +67,10 @@ def _make_objective(
     raise UserError(f"objective {objective!r} needs a prose split (field 'text'); for input/target pairs use seq2seq")
   if objective in obj.PAIRS_ONLY and split.kind != "seq2seq":
     raise UserError(f"objective {objective!r} needs an input/target split (e.g. programs); for prose use lm or mlm")
-  if not split.roles.own and objective not in ("lm", "lm_targets", "mlm"):
+  if not split.roles.own and objective == "span_corruption":
     raise UserError(
-      f"objective {objective!r} needs the project's own special ids (sentinels, the encoder-decoder's BOS/EOS at "
-      f"fixed ids); ISA {split.manifest.get('compiler', '?')} comes from an existing tokenizer file: use lm, "
-      "lm_targets (decoders) or mlm (encoders) with it"
+      f"objective span_corruption needs the project's sentinel ids; ISA {split.manifest.get('compiler', '?')} comes "
+      "from an existing tokenizer file: train its encoder-decoder with prefix_lm (prose) or seq2seq (pairs)"
     )
   fields = _document_fields(split)
   builders = {

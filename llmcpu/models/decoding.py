@@ -113,12 +113,14 @@ def _generate_uncached(
 
 @functools.partial(jax.jit, static_argnames=_STATIC)
 def _generate_encoder_decoder(
-  graphdef, state, source_BxS, valid_BxS, key, temperature, top_p, eos_id, *, max_new_tokens, top_k, greedy, use_top_p
-):
+  graphdef, state, source_BxS, valid_BxS, key, temperature, top_p, eos_id, bos_id, *, max_new_tokens, top_k, greedy,
+  use_top_p
+):  # fmt: skip
   model = nnx.merge(graphdef, state)
   encoded_BxSxD = model.encode(source_BxS, segment_ids=valid_BxS.astype(jnp.int32))
   sampling = dict(max_new_tokens=max_new_tokens, top_k=top_k, greedy=greedy, use_top_p=use_top_p)
-  out = _decode_encoded(graphdef, state, model, encoded_BxSxD, valid_BxS, key, temperature, top_p, eos_id, **sampling)
+  args = (key, temperature, top_p, eos_id, bos_id)
+  out = _decode_encoded(graphdef, state, model, encoded_BxSxD, valid_BxS, *args, **sampling)
   return out, nnx.state(model, IllegalOpcodes)
 
 
@@ -129,14 +131,15 @@ def _generate_conditioned(
   model = nnx.merge(graphdef, state)
   encoded_BxKxD = model.condition(embedding_BxD)
   sampling = dict(max_new_tokens=max_new_tokens, top_k=top_k, greedy=greedy, use_top_p=use_top_p)
-  return _decode_encoded(graphdef, state, model, encoded_BxKxD, None, key, temperature, top_p, eos_id, **sampling)
+  args = (key, temperature, top_p, eos_id, jnp.int32(BOS_ID))
+  return _decode_encoded(graphdef, state, model, encoded_BxKxD, None, *args, **sampling)
 
 
 def _decode_encoded(
-  graphdef, state, model, encoded_BxSxD, valid_BxS, key, temperature, top_p, eos_id, *, max_new_tokens, top_k, greedy,
-  use_top_p
+  graphdef, state, model, encoded_BxSxD, valid_BxS, key, temperature, top_p, eos_id, bos_id, *, max_new_tokens, top_k,
+  greedy, use_top_p
 ):  # fmt: skip
-  """The decoder's loop from BOS given the encoded source (traced inside a jitted caller)."""
+  """The decoder's loop from ``bos_id`` given the encoded source (traced inside a jitted caller)."""
   n, sample = max_new_tokens, functools.partial(_sample, top_k=top_k, greedy=greedy, use_top_p=use_top_p)
   batch = encoded_BxSxD.shape[0]
   cache = model.init_cache(encoded_BxSxD, n, encoder_valid=valid_BxS)
@@ -151,7 +154,7 @@ def _decode_encoded(
     out_BxN = jax.lax.dynamic_update_slice(out_BxN, token_B[:, None], (0, t))
     return t + 1, token_B, cache, out_BxN, done_B | (token_B == eos_id)
 
-  start_B = jnp.full((batch,), BOS_ID, jnp.int32)
+  start_B = jnp.full((batch,), bos_id, jnp.int32)
   carry = (jnp.int32(0), start_B, cache, jnp.full((batch, n), PAD_ID, jnp.int32), jnp.zeros(batch, bool))
   carry = jax.lax.while_loop(lambda c: (c[0] < n) & ~jnp.all(c[4]), body, carry)
   return carry[3]
@@ -198,11 +201,13 @@ def generate(
   prompt_lengths=None,
   *,
   use_cache: bool = True,
+  bos_id: int = BOS_ID,
 ) -> jax.Array:
   """Generated ids [B, max_new_tokens] (PAD after a row's EOS).
 
   Decoder: ``prompt_ids`` [B, P] right-padded with PAD; every row needs at least one token (start it with BOS).
-  EncoderDecoder: ``prompt_ids`` is the source [B, S] (PAD = padding); the decoder starts from BOS.
+  EncoderDecoder: ``prompt_ids`` is the source [B, S] (PAD = padding); the decoder starts from ``bos_id`` (the
+  model's ISA's BOS).
   temperature 0 → greedy; otherwise sample from softmax(logits / temperature) restricted to the top_k (0 = all)
   and the top_p nucleus. ``use_cache=False`` (decoders only) recomputes the whole prefix each step (a reference).
   Illegal ids in the prompt (judged at their own width) are mapped to UNK and counted on the model; under policy
@@ -234,7 +239,8 @@ def generate(
     if c.positions == "learned" and max_new_tokens > c.max_len:
       raise UserError(f"max_new_tokens={max_new_tokens} exceeds the model's max_len={c.max_len}")
     valid = np.arange(ids.shape[1])[None, :] < lengths[:, None]
-    out, counts = _generate_encoder_decoder(graphdef, state, jnp.asarray(ids), jnp.asarray(valid), *dynamic, **static)
+    source = (jnp.asarray(ids), jnp.asarray(valid))
+    out, counts = _generate_encoder_decoder(graphdef, state, *source, *dynamic, jnp.int32(bos_id), **static)
   elif isinstance(model, Decoder):
     if (lengths == 0).any():
       raise UserError(f"prompt rows {np.flatnonzero(lengths == 0).tolist()} are empty; start every prompt with BOS")
