@@ -339,57 +339,37 @@ def test_matrix_runs_on_file_isas(hf_world):
   assert native[0]["bits_per_byte"] < min(r["bits_per_byte"] for r in rows if not r["native"])
 
 
-@pytest.mark.slow  # ~30 s: an encoder trained and scored
-def test_an_encoder_trains_and_runs_the_matrix_on_a_file_isa(hf_world, tmp_path):
-  """Masked LM on the GPT-2-style file (no mask token: EOS borrowed): an encoder trains on it, is scored on its own
-  ISA and on byte, and its own column is the better one."""
-  c = run_config.base_config("encoder", "tiny")
-  c.data.compile_dir, c.data.isa, c.data.corpus, c.data.eval_split = (
-    hf_world["compile_dir"],
-    hf_world["isas"][0],
-    "fake",
-    "test",
-  )
-  c.data.length = 64
+def _trained_on_the_file(hf_world, workdir: str, arch: str, **data) -> list[dict]:
+  """A tiny ``arch`` CPU trained 30 steps on the GPT-2-style file's ISA, then its matrix row (own ISA, byte)."""
+  c = run_config.base_config(arch, "tiny")
+  c.data.update(compile_dir=hf_world["compile_dir"], isa=hf_world["isas"][0], corpus="fake", eval_split="test", **data)
   c.model.d_model, c.model.num_heads, c.model.d_ff = 32, 2, 64
   c.train.steps, c.train.batch_size, c.train.eval_every, c.train.peak_tflops = 30, 8, 0, 1.0
   c.train.log_every, c.train.warmup_steps = 30, 2
   c.checkpoint.every, c.checkpoint.async_save = 30, False
-  trainer.train(c, str(tmp_path / "enc-hf"), log=lambda _: None)
-  _, meta, comp = checkpoints.load_model(str(tmp_path / "enc-hf"))
-  assert meta["config"]["data"]["objective"] in ("", "mlm") and comp.roles.mask is None
-  rows = evaluate(
-    [str(tmp_path / "enc-hf")], hf_world["isas"], hf_world["compile_dir"], options=FAST, log=lambda _: None
-  )
-  assert [r["status"] for r in rows] == ["ok", "ok"] and {r["objective"] for r in rows} == {"mlm"}
+  trainer.train(c, workdir, log=lambda _: None)
+  rows = evaluate([workdir], hf_world["isas"], hf_world["compile_dir"], options=FAST, log=lambda _: None)
+  assert [r["status"] for r in rows] == ["ok", "ok"]
   native = next(r for r in rows if r["native"])
-  assert native["bits_per_byte"] < next(r for r in rows if not r["native"])["bits_per_byte"]
+  assert native["bits_per_byte"] < next(r for r in rows if not r["native"])["bits_per_byte"]  # its own is better
+  return rows
+
+
+@pytest.mark.slow  # ~30 s: an encoder trained and scored
+def test_an_encoder_trains_and_runs_the_matrix_on_a_file_isa(hf_world, tmp_path):
+  """Masked LM on the GPT-2-style file (no mask token: EOS borrowed)."""
+  rows = _trained_on_the_file(hf_world, str(tmp_path / "enc-hf"), "encoder", length=64)
+  assert {r["objective"] for r in rows} == {"mlm"}
+  assert checkpoints.load_model(str(tmp_path / "enc-hf"))[2].roles.mask is None
 
 
 @pytest.mark.slow  # ~40 s: an encoder-decoder trained and cross-evaluated
 def test_an_encoder_decoder_trains_and_generates_on_a_file_isa(hf_world, tmp_path):
-  """Prefix LM on the GPT-2-style file: an encoder-decoder trains on it, is scored on its own ISA and on byte, and
-  generates (its decoder starts from the file's BOS); its own column is the better one."""
-  c = run_config.base_config("encoder_decoder", "tiny")
-  c.data.compile_dir, c.data.isa, c.data.corpus, c.data.eval_split = (
-    hf_world["compile_dir"],
-    hf_world["isas"][0],
-    "fake",
-    "test",
+  """Prefix LM on the GPT-2-style file; it generates (its decoder starts from the file's BOS)."""
+  rows = _trained_on_the_file(
+    hf_world, str(tmp_path / "encdec-hf"), "encoder_decoder", input_length=48, target_length=24
   )
-  c.data.input_length, c.data.target_length = 48, 24
-  c.model.d_model, c.model.num_heads, c.model.d_ff = 32, 2, 64
-  c.train.steps, c.train.batch_size, c.train.eval_every, c.train.peak_tflops = 30, 8, 0, 1.0
-  c.train.log_every, c.train.warmup_steps = 30, 2
-  c.checkpoint.every, c.checkpoint.async_save = 30, False
-  trainer.train(c, str(tmp_path / "encdec-hf"), log=lambda _: None)
-  rows = evaluate(
-    [str(tmp_path / "encdec-hf")], hf_world["isas"], hf_world["compile_dir"], options=FAST, log=lambda _: None
-  )
-  assert [r["status"] for r in rows] == ["ok", "ok"] and {r["objective"] for r in rows} == {"prefix_lm"}
-  native = next(r for r in rows if r["native"])
-  assert native["bits_per_byte"] < next(r for r in rows if not r["native"])["bits_per_byte"]
-  assert native["prompts"] > 0
+  assert {r["objective"] for r in rows} == {"prefix_lm"} and next(r for r in rows if r["native"])["prompts"] > 0
 
 
 def test_lm_target_bytes_are_raw_bytes_whatever_the_file_counts(files, tmp_path):
