@@ -75,6 +75,26 @@ def test_encoder_decoder_greedy_equals_a_naive_loop(encdec):
     assert row.tolist() == out[1:]
 
 
+def test_encoder_decoder_with_a_decoder_prompt_equals_a_naive_loop(encdec):
+  """``decoder_prompt`` (the decoder context of ``ModelConfig.decoder_context``): rows of different prompt lengths,
+  one empty, are left-padded into one prefill; each row's greedy ids equal a loop of full forward passes over the
+  row alone whose decoder reads [BOS] + its prompt + what it wrote. An id the model does not know reads as its UNK."""
+  source = np.array([[11, 12, 13, 14], [20, 21, PAD_ID, PAD_ID], [30, 31, 32, PAD_ID]], np.int32)
+  prompts = [[13, 14], [], [31, 32 + V]]  # row 2's last id is illegal: read as UNK
+  got = np.asarray(models.generate(encdec, source, 4, eos_id=-1, decoder_prompt=prompts))
+  graphdef, state = nnx.split(encdec)
+  for row, src, prompt in zip(got, source, prompts, strict=True):
+    src = jnp.asarray(src[src != PAD_ID][None])
+    out = [BOS_ID, *[t if t < V else UNK_ID for t in prompt]]
+    start = len(out)
+    for _ in range(4):
+      target = jnp.asarray([out + [UNK_ID] * (WIDTH - len(out))], jnp.int32)
+      out.append(int(np.asarray(_forward(graphdef, state, src, target))[0, len(out) - 1].argmax()))
+    assert row.tolist() == out[start:]
+  with pytest.raises(UserError, match="decoder_prompt has 1 rows for 3 sources"):
+    models.generate(encdec, source, 4, decoder_prompt=[[1]])
+
+
 def numpy_filter(row: np.ndarray, top_k: int, top_p: float) -> np.ndarray:
   """Keep mask: the top_k largest, then the smallest prefix (by probability among those) reaching top_p."""
   order = np.argsort(-row, kind="stable")

@@ -328,3 +328,21 @@ def test_an_encoder_decoder_learns_to_copy_its_source_and_needs_it():
   own = (apply(m, src, dec).argmax(-1) == np.asarray(src)).mean()
   other = (apply(m, jnp.roll(src, 1, axis=0), dec).argmax(-1) == np.asarray(src)).mean()
   assert own >= 0.95 and other <= 0.15, (own, other)
+
+
+def test_todays_design_reads_the_prompt_end_and_old_checkpoints_do_not():
+  """Today's encoder_decoder (issue 23) has a 16-byte decoder context trained with the tail weighted 1; a saved
+  config without the key is the old design (no decoder context); a stitched-in encoder carries none."""
+  today = run_config.base_config("encoder_decoder", "tiny")
+  assert today.model.decoder_context == 16 and today.data.tail_weight == 1.0
+  assert run_config.base_config("decoder", "tiny").model.decoder_context == 0
+  old = today.to_dict()
+  del old["model"]["decoder_context"]
+  assert run_config.checkpoint_config(old).model.decoder_context == 0
+  meta = dataclasses.asdict(models.ModelConfig(arch="encoder_decoder", vocab_size=V, decoder_context=16))
+  del meta["decoder_context"]
+  assert models.ModelConfig(**model_config.saved_fields(meta)).decoder_context == 0
+  with pytest.raises(UserError, match="belongs to an encoder_decoder"):
+    models.ModelConfig(arch="decoder", vocab_size=V, decoder_context=16)
+  with pytest.raises(UserError, match="must be >= 0"):
+    models.ModelConfig(arch="encoder_decoder", vocab_size=V, decoder_context=-1)

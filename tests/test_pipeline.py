@@ -529,6 +529,65 @@ def test_prefix_lm_curriculum_scores_only_a_growing_head_of_each_continuation(
         assert np.array_equal(rows[key], plain[key]), key
 
 
+@settings(max_examples=40, deadline=None)
+@given(doc_lengths, st.integers(2, 30), st.integers(2, 12), st.integers(1, 9), st.integers(1, 3), st.integers(0, 2))
+def test_prefix_lm_decoder_context_reads_the_prefix_end_and_scores_the_same_bytes(
+  lengths, input_length, target_length, context, k, seed
+):
+  """context_bytes = c (``ModelConfig.decoder_context``): each pair's decoder reads [BOS] + the prefix's last ids of
+  at most c bytes (counted id by id from the end here, 0-byte ids as 1) + the continuation; the tail weighs 0 and has
+  no bytes or documents, and the scored targets, their bytes, weights and documents, and the encoder side are
+  the plain rows', in order; packed, each pair in its own segment. tail_weight changes only the tail's weights."""
+  corpus = prose(lengths, seed)
+  kw = dict(objective="prefix_lm", global_batch=3, seed=seed, input_length=input_length, target_length=target_length)
+  kw["document_ids"] = True
+  try:
+    plain = epoch_rows(Pipeline(corpus.split, pairs_per_row=k, **kw))
+  except UserError as e:
+    assert "no tokens" in str(e)
+    return
+  rows = epoch_rows(Pipeline(corpus.split, pairs_per_row=k, context_bytes=context, **kw))
+  weighted = epoch_rows(Pipeline(corpus.split, pairs_per_row=k, context_bytes=context, tail_weight=2.0, **kw))
+  pb, wide = corpus.piece_bytes, target_length + context
+  for key in plain:
+    if key.startswith("encoder_"):
+      assert np.array_equal(rows[key], plain[key]), key
+  for r, i in itertools.product(range(len(rows["decoder_targets"])), range(k)):
+    got = {key: v[r, i * wide : (i + 1) * wide] for key, v in rows.items() if not key.startswith("encoder_")}
+    was = {key: v[r, i * target_length : (i + 1) * target_length] for key, v in plain.items()}
+    src = plain["encoder_inputs"][r, i * input_length : (i + 1) * input_length]
+    n_src = int((plain["encoder_segment_ids"][r, i * input_length : (i + 1) * input_length] > 0).sum())
+    n = int((was["decoder_segment_ids"] > 0).sum())
+    if not n:  # past the last window: all padding
+      assert not got["decoder_segment_ids"].any() and (got["target_docs"] == -1).all()
+      continue
+    prefix, tail, used = src[: n_src - 1].tolist(), [], 0
+    for t in reversed(prefix):
+      used += max(int(pb[t]), 1)
+      if used > context:
+        break
+      tail.insert(0, t)
+    m = len(tail)
+    assert got["decoder_targets"][:m].tolist() == tail
+    assert got["decoder_inputs"][: m + 1].tolist() == [BOS_ID, *tail]
+    assert not got["decoder_weights"][:m].any() and not got["target_bytes"][:m].any()
+    assert (got["target_docs"][:m] == -1).all()
+    for key in ("decoder_targets", "decoder_weights", "target_bytes", "target_docs"):
+      assert np.array_equal(got[key][m : m + n], was[key][:n]), key
+    assert np.array_equal(got["decoder_inputs"][m + 1 : m + n], was["decoder_inputs"][1:n])
+    assert (got["decoder_segment_ids"][: m + n] == i + 1).all() and not got["decoder_segment_ids"][m + n :].any()
+    assert got["decoder_positions"][: m + n].tolist() == list(range(m + n))
+    # tail_weight = 2 (training only): the tail weighs 2, and the content mask keeps it out of bits per byte
+    w = {key: v[r, i * wide : (i + 1) * wide] for key, v in weighted.items()}
+    assert (w["decoder_weights"][:m] == 2.0).all() and np.array_equal(
+      w["decoder_weights"][m:], got["decoder_weights"][m:]
+    )
+    assert w["content"].tolist() == [0.0] * m + [1.0] * (n - 1) + [0.0] * (wide - m - n + 1)
+  for key in rows:
+    if key != "decoder_weights":
+      assert np.array_equal(weighted[key], rows[key]), key
+
+
 def test_prefix_lm_refuses_bad_training_options():
   corpus = prose([12, 30])
   kw = dict(objective="prefix_lm", global_batch=2, seed=0, input_length=8, target_length=4)
@@ -538,6 +597,10 @@ def test_prefix_lm_refuses_bad_training_options():
     Pipeline(corpus.split, head_weight=0.0, **kw)
   with pytest.raises(UserError, match="curriculum_bytes >= 1"):
     Pipeline(corpus.split, curriculum_steps=3, curriculum_bytes=0, **kw)
+  with pytest.raises(UserError, match="context_bytes >= 0 and tail_weight >= 0"):
+    Pipeline(corpus.split, context_bytes=-1, **kw)
+  with pytest.raises(UserError, match="context_bytes >= 0 and tail_weight >= 0"):
+    Pipeline(corpus.split, context_bytes=4, tail_weight=float("nan"), **kw)
 
 
 @pytest.mark.parametrize("input_length,target_length", [(8, 4), (64, 16), (114, 30), (512, 114), (4096, 2048)])
@@ -704,3 +767,22 @@ def test_incompatible_split_kinds():
     Pipeline(prose([0, 0]).split, objective="span_corruption", global_batch=1, seed=0, input_length=8, target_length=8)
   with pytest.raises(UserError, match="step"):
     make("lm").batch(-1)
+
+
+@pytest.mark.parametrize("context,tail_weight,k", [(0, 0.0, 1), (12, 0.0, 1), (12, 1.0, 2)])
+def test_memory_batch_spec_is_the_prefix_lm_batch(context, tail_weight, k):
+  """The abstract batch the memory estimate compiles (``memory.batch_spec``) has the pipeline's keys and shapes,
+  the decoder context's wider decoder side and the weighted tail's content mask included."""
+  import ml_collections
+
+  from llmcpu.training import memory
+
+  corpus = prose([40, 90, 60, 120], 1)
+  data = ml_collections.ConfigDict(dict(input_length=30, target_length=10, pairs_per_row=k, tail_weight=tail_weight))
+  p = Pipeline(
+    corpus.split, objective="prefix_lm", global_batch=2, seed=0, input_length=30, target_length=10,
+    pairs_per_row=k, context_bytes=context, tail_weight=tail_weight,
+  )  # fmt: skip
+  batch = p.batch(0)
+  spec = memory.batch_spec("prefix_lm", 2, data, context)
+  assert {key: tuple(v.shape) for key, v in spec.items()} == {key: v.shape for key, v in batch.items()}

@@ -22,6 +22,7 @@ BOUNDS = [
   ("data.head_bytes", 1, 0),
   ("data.curriculum_steps", 0, -1),  # 0 = no curriculum
   ("data.curriculum_bytes", 1, 0),
+  ("data.tail_weight", 0.0, -0.5),
   ("train.steps", 0, -1),
   ("train.batch_size", 1, 0),
   ("train.learning_rate", 1e-9, 0.0),

@@ -148,6 +148,7 @@ class ModelEvaluator:
 
   def pipeline(self, split: CompiledSplit, objective: str) -> Pipeline:
     extra = {"truncate": True} if objective == "seq2seq" else {}
+    extra.update(obj.context_options(objective, self.mc.decoder_context))
     return Pipeline(
       split,
       objective=objective,

@@ -20,6 +20,7 @@ import numpy as np
 
 from llmcpu import models, specials
 from llmcpu.compilers import Compiler
+from llmcpu.data import objectives
 from llmcpu.data.compiled import CompiledSplit
 
 
@@ -168,6 +169,16 @@ def prompt_batch(
   return out, lengths, truncated
 
 
+def decoder_tails(source_BxS: np.ndarray, lengths_B: np.ndarray, piece_bytes: np.ndarray, context: int) -> list:
+  """The decoder context of each source row (its first ``lengths_B`` ids, EOS excluded): its last ids of at most
+  ``context`` bytes of the ISA they are written in (``objectives.tail_length``, prefix LM's rule)."""
+  out = []
+  for row, n in zip(source_BxS, lengths_B, strict=True):
+    ids = np.asarray(row[:n], np.int64)
+    out.append(ids[len(ids) - objectives.tail_length(piece_bytes[ids], context) :])
+  return out
+
+
 def output_ids(row: np.ndarray, fill_span: bool = False, roles: specials.Roles = specials.OWN) -> list[int]:
   """The generated ids that carry text: up to EOS; with ``fill_span``, the first sentinel's span. ``roles``: the
   model's ISA's (an external ISA's PAD may be an ordinary piece elsewhere: only its EOS ends the text)."""
@@ -198,9 +209,13 @@ def generate_texts(
   **decoding,
 ) -> tuple[list[str], list[str], int]:
   """(texts read by the CPU's compiler, texts read by the evaluation compiler, prompts truncated); prose outputs are
-  cut by the caller."""
+  cut by the caller. An encoder-decoder with a decoder context (``ModelConfig.decoder_context``) continuing prose
+  reads the prompt's last ids in its decoder too, as prefix LM trained it (``decoder_tails``)."""
   batch, lengths, truncated = prompt_batch(prompts, arch, width, fill_span, own.roles)
   decoding = {"eos_id": own.roles.eos, "bos_id": own.roles.bos, **decoding}
+  context = model.config.decoder_context if arch == "encoder_decoder" and not fill_span else 0
+  if context and prompts.kind == "prose":
+    decoding["decoder_prompt"] = decoder_tails(batch, lengths - 1, foreign.piece_bytes, context)
   out = np.asarray(models.generate(model, batch, new_tokens, prompt_lengths=lengths, **decoding))
   own_texts, foreign_texts = [], []
   for row in out:

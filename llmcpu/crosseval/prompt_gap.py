@@ -14,7 +14,8 @@ construction when every target starts with the same id (the same space after the
 of the pairing, not a finding (its interval resamples documents apart from their partners and means nothing).
 
 A decoder reads ``[BOS] + prompt + target``; an encoder-decoder's encoder reads ``prompt + [EOS]`` (the prefix LM
-source) and its decoder ``[BOS] + target`` — the same bytes, laid out as each was trained.
+source) and its decoder ``[BOS] + target``, or ``[BOS] + tail + target`` with a decoder context (the prompt's last
+ids, ``ModelConfig.decoder_context``) — the same bytes, laid out as each was trained.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from flax import nnx
 from llmcpu import specials
 from llmcpu.compilers import Compiler
 from llmcpu.crosseval import generation, intervals
+from llmcpu.data import objectives
 from llmcpu.data.compiled import CompiledSplit
 from llmcpu.errors import UserError
 
@@ -108,9 +110,11 @@ def target_nll(
   *,
   batch_size: int = 32,
   roles: specials.Roles = specials.OWN,
+  piece_bytes: np.ndarray | None = None,
 ) -> list[np.ndarray]:
   """Teacher-forced NLL (nats) of each target id after its prompt: one array per row, as long as its target.
-  ``roles``: where the model's ISA keeps BOS/EOS/PAD."""
+  ``roles``: where the model's ISA keeps BOS/EOS/PAD. ``piece_bytes`` (the prompts' ISA's): an encoder-decoder with
+  a decoder context reads the prompt's last ids in its decoder too (prose; without them, as a program's answer)."""
   if arch not in ("decoder", "encoder_decoder"):
     raise UserError(f"the prompt gap needs a decoder or an encoder_decoder, not an {arch}")
   graphdef, state = nnx.split(model)
@@ -120,7 +124,9 @@ def target_nll(
     width = max(len(s) for s in seqs) - 1
   else:
     srcs = [[*p.tolist(), roles.eos] for p in prompts]
-    seqs = [[roles.bos, *t.tolist()] for t in targets]
+    context = model.config.decoder_context if piece_bytes is not None else 0
+    tails = [p[len(p) - objectives.tail_length(piece_bytes[p], context) :] if context else p[:0] for p in prompts]
+    seqs = [[roles.bos, *a.tolist(), *t.tolist()] for a, t in zip(tails, targets, strict=True)]
     width, src_width = max(len(s) for s in seqs) - 1, max(len(s) for s in srcs)
   out: list[np.ndarray] = []
   n = len(seqs)
@@ -244,11 +250,14 @@ def prompt_gap(
   return _gap(model, arch, comp, prompts, targets, nbytes, cl, head_bytes, seed, per_byte, batch_size)
 
 
-def _gap(model, arch, comp, prompts, targets, nbytes, clusters, head_bytes, seed, per_byte, batch_size) -> dict:
+def _gap(
+  model, arch, comp, prompts, targets, nbytes, clusters, head_bytes, seed, per_byte, batch_size, prose=True
+) -> dict:
   """Own vs a derangement's prompts, teacher-forced on the same targets: ``gap_figures`` (+ ``per_byte``)."""
   other = derangement(len(prompts), seed)
-  nll_own = target_nll(model, arch, prompts, targets, batch_size=batch_size, roles=comp.roles)
-  nll_other = target_nll(model, arch, [prompts[j] for j in other], targets, batch_size=batch_size, roles=comp.roles)
+  run = dict(batch_size=batch_size, roles=comp.roles, piece_bytes=comp.piece_bytes if prose else None)
+  nll_own = target_nll(model, arch, prompts, targets, **run)
+  nll_other = target_nll(model, arch, [prompts[j] for j in other], targets, **run)
   table = gap_table(nll_own, nll_other, nbytes, head_bytes)
   out = gap_figures(table, clusters, seed)
   out.update(head_bytes=head_bytes, target_bytes_total=float(table[:, 2].sum()))
@@ -270,7 +279,7 @@ def program_gap(
   if any(len(t) == 0 for t in targets):
     raise UserError("a program with an empty answer has nothing to score; pick other programs")
   nbytes = [np.asarray(comp.piece_bytes[t], np.float64) for t in targets]
-  return _gap(model, arch, comp, prompts, targets, nbytes, None, head_bytes, seed, per_byte, batch_size)
+  return _gap(model, arch, comp, prompts, targets, nbytes, None, head_bytes, seed, per_byte, batch_size, prose=False)
 
 
 def measure(

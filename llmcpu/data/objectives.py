@@ -90,6 +90,7 @@ def prefix_lm_training(data: Any) -> dict:
     "head_bytes": int(data.get("head_bytes", 8)),
     "curriculum_steps": int(data.get("curriculum_steps", 0)),
     "curriculum_bytes": int(data.get("curriculum_bytes", 8)),
+    "tail_weight": float(data.get("tail_weight", 0.0)),
   }
 
 
@@ -104,12 +105,31 @@ def training_options(data: Any, objective: str, pooled: bool = False) -> dict:
   return {}
 
 
+def decoder_width(data: Any, objective: str, decoder_context: int = 0) -> int:
+  """Width of one pair's decoder side: the target, and for prefix LM the decoder context in front of it (its tail
+  ids are at most one per byte)."""
+  return data.target_length + (decoder_context if objective == "prefix_lm" else 0)
+
+
 def tokens_per_row(config: Any, objective: str) -> int:
-  """Ids in one training row: encoder input + decoder target (× packed pairs) for seq2seq objectives, else one
+  """Ids in one training row: encoder input + decoder side (× packed pairs) for seq2seq objectives, else one
   window."""
   if objective in SEQ2SEQ:
-    return (config.data.input_length + config.data.target_length) * pairs_per_row(config.data, objective)
+    dec = decoder_width(config.data, objective, int(config.model.get("decoder_context", 0)))
+    return (config.data.input_length + dec) * pairs_per_row(config.data, objective)
   return config.data.length
+
+
+def context_options(objective: str, decoder_context: int) -> dict:
+  """The objective options a model's design fixes (training and evaluation alike): prefix LM's decoder context."""
+  return {"context_bytes": int(decoder_context)} if objective == "prefix_lm" and decoder_context else {}
+
+
+def tail_length(nbytes_L: np.ndarray, max_bytes: int) -> int:
+  """How many of a prompt's last ids (of ``nbytes_L`` bytes each) fit in ``max_bytes``: the decoder context of an
+  encoder-decoder (``ModelConfig.decoder_context``). A 0-byte id (UNK) counts 1, so the ids always fit as many slots."""
+  per_id = np.maximum(np.asarray(nbytes_L, np.int64), 1)[::-1]
+  return int(np.searchsorted(np.cumsum(per_id), max_bytes, side="right"))
 
 
 def piece_bytes_of(split: CompiledSplit) -> np.ndarray:
@@ -713,6 +733,13 @@ class PrefixLM(Objective):
   n`` bytes (EOS only if the whole continuation is inside), from row n on every token: short targets first, growing
   linearly (issue 23; ``data.curriculum_steps`` × the global batch). All three are training options; evaluation
   scores one pair per row, unweighted, whole.
+
+  ``context_bytes`` = c > 0 (the model's ``decoder_context``, so training and evaluation alike): the decoder reads
+  ``[BOS] + tail + continuation``, where the tail is the prefix's last ids of at most c bytes (``tail_length``), the
+  encoder still the whole prefix; the tail's positions are not scored (weight 0, no bytes), so the scored bytes are
+  those of c = 0. The decoder side is ``target_length + c`` wide. ``tail_weight`` = w > 0 (training only) gives the
+  tail's ids the loss weight w: the decoder learns to copy the prompt's end from the encoder, never counted in bits
+  per byte (no bytes, not content).
   """
 
   def __init__(
@@ -726,7 +753,15 @@ class PrefixLM(Objective):
     head_bytes: int = 8,
     curriculum_rows: int = 0,
     curriculum_bytes: int = 8,
+    context_bytes: int = 0,
+    tail_weight: float = 0.0,
   ):
+    if context_bytes < 0 or not (tail_weight >= 0 and np.isfinite(tail_weight)):
+      raise UserError(
+        f"prefix_lm needs context_bytes >= 0 and tail_weight >= 0 (got {context_bytes}, {tail_weight}); 0 bytes = "
+        "the decoder starts from BOS"
+      )
+    self.context_bytes, self.tail_weight = int(context_bytes), float(tail_weight)
     if input_length < 2 or target_length < 2:
       raise UserError(f"prefix_lm needs input_length and target_length >= 2 (got {input_length}, {target_length})")
     if pairs_per_row < 1:
@@ -794,11 +829,19 @@ class PrefixLM(Objective):
     rows = np.arange(len(e_R))
     enc = _gather(self.text, begin, cut - begin, self.input_length)
     enc[rows, cut - begin] = self.roles.eos
-    tgt = _gather(self.text, cut, end - cut, self.target_length)
-    tgt[rows, end - cut] = self.roles.eos
-    content = (np.arange(self.target_length)[None, :] < (end - cut)[:, None]) & real[:, None]
+    tail = self.tails(begin, cut)  # ids of the prefix's end the decoder reads first (0 without a decoder context)
+    width = self.target_length + self.context_bytes
+    tgt = _gather(self.text, cut - tail, end - cut + tail, width)
+    tgt[rows, end - cut + tail] = self.roles.eos
+    col = np.arange(width)[None, :]
+    content = (col >= tail[:, None]) & (col < (end - cut + tail)[:, None]) & real[:, None]
     enc, tgt = enc * real[:, None], tgt * real[:, None]
-    batch = encoder_decoder_batch(enc, (cut - begin + 1) * real, tgt, (end - cut + 1) * real, bos=self.roles.bos)
+    batch = encoder_decoder_batch(enc, (cut - begin + 1) * real, tgt, (end - cut + tail + 1) * real, bos=self.roles.bos)
+    batch["decoder_weights"] = np.where(col < tail[:, None], self.tail_weight, batch["decoder_weights"]).astype(
+      np.float32
+    )
+    if self.tail_weight:  # weighted, yet not what bits per byte counts: the mask says so (loss.content_mask)
+      batch["content"] = content.astype(np.float32)
     batch["target_bytes"] = content_bytes(self.piece_bytes, tgt, content)
     weight, head_bytes = self.head
     if weight != 1.0:  # the loss weighs the continuation's first bytes more (counted in bytes: the same in any ISA)
@@ -811,6 +854,16 @@ class PrefixLM(Objective):
       batch["decoder_weights"] = np.where(before < limit_R[:, None], batch["decoder_weights"], 0.0).astype(np.float32)
     batch["target_docs"] = content_docs(np.broadcast_to(doc[:, None], content.shape), content)
     return batch
+
+  def tails(self, begin: np.ndarray, cut: np.ndarray) -> np.ndarray:
+    """Per row, how many of the prefix's last ids [begin, cut) the decoder reads (``tail_length``)."""
+    if not self.context_bytes:
+      return np.zeros(len(cut), np.int64)
+    tokens = np.asarray(self.text.tokens)
+    return np.array(
+      [tail_length(self.piece_bytes[tokens[b:c]], self.context_bytes) for b, c in zip(begin, cut, strict=True)],
+      np.int64,
+    )
 
   def stats(self) -> dict:
     total = float(self.text.nbytes.sum())

@@ -89,7 +89,15 @@ def _make_objective(
     "seq2seq": {"truncate", "pack_tokens"},
     "reconstruct": {"truncate", "pack_tokens"},
     "span_corruption": {"noise_density", "mean_noise_span_length"},
-    "prefix_lm": {"pairs_per_row", "head_weight", "head_bytes", "curriculum_rows", "curriculum_bytes"},
+    "prefix_lm": {
+      "pairs_per_row",
+      "head_weight",
+      "head_bytes",
+      "curriculum_rows",
+      "curriculum_bytes",
+      "context_bytes",
+      "tail_weight",
+    },
   }[objective]
   unknown = sorted(set(options) - allowed)
   if unknown:

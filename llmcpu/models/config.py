@@ -36,8 +36,9 @@ _CHOICES = {
 
 # The encoder_decoder design (issue 23). A field's dataclass default is always the *old* design, so a checkpoint
 # whose saved config predates the field reads back as what it was trained as; the design a new encoder_decoder
-# gets is in ``ENCODER_DECODER_DESIGN``, applied by ``presets`` (so by every training config).
-ENCODER_DECODER_DESIGN: dict[str, Any] = {}
+# gets is in ``ENCODER_DECODER_DESIGN``, applied by ``presets`` (so by every training config): on prose (prefix LM)
+# its decoder also reads the prompt's last 16 bytes, learning to copy them from the encoder (``data.tail_weight``).
+ENCODER_DECODER_DESIGN: dict[str, Any] = {"decoder_context": 16}
 
 # positions='t5': T5's relative position buckets (Raffel et al. 2020, as in t5x): half exact offsets, half
 # log-spaced up to this distance, one learned bias per (bucket, head) in every self-attention layer.
@@ -106,6 +107,9 @@ class ModelConfig:
   #   + the source length, so "the source's last token" is a fixed relative distance from every target token;
   #   'alibi': a per-head linear penalty on that same distance (a prior towards the source's end)
   cross_zero_init: bool = False  # cross-attention output projections start at zero (the decoder starts as an LM)
+  # prefix LM on prose: the decoder also reads the prompt's last ≤ decoder_context bytes (whole ids) before it
+  # writes, unscored; the encoder still reads the whole prompt (0 = the decoder starts from BOS alone)
+  decoder_context: int = 0
 
   def __post_init__(self):
     if isinstance(self.encoder_config, Mapping):  # read back from a checkpoint's (JSON) metadata
@@ -154,6 +158,10 @@ class ModelConfig:
       raise UserError(
         f"model.encoder_positions, cross_positions and cross_zero_init belong to an encoder_decoder, not a {self.arch}"
       )
+    if self.decoder_context and self.arch != "encoder_decoder":
+      raise UserError(f"model.decoder_context belongs to an encoder_decoder, not a {self.arch}")
+    if self.decoder_context < 0:
+      raise UserError(f"model.decoder_context={self.decoder_context} must be >= 0 (0 = the decoder starts from BOS)")
     if self.cross_positions and self.pool:
       raise UserError(
         f"model.cross_positions={self.cross_positions} needs every encoder state (pool=0): pooled vectors have none"

@@ -68,6 +68,14 @@ def _generate_decoder(
     ids_BxP, model.init_cache(batch, width + n), positions=positions_BxP, valid=valid_BxP
   )
   counts = nnx.state(model, IllegalOpcodes)
+  sampling = (key, temperature, top_p, eos_id, n, sample)
+  return _continue(graphdef, state, logits_BxPxV[:, -1], cache, lengths_B, *sampling), counts
+
+
+def _continue(graphdef, state, last_BxV, cache, lengths_B, key, temperature, top_p, eos_id, n, sample) -> jax.Array:
+  """The cached loop after a prefill whose rows hold ``lengths_B`` tokens and whose last logits are ``last_BxV``
+  (traced inside a jitted caller): ``n`` ids per row, PAD after its EOS."""
+  batch = last_BxV.shape[0]
 
   def body(carry):
     t, last_BxV, cache, out_BxN, done_B = carry
@@ -78,9 +86,9 @@ def _generate_decoder(
     logits_Bx1xV, cache = step_model.extend(token_B[:, None], cache, positions=(lengths_B + t)[:, None])
     return t + 1, logits_Bx1xV[:, 0], cache, out_BxN, done_B
 
-  carry = (jnp.int32(0), logits_BxPxV[:, -1], cache, jnp.full((batch, n), PAD_ID, jnp.int32), jnp.zeros(batch, bool))
+  carry = (jnp.int32(0), last_BxV, cache, jnp.full((batch, n), PAD_ID, jnp.int32), jnp.zeros(batch, bool))
   carry = jax.lax.while_loop(lambda c: (c[0] < n) & ~jnp.all(c[4]), body, carry)
-  return carry[3], counts
+  return carry[3]
 
 
 @functools.partial(jax.jit, static_argnames=_STATIC)
@@ -122,6 +130,24 @@ def _generate_encoder_decoder(
   args = (key, temperature, top_p, eos_id, bos_id)
   out = _decode_encoded(graphdef, state, model, encoded_BxSxD, valid_BxS, *args, **sampling)
   return out, nnx.state(model, IllegalOpcodes)
+
+
+@functools.partial(jax.jit, static_argnames=_STATIC)
+def _generate_encoder_decoder_prompted(
+  graphdef, state, source_BxS, valid_BxS, prompt_BxP, lengths_B, key, temperature, top_p, eos_id, *, max_new_tokens,
+  top_k, greedy, use_top_p
+):  # fmt: skip
+  """An encoder-decoder whose decoder first reads ``prompt_BxP`` (right-padded, ``lengths_B`` ids, BOS first): the
+  decoder context of ``ModelConfig.decoder_context``. Its loop is the decoder's, after a prefill of those ids."""
+  n, sample = max_new_tokens, functools.partial(_sample, top_k=top_k, greedy=greedy, use_top_p=use_top_p)
+  model = nnx.merge(graphdef, state)
+  encoded_BxSxD = model.encode(source_BxS, segment_ids=valid_BxS.astype(jnp.int32))
+  ids_BxP, prompt_valid_BxP, positions_BxP = _right_align(prompt_BxP, lengths_B)
+  cache = model.init_cache(encoded_BxSxD, prompt_BxP.shape[1] + n, encoder_valid=valid_BxS)
+  logits_BxPxV, cache = model.extend(ids_BxP, cache, positions=positions_BxP, valid=prompt_valid_BxP)
+  counts = nnx.state(model, IllegalOpcodes)
+  sampling = (key, temperature, top_p, eos_id, n, sample)
+  return _continue(graphdef, state, logits_BxPxV[:, -1], cache, lengths_B, *sampling), counts
 
 
 @functools.partial(jax.jit, static_argnames=_STATIC)
@@ -202,12 +228,14 @@ def generate(
   *,
   use_cache: bool = True,
   bos_id: int = BOS_ID,
+  decoder_prompt: list | None = None,
 ) -> jax.Array:
   """Generated ids [B, max_new_tokens] (PAD after a row's EOS).
 
   Decoder: ``prompt_ids`` [B, P] right-padded with PAD; every row needs at least one token (start it with BOS).
   EncoderDecoder: ``prompt_ids`` is the source [B, S] (PAD = padding); the decoder starts from ``bos_id`` (the
-  model's ISA's BOS).
+  model's ISA's BOS), then reads ``decoder_prompt`` (one id sequence per row, possibly empty; the decoder context
+  of ``ModelConfig.decoder_context``) before it writes.
   temperature 0 → greedy; otherwise sample from softmax(logits / temperature) restricted to the top_k (0 = all)
   and the top_p nucleus. ``use_cache=False`` (decoders only) recomputes the whole prefix each step (a reference).
   Illegal ids in the prompt (judged at their own width) are mapped to UNK and counted on the model; under policy
@@ -240,7 +268,21 @@ def generate(
       raise UserError(f"max_new_tokens={max_new_tokens} exceeds the model's max_len={c.max_len}")
     valid = np.arange(ids.shape[1])[None, :] < lengths[:, None]
     source = (jnp.asarray(ids), jnp.asarray(valid))
-    out, counts = _generate_encoder_decoder(graphdef, state, *source, *dynamic, jnp.int32(bos_id), **static)
+    if decoder_prompt is None:
+      out, counts = _generate_encoder_decoder(graphdef, state, *source, *dynamic, jnp.int32(bos_id), **static)
+    else:
+      if len(decoder_prompt) != len(ids):
+        raise UserError(f"decoder_prompt has {len(decoder_prompt)} rows for {len(ids)} sources")
+      rows = [[bos_id, *np.asarray(p, np.int64).tolist()] for p in decoder_prompt]
+      width = max(max(len(r) for r in rows), c.decoder_context + 1)  # a fixed width serves every batch: one compile
+      prompt = np.full((len(rows), width), PAD_ID, np.int64)
+      for i, r in enumerate(rows):
+        prompt[i, : len(r)] = r
+      # Its ids are the source's end, judged and counted there: read as the model's stand-in without a second count.
+      prompt = np.where((prompt < 0) | (prompt >= c.vocab_size), c.unk_id, prompt)
+      plengths = jnp.asarray([len(r) for r in rows], jnp.int32)
+      args = (graphdef, state, *source, jnp.asarray(prompt, jnp.int32), plengths, *dynamic)
+      out, counts = _generate_encoder_decoder_prompted(*args, **static)
   elif isinstance(model, Decoder):
     if (lengths == 0).any():
       raise UserError(f"prompt rows {np.flatnonzero(lengths == 0).tolist()} are empty; start every prompt with BOS")

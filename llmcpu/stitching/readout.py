@@ -48,7 +48,7 @@ def readout_config(config: ml_collections.ConfigDict, meta: dict) -> ml_collecti
   c.model.encoder_config = encoder_config_of(meta, config.encoder)
   shape = ("d_model", "num_heads", "d_ff", "max_len", "mlp", "norm", "positions", "dtype", "attention_impl")
   c.model.update({k: meta["model_config"][k] for k in shape})  # the decoder as wide as the embedding it reads
-  c.model.update(pool=config.pool, relative=config.relative)
+  c.model.update(pool=config.pool, relative=config.relative, decoder_context=0)  # its decoder reads no prompt
   c.seed = config.seed
   c.train.update(steps=config.steps, batch_size=config.batch_size, trainable=TRAINABLE, eval_every=0)
   c.train.warmup_steps = max(1, config.steps // 20)

@@ -56,7 +56,7 @@ def encoder_config_of(meta: dict, path: str) -> dict:
     )
   if mc.get("encoder_config") or mc.get("stitch"):
     raise UserError(f"{path} is itself stitched; swap in the encoder of a CPU trained as one")
-  enc_dec_only = {"encoder_positions": "", "cross_positions": "", "cross_zero_init": False}  # not an encoder's
+  enc_dec_only = {"encoder_positions": "", "cross_positions": "", "cross_zero_init": False, "decoder_context": 0}
   return {**mc, "arch": "encoder", "num_decoder_layers": None, "encoder_config": None, "stitch": "", **enc_dec_only}
 
 

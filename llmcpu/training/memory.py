@@ -60,8 +60,11 @@ class Estimate:
 # ----------------------------------------------------------------------------------------------------- shapes
 
 
-def batch_spec(objective: str, rows: int, data: ml_collections.ConfigDict) -> dict[str, jax.ShapeDtypeStruct]:
-  """The abstract batch the pipeline yields for ``objective`` (see ``llmcpu.data.pipeline``), ``rows`` rows."""
+def batch_spec(
+  objective: str, rows: int, data: ml_collections.ConfigDict, decoder_context: int = 0
+) -> dict[str, jax.ShapeDtypeStruct]:
+  """The abstract batch the pipeline yields for ``objective`` (see ``llmcpu.data.pipeline``), ``rows`` rows;
+  ``decoder_context``: the model's (``ModelConfig.decoder_context``)."""
   f32, i32 = jnp.float32, jnp.int32
   if objective in ("lm", "lm_targets", "mlm"):
     names, length = ("inputs", "targets", "weights", "segment_ids", "positions", "target_bytes"), data.length
@@ -69,21 +72,23 @@ def batch_spec(objective: str, rows: int, data: ml_collections.ConfigDict) -> di
     if objective != "mlm":  # lm, lm_targets: the content mask (objectives.CausalLM)
       spec["content"] = jax.ShapeDtypeStruct((rows, length), f32)
     return spec
-  enc_len, dec_len = _tokens(objective, data)
+  enc_len, dec_len = _tokens(objective, data, decoder_context)
   enc = {n: jax.ShapeDtypeStruct((rows, enc_len), i32) for n in ("inputs", "segment_ids", "positions")}
   dec_names = ("inputs", "targets", "weights", "segment_ids", "positions")
   dec = {n: jax.ShapeDtypeStruct((rows, dec_len), f32 if n == "weights" else i32) for n in dec_names}
   spec = {f"encoder_{n}": s for n, s in enc.items()} | {f"decoder_{n}": s for n, s in dec.items()}
   spec["target_bytes"] = jax.ShapeDtypeStruct((rows, dec_len), i32)
+  if objective == "prefix_lm" and decoder_context and data.get("tail_weight", 0.0):  # the weighted tail's mask
+    spec["content"] = jax.ShapeDtypeStruct((rows, dec_len), f32)
   return spec
 
 
-def _tokens(objective: str, data: ml_collections.ConfigDict) -> tuple[int, int]:
+def _tokens(objective: str, data: ml_collections.ConfigDict, decoder_context: int = 0) -> tuple[int, int]:
   """(encoder or only stack's length, decoder length; 0 without a decoder stack of its own)."""
   if objective in ("lm", "lm_targets", "mlm"):
     return data.length, 0
   k = obj.pairs_per_row(data, objective)  # packed prefix LM rows are k pairs wide
-  return data.input_length * k, data.target_length * k
+  return data.input_length * k, obj.decoder_width(data, objective, decoder_context) * k
 
 
 # ----------------------------------------------------------------------------------------------------- compiled
@@ -108,7 +113,7 @@ def compiled_estimate(
   state["step"] = jax.ShapeDtypeStruct((), jnp.int32)
   if frozen is not None:
     state["frozen"] = frozen
-  batch = batch_spec(objective, t.batch_size, config.data)
+  batch = batch_spec(objective, t.batch_size, config.data, mc.decoder_context)
   batch["stop"] = jax.ShapeDtypeStruct((t.batch_size, 1), jnp.float32)
   if device is not None:
     on = jax.sharding.SingleDeviceSharding(device)
@@ -233,7 +238,7 @@ def estimate_for(config: ml_collections.ConfigDict, mc: models.ModelConfig, obje
   """The analytic estimate per device when ``devices`` devices share ``train.batch_size`` (data × fsdp)."""
   shards = config.mesh.fsdp * config.mesh.tensor
   rows = max(1, config.train.batch_size * config.mesh.tensor // devices)
-  enc_len, dec_len = _tokens(objective, config.data)
+  enc_len, dec_len = _tokens(objective, config.data, mc.decoder_context)
   return analytic_estimate(
     mc, rows, enc_len, dec_len, grad_accum=config.train.grad_accum, shards=shards,
     trainable=trainable_count(mc, config.train.get("trainable", "")),

@@ -211,6 +211,7 @@ def resolve(config: ml_collections.ConfigDict, workdir: str) -> Setup:
       process_count=jax.process_count(),
       shuffle=shuffle,
       **({"truncate": d.truncate} if objective in ("seq2seq", "reconstruct") else {}),
+      **obj.context_options(objective, mc.decoder_context),  # the design's, so training and evaluation alike
       # training options only: evaluation scores the same windows one per row, unweighted (see PrefixLM)
       **(obj.training_options(d, objective, pooled=bool(mc.pool)) if shuffle else {}),
     )
@@ -669,6 +670,7 @@ def _flops_per_step(run: Setup) -> float:
   if run.objective in obj.SEQ2SEQ:
     # models.flops_per_token counts one source and one target token together.
     # packed pairs: k times the row, and attention runs over the whole row (masked), as the hardware computes it
-    seq = (cfg.data.input_length + cfg.data.target_length) / 2 * obj.pairs_per_row(cfg.data, run.objective)
+    dec = obj.decoder_width(cfg.data, run.objective, c.decoder_context)
+    seq = (cfg.data.input_length + dec) / 2 * obj.pairs_per_row(cfg.data, run.objective)
     return models.flops_per_token(c, int(seq)) * cfg.train.batch_size * seq
   return models.flops_per_token(c, cfg.data.length) * cfg.train.batch_size * cfg.data.length
