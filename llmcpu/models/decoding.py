@@ -204,6 +204,20 @@ def generate_from_embedding(
   return _generate_conditioned(graphdef, state, jnp.asarray(v), *dynamic, **static)
 
 
+def _decoder_prompt(rows_in: list, batch: int, bos_id: int, c) -> tuple[jax.Array, jax.Array]:
+  """``generate``'s ``decoder_prompt`` as right-padded ``[BOS] + ids`` rows and their lengths."""
+  if len(rows_in) != batch:
+    raise UserError(f"decoder_prompt has {len(rows_in)} rows for {batch} sources")
+  rows = [[bos_id, *np.asarray(p, np.int64).tolist()] for p in rows_in]
+  width = max(max(len(r) for r in rows), c.decoder_context + 1)  # a fixed width serves every batch: one compile
+  prompt = np.full((len(rows), width), PAD_ID, np.int64)
+  for i, r in enumerate(rows):
+    prompt[i, : len(r)] = r
+  # Its ids are the source's end, judged and counted there: read as the model's stand-in without a second count.
+  prompt = np.where((prompt < 0) | (prompt >= c.vocab_size), c.unk_id, prompt)
+  return jnp.asarray(prompt, jnp.int32), jnp.asarray([len(r) for r in rows], jnp.int32)
+
+
 def _lengths(ids_BxP: np.ndarray, prompt_lengths) -> np.ndarray:
   if prompt_lengths is None:
     nonpad = ids_BxP != PAD_ID
@@ -271,17 +285,7 @@ def generate(
     if decoder_prompt is None:
       out, counts = _generate_encoder_decoder(graphdef, state, *source, *dynamic, jnp.int32(bos_id), **static)
     else:
-      if len(decoder_prompt) != len(ids):
-        raise UserError(f"decoder_prompt has {len(decoder_prompt)} rows for {len(ids)} sources")
-      rows = [[bos_id, *np.asarray(p, np.int64).tolist()] for p in decoder_prompt]
-      width = max(max(len(r) for r in rows), c.decoder_context + 1)  # a fixed width serves every batch: one compile
-      prompt = np.full((len(rows), width), PAD_ID, np.int64)
-      for i, r in enumerate(rows):
-        prompt[i, : len(r)] = r
-      # Its ids are the source's end, judged and counted there: read as the model's stand-in without a second count.
-      prompt = np.where((prompt < 0) | (prompt >= c.vocab_size), c.unk_id, prompt)
-      plengths = jnp.asarray([len(r) for r in rows], jnp.int32)
-      args = (graphdef, state, *source, jnp.asarray(prompt, jnp.int32), plengths, *dynamic)
+      args = (graphdef, state, *source, *_decoder_prompt(decoder_prompt, len(ids), bos_id, c), *dynamic)
       out, counts = _generate_encoder_decoder_prompted(*args, **static)
   elif isinstance(model, Decoder):
     if (lengths == 0).any():
