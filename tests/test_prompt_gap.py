@@ -46,17 +46,24 @@ def _log_softmax64(logits):
   return z - np.log(np.exp(z).sum(-1, keepdims=True))
 
 
-def _target_nll64(model, arch, prompt, target) -> float:
+def _target_nll64(model, arch, prompt, target, comp=None) -> float:
   """NLL (nats) of ``target`` after ``prompt``, one unpadded row as the CPU is trained: a decoder ``[BOS] prompt
-  target``, an encoder-decoder ``prompt EOS`` → ``[BOS] target``."""
+  target``, an encoder-decoder ``prompt EOS`` → ``[BOS] tail target``, on prose (``comp`` given) the tail being the
+  prompt's last ids whose decoded bytes (at least 1 each) fit its ``decoder_context``, counted one id at a time."""
   if arch == "decoder":
     seq = [specials.BOS_ID, *prompt, *target]
     logp = _log_softmax64(model(np.asarray([seq[:-1]], np.int32))[0])
     rows = range(len(seq) - 1 - len(target), len(seq) - 1)
   else:
-    dec = [specials.BOS_ID, *target[:-1]]
+    tail, used = [], 0
+    for t in reversed(list(prompt) if comp is not None else []):
+      used += max(len(comp.decode([t]).encode("utf-8")), 1)
+      if used > model.config.decoder_context:
+        break
+      tail.insert(0, t)
+    dec = [specials.BOS_ID, *tail, *target[:-1]]
     logp = _log_softmax64(model(np.asarray([[*prompt, specials.EOS_ID]]), np.asarray([dec], np.int32))[0])
-    rows = range(len(target))
+    rows = range(len(tail), len(tail) + len(target))
   return -sum(logp[r, t] for r, t in zip(rows, target, strict=True))
 
 
@@ -71,7 +78,7 @@ def _reference(model, arch, comp, raw, cuts, ends, docs, other):
     nbytes += len(target_text.encode("utf-8"))
     for key, src in (("own", d), ("other", docs[other[i]])):
       prompt = comp.encode(raw[src].encode("utf-8")[: cuts[src]].decode("utf-8"))
-      nll[key] += _target_nll64(model, arch, prompt, target)
+      nll[key] += _target_nll64(model, arch, prompt, target, comp)
   return nll["own"] / (math.log(2) * nbytes), nll["other"] / (math.log(2) * nbytes), nbytes
 
 
