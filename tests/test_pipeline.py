@@ -769,7 +769,7 @@ def test_incompatible_split_kinds():
     make("lm").batch(-1)
 
 
-@pytest.mark.parametrize("context,tail_weight,k", [(0, 0.0, 1), (12, 0.0, 1), (12, 1.0, 2)])
+@pytest.mark.parametrize("context,tail_weight,k", [(0, 0.0, 1), (0, 1.0, 1), (12, 0.0, 1), (12, 1.0, 2)])
 def test_memory_batch_spec_is_the_prefix_lm_batch(context, tail_weight, k):
   """The abstract batch the memory estimate compiles (``memory.batch_spec``) has the pipeline's keys and shapes,
   the decoder context's wider decoder side and the weighted tail's content mask included."""

@@ -171,12 +171,8 @@ def prompt_batch(
 
 def decoder_tails(source_BxS: np.ndarray, lengths_B: np.ndarray, piece_bytes: np.ndarray, context: int) -> list:
   """The decoder context of each source row (its first ``lengths_B`` ids, EOS excluded): its last ids of at most
-  ``context`` bytes of the ISA they are written in (``objectives.tail_length``, prefix LM's rule)."""
-  out = []
-  for row, n in zip(source_BxS, lengths_B, strict=True):
-    ids = np.asarray(row[:n], np.int64)
-    out.append(ids[len(ids) - objectives.tail_length(piece_bytes[ids], context) :])
-  return out
+  ``context`` bytes of the ISA they are written in (``objectives.tail_ids``, prefix LM's rule)."""
+  return [objectives.tail_ids(row[:n], piece_bytes, context) for row, n in zip(source_BxS, lengths_B, strict=True)]
 
 
 def output_ids(row: np.ndarray, fill_span: bool = False, roles: specials.Roles = specials.OWN) -> list[int]:

@@ -125,7 +125,7 @@ def target_nll(
   else:
     srcs = [[*p.tolist(), roles.eos] for p in prompts]
     context = model.config.decoder_context if piece_bytes is not None else 0
-    tails = [p[len(p) - objectives.tail_length(piece_bytes[p], context) :] if context else p[:0] for p in prompts]
+    tails = [objectives.tail_ids(p, piece_bytes, context) if context else p[:0] for p in prompts]
     seqs = [[roles.bos, *a.tolist(), *t.tolist()] for a, t in zip(tails, targets, strict=True)]
     width, src_width = max(len(s) for s in seqs) - 1, max(len(s) for s in srcs)
   out: list[np.ndarray] = []

@@ -132,6 +132,12 @@ def tail_length(nbytes_L: np.ndarray, max_bytes: int) -> int:
   return int(np.searchsorted(np.cumsum(per_id), max_bytes, side="right"))
 
 
+def tail_ids(ids_L: np.ndarray, piece_bytes: np.ndarray, max_bytes: int) -> np.ndarray:
+  """A prompt's last ids that fit in ``max_bytes`` of ``piece_bytes`` (``tail_length``): what the decoder reads."""
+  ids_L = np.asarray(ids_L, np.int64)
+  return ids_L[len(ids_L) - tail_length(piece_bytes[ids_L], max_bytes) :]
+
+
 def piece_bytes_of(split: CompiledSplit) -> np.ndarray:
   """The split's bytes per id (float64 [vocab_size]); a split without them is one UserError saying how to fix it."""
   pb = split.piece_bytes
@@ -840,7 +846,7 @@ class PrefixLM(Objective):
     batch["decoder_weights"] = np.where(col < tail[:, None], self.tail_weight, batch["decoder_weights"]).astype(
       np.float32
     )
-    if self.tail_weight:  # weighted, yet not what bits per byte counts: the mask says so (loss.content_mask)
+    if self.tail_weight and self.context_bytes:  # a weighted tail is not what bits per byte counts: the mask says so
       batch["content"] = content.astype(np.float32)
     batch["target_bytes"] = content_bytes(self.piece_bytes, tgt, content)
     weight, head_bytes = self.head
