@@ -28,6 +28,9 @@ _SPLIT = flags.DEFINE_string("split", "test", "Held-out split.")
 _COMPILE_DIR = flags.DEFINE_string("compile_dir", "", "Compile dir ('' = the first run's data.compile_dir).")
 _CORPUS = flags.DEFINE_string("corpus", "", "Corpus spec ('' = the first run's data.corpus).")
 _PER_BYTE = flags.DEFINE_integer("per_byte", 0, "Also the mean gap at target bytes 0..N (0 = off).")
+_KEEP = flags.DEFINE_integer(
+  "keep_tail_bytes", 0, "Swap only the prompt before its last ≥ N bytes (a shared word start): prompt use beyond them."
+)
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the other-prompt pairing and the bootstrap.")
 _OUT = flags.DEFINE_string("out", "", "Write one JSON row per run here (jsonl).")
 
@@ -54,6 +57,7 @@ def main(argv):
     head_bytes=_HEAD.value,
     seed=_SEED.value,
     per_byte=_PER_BYTE.value,
+    keep_tail_bytes=_KEEP.value,
     log=cli.log,
   )
   if _OUT.value:

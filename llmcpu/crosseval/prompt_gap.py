@@ -16,6 +16,13 @@ of the pairing, not a finding (its interval resamples documents apart from their
 A decoder reads ``[BOS] + prompt + target``; an encoder-decoder's encoder reads ``prompt + [EOS]`` (the prefix LM
 source) and its decoder ``[BOS] + target``, or ``[BOS] + tail + target`` with a decoder context (the prompt's last
 ids, ``ModelConfig.decoder_context``) — the same bytes, laid out as each was trained.
+
+``keep_tail_bytes`` = K > 0 asks the like-for-like question "does the CPU read its prompt *beyond its last K
+bytes*?": the other condition keeps the document's own prompt from a tail start on (the last shared word start at
+or before ``cut − K``, ``tail_starts``) and puts another document's prompt before it (that document's prompt up to
+its own tail start). A CPU that reads only the prompt's last K bytes — a local n-gram model, or an encoder-decoder
+whose decoder reads the tail itself (``decoder_context`` ≤ K) and ignores its encoder — has a gap of 0 by
+construction; both architectures get the same bytes and the same K.
 """
 
 from __future__ import annotations
@@ -62,6 +69,26 @@ def target_ends(
     if len(cand):
       ends[d] = int(cand[0])
   return ends
+
+
+def tail_starts(
+  raw: Sequence[str], compiled: Sequence[tuple[Compiler, CompiledSplit]], cuts: dict[int, int], keep_bytes: int
+) -> dict[int, int]:
+  """Per document with a cut: the last offset in ``(0, cut − keep_bytes]`` just before a space that starts a word
+  and is a token boundary in every ``(compiler, split)``: where the prompt's kept tail begins, so that a prompt
+  spliced from another document's head and this tail joins at a word start in every ISA (documents without one are
+  left out)."""
+  starts = {}
+  for d, cut in cuts.items():
+    cand = generation.word_starts(raw[d].encode("utf-8"))
+    cand = cand[(cand > 0) & (cand <= cut - keep_bytes)]
+    for comp, split in compiled:
+      if not len(cand):
+        break
+      cand = np.intersect1d(cand, generation.token_ends(comp, split.fields["text"].doc(d)))
+    if len(cand):
+      starts[d] = int(cand[-1])
+  return starts
 
 
 def split_ids(
@@ -227,37 +254,49 @@ def prompt_gap(
   max_row_ids: int = 0,
   batch_size: int = 32,
   per_byte: int = 0,
+  starts: dict[int, int] | None = None,
 ) -> dict:
   """The gap of one CPU (``model`` of ``arch``, ISA ``comp``, ``split`` its compile of the documents) over ``docs``
   (each with a cut and an end). ``max_prompt_ids``: the most ids of prompt an encoder-decoder was trained to read;
   ``max_row_ids``: the longest row a decoder was trained on ([BOS] + prompt + target); 0 = any. ``per_byte`` = N > 0
-  adds ``per_byte``: the mean gap at target bytes 0..N (``byte_figures``)."""
+  adds ``per_byte``: the mean gap at target bytes 0..N (``byte_figures``). ``starts`` (``tail_starts``): the other
+  condition keeps each document's own prompt from its tail start on and swaps only what comes before it."""
   parts = [split_ids(comp, split, d, cuts[d], ends[d]) for d in docs]
   prompts, targets, nbytes = (list(x) for x in zip(*parts, strict=True))
-  longest = max(len(p) for p in prompts)
+  other = derangement(len(prompts), seed)
+  if starts is None:
+    others = [prompts[j] for j in other]
+  else:
+    ends_of = [generation.token_ends(comp, p) for p in prompts]
+    cut_at = [int(np.searchsorted(e, starts[d], side="right")) for e, d in zip(ends_of, docs, strict=True)]
+    others = [np.concatenate([prompts[j][: cut_at[j]], prompts[i][cut_at[i] :]]) for i, j in enumerate(other)]
+  longest = max(len(p) for p in prompts + others)
   if max_prompt_ids and longest > max_prompt_ids:
     raise UserError(
       f"a prompt is {longest} ids of ISA {comp.name}, more than the {max_prompt_ids} this CPU reads: "
       "lower --prompt_bytes"
     )
-  row = 1 + max(len(p) + len(t) for p, t in zip(prompts, targets, strict=True))
+  row = 1 + max(len(p) + len(t) for ps in (prompts, others) for p, t in zip(ps, targets, strict=True))
   if max_row_ids and row > max_row_ids:
     raise UserError(
       f"a prompt and its target are {row} ids of ISA {comp.name} with BOS, longer than the {max_row_ids} this decoder "
       "was trained on: lower --prompt_bytes or --target_bytes"
     )
   cl = None if clusters is None else [clusters[d] for d in docs]
-  return _gap(model, arch, comp, prompts, targets, nbytes, cl, head_bytes, seed, per_byte, batch_size)
+  out = _gap(model, arch, comp, prompts, others, targets, nbytes, cl, head_bytes, seed, per_byte, batch_size)
+  if starts is not None:
+    out["kept_tail_bytes_mean"] = float(np.mean([cuts[d] - starts[d] for d in docs]))
+  return out
 
 
 def _gap(
-  model, arch, comp, prompts, targets, nbytes, clusters, head_bytes, seed, per_byte, batch_size, prose=True
+  model, arch, comp, prompts, others, targets, nbytes, clusters, head_bytes, seed, per_byte, batch_size, prose=True
 ) -> dict:
-  """Own vs a derangement's prompts, teacher-forced on the same targets: ``gap_figures`` (+ ``per_byte``)."""
-  other = derangement(len(prompts), seed)
+  """Own vs other prompts (``others[i]`` in place of ``prompts[i]``), teacher-forced on the same targets:
+  ``gap_figures`` (+ ``per_byte``)."""
   run = dict(batch_size=batch_size, roles=comp.roles, piece_bytes=comp.piece_bytes if prose else None)
   nll_own = target_nll(model, arch, prompts, targets, **run)
-  nll_other = target_nll(model, arch, [prompts[j] for j in other], targets, **run)
+  nll_other = target_nll(model, arch, others, targets, **run)
   table = gap_table(nll_own, nll_other, nbytes, head_bytes)
   out = gap_figures(table, clusters, seed)
   out.update(head_bytes=head_bytes, target_bytes_total=float(table[:, 2].sum()))
@@ -279,7 +318,9 @@ def program_gap(
   if any(len(t) == 0 for t in targets):
     raise UserError("a program with an empty answer has nothing to score; pick other programs")
   nbytes = [np.asarray(comp.piece_bytes[t], np.float64) for t in targets]
-  return _gap(model, arch, comp, prompts, targets, nbytes, None, head_bytes, seed, per_byte, batch_size, prose=False)
+  others = [prompts[j] for j in derangement(len(prompts), seed)]
+  return _gap(model, arch, comp, prompts, others, targets, nbytes, None, head_bytes, seed, per_byte, batch_size,
+              prose=False)  # fmt: skip
 
 
 def measure(
@@ -294,16 +335,22 @@ def measure(
   head_bytes: int = HEAD_BYTES,
   seed: int = 0,
   per_byte: int = 0,
+  keep_tail_bytes: int = 0,
   log=print,
 ) -> list[dict]:
   """The gap of every checkpoint (a run workdir or checkpoint directory) on the same documents, prompt bytes and
   target bytes: cuts and ends are shared token boundaries of all their ISAs. ``compile_dir``/``corpus`` default to
-  the first checkpoint's training config. ``per_byte`` = N > 0: also the mean gap at target bytes 0..N."""
+  the first checkpoint's training config. ``per_byte`` = N > 0: also the mean gap at target bytes 0..N.
+  ``keep_tail_bytes`` = K > 0: swap only the prompt before its last ≥ K bytes (``tail_starts``)."""
   from llmcpu.crosseval.library import Library
   from llmcpu.training import checkpoints
 
-  if prompt_bytes < 1 or target_bytes < 1 or num_docs < 2 or head_bytes < 1 or per_byte < 0:
-    raise UserError("prompt_bytes, target_bytes and head_bytes must be ≥ 1, docs ≥ 2 and per_byte ≥ 0")
+  if prompt_bytes < 1 or target_bytes < 1 or num_docs < 2 or head_bytes < 1 or per_byte < 0 or keep_tail_bytes < 0:
+    raise UserError("prompt_bytes, target_bytes and head_bytes must be ≥ 1, docs ≥ 2, per_byte and keep_tail_bytes ≥ 0")
+  if keep_tail_bytes >= prompt_bytes:
+    raise UserError(
+      f"keep_tail_bytes ({keep_tail_bytes}) keeps the whole {prompt_bytes}-byte prompt: raise --prompt_bytes"
+    )
   loaded = [checkpoints.load_model(p) for p in paths]
   cfg = loaded[0][1]["config"]
   compile_dir = compile_dir or cfg["data"]["compile_dir"]
@@ -313,12 +360,15 @@ def measure(
   compiled = [(c, lib.split(lib.corpus_name(corpus, c), c, split)) for c in comps]
   name0 = lib.corpus_name(corpus, comps[0])
   if compiled[0][1].kind == "seq2seq":  # programs: the prompt is the program, the target its answer
+    if keep_tail_bytes:
+      raise UserError("--keep_tail_bytes splices prose prompts; a program has no word starts to splice at: drop it")
     return _measure_programs(paths, loaded, lib, corpus, split, compiled[0][1].num_docs, num_docs, head_bytes, seed,
                              per_byte, log)  # fmt: skip
   raw = lib.raw_texts(name0, comps[0], split)["text"]
   cuts = lib.prompt_cuts(corpus, comps, split, prompt_bytes, target_bytes + generation.CUT_SLACK)
   ends = target_ends(raw, compiled, cuts, target_bytes)
-  docs = generation.pick_cuts({d: cuts[d] for d in ends}, num_docs)
+  starts = tail_starts(raw, compiled, {d: cuts[d] for d in ends}, keep_tail_bytes) if keep_tail_bytes else None
+  docs = generation.pick_cuts({d: cuts[d] for d in (ends if starts is None else starts)}, num_docs)
   if len(docs) < 2:
     raise UserError(f"only {len(docs)} documents of {corpus}/{split} have a {prompt_bytes}-byte prompt and a target")
   clusters = lib.clusters(corpus, name0, comps[0], split)
@@ -343,9 +393,10 @@ def measure(
       max_prompt_ids=limit,
       max_row_ids=row_limit,
       per_byte=per_byte,
+      starts=starts,
     )
     row.update(checkpoint=str(path), arch=arch, isa=comp.name, corpus=corpus, split=split)
-    row.update(prompt_bytes=prompt_bytes, target_bytes=target_bytes, seed=seed)
+    row.update(prompt_bytes=prompt_bytes, target_bytes=target_bytes, seed=seed, keep_tail_bytes=keep_tail_bytes)
     log(format_row(row))
     if per_byte > 0:
       log(format_bytes(row))
@@ -376,9 +427,12 @@ def format_row(r: dict) -> str:
     c = r.get(key)
     return f"[{c[0]:+.3f}, {c[1]:+.3f}]" if c else "(no interval)"
 
+  swapped = "other"
+  if r.get("keep_tail_bytes"):
+    swapped = f"other head + own last {r['kept_tail_bytes_mean']:.1f} bytes (≥ {r['keep_tail_bytes']})"
   return (
     f"{r['arch']} {r['isa']} ({r['checkpoint']}): {r['documents']} docs, bits per byte own {r['bpb_own']:.3f} vs "
-    f"other {r['bpb_other']:.3f}, gap {r['gap']:+.3f} {ci('gap_ci')}; first {r['head_bytes']} bytes "
+    f"{swapped} {r['bpb_other']:.3f}, gap {r['gap']:+.3f} {ci('gap_ci')}; first {r['head_bytes']} bytes "
     f"{r['head_bpb_own']:.3f} vs {r['head_bpb_other']:.3f}, gap {r['head_gap']:+.3f} {ci('head_gap_ci')}"
   )
 
