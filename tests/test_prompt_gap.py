@@ -228,62 +228,73 @@ def _word_start_offsets(raw: bytes) -> set[int]:
   return {m.start() for m in re.finditer(rb"(?<=\S) (?=[A-Za-z0-9_\x80-\xff])", raw)}
 
 
-def _token_end_offsets(comp, ids) -> set[int]:
-  """Byte offsets at which each id ends, from each id's decoded text (ASCII prose: one byte a character)."""
-  return set(np.cumsum([len(comp.decode([int(t)]).encode("utf-8")) for t in ids]).tolist())
+def _token_end_offsets(comp, ids, upto: int) -> set[int]:
+  """Byte offsets (≤ ``upto``) at which an id ends: the length of each decoded prefix of the document's ids."""
+  ids, out = [int(t) for t in ids], set()
+  for k in range(1, len(ids) + 1):
+    out.add(end := len(comp.decode(ids[:k]).encode("utf-8")))
+    if end > upto:
+      break
+  return out
 
 
-def test_tail_starts_are_the_last_shared_word_start_before_the_kept_bytes(compile_dir, docs_of):
+def test_splice_points_are_the_shared_word_starts_before_the_kept_bytes(compile_dir, docs_of):
   comp, split, raw, cuts, ends, docs = docs_of
   lib = Library(compile_dir)
   byte = lib.compiler("byte")
   byte_split = lib.split(lib.corpus_name("prose", byte), byte, "train")
-  got = prompt_gap.tail_starts(raw, [(comp, split), (byte, byte_split)], {d: cuts[d] for d in docs}, KEEP)
+  got = prompt_gap.splice_points(raw, [(comp, split), (byte, byte_split)], {d: cuts[d] for d in docs}, KEEP)
   assert got, "the fixture should have documents with a tail start"
   for d in docs:
     b = raw[d].encode("utf-8")
-    shared = _word_start_offsets(b) & _token_end_offsets(comp, split.fields["text"].doc(d))
-    shared &= _token_end_offsets(byte, byte_split.fields["text"].doc(d))
-    want = max((p for p in shared if 0 < p <= cuts[d] - KEEP), default=None)
-    assert got.get(d) == want
+    shared = _word_start_offsets(b) & _token_end_offsets(comp, split.fields["text"].doc(d), cuts[d])
+    shared &= _token_end_offsets(byte, byte_split.fields["text"].doc(d), cuts[d])
+    want = sorted(p for p in shared if 0 < p <= cuts[d] - KEEP)
+    assert (got[d].tolist() if d in got else []) == want
 
 
 @pytest.mark.slow  # a tiny decoder scored one unpadded row at a time in float64: ~20 s
 def test_kept_tail_gap_matches_a_recompute_from_spliced_text(docs_of):
-  """The other prompt is another document's text up to its tail start, then this document's own text from its
-  tail start to the cut, compiled as one text: the id-level splice must score the same."""
+  """The other prompt is another document's opening (its text up to its last shared word start at or before both
+  tail starts), then this document's own text from its tail start to the cut, compiled as one text: the id-level
+  splice must score the same."""
   comp, split, raw, cuts, ends, docs = docs_of
-  starts = prompt_gap.tail_starts(raw, [(comp, split)], {d: cuts[d] for d in docs}, KEEP)
-  docs = [d for d in docs if d in starts]
+  points = prompt_gap.splice_points(raw, [(comp, split)], {d: cuts[d] for d in docs}, KEEP)
+  docs = [d for d in docs if d in points]
   model = models.create("decoder", "tiny", comp.vocab_size, seed=5)
-  got = prompt_gap.prompt_gap(model, "decoder", comp, split, cuts, ends, docs, seed=2, batch_size=4, starts=starts)
+  got = prompt_gap.prompt_gap(model, "decoder", comp, split, cuts, ends, docs, seed=2, batch_size=4, points=points)
   other = prompt_gap.derangement(len(docs), 2)
   nll_own = nll_other = 0.0
-  nbytes = 0
+  nbytes, opened = 0, []
   for i, d in enumerate(docs):
     b, j = raw[d].encode("utf-8"), docs[other[i]]
+    start = int(points[d][-1])
+    opening = max([int(p) for p in points[j] if p <= start], default=0)
+    opened.append(opening)
     target = comp.encode(b[cuts[d] : ends[d]].decode("utf-8"))
     nbytes += ends[d] - cuts[d]
-    spliced = raw[j].encode("utf-8")[: starts[j]] + b[starts[d] : cuts[d]]
+    spliced = raw[j].encode("utf-8")[:opening] + b[start : cuts[d]]
+    assert len(spliced) <= cuts[d]
     nll_own += _target_nll64(model, "decoder", comp.encode(b[: cuts[d]].decode("utf-8")), target)
     nll_other += _target_nll64(model, "decoder", comp.encode(spliced.decode("utf-8")), target)
   np.testing.assert_allclose(
     [got["bpb_own"], got["bpb_other"]], np.array([nll_own, nll_other]) / (math.log(2) * nbytes), rtol=2e-5
   )
-  assert got["kept_tail_bytes_mean"] == np.mean([cuts[d] - starts[d] for d in docs]) >= KEEP
+  assert got["kept_tail_bytes_mean"] == np.mean([cuts[d] - points[d][-1] for d in docs]) >= KEEP
+  assert got["other_opening_bytes_mean"] == np.mean(opened) > 0
 
 
 def test_a_cpu_that_reads_only_the_tail_has_no_gap_beyond_it(docs_of):
   """An encoder-decoder whose cross-attention writes nothing reads the prompt through its 16-byte decoder context
   only: swapping everything before the kept ≥ 16 bytes changes no bit; swapping the whole prompt does."""
   comp, split, raw, cuts, ends, docs = docs_of
-  starts = prompt_gap.tail_starts(raw, [(comp, split)], {d: cuts[d] for d in docs}, KEEP)
-  docs = [d for d in docs if d in starts]
+  points = prompt_gap.splice_points(raw, [(comp, split)], {d: cuts[d] for d in docs}, KEEP)
+  docs = [d for d in docs if d in points]
   model = models.create("encoder_decoder", "tiny", comp.vocab_size, seed=4, decoder_context=KEEP)
   for layer in model.decoder.layers:
     layer.cross.out[...] = jnp.zeros_like(layer.cross.out[...])
   run = dict(seed=1, batch_size=4)
-  kept = prompt_gap.prompt_gap(model, "encoder_decoder", comp, split, cuts, ends, docs, starts=starts, **run)
+  kept = prompt_gap.prompt_gap(model, "encoder_decoder", comp, split, cuts, ends, docs, points=points, **run)
   assert kept["gap"] == 0.0 and kept["head_gap"] == 0.0
   whole = prompt_gap.prompt_gap(model, "encoder_decoder", comp, split, cuts, ends, docs, **run)
   assert abs(whole["gap"]) > 1e-3

@@ -19,10 +19,11 @@ ids, ``ModelConfig.decoder_context``) — the same bytes, laid out as each was t
 
 ``keep_tail_bytes`` = K > 0 asks the like-for-like question "does the CPU read its prompt *beyond its last K
 bytes*?": the other condition keeps the document's own prompt from a tail start on (the last shared word start at
-or before ``cut − K``, ``tail_starts``) and puts another document's prompt before it (that document's prompt up to
-its own tail start). A CPU that reads only the prompt's last K bytes — a local n-gram model, or an encoder-decoder
-whose decoder reads the tail itself (``decoder_context`` ≤ K) and ignores its encoder — has a gap of 0 by
-construction; both architectures get the same bytes and the same K.
+or before ``cut − K``, ``splice_points``) and puts another document's opening before it (that document's text from
+its start to a shared word start, no longer than the head it replaces and not past its own tail start: the spliced
+prompt is never more bytes than the own one). A CPU that reads only the prompt's last K bytes — a local n-gram
+model, or an encoder-decoder whose decoder reads the tail itself (``decoder_context`` ≤ K) and ignores its encoder —
+has a gap of 0 by construction; both architectures get the same bytes and the same K.
 """
 
 from __future__ import annotations
@@ -71,14 +72,14 @@ def target_ends(
   return ends
 
 
-def tail_starts(
+def splice_points(
   raw: Sequence[str], compiled: Sequence[tuple[Compiler, CompiledSplit]], cuts: dict[int, int], keep_bytes: int
-) -> dict[int, int]:
-  """Per document with a cut: the last offset in ``(0, cut − keep_bytes]`` just before a space that starts a word
-  and is a token boundary in every ``(compiler, split)``: where the prompt's kept tail begins, so that a prompt
-  spliced from another document's head and this tail joins at a word start in every ISA (documents without one are
-  left out)."""
-  starts = {}
+) -> dict[int, np.ndarray]:
+  """Per document with a cut: every offset in ``(0, cut − keep_bytes]`` just before a space that starts a word and
+  is a token boundary in every ``(compiler, split)``, ascending (documents without one are left out). The last is
+  where the prompt's kept tail begins; the others are where another document's opening may end, so that a spliced
+  prompt joins at a word start in every ISA."""
+  points = {}
   for d, cut in cuts.items():
     cand = generation.word_starts(raw[d].encode("utf-8"))
     cand = cand[(cand > 0) & (cand <= cut - keep_bytes)]
@@ -87,8 +88,23 @@ def tail_starts(
         break
       cand = np.intersect1d(cand, generation.token_ends(comp, split.fields["text"].doc(d)))
     if len(cand):
-      starts[d] = int(cand[-1])
-  return starts
+      points[d] = cand.astype(np.int64)
+  return points
+
+
+def spliced_prompts(comp: Compiler, prompts: Sequence[np.ndarray], points: Sequence[np.ndarray], other: np.ndarray):
+  """``other[i]``'s opening + ``prompts[i]`` from its tail start (``points[i][-1]``): the opening ends at the last of
+  ``points[other[i]]`` at or before ``points[i][-1]`` (empty if there is none). Returns (prompts, opening bytes)."""
+  out, opened = [], []
+  for i, j in enumerate(other):
+    start = points[i][-1]
+    fits = points[j][points[j] <= start]
+    head_end = int(fits[-1]) if len(fits) else 0
+    ends_i, ends_j = generation.token_ends(comp, prompts[i]), generation.token_ends(comp, prompts[j])
+    tail = prompts[i][np.searchsorted(ends_i, start, side="right") :]
+    out.append(np.concatenate([prompts[j][: np.searchsorted(ends_j, head_end, side="right")], tail]))
+    opened.append(head_end)
+  return out, opened
 
 
 def split_ids(
@@ -254,22 +270,20 @@ def prompt_gap(
   max_row_ids: int = 0,
   batch_size: int = 32,
   per_byte: int = 0,
-  starts: dict[int, int] | None = None,
+  points: dict[int, np.ndarray] | None = None,
 ) -> dict:
   """The gap of one CPU (``model`` of ``arch``, ISA ``comp``, ``split`` its compile of the documents) over ``docs``
   (each with a cut and an end). ``max_prompt_ids``: the most ids of prompt an encoder-decoder was trained to read;
   ``max_row_ids``: the longest row a decoder was trained on ([BOS] + prompt + target); 0 = any. ``per_byte`` = N > 0
-  adds ``per_byte``: the mean gap at target bytes 0..N (``byte_figures``). ``starts`` (``tail_starts``): the other
+  adds ``per_byte``: the mean gap at target bytes 0..N (``byte_figures``). ``points`` (``splice_points``): the other
   condition keeps each document's own prompt from its tail start on and swaps only what comes before it."""
   parts = [split_ids(comp, split, d, cuts[d], ends[d]) for d in docs]
   prompts, targets, nbytes = (list(x) for x in zip(*parts, strict=True))
   other = derangement(len(prompts), seed)
-  if starts is None:
+  if points is None:
     others = [prompts[j] for j in other]
   else:
-    ends_of = [generation.token_ends(comp, p) for p in prompts]
-    cut_at = [int(np.searchsorted(e, starts[d], side="right")) for e, d in zip(ends_of, docs, strict=True)]
-    others = [np.concatenate([prompts[j][: cut_at[j]], prompts[i][cut_at[i] :]]) for i, j in enumerate(other)]
+    others, opened = spliced_prompts(comp, prompts, [points[d] for d in docs], other)
   longest = max(len(p) for p in prompts + others)
   if max_prompt_ids and longest > max_prompt_ids:
     raise UserError(
@@ -284,8 +298,10 @@ def prompt_gap(
     )
   cl = None if clusters is None else [clusters[d] for d in docs]
   out = _gap(model, arch, comp, prompts, others, targets, nbytes, cl, head_bytes, seed, per_byte, batch_size)
-  if starts is not None:
-    out["kept_tail_bytes_mean"] = float(np.mean([cuts[d] - starts[d] for d in docs]))
+  if points is not None:
+    out["kept_tail_bytes_mean"] = float(np.mean([cuts[d] - points[d][-1] for d in docs]))
+    out["other_opening_bytes_mean"] = float(np.mean(opened))
+    out["own_head_bytes_mean"] = float(np.mean([points[d][-1] for d in docs]))
   return out
 
 
@@ -341,7 +357,7 @@ def measure(
   """The gap of every checkpoint (a run workdir or checkpoint directory) on the same documents, prompt bytes and
   target bytes: cuts and ends are shared token boundaries of all their ISAs. ``compile_dir``/``corpus`` default to
   the first checkpoint's training config. ``per_byte`` = N > 0: also the mean gap at target bytes 0..N.
-  ``keep_tail_bytes`` = K > 0: swap only the prompt before its last ≥ K bytes (``tail_starts``)."""
+  ``keep_tail_bytes`` = K > 0: swap only the prompt before its last ≥ K bytes (``splice_points``)."""
   from llmcpu.crosseval.library import Library
   from llmcpu.training import checkpoints
 
@@ -367,8 +383,8 @@ def measure(
   raw = lib.raw_texts(name0, comps[0], split)["text"]
   cuts = lib.prompt_cuts(corpus, comps, split, prompt_bytes, target_bytes + generation.CUT_SLACK)
   ends = target_ends(raw, compiled, cuts, target_bytes)
-  starts = tail_starts(raw, compiled, {d: cuts[d] for d in ends}, keep_tail_bytes) if keep_tail_bytes else None
-  docs = generation.pick_cuts({d: cuts[d] for d in (ends if starts is None else starts)}, num_docs)
+  points = splice_points(raw, compiled, {d: cuts[d] for d in ends}, keep_tail_bytes) if keep_tail_bytes else None
+  docs = generation.pick_cuts({d: cuts[d] for d in (ends if points is None else points)}, num_docs)
   if len(docs) < 2:
     raise UserError(f"only {len(docs)} documents of {corpus}/{split} have a {prompt_bytes}-byte prompt and a target")
   clusters = lib.clusters(corpus, name0, comps[0], split)
@@ -393,7 +409,7 @@ def measure(
       max_prompt_ids=limit,
       max_row_ids=row_limit,
       per_byte=per_byte,
-      starts=starts,
+      points=points,
     )
     row.update(checkpoint=str(path), arch=arch, isa=comp.name, corpus=corpus, split=split)
     row.update(prompt_bytes=prompt_bytes, target_bytes=target_bytes, seed=seed, keep_tail_bytes=keep_tail_bytes)
@@ -429,7 +445,10 @@ def format_row(r: dict) -> str:
 
   swapped = "other"
   if r.get("keep_tail_bytes"):
-    swapped = f"other head + own last {r['kept_tail_bytes_mean']:.1f} bytes (≥ {r['keep_tail_bytes']})"
+    swapped = (
+      f"other's first {r['other_opening_bytes_mean']:.1f} bytes (own {r['own_head_bytes_mean']:.1f}) + own last "
+      f"{r['kept_tail_bytes_mean']:.1f} (≥ {r['keep_tail_bytes']})"
+    )
   return (
     f"{r['arch']} {r['isa']} ({r['checkpoint']}): {r['documents']} docs, bits per byte own {r['bpb_own']:.3f} vs "
     f"{swapped} {r['bpb_other']:.3f}, gap {r['gap']:+.3f} {ci('gap_ci')}; first {r['head_bytes']} bytes "
