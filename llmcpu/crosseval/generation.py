@@ -88,6 +88,20 @@ def token_ends(compiler: Compiler, ids: np.ndarray) -> np.ndarray:
   return np.cumsum(compiler.piece_bytes[np.asarray(ids, np.int64)])
 
 
+def shared_word_starts(
+  raw: bytes, compiled: Sequence[tuple[Compiler, CompiledSplit]], doc: int, lo: int, hi: int
+) -> np.ndarray:
+  """Offsets in [lo, hi] of document ``doc`` (its text ``raw``) just before a space starting a word that are a token
+  boundary in every ``(compiler, its compiled split)``, ascending: where every ISA may cut or splice it."""
+  cand = word_starts(raw)
+  cand = cand[(cand >= lo) & (cand <= hi)]
+  for comp, split in compiled:
+    if not len(cand):
+      break
+    cand = np.intersect1d(cand, token_ends(comp, split.fields["text"].doc(doc)))
+  return cand
+
+
 def shared_cuts(
   raw: Sequence[str], compiled: Sequence[tuple[Compiler, CompiledSplit]], prompt_bytes: int, after_bytes: int
 ) -> dict[int, int]:
@@ -97,12 +111,7 @@ def shared_cuts(
   cuts = {}
   for d, text in enumerate(raw):
     b = text.encode("utf-8")
-    cand = word_starts(b)
-    cand = cand[(cand >= prompt_bytes) & (cand <= prompt_bytes + CUT_SLACK) & (cand + after_bytes <= len(b))]
-    for comp, split in compiled:
-      if not len(cand):
-        break
-      cand = np.intersect1d(cand, token_ends(comp, split.fields["text"].doc(d)))
+    cand = shared_word_starts(b, compiled, d, prompt_bytes, min(prompt_bytes + CUT_SLACK, len(b) - after_bytes))
     if len(cand):
       cuts[d] = int(cand[0])
   return cuts

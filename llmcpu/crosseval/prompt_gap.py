@@ -81,12 +81,7 @@ def splice_points(
   prompt joins at a word start in every ISA."""
   points = {}
   for d, cut in cuts.items():
-    cand = generation.word_starts(raw[d].encode("utf-8"))
-    cand = cand[(cand > 0) & (cand <= cut - keep_bytes)]
-    for comp, split in compiled:
-      if not len(cand):
-        break
-      cand = np.intersect1d(cand, generation.token_ends(comp, split.fields["text"].doc(d)))
+    cand = generation.shared_word_starts(raw[d].encode("utf-8"), compiled, d, 1, cut - keep_bytes)
     if len(cand):
       points[d] = cand.astype(np.int64)
   return points
@@ -95,14 +90,14 @@ def splice_points(
 def spliced_prompts(comp: Compiler, prompts: Sequence[np.ndarray], points: Sequence[np.ndarray], other: np.ndarray):
   """``other[i]``'s opening + ``prompts[i]`` from its tail start (``points[i][-1]``): the opening ends at the last of
   ``points[other[i]]`` at or before ``points[i][-1]`` (empty if there is none). Returns (prompts, opening bytes)."""
+  ends = [generation.token_ends(comp, p) for p in prompts]  # each prompt's, once: it is a head and a tail
   out, opened = [], []
   for i, j in enumerate(other):
     start = points[i][-1]
     fits = points[j][points[j] <= start]
     head_end = int(fits[-1]) if len(fits) else 0
-    ends_i, ends_j = generation.token_ends(comp, prompts[i]), generation.token_ends(comp, prompts[j])
-    tail = prompts[i][np.searchsorted(ends_i, start, side="right") :]
-    out.append(np.concatenate([prompts[j][: np.searchsorted(ends_j, head_end, side="right")], tail]))
+    tail = prompts[i][np.searchsorted(ends[i], start, side="right") :]
+    out.append(np.concatenate([prompts[j][: np.searchsorted(ends[j], head_end, side="right")], tail]))
     opened.append(head_end)
   return out, opened
 
@@ -386,7 +381,10 @@ def measure(
   points = splice_points(raw, compiled, {d: cuts[d] for d in ends}, keep_tail_bytes) if keep_tail_bytes else None
   docs = generation.pick_cuts({d: cuts[d] for d in (ends if points is None else points)}, num_docs)
   if len(docs) < 2:
-    raise UserError(f"only {len(docs)} documents of {corpus}/{split} have a {prompt_bytes}-byte prompt and a target")
+    where = f" and a word start {keep_tail_bytes} bytes before its end" if keep_tail_bytes else ""
+    raise UserError(
+      f"only {len(docs)} documents of {corpus}/{split} have a {prompt_bytes}-byte prompt{where} and a target"
+    )
   clusters = lib.clusters(corpus, name0, comps[0], split)
   rows = []
   for path, (model, meta, comp) in zip(paths, loaded, strict=True):
