@@ -356,12 +356,7 @@ def measure(
   from llmcpu.crosseval.library import Library
   from llmcpu.training import checkpoints
 
-  if prompt_bytes < 1 or target_bytes < 1 or num_docs < 2 or head_bytes < 1 or per_byte < 0 or keep_tail_bytes < 0:
-    raise UserError("prompt_bytes, target_bytes and head_bytes must be ≥ 1, docs ≥ 2, per_byte and keep_tail_bytes ≥ 0")
-  if keep_tail_bytes >= prompt_bytes:
-    raise UserError(
-      f"keep_tail_bytes ({keep_tail_bytes}) keeps the whole {prompt_bytes}-byte prompt: raise --prompt_bytes"
-    )
+  _check_sizes(prompt_bytes, target_bytes, num_docs, head_bytes, per_byte, keep_tail_bytes)
   loaded = [checkpoints.load_model(p) for p in paths]
   cfg = loaded[0][1]["config"]
   compile_dir = compile_dir or cfg["data"]["compile_dir"]
@@ -416,6 +411,16 @@ def measure(
       log(format_bytes(row))
     rows.append(row)
   return rows
+
+
+def _check_sizes(prompt_bytes, target_bytes, num_docs, head_bytes, per_byte, keep_tail_bytes) -> None:
+  """One line for sizes ``measure`` cannot use."""
+  if prompt_bytes < 1 or target_bytes < 1 or num_docs < 2 or head_bytes < 1 or per_byte < 0 or keep_tail_bytes < 0:
+    raise UserError("prompt_bytes, target_bytes and head_bytes must be ≥ 1, docs ≥ 2, per_byte and keep_tail_bytes ≥ 0")
+  if keep_tail_bytes >= prompt_bytes:
+    raise UserError(
+      f"keep_tail_bytes ({keep_tail_bytes}) keeps the whole {prompt_bytes}-byte prompt: raise --prompt_bytes"
+    )
 
 
 def _measure_programs(paths, loaded, lib, corpus, split, n, num_docs, head_bytes, seed, per_byte, log) -> list[dict]:
