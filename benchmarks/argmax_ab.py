@@ -24,6 +24,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import group_bench  # noqa: E402  (benchmarks/ is this script's directory)
 
+from llmcpu.ops import host_malloc  # noqa: E402
 from llmcpu.training import loss  # noqa: E402
 
 
@@ -59,6 +60,7 @@ def main() -> None:
   parser.add_argument("--steps", type=int, default=3)
   parser.add_argument("--repeats", type=int, default=5)
   args = parser.parse_args()
+  host_malloc.keep_step_buffers()  # as the trainer and every script: step buffers reused
   shape = (args.preset, args.vocab, args.batch, args.seq)
   variants = {name: variant(fn, *shape) for name, fn in VARIANTS.items()}
   outs = {name: v[0](v[1], v[2]) for name, v in variants.items()}  # the first states were donated: carry these

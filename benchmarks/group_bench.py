@@ -21,7 +21,7 @@ import jax
 import numpy as np
 
 from llmcpu import models
-from llmcpu.training import group, placement, trainer
+from llmcpu.training import placement, trainer
 from llmcpu.training.optim import make_optimizer
 from llmcpu.training.run_config import base_config
 
@@ -61,6 +61,8 @@ def build(preset: str, vocab: int, batch: int, seq: int, members: int):
   batches = [lm_batch(rng, batch, seq, vocab) for _ in range(max(members, 1))]
   if not members:
     return jax.jit(step, donate_argnums=0), states[0], jax.device_put(batches[0]), mc
+  from llmcpu.training import group  # here, not at the top: step_ab builds the alone step of older trees without it
+
   stacked = {k: np.stack([b[k] for b in batches]) for k in batches[0]}
   return jax.jit(jax.vmap(step), donate_argnums=0), group.stack(states), jax.device_put(stacked), mc
 
@@ -94,6 +96,9 @@ def main() -> None:
   parser.add_argument("--steps", type=int, default=3, help="steps per timed run")
   parser.add_argument("--repeats", type=int, default=3)
   args = parser.parse_args()
+  from llmcpu.ops import host_malloc  # here: step_ab imports this module with trees from before it
+
+  host_malloc.keep_step_buffers()  # as the trainer and every script: step buffers reused
   sizes = [int(g) for g in args.groups.split(",") if g.strip()]
   if not sizes or min(sizes) < 1:
     parser.error(f"--groups={args.groups!r} must be positive group sizes, e.g. 3,9,18")

@@ -29,6 +29,7 @@ from flax import nnx
 
 import llmcpu.models as models
 from llmcpu.models import decoding
+from llmcpu.ops import host_malloc
 from llmcpu.training import loss
 
 
@@ -255,6 +256,7 @@ def main() -> None:
   parser.add_argument("--skip_reference", action="store_true")
   parser.add_argument("--memory_vocab", type=int, default=32000, help="vocabulary of the step-memory comparison")
   args = parser.parse_args()
+  host_malloc.keep_step_buffers()  # as the trainer and every script: step buffers reused
   t_start = time.perf_counter()
   log(f"jax {jax.__version__} on {jax.devices()[0].platform}: {jax.devices()}")
 

@@ -37,6 +37,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import group_bench  # noqa: E402  (benchmarks/ is this script's directory)
 
 from llmcpu import models  # noqa: E402
+from llmcpu.ops import host_malloc  # noqa: E402
 
 PRESET_SHAPES = {"tiny": (16, 128), "small": (32, 256)}  # the training presets' batch × length (run_config)
 MATMUL_OPS = {"dot", "convolution"}
@@ -167,6 +168,7 @@ def main() -> None:
   parser.add_argument("--vocab", type=int, default=4000)
   parser.add_argument("--steps", type=int, default=3, help="steps timed and traced")
   args = parser.parse_args()
+  host_malloc.keep_step_buffers()  # as the trainer and every script: step buffers reused
   presets = [p for p in args.presets.split(",") if p]
   unknown = [p for p in presets if p not in PRESET_SHAPES]
   if unknown:

@@ -80,14 +80,17 @@ def test_chunked_sums_match_float64_numpy(chunk):
 
 
 def test_default_chunk_splits_evenly_within_the_budget():
-  budget = loss.CHUNK_LOGITS
-  assert loss.default_chunk(16, 256, budget // (16 * 65)) == 64  # at most 65 → 4 chunks of 64, no short one
-  assert loss.default_chunk(1, 1000, budget // 300) == 250  # at most 300 → 4 chunks of 250
+  target, rows, cap = loss.CHUNK_LOGITS, loss.MIN_CHUNK_ROWS, loss.MAX_CHUNK_LOGITS
+  assert loss.default_chunk(16, 256, target // (16 * 65)) == 64  # at most 65 → 4 chunks of 64, no short one
+  assert loss.default_chunk(1, 1000, target // 300) == 250  # at most 300 → 4 chunks of 250
   assert loss.default_chunk(2, L, 10) == L  # everything fits: one chunk
-  assert loss.default_chunk(64, 3, budget) == 1  # even one position exceeds the budget: 1
-  for b, length, v in [(16, 256, 8000), (16, 256, 32000), (3, 1000, 777)]:
+  assert loss.default_chunk(64, 3, cap) == 1  # even one position exceeds the cap: 1
+  assert loss.default_chunk(16, 128, 4000) == 16  # 1M logits are 262 rows: 16 positions of 16 rows, 8 chunks
+  assert loss.default_chunk(16, 256, 32000) == 16  # 1M logits are 32 rows: raised to 256 rows (8M logits)
+  assert loss.default_chunk(16, 256, 256000) == 2  # 256 rows would be 64M logits: the cap's 32 rows
+  for b, length, v in [(16, 256, 8000), (16, 256, 32000), (3, 1000, 777), (16, 128, 4000), (8, 512, 256000)]:
     c = loss.default_chunk(b, length, v)
-    assert 1 <= c <= length and b * c * v <= budget
+    assert 1 <= c <= length and b * c * v <= max(target, min(rows * v, cap))
 
 
 def _grads(sums_fn, x: dict, key_weights: dict):

@@ -17,6 +17,7 @@ from ml_collections import config_flags
 
 from llmcpu import fs
 from llmcpu.errors import Stopped, UserError
+from llmcpu.ops import host_malloc
 
 # TensorFlow is only a data library here: keep its C++ logging quiet (must be set before it is imported).
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -208,5 +209,7 @@ def _bad_flags(e: Exception) -> NoReturn:
 
 
 def run_script(main: Callable) -> None:
-  """``app.run`` with one-line errors for bad flags and UserErrors."""
+  """``app.run`` with one-line errors for bad flags and UserErrors, glibc keeping XLA:CPU's step buffers
+  (``host_malloc``)."""
+  host_malloc.keep_step_buffers()
   app.run(user_errors(main), flags_parser=parse_flags)

@@ -26,6 +26,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from llmcpu import fs, models
 from llmcpu.errors import UserError
+from llmcpu.ops import host_malloc
 from llmcpu.training import checkpoints, memory, parallel, placement, trainer, writer
 from llmcpu.training.optim import make_optimizer
 
@@ -93,6 +94,7 @@ def train_group(
   if len(configs) != len(workdirs) or not configs:
     raise UserError(f"a group needs one workdir per config (got {len(configs)} configs, {len(workdirs)} workdirs)")
   workdirs = [fs.abspath(w) for w in workdirs]
+  host_malloc.keep_step_buffers()  # as trainer.train
   if len(set(workdirs)) != len(workdirs):
     raise UserError("two members of a group share a workdir; give every CPU its own")
   with contextlib.ExitStack() as locks:

@@ -31,10 +31,14 @@ from llmcpu.specials import is_content
 METRIC_SUM_KEYS = ("nll", "weight", "bpb_nll", "bytes", "correct")
 
 
-# Float32 logits held per chunk by ``chunked_sums`` (8M = 32 MiB). Measured on the 2-core CPU (`small`'s training
-# step, 16 x 256 tokens): 256 to 2048 rows per chunk are within ~5% of each other (512-1024 best); at vocab 32k,
-# 32-64 rows make the head up to 1.4x slower (smaller matmuls, and one D x V kernel-gradient update per chunk).
-CHUNK_LOGITS = 1 << 23
+# Float32 logits per chunk of ``chunked_sums``. A chunk of about 1M logits (4 MiB) stays in the cores' caches
+# through its softmax, select and gradient passes: the tiny training step (16 x 128 tokens, vocabulary 4000) runs
+# 1.15x faster than with one 32 MiB chunk, `small`'s (16 x 256, vocabulary 8000) the same (benchmarks/step_ab.py).
+# Fewer than 256 rows make the head's matmuls small and slow (at vocabulary 32k, 32-64 rows were up to 1.4x slower),
+# so a chunk holds at least that many rows while that stays within 8M logits (32 MiB), the memory cap.
+CHUNK_LOGITS = 1 << 20
+MIN_CHUNK_ROWS = 256
+MAX_CHUNK_LOGITS = 1 << 23
 
 
 def forward_hidden(model, batch: dict) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -90,9 +94,12 @@ def metric_sums(
 
 
 def default_chunk(batch: int, length: int, vocab: int) -> int:
-  """Positions per chunk: at most about ``CHUNK_LOGITS`` float32 logits (batch · chunk · vocab), at least 1, split
-  evenly (256 positions in chunks of at most 65 → 4 of 64, not 3 of 65 and a short one of 61)."""
-  most = max(1, min(length, CHUNK_LOGITS // max(1, batch * vocab)))
+  """Positions per chunk: about ``CHUNK_LOGITS`` float32 logits (batch · chunk · vocab) but at least
+  ``MIN_CHUNK_ROWS`` rows (batch · chunk) where those fit in ``MAX_CHUNK_LOGITS``; at least 1 position, split evenly
+  (256 positions in chunks of at most 65 → 4 of 64, not 3 of 65 and a short one of 61)."""
+  vocab = max(1, vocab)
+  rows = max(CHUNK_LOGITS // vocab, min(MIN_CHUNK_ROWS, MAX_CHUNK_LOGITS // vocab))
+  most = max(1, min(length, rows // max(1, batch)))
   return -(-length // -(-length // most))
 
 

@@ -188,14 +188,15 @@ def analytic_estimate(
   State: float32 parameters and two AdamW moments of the trained ones (4·N + 2·4·T). Step: float32 gradients of the
   trained ones (twice with gradient accumulation: the running sum and the micro-batch's), the activations of one
   micro-batch (``_stack_bytes``; a frozen layer keeps them too, for the gradient through it), the output head's
-  float32 logits chunk with its softmax (``loss.CHUNK_LOGITS``) and a few [B, L, D] float32 tensors around it.
+  float32 logits chunk with its softmax (``loss.default_chunk``) and a few [B, L, D] float32 tensors around it.
   """
   n = models.expected_param_count(mc)
   t = n if trainable is None else trainable
   state = (4 * n + 8 * t) // shards
   micro = max(1, rows // grad_accum)
   head_len = dec_len or enc_len
-  head = 2 * 4 * min(loss.CHUNK_LOGITS, micro * head_len * mc.vocab_size) + 3 * 4 * micro * head_len * mc.d_model
+  chunk_logits = micro * loss.default_chunk(micro, head_len, mc.vocab_size) * mc.vocab_size if head_len else 0
+  head = 2 * 4 * chunk_logits + 3 * 4 * micro * head_len * mc.d_model
   grads = 4 * t // shards * (2 if grad_accum > 1 else 1)
   return Estimate(state=state, step=grads + head + _stack_bytes(mc, micro, enc_len, dec_len), how="analytic")
 

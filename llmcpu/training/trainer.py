@@ -34,6 +34,7 @@ from llmcpu.data import compiled
 from llmcpu.data import objectives as obj
 from llmcpu.data.pipeline import Pipeline
 from llmcpu.errors import UserError
+from llmcpu.ops import host_malloc
 from llmcpu.specials import UNK_ID
 from llmcpu.training import checkpoints, loss, memory, parallel, placement, writer
 from llmcpu.training.optim import make_optimizer
@@ -354,6 +355,7 @@ def train(
   trainer per workdir (``workdir_lock``).
   """
   workdir = fs.abspath(workdir)
+  host_malloc.keep_step_buffers()  # each step's scratch reused, not faulted in again (scripts do it too)
   with workdir_lock(workdir):
     setup = resolve(config, workdir)
     memory.preflight(
