@@ -588,6 +588,43 @@ def test_prefix_lm_decoder_context_reads_the_prefix_end_and_scores_the_same_byte
       assert np.array_equal(weighted[key], rows[key]), key
 
 
+@pytest.mark.parametrize("dropout", [0.0, 0.5, 1.0])
+def test_prefix_lm_tail_dropout_drops_whole_tails_of_seeded_rows(dropout):
+  """tail_dropout = p: each training row is either the decoder-context row (its tail kept) or, with probability p,
+  the plain row's decoder side (no tail: [BOS] + continuation) padded to the same width; the encoder side and the
+  scored targets never change, and the same seed drops the same rows."""
+  corpus = prose([40, 70, 55, 90, 33, 61, 80, 47] * 6, seed=1)
+  kw = dict(objective="prefix_lm", global_batch=4, seed=3, input_length=20, target_length=8)
+  plain = epoch_rows(Pipeline(corpus.split, **kw))
+  ctx = epoch_rows(Pipeline(corpus.split, context_bytes=6, **kw))
+  got = epoch_rows(Pipeline(corpus.split, context_bytes=6, tail_dropout=dropout, **kw))
+  again = epoch_rows(Pipeline(corpus.split, context_bytes=6, tail_dropout=dropout, **kw))
+  assert all(np.array_equal(got[k], again[k]) for k in got)
+  dropped, tails = 0, 0
+  for r in range(len(got["decoder_targets"])):
+    n = int((plain["decoder_segment_ids"][r] > 0).sum())
+    if not n or not ctx["decoder_weights"][r, 0] == 0:  # padding rows, and rows whose prefix end gave no tail
+      continue
+    tails += 1
+    if np.array_equal(got["decoder_inputs"][r], ctx["decoder_inputs"][r]):
+      continue
+    dropped += 1
+    for key in ("decoder_inputs", "decoder_targets", "decoder_weights", "target_bytes"):
+      assert np.array_equal(got[key][r, :n], plain[key][r, :n]) and not got[key][r, n:].any(), key
+  assert all(np.array_equal(got[k], ctx[k]) for k in got if k.startswith("encoder_"))
+  assert tails > 40
+  assert dropped == {0.0: 0, 1.0: tails}.get(dropout, dropped) and (dropout != 0.5 or 0.3 < dropped / tails < 0.7)
+
+
+def test_row_uniform_is_uniform_and_a_function_of_seed_and_row():
+  g = np.arange(20000)
+  u = objectives.row_uniform(7, g)
+  assert u.min() >= 0 and u.max() < 1 and abs(u.mean() - 0.5) < 0.01
+  assert np.histogram(u, bins=10, range=(0, 1))[0].min() > 1800  # each tenth within 10% of 2000
+  assert np.array_equal(objectives.row_uniform(7, g[5000:6000]), u[5000:6000])  # any slice of rows: same draws
+  assert not np.array_equal(objectives.row_uniform(8, g), u)
+
+
 def test_prefix_lm_refuses_bad_training_options():
   corpus = prose([12, 30])
   kw = dict(objective="prefix_lm", global_batch=2, seed=0, input_length=8, target_length=4)
@@ -601,6 +638,8 @@ def test_prefix_lm_refuses_bad_training_options():
     Pipeline(corpus.split, context_bytes=-1, **kw)
   with pytest.raises(UserError, match="context_bytes >= 0 and tail_weight >= 0"):
     Pipeline(corpus.split, context_bytes=4, tail_weight=float("nan"), **kw)
+  with pytest.raises(UserError, match="0 <= tail_dropout <= 1"):
+    Pipeline(corpus.split, context_bytes=4, tail_dropout=1.5, **kw)
 
 
 @pytest.mark.parametrize("input_length,target_length", [(8, 4), (64, 16), (114, 30), (512, 114), (4096, 2048)])

@@ -23,6 +23,8 @@ BOUNDS = [
   ("data.curriculum_steps", 0, -1),  # 0 = no curriculum
   ("data.curriculum_bytes", 1, 0),
   ("data.tail_weight", 0.0, -0.5),
+  ("data.tail_dropout", 1.0, 1.5),
+  ("data.tail_dropout", 0.0, -0.1),
   ("train.steps", 0, -1),
   ("train.batch_size", 1, 0),
   ("train.learning_rate", 1e-9, 0.0),

@@ -97,6 +97,7 @@ def _make_objective(
       "curriculum_bytes",
       "context_bytes",
       "tail_weight",
+      "tail_dropout",
     },
   }[objective]
   unknown = sorted(set(options) - allowed)

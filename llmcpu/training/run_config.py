@@ -44,6 +44,7 @@ def base_config(arch: str, preset: str = "tiny") -> ml_collections.ConfigDict:
   c.data.curriculum_steps = 0  # prefix_lm: steps over which the scored continuation grows to its full length; 0 = off
   c.data.curriculum_bytes = 8  # prefix_lm: continuation bytes scored at step 0 of the curriculum
   c.data.tail_weight = 1.0  # prefix_lm with model.decoder_context: training loss weight of the decoder context's ids
+  c.data.tail_dropout = 0.0  # prefix_lm with model.decoder_context: share of training rows whose decoder reads no tail
   c.data.pack_pairs = True  # seq2seq training: whole pairs packed up to data.length ids a row, as a decoder row holds
   c.data.truncate = False  # seq2seq: cut pairs longer than input/target_length (counted) instead of refusing them
   c.data.train_split = "train"
@@ -132,6 +133,7 @@ RANGES: dict[str, tuple] = {
   "data.curriculum_steps": _at_least(0),
   "data.curriculum_bytes": _at_least(1),
   "data.tail_weight": (lambda v: v >= 0 and math.isfinite(v), "a non-negative finite number"),
+  "data.tail_dropout": (lambda v: 0 <= v <= 1, "a share in [0, 1]"),
   "train.steps": _at_least(0),  # 0: save the initial state (a port evaluated zero-shot) and stop
   "train.batch_size": _at_least(1),
   "train.learning_rate": (lambda v: v > 0 and math.isfinite(v), "a positive finite number"),
