@@ -178,7 +178,7 @@ def _host_forward(q_BxQxHxK, k_BxSxHxK, v_BxSxHxK, mask):
 @jax.custom_vjp
 def host_attend(q_BxQxHxK: jax.Array, k_BxSxHxK: jax.Array, v_BxSxHxK: jax.Array, mask: jax.Array | None):
   """``attend``'s 'xla' math (boolean mask, no bias) with its backward written out: dS = P ⊙ (dP − rowsum(dO ⊙ O)),
-  every matmul in the layout XLA:CPU runs fastest. The default kernel on the host."""
+  every matmul in the layout XLA:CPU runs fastest. ``attend``'s kernel on the host up to ``HOST_SCORES_MAX``."""
   return _host_forward(q_BxQxHxK, k_BxSxHxK, v_BxSxHxK, mask)[0]
 
 
