@@ -747,8 +747,8 @@ class PrefixLM(Objective):
   those of c = 0. The decoder side is ``target_length + c`` wide. ``tail_weight`` = w > 0 (training only) gives the
   tail's ids the loss weight w: the decoder learns to copy the prompt's end from the encoder, never counted in bits
   per byte (no bytes, not content). ``tail_dropout`` = p (training only): global rows drawn with probability p
-  (``row_uniform``, the same rows for the same seed) read no tail, the decoder starting from BOS as with c = 0, so
-  what the tail would have given must come from the encoder (issue 23).
+  (``row_rng``: the same rows for the same seed, however the batch is split) read no tail, the decoder starting
+  from BOS as with c = 0, so what the tail would have given must come from the encoder (issue 23).
   """
 
   def __init__(
@@ -847,7 +847,8 @@ class PrefixLM(Objective):
     enc[rows, cut - begin] = self.roles.eos
     tail = self.tails(begin, cut)  # ids of the prefix's end the decoder reads first (0 without a decoder context)
     if self.tail_dropout and g_R is not None:  # training rows the decoder starts from BOS: all from the encoder
-      tail = np.where(row_uniform(self.seed, g_R) < self.tail_dropout, 0, tail)
+      drawn = np.array([row_rng(self.seed, g).random() for g in g_R])
+      tail = np.where(drawn < self.tail_dropout, 0, tail)
     width = self.target_length + self.context_bytes
     tgt = _gather(self.text, cut - tail, end - cut + tail, width)
     tgt[rows, end - cut + tail] = self.roles.eos
@@ -886,17 +887,6 @@ class PrefixLM(Objective):
   def stats(self) -> dict:
     total = float(self.text.nbytes.sum())
     return {"windows": len(self.windows), "skipped_bytes_share": self.skipped_bytes / total if total else 0.0}
-
-
-def row_uniform(seed: int, g_R: np.ndarray) -> np.ndarray:
-  """A uniform [0, 1) number per global row, a function of (seed, row) alone (splitmix64): the same rows draw the same
-  numbers however the batch is split over hosts, steps or a resume."""
-  with np.errstate(over="ignore"):
-    z = (np.asarray(g_R, np.uint64) + np.uint64(seed) * np.uint64(0x9E3779B97F4A7C15)) + np.uint64(0x9E3779B97F4A7C15)
-    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    z = z ^ (z >> np.uint64(31))
-  return (z >> np.uint64(11)).astype(np.float64) / float(1 << 53)
 
 
 def byte_windows(sizes: Sequence[int], prefix_bytes: int, target_bytes: int) -> tuple[list[tuple[int, int, int]], int]:

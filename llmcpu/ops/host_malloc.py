@@ -3,8 +3,8 @@
 XLA:CPU allocates each execution's temporaries as one buffer of the compiled step's scratch size (tens to hundreds of
 MiB for the tiny and small CPUs) with ``malloc``. glibc serves a request above its mmap threshold (dynamic, at most
 32 MiB) with a fresh mapping and unmaps it on ``free``, so every training step faults the whole buffer in again,
-page by page, zeroed by the kernel: 24 of the tiny training step's 79 ms on the 2-core host
-(``benchmarks/step_ab.py``). With the threshold above any step's buffers and the top of the heap kept (the trim
+page by page, zeroed by the kernel: 22 of the tiny training step's 75 ms on the 2-core host (paired in one
+process). With the threshold above any step's buffers and the top of the heap kept (the trim
 threshold), the next step reuses the same pages. What a process holds then is its high-water mark, not its live
 buffers; ``LLMCPU_SYSTEM_MALLOC=1`` in the environment keeps glibc's defaults.
 """
@@ -22,8 +22,9 @@ _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # <malloc.h>
 
 
 def keep_step_buffers() -> bool:
-  """Sets glibc's mmap and trim thresholds (see the module docstring) once per process; False where it does not
-  apply (not Linux/glibc) or ``LLMCPU_SYSTEM_MALLOC`` is set. Call before the first step runs."""
+  """Sets glibc's mmap and trim thresholds for this process (see the module docstring; calling it again changes
+  nothing); False where it does not apply (not Linux/glibc) or ``LLMCPU_SYSTEM_MALLOC`` is set. Call before the
+  first step runs."""
   if os.environ.get(ENV, "") not in ("", "0") or not sys.platform.startswith("linux"):
     return False
   try:
