@@ -7,7 +7,9 @@ nnx.LayerNorm; d_model 256, 4 layers) is measured the same way as a reference po
 Each preset's step is timed with two losses, interleaved so that both see the same load: ``mfu_<preset>`` with the
 trainer's loss (``loss.batch_sums``: the output head and softmax applied a chunk of positions at a time, never the
 full float32 [B, L, V] logits) and ``mfu_<preset>_full_logits`` with the mean cross-entropy of ``model(ids)`` (the
-figure this benchmark reported before the chunked loss). ``temp_mib_32k_*``: XLA's scratch memory of `small`'s
+figure this benchmark reported before the chunked loss). ``mfu_<preset>_matmuls_only``: the same FLOPs over the
+time of the step's matrix multiplies alone (``matmul_skeleton_fn``), the bound that work on everything else in
+the step can reach with XLA:CPU's matmul kernels. ``temp_mib_32k_*``: XLA's scratch memory of `small`'s
 training step at vocabulary 32k with each loss (compiled, not run).
 
   .venv/bin/python benchmarks/model_bench.py            # progress on stderr, one JSON object as the last stdout line
@@ -168,10 +170,12 @@ def measure_train(
 
 
 def measure_train_losses(
-  name: str, model, config: models.ModelConfig, args, peak: MatmulPeak, losses: tuple[str, ...]
+  name: str, model, config: models.ModelConfig, args, peak: MatmulPeak, losses: tuple[str, ...], extra=None
 ) -> dict[str, dict]:
-  """``measure_train`` per loss path, the paths and matmul samples interleaved so that all see the same load."""
+  """``measure_train`` per loss path, the paths and matmul samples interleaved so that all see the same load;
+  ``extra`` (name → blocking thunk) is timed in the same rounds and credited with the same FLOPs."""
   runs = {path: train_step_fn(model, args.batch, args.seq, args.vocab, path) for path in losses}
+  runs.update(extra or {})
   steps = {path: Timing() for path in losses}
   for _ in range(args.repeats):
     for path, run in runs.items():
@@ -194,6 +198,64 @@ def measure_train_losses(
       f"(peak {peak.flops_per_s / 1e9:.1f} GFLOP/s; CPU-time MFU {out['mfu_cpu_time']:.3f})"
     )
   return outs
+
+
+def matmul_skeleton(config: models.ModelConfig, batch: int, seq: int):
+  """(jitted function, its operands) running only the matrix multiplies of ``config``'s training step, at its shapes and in its
+  layouts (every forward product and the two of its backward; attention per head; the tied head in
+  ``loss.default_chunk`` chunks under a scan, as the trainer's loss), on resident random operands, distinct per
+  layer so that XLA cannot merge them. Its time is what XLA:CPU's matmul kernels need for the step's FLOPs when
+  nothing else costs anything: ``flops / its time / peak`` bounds the MFU that work on the rest can reach."""
+  d, v, heads = config.d_model, config.vocab_size, config.num_heads
+  n, dh, f = batch * seq, d // heads, config.d_ff * (2 if config.mlp == "swiglu" else 1)
+  chunk_rows = batch * loss.default_chunk(batch, seq, v)
+  chunks = -(-n // chunk_rows)
+  rng = np.random.default_rng(0)
+
+  def normal(*shape):
+    return jnp.asarray(rng.standard_normal(shape, np.float32))
+
+  def nt(a, b):  # a @ b.T
+    return jax.lax.dot_general(a, b, (((1,), (1,)), ((), ())))
+
+  def tn(a, b):  # a.T @ b
+    return jax.lax.dot_general(a, b, (((0,), (0,)), ((), ())))
+
+  dense = [(d, 3 * d), (d, d), (d, f), (config.d_ff, d)]
+  layers = [
+    ([(normal(n, i), normal(i, o), normal(n, o)) for i, o in dense], [normal(batch, heads, seq, dh) for _ in range(4)])
+    for _ in range(config.num_layers)
+  ]
+  head = (normal(chunks, chunk_rows, d), normal(v, d), normal(chunks, chunk_rows, v))
+
+  def layer_products(mats, qkvo):
+    out = [p for x, w, g in mats for p in (x @ w, nt(g, w), tn(x, g))]  # forward, d input, d weight
+    q, k, vv, do = qkvo
+    s = jnp.einsum("bhqd,bhkd->bhqk", q, k)  # scores; s stands in for the probabilities and their gradient
+    return out + [
+      s,
+      jnp.einsum("bhqk,bhkd->bhqd", s, vv),  # weighted values
+      jnp.einsum("bhqd,bhkd->bhqk", do, vv),  # d probabilities
+      jnp.einsum("bhqk,bhqd->bhkd", s, do),  # d values
+      jnp.einsum("bhqk,bhkd->bhqd", s, k),  # d queries
+      jnp.einsum("bhqk,bhqd->bhkd", s, q),  # d keys
+    ]
+
+  def head_products(hidden, table, grads):
+    def chunk(acc, hg):  # logits, d hidden, d table
+      h, g = hg
+      return acc + tn(g, h), (nt(h, table), g @ table)
+
+    return jax.lax.scan(chunk, jnp.zeros_like(table), (hidden, grads))
+
+  return jax.jit(lambda layers, head: ([layer_products(*x) for x in layers], head_products(*head))), (layers, head)
+
+
+def matmul_skeleton_fn(config: models.ModelConfig, batch: int, seq: int):
+  """``matmul_skeleton`` as a blocking thunk (run once here)."""
+  fn, operands = matmul_skeleton(config, batch, seq)
+  jax.block_until_ready(fn(*operands))
+  return lambda: jax.block_until_ready(fn(*operands))
 
 
 def step_temp_mib(preset: str, vocab: int, args) -> dict[str, float]:
@@ -276,8 +338,10 @@ def main() -> None:
 
   for preset in ("tiny", "small"):
     model = models.create("decoder", preset, args.vocab, max_len=max(args.seq, 256))
-    outs = measure_train_losses(preset, model, model.config, args, peak, LOSSES)
+    skeleton = {"matmuls_only": matmul_skeleton_fn(model.config, args.batch, args.seq)}
+    outs = measure_train_losses(preset, model, model.config, args, peak, LOSSES, skeleton)
     trained[preset], trained[f"{preset}_full_logits"] = outs["chunked"], outs["full_logits"]
+    trained[f"{preset}_matmuls_only"] = outs["matmuls_only"]
     result[f"params_{preset}"] = models.param_count(model)
 
   # MFU against the best peak seen over the whole run (samples were interleaved throughout).
