@@ -8,8 +8,10 @@ Each preset's step is timed with two losses, interleaved so that both see the sa
 trainer's loss (``loss.batch_sums``: the output head and softmax applied a chunk of positions at a time, never the
 full float32 [B, L, V] logits) and ``mfu_<preset>_full_logits`` with the mean cross-entropy of ``model(ids)`` (the
 figure this benchmark reported before the chunked loss). ``mfu_<preset>_matmuls_only``: the same FLOPs over the
-time of the step's matrix multiplies alone (``matmul_skeleton_fn``), the bound that work on everything else in
-the step can reach with XLA:CPU's matmul kernels. ``temp_mib_32k_*``: XLA's scratch memory of `small`'s
+time of the step's matrix multiplies alone, each a separate dot at the step's shapes (``matmul_skeleton``): what
+XLA:CPU's kernels need for those FLOPs with nothing else to do, an estimate of the ceiling that work on the rest
+of the step can reach (no ceiling where the step fuses its matmuls with their neighbours and runs as fast as the
+dots alone, as ``tiny``'s memory-bound head does). ``temp_mib_32k_*``: XLA's scratch memory of `small`'s
 training step at vocabulary 32k with each loss (compiled, not run).
 
   .venv/bin/python benchmarks/model_bench.py            # progress on stderr, one JSON object as the last stdout line
@@ -176,7 +178,7 @@ def measure_train_losses(
   ``extra`` (name → blocking thunk) is timed in the same rounds and credited with the same FLOPs."""
   runs = {path: train_step_fn(model, args.batch, args.seq, args.vocab, path) for path in losses}
   runs.update(extra or {})
-  steps = {path: Timing() for path in losses}
+  steps = {path: Timing() for path in runs}
   for _ in range(args.repeats):
     for path, run in runs.items():
       peak.sample()
@@ -194,18 +196,18 @@ def measure_train_losses(
       "mfu_cpu_time": flops / step.cpu / peak.flops_per_cpu_s,
     }
     log(
-      f"{name} ({path} loss): {step.wall * 1e3:.0f} ms/step, {out['tokens_per_s']:.0f} tok/s, MFU {out['mfu']:.3f} "
+      f"{name} ({path}): {step.wall * 1e3:.0f} ms/step, {out['tokens_per_s']:.0f} tok/s, MFU {out['mfu']:.3f} "
       f"(peak {peak.flops_per_s / 1e9:.1f} GFLOP/s; CPU-time MFU {out['mfu_cpu_time']:.3f})"
     )
   return outs
 
 
 def matmul_skeleton(config: models.ModelConfig, batch: int, seq: int):
-  """(jitted function, its operands) running only the matrix multiplies of ``config``'s training step, at its shapes and in its
-  layouts (every forward product and the two of its backward; attention per head; the tied head in
-  ``loss.default_chunk`` chunks under a scan, as the trainer's loss), on resident random operands, distinct per
+  """(jitted function, its operands) running only the matrix multiplies of ``config``'s training step, at its
+  shapes and in its layouts (every forward product and the two of its backward; attention per head; the tied head
+  in ``loss.default_chunk`` chunks under a scan, as the trainer's loss), on resident random operands, distinct per
   layer so that XLA cannot merge them. Its time is what XLA:CPU's matmul kernels need for the step's FLOPs when
-  nothing else costs anything: ``flops / its time / peak`` bounds the MFU that work on the rest can reach."""
+  nothing else costs anything: ``flops / its time / peak`` estimates the MFU that work on the rest can reach."""
   d, v, heads = config.d_model, config.vocab_size, config.num_heads
   n, dh, f = batch * seq, d // heads, config.d_ff * (2 if config.mlp == "swiglu" else 1)
   chunk_rows = batch * loss.default_chunk(batch, seq, v)
