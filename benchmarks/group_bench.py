@@ -44,9 +44,22 @@ def lm_batch(rng: np.random.Generator, batch: int, seq: int, vocab: int) -> dict
   }
 
 
-def build(preset: str, vocab: int, batch: int, seq: int, members: int):
-  """(jitted step, state, batch, model config): one CPU alone when ``members`` is 0, else a vmapped group."""
-  config = base_config("decoder", preset)
+def seq2seq_batch(rng: np.random.Generator, batch: int, seq: int, vocab: int) -> dict[str, np.ndarray]:
+  """An encoder-decoder batch as the prefix-LM pipeline builds it: ``seq`` source ids, ``seq // 2`` target ids."""
+  out = {}
+  for side, length in (("encoder", seq), ("decoder", seq // 2)):
+    out[f"{side}_inputs"] = rng.integers(0, vocab, (batch, length)).astype(np.int32)
+    out[f"{side}_segment_ids"] = np.ones((batch, length), np.int32)
+    out[f"{side}_positions"] = np.broadcast_to(np.arange(length, dtype=np.int32), (batch, length)).copy()
+  ones = np.ones((batch, seq // 2), np.float32)
+  targets = rng.integers(0, vocab, (batch, seq // 2)).astype(np.int32)
+  return out | {"decoder_targets": targets, "decoder_weights": ones, "content": ones, "target_bytes": ones * 3.0}
+
+
+def build(preset: str, vocab: int, batch: int, seq: int, members: int, arch: str = "decoder"):
+  """(jitted step, state, batch, model config): one CPU alone when ``members`` is 0, else a vmapped group;
+  ``arch`` decoder (``lm_batch``) or encoder_decoder (``seq2seq_batch``)."""
+  config = base_config(arch, preset)
   config.train.batch_size, config.data.length = batch, seq
   config.model.max_len = max(config.model.max_len, seq)
   mc = trainer.model_config_for(config, vocab)
@@ -58,7 +71,8 @@ def build(preset: str, vocab: int, batch: int, seq: int, members: int):
     states.append(placement.host_state(params, frozen, rest, tx))
   step, _ = trainer.make_steps(graphdef, tx, schedule, 1)
   rng = np.random.default_rng(0)
-  batches = [lm_batch(rng, batch, seq, vocab) for _ in range(max(members, 1))]
+  make_batch = seq2seq_batch if arch == "encoder_decoder" else lm_batch
+  batches = [make_batch(rng, batch, seq, vocab) for _ in range(max(members, 1))]
   if not members:
     return jax.jit(step, donate_argnums=0), states[0], jax.device_put(batches[0]), mc
   from llmcpu.training import group  # here, not at the top: step_ab builds the alone step of older trees without it

@@ -8,7 +8,9 @@ of ``--before`` into a temporary directory). The parent then asks the two proces
 ``--steps`` steps, and ``speedup`` = before's step time ÷ after's. ``rounds`` keeps every pair's ratio, so a
 reader sees the spread a busy host adds.
 
-  .venv/bin/python benchmarks/step_ab.py --before=b50f026 [--preset=tiny --vocab=4000 --batch=16 --seq=128]
+  .venv/bin/python benchmarks/step_ab.py --before=b50f026 [--arch=decoder --preset=tiny --vocab=4000 --batch=16
+  --seq=128]
+  (an encoder-decoder reads --seq source ids and writes --seq/2: group_bench.seq2seq_batch)
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ def serve(args) -> None:
   except ImportError:
     pass
 
-  fn, state, batch, _ = group_bench.build(args.preset, args.vocab, args.batch, args.seq, 0)
+  fn, state, batch, _ = group_bench.build(args.preset, args.vocab, args.batch, args.seq, 0, arch=args.arch)
   state, figures = fn(state, batch)
   jax.block_until_ready(figures)
   print("ready", flush=True)
@@ -70,7 +72,7 @@ def export(rev: str, into: str) -> str:
 
 def start(tree: str, args) -> subprocess.Popen:
   """A serving child whose ``llmcpu`` is ``tree``'s; returns once its step is compiled and warm."""
-  flags = [f"--{k}={getattr(args, k)}" for k in ("preset", "vocab", "batch", "seq", "steps")]
+  flags = [f"--{k}={getattr(args, k)}" for k in ("arch", "preset", "vocab", "batch", "seq", "steps")]
   env = dict(os.environ, PYTHONPATH=tree)
   child = subprocess.Popen(
     [sys.executable, os.path.abspath(__file__), "--serve", *flags],
@@ -94,6 +96,7 @@ def timed(child: subprocess.Popen) -> float:
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--before", help="the revision to compare against (a commit, tag or branch)")
+  parser.add_argument("--arch", default="decoder", choices=("decoder", "encoder_decoder"))
   parser.add_argument("--preset", default="tiny")
   parser.add_argument("--vocab", type=int, default=4000)
   parser.add_argument("--batch", type=int, default=16)
@@ -128,7 +131,7 @@ def main() -> None:
     result[f"{side}_tokens_per_s"] = tokens / min(ts)
   result["speedup"] = min(times["before"]) / min(times["after"])
   result["round_speedups"] = [round(b / a, 3) for b, a in zip(times["before"], times["after"], strict=True)]
-  result["shape"] = dict(preset=args.preset, vocab=args.vocab, batch=args.batch, seq=args.seq)
+  result["shape"] = dict(arch=args.arch, preset=args.preset, vocab=args.vocab, batch=args.batch, seq=args.seq)
   result["loadavg_end"] = os.getloadavg()[0]
   result["total_s"] = time.perf_counter() - t_start
   print(json.dumps(result))
