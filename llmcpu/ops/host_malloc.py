@@ -5,10 +5,11 @@ MiB for the tiny and small CPUs) with ``malloc``. glibc serves a request above i
 32 MiB) with a fresh mapping and unmaps it on ``free``, so every training step faults the whole buffer in again,
 page by page, zeroed by the kernel: 22 of the tiny training step's 75 ms on the 2-core host (paired in one
 process). With the threshold above any step's buffers and the top of the heap kept (the trim
-threshold), the next step reuses the same pages. Both hold in the main heap only: XLA:CPU's worker threads
-otherwise allocate from arenas of their own, heaps of at most 64 MiB where a larger request is mapped fresh
-whatever the threshold (an encoder-decoder's step faulted 17,600 pages a step so: 101 against 75 ms at bpe4000), so
-one arena serves every thread (``M_ARENA_MAX``; the step's few large allocations do not contend for its lock).
+threshold), the next step reuses the same pages. Both hold in the main heap only: a thread that allocates from
+an arena of its own (heaps of at most 64 MiB) gets a request larger than that mapped fresh whatever the threshold.
+An encoder-decoder's step does so (17,600 faults a step at the tiny preset, 16 × (128 + 64) ids); one arena for
+every thread (``M_ARENA_MAX`` 1) removes them and runs that step 1.24× faster, but the tiny decoder's 0.89× (its
+threads then contend for one lock), so glibc's arenas are kept (README, "The tiny step at 1.84×").
 What a process holds then is its high-water mark, not its live buffers; ``LLMCPU_SYSTEM_MALLOC=1`` in the
 environment keeps glibc's defaults.
 """
@@ -22,8 +23,7 @@ import sys
 ENV = "LLMCPU_SYSTEM_MALLOC"
 MMAP_THRESHOLD = 1 << 30  # requests below 1 GiB come from the heap
 TRIM_THRESHOLD = (1 << 31) - 1  # mallopt takes an int: keep up to 2 GiB free at the heap's top
-ARENA_MAX = 1  # every thread allocates from the main heap, where the thresholds above hold
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_ARENA_MAX = -1, -3, -8  # <malloc.h>
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # <malloc.h>
 
 
 def keep_step_buffers() -> bool:
@@ -37,8 +37,4 @@ def keep_step_buffers() -> bool:
   except (OSError, AttributeError):  # another C library (musl): its defaults stay
     return False
   mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-  done = [mallopt(option, value) for option, value in _SETTINGS]
-  return all(done)
-
-
-_SETTINGS = ((_M_MMAP_THRESHOLD, MMAP_THRESHOLD), (_M_TRIM_THRESHOLD, TRIM_THRESHOLD), (_M_ARENA_MAX, ARENA_MAX))
+  return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
