@@ -13,7 +13,7 @@ import model_bench  # noqa: E402  (benchmarks/ is not a package)
 
 @pytest.mark.parametrize("mlp", ["gelu", "swiglu"])
 def test_matmul_skeleton_does_the_steps_flops(mlp):
-  """The matmuls-only bound is credited with ``flops_per_token``: XLA's own count of the skeleton's FLOPs must be
+  """The matmuls-only estimate is credited with ``flops_per_token``: XLA's own count of the skeleton's FLOPs must be
   that figure, up to the head's gradient accumulation (vocab × d_model adds, which XLA may leave uncounted)."""
   config = models.ModelConfig(
     arch="decoder", vocab_size=300, d_model=32, num_heads=4, num_layers=2, d_ff=64, mlp=mlp, max_len=16

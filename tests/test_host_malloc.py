@@ -14,31 +14,31 @@ from llmcpu.ops import host_malloc
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
-def _faults_per_step(system_malloc: bool, arch: str) -> dict:
+def _faults_per_step(system_malloc: bool) -> dict:
   env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "benchmarks")]))
   env[host_malloc.ENV] = "1" if system_malloc else "0"
-  out = subprocess.run([sys.executable, __file__, arch], env=env, capture_output=True, text=True, timeout=300)
+  out = subprocess.run([sys.executable, __file__], env=env, capture_output=True, text=True, timeout=300)
   assert out.returncode == 0, out.stderr[-3000:]
   return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
 def test_step_buffers_are_reused_not_faulted_in_again():
-  tuned, system = _faults_per_step(False, "decoder"), _faults_per_step(True, "decoder")
+  tuned, system = _faults_per_step(False), _faults_per_step(True)
   assert tuned["set"] and not system["set"]
   # Measured at this shape (the headline's): 2,300 against 11,400 a step quiet; at 8 x 64 only 2x under load.
   # (An encoder-decoder's step keeps ~17,600 either way: the module docstring says why.)
   assert tuned["faults"] < 0.5 * system["faults"], (tuned, system)
 
 
-if __name__ == "__main__":  # the child: a tiny training step at 16 x 128 ids, vocabulary 4000
+if __name__ == "__main__":  # the child: the tiny training step at 16 x 128 ids, vocabulary 4000
   import resource
 
   import group_bench
   import jax
 
   was_set = host_malloc.keep_step_buffers()
-  fn, state, batch, _ = group_bench.build("tiny", 4000, 16, 128, 0, arch=sys.argv[1])
+  fn, state, batch, _ = group_bench.build("tiny", 4000, 16, 128, 0)
   for _ in range(2):
     state, figures = fn(state, batch)
   jax.block_until_ready(figures)
