@@ -98,7 +98,7 @@ def test_a_finished_run_trained_otherwise_is_kept_and_said(tmp_path, monkeypatch
 
   today = base_config("encoder_decoder", "tiny")
   old = today.to_dict()
-  del old["data"]["pack_pairs"]  # a run trained before packing existed
+  del old["data"]["pack_pairs"], old["data"]["pack_windows"]  # a run trained before packing existed
   old["data"]["compile_dir"] = "/elsewhere"
   monkeypatch.setattr(base.checkpoints, "find", lambda path: (path, 5))
   monkeypatch.setattr(base.checkpoints, "load_meta", lambda path: {"config": old})
@@ -108,10 +108,10 @@ def test_a_finished_run_trained_otherwise_is_kept_and_said(tmp_path, monkeypatch
   assert logs[0].startswith("== train [1/1] cpu a: done, but trained otherwise than this config says (")
   assert f"seq2seq pack_tokens: run 0, config {today.data.length}" in logs[0] and "compile_dir" not in logs[0]
   # The same keys read otherwise by another objective, and a model key that differs.
-  assert base.config_drift(old, today, "prefix_lm") == []
+  assert base.config_drift(old, today, "prefix_lm") == ["prefix_lm pack_windows: run False, config True"]
   assert base.config_drift(old, today, "lm") == []
   changed = today.copy_and_resolve_references()
-  changed.model.d_model, changed.data.pairs_per_row = 32, 4
+  changed.model.d_model, changed.data.pairs_per_row, changed.data.pack_windows = 32, 4, False
   assert base.config_drift(old, changed, "prefix_lm") == [
     "data.pairs_per_row: run 1, config 4",
     "model.d_model: run 64, config 32",

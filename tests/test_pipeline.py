@@ -466,6 +466,90 @@ def test_packed_prefix_lm_holds_the_unpacked_windows_in_order(lengths, input_len
   assert objectives.pairs_per_row({"pairs_per_row": k}, "span_corruption") == 1
 
 
+def segments_of(rows: dict[str, np.ndarray], r: int) -> list[dict[str, np.ndarray]]:
+  """The pairs packed in row r, each key cut to its segment's columns (encoder keys by the encoder's segment ids,
+  the rest by the decoder's), segment ids set back to 1."""
+  out = []
+  for s in range(1, int(rows["encoder_segment_ids"][r].max()) + 1):
+    pair = {}
+    for key, value in rows.items():
+      at = rows["encoder_segment_ids" if key.startswith("encoder_") else "decoder_segment_ids"][r] == s
+      pair[key] = value[r][at] // s if key.endswith("segment_ids") else value[r][at]
+    out.append(pair)
+  return out
+
+
+@settings(max_examples=40, deadline=None)
+@given(doc_lengths, st.integers(2, 30), st.integers(2, 12), st.integers(0, 6), st.integers(1, 4), st.integers(0, 2))
+def test_prefix_lm_pack_windows_packs_every_window_once_by_its_ids(
+  lengths, input_length, target_length, context, batch, seed
+):
+  """data.pack_windows: each epoch's packed rows hold every window of the one-pair-per-row epoch exactly once, each
+  pair (its ids, positions, weights, bytes, documents, decoder context) as it is alone, in its own segment, ids
+  after ids within the one-pair widths, padding after them; a document's windows in order within a row; the same
+  rows in every epoch; and a row is closed only when the next window of the packing order would not fit it."""
+  corpus = prose(lengths, seed)
+  kw = dict(objective="prefix_lm", seed=seed, input_length=input_length, target_length=target_length)
+  kw.update(context_bytes=context, tail_weight=2.0 if context else 0.0, head_weight=3.0, document_ids=True)
+  try:
+    single = epoch_rows(Pipeline(corpus.split, global_batch=1, **kw))
+  except UserError as e:
+    assert "no tokens" in str(e)
+    return
+  packed = Pipeline(corpus.split, global_batch=batch, pack_windows=True, **kw)
+  alone = {int(single["encoder_inputs"][i][0]): i for i in range(len(single["encoder_inputs"]))}  # ids are unique
+  assert len(alone) == len(single["encoder_inputs"])
+  n_src = (single["encoder_segment_ids"] > 0).sum(axis=1)
+  n_dec = (single["decoder_segment_ids"] > 0).sum(axis=1)
+  groups = []
+  for epoch in (0, 1):
+    rows, seen = epoch_rows(packed, epoch), []
+    for r in range(packed.rows_per_epoch):
+      pairs = segments_of(rows, r)
+      seen.append(tuple(alone[int(pair["encoder_inputs"][0])] for pair in pairs))
+      assert (
+        pairs and n_src[list(seen[-1])].sum() <= input_length and n_dec[list(seen[-1])].sum() <= target_length + context
+      )
+      for i, pair in zip(seen[-1], pairs, strict=True):
+        for key, value in pair.items():
+          seg = single["encoder_segment_ids" if key.startswith("encoder_") else "decoder_segment_ids"][i] > 0
+          assert np.array_equal(value, single[key][i][seg]), key
+      for key, value in rows.items():
+        seg = rows["encoder_segment_ids" if key.startswith("encoder_") else "decoder_segment_ids"][r]
+        real = seg > 0
+        assert real[: real.sum()].all() and np.all(np.diff(seg[real]) >= 0), "pairs first, in segment order"
+        assert np.all(value[r][~real] == (-1 if key == "target_docs" else 0)), key
+    flat = [i for row in seen for i in row]
+    assert sorted(flat) == list(range(len(alone))), "every window once per epoch"
+    for row in seen:  # windows in a row are consecutive in the packing order, so a document's are in its order
+      doc_of = [int(single["target_docs"][i][single["target_docs"][i] >= 0][0]) for i in row]
+      for d in set(doc_of):
+        mine = [i for i, e in zip(row, doc_of, strict=True) if e == d]
+        assert mine == sorted(mine)
+    groups.append(sorted(seen))
+  assert groups[0] == groups[1], "which windows share a row is drawn once"
+  order = packed.objective.rows_win  # the packing order: a row closes only when the next window does not fit it
+  windows = packed.objective.windows
+  need = np.stack([windows[:, 2] - windows[:, 1] + 1, packed.objective.tail_W + windows[:, 3] - windows[:, 2] + 1], 1)
+  for row, nxt in zip(order[:-1], order[1:, 0], strict=True):
+    used = need[row[row >= 0]].sum(axis=0) + need[nxt]
+    assert used[0] > input_length or used[1] > target_length + context
+
+
+def test_prefix_lm_pack_windows_options():
+  """pack_windows is a training option a config turns on (configs from before it: off), the training log's
+  'pairs a row' counts its windows, and packing by ids and k a row at once is refused in one line."""
+  corpus = prose([30, 12, 25], 0)
+  kw = dict(objective="prefix_lm", global_batch=2, seed=0, input_length=20, target_length=8)
+  p = Pipeline(corpus.split, pack_windows=True, **kw)
+  assert p.summary()["pairs_per_row"] == pytest.approx(p.summary()["windows"] / p.rows_per_epoch)
+  assert p.summary()["pairs_per_row"] > 1
+  assert objectives.prefix_lm_training({"pack_windows": True})["pack_windows"] is True
+  assert objectives.prefix_lm_training({})["pack_windows"] is False
+  with pytest.raises(UserError, match="not both"):
+    Pipeline(corpus.split, pack_windows=True, pairs_per_row=2, **kw)
+
+
 @settings(max_examples=30, deadline=None)
 @given(doc_lengths, st.integers(2, 30), st.integers(2, 12), st.integers(1, 6), st.integers(0, 2))
 def test_prefix_lm_head_weight_weighs_the_first_bytes_of_each_continuation(

@@ -526,3 +526,22 @@ def test_seq2seq_training_rows_pack_pairs_except_for_pooled_readouts(compile_dir
   assert packed > 1.5 and most >= 2
   assert pairs_per_row(data__pack_pairs=False) == (1.0, 1)
   assert pairs_per_row(model__pool=2) == (1.0, 1)
+
+
+def test_prefix_lm_training_rows_pack_windows_by_ids(compile_dir, tmp_path):
+  """data.pack_windows: the same windows (the same bytes) fill a coarse ISA's rows (bpe:600, several a row) and a
+  byte ISA's (about one a row: a window's prefix fills its row), so both fill their rows as a decoder of their ISA
+  does (the default); off, one window a row."""
+
+  def windows_a_row(isa: str, **overrides) -> tuple[float, int]:
+    config = tiny_config(
+      "encoder_decoder", compile_dir, data__corpus="prose", data__isa=isa, data__input_length=32, **overrides
+    )
+    run = trainer.resolve(config, str(tmp_path / isa))
+    assert run.objective == "prefix_lm"
+    return run.train_data.summary().get("pairs_per_row", 1.0), int(run.train_data.batch(0)["encoder_segment_ids"].max())
+
+  coarse, most = windows_a_row("bpe:600")
+  fine, _ = windows_a_row("byte")
+  assert coarse > 1.5 and most >= 2 and 1.0 <= fine < coarse
+  assert windows_a_row("bpe:600", data__pack_windows=False) == (1.0, 1)

@@ -92,6 +92,7 @@ def prefix_lm_training(data: Any) -> dict:
     "curriculum_bytes": int(data.get("curriculum_bytes", 8)),
     "tail_weight": float(data.get("tail_weight", 0.0)),
     "tail_dropout": float(data.get("tail_dropout", 0.0)),
+    "pack_windows": bool(data.get("pack_windows", False)),
   }
 
 
@@ -475,19 +476,8 @@ class Seq2Seq(Objective):
   def _pack(self, budget: int, seed: int) -> np.ndarray:
     """Rows of consecutive pairs of a seeded order, each row as long as its pairs fit (see the class docstring)."""
     order = np.random.default_rng([seed, _PACK_TAG]).permutation(self.num_docs)
-    rows, row, used = [], [], np.zeros(3, np.int64)  # source ids, target ids, ids in all
-    for d in order.tolist():
-      need = np.array([self.n_in[d], self.n_tg[d], self.n_in[d] + self.n_tg[d]])
-      if row and np.any(used + need > (self.input_length, self.target_length, budget)):
-        rows.append(row)
-        row, used = [], np.zeros(3, np.int64)
-      row.append(d)
-      used += need
-    rows.append(row)
-    out = np.full((len(rows), max(len(r) for r in rows)), -1, np.int64)
-    for i, r in enumerate(rows):
-      out[i, : len(r)] = r
-    return out
+    need = np.stack([self.n_in, self.n_tg, self.n_in + self.n_tg], axis=1)  # source ids, target ids, ids in all
+    return greedy_rows(order, need, (self.input_length, self.target_length, budget))
 
   def epoch_state(self, order_N: np.ndarray) -> np.ndarray:
     """Unpacked: the document order. Packed: the rows ordered by where their first pair falls in it (a uniform
@@ -518,27 +508,53 @@ class Seq2Seq(Objective):
       return self.pairs(state[r_R])
     docs_RxK = state[r_R]
     real = docs_RxK >= 0
-    one = self.pairs(np.where(real, docs_RxK, 0).reshape(-1))  # every pair of the rows, one per row
-    out = {k: np.zeros((len(r_R), v.shape[1]), v.dtype) for k, v in one.items()}
-    out["target_docs"][:] = -1
-    (rr, kk), k_max = np.nonzero(real), docs_RxK.shape[1]
-    n_in, n_tg = self.n_in[docs_RxK[rr, kk]], self.n_tg[docs_RxK[rr, kk]]
-    source = [k for k in one if k.startswith("encoder_")]
-    target = [k for k in one if k not in source]  # decoder_*, target_bytes, target_docs
-    at_in = np.zeros(len(r_R), np.int64)
-    at_tg = np.zeros(len(r_R), np.int64)
-    for r, k, a, b in zip(rr.tolist(), kk.tolist(), n_in.tolist(), n_tg.tolist(), strict=True):
-      src = r * k_max + k  # this pair's row in ``one``
-      for keys, n, at in ((source, a, at_in), (target, b, at_tg)):
-        for key in keys:
-          out[key][r, at[r] : at[r] + n] = one[key][src, :n]
-        at[r] += n
-      out["encoder_segment_ids"][r, at_in[r] - a : at_in[r]] = k + 1
-      out["decoder_segment_ids"][r, at_tg[r] - b : at_tg[r]] = k + 1
-    return out
+    return pack_segments(self.pairs(np.where(real, docs_RxK, 0).reshape(-1)), real)
 
   def stats(self) -> dict:
     return self._stats
+
+
+def greedy_rows(order: Sequence[int], need_NxC: np.ndarray, limits: Sequence[int]) -> np.ndarray:
+  """Items of ``order`` packed into rows in turn, a row closed when the next item would take any of its summed needs
+  (``need_NxC``: one column per constraint, e.g. source and target ids) past ``limits``; an item that fits nothing
+  else gets a row of its own. [rows, most items a row], −1 = an empty slot."""
+  rows, row, used = [], [], np.zeros(len(limits), np.int64)
+  for item in np.asarray(order).tolist():
+    if row and np.any(used + need_NxC[item] > np.asarray(limits)):
+      rows.append(row)
+      row, used = [], np.zeros(len(limits), np.int64)
+    row.append(item)
+    used += need_NxC[item]
+  rows.append(row)
+  out = np.full((len(rows), max(len(r) for r in rows)), -1, np.int64)
+  for i, r in enumerate(rows):
+    out[i, : len(r)] = r
+  return out
+
+
+def pack_segments(one: Batch, real_RxK: np.ndarray) -> Batch:
+  """Encoder-decoder pairs laid one per row in ``one`` (row r·K + k = slot k of packed row r; ``real_RxK`` says
+  which slots hold a pair) packed side by side into R rows of the same widths: each pair's source and decoder ids
+  (its nonzero segment ids) follow the previous pair's, in segment k + 1 on both sides, so self- and cross-attention
+  keep each pair to itself and positions restart in every pair. The caller made sure the pairs fit."""
+  num_rows, k_max = real_RxK.shape
+  out = {k: np.zeros((num_rows, v.shape[1]), v.dtype) for k, v in one.items()}
+  if "target_docs" in out:
+    out["target_docs"][:] = -1
+  n_in = (one["encoder_segment_ids"] > 0).sum(axis=1)
+  n_tg = (one["decoder_segment_ids"] > 0).sum(axis=1)
+  source = [k for k in one if k.startswith("encoder_")]
+  target = [k for k in one if k not in source]  # decoder_*, target_bytes, target_docs, content
+  at_in, at_tg = np.zeros(num_rows, np.int64), np.zeros(num_rows, np.int64)
+  for r, k in zip(*np.nonzero(real_RxK), strict=True):
+    src = r * k_max + k  # this pair's row in ``one``
+    for keys, n, at in ((source, n_in[src], at_in), (target, n_tg[src], at_tg)):
+      for key in keys:
+        out[key][r, at[r] : at[r] + n] = one[key][src, :n]
+      at[r] += n
+    out["encoder_segment_ids"][r, at_in[r] - n_in[src] : at_in[r]] = k + 1
+    out["decoder_segment_ids"][r, at_tg[r] - n_tg[src] : at_tg[r]] = k + 1
+  return out
 
 
 def encoder_decoder_batch(
@@ -733,6 +749,11 @@ class PrefixLM(Objective):
   ``pairs_per_row`` = k > 1 packs k consecutive windows of the epoch into one row (``pack_pairs``: source width
   k·input_length, target width k·target_length, pair i in segment i + 1), so that a step practises "continue from
   the prefix's end" k times per row (issue 23). The windows, and so the bytes read and scored, are those of k = 1.
+  ``pack_windows`` (training only; not with k > 1) packs consecutive windows into rows of the k = 1 widths while
+  their ids fit (``greedy_rows``: each document's windows in turn, documents in a seeded order; each epoch visits
+  the rows in an order that follows its document order), each window its own segment as with k > 1: a char ISA's
+  127-byte prefix fills a row alone, a 4000-piece ISA's (~32 ids) shares it with two or three more, so every ISA
+  fills its rows as a decoder of that ISA does (issue 23).
   ``head_weight`` = w ≠ 1 gives the loss weight w to each continuation token that starts within its first
   ``head_bytes`` bytes (EOS and the rest keep 1): the first letters after the cut, which only the prefix's end
   predicts. ``curriculum_rows`` = n > 0 scores, in global row g < n (step × global batch + row), only the
@@ -765,7 +786,13 @@ class PrefixLM(Objective):
     context_bytes: int = 0,
     tail_weight: float = 0.0,
     tail_dropout: float = 0.0,
+    pack_windows: bool = False,
   ):
+    if pack_windows and pairs_per_row > 1:
+      raise UserError(
+        f"prefix_lm packs windows either by their ids (pack_windows) or k a row (pairs_per_row={pairs_per_row}), "
+        "not both: set data.pairs_per_row=1 or data.pack_windows=False"
+      )
     if context_bytes < 0 or not (tail_weight >= 0 and np.isfinite(tail_weight)):
       raise UserError(
         f"prefix_lm needs context_bytes >= 0 and tail_weight >= 0 (got {context_bytes}, {tail_weight}); 0 bytes = "
@@ -812,16 +839,44 @@ class PrefixLM(Objective):
     self.windows = np.array(windows, np.int64).reshape(-1, 4)  # doc, prefix start, cut, end (token indices)
     self.per_doc = np.bincount(self.windows[:, 0], minlength=self.num_docs)
     self.first_window = np.concatenate([[0], np.cumsum(self.per_doc)])
-    self.rows_per_epoch = -(-len(self.windows) // pairs_per_row)
+    self.tail_W = self.tails(self.windows[:, 1], self.windows[:, 2])  # decoder context ids of each window
+    self.rows_win = self._pack(seed) if pack_windows else None  # [rows, most windows a row], -1 = empty slot
+    if self.rows_win is None:
+      self.rows_per_epoch = -(-len(self.windows) // pairs_per_row)
+    else:
+      self.rows_per_epoch = len(self.rows_win)
 
-  def epoch_state(self, order_N: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  def _pack(self, seed: int) -> np.ndarray:
+    """Rows of consecutive windows (each document's in turn, documents in a seeded order), each row holding windows
+    while their source ids (prefix + EOS) and decoder ids (tail + continuation + EOS) fit its widths: a coarse ISA,
+    whose 127-byte prefix is ~32 ids, fills its rows as a char ISA's one window does (issue 23: like for like with
+    a decoder, whose rows are full of ids in every ISA)."""
+    order = np.random.default_rng([seed, _PACK_TAG]).permutation(self.num_docs)
+    in_order = np.concatenate([np.arange(self.first_window[d], self.first_window[d + 1]) for d in order] or [[]])
+    _, begin, cut, end = self.windows.T
+    need = np.stack([cut - begin + 1, self.tail_W + end - cut + 1], axis=1)
+    return greedy_rows(in_order.astype(np.int64), need, (self.input_length, self.target_length + self.context_bytes))
+
+  def epoch_state(self, order_N: np.ndarray) -> Any:
+    """Unpacked: the document order and where each document's windows start in it. Packed: the rows ordered by
+    where their first window's document falls in it (a uniform document order gives a uniform row order)."""
+    if self.rows_win is not None:
+      where = np.empty(self.num_docs, np.int64)
+      where[order_N] = np.arange(self.num_docs)
+      return self.rows_win[np.argsort(where[self.windows[self.rows_win[:, 0], 0]], kind="stable")]
     starts = np.zeros(self.num_docs + 1, np.int64)
     np.cumsum(self.per_doc[order_N], out=starts[1:])
     return order_N, starts
 
   def rows(self, state: Any, r_R: np.ndarray, g_R: np.ndarray) -> Batch:
-    """Row r holds the epoch's windows r·k … r·k + k − 1 (k = ``pairs_per_row``), window i of the row in segment
+    """Packed (``pack_windows``): row r holds the windows of packed row r, each in its own segment, ids after ids.
+    Else row r holds the epoch's windows r·k … r·k + k − 1 (k = ``pairs_per_row``), window i of the row in segment
     i + 1 at columns [i·input_length, (i+1)·input_length) of the source and [i·target_length, …) of the target."""
+    if self.rows_win is not None:
+      win_RxK = state[r_R]
+      real = win_RxK >= 0
+      flat = self.window_pairs(np.where(real, win_RxK, 0).reshape(-1), real.reshape(-1), np.repeat(g_R, real.shape[1]))
+      return pack_segments(flat, real)
     k = self.pairs_per_row
     pairs = [self.pairs(state, r_R * k + i, g_R) for i in range(k)]
     return pairs[0] if k == 1 else pack_pairs(pairs)
@@ -840,12 +895,15 @@ class PrefixLM(Objective):
     real = e_R < len(self.windows)
     e_R = np.where(real, e_R, 0)
     slot = np.searchsorted(starts, e_R, side="right") - 1
-    doc = order[slot]
-    _, begin, cut, end = self.windows[self.first_window[doc] + e_R - starts[slot]].T
-    rows = np.arange(len(e_R))
+    return self.window_pairs(self.first_window[order[slot]] + e_R - starts[slot], real, g_R)
+
+  def window_pairs(self, w_R: np.ndarray, real: np.ndarray, g_R: np.ndarray | None = None) -> Batch:
+    """One (prefix, continuation) pair per row: windows ``w`` of ``self.windows`` (all-pad where not ``real``)."""
+    doc, begin, cut, end = self.windows[w_R].T
+    rows = np.arange(len(w_R))
     enc = _gather(self.text, begin, cut - begin, self.input_length)
     enc[rows, cut - begin] = self.roles.eos
-    tail = self.tails(begin, cut)  # ids of the prefix's end the decoder reads first (0 without a decoder context)
+    tail = self.tail_W[w_R]  # ids of the prefix's end the decoder reads first (0 without a decoder context)
     if self.tail_dropout and g_R is not None:  # training rows the decoder starts from BOS: all from the encoder
       drawn = np.array([row_rng(self.seed, g).random() for g in g_R])
       tail = np.where(drawn < self.tail_dropout, 0, tail)
@@ -886,7 +944,12 @@ class PrefixLM(Objective):
 
   def stats(self) -> dict:
     total = float(self.text.nbytes.sum())
-    return {"windows": len(self.windows), "skipped_bytes_share": self.skipped_bytes / total if total else 0.0}
+    out = {"windows": len(self.windows), "skipped_bytes_share": self.skipped_bytes / total if total else 0.0}
+    if self.rows_win is not None:  # what a packed row holds, beside a decoder's (the training log says it)
+      out["pairs_per_row"] = len(self.windows) / max(1, self.rows_per_epoch)
+      source_ids = (self.windows[:, 2] - self.windows[:, 1] + 1).sum()
+      out["fill"] = float(source_ids / max(1, self.rows_per_epoch * self.input_length))
+    return out
 
 
 def byte_windows(sizes: Sequence[int], prefix_bytes: int, target_bytes: int) -> tuple[list[tuple[int, int, int]], int]:

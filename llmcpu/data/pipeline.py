@@ -98,6 +98,7 @@ def _make_objective(
       "context_bytes",
       "tail_weight",
       "tail_dropout",
+      "pack_windows",
     },
   }[objective]
   unknown = sorted(set(options) - allowed)

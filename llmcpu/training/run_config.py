@@ -45,6 +45,7 @@ def base_config(arch: str, preset: str = "tiny") -> ml_collections.ConfigDict:
   c.data.curriculum_bytes = 8  # prefix_lm: continuation bytes scored at step 0 of the curriculum
   c.data.tail_weight = 1.0  # prefix_lm with model.decoder_context: training loss weight of the decoder context's ids
   c.data.tail_dropout = 0.0  # prefix_lm with model.decoder_context: share of training rows whose decoder reads no tail
+  c.data.pack_windows = True  # prefix_lm training: windows packed into each row while their ids fit its widths
   c.data.pack_pairs = True  # seq2seq training: whole pairs packed up to data.length ids a row, as a decoder row holds
   c.data.truncate = False  # seq2seq: cut pairs longer than input/target_length (counted) instead of refusing them
   c.data.train_split = "train"
