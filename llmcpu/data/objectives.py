@@ -9,7 +9,8 @@ is the same bits whichever process builds it and whenever. What MLM masks is cho
 Packed objectives (``lm``, ``lm_targets``, ``mlm``) concatenate documents ``[BOS] + ids + [EOS]`` and cut the
 stream into windows; segment ids mark the documents inside a row (1-based, 0 = pad) so attention never crosses
 a boundary. Encoder-decoder objectives (``seq2seq``, ``span_corruption``, ``prefix_lm``) hold one example per row;
-seq2seq (``pack_tokens``) and prefix LM (``pairs_per_row``) can pack several, each pair its own segment on both sides.
+seq2seq (``pack_tokens``) and prefix LM (``pack_windows``, ``pairs_per_row``) can pack several, each pair its own
+segment on both sides.
 
 Every objective marks its *content* targets: scored (weighted) positions whose target is one of a document's own
 ids (regular ids and UNK), never EOS, PAD, BOS, MASK or a sentinel. ``target_bytes`` is the target's piece bytes
