@@ -548,6 +548,9 @@ def test_prefix_lm_pack_windows_options():
   assert objectives.prefix_lm_training({})["pack_windows"] is False
   with pytest.raises(UserError, match="not both"):
     Pipeline(corpus.split, pack_windows=True, pairs_per_row=2, **kw)
+  assert objectives.greedy_rows([], np.zeros((0, 2), np.int64), (3, 3)).shape[0] == 0  # no windows, no rows
+  with pytest.raises(UserError, match="no tokens"):  # every unit too long for a 1-byte prefix: refused as unpacked
+    Pipeline(prose([2], 0).split, pack_windows=True, **dict(kw, input_length=2, target_length=2))
 
 
 @settings(max_examples=30, deadline=None)

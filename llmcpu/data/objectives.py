@@ -526,8 +526,8 @@ def greedy_rows(order: Sequence[int], need_NxC: np.ndarray, limits: Sequence[int
       row, used = [], np.zeros(len(limits), np.int64)
     row.append(item)
     used += need_NxC[item]
-  rows.append(row)
-  out = np.full((len(rows), max(len(r) for r in rows)), -1, np.int64)
+  rows += [row] if row else []  # no items, no rows
+  out = np.full((len(rows), max((len(r) for r in rows), default=1)), -1, np.int64)
   for i, r in enumerate(rows):
     out[i, : len(r)] = r
   return out
