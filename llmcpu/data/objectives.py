@@ -483,11 +483,7 @@ class Seq2Seq(Objective):
   def epoch_state(self, order_N: np.ndarray) -> np.ndarray:
     """Unpacked: the document order. Packed: the rows ordered by where their first pair falls in it (a uniform
     document order gives a uniform row order)."""
-    if self.rows_doc is None:
-      return order_N
-    where = np.empty(self.num_docs, np.int64)
-    where[order_N] = np.arange(self.num_docs)
-    return self.rows_doc[np.argsort(where[self.rows_doc[:, 0]], kind="stable")]
+    return order_N if self.rows_doc is None else rows_in_epoch_order(self.rows_doc, self.rows_doc[:, 0], order_N)
 
   def pairs(self, doc: np.ndarray) -> Batch:
     """One pair per row: documents ``doc``."""
@@ -531,6 +527,15 @@ def greedy_rows(order: Sequence[int], need_NxC: np.ndarray, limits: Sequence[int
   for i, r in enumerate(rows):
     out[i, : len(r)] = r
   return out
+
+
+def rows_in_epoch_order(rows_RxK: np.ndarray, first_doc_R: np.ndarray, order_N: np.ndarray) -> np.ndarray:
+  """Packed rows (``greedy_rows``, drawn once) in the order an epoch visits them: by where the document of each row's
+  first item (``first_doc_R``) falls in the epoch's document order (a uniform document order gives a uniform row
+  order); rows of one document keep their packing order."""
+  where = np.empty(len(order_N), np.int64)
+  where[order_N] = np.arange(len(order_N))
+  return rows_RxK[np.argsort(where[first_doc_R], kind="stable")]
 
 
 def pack_segments(one: Batch, real_RxK: np.ndarray) -> Batch:
@@ -852,19 +857,18 @@ class PrefixLM(Objective):
     while their source ids (prefix + EOS) and decoder ids (tail + continuation + EOS) fit its widths: a coarse ISA,
     whose 127-byte prefix is ~32 ids, fills its rows as a char ISA's one window does (issue 23: like for like with
     a decoder, whose rows are full of ids in every ISA)."""
-    order = np.random.default_rng([seed, _PACK_TAG]).permutation(self.num_docs)
-    in_order = np.concatenate([np.arange(self.first_window[d], self.first_window[d + 1]) for d in order] or [[]])
+    rank = np.empty(self.num_docs, np.int64)
+    rank[np.random.default_rng([seed, _PACK_TAG]).permutation(self.num_docs)] = np.arange(self.num_docs)
+    in_order = np.argsort(rank[self.windows[:, 0]], kind="stable")  # windows are stored by document, in order
     _, begin, cut, end = self.windows.T
     need = np.stack([cut - begin + 1, self.tail_W + end - cut + 1], axis=1)
-    return greedy_rows(in_order.astype(np.int64), need, (self.input_length, self.target_length + self.context_bytes))
+    return greedy_rows(in_order, need, (self.input_length, self.target_length + self.context_bytes))
 
   def epoch_state(self, order_N: np.ndarray) -> Any:
     """Unpacked: the document order and where each document's windows start in it. Packed: the rows ordered by
     where their first window's document falls in it (a uniform document order gives a uniform row order)."""
     if self.rows_win is not None:
-      where = np.empty(self.num_docs, np.int64)
-      where[order_N] = np.arange(self.num_docs)
-      return self.rows_win[np.argsort(where[self.windows[self.rows_win[:, 0], 0]], kind="stable")]
+      return rows_in_epoch_order(self.rows_win, self.windows[self.rows_win[:, 0], 0], order_N)
     starts = np.zeros(self.num_docs + 1, np.int64)
     np.cumsum(self.per_doc[order_N], out=starts[1:])
     return order_N, starts
