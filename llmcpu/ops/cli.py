@@ -209,7 +209,7 @@ def _bad_flags(e: Exception) -> NoReturn:
 
 
 def run_script(main: Callable) -> None:
-  """``app.run`` with one-line errors for bad flags and UserErrors, glibc keeping XLA:CPU's step buffers
-  (``host_malloc``)."""
+  """``app.run`` with one-line errors for bad flags and UserErrors, glibc keeping XLA:CPU's step buffers and CPU
+  steps run inline (``host_malloc``: before any JAX computation, so before ``main``)."""
   host_malloc.keep_step_buffers()
   app.run(user_errors(main), flags_parser=parse_flags)

@@ -7,9 +7,13 @@ page by page, zeroed by the kernel: 22 of the tiny training step's 75 ms on the 
 process). With the threshold above any step's buffers and the top of the heap kept (the trim
 threshold), the next step reuses the same pages. Both hold in the main heap only: a thread that allocates from
 an arena of its own (heaps of at most 64 MiB) gets a request larger than that mapped fresh whatever the threshold.
-An encoder-decoder's step does so (17,600 faults a step at the tiny preset, 16 × (128 + 64) ids); one arena for
-every thread (``M_ARENA_MAX`` 1) removes them and runs that step 1.24× faster, but the tiny decoder's 0.89× (its
-threads then contend for one lock), so glibc's arenas are kept (README, "The tiny step at 1.84×").
+XLA:CPU runs an execution whose inputs are ready on the calling thread only when
+CPU async dispatch is off; with it on (JAX's default) the execution, and so its scratch, goes to a worker thread of
+the client's pool, whose glibc arena holds heaps of at most 64 MiB: an encoder-decoder's step (68.7 MiB at the tiny
+preset, 16 × (128 + 64) ids) and ``small``'s (568 MiB) were faulted in every step (17,600 and 155,000 faults) whatever
+the threshold. So this also turns async dispatch off (``jax_cpu_enable_async_dispatch``, read when the CPU client
+is made: it takes effect only before the first computation); the step then runs inline, and Python waits for it
+(README, "The tiny step at 1.84×", says what that costs and saves).
 What a process holds then is its high-water mark, not its live buffers; ``LLMCPU_SYSTEM_MALLOC=1`` in the
 environment keeps glibc's defaults.
 """
@@ -27,11 +31,14 @@ _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # <malloc.h>
 
 
 def keep_step_buffers() -> bool:
-  """Sets glibc's mmap and trim thresholds for this process (see the module docstring; calling it again changes
-  nothing); False where it does not apply (not Linux/glibc) or ``LLMCPU_SYSTEM_MALLOC`` is set. Call before the
-  first step runs."""
+  """Sets glibc's mmap and trim thresholds for this process and turns JAX's CPU async dispatch off (see the module
+  docstring; calling it again changes nothing); False where it does not apply (not Linux/glibc) or
+  ``LLMCPU_SYSTEM_MALLOC`` is set. Call before the first computation (scripts do, in ``cli.run_script``)."""
   if os.environ.get(ENV, "") not in ("", "0") or not sys.platform.startswith("linux"):
     return False
+  import jax  # here: the module is imported by code that must not start JAX
+
+  jax.config.update("jax_cpu_enable_async_dispatch", False)
   try:
     mallopt = ctypes.CDLL("libc.so.6").mallopt
   except (OSError, AttributeError):  # another C library (musl): its defaults stay
