@@ -857,9 +857,8 @@ class PrefixLM(Objective):
     while their source ids (prefix + EOS) and decoder ids (tail + continuation + EOS) fit its widths: a coarse ISA,
     whose 127-byte prefix is ~32 ids, fills its rows as a char ISA's one window does (issue 23: like for like with
     a decoder, whose rows are full of ids in every ISA)."""
-    rank = np.empty(self.num_docs, np.int64)
-    rank[np.random.default_rng([seed, _PACK_TAG]).permutation(self.num_docs)] = np.arange(self.num_docs)
-    in_order = np.argsort(rank[self.windows[:, 0]], kind="stable")  # windows are stored by document, in order
+    order = np.random.default_rng([seed, _PACK_TAG]).permutation(self.num_docs)
+    in_order = rows_in_epoch_order(np.arange(len(self.windows)), self.windows[:, 0], order)  # each doc's in turn
     _, begin, cut, end = self.windows.T
     need = np.stack([cut - begin + 1, self.tail_W + end - cut + 1], axis=1)
     return greedy_rows(in_order, need, (self.input_length, self.target_length + self.context_bytes))

@@ -7,15 +7,14 @@ page by page, zeroed by the kernel: 22 of the tiny training step's 75 ms on the 
 process). With the threshold above any step's buffers and the top of the heap kept (the trim
 threshold), the next step reuses the same pages. Both hold in the main heap only: a thread that allocates from
 an arena of its own (heaps of at most 64 MiB) gets a request larger than that mapped fresh whatever the threshold.
-XLA:CPU runs an execution whose inputs are ready on the calling thread only when
-CPU async dispatch is off; with it on (JAX's default) the execution, and so its scratch, goes to a worker thread of
-the client's pool, whose glibc arena holds heaps of at most 64 MiB: an encoder-decoder's step (68.7 MiB at the tiny
-preset, 16 × (128 + 64) ids) and ``small``'s (568 MiB) were faulted in every step (17,600 and 155,000 faults) whatever
-the threshold. So this also turns async dispatch off (``jax_cpu_enable_async_dispatch``, read when the CPU client
-is made: it takes effect only before the first computation); the step then runs inline, and Python waits for it
-(README, "The tiny step at 1.84×", says what that costs and saves).
+With JAX's CPU async dispatch on (its default) every execution, and so its scratch, goes to a worker thread of the
+client's pool: an encoder-decoder's step (68.7 MiB at the tiny preset, 16 × (128 + 64) ids) and ``small``'s
+(568 MiB) were faulted in every step (17,600 and 155,000 faults). So this also turns async dispatch off
+(``jax_cpu_enable_async_dispatch``, read when the CPU client is made: it takes effect only before the first
+computation); an execution whose inputs are ready then runs on the calling thread, from the main heap, and Python
+waits for it (README, "The tiny step at 1.84×", says what that costs and saves).
 What a process holds then is its high-water mark, not its live buffers; ``LLMCPU_SYSTEM_MALLOC=1`` in the
-environment keeps glibc's defaults.
+environment keeps glibc's and JAX's defaults.
 """
 
 from __future__ import annotations
