@@ -356,8 +356,26 @@ def test_rotary_scaling_matches_reference(scaling):
       a, b = x[0, t, :, i], x[0, t, :, i + head_dim // 2]
       want[0, t, :, i] = a * np.cos(t * f) - b * np.sin(t * f)
       want[0, t, :, i + head_dim // 2] = b * np.cos(t * f) + a * np.sin(t * f)
-  got = rotary(jnp.asarray(x, jnp.float32), jnp.asarray(pos)[None], base, scaling)
-  np.testing.assert_allclose(np.asarray(got), want, atol=2e-5)
+  order = np.random.default_rng(1).permutation(20)  # positions in any order (packed documents restart them)
+  for bound in (None, 20):  # angles computed in the step / looked up in constant tables
+    got = rotary(jnp.asarray(x[:, order], jnp.float32), jnp.asarray(pos[order])[None], base, scaling, bound=bound)
+    np.testing.assert_allclose(np.asarray(got), want[:, order], atol=2e-5)
+
+
+def test_rotary_tables_leave_no_sine_in_the_step_and_refuse_positions_past_their_bound():
+  """The rotary decoder's compiled forward + backward holds no sin/cos (its angles are constant tables, not
+  recomputed per head, q/k and layer); a position outside the table reads NaN, not a clamped neighbour's angle."""
+  from llmcpu.models.layers import rotary
+
+  model = models.create("decoder", "tiny", V, seed=0, max_len=L)
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  ids = jnp.asarray(np.random.default_rng(0).integers(5, V, (B, L)), jnp.int32)
+  grad = jax.jit(jax.grad(lambda p: nnx.merge(graphdef, p, rest, copy=True)(ids).astype(jnp.float32).mean()))
+  hlo = grad.lower(params).compile().as_text()
+  assert model.config.positions == "rotary" and "sine(" not in hlo and "cosine(" not in hlo
+  x = jnp.ones((1, 3, 1, 4), jnp.float32)
+  got = np.asarray(rotary(x, jnp.asarray([[0, 2, 3]]), 100.0, bound=3))
+  assert np.isfinite(got[0, :2]).all() and np.isnan(got[0, 2]).all()
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -17,7 +17,17 @@ from llmcpu.errors import UserError
 from llmcpu.models import flash_tpu
 from llmcpu.models.config import T5_BUCKETS, T5_MAX_DISTANCE, ModelConfig
 from llmcpu.models.flash_tpu import SegmentIds
-from llmcpu.models.layers import add_bias, dense, normal, param, rope_scaling_of, rotary, zeros
+from llmcpu.models.layers import (
+  add_bias,
+  apply_rotary,
+  dense,
+  normal,
+  param,
+  rope_scaling_of,
+  rotary,
+  rotary_sin_cos,
+  zeros,
+)
 
 # Finite, so a fully masked row softmaxes to uniform instead of NaN; also safe in bfloat16 logits (kept in f32).
 _NEG = -0.7 * float(jnp.finfo(jnp.float32).max)
@@ -392,9 +402,11 @@ class SelfAttention(_Output):
     """Without a cache: attends within ``x``. With one: writes this chunk's keys/values at ``cache_index`` and
     attends over the whole cache (``mask`` [B, 1, L, T] then says which slots are visible)."""
     q, k, v = self._project_qkv(x_BxLxD)
-    if self.rotary:
-      q = rotary(q, positions_BxL, self.rope_base, self.rope_scaling, self.rotary_dims)
-      k = rotary(k, positions_BxL, self.rope_base, self.rope_scaling, self.rotary_dims)
+    if self.rotary:  # one pair of angle tables for q and k; positions index the queries' or the cache's slots
+      dims = min(self.rotary_dims or q.shape[-1], q.shape[-1])
+      bound = max(q.shape[1], cache["k"].shape[1] if cache is not None else 0)
+      sin_cos = rotary_sin_cos(positions_BxL, dims, self.rope_base, self.rope_scaling, bound)
+      q, k = apply_rotary(q, sin_cos), apply_rotary(k, sin_cos)
     k_pos = positions_BxL
     if cache is not None:
       start = (0, cache_index, 0, 0)

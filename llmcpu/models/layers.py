@@ -251,19 +251,50 @@ def rope_scaling_of(config: ModelConfig) -> tuple:
   return ()
 
 
+# Largest sin/cos table (positions × frequencies) kept as a constant of the compiled program (1 MiB float32 each).
+ROTARY_TABLE_MAX = 1 << 18
+
+
+def rotary_sin_cos(
+  positions_BxL: jax.Array, dims: int, base: float, scaling: tuple = (), bound: int | None = None
+) -> tuple[jax.Array, jax.Array]:
+  """(sin, cos) [B, L, 1, dims/2] float32 of rotary's angles ``position · rope_inv_freq``.
+
+  With a static ``bound`` (every position is in [0, bound)) and a table of at most ``ROTARY_TABLE_MAX`` entries
+  they are looked up in constant tables made when tracing, by the same float32 operations. Why: XLA:CPU fuses sin
+  and cos into each consumer, so they were recomputed per element of q and of k (every head), in every layer and
+  again in the backward pass: 52 of the `small` step's ~970 ms, 7x the cost of the rotation itself
+  (benchmarks/step_profile.py). A position outside [0, bound) looks up NaN, never a clamped neighbour's angle."""
+  if bound is None or bound * (dims // 2) > ROTARY_TABLE_MAX:
+    angle_BxLxK = positions_BxL[..., None].astype(jnp.float32) * along_last(rope_inv_freq(dims, base, scaling), 3)
+    return jnp.sin(angle_BxLxK)[:, :, None, :], jnp.cos(angle_BxLxK)[:, :, None, :]
+  with jax.ensure_compile_time_eval():  # concrete, not traced: the tables become constants
+    angle_PxK = jnp.arange(bound, dtype=jnp.float32)[:, None] * rope_inv_freq(dims, base, scaling)[None, :]
+    tables = jnp.sin(angle_PxK), jnp.cos(angle_PxK)
+  return tuple(jnp.take(t, positions_BxL, axis=0, mode="fill", fill_value=jnp.nan)[:, :, None, :] for t in tables)
+
+
+def apply_rotary(x_BxLxHxK: jax.Array, sin_cos: tuple[jax.Array, jax.Array]) -> jax.Array:
+  """Rotate-half rotary positions on queries or keys, in float32, by ``rotary_sin_cos``'s angles; when those cover
+  fewer dims than a head (GPT-NeoX's partial rotary) only the first dims rotate and the rest pass through."""
+  sin, cos = sin_cos
+  half = sin.shape[-1]
+  x = x_BxLxHxK.astype(jnp.float32)
+  x1, x2, rest = x[..., :half], x[..., half : 2 * half], x[..., 2 * half :]
+  out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin, rest], axis=-1)
+  return out.astype(x_BxLxHxK.dtype)
+
+
 def rotary(
-  x_BxLxHxK: jax.Array, positions_BxL: jax.Array, base: float, scaling: tuple = (), dims: int | None = None
+  x_BxLxHxK: jax.Array,
+  positions_BxL: jax.Array,
+  base: float,
+  scaling: tuple = (),
+  dims: int | None = None,
+  bound: int | None = None,
 ) -> jax.Array:
   """Rotary position embedding (rotate-half form) applied to queries or keys, in float32. ``dims``: rotate only the
-  first ``dims`` of each head (GPT-NeoX's partial rotary, frequencies over those dims), the rest pass through."""
-  if dims is not None and dims < x_BxLxHxK.shape[-1]:
-    rotated = rotary(x_BxLxHxK[..., :dims], positions_BxL, base, scaling)
-    return jnp.concatenate([rotated, x_BxLxHxK[..., dims:]], axis=-1)
-  half = x_BxLxHxK.shape[-1] // 2
-  inv_freq = rope_inv_freq(x_BxLxHxK.shape[-1], base, scaling)
-  angle_BxLx1xK = (positions_BxL[..., None].astype(jnp.float32) * along_last(inv_freq, 3))[:, :, None, :]
-  sin, cos = jnp.sin(angle_BxLx1xK), jnp.cos(angle_BxLx1xK)
-  x = x_BxLxHxK.astype(jnp.float32)
-  x1, x2 = x[..., :half], x[..., half:]
-  out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
-  return out.astype(x_BxLxHxK.dtype)
+  first ``dims`` of each head (GPT-NeoX's partial rotary, frequencies over those dims), the rest pass through.
+  ``bound``: see ``rotary_sin_cos``."""
+  dims = x_BxLxHxK.shape[-1] if dims is None else min(dims, x_BxLxHxK.shape[-1])
+  return apply_rotary(x_BxLxHxK, rotary_sin_cos(positions_BxL, dims, base, scaling, bound))
