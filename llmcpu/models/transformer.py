@@ -143,7 +143,8 @@ class TransformerStack(nnx.Module):
     """Full-sequence pass. segment_ids [B, L]: 0 = padding, attention stays within equal ids. Cross-attention
     sees encoder tokens with nonzero ``encoder_segment_ids``, and only the matching segment when ``segment_ids``
     is given too (packed source/target pairs). Without ``positions``: 0 … L-1, or, with ``segment_ids``, restarting
-    at every segment (``segment_positions``), so a packed document is positioned as if it ran alone."""
+    at every segment (``segment_positions``), so a packed document is positioned as if it ran alone. Given
+    rotary ``positions`` must lie in [0, L) (rotary's tables, ``layers.rotary_sin_cos``; outside: NaN)."""
     batch, length = x_BxLxD.shape[:2]
     if positions is None and segment_ids is not None:
       positions = segment_positions(segment_ids)
@@ -217,7 +218,8 @@ class TransformerStack(nnx.Module):
     self, x_BxLxD: jax.Array, cache: Cache, *, positions: jax.Array, valid: jax.Array | None = None
   ) -> tuple[jax.Array, Cache]:
     """Runs L new tokens (slots index … index+L-1) against the cache; ``valid`` [B, L] False marks padding
-    (e.g. the left padding of a short prompt), which no later token attends to."""
+    (e.g. the left padding of a short prompt), which no later token attends to. Rotary ``positions`` lie in
+    [0, max(L, cache slots)) (``layers.rotary_sin_cos``)."""
     batch, length = x_BxLxD.shape[:2]
     index = cache["index"]
     if valid is None:
