@@ -341,7 +341,7 @@ def np_rope_inv_freq(head_dim, base, scaling):
 
 @pytest.mark.parametrize("scaling", [(), ("linear", 4.0), ("llama3", 8.0, 1.0, 4.0, 64)])
 def test_rotary_scaling_matches_reference(scaling):
-  from llmcpu.models.layers import rotary
+  from llmcpu.models.layers import apply_rotary, rotary, rotary_sin_cos
 
   head_dim, base = 16, 100.0
   inv = np_rope_inv_freq(head_dim, base, scaling)
@@ -357,15 +357,17 @@ def test_rotary_scaling_matches_reference(scaling):
       want[0, t, :, i] = a * np.cos(t * f) - b * np.sin(t * f)
       want[0, t, :, i + head_dim // 2] = b * np.cos(t * f) + a * np.sin(t * f)
   order = np.random.default_rng(1).permutation(20)  # positions in any order (packed documents restart them)
-  for bound in (None, 20):  # angles computed in the step / looked up in constant tables
-    got = rotary(jnp.asarray(x[:, order], jnp.float32), jnp.asarray(pos[order])[None], base, scaling, bound=bound)
+  x_in, pos_in = jnp.asarray(x[:, order], jnp.float32), jnp.asarray(pos[order])[None]
+  computed = rotary(x_in, pos_in, base, scaling)  # angles computed in the step
+  looked_up = apply_rotary(x_in, rotary_sin_cos(pos_in, head_dim, base, scaling, bound=20))  # constant tables
+  for got in (computed, looked_up):
     np.testing.assert_allclose(np.asarray(got), want[:, order], atol=2e-5)
 
 
 def test_rotary_tables_leave_no_sine_in_the_step_and_refuse_positions_past_their_bound():
   """The rotary decoder's compiled forward + backward holds no sin/cos (its angles are constant tables, not
   recomputed per head, q/k and layer); a position outside the table reads NaN, not a clamped neighbour's angle."""
-  from llmcpu.models.layers import rotary
+  from llmcpu.models.layers import apply_rotary, rotary_sin_cos
 
   model = models.create("decoder", "tiny", V, seed=0, max_len=L)
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
@@ -374,7 +376,7 @@ def test_rotary_tables_leave_no_sine_in_the_step_and_refuse_positions_past_their
   hlo = grad.lower(params).compile().as_text()
   assert model.config.positions == "rotary" and "sine(" not in hlo and "cosine(" not in hlo
   x = jnp.ones((1, 3, 1, 4), jnp.float32)
-  got = np.asarray(rotary(x, jnp.asarray([[0, 2, 3]]), 100.0, bound=3))
+  got = np.asarray(apply_rotary(x, rotary_sin_cos(jnp.asarray([[0, 2, 3]]), 4, 100.0, bound=3)))
   assert np.isfinite(got[0, :2]).all() and np.isnan(got[0, 2]).all()
 
 

@@ -403,9 +403,8 @@ class SelfAttention(_Output):
     attends over the whole cache (``mask`` [B, 1, L, T] then says which slots are visible)."""
     q, k, v = self._project_qkv(x_BxLxD)
     if self.rotary:  # one pair of angle tables for q and k; positions index the queries' or the cache's slots
-      dims = min(self.rotary_dims or q.shape[-1], q.shape[-1])
       bound = max(q.shape[1], cache["k"].shape[1] if cache is not None else 0)
-      sin_cos = rotary_sin_cos(positions_BxL, dims, self.rope_base, self.rope_scaling, bound)
+      sin_cos = rotary_sin_cos(positions_BxL, self.rotary_dims, self.rope_base, self.rope_scaling, bound)
       q, k = apply_rotary(q, sin_cos), apply_rotary(k, sin_cos)
     k_pos = positions_BxL
     if cache is not None:

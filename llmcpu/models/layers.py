@@ -7,6 +7,7 @@ names: 'vocab', 'embed', 'mlp', 'heads', 'kv'; None = never sharded.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 
@@ -268,10 +269,17 @@ def rotary_sin_cos(
   if bound is None or bound * (dims // 2) > ROTARY_TABLE_MAX:
     angle_BxLxK = positions_BxL[..., None].astype(jnp.float32) * along_last(rope_inv_freq(dims, base, scaling), 3)
     return jnp.sin(angle_BxLxK)[:, :, None, :], jnp.cos(angle_BxLxK)[:, :, None, :]
-  with jax.ensure_compile_time_eval():  # concrete, not traced: the tables become constants
-    angle_PxK = jnp.arange(bound, dtype=jnp.float32)[:, None] * rope_inv_freq(dims, base, scaling)[None, :]
-    tables = jnp.sin(angle_PxK), jnp.cos(angle_PxK)
+  tables = _rotary_tables(bound, dims, base, scaling)
   return tuple(jnp.take(t, positions_BxL, axis=0, mode="fill", fill_value=jnp.nan)[:, :, None, :] for t in tables)
+
+
+@functools.lru_cache(maxsize=16)
+def _rotary_tables(bound: int, dims: int, base: float, scaling: tuple) -> tuple[np.ndarray, np.ndarray]:
+  """sin and cos [bound, dims/2] of ``rotary_sin_cos``'s angles, made once per shape rather than per layer and
+  trace (the same arrays, so one constant of each in a compiled program)."""
+  with jax.ensure_compile_time_eval():  # concrete, not traced, when first asked for inside a trace
+    angle_PxK = jnp.arange(bound, dtype=jnp.float32)[:, None] * rope_inv_freq(dims, base, scaling)[None, :]
+    return np.asarray(jnp.sin(angle_PxK)), np.asarray(jnp.cos(angle_PxK))
 
 
 def apply_rotary(x_BxLxHxK: jax.Array, sin_cos: tuple[jax.Array, jax.Array]) -> jax.Array:
@@ -286,15 +294,10 @@ def apply_rotary(x_BxLxHxK: jax.Array, sin_cos: tuple[jax.Array, jax.Array]) -> 
 
 
 def rotary(
-  x_BxLxHxK: jax.Array,
-  positions_BxL: jax.Array,
-  base: float,
-  scaling: tuple = (),
-  dims: int | None = None,
-  bound: int | None = None,
+  x_BxLxHxK: jax.Array, positions_BxL: jax.Array, base: float, scaling: tuple = (), dims: int | None = None
 ) -> jax.Array:
-  """Rotary position embedding (rotate-half form) applied to queries or keys, in float32. ``dims``: rotate only the
-  first ``dims`` of each head (GPT-NeoX's partial rotary, frequencies over those dims), the rest pass through.
-  ``bound``: see ``rotary_sin_cos``."""
+  """Rotary position embedding (rotate-half form) applied to queries or keys, in float32, its angles computed in
+  the step. ``dims``: rotate only the first ``dims`` of each head (GPT-NeoX's partial rotary, frequencies over
+  those dims), the rest pass through."""
   dims = x_BxLxHxK.shape[-1] if dims is None else min(dims, x_BxLxHxK.shape[-1])
-  return apply_rotary(x_BxLxHxK, rotary_sin_cos(positions_BxL, dims, base, scaling, bound))
+  return apply_rotary(x_BxLxHxK, rotary_sin_cos(positions_BxL, dims, base, scaling))
